@@ -1,0 +1,102 @@
+"""The ``internvl-bot`` command. It is the composition root: it wires adapters to the core, so it lives
+at the edge with the adapters (``bot/`` never imports an adapter).
+
+Commands: ``chat`` (console), ``make-demo-model DIR``, ``forget --conversation KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from bot import __version__
+from bot.config import Settings, load_settings
+from bot.errors import StartupError
+from bot.logs import setup_logging
+from bot.runtime import DEMO_BANNER, Runtime
+from bot.store import SQLiteStore
+from bot.types import ConversationKey
+
+log = logging.getLogger("internvl_bot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="internvl-bot", description="InternVL behind your chat tools.")
+    parser.add_argument("--config", help="config file (default: $INTERNVL_BOT_CONFIG or ./config.yaml)")
+    parser.add_argument("--version", action="version", version=f"internvl-bot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="talk to the bot in this terminal (works with piped stdin too)")
+    chat.add_argument("--conversation", help="conversation name (default: your user name)")
+    chat.add_argument("--persona", default="", help="persona for a new conversation")
+
+    demo = sub.add_parser("make-demo-model", help="build the tiny random InternVL used for demos and tests")
+    demo.add_argument("directory")
+    demo.add_argument("--seed", type=int, default=0)
+
+    forget = sub.add_parser("forget", help="delete a conversation's messages and files for good")
+    forget.add_argument("--conversation", required=True, help="conversation key, e.g. console:alice")
+    return parser
+
+
+async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.console import ConsoleAdapter
+
+    async with Runtime(settings) as runtime:
+        assert runtime.manager is not None
+        if runtime.engine is not None and runtime.engine.info.demo:
+            print(DEMO_BANNER, file=sys.stderr, flush=True)
+        persona = args.persona or settings.adapters.console.persona
+        console = ConsoleAdapter(runtime.manager, conversation=args.conversation, persona=persona)
+        await runtime.manager.start()
+        if console.interactive:
+            print("Type a question; /image PATH attaches a photo; /help lists commands; /quit leaves.",
+                  file=sys.stderr)
+        await console.run()
+    return 0
+
+
+async def _forget(settings: Settings, key: str) -> int:
+    store = SQLiteStore(settings.store_path, settings.data_path / "attachments")
+    await store.open()
+    try:
+        report = await store.forget(ConversationKey.parse(key))
+    finally:
+        await store.close()
+    print(f"deleted {report.messages} message(s) and {report.attachment_files} file(s) of {key}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "make-demo-model":
+            setup_logging("WARNING")
+            from bot.demo_model import make_demo_model
+
+            path = make_demo_model(args.directory, seed=args.seed)
+            print(f"demo model written to {path} (random weights: its answers are noise)")
+            return 0
+        settings = load_settings(args.config)
+        setup_logging(settings.logging.level if args.command != "chat" else "WARNING", settings.logging.json_format)
+        settings.check_secrets()
+        if args.command == "chat":
+            return asyncio.run(_chat(settings, args))
+        if args.command == "forget":
+            return asyncio.run(_forget(settings, args.conversation))
+    except StartupError as exc:
+        print(f"internvl-bot: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"internvl-bot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

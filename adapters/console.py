@@ -1,0 +1,152 @@
+"""The console adapter: ``internvl-bot chat``, an interactive REPL that also works with piped stdin.
+
+Type a question and the answer streams in. ``/image PATH`` and ``/file PATH`` attach a file to the
+next question; ``/quit`` leaves. Every other ``/command`` goes to the bot (``/help`` lists them).
+The conversation is stored like any other: it survives a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from bot import i18n
+from bot.manager import ConversationManager
+from bot.types import (
+    AnswerDone,
+    Attachment,
+    Channel,
+    ConversationKey,
+    FileFetcher,
+    IncomingMessage,
+    Notice,
+    ReplyEvent,
+    Sender,
+    Status,
+    TextChunk,
+)
+
+PLATFORM = "console"
+PROMPT = "you> "
+BOT = "bot> "
+
+
+class ConsoleSink:
+    """Prints one turn's reply events as they arrive."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.streaming = False
+
+    async def emit(self, event: ReplyEvent) -> str | None:
+        if isinstance(event, Status):
+            return None
+        if isinstance(event, TextChunk):
+            if not self.streaming:
+                self.out.write(BOT)
+                self.streaming = True
+            self.out.write(event.text)
+        elif isinstance(event, AnswerDone):
+            if not self.streaming:
+                self.out.write(BOT + event.text)
+            elif event.interrupted:
+                self.out.write(" …")
+            self.out.write("\n")
+            self.streaming = False
+        elif isinstance(event, Notice):
+            if self.streaming:
+                self.out.write("\n")
+                self.streaming = False
+            prefix = "(!) " if event.kind == "error" else ""
+            self.out.write(f"{BOT}{prefix}{event.text}\n")
+        self.out.flush()
+        return None
+
+
+def locale_hint() -> str | None:
+    """The terminal's language, from the usual environment variables (``pt_BR.UTF-8`` -> ``pt``)."""
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(var, "")
+        code = i18n.normalize_code(value.split(".")[0])
+        if code and code not in ("c", "posix"):
+            return code
+    return None
+
+
+class ConsoleAdapter:
+    """Reads lines from ``stdin`` and submits them to the manager, one turn at a time."""
+
+    def __init__(self, manager: ConversationManager, *, conversation: str | None = None, persona: str = "",
+                 stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+        self.manager = manager
+        self.user = _user()
+        self.key = ConversationKey(PLATFORM, conversation or self.user)
+        self.stdin = stdin or sys.stdin
+        self.out = stdout or sys.stdout
+        self.interactive = self.stdin.isatty() and self.out.isatty()
+        self.locale = locale_hint()
+        self.pending: list[Attachment] = []
+        manager.register(
+            Channel(PLATFORM, FileFetcher(), lambda key, reply_to: ConsoleSink(self.out), persona or None)
+        )
+
+    async def _read(self) -> str | None:
+        if self.interactive:
+            try:
+                return await asyncio.to_thread(input, PROMPT)
+            except EOFError:
+                return None
+        line = await asyncio.to_thread(self.stdin.readline)
+        return line.rstrip("\r\n") if line else None
+
+    def _attach(self, argument: str) -> None:
+        try:
+            parts = shlex.split(argument)
+        except ValueError:
+            parts = [argument]
+        lang = self.locale or "en"
+        for raw in parts or [""]:
+            path = Path(raw).expanduser()
+            if not raw or not path.is_file():
+                self.out.write(f"{BOT}(!) {i18n.text('attachment_unavailable', lang, name=raw or '?')}\n")
+                continue
+            self.pending.append(Attachment(ref=str(path.resolve()), filename=path.name,
+                                           size=path.stat().st_size))
+            self.out.write(f"[attached {path.name}: it goes with your next message]\n")
+        self.out.flush()
+
+    async def run(self) -> None:
+        """Chat until end of input or ``/quit``."""
+        while True:
+            line = await self._read()
+            if line is None:
+                break
+            stripped = line.strip()
+            command, _, argument = stripped.partition(" ")
+            if command in ("/image", "/file"):
+                self._attach(argument.strip())
+                continue
+            if command in ("/quit", "/exit"):
+                break
+            if not stripped and not self.pending and self.interactive:
+                continue
+            message = IncomingMessage(
+                key=self.key, sender=Sender(self.user, self.user), text=line, attachments=tuple(self.pending),
+                locale=self.locale, raw=line,
+            )
+            self.pending = []
+            ticket = await self.manager.submit(message)
+            if ticket is not None:
+                await ticket.done
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "user"

@@ -1,0 +1,242 @@
+"""Settings: one validated object, loaded from ``config.yaml`` with environment overrides.
+
+Precedence, highest first: environment variables (``INTERNVL_BOT_`` prefix, ``__`` between nested
+keys, e.g. ``INTERNVL_BOT_ENGINE__TRANSFORMERS__MODEL``), then the YAML file, then the defaults
+below. Unknown keys are errors. Secrets are never read from the file: a section names the
+environment variable that holds each secret, and :meth:`Settings.check_secrets` verifies that the
+enabled parts have theirs.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+ENV_PREFIX = "INTERNVL_BOT_"
+CONFIG_ENV = "INTERNVL_BOT_CONFIG"
+DEFAULT_CONFIG = "config.yaml"
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: field name -> description, for secrets this section needs when it is enabled.
+    secrets: ClassVar[dict[str, str]] = {}
+
+    def missing_secrets(self) -> list[str]:
+        """Environment variables this section needs and does not find."""
+        return [getattr(self, f) for f in self.secrets if not os.environ.get(getattr(self, f), "")]
+
+
+class GenerationSettings(Section):
+    """How answers are sampled."""
+
+    max_new_tokens: int = Field(512, ge=1, le=65536)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 means greedy decoding")
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.05, ge=1.0, le=2.0)
+
+
+class TransformersSettings(Section):
+    """The in-process Hugging Face transformers engine (CPU or a single GPU)."""
+
+    model: str = Field("", description="InternVL -hf checkpoint folder or hub id; empty = demo model")
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+
+
+class EngineSettings(Section):
+    """Which engine answers, and the limits every engine honours."""
+
+    kind: Literal["transformers", "echo"] = "transformers"
+    max_concurrency: int = Field(1, ge=1, le=1024)
+    context_length: int = Field(0, ge=0, description="0 = the model's own context length")
+    generation: GenerationSettings = GenerationSettings()
+    transformers: TransformersSettings = TransformersSettings()
+
+
+class MediaSettings(Section):
+    """Limits on what users may send."""
+
+    max_file_bytes: int = Field(20_000_000, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_tiles: int = Field(12, ge=1, le=40)
+    max_images_per_turn: int = Field(8, ge=1, le=64)
+
+
+class ConversationSettings(Section):
+    """History, personas, language and ordering."""
+
+    default_persona: str = "diagnosis"
+    personas_dir: str = Field("", description="extra persona YAML folder; its files override built-ins")
+    default_language: str = "en"
+    languages: list[str] = Field(
+        default_factory=lambda: ["en", "pt", "es", "fr", "de", "zh", "ru", "ja", "it", "nl", "pl", "uk"]
+    )
+    short_text_chars: int = Field(24, ge=0)
+    max_message_chars: int = Field(16000, ge=1)
+    max_pending_per_conversation: int = Field(20, ge=1)
+    max_parallel_conversations: int = Field(64, ge=1)
+    history_token_budget: int = Field(0, ge=0, description="0 = context length minus max_new_tokens")
+
+
+class StoreSettings(Section):
+    """The SQLite store."""
+
+    path: str = Field("", description="empty = <data_dir>/internvl-bot.sqlite3")
+    retention_days: int = Field(0, ge=0, description="0 keeps everything")
+
+
+class ConsoleSettings(Section):
+    """``internvl-bot chat``."""
+
+    enabled: bool = True
+    persona: str = ""
+
+
+class AdaptersSettings(Section):
+    """One section per adapter."""
+
+    console: ConsoleSettings = ConsoleSettings()
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = False
+
+
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+_yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_data", default=None)
+
+
+class Settings(BaseSettings):
+    """Every setting of the framework. See README, section "Configuration", for each key."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )
+
+    data_dir: str = "./data"
+    engine: EngineSettings = EngineSettings()
+    conversation: ConversationSettings = ConversationSettings()
+    media: MediaSettings = MediaSettings()
+    store: StoreSettings = StoreSettings()
+    adapters: AdaptersSettings = AdaptersSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, _yaml_data.get() or {}))
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store.path).expanduser() if self.store.path else self.data_path / "internvl-bot.sqlite3"
+
+    def enabled_adapters(self) -> dict[str, Section]:
+        return {
+            name: section
+            for name in type(self.adapters).model_fields
+            if getattr(section := getattr(self.adapters, name), "enabled", False)
+        }
+
+    def check_secrets(self, source: str = DEFAULT_CONFIG) -> None:
+        """Fail closed: every enabled adapter must find its secrets in the environment."""
+        for name, section in self.enabled_adapters().items():
+            for var in section.missing_secrets():
+                raise ConfigError(
+                    f"{source}: adapters.{name}: secret missing — set the environment variable {var} "
+                    f"(secrets are never read from the file), or set adapters.{name}.enabled: false"
+                )
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to read: the argument, else ``$INTERNVL_BOT_CONFIG``, else ``./config.yaml``."""
+    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).expanduser()
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, required: bool = False) -> Settings:
+    """Load and validate settings. Raises :class:`ConfigError` with one clear line on any problem.
+
+    A missing file is fine (defaults apply) unless ``required`` or the path was given explicitly.
+    """
+    file = config_path(path)
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{file}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}) — fix the syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of keys, not {type(loaded).__name__}")
+        data = loaded or {}
+    elif required or path is not None:
+        raise ConfigError(f"{file}: config file not found — create it (see config.yaml in the repository) or omit --config")
+    token = _yaml_data.set(data)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, file)) from None
+    finally:
+        _yaml_data.reset(token)
+
+
+def _describe(exc: ValidationError, file: Path) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    env = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
+    origin = f"{file} or ${env}"
+    if err["type"] == "extra_forbidden":
+        fix = "remove it or check its spelling; every key is listed in README, section Configuration"
+        return f"{origin}: {key}: unknown key — {fix}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{origin}: {key}: {err['msg']} (got {err.get('input')!r}) — fix the value{more}"
+
+
+def settings_keys(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:
+    """Every dotted key of the settings model, for documentation checks."""
+    keys: list[str] = []
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(settings_keys(ann, dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys

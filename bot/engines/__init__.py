@@ -1,0 +1,38 @@
+"""Engines: the model behind the conversation. :func:`build_engine` picks one from settings."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.config import Settings
+from bot.engines.base import ChatMessage, Engine, EngineInfo, ImagePart, message_cost
+from bot.engines.echo import EchoEngine
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ChatMessage", "EchoEngine", "Engine", "EngineInfo", "ImagePart", "build_engine", "demo_model_path",
+           "message_cost"]
+
+
+def demo_model_path(settings: Settings) -> str:
+    return str(settings.data_path / "demo-model")
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine named by ``engine.kind``; the demo model is built on first use when none is set."""
+    eng = settings.engine
+    if eng.kind == "echo":
+        return EchoEngine(max_concurrency=eng.max_concurrency, context_length=eng.context_length or 8192)
+    from bot.engines.transformers import TransformersEngine
+
+    path = eng.transformers.model
+    if not path:
+        path = demo_model_path(settings)
+        from bot.demo_model import is_demo_model, make_demo_model
+
+        if not is_demo_model(path):
+            log.warning("no model configured: building the random demo model in %s", path)
+            make_demo_model(path)
+    return TransformersEngine(
+        eng.transformers, model_path=path, max_concurrency=eng.max_concurrency, context_length=eng.context_length
+    )

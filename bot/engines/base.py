@@ -1,0 +1,87 @@
+"""The engine seam: what every engine (transformers, LMDeploy, OpenAI-compatible HTTP, echo) provides.
+
+Streaming is the primitive: :meth:`Engine.stream` yields text chunks and the full answer is the
+collected stream. Cancelling the consuming task (or closing the iterator) stops the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from bot.config import GenerationSettings
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """One image of a message, decoded, with the most tiles it may use."""
+
+    image: Image.Image
+    max_tiles: int = 12
+    sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of the prompt. Images of a user message come before its text, as InternVL expects."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+    images: tuple[ImagePart, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    name: str
+    context_length: int
+    tokens_per_tile: int = 256
+    demo: bool = False
+
+
+#: Tokens around each message in the ChatML template (``<|im_start|>role\n`` ... ``<|im_end|>\n``).
+MESSAGE_OVERHEAD = 5
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A model that answers a conversation as a stream of text chunks."""
+
+    info: EngineInfo
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def count_tokens(self, text: str) -> int: ...
+    def image_tokens(self, width: int, height: int, max_tiles: int) -> int: ...
+    def stream(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]: ...
+
+
+def message_cost(engine: Engine, message: ChatMessage) -> int:
+    """Prompt tokens ``message`` costs: its text, its images by their tiles, and the template."""
+    cost = engine.count_tokens(message.text) + MESSAGE_OVERHEAD
+    for part in message.images:
+        cost += engine.image_tokens(part.image.width, part.image.height, part.max_tiles) + 2
+    return cost
+
+
+class LimitedEngine:
+    """Base for engines: a global concurrency limit around the subclass's ``_generate``."""
+
+    info: EngineInfo
+
+    def __init__(self, max_concurrency: int = 1) -> None:
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+
+    async def stream(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]:
+        async with self._slots:
+            async for chunk in self._generate(messages, generation):
+                if chunk:
+                    yield chunk
+
+    def _generate(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]:
+        raise NotImplementedError

@@ -1,0 +1,101 @@
+"""Error classes. One root; each subclass carries its data and a key for a message safe to show users.
+
+The text a user sees is looked up in :mod:`bot.i18n` by ``user_key`` and rendered with ``params`` in
+the user's language, so errors never carry English prose into a Portuguese conversation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BotError(Exception):
+    """Root of every error the framework raises on purpose."""
+
+    user_key: str = "error_generic"
+
+    def __init__(self, detail: str = "", **params: Any) -> None:
+        super().__init__(detail or type(self).__doc__ or type(self).__name__)
+        self.params: dict[str, Any] = params
+
+
+class StartupError(BotError):
+    """The service cannot start; the message names what is wrong and how to fix it."""
+
+
+class ConfigError(StartupError):
+    """The configuration is invalid."""
+
+
+class ModelLoadError(StartupError):
+    """The model folder is missing or is not an InternVL checkpoint."""
+
+
+class InputError(BotError):
+    """Something the user sent cannot be processed; the user is told why, politely."""
+
+
+class EmptyMessage(InputError):
+    """The message had neither text nor attachments."""
+
+    user_key = "empty_message"
+
+
+class MessageTooLong(InputError):
+    """The message text is longer than the configured limit."""
+
+    user_key = "message_too_long"
+
+
+class PromptTooLong(InputError):
+    """The current turn alone does not fit the model's context."""
+
+    user_key = "prompt_too_long"
+
+
+class UnreadableImage(InputError):
+    """An attachment that claims to be an image could not be decoded."""
+
+    user_key = "unreadable_image"
+
+
+class ImageTooLarge(InputError):
+    """An image has more pixels than the configured limit."""
+
+    user_key = "image_too_large"
+
+
+class FileTooLarge(InputError):
+    """An attachment is larger than the configured byte limit."""
+
+    user_key = "file_too_large"
+
+
+class UnsupportedFile(InputError):
+    """An attachment of a kind the bot cannot read (audio, archives, office files...)."""
+
+    user_key = "unsupported_file"
+
+
+class AttachmentUnavailable(InputError):
+    """The platform did not deliver an attachment's bytes."""
+
+    user_key = "attachment_unavailable"
+
+
+class TooManyPending(InputError):
+    """The conversation already has the maximum number of messages waiting."""
+
+    user_key = "too_many_pending"
+
+
+class EngineError(BotError):
+    """The model failed while answering."""
+
+    user_key = "engine_error"
+
+
+class EngineUnavailable(EngineError):
+    """The model is not reachable or is overloaded."""
+
+    user_key = "engine_unavailable"

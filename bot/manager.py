@@ -1,0 +1,526 @@
+"""The conversation manager: every adapter's messages go through here.
+
+It stores each message before processing it, keeps answers in arrival order within a
+conversation (one generation at a time per conversation) while conversations run in parallel
+under a global bound, handles commands, picks the persona and the answer language, trims the
+history to the model's context, streams the engine's answer to the adapter's sink, and resumes
+messages left unanswered by a crash when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bot import i18n
+from bot.config import Settings
+from bot.engines.base import ChatMessage, Engine, ImagePart, message_cost
+from bot.errors import (
+    AttachmentUnavailable,
+    BotError,
+    ConfigError,
+    EmptyMessage,
+    InputError,
+    MessageTooLong,
+    PromptTooLong,
+    TooManyPending,
+    UnsupportedFile,
+)
+from bot.logs import conversation_var
+from bot.media import decode_image, decode_text, sniff
+from bot.personas import Persona, load_personas
+from bot.store import Conversation, NewMessage, Store, StoredAttachment, StoredMessage
+from bot.types import (
+    AnswerDone,
+    Channel,
+    ConversationKey,
+    IncomingMessage,
+    Notice,
+    ReplyEvent,
+    ReplySink,
+    Status,
+    TextChunk,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("start", "help", "reset", "persona", "lang")
+_COMMAND = re.compile(r"/([A-Za-z][A-Za-z0-9_]*)(?:@\S+)?(?:\s+(.*))?\Z", re.S)
+
+
+def parse_command(text: str) -> tuple[str, str] | None:
+    """``/persona tutor`` -> ``("persona", "tutor")``; ``/start@MyBot`` -> ``("start", "")``.
+
+    Text that merely starts with a slash (``/usr/bin is missing``) is not a command.
+    """
+    m = _COMMAND.match(text.strip())
+    if not m:
+        return None
+    return m.group(1).lower(), (m.group(2) or "").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Returned by :meth:`ConversationManager.submit`; ``done`` resolves to the message's final state."""
+
+    message_id: int
+    done: asyncio.Future[str]
+
+
+@dataclass(eq=False)
+class _Lane:
+    """The queue of one conversation: messages are processed one at a time, in arrival order."""
+
+    key: ConversationKey
+    queue: deque[StoredMessage] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    current: asyncio.Task[None] | None = None
+    resetting: bool = False
+
+
+class ConversationManager:
+    """Routes messages from adapters to the engine and back. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        engine: Engine,
+        *,
+        personas: dict[str, Persona] | None = None,
+        detector: i18n.LanguageDetector | None = None,
+    ) -> None:
+        self.settings = settings
+        self.conf = settings.conversation
+        self.store = store
+        self.engine = engine
+        self.personas = personas if personas is not None else load_personas(self.conf.personas_dir or None)
+        if self.conf.default_persona not in self.personas:
+            raise ConfigError(
+                f"conversation.default_persona: no persona named {self.conf.default_persona!r} — "
+                f"choose one of {', '.join(sorted(self.personas))}"
+            )
+        self.detector = detector or i18n.LanguageDetector(self.conf.languages)
+        self._channels: dict[str, Channel] = {}
+        self._lanes: dict[ConversationKey, _Lane] = {}
+        self._parallel = asyncio.Semaphore(self.conf.max_parallel_conversations)
+        self._done: dict[int, asyncio.Future[str]] = {}
+        self._accepting = True
+        self._images: OrderedDict[tuple[str, int], Image.Image] = OrderedDict()
+        self._dropped_notified: dict[ConversationKey, int] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def register(self, channel: Channel) -> None:
+        """Register an adapter's channel; its persona must exist."""
+        if channel.persona and channel.persona not in self.personas:
+            raise ConfigError(
+                f"adapters.{channel.platform}.persona: no persona named {channel.persona!r} — "
+                f"choose one of {', '.join(sorted(self.personas))}"
+            )
+        self._channels[channel.platform] = channel
+
+    async def start(self) -> int:
+        """Resume messages a previous run left unanswered; return how many were queued again."""
+        self._accepting = True
+        resumed = 0
+        for msg in await self.store.pending():
+            if msg.key.platform not in self._channels:
+                log.warning("message %d of %s waits for its adapter (%s) to be enabled", msg.id, msg.key,
+                            msg.key.platform)
+                continue
+            if any(m.id == msg.id for lane in self._lanes.values() for m in lane.queue):
+                continue
+            self._enqueue(msg)
+            resumed += 1
+        if resumed:
+            log.info("resuming %d message(s) left unanswered by the previous run", resumed)
+        if self.settings.store.retention_days and self._housekeeping is None:
+            self._housekeeping = asyncio.create_task(self._purge_forever())
+        return resumed
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking messages; let running ones finish within ``grace`` seconds, then cancel them.
+
+        Messages cancelled here stay ``received``/``answering`` in the store, so the next start
+        answers them.
+        """
+        self._accepting = False
+        if self._housekeeping:
+            self._housekeeping.cancel()
+            self._housekeeping = None
+        tasks = [lane.task for lane in self._lanes.values() if lane.task and not lane.task.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(lane.queue) + (1 if lane.current else 0) for lane in self._lanes.values())
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def submit(self, message: IncomingMessage) -> Ticket | None:
+        """Store ``message`` and queue it for an answer. Returns None for a duplicate event.
+
+        Returns quickly: the answer is produced in the background and rendered by the channel's
+        sink; ``Ticket.done`` resolves when the message reaches its final state.
+        """
+        channel = self._channels.get(message.key.platform)
+        if channel is None:
+            raise RuntimeError(f"no channel registered for platform {message.key.platform!r}")
+        if not self._accepting:
+            raise RuntimeError("the conversation manager is shutting down")
+        if message.event_id and not await self.store.remember_event(message.key.platform, message.event_id):
+            log.info("duplicate event %s from %s ignored", message.event_id, message.key.platform)
+            return None
+        command = parse_command(message.text)
+        new = NewMessage(
+            role="user", text=message.text, kind="command" if command else "chat",
+            attachments=message.attachments, sender_id=message.sender.id, sender_name=message.sender.name,
+            locale=message.locale, platform_message_id=message.message_id, event_id=message.event_id,
+        )
+        mid = await self.store.add_message(message.key, new)
+        stored = StoredMessage(
+            id=mid, key=message.key, role="user", kind=new.kind, text=message.text, state="received",
+            attachments=tuple(
+                StoredAttachment(i, a.ref, a.filename, a.mime, a.size, a.sha256)
+                for i, a in enumerate(message.attachments)
+            ),
+            sender_id=message.sender.id, sender_name=message.sender.name, locale=message.locale,
+            platform_message_id=message.message_id,
+        )
+        lane = self._lanes.get(message.key)
+        if command and command[0] == "reset" and lane is not None:
+            await self._cancel_lane(lane)
+        elif lane is not None and len(lane.queue) + (1 if lane.current else 0) >= self.conf.max_pending_per_conversation:
+            future = self._future(mid)
+            waiting = len(lane.queue) + 1
+            await self._fail(stored, channel, TooManyPending(count=waiting), await self._language_for(stored))
+            return Ticket(mid, future)
+        future = self._future(mid)
+        self._enqueue(stored)
+        return Ticket(mid, future)
+
+    def _future(self, mid: int) -> asyncio.Future[str]:
+        future = self._done.get(mid)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._done[mid] = future
+        return future
+
+    def _resolve(self, mid: int, state: str) -> None:
+        future = self._done.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(state)
+
+    def _enqueue(self, msg: StoredMessage) -> None:
+        lane = self._lanes.get(msg.key)
+        if lane is None:
+            lane = self._lanes[msg.key] = _Lane(msg.key)
+        lane.queue.append(msg)
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.create_task(self._drain(lane), name=f"lane {msg.key}")
+
+    async def _cancel_lane(self, lane: _Lane) -> None:
+        """``/reset``: drop what is queued and stop the generation in progress."""
+        while lane.queue:
+            queued = lane.queue.popleft()
+            await self.store.finish(queued.id, "cancelled", error="cancelled by /reset")
+            self._resolve(queued.id, "cancelled")
+        if lane.current is not None and not lane.current.done():
+            lane.resetting = True
+            lane.current.cancel()
+
+    async def _drain(self, lane: _Lane) -> None:
+        try:
+            while lane.queue:
+                msg = lane.queue.popleft()
+                async with self._parallel:
+                    lane.current = asyncio.create_task(self._process(msg, lane))
+                    try:
+                        await lane.current
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # the lane itself is being stopped
+                    finally:
+                        lane.current = None
+                        lane.resetting = False
+        finally:
+            if self._lanes.get(lane.key) is lane and not lane.queue:
+                del self._lanes[lane.key]
+
+    # -- processing -----------------------------------------------------------------------
+
+    async def _process(self, msg: StoredMessage, lane: _Lane) -> None:
+        conversation_var.set(str(msg.key))
+        channel = self._channels[msg.key.platform]
+        state = "failed"
+        lang = self.conf.default_language
+        try:
+            lang = await self._language_for(msg)
+            await self.store.set_state(msg.id, "answering")
+            sink = channel.sink_for(msg.key, msg.platform_message_id)
+            if msg.kind == "command":
+                await self._command(msg, channel, sink, lang)
+            else:
+                await self._answer(msg, channel, sink, lang)
+            state = "answered"
+        except asyncio.CancelledError:
+            if lane.resetting:
+                state = "cancelled"
+                await self.store.finish(msg.id, "cancelled", error="cancelled by /reset")
+            else:
+                state = "interrupted"  # shutdown: stays pending, answered after restart
+            raise
+        except InputError as exc:
+            await self._fail(msg, channel, exc, lang)
+        except Exception as exc:
+            log.exception("message %d failed", msg.id)
+            await self._fail(msg, channel, exc, lang)
+        finally:
+            self._resolve(msg.id, state)
+
+    async def _fail(self, msg: StoredMessage, channel: Channel, exc: Exception, lang: str) -> None:
+        key = exc.user_key if isinstance(exc, BotError) else "engine_error"
+        params = exc.params if isinstance(exc, BotError) else {}
+        if "name" in params and not params["name"]:
+            params = {**params, "name": "file"}
+        text = i18n.text(key, lang, **params)
+        if isinstance(exc, InputError):
+            log.info("message %d refused (%s): %s", msg.id, type(exc).__name__, exc)
+        sink = channel.sink_for(msg.key, msg.platform_message_id)
+        pid = await _emit(sink, Notice(text, kind="error"))
+        await self.store.finish(msg.id, "failed", reply=text, kind="notice", reply_platform_id=pid,
+                                error=f"{type(exc).__name__}: {exc}"[:500])
+        self._resolve(msg.id, "failed")
+
+    async def _language_for(self, msg: StoredMessage) -> str:
+        conv = await self.store.conversation(msg.key)
+        text = "" if msg.kind == "command" else msg.text
+        lang = i18n.choose_language(
+            self.detector, text, pinned=conv.language, locale_hint=msg.locale, previous=conv.last_language,
+            default=self.conf.default_language, short_text_chars=self.conf.short_text_chars,
+        )
+        if lang != conv.last_language:
+            await self.store.update_conversation(msg.key, last_language=lang)
+        return lang
+
+    def persona_for(self, conv: Conversation, channel: Channel) -> Persona:
+        name = conv.persona or channel.persona or self.conf.default_persona
+        return self.personas.get(name) or self.personas[self.conf.default_persona]
+
+    async def _command(self, msg: StoredMessage, channel: Channel, sink: ReplySink, lang: str) -> None:
+        name, arg = parse_command(msg.text) or ("", "")
+        conv = await self.store.conversation(msg.key)
+        names = ", ".join(sorted(self.personas))
+        languages = ", ".join(self.conf.languages)
+        if name == "start":
+            persona = self.persona_for(conv, channel)
+            reply = f"{persona.greeting_for(lang)}\n{i18n.text('greeting_hint', lang)}"
+        elif name == "help":
+            reply = i18n.text("help", lang, personas=names, languages=languages)
+        elif name == "reset":
+            await self.store.update_conversation(msg.key, context_start=msg.id + 1)
+            self._dropped_notified.pop(msg.key, None)
+            reply = i18n.text("reset_done", lang)
+        elif name == "persona":
+            if not arg:
+                reply = i18n.text("persona_list", lang, persona=self.persona_for(conv, channel).name, personas=names)
+            elif arg.lower() in self.personas:
+                await self.store.update_conversation(msg.key, persona=arg.lower())
+                reply = i18n.text("persona_set", lang, persona=self.personas[arg.lower()].title)
+            else:
+                reply = i18n.text("persona_unknown", lang, name=arg, personas=names)
+        elif name == "lang":
+            code = i18n.normalize_code(arg)
+            if code == "auto":
+                await self.store.update_conversation(msg.key, language=None)
+                reply = i18n.text("lang_auto", lang)
+            elif code and code in self.conf.languages:
+                await self.store.update_conversation(msg.key, language=code, last_language=code)
+                reply = i18n.text("lang_set", code, language=i18n.language_name(code))
+            else:
+                reply = i18n.text("lang_unknown", lang, code=arg or "?", languages=languages)
+        else:
+            reply = i18n.text("unknown_command", lang, command=f"/{name}")
+            log.info("unknown command /%s", name)
+        pid = await _emit(sink, Notice(reply, kind="command"))
+        await self.store.finish(msg.id, "answered", reply=reply, kind="command", reply_platform_id=pid)
+
+    async def _answer(self, msg: StoredMessage, channel: Channel, sink: ReplySink, lang: str) -> None:
+        text = msg.text.strip()
+        if not text and not msg.attachments:
+            raise EmptyMessage()
+        if len(msg.text) > self.conf.max_message_chars:
+            raise MessageTooLong(chars=len(msg.text), limit=self.conf.max_message_chars)
+        await _emit(sink, Status("typing"))
+        images, extra = await self._attachments(msg, channel, sink, lang)
+        conv = await self.store.conversation(msg.key)
+        persona = self.persona_for(conv, channel)
+        system = ChatMessage("system", persona.system_prompt(lang))
+        current = ChatMessage("user", "\n\n".join(p for p in (text, *extra) if p), tuple(images))
+        generation = self.settings.engine.generation
+        budget = (self.conf.history_token_budget or self.engine.info.context_length) - generation.max_new_tokens
+        used = message_cost(self.engine, system) + message_cost(self.engine, current)
+        if used > budget:
+            raise PromptTooLong(tokens=used, limit=max(budget, 0))
+        history, dropped_images = await self._history(msg, conv, budget - used)
+        if dropped_images > self._dropped_notified.get(msg.key, 0):
+            await _emit(sink, Notice(i18n.text("history_images_dropped", lang, count=dropped_images)))
+        self._dropped_notified[msg.key] = dropped_images
+
+        chunks: list[str] = []
+        try:
+            async for chunk in self.engine.stream([system, *history, current], generation):
+                chunks.append(chunk)
+                await sink.emit(TextChunk(chunk))
+        except asyncio.CancelledError:
+            if chunks:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with asyncio.timeout(2):
+                        await sink.emit(AnswerDone("".join(chunks).strip() + " " + i18n.text("cancelled", lang),
+                                                   interrupted=True))
+            raise
+        answer = "".join(chunks).strip()
+        if not answer:
+            answer = i18n.text("empty_answer", lang)
+        pid = await sink.emit(AnswerDone(answer))
+        await self.store.finish(msg.id, "answered", reply=answer, reply_platform_id=pid)
+
+    async def _attachments(self, msg: StoredMessage, channel: Channel, sink: ReplySink,
+                           lang: str) -> tuple[list[ImagePart], list[str]]:
+        """Fetch (once), store by SHA-256, recognise and decode the attachments of ``msg``."""
+        media = self.settings.media
+        images: list[ImagePart] = []
+        texts: list[str] = []
+        image_count = 0
+        for att in msg.attachments:
+            data, sha = await self._attachment_bytes(msg, att, channel)
+            name = att.filename or "file"
+            kind = sniff(data, att.filename, att.mime)
+            if kind.kind == "image":
+                image_count += 1
+                if image_count > media.max_images_per_turn:
+                    continue
+                image = await self._decode(sha, data, name)
+                images.append(ImagePart(image=image, max_tiles=media.max_tiles, sha256=sha))
+            elif kind.kind == "text":
+                content, truncated = decode_text(data)
+                texts.append(f"[{name}]\n{content}" + (" […]" if truncated else ""))
+            else:
+                raise UnsupportedFile(kind.label, name=name, kind=kind.label)
+        if image_count > media.max_images_per_turn:
+            await _emit(sink, Notice(i18n.text("too_many_images", lang, limit=media.max_images_per_turn,
+                                               count=image_count)))
+        return images, texts
+
+    async def _attachment_bytes(self, msg: StoredMessage, att: StoredAttachment,
+                                channel: Channel) -> tuple[bytes, str]:
+        if att.sha256:
+            with contextlib.suppress(FileNotFoundError):
+                return await self.store.attachment_data(att.sha256), att.sha256
+        try:
+            data = await channel.fetcher.fetch(att.as_attachment(), self.settings.media.max_file_bytes)
+        except InputError:
+            raise
+        except Exception as exc:
+            log.warning("fetching attachment %r failed: %s", att.filename, exc)
+            raise AttachmentUnavailable(str(exc), name=att.filename or "file") from None
+        sha = await self.store.save_attachment(msg.id, att.position, data, att.mime)
+        return data, sha
+
+    async def _decode(self, sha: str, data: bytes, name: str) -> Image.Image:
+        key = (sha, self.settings.media.max_image_pixels)
+        cached = self._images.get(key)
+        if cached is not None:
+            self._images.move_to_end(key)
+            return cached
+        image = await asyncio.to_thread(decode_image, data, name=name, max_pixels=self.settings.media.max_image_pixels)
+        self._images[key] = image
+        while len(self._images) > 32:
+            self._images.popitem(last=False)
+        return image
+
+    async def _history(self, msg: StoredMessage, conv: Conversation,
+                       budget: int) -> tuple[list[ChatMessage], int]:
+        """The newest whole turns that fit ``budget`` tokens, and how many older images were left out."""
+        rows = await self.store.history(msg.key, since=conv.context_start, before=msg.id)
+        answers = {row.reply_to: row for row in rows if row.role == "assistant" and row.reply_to}
+        turns = [(row, answers[row.id]) for row in rows if row.role == "user" and row.id in answers]
+        kept: list[ChatMessage] = []
+        dropped_images = 0
+        full = False
+        for user, answer in reversed(turns):
+            if full:
+                dropped_images += len(user.attachments)
+                continue
+            user_msg = await self._history_message(user)
+            reply = ChatMessage("assistant", answer.text)
+            cost = message_cost(self.engine, user_msg) + message_cost(self.engine, reply)
+            if cost > budget:
+                full = True
+                dropped_images += len(user_msg.images)
+                continue
+            budget -= cost
+            kept[:0] = [user_msg, reply]
+        return kept, dropped_images
+
+    async def _history_message(self, row: StoredMessage) -> ChatMessage:
+        images: list[ImagePart] = []
+        texts: list[str] = [row.text.strip()] if row.text.strip() else []
+        for att in row.attachments:
+            if not att.sha256:
+                continue
+            try:
+                data = await self.store.attachment_data(att.sha256)
+            except FileNotFoundError:
+                continue
+            kind = sniff(data, att.filename, att.mime)
+            if kind.kind == "image":
+                try:
+                    image = await self._decode(att.sha256, data, att.filename)
+                except InputError:
+                    continue
+                images.append(ImagePart(image=image, max_tiles=self.settings.media.max_tiles, sha256=att.sha256))
+            elif kind.kind == "text":
+                texts.append(f"[{att.filename or 'file'}]\n{decode_text(data)[0]}")
+        return ChatMessage("user", "\n\n".join(texts), tuple(images[: self.settings.media.max_images_per_turn]))
+
+    async def _purge_forever(self) -> None:
+        while True:
+            cutoff = time.time() - self.settings.store.retention_days * 86400
+            try:
+                report = await self.store.purge(cutoff)
+                if report.messages:
+                    log.info("retention: deleted %d message(s), %d file(s)", report.messages,
+                             report.attachment_files)
+            except Exception:
+                log.exception("retention purge failed")
+            await asyncio.sleep(3600)
+
+
+async def _emit(sink: ReplySink, event: ReplyEvent) -> str | None:
+    """Emit an event whose loss must not fail the message (status, notices); log the failure."""
+    try:
+        return await sink.emit(event)
+    except Exception:
+        log.exception("the reply sink failed on %s", type(event).__name__)
+        return None
+
+
+__all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Ticket", "parse_command"]

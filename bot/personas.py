@@ -1,0 +1,87 @@
+"""Personas: system prompt, greeting and style, loaded from YAML files (``prompts/*.yaml``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.errors import ConfigError
+from bot.i18n import ANSWER_IN, LANGUAGE_NAMES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """One persona. ``greeting`` maps language codes to the greeting text."""
+
+    name: str
+    title: str
+    system: str
+    style: str = ""
+    description: str = ""
+    greeting: dict[str, str] = field(default_factory=dict)
+
+    def system_prompt(self, language: str) -> str:
+        """The system prompt for an answer in ``language``."""
+        name, native = LANGUAGE_NAMES.get(language, (language, language))
+        parts = [self.system.strip()]
+        if self.style:
+            parts.append(f"Style: {self.style.strip()}")
+        parts.append(ANSWER_IN.format(name=name, native=native))
+        return "\n\n".join(parts)
+
+    def greeting_for(self, language: str) -> str:
+        return self.greeting.get(language) or self.greeting.get("en") or self.title
+
+
+def _parse(data: Any, source: str) -> Persona:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a persona file must be a mapping with name, title and system")
+    unknown = set(data) - {"name", "title", "system", "style", "description", "greeting"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, description, greeting")
+    for key in ("name", "system"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise ConfigError(f"{source}: persona key {key!r} is missing or empty")
+    greeting = data.get("greeting") or {}
+    if isinstance(greeting, str):
+        greeting = {"en": greeting}
+    if not isinstance(greeting, dict):
+        raise ConfigError(f"{source}: greeting must be a text or a mapping of language code to text")
+    return Persona(
+        name=data["name"].strip(),
+        title=str(data.get("title") or data["name"]).strip(),
+        system=data["system"],
+        style=str(data.get("style") or ""),
+        description=str(data.get("description") or ""),
+        greeting={str(k): str(v) for k, v in greeting.items()},
+    )
+
+
+def load_personas(extra_dir: str | Path | None = None) -> dict[str, Persona]:
+    """The built-in personas, overridden and extended by the YAML files of ``extra_dir``."""
+    personas: dict[str, Persona] = {}
+    sources: list[tuple[str, str]] = []
+    for entry in sorted(resources.files("prompts").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith((".yaml", ".yml")):
+            sources.append((f"prompts/{entry.name}", entry.read_text(encoding="utf-8")))
+    if extra_dir:
+        folder = Path(extra_dir).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"conversation.personas_dir: {folder} is not a folder — create it or leave the key empty")
+        for path in sorted(folder.glob("*.y*ml")):
+            sources.append((str(path), path.read_text(encoding="utf-8")))
+    for source, raw in sources:
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+        persona = _parse(data, source)
+        personas[persona.name] = persona
+    return personas

@@ -1,0 +1,65 @@
+"""Wiring: settings -> store + engine + conversation manager, with an orderly start and stop."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+from bot.config import Settings
+from bot.engines import Engine, build_engine
+from bot.manager import ConversationManager
+from bot.store import SQLiteStore, Store
+
+log = logging.getLogger(__name__)
+
+#: Answers of the random demo model are noise; keep them short.
+DEMO_MAX_NEW_TOKENS = 48
+
+DEMO_BANNER = (
+    "*** DEMO MODEL: a tiny, randomly initialised InternVL. Its answers are RANDOM NOISE. ***\n"
+    "*** Set engine.transformers.model in config.yaml to a real InternVL -hf checkpoint,    ***\n"
+    "*** e.g. a download of OpenGVLab/InternVL3-1B-hf, for real answers.                    ***"
+)
+
+
+class Runtime:
+    """``async with Runtime(settings) as rt:`` opens the store, loads the engine, builds the manager."""
+
+    def __init__(self, settings: Settings, *, engine: Engine | None = None, store: Store | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.manager: ConversationManager | None = None
+
+    async def __aenter__(self) -> Runtime:
+        settings = self.settings
+        self.store = self.store or SQLiteStore(settings.store_path, settings.data_path / "attachments")
+        await self.store.open()
+        try:
+            self.engine = self.engine or build_engine(settings)
+            await self.engine.start()
+            if self.engine.info.demo:
+                log.warning("demo model in use: answers are random noise")
+                gen = settings.engine.generation
+                if gen.max_new_tokens > DEMO_MAX_NEW_TOKENS:
+                    engine = settings.engine.model_copy(
+                        update={"generation": gen.model_copy(update={"max_new_tokens": DEMO_MAX_NEW_TOKENS})}
+                    )
+                    settings = settings.model_copy(update={"engine": engine})
+                    self.settings = settings
+            self.manager = ConversationManager(settings, self.store, self.engine)
+        except BaseException:
+            await self.store.close()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            if self.manager is not None:
+                await self.manager.stop()
+            if self.engine is not None:
+                await self.engine.close()
+        finally:
+            if self.store is not None:
+                await self.store.close()

@@ -1,0 +1,1 @@
+"""Built-in personas, as YAML data files. Loaded by :mod:`bot.personas`."""
