@@ -109,7 +109,6 @@ def make_demo_model(directory: str | Path, *, seed: int = 0, context_length: int
         InternVLVisionConfig,
         Qwen2Config,
     )
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

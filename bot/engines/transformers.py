@@ -52,7 +52,13 @@ class TransformersEngine(LimitedEngine):
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModelForImageTextToText,
+            AutoTokenizer,
+            PretrainedConfig,
+        )
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -71,10 +77,10 @@ class TransformersEngine(LimitedEngine):
                 "empty to use the demo model"
             )
         try:
-            config = AutoConfig.from_pretrained(path)
+            raw, _ = PretrainedConfig.get_config_dict(path)
         except Exception as exc:
             raise ModelLoadError(f"engine.transformers.model: cannot read the config of {path}: {exc}") from None
-        model_type = getattr(config, "model_type", "")
+        model_type = raw.get("model_type", "")
         if model_type != "internvl":
             hint = (
                 "this is the original InternVL layout (InternVLChatModel, trust_remote_code); use its -hf "
@@ -85,6 +91,7 @@ class TransformersEngine(LimitedEngine):
             raise ModelLoadError(
                 f"engine.transformers.model: {path} is a {model_type or 'unknown'!r} model, not InternVL — {hint}"
             )
+        config = AutoConfig.from_pretrained(path)
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         dtype = {

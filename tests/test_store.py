@@ -1,0 +1,169 @@
+"""Contract tests every store passes, plus what only the SQLite file can show."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.store import MemoryStore, NewMessage, SQLiteStore, Store, sha256_of
+from bot.types import Attachment, ConversationKey
+
+KEY = ConversationKey("telegram", "42")
+OTHER = ConversationKey("slack", "C1", "1700000000.1")
+
+
+class StoreContract:
+    """Subclasses provide a ``store`` fixture (opened)."""
+
+    async def test_events_are_remembered_once(self, store: Store) -> None:
+        assert await store.remember_event("telegram", "u1") is True
+        assert await store.remember_event("telegram", "u1") is False
+        assert await store.remember_event("slack", "u1") is True
+
+    async def test_conversation_defaults_and_updates(self, store: Store) -> None:
+        conv = await store.conversation(KEY)
+        assert (conv.persona, conv.language, conv.context_start) == (None, None, 0)
+        await store.update_conversation(KEY, persona="tutor", language="pt")
+        conv = await store.conversation(KEY)
+        assert (conv.persona, conv.language) == ("tutor", "pt")
+
+    async def test_message_lifecycle_and_reply(self, store: Store) -> None:
+        mid = await store.add_message(KEY, NewMessage(role="user", text="hello", sender_id="u", locale="pt-BR",
+                                                      platform_message_id="p1"))
+        assert [m.id for m in await store.pending()] == [mid]
+        await store.set_state(mid, "answering")
+        assert (await store.message(mid)).state == "answering"
+        assert [m.id for m in await store.pending()] == [mid]
+        rid = await store.finish(mid, "answered", reply="hi!", reply_platform_id="p2")
+        assert rid is not None and rid > mid
+        assert await store.pending() == []
+        reply = await store.message(rid)
+        assert (reply.role, reply.text, reply.reply_to, reply.platform_message_id) == ("assistant", "hi!", mid, "p2")
+        user = await store.message(mid)
+        assert (user.state, user.locale, user.platform_message_id) == ("answered", "pt-BR", "p1")
+
+    async def test_history_has_answered_chat_turns_of_the_context_only(self, store: Store) -> None:
+        a = await store.add_message(KEY, NewMessage(role="user", text="one"))
+        await store.finish(a, "answered", reply="r-one")
+        b = await store.add_message(KEY, NewMessage(role="user", text="/help", kind="command"))
+        await store.finish(b, "answered", reply="help text", kind="command")
+        c = await store.add_message(KEY, NewMessage(role="user", text="bad"))
+        await store.finish(c, "failed", reply="sorry", kind="notice", error="x")
+        d = await store.add_message(OTHER, NewMessage(role="user", text="elsewhere"))
+        await store.finish(d, "answered", reply="r-else")
+        e = await store.add_message(KEY, NewMessage(role="user", text="two"))
+        texts = [m.text for m in await store.history(KEY, since=0, before=e)]
+        assert texts == ["one", "r-one"]
+        assert await store.history(KEY, since=c, before=e) == []
+
+    async def test_attachments_are_stored_once_by_sha256(self, store: Store) -> None:
+        data = b"\x89PNG fake bytes"
+        att = Attachment(ref="file-1", filename="a.png", mime="image/png")
+        m1 = await store.add_message(KEY, NewMessage(role="user", text="", attachments=[att]))
+        m2 = await store.add_message(OTHER, NewMessage(role="user", text="", attachments=[att, att]))
+        sha = await store.save_attachment(m1, 0, data)
+        assert sha == sha256_of(data)
+        assert await store.save_attachment(m2, 1, data) == sha
+        assert await store.attachment_data(sha) == data
+        stored = (await store.message(m2)).attachments
+        assert [a.sha256 for a in stored] == [None, sha]
+        assert stored[1].filename == "a.png" and stored[1].size == len(data)
+
+    async def test_forget_deletes_rows_and_unshared_files(self, store: Store) -> None:
+        shared, private = b"shared-bytes", b"private-bytes"
+        att = Attachment(ref="r")
+        m1 = await store.add_message(KEY, NewMessage(role="user", text="mine", attachments=[att, att]))
+        await store.save_attachment(m1, 0, shared)
+        await store.save_attachment(m1, 1, private)
+        await store.finish(m1, "answered", reply="ok")
+        m2 = await store.add_message(OTHER, NewMessage(role="user", text="theirs", attachments=[att]))
+        await store.save_attachment(m2, 0, shared)
+        report = await store.forget(KEY)
+        assert (report.conversations, report.messages) == (1, 2)
+        with pytest.raises(FileNotFoundError):
+            await store.attachment_data(sha256_of(private))
+        assert await store.attachment_data(sha256_of(shared)) == shared
+        assert await store.history(KEY, since=0, before=10**9) == []
+        assert [m.text for m in await store.pending()] == ["theirs"]
+
+    async def test_purge_keeps_recent_and_pending(self, store: Store, clock: list[float]) -> None:
+        clock[0] = 1000.0
+        old = await store.add_message(KEY, NewMessage(role="user", text="old"))
+        await store.finish(old, "answered", reply="old reply")
+        waiting = await store.add_message(KEY, NewMessage(role="user", text="still pending"))
+        clock[0] = 5000.0
+        new = await store.add_message(OTHER, NewMessage(role="user", text="new"))
+        report = await store.purge(older_than=2000.0)
+        assert report.messages == 2
+        assert {m.text for m in await store.pending()} == {"still pending", "new"}
+        assert (await store.message(new)).text == "new"
+        assert (await store.message(waiting)).state == "received"
+
+    async def test_last_message_id(self, store: Store) -> None:
+        assert await store.last_message_id() == 0
+        mid = await store.add_message(KEY, NewMessage(role="user", text="x"))
+        assert await store.last_message_id() == mid
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    return [1.0]
+
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    async def store(self, clock: list[float]) -> Store:
+        s = MemoryStore(clock=lambda: clock[0])
+        await s.open()
+        return s
+
+
+class TestSQLiteStore(StoreContract):
+    @pytest.fixture
+    async def store(self, tmp_path: Path, clock: list[float]) -> Store:
+        s = SQLiteStore(tmp_path / "bot.sqlite3", clock=lambda: clock[0])
+        await s.open()
+        yield s
+        await s.close()
+
+    async def test_wal_mode_and_named_migrations(self, tmp_path: Path) -> None:
+        store = SQLiteStore(tmp_path / "x.sqlite3")
+        await store.open()
+        await store.close()
+        conn = sqlite3.connect(tmp_path / "x.sqlite3")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == ["m001_initial"]
+
+    async def test_everything_survives_reopening(self, tmp_path: Path) -> None:
+        path = tmp_path / "bot.sqlite3"
+        first = SQLiteStore(path)
+        await first.open()
+        await first.update_conversation(KEY, persona="support", context_start=7)
+        mid = await first.add_message(KEY, NewMessage(role="user", text="kept", attachments=[Attachment("r", "f.jpg")]))
+        sha = await first.save_attachment(mid, 0, b"jpeg-ish")
+        await first.close()
+        again = SQLiteStore(path)
+        await again.open()
+        conv = await again.conversation(KEY)
+        assert (conv.persona, conv.context_start) == ("support", 7)
+        [pending] = await again.pending()
+        assert pending.text == "kept" and pending.attachments[0].sha256 == sha
+        assert await again.attachment_data(sha) == b"jpeg-ish"
+        await again.close()
+
+    async def test_forget_removes_the_file_from_disk(self, tmp_path: Path) -> None:
+        store = SQLiteStore(tmp_path / "bot.sqlite3", tmp_path / "files")
+        await store.open()
+        mid = await store.add_message(KEY, NewMessage(role="user", text="x", attachments=[Attachment("r")]))
+        sha = await store.save_attachment(mid, 0, b"secret photo")
+        files = list((tmp_path / "files").rglob(sha))
+        assert len(files) == 1
+        report = await store.forget(KEY)
+        assert report.attachment_files == 1
+        assert not files[0].exists()
+        conn = sqlite3.connect(tmp_path / "bot.sqlite3")
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM attachments").fetchone()[0] == 0
+        await store.close()
