@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 448
 TEXT_EXTENSIONS = (".txt", ".md", ".markdown", ".csv", ".tsv", ".json", ".log", ".yaml", ".yml", ".xml", ".ini")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif")
 MAX_TEXT_FILE_CHARS = 20000
 
 
@@ -72,6 +73,9 @@ def sniff(data: bytes, filename: str = "", declared_mime: str = "") -> MediaKind
     for sig, off, kind, mime, label in _MAGIC:
         if head[off:off + len(sig)] == sig:
             return MediaKind(kind, mime, label)  # type: ignore[arg-type]
+    if filename.lower().endswith(IMAGE_EXTENSIONS) or declared_mime.startswith("image/"):
+        # Claims to be an image but has no image signature: decoding will say it is unreadable.
+        return MediaKind("image", declared_mime or "image/unknown", "image")
     if _looks_like_text(data) and (
         filename.lower().endswith(TEXT_EXTENSIONS) or declared_mime.startswith("text/") or not filename
         or "." not in filename

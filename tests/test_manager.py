@@ -1,0 +1,521 @@
+"""The conversation manager, end to end with real stores and the echo / demo engines."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot.config import Settings
+from bot.engines import EchoEngine, Engine
+from bot.manager import ConversationManager, Ticket, parse_command
+from bot.store import MemoryStore, NewMessage, SQLiteStore, Store
+from bot.types import (
+    AnswerDone,
+    Channel,
+    CollectingSink,
+    ConversationKey,
+    IncomingMessage,
+    MemoryFetcher,
+    Notice,
+    ReplyEvent,
+    Sender,
+    TextChunk,
+)
+from tests.conftest import image_bytes, make_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LoggingSink(CollectingSink):
+    """Collects per conversation and appends to one global, ordered log."""
+
+    def __init__(self, key: ConversationKey, log: list[tuple[str, ReplyEvent]], fail_on_chunk: bool = False) -> None:
+        super().__init__()
+        self.key = key
+        self.log = log
+        self.fail_on_chunk = fail_on_chunk
+
+    async def emit(self, event: ReplyEvent) -> str | None:
+        if self.fail_on_chunk and isinstance(event, TextChunk):
+            raise ConnectionError("platform down")
+        self.log.append((self.key.chat, event))
+        return await super().emit(event)
+
+
+class Harness:
+    def __init__(self, settings: Settings, store: Store, engine: Engine, platform: str = "test") -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.platform = platform
+        self.manager = ConversationManager(settings, store, engine)
+        self.fetcher = MemoryFetcher()
+        self.sinks: dict[str, LoggingSink] = {}
+        self.log: list[tuple[str, ReplyEvent]] = []
+        self.broken_sinks: set[str] = set()
+        self.manager.register(Channel(platform, self.fetcher, self._sink))
+        self._events = 0
+
+    def _sink(self, key: ConversationKey, reply_to: str | None) -> LoggingSink:
+        if key.chat not in self.sinks:
+            self.sinks[key.chat] = LoggingSink(key, self.log)
+        sink = self.sinks[key.chat]
+        sink.fail_on_chunk = key.chat in self.broken_sinks
+        return sink
+
+    def key(self, chat: str) -> ConversationKey:
+        return ConversationKey(self.platform, chat)
+
+    async def say(self, chat: str, text: str = "", *, files: tuple[tuple[bytes, str], ...] = (),
+                  locale: str | None = None, event_id: str | None = None) -> Ticket | None:
+        attachments = tuple(self.fetcher.add(data, name) for data, name in files)
+        return await self.manager.submit(
+            IncomingMessage(self.key(chat), Sender("u1", "Ana"), text, attachments, locale=locale, event_id=event_id)
+        )
+
+    async def ask(self, chat: str, text: str = "", **kw: Any) -> str:
+        ticket = await self.say(chat, text, **kw)
+        assert ticket is not None
+        return await asyncio.wait_for(ticket.done, 30)
+
+    def texts(self, chat: str) -> list[str]:
+        return self.sinks[chat].texts
+
+    def last(self, chat: str) -> str:
+        return self.sinks[chat].texts[-1]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Callable[..., Harness]:
+    def make(model: Engine | None = None, store: Store | None = None, **overrides: Any) -> Harness:
+        return Harness(make_settings(tmp_path, **overrides), store or MemoryStore(), model or EchoEngine())
+    return make
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def test_parse_command() -> None:
+    assert parse_command("/persona tutor") == ("persona", "tutor")
+    assert parse_command("  /START@MyBot  ") == ("start", "")
+    assert parse_command("/usr/bin is missing") is None
+    assert parse_command("hello /help") is None
+
+
+async def test_plain_answer_streams_and_is_stored(harness: Callable[..., Harness]) -> None:
+    h = harness(model=EchoEngine(delay=0.001))
+    assert await h.ask("c1", "Is the filter clogged?") == "answered"
+    sink = h.sinks["c1"]
+    assert sink.streamed.strip() == "echo: Is the filter clogged?"
+    assert sink.answers == ["echo: Is the filter clogged?"]
+    assert sum(isinstance(e, TextChunk) for e in sink.events) > 2
+    history = await h.store.history(h.key("c1"), since=0, before=10**9)
+    assert [m.text for m in history] == ["Is the filter clogged?", "echo: Is the filter clogged?"]
+
+
+async def test_start_greets_with_the_persona_in_the_user_language(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    await h.ask("c1", "/start", locale="pt-BR")
+    assert h.last("c1").startswith("Olá! Envie uma foto")
+    assert "/help" in h.last("c1")
+
+
+async def test_help_lists_commands_and_personas(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    await h.ask("c1", "/help")
+    reply = h.last("c1")
+    for word in ("/reset", "/persona", "/lang", "diagnosis", "tutor", "support"):
+        assert word in reply
+
+
+async def test_persona_command_switches_the_system_prompt(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    engine: EchoEngine = h.engine  # type: ignore[assignment]
+    await h.ask("c1", "/persona")
+    assert "diagnosis" in h.last("c1")
+    await h.ask("c1", "/persona tutor")
+    assert h.last("c1") == "Persona switched to “Tutor”."
+    await h.ask("c1", "Explain fractions to me please, I am lost with them")
+    assert "tutor" in engine.calls[-1][0].text
+    await h.ask("c1", "/persona pirate")
+    assert "pirate" in h.last("c1")
+    assert "diagnosis, support, tutor" in h.last("c1")
+
+
+async def test_lang_command_pins_and_unpins(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    engine: EchoEngine = h.engine  # type: ignore[assignment]
+    await h.ask("c1", "/lang pt")
+    assert h.last("c1") == "A partir de agora responderei em Português (Portuguese)."
+    await h.ask("c1", "Why does my printer make a grinding noise when it starts?")
+    assert "Portuguese" in engine.calls[-1][0].text
+    await h.ask("c1", "/lang auto")
+    await h.ask("c1", "Why does my printer make a grinding noise when it starts?")
+    assert "in English" in engine.calls[-1][0].text
+    await h.ask("c1", "/lang klingon")
+    assert "klingon" in h.last("c1")
+
+
+async def test_unknown_command_is_answered_politely_in_the_user_language(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    assert await h.ask("c1", "/frobnicate now", locale="de") == "answered"
+    assert h.last("c1") == "Den Befehl /frobnicate kenne ich nicht. Senden Sie /help, um zu sehen, was ich kann."
+
+
+async def test_commands_stay_out_of_the_model_history(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    engine: EchoEngine = h.engine  # type: ignore[assignment]
+    await h.ask("c1", "first question about the pump")
+    await h.ask("c1", "/help")
+    await h.ask("c1", "second question about the pump")
+    assert [m.text for m in engine.calls[-1][1:]] == [
+        "first question about the pump", "echo: first question about the pump", "second question about the pump",
+    ]
+
+
+async def test_reset_stops_the_generation_and_starts_a_new_context(harness: Callable[..., Harness]) -> None:
+    engine = EchoEngine(delay_for=lambda text: 0.05 if "slow" in text else 0.0)
+    h = harness(model=engine)
+    await h.ask("c1", "remember the blue valve")
+    slow = await h.say("c1", "slow " * 200)
+    queued = await h.say("c1", "this one waits in the queue")
+    assert slow is not None and queued is not None
+    while not h.sinks["c1"].streamed.count("slow"):
+        await asyncio.sleep(0.01)
+    reset = await h.say("c1", "/reset")
+    assert reset is not None
+    assert await asyncio.wait_for(slow.done, 5) == "cancelled"
+    assert await queued.done == "cancelled"
+    assert await reset.done == "answered"
+    assert h.last("c1").startswith("Done — I have started a fresh conversation.")
+    interrupted = [e for e in h.sinks["c1"].events if isinstance(e, AnswerDone) and e.interrupted]
+    assert len(interrupted) == 1
+    await h.ask("c1", "what did I ask you to remember?")
+    assert [m.role for m in engine.calls[-1]] == ["system", "user"]
+    assert (await h.store.message(slow.message_id)).state == "cancelled"
+
+
+# -- ordering and concurrency -------------------------------------------------------------
+
+
+async def test_order_is_kept_per_conversation_while_conversations_run_in_parallel(
+    harness: Callable[..., Harness],
+) -> None:
+    engine = EchoEngine(delay_for=lambda text: 0.03 if text.startswith("A1") else 0.001)
+    h = harness(model=engine)
+    tickets = [await h.say(chat, text) for chat, text in
+               [("A", "A1 slow question here"), ("B", "B1"), ("A", "A2"), ("B", "B2"), ("A", "A3")]]
+    await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets if t)), 10)
+    done = [(chat, e.text) for chat, e in h.log if isinstance(e, AnswerDone)]
+    assert [t for c, t in done if c == "A"] == ["echo: A1 slow question here", "echo: A2", "echo: A3"]
+    assert [t for c, t in done if c == "B"] == ["echo: B1", "echo: B2"]
+    # B was not held up by A's slow answer.
+    assert done.index(("B", "echo: B2")) < done.index(("A", "echo: A1 slow question here"))
+    # One generation at a time within a conversation: A2 starts streaming after A1 is done.
+    first_a2_chunk = next(i for i, (c, e) in enumerate(h.log) if c == "A" and isinstance(e, TextChunk)
+                          and "A2" in e.text)
+    a1_done = next(i for i, (c, e) in enumerate(h.log) if isinstance(e, AnswerDone) and "A1" in e.text)
+    assert a1_done < first_a2_chunk
+
+
+async def test_global_bound_on_parallel_conversations(harness: Callable[..., Harness]) -> None:
+    engine = EchoEngine(delay=0.01)
+    h = harness(model=engine, conversation={"max_parallel_conversations": 3})
+    tickets = [await h.say(f"c{i}", "some words to echo back slowly") for i in range(10)]
+    await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets if t)), 10)
+    assert engine.peak_active == 3
+    assert all(h.sinks[f"c{i}"].answers for i in range(10))
+
+
+async def test_duplicate_platform_events_are_answered_once(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    first = await h.say("c1", "hello there", event_id="evt-1")
+    assert first is not None
+    assert await h.say("c1", "hello there", event_id="evt-1") is None
+    await first.done
+    assert h.sinks["c1"].answers == ["echo: hello there"]
+
+
+async def test_too_many_pending_messages_get_a_polite_refusal(harness: Callable[..., Harness]) -> None:
+    engine = EchoEngine(delay=0.02)
+    h = harness(model=engine, conversation={"max_pending_per_conversation": 2})
+    tickets = [await h.say("c1", f"message number {i}") for i in range(4)]
+    states = await asyncio.wait_for(asyncio.gather(*(t.done for t in tickets if t)), 10)
+    assert states == ["answered", "answered", "failed", "failed"]
+    assert any("messages waiting for an answer" in t for t in h.texts("c1"))
+
+
+# -- history and images -------------------------------------------------------------------
+
+
+async def test_images_reach_the_engine_and_follow_ups_still_see_them(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    engine: EchoEngine = h.engine  # type: ignore[assignment]
+    await h.ask("c1", "what is broken here?", files=((image_bytes(1000, 700), "machine.jpg"),))
+    assert "[image 1: 1000x700, 7 tiles]" in h.sinks["c1"].answers[-1]
+    await h.ask("c1", "and how do I fix it?")
+    user_turns = [m for m in engine.calls[-1] if m.role == "user"]
+    assert [len(m.images) for m in user_turns] == [1, 0]
+    assert user_turns[0].images[0].image.size == (1000, 700)
+
+
+async def test_history_is_trimmed_oldest_first_and_the_user_is_told(harness: Callable[..., Harness]) -> None:
+    engine = EchoEngine(context_length=1700)
+    h = harness(model=engine, engine={"generation": {"max_new_tokens": 100}}, media={"max_tiles": 1})
+    photo = image_bytes(448, 448)
+    for i in range(1, 6):
+        assert await h.ask("c1", f"photo number {i}", files=((image_bytes(448, 448, color=(i, i, i)), f"p{i}.png"),)) \
+            == "answered"
+    last_call = engine.calls[-1]
+    assert last_call[0].role == "system"
+    assert last_call[-1].text == "photo number 5"
+    seen = [m.text for m in last_call if m.role == "user"]
+    assert seen[0] != "photo number 1"
+    assert seen[-2:] == ["photo number 4", "photo number 5"]
+    notices = h.sinks["c1"].notices
+    assert any("no longer see" in n for n in notices)
+    # Every prompt fitted the budget.
+    assert len(photo) > 0
+
+
+async def test_too_big_current_turn_is_refused_not_truncated(harness: Callable[..., Harness]) -> None:
+    engine = EchoEngine(context_length=1000)
+    h = harness(model=engine, engine={"generation": {"max_new_tokens": 100}})
+    assert await h.ask("c1", "look", files=((image_bytes(2000, 1000), "big.jpg"),)) == "failed"
+    assert "more than my context" in h.last("c1")
+
+
+async def test_text_files_are_read_into_the_prompt(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    engine: EchoEngine = h.engine  # type: ignore[assignment]
+    await h.ask("c1", "summarise", files=((b"line one\nline two\n", "notes.txt"),))
+    assert "[notes.txt]\nline one\nline two" in engine.calls[-1][-1].text
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def _truncated_jpeg() -> bytes:
+    data = image_bytes(800, 600)
+    return data[: len(data) // 2]
+
+
+def _png_bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("files", "text", "expected"),
+    [
+        (((os.urandom(2048), "photo.jpg"),), "what is it?", "couldn't read"),
+        (((b"", "empty.jpg"),), "what is it?", "couldn't read"),
+        (((b"", "empty.bin"),), "what is it?", "empty file"),
+        (((_truncated_jpeg(), "half.jpg"),), "what is it?", "couldn't read"),
+        (((_png_bomb(), "bomb.png"),), "what is it?", "too large"),
+        (((b"%PDF-1.7\n...", "invoice.pdf"),), "read this", "PDF document"),
+        (((b"OggS\x00\x02" + b"\x00" * 100, "voice.ogg"),), "", "audio or voice note"),
+        ((), "", "empty"),
+        ((), "x" * 100_000, "too long"),
+    ],
+)
+async def test_bad_input_gets_a_polite_answer_and_the_message_is_kept(
+    harness: Callable[..., Harness], tmp_path: Path, files: tuple[tuple[bytes, str], ...], text: str, expected: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    store = SQLiteStore(tmp_path / "bot.sqlite3")
+    await store.open()
+    h = harness(store=store, media={"max_image_pixels": 50_000_000})
+    bad = await h.say("bad", text, files=files)
+    good = await h.say("good", "a normal question")
+    assert bad is not None and good is not None
+    assert await asyncio.wait_for(bad.done, 10) == "failed"
+    assert await good.done == "answered"
+    assert expected in h.last("bad")
+    assert h.sinks["good"].answers == ["echo: a normal question"]
+    kept = await store.message(bad.message_id)
+    assert (kept.text, kept.state) == (text, "failed")
+    assert kept.error
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    # The worker lives on: the same conversation answers the next message.
+    assert await h.ask("bad", "and now a normal one") == "answered"
+    await store.close()
+
+
+async def test_bad_input_answer_is_in_the_user_language(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    await h.ask("c1", "", locale="es-MX")
+    assert h.last("c1") == "Tu mensaje estaba vacío. Envíame una pregunta, una foto o un archivo."
+    await h.ask("c2", "Что не так с этой фотографией моего котла?", files=((b"garbage", "boiler.jpg"),))
+    assert h.last("c2").startswith("Не удалось прочитать изображение «boiler.jpg»")
+
+
+async def test_file_over_the_byte_limit(harness: Callable[..., Harness]) -> None:
+    h = harness(media={"max_file_bytes": 1000})
+    assert await h.ask("c1", "look", files=((image_bytes(900, 900, fmt="PNG"), "big.png"),)) == "failed"
+    assert "too large" in h.last("c1")
+
+
+async def test_engine_failure_is_polite_and_the_worker_survives(harness: Callable[..., Harness]) -> None:
+    h = harness(model=EchoEngine(fail_on="explode"))
+    assert await h.ask("c1", "please explode", locale="fr") == "failed"
+    assert h.last("c1").startswith("Désolé, un problème est survenu")
+    assert await h.ask("c1", "a normal question") == "answered"
+
+
+async def test_broken_platform_sink_fails_the_message_not_the_worker(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    h.broken_sinks.add("c1")
+    assert await h.ask("c1", "hello") == "failed"
+    h.broken_sinks.clear()
+    assert await h.ask("c1", "hello again") == "answered"
+
+
+async def test_missing_attachment_bytes(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    from bot.types import Attachment
+
+    ticket = await h.manager.submit(IncomingMessage(h.key("c1"), Sender("u"), "see file",
+                                                    (Attachment(ref="gone", filename="lost.jpg"),)))
+    assert ticket is not None
+    assert await ticket.done == "failed"
+    assert "couldn't download the file “lost.jpg”" in h.last("c1")
+
+
+# -- restart recovery -----------------------------------------------------------------------
+
+CRASHING_RUN = textwrap.dedent(
+    """
+    import asyncio, sys
+    from bot.config import Settings
+    from bot.engines import EchoEngine
+    from bot.manager import ConversationManager
+    from bot.store import SQLiteStore
+    from bot.types import Channel, CollectingSink, ConversationKey, IncomingMessage, MemoryFetcher, Sender
+
+    async def main():
+        settings = Settings(data_dir=sys.argv[1])
+        store = SQLiteStore(settings.store_path)
+        await store.open()
+        manager = ConversationManager(settings, store, EchoEngine(delay=30))
+        manager.register(Channel("test", MemoryFetcher(), lambda key, reply_to: CollectingSink()))
+        await manager.start()
+        key = ConversationKey("test", "crash")
+        await manager.submit(IncomingMessage(key, Sender("u"), "answer me after the crash"))
+        await manager.submit(IncomingMessage(key, Sender("u"), "and this one too"))
+        while (await store.message(1)).state != "answering":
+            await asyncio.sleep(0.01)
+        print("stored", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_killed_process_answers_each_message_once_after_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_RUN, str(data)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    assert (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)).strip() == "stored"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    settings = Settings(data_dir=str(data))
+    for run in range(2):
+        store = SQLiteStore(settings.store_path)
+        await store.open()
+        sink = CollectingSink()
+        manager = ConversationManager(settings, store, EchoEngine())
+        manager.register(Channel("test", MemoryFetcher(), lambda key, reply_to: sink))
+        resumed = await manager.start()
+        await manager.stop(grace=10)
+        if run == 0:
+            assert resumed == 2
+            assert sink.answers == ["echo: answer me after the crash", "echo: and this one too"]
+        else:
+            assert resumed == 0
+            assert sink.events == []
+        await store.close()
+    rows = sqlite3.connect(settings.store_path).execute(
+        "SELECT role, text, state FROM messages ORDER BY id").fetchall()
+    assert rows == [
+        ("user", "answer me after the crash", "answered"),
+        ("user", "and this one too", "answered"),
+        ("assistant", "echo: answer me after the crash", "answered"),
+        ("assistant", "echo: and this one too", "answered"),
+    ]
+
+
+async def test_shutdown_leaves_interrupted_messages_for_the_next_start(harness: Callable[..., Harness],
+                                                                       tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    h = harness(model=EchoEngine(delay=0.05), store=store)
+    ticket = await h.say("c1", "a long answer " * 50)
+    assert ticket is not None
+    while not h.sinks.get("c1") or not h.sinks["c1"].streamed:
+        await asyncio.sleep(0.01)
+    await h.manager.stop(grace=0.05)
+    assert (await store.message(ticket.message_id)).state == "answering"
+    again = Harness(h.settings, store, EchoEngine())
+    assert await again.manager.start() == 1
+    await again.manager.stop(grace=5)
+    assert (await store.message(ticket.message_id)).state == "answered"
+    await store.close()
+
+
+async def test_pending_message_of_a_disabled_platform_waits(harness: Callable[..., Harness]) -> None:
+    store = MemoryStore()
+    await store.add_message(ConversationKey("telegram", "9"), NewMessage(role="user", text="hi"))
+    h = harness(store=store)
+    assert await h.manager.start() == 0
+    assert len(await store.pending()) == 1
+
+
+# -- the real model -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_multi_turn_conversation_with_an_image_through_the_demo_model(
+    demo_model: Path, tmp_path: Path,
+) -> None:
+    from bot.engines.transformers import TransformersEngine
+
+    settings = make_settings(tmp_path, engine={"generation": {"max_new_tokens": 8}})
+    engine = TransformersEngine(settings.engine.transformers, model_path=str(demo_model))
+    await engine.start()
+    store = SQLiteStore(settings.store_path)
+    await store.open()
+    h = Harness(settings, store, engine)
+    assert await h.ask("c1", "What is wrong with this pump?", files=((image_bytes(1200, 900), "pump.jpg"),)) \
+        == "answered"
+    assert await h.ask("c1", "And what should I check first?") == "answered"
+    sink = h.sinks["c1"]
+    assert len(sink.answers) == 2
+    assert all(a for a in sink.answers)
+    rows = sqlite3.connect(settings.store_path).execute(
+        "SELECT role, state FROM messages ORDER BY id").fetchall()
+    assert rows == [("user", "answered"), ("assistant", "answered"), ("user", "answered"), ("assistant", "answered")]
+    await store.close()
+    await engine.close()
+
+
+def test_notice_type_is_exported() -> None:
+    assert Notice("x").kind == "info"
