@@ -443,7 +443,7 @@ async def test_killed_process_answers_each_message_once_after_restart(tmp_path: 
         await store.open()
         sink = CollectingSink()
         manager = ConversationManager(settings, store, EchoEngine())
-        manager.register(Channel("test", MemoryFetcher(), lambda key, reply_to: sink))
+        manager.register(Channel("test", MemoryFetcher(), lambda key, reply_to, sink=sink: sink))
         resumed = await manager.start()
         await manager.stop(grace=10)
         if run == 0:
