@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -129,7 +130,10 @@ def decode_image(data: bytes, *, name: str = "", max_pixels: int) -> Image.Image
     except ImageTooLarge:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc), name=name, pixels="?", limit=round(max_pixels / 1e6, 1)) from None
+        # Pillow refuses far larger canvases itself, at open; its message carries the size.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = round(int(found.group(1)) / 1e6, 1) if found else "?"
+        raise ImageTooLarge(str(exc), name=name, pixels=pixels, limit=round(max_pixels / 1e6, 1)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         log.info("unreadable image %r: %s", name, exc)
         raise UnreadableImage(str(exc), name=name) from None
