@@ -77,7 +77,7 @@ def test_broken_images_are_unreadable(data: bytes) -> None:
 
 def test_decode_text_truncates() -> None:
     assert decode_text(b"abcdef", limit=3) == ("abc", True)
-    assert decode_text("ok".encode(), limit=3) == ("ok", False)
+    assert decode_text(b"ok", limit=3) == ("ok", False)
 
 
 def test_tile_arithmetic_reference_cases() -> None:
