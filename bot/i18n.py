@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -343,40 +343,42 @@ class _Blank(dict[str, Any]):
 _URL = re.compile(r"https?://\S+|<[^>]+>|@\w+|/\w+|`[^`]*`")
 
 
+@lru_cache(maxsize=8)
+def _lingua_detector(codes: tuple[str, ...]) -> Any:
+    """One lingua detector per language set, shared: building one takes about a second and ~300 MB
+    for a dozen languages, and a built detector is immutable and safe to share between threads."""
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+    wanted = []
+    for code in codes:
+        iso = getattr(IsoCode639_1, code.upper(), None)
+        if iso is None:
+            raise ValueError(f"unknown language code {code!r}")
+        wanted.append(Language.from_iso_code_639_1(iso))
+    if not wanted:
+        raise ValueError("at least one language is needed for detection")
+    if len(wanted) == 1:  # lingua needs two candidates
+        wanted.append(Language.SPANISH if wanted[0] == Language.ENGLISH else Language.ENGLISH)
+    # Preloaded models: lazily loaded ones make every call about ten times slower.
+    return LanguageDetectorBuilder.from_languages(*wanted).with_preloaded_language_models().build()
+
+
 class LanguageDetector:
-    """Detects the language of a text among a configured set, with lingua."""
+    """Detects the language of a text among a configured set, with lingua (about 0.1 ms a message)."""
 
-    def __init__(self, languages: Iterable[str], *, min_confidence: float = 0.5) -> None:
-        from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+    #: Characters looked at; more adds time, not accuracy.
+    SAMPLE = 1000
 
-        wanted = []
-        self.codes: list[str] = []
-        for code in languages:
-            iso = getattr(IsoCode639_1, code.upper(), None)
-            if iso is None:
-                raise ValueError(f"unknown language code {code!r}")
-            wanted.append(Language.from_iso_code_639_1(iso))
-            self.codes.append(code)
-        if not wanted:
-            raise ValueError("at least one language is needed for detection")
-        if len(wanted) == 1:  # lingua needs two candidates
-            wanted.append(Language.SPANISH if wanted[0] == Language.ENGLISH else Language.ENGLISH)
-        self._detector = LanguageDetectorBuilder.from_languages(*wanted).build()
-        self._min_confidence = min_confidence
-        self._lock = threading.Lock()
-
-    def preload(self) -> None:
-        """Load every language model now instead of on first use (about 0.5 s per language)."""
-        for sample in ("hello world", "olá mundo", "你好", "こんにちは", "привет"):
-            self.detect(sample)
+    def __init__(self, languages: Iterable[str]) -> None:
+        self.codes: list[str] = list(languages)
+        self._detector = _lingua_detector(tuple(self.codes))
 
     def detect(self, text: str) -> tuple[str | None, float]:
         """Return (code, confidence); code is None when the text has no letters."""
-        cleaned = _URL.sub(" ", text)
+        cleaned = _URL.sub(" ", text[: self.SAMPLE * 2])[: self.SAMPLE]
         if not any(ch.isalpha() for ch in cleaned):
             return None, 0.0
-        with self._lock:
-            values = self._detector.compute_language_confidence_values(cleaned[:2000])
+        values = self._detector.compute_language_confidence_values(cleaned)
         if not values:
             return None, 0.0
         best = values[0]

@@ -494,9 +494,8 @@ class SQLiteStore:
             row = self.db.conn.execute(
                 "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
-            key = ConversationKey.parse(row[0])
             return self._insert_message(
-                key,
+                ConversationKey.parse(row[0]),
                 NewMessage(role="assistant", text=reply, kind=kind, state="answered",
                            platform_message_id=reply_platform_id, reply_to=message_id),
             )
