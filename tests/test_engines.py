@@ -132,6 +132,30 @@ class TestTransformersEngine(EngineContract):
         assert tok.convert_tokens_to_ids("<IMG_CONTEXT>") not in ids
         assert "pixel_values" not in inputs
 
+    async def test_generation_does_not_block_the_event_loop(self, engine: TransformersEngine) -> None:
+        gaps: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def ticker() -> None:
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.005)
+                now = loop.time()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        started = loop.time()
+        gen = GenerationSettings(max_new_tokens=400, temperature=0.7, repetition_penalty=1.0)
+        big = Image.new("RGB", (1800, 1300), (90, 90, 90))
+        await _collect(engine.stream(convo("describe", (ImagePart(big, max_tiles=12),)), gen))
+        total = loop.time() - started
+        tick.cancel()
+        # Preprocessing and decoding happen in the worker thread: the loop keeps ticking throughout.
+        assert total > 0.3
+        assert len(gaps) > 10
+        assert max(gaps) < total / 2
+
     async def test_greedy_decoding_is_deterministic(self, engine: TransformersEngine) -> None:
         a = "".join(await _collect(engine.stream(convo(), GEN)))
         b = "".join(await _collect(engine.stream(convo(), GEN)))

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,8 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Callable[..., Harness]:
-    def make(model: Engine | None = None, store: Store | None = None, **overrides: Any) -> Harness:
-        return Harness(make_settings(tmp_path, **overrides), store or MemoryStore(), model or EchoEngine())
+    def make(model: Engine | None = None, db: Store | None = None, **overrides: Any) -> Harness:
+        return Harness(make_settings(tmp_path, **overrides), db or MemoryStore(), model or EchoEngine())
     return make
 
 
@@ -340,7 +341,7 @@ async def test_bad_input_gets_a_polite_answer_and_the_message_is_kept(
     caplog.set_level(logging.INFO)
     store = SQLiteStore(tmp_path / "bot.sqlite3")
     await store.open()
-    h = harness(store=store, media={"max_image_pixels": 50_000_000})
+    h = harness(db=store, media={"max_image_pixels": 50_000_000})
     bad = await h.say("bad", text, files=files)
     good = await h.say("good", "a normal question")
     assert bad is not None and good is not None
@@ -467,7 +468,7 @@ async def test_shutdown_leaves_interrupted_messages_for_the_next_start(harness: 
                                                                        tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.sqlite3")
     await store.open()
-    h = harness(model=EchoEngine(delay=0.05), store=store)
+    h = harness(model=EchoEngine(delay=0.05), db=store)
     ticket = await h.say("c1", "a long answer " * 50)
     assert ticket is not None
     while not h.sinks.get("c1") or not h.sinks["c1"].streamed:
@@ -484,7 +485,7 @@ async def test_shutdown_leaves_interrupted_messages_for_the_next_start(harness: 
 async def test_pending_message_of_a_disabled_platform_waits(harness: Callable[..., Harness]) -> None:
     store = MemoryStore()
     await store.add_message(ConversationKey("telegram", "9"), NewMessage(role="user", text="hi"))
-    h = harness(store=store)
+    h = harness(db=store)
     assert await h.manager.start() == 0
     assert len(await store.pending()) == 1
 
@@ -519,3 +520,17 @@ async def test_multi_turn_conversation_with_an_image_through_the_demo_model(
 
 def test_notice_type_is_exported() -> None:
     assert Notice("x").kind == "info"
+
+
+async def test_retention_purges_old_messages_at_start(harness: Callable[..., Harness]) -> None:
+    clock = [0.0]
+    store = MemoryStore(clock=lambda: clock[0])
+    old = await store.add_message(ConversationKey("test", "c1"), NewMessage(role="user", text="old news"))
+    await store.finish(old, "answered", reply="old answer")
+    clock[0] = time.time()
+    h = harness(db=store, store={"retention_days": 1})
+    await h.manager.start()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert store.messages == {}
+    await h.manager.stop()
