@@ -101,3 +101,76 @@ def test_tile_count_matches_the_checkpoint_image_processor(demo_model: Path) -> 
         for max_num in (1, 6, 12):
             expected = processor.get_number_of_image_patches(height, width, {"max_patches": max_num})
             assert tile_count(width, height, max_num=max_num) == expected, (width, height, max_num)
+
+
+# -- InternVL preprocessing, bit for bit against the reference -------------------------------
+
+from bot.media import dynamic_tiles, image_pixels, pixel_values  # noqa: E402
+from tests import reference_internvl as ref  # noqa: E402
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    smooth = Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR)
+    noise = rng.integers(-20, 21, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(smooth).astype(int) + noise, 0, 255).astype(np.uint8))
+
+
+import numpy as np  # noqa: E402
+
+SIZES = [(1, 1), (4096, 16), (16, 4096), (4032, 3024), (3024, 4032), (448, 448), (449, 447), (1000, 700),
+         (700, 2000), (2000, 300), (1280, 720), (333, 1999), (5, 900), (2560, 2560)]
+
+
+@pytest.mark.parametrize(("width", "height"), SIZES)
+@pytest.mark.parametrize("max_num", [1, 6, 12])
+def test_pixels_equal_the_reference_bit_for_bit(width: int, height: int, max_num: int) -> None:
+    image = _photo(width, height, seed=width * 7 + height)
+    expected = ref.load_image(image, max_num=max_num)
+    assert torch_equal(image_pixels(image, max_num=max_num), expected)
+
+
+def test_tiles_and_pixel_values_api_equal_the_reference_on_random_sizes() -> None:
+    rng = random.Random(3)
+    for _ in range(25):
+        width, height = rng.randint(1, 3000), rng.randint(1, 3000)
+        image = _photo(width, height, seed=width + height)
+        max_num = rng.choice([1, 2, 4, 6, 12])
+        tiles = dynamic_tiles(image, max_num=max_num)
+        reference = ref.dynamic_preprocess(image, max_num=max_num, use_thumbnail=True)
+        assert [t.size for t in tiles] == [t.size for t in reference]
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(tiles, reference, strict=True))
+        assert torch_equal(pixel_values(tiles), ref.load_image(image, max_num=max_num))
+
+
+@pytest.mark.parametrize(("width", "height"), [(4032, 3024), (900, 3000), (3000, 200), (640, 641)])
+def test_array_input_equals_the_reference(width: int, height: int) -> None:
+    image = _photo(width, height, seed=11)
+    assert torch_equal(image_pixels(np.asarray(image)), ref.load_image(image))
+
+
+def test_jpeg_bytes_through_preprocess_equal_the_reference() -> None:
+    from bot.media import preprocess
+
+    buffer = io.BytesIO()
+    _photo(2000, 1500, seed=2).save(buffer, "JPEG", quality=88)
+    expected = ref.load_image(Image.open(io.BytesIO(buffer.getvalue())), max_num=6)
+    assert torch_equal(preprocess(buffer.getvalue(), max_num=6), expected)
+
+
+def test_fast_mode_is_within_two_levels() -> None:
+    image = _photo(4032, 3024, seed=5)
+    fast = image_pixels(image, fast=True)
+    exact = image_pixels(image)
+    assert fast.shape == exact.shape
+    # Two 8-bit levels, in normalised units: 2 / 255 / std.
+    assert float((fast - exact).abs().max()) <= 2 / 255 / min(ref.IMAGENET_STD) + 1e-6
+
+
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    assert isinstance(a, torch.Tensor)
+    assert isinstance(b, torch.Tensor)
+    return a.dtype == b.dtype == torch.float32 and a.shape == b.shape and torch.equal(a, b)

@@ -1,0 +1,154 @@
+"""Media preprocessing speed against InternVL's documented reference, in the same process.
+
+Reference = the model card's ``load_image`` (PIL + torch ops, ``tests/reference_internvl.py``) and,
+for video, its ``get_index`` + decord ``get_batch``. Each of our paths is checked against it
+(bit-identical, or within the stated tolerance) before it is timed. Ends with one RESULT line.
+
+    python bench/media.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import io
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.media import preprocess
+from tests import reference_internvl as ref
+
+MAX_PIXELS = 100_000_000
+
+
+def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
+    """A photo-like JPEG: smooth shapes plus sensor-like noise (compresses like a real photo)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (max(1, height // 64), max(1, width // 64), 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(base).resize((width, height), Image.Resampling.BICUBIC)).astype(np.int16)
+    noisy = np.clip(smooth + rng.integers(-12, 13, smooth.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def reference_image(data: bytes, max_num: int = 12):
+    return ref.load_image(Image.open(io.BytesIO(data)), max_num=max_num)
+
+
+def ours_image(data: bytes, fast: bool = False, max_num: int = 12):
+    return preprocess(data, max_num=max_num, fast=fast, max_pixels=MAX_PIXELS)
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _peak_child(path: str, queue: multiprocessing.Queue, go: multiprocessing.Event) -> None:
+    # Make RSS follow live memory: fixed mmap threshold (big blocks go back to the OS when freed)
+    # and trimming, instead of glibc keeping freed blocks of the set-up for reuse.
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    data = photo_jpeg(3840, 2160, seed=1)
+    run = {"reference": lambda: reference_image(data), "exact": lambda: ours_image(data),
+           "fast": lambda: ours_image(data, fast=True)}[path]
+    small = photo_jpeg(64, 48)  # warm imports and thread pools up outside the measurement
+    reference_image(small), ours_image(small), ours_image(small, fast=True)
+    libc.malloc_trim(0)
+    queue.put("ready")
+    go.wait()
+    result = run()
+    queue.put("done")
+    del result
+    go.clear()
+    go.wait(timeout=5)
+
+
+def peak_mb(path: str) -> float:
+    """Peak resident memory one 4K image adds on ``path``: a fresh process, watched from outside (MB).
+
+    Sampling from another process sees the peak even while the worker holds the GIL.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    queue, go = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_peak_child, args=(path, queue, go))
+    proc.start()
+    assert queue.get() == "ready"
+    page = resource.getpagesize()
+
+    def rss() -> int:
+        with open(f"/proc/{proc.pid}/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    before = peak = rss()
+    go.set()
+    while queue.empty():
+        peak = max(peak, rss())
+    queue.get()
+    go.set()
+    proc.join()
+    return (peak - before) / 2**20
+
+
+def bench_images(repeat: int, results: dict[str, str]) -> None:
+    photo = photo_jpeg(4032, 3024)
+    expected = reference_image(photo)
+    exact = ours_image(photo)
+    identical = exact.dtype == expected.dtype and exact.shape == expected.shape and bool((exact == expected).all())
+    fast = ours_image(photo, fast=True)
+    fast_err = float((fast - expected).abs().max()) * 255 * min(ref.IMAGENET_STD)
+    t_ref = best_of(lambda: reference_image(photo), repeat)
+    t_exact = best_of(lambda: ours_image(photo), repeat)
+    t_fast = best_of(lambda: ours_image(photo, fast=True), repeat)
+    print(f"12 MP JPEG -> {tuple(expected.shape)}: reference {t_ref * 1000:.0f} ms, exact {t_exact * 1000:.0f} ms "
+          f"({t_ref / t_exact:.2f}x, identical={identical}), fast {t_fast * 1000:.0f} ms ({t_ref / t_fast:.2f}x, "
+          f"max error {fast_err:.2f} levels)")
+    results["image_exact_ratio"] = f"{t_ref / t_exact:.2f}"
+    results["image_fast_ratio"] = f"{t_ref / t_fast:.2f}"
+    results["identical"] = "yes" if identical else "no"
+    results["fast_max_levels"] = f"{fast_err:.2f}"
+
+    full_mb = 3840 * 2160 * 3 / 2**20
+    out_mb = 13 * 3 * 448 * 448 * 4 / 2**20
+    for name in ("reference", "exact", "fast"):
+        mb = peak_mb(name)
+        copies = (mb - out_mb) / full_mb
+        print(f"4K image peak memory, {name}: {mb:.0f} MB (the {out_mb:.0f} MB output plus {copies:.1f} "
+              f"full-size RGB copies of {full_mb:.0f} MB)")
+        results[f"peak_{name}_copies"] = f"{copies:.1f}"
+        results[f"peak_{name}_mb"] = f"{mb:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, str] = {}
+    bench_images(args.repeat, results)
+    order = ["image_exact_ratio", "image_fast_ratio", "album_ratio", "cached_ratio", "video_ratio",
+             "phone_video_ratio", "pdf_pages_per_s", "identical"]
+    fields = [f"{k}={results[k]}" for k in order if k in results]
+    fields += [f"{k}={v}" for k, v in results.items() if k not in order]
+    print("RESULT " + " ".join(fields))
+
+
+if __name__ == "__main__":
+    _ = statistics
+    main()
