@@ -34,7 +34,7 @@ from bot.errors import (
     UnsupportedFile,
 )
 from bot.logs import conversation_var
-from bot.media import decode_image, decode_text, sniff
+from bot.media import decode_pixels, decode_text, sniff
 from bot.personas import Persona, load_personas
 from bot.store import Conversation, NewMessage, Store, StoredAttachment, StoredMessage
 from bot.types import (
@@ -50,7 +50,7 @@ from bot.types import (
 )
 
 if TYPE_CHECKING:
-    from PIL import Image
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ConversationManager:
         self._parallel = asyncio.Semaphore(self.conf.max_parallel_conversations)
         self._done: dict[int, asyncio.Future[str]] = {}
         self._accepting = True
-        self._images: OrderedDict[tuple[str, int], Image.Image] = OrderedDict()
+        self._images: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._dropped_notified: dict[ConversationKey, int] = {}
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -441,16 +441,18 @@ class ConversationManager:
         except Exception as exc:
             log.warning("fetching attachment %r failed: %s", att.filename, exc)
             raise AttachmentUnavailable(str(exc), name=att.filename or "file") from None
-        sha = await self.store.save_attachment(msg.id, att.position, data, att.mime)
+        kind = sniff(data, att.filename, att.mime)
+        sha = await self.store.save_attachment(msg.id, att.position, data, kind.mime)
         return data, sha
 
-    async def _decode(self, sha: str, data: bytes, name: str) -> Image.Image:
+    async def _decode(self, sha: str, data: bytes, name: str) -> np.ndarray:
+        """Decoded pixels of an attachment, cached by SHA-256: a photo asked about again is not decoded again."""
         key = (sha, self.settings.media.max_image_pixels)
         cached = self._images.get(key)
         if cached is not None:
             self._images.move_to_end(key)
             return cached
-        image = await asyncio.to_thread(decode_image, data, name=name, max_pixels=self.settings.media.max_image_pixels)
+        image = await asyncio.to_thread(decode_pixels, data, name=name, max_pixels=self.settings.media.max_image_pixels)
         self._images[key] = image
         while len(self._images) > 32:
             self._images.popitem(last=False)
@@ -485,6 +487,10 @@ class ConversationManager:
         texts: list[str] = [row.text.strip()] if row.text.strip() else []
         for att in row.attachments:
             if not att.sha256:
+                continue
+            cached = self._images.get((att.sha256, self.settings.media.max_image_pixels))
+            if cached is not None:  # decoded already: no need to read the file again
+                images.append(ImagePart(image=cached, max_tiles=self.settings.media.max_tiles, sha256=att.sha256))
                 continue
             try:
                 data = await self.store.attachment_data(att.sha256)

@@ -13,7 +13,9 @@ import itertools
 import logging
 import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_U = TypeVar("_U")
 
 IMAGE_SIZE = 448
 TEXT_EXTENSIONS = (".txt", ".md", ".markdown", ".csv", ".tsv", ".json", ".log", ".yaml", ".yml", ".xml", ".ini")
@@ -465,7 +468,8 @@ def _resize_exact_many(image: Image.Image | np.ndarray, sizes: Sequence[tuple[in
 
 
 def image_pixels(image: Image.Image | np.ndarray, *, max_num: int = 12, min_num: int = 1,
-                 use_thumbnail: bool = True, fast: bool = False, image_size: int = IMAGE_SIZE) -> torch.Tensor:
+                 use_thumbnail: bool = True, fast: bool = False, image_size: int = IMAGE_SIZE,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """``pixel_values(dynamic_tiles(image, ...))`` in one step, without intermediate tile images.
 
     ``image`` is a PIL image or an H x W x 3 uint8 array (:func:`decode_pixels`). ``fast=True``
@@ -496,7 +500,7 @@ def image_pixels(image: Image.Image | np.ndarray, *, max_num: int = 12, min_num:
         tiles.append(resized[1][None])
     stacked = tiles[0] if len(tiles) == 1 else np.concatenate(tiles)
     out = np.empty((stacked.shape[0], 3, image_size, image_size), dtype=np.float32)
-    lut = _lut(IMAGENET_MEAN, IMAGENET_STD)
+    lut = _lut(tuple(mean), tuple(std))
     spans = _bands(stacked.shape[0], _workers())
     list(_executor().map(lambda ab: _normalise_into(out[ab[0]:ab[1]], stacked[ab[0]:ab[1]], lut), spans))
     return torch.from_numpy(out)
@@ -508,9 +512,81 @@ def preprocess(data: bytes, *, max_num: int = 12, fast: bool = False, max_pixels
     return image_pixels(decode_pixels(data, name=name, max_pixels=max_pixels), max_num=max_num, fast=fast)
 
 
+class PixelCache:
+    """Preprocessed images (pixel values) by (SHA-256 of the file, max tiles, resize mode), LRU, thread-safe.
+
+    Asking again about the same photo — a follow-up question, or the same file sent again — does no
+    decoding or resizing work.
+    """
+
+    def __init__(self, entries: int = 32) -> None:
+        self.entries = entries
+        self._items: OrderedDict[tuple[str, int, bool], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, int, bool]) -> torch.Tensor | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            return found
+
+    def put(self, key: tuple[str, int, bool], pixels: torch.Tensor) -> None:
+        with self._lock:
+            self._items[key] = pixels
+            self._items.move_to_end(key)
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+    def pixels(self, image: Image.Image | np.ndarray, *, sha256: str, max_num: int, fast: bool = False,
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+        key = (sha256, max_num, fast)
+        found = self.get(key) if sha256 else None
+        if found is not None:
+            return found
+        self.misses += 1
+        result = image_pixels(image, max_num=max_num, fast=fast, mean=mean, std=std)
+        if sha256:
+            self.put(key, result)
+        return result
+
+
+_album_pool: ThreadPoolExecutor | None = None
+
+
+def _album_executor() -> ThreadPoolExecutor:
+    """Image-level parallelism (one image decodes while another resizes), apart from the band pool
+    so that an image job never waits on a band job queued behind it."""
+    global _album_pool
+    if _album_pool is None:
+        _album_pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="album")
+    return _album_pool
+
+
+def preprocess_many(files: Sequence[bytes], *, max_num: int = 12, fast: bool = False,
+                    max_pixels: int = 40_000_000) -> list[torch.Tensor]:
+    """:func:`preprocess` for several images at once (an album), images in parallel."""
+    if len(files) == 1:
+        return [preprocess(files[0], max_num=max_num, fast=fast, max_pixels=max_pixels)]
+    return list(_album_executor().map(
+        lambda data: preprocess(data, max_num=max_num, fast=fast, max_pixels=max_pixels), files
+    ))
+
+
+def map_images(fn: Callable[[_T], _U], items: Sequence[_T]) -> list[_U]:
+    """Apply ``fn`` to several images in parallel (image-level pool)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    return list(_album_executor().map(fn, items))
+
+
 def _reset_pool_after_fork() -> None:
-    global _pool
+    global _pool, _album_pool
     _pool = None
+    _album_pool = None
 
 
 os.register_at_fork(after_in_child=_reset_pool_after_fork)

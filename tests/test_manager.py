@@ -270,7 +270,7 @@ async def test_images_reach_the_engine_and_follow_ups_still_see_them(harness: Ca
     await h.ask("c1", "and how do I fix it?")
     user_turns = [m for m in engine.calls[-1] if m.role == "user"]
     assert [len(m.images) for m in user_turns] == [1, 0]
-    assert user_turns[0].images[0].image.size == (1000, 700)
+    assert user_turns[0].images[0].size == (1000, 700)
 
 
 async def test_history_is_trimmed_oldest_first_and_the_user_is_told(harness: Callable[..., Harness]) -> None:

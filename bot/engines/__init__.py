@@ -34,5 +34,6 @@ def build_engine(settings: Settings) -> Engine:
             log.warning("no model configured: building the random demo model in %s", path)
             make_demo_model(path)
     return TransformersEngine(
-        eng.transformers, model_path=path, max_concurrency=eng.max_concurrency, context_length=eng.context_length
+        eng.transformers, model_path=path, max_concurrency=eng.max_concurrency, context_length=eng.context_length,
+        fast_resize=settings.media.resize == "fast",
     )

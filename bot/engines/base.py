@@ -14,25 +14,45 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from bot.config import GenerationSettings
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
 
 @dataclass(frozen=True, slots=True)
 class ImagePart:
-    """One image of a message, decoded, with the most tiles it may use."""
+    """One image of a message, decoded (a PIL image or an H x W x 3 uint8 array), with the most
+    tiles it may use. ``sha256`` identifies the source file, so engines can cache its preprocessing."""
 
-    image: Image.Image
+    image: Image.Image | np.ndarray
     max_tiles: int = 12
     sha256: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        shape = getattr(self.image, "shape", None)
+        if shape is not None:
+            return int(shape[1]), int(shape[0])
+        return self.image.size  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True, slots=True)
+class VideoPart:
+    """Frames sampled from one video, one tile each, laid out as ``Frame1: <image>`` ... ."""
+
+    frames: tuple[ImagePart, ...]
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message of the prompt. Images of a user message come before its text, as InternVL expects."""
+    """One message of the prompt. Images and videos of a user message come before its text, as
+    InternVL expects: ``Image-1: <image>`` ... for several images, ``Frame1: <image>`` ... for video."""
 
     role: Literal["system", "user", "assistant"]
     text: str
     images: tuple[ImagePart, ...] = ()
+    videos: tuple[VideoPart, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +84,9 @@ def message_cost(engine: Engine, message: ChatMessage) -> int:
     """Prompt tokens ``message`` costs: its text, its images by their tiles, and the template."""
     cost = engine.count_tokens(message.text) + MESSAGE_OVERHEAD
     for part in message.images:
-        cost += engine.image_tokens(part.image.width, part.image.height, part.max_tiles) + 2
+        cost += engine.image_tokens(*part.size, part.max_tiles) + 2 + (4 if len(message.images) > 1 else 0)
+    for video in message.videos:
+        cost += sum(engine.image_tokens(*f.size, f.max_tiles) + 2 + 4 for f in video.frames)
     return cost
 
 

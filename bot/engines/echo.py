@@ -61,10 +61,10 @@ class EchoEngine(LimitedEngine):
             if self.fail_on is not None and self.fail_on in last.text:
                 raise RuntimeError(f"echo engine told to fail on {self.fail_on!r}")
             lines = [
-                f"[image {i + 1}: {p.image.width}x{p.image.height}, "
-                f"{tile_count(p.image.width, p.image.height, max_num=p.max_tiles)} tiles]"
+                f"[image {i + 1}: {p.size[0]}x{p.size[1]}, {tile_count(*p.size, max_num=p.max_tiles)} tiles]"
                 for i, p in enumerate(last.images)
             ]
+            lines += [f"[video {i + 1}: {len(v.frames)} frames]" for i, v in enumerate(last.videos)]
             lines.append(f"echo: {last.text}")
             words = "\n".join(lines).split(" ")
             delay = self.delay_for(last.text) if self.delay_for else self.delay

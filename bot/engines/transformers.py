@@ -19,20 +19,27 @@ from typing import Any
 
 from bot.config import GenerationSettings, TransformersSettings
 from bot.demo_model import is_demo_model
-from bot.engines.base import ChatMessage, EngineInfo, LimitedEngine
+from bot.engines.base import ChatMessage, EngineInfo, ImagePart, LimitedEngine
 from bot.errors import EngineError, ModelLoadError, PromptTooLong
+from bot.media import IMAGENET_MEAN, IMAGENET_STD, PixelCache, map_images, tile_count
 
 log = logging.getLogger(__name__)
 
 _END = object()
+#: Preprocessed images kept per engine (13 tiles of a 12 MP photo are 31 MB).
+PIXEL_CACHE_ENTRIES = 32
 
 
 class TransformersEngine(LimitedEngine):
     """An :class:`~bot.engines.base.Engine` running InternVL with transformers in this process."""
 
     def __init__(self, settings: TransformersSettings, *, model_path: str, max_concurrency: int = 1,
-                 context_length: int = 0) -> None:
+                 context_length: int = 0, fast_resize: bool = False) -> None:
         super().__init__(max_concurrency)
+        self.fast_resize = fast_resize
+        self.pixel_cache = PixelCache(PIXEL_CACHE_ENTRIES)
+        self._mean: tuple[float, ...] = IMAGENET_MEAN
+        self._std: tuple[float, ...] = IMAGENET_STD
         self.settings = settings
         self.model_path = model_path
         self._context_override = context_length
@@ -119,6 +126,8 @@ class TransformersEngine(LimitedEngine):
         self._model = model
         self._chat_template = template
         self._image_seq_length = int(getattr(config, "image_seq_length", 256))
+        self._mean = tuple(getattr(image_processor, "image_mean", None) or IMAGENET_MEAN)
+        self._std = tuple(getattr(image_processor, "image_std", None) or IMAGENET_STD)
         self._specials = sorted(
             set(tokenizer.all_special_tokens) | {
                 tokenizer.context_image_token, tokenizer.start_image_token, tokenizer.end_image_token,
@@ -142,8 +151,7 @@ class TransformersEngine(LimitedEngine):
         return len(self._tokenizer(self._sanitize(text), add_special_tokens=False)["input_ids"])
 
     def image_tokens(self, width: int, height: int, max_tiles: int) -> int:
-        patches = self._image_processor.get_number_of_image_patches(height, width, {"max_patches": max_tiles})
-        return self._image_seq_length * int(patches)
+        return self._image_seq_length * tile_count(width, height, max_num=max_tiles)
 
     def _sanitize(self, text: str) -> str:
         """Users must not be able to inject control tokens (``<|im_start|>``, ``<IMG_CONTEXT>``...)."""
@@ -154,9 +162,15 @@ class TransformersEngine(LimitedEngine):
 
     # -- generation -----------------------------------------------------------------------
 
+    def _pixels(self, part: ImagePart) -> Any:
+        return self.pixel_cache.pixels(part.image, sha256=part.sha256, max_num=part.max_tiles,
+                                       fast=self.fast_resize, mean=self._mean, std=self._std)
+
     def _prepare(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
+        import torch
+
         conversation = []
-        images = []
+        parts: list[ImagePart] = []
         for message in messages:
             content: list[dict[str, str]] = []
             many = len(message.images) > 1
@@ -164,34 +178,33 @@ class TransformersEngine(LimitedEngine):
                 if many:
                     content.append({"type": "text", "text": f"Image-{i + 1}: "})
                 content.append({"type": "image"})
-                images.append(part)
+                parts.append(part)
+            for video in message.videos:
+                for k, frame in enumerate(video.frames):
+                    content.append({"type": "text", "text": f"Frame{k + 1}: "})
+                    content.append({"type": "image"})
+                    parts.append(frame)
             content.append({"type": "text", "text": self._sanitize(message.text)})
             conversation.append({"role": message.role, "content": content})
         prompt = self._tokenizer.apply_chat_template(
             conversation, chat_template=self._chat_template, tokenize=False, add_generation_prompt=True
         )
         tok = self._tokenizer
-        pixel_values = []
         pieces = prompt.split(tok.context_image_token)
-        if len(pieces) != len(images) + 1:
-            raise EngineError(f"chat template produced {len(pieces) - 1} image slots for {len(images)} images")
+        if len(pieces) != len(parts) + 1:
+            raise EngineError(f"chat template produced {len(pieces) - 1} image slots for {len(parts)} images")
+        pixel_values = map_images(self._pixels, parts)
         expanded = [pieces[0]]
-        for part, rest in zip(images, pieces[1:], strict=True):
-            out = self._image_processor(
-                images=[part.image], crop_to_patches=True, max_patches=part.max_tiles, return_tensors="pt"
-            )
-            n = int(out["num_patches"][0])
-            pixel_values.append(out["pixel_values"])
+        for pixels, rest in zip(pixel_values, pieces[1:], strict=True):
             expanded.append(
-                tok.start_image_token + tok.context_image_token * (self._image_seq_length * n) + tok.end_image_token
+                tok.start_image_token + tok.context_image_token * (self._image_seq_length * pixels.shape[0])
+                + tok.end_image_token
             )
             expanded.append(rest)
         inputs = dict(tok("".join(expanded), return_tensors="pt", add_special_tokens=False))
         if inputs["input_ids"].shape[1] >= self.info.context_length:
             raise PromptTooLong(tokens=int(inputs["input_ids"].shape[1]), limit=self.info.context_length)
         if pixel_values:
-            import torch
-
             inputs["pixel_values"] = torch.cat(pixel_values).to(self._model.dtype)
         return {k: v.to(self.settings.device) for k, v in inputs.items()}
 
