@@ -72,6 +72,7 @@ class MediaSettings(Section):
     max_file_bytes: int = Field(20_000_000, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_tiles: int = Field(12, ge=1, le=40)
+    history_max_tiles: int = Field(6, ge=1, le=40, description="most tiles for images of earlier turns")
     max_images_per_turn: int = Field(8, ge=1, le=64)
     resize: Literal["exact", "fast"] = Field(
         "exact", description="exact: bit-identical to InternVL's reference; fast: torch resize, within 2 levels"

@@ -285,6 +285,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "ru": "Я могу смотреть не больше {limit} изображений за раз, поэтому взял первые {limit} из {count}.",
         "ja": "一度に見られる画像は {limit} 枚までなので、送られた {count} 枚のうち最初の {limit} 枚を使いました。",
     },
+    "images_reduced": {
+        "en": "Note: to fit everything into my context, I looked at {count} of your images in less detail.",
+        "pt": "Obs.: para caber tudo no meu contexto, analisei {count} das suas imagens com menos detalhe.",
+        "es": "Nota: para que todo quepa en mi contexto, miré {count} de tus imágenes con menos detalle.",
+        "fr": "Remarque : pour tout faire tenir dans mon contexte, j'ai regardé {count} de vos images avec moins de détail.",
+        "de": "Hinweis: Damit alles in meinen Kontext passt, habe ich {count} Ihrer Bilder mit weniger Details betrachtet.",
+        "zh": "提示：为适应上下文长度，我以较低的细节查看了你的 {count} 张图片。",
+        "ru": "Примечание: чтобы всё уместилось в контекст, я рассмотрел {count} ваших изображений с меньшей детализацией.",
+        "ja": "注意: コンテキストに収めるため、画像 {count} 枚を低い解像度で確認しました。",
+    },
     "greeting_hint": {
         "en": "Send /help to see the commands.",
         "pt": "Envie /help para ver os comandos.",

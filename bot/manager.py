@@ -16,10 +16,11 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from bot import i18n
+from bot.budget import Item, plan
 from bot.config import Settings
 from bot.engines.base import ChatMessage, Engine, ImagePart, message_cost
 from bot.errors import (
@@ -376,17 +377,16 @@ class ConversationManager:
         current = ChatMessage("user", "\n\n".join(p for p in (text, *extra) if p), tuple(images))
         generation = self.settings.engine.generation
         budget = (self.conf.history_token_budget or self.engine.info.context_length) - generation.max_new_tokens
-        used = message_cost(self.engine, system) + message_cost(self.engine, current)
-        if used > budget:
-            raise PromptTooLong(tokens=used, limit=max(budget, 0))
-        history, dropped_images = await self._history(msg, conv, budget - used)
-        if dropped_images > self._dropped_notified.get(msg.key, 0):
-            await _emit(sink, Notice(i18n.text("history_images_dropped", lang, count=dropped_images)))
-        self._dropped_notified[msg.key] = dropped_images
+        messages, reduced, dropped = await self._fit(msg, conv, system, current, budget)
+        if reduced:
+            await _emit(sink, Notice(i18n.text("images_reduced", lang, count=reduced)))
+        if dropped > self._dropped_notified.get(msg.key, 0):
+            await _emit(sink, Notice(i18n.text("history_images_dropped", lang, count=dropped)))
+        self._dropped_notified[msg.key] = dropped
 
         chunks: list[str] = []
         try:
-            async for chunk in self.engine.stream([system, *history, current], generation):
+            async for chunk in self.engine.stream(messages, generation):
                 chunks.append(chunk)
                 await sink.emit(TextChunk(chunk))
         except asyncio.CancelledError:
@@ -458,29 +458,58 @@ class ConversationManager:
             self._images.popitem(last=False)
         return image
 
-    async def _history(self, msg: StoredMessage, conv: Conversation,
-                       budget: int) -> tuple[list[ChatMessage], int]:
-        """The newest whole turns that fit ``budget`` tokens, and how many older images were left out."""
+    async def _fit(self, msg: StoredMessage, conv: Conversation, system: ChatMessage, current: ChatMessage,
+                   budget: int) -> tuple[list[ChatMessage], int, int]:
+        """The prompt that fits ``budget`` tokens: the persona, the newest whole turns of history that fit,
+        and the current message, with the tiles of every image chosen by the budget planner.
+
+        Returns (messages, images of the current turn shown in less detail, older images left out).
+        """
+        text_only = message_cost(self.engine, replace(current, images=(), videos=()))
+        frames = sum(len(v.frames) for v in current.videos)
+        fixed = message_cost(self.engine, system) + text_only + frames * (self.engine.info.tokens_per_tile + 6)
+        floor = sum(self.engine.image_tokens(*p.size, 1) + 6 for p in current.images)
+        if fixed + floor > budget:
+            raise PromptTooLong(tokens=fixed + floor, limit=max(budget, 0))
         rows = await self.store.history(msg.key, since=conv.context_start, before=msg.id)
         answers = {row.reply_to: row for row in rows if row.role == "assistant" and row.reply_to}
         turns = [(row, answers[row.id]) for row in rows if row.role == "user" and row.id in answers]
-        kept: list[ChatMessage] = []
-        dropped_images = 0
-        full = False
+        room = budget - fixed - floor
+        kept: list[tuple[ChatMessage, ChatMessage]] = []
+        dropped = 0
         for user, answer in reversed(turns):
-            if full:
-                dropped_images += len(user.attachments)
+            user_msg = await self._history_message(user) if room > 0 else None
+            if user_msg is None:
+                dropped += sum(1 for a in user.attachments if a.sha256 and a.mime.startswith("image/"))
                 continue
-            user_msg = await self._history_message(user)
             reply = ChatMessage("assistant", answer.text)
-            cost = message_cost(self.engine, user_msg) + message_cost(self.engine, reply)
-            if cost > budget:
-                full = True
-                dropped_images += len(user_msg.images)
+            cost = message_cost(self.engine, replace(user_msg, images=())) + message_cost(self.engine, reply)
+            if cost > room:  # this turn's text does not fit: it and every older turn stay out
+                room = 0
+                dropped += len(user_msg.images)
                 continue
-            budget -= cost
-            kept[:0] = [user_msg, reply]
-        return kept, dropped_images
+            room -= cost
+            kept.append((user_msg, reply))
+        history_text = budget - fixed - floor - room
+        items = [Item(f"c{i}", *p.size, want=p.max_tiles, age=0) for i, p in enumerate(current.images)]
+        for age, (user_msg, _) in enumerate(kept, start=1):
+            items += [Item(f"h{age}.{i}", *p.size, want=p.max_tiles, age=age) for i, p in enumerate(user_msg.images)]
+        chosen = plan(items, budget - fixed - history_text, tokens_per_tile=self.engine.info.tokens_per_tile)
+        if not chosen.fits:
+            raise PromptTooLong(tokens=fixed + history_text + chosen.tokens, limit=max(budget, 0))
+
+        def tiles(prefix: str, parts: tuple[ImagePart, ...]) -> tuple[ImagePart, ...]:
+            return tuple(replace(p, max_tiles=chosen.tiles[f"{prefix}{i}"]) for i, p in enumerate(parts)
+                         if chosen.tiles[f"{prefix}{i}"] > 0)
+
+        messages = [system]
+        for age, (user_msg, reply) in reversed(list(enumerate(kept, start=1))):
+            shown = tiles(f"h{age}.", user_msg.images)
+            dropped += len(user_msg.images) - len(shown)
+            messages += [replace(user_msg, images=shown), reply]
+        messages.append(replace(current, images=tiles("c", current.images)))
+        reduced = sum(1 for key in chosen.reduced if key.startswith("c"))
+        return messages, reduced, dropped
 
     async def _history_message(self, row: StoredMessage) -> ChatMessage:
         images: list[ImagePart] = []
@@ -490,7 +519,8 @@ class ConversationManager:
                 continue
             cached = self._images.get((att.sha256, self.settings.media.max_image_pixels))
             if cached is not None:  # decoded already: no need to read the file again
-                images.append(ImagePart(image=cached, max_tiles=self.settings.media.max_tiles, sha256=att.sha256))
+                images.append(ImagePart(image=cached, max_tiles=self.settings.media.history_max_tiles,
+                                        sha256=att.sha256))
                 continue
             try:
                 data = await self.store.attachment_data(att.sha256)
@@ -502,7 +532,8 @@ class ConversationManager:
                     image = await self._decode(att.sha256, data, att.filename)
                 except InputError:
                     continue
-                images.append(ImagePart(image=image, max_tiles=self.settings.media.max_tiles, sha256=att.sha256))
+                images.append(ImagePart(image=image, max_tiles=self.settings.media.history_max_tiles,
+                                        sha256=att.sha256))
             elif kind.kind == "text":
                 texts.append(f"[{att.filename or 'file'}]\n{decode_text(data)[0]}")
         return ChatMessage("user", "\n\n".join(texts), tuple(images[: self.settings.media.max_images_per_turn]))

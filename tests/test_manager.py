@@ -283,9 +283,13 @@ async def test_history_is_trimmed_oldest_first_and_the_user_is_told(harness: Cal
     last_call = engine.calls[-1]
     assert last_call[0].role == "system"
     assert last_call[-1].text == "photo number 5"
-    seen = [m.text for m in last_call if m.role == "user"]
-    assert seen[0] != "photo number 1"
-    assert seen[-2:] == ["photo number 4", "photo number 5"]
+    users = [m for m in last_call if m.role == "user"]
+    with_image = [m.text for m in users if m.images]
+    # The newest content keeps its image; the oldest images leave the context first.
+    assert with_image[-1] == "photo number 5"
+    assert "photo number 4" in with_image
+    assert "photo number 1" not in with_image
+    assert len(with_image) < 5
     notices = h.sinks["c1"].notices
     assert any("no longer see" in n for n in notices)
     # Every prompt fitted the budget.
@@ -295,8 +299,21 @@ async def test_history_is_trimmed_oldest_first_and_the_user_is_told(harness: Cal
 async def test_too_big_current_turn_is_refused_not_truncated(harness: Callable[..., Harness]) -> None:
     engine = EchoEngine(context_length=1000)
     h = harness(model=engine, engine={"generation": {"max_new_tokens": 100}})
-    assert await h.ask("c1", "look", files=((image_bytes(2000, 1000), "big.jpg"),)) == "failed"
+    files = tuple((image_bytes(2000, 1000, color=(i, 0, 0)), f"big{i}.jpg") for i in range(4))
+    assert await h.ask("c1", "look", files=files) == "failed"
     assert "more than my context" in h.last("c1")
+
+
+async def test_current_images_get_less_detail_to_fit_and_the_user_is_told(harness: Callable[..., Harness]) -> None:
+    engine = EchoEngine(context_length=4000)
+    h = harness(model=engine, engine={"generation": {"max_new_tokens": 200}})
+    files = tuple((image_bytes(1600, 1200, color=(i, 9, 9)), f"photo{i}.jpg") for i in range(3))
+    assert await h.ask("c1", "compare these", files=files) == "answered"
+    shown = engine.calls[-1][-1].images
+    assert len(shown) == 3
+    assert any(p.max_tiles < 12 for p in shown)
+    assert "looked at 3 of your images in less detail" in " ".join(h.sinks["c1"].notices) or \
+        "in less detail" in " ".join(h.sinks["c1"].notices)
 
 
 async def test_text_files_are_read_into_the_prompt(harness: Callable[..., Harness]) -> None:
