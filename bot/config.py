@@ -74,6 +74,10 @@ class MediaSettings(Section):
     max_tiles: int = Field(12, ge=1, le=40)
     history_max_tiles: int = Field(6, ge=1, le=40, description="most tiles for images of earlier turns")
     max_images_per_turn: int = Field(8, ge=1, le=64)
+    video_frames: int = Field(8, ge=1, le=64, description="frames sampled from a video, one tile each")
+    video_sampling: Literal["reference", "fast"] = "reference"
+    max_video_seconds: float = Field(600, gt=0)
+    max_video_pixels: int = Field(8_300_000, ge=1, description="largest frame size (4K UHD)")
     resize: Literal["exact", "fast"] = Field(
         "exact", description="exact: bit-identical to InternVL's reference; fast: torch resize, within 2 levels"
     )

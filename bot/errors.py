@@ -77,6 +77,36 @@ class UnsupportedFile(InputError):
     user_key = "unsupported_file"
 
 
+class UnreadableVideo(InputError):
+    """A video that could not be decoded (broken, truncated, empty, unknown codec)."""
+
+    user_key = "unreadable_video"
+
+
+class VideoTooLong(InputError):
+    """A video longer than the configured duration cap."""
+
+    user_key = "video_too_long"
+
+
+class VideoTooLarge(InputError):
+    """A video whose frames have more pixels than the configured cap."""
+
+    user_key = "video_too_large"
+
+
+class UnreadableDocument(InputError):
+    """A PDF that could not be opened (broken, not a PDF)."""
+
+    user_key = "unreadable_document"
+
+
+class EncryptedDocument(InputError):
+    """A password-protected PDF."""
+
+    user_key = "encrypted_document"
+
+
 class AttachmentUnavailable(InputError):
     """The platform did not deliver an attachment's bytes."""
 

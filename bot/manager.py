@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from bot import i18n
 from bot.budget import Item, plan
 from bot.config import Settings
-from bot.engines.base import ChatMessage, Engine, ImagePart, message_cost
+from bot.engines.base import ChatMessage, Engine, ImagePart, VideoPart, message_cost
 from bot.errors import (
     AttachmentUnavailable,
     BotError,
@@ -49,6 +49,7 @@ from bot.types import (
     Status,
     TextChunk,
 )
+from bot.video import sample_frames, sample_frames_fast
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,6 +119,7 @@ class ConversationManager:
         self._done: dict[int, asyncio.Future[str]] = {}
         self._accepting = True
         self._images: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._videos: OrderedDict[str, VideoPart] = OrderedDict()
         self._dropped_notified: dict[ConversationKey, int] = {}
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -370,11 +372,11 @@ class ConversationManager:
         if len(msg.text) > self.conf.max_message_chars:
             raise MessageTooLong(chars=len(msg.text), limit=self.conf.max_message_chars)
         await _emit(sink, Status("typing"))
-        images, extra = await self._attachments(msg, channel, sink, lang)
+        images, videos, extra = await self._attachments(msg, channel, sink, lang)
         conv = await self.store.conversation(msg.key)
         persona = self.persona_for(conv, channel)
         system = ChatMessage("system", persona.system_prompt(lang))
-        current = ChatMessage("user", "\n\n".join(p for p in (text, *extra) if p), tuple(images))
+        current = ChatMessage("user", "\n\n".join(p for p in (text, *extra) if p), tuple(images), tuple(videos))
         generation = self.settings.engine.generation
         budget = (self.conf.history_token_budget or self.engine.info.context_length) - generation.max_new_tokens
         messages, reduced, dropped = await self._fit(msg, conv, system, current, budget)
@@ -403,17 +405,20 @@ class ConversationManager:
         await self.store.finish(msg.id, "answered", reply=answer, reply_platform_id=pid)
 
     async def _attachments(self, msg: StoredMessage, channel: Channel, sink: ReplySink,
-                           lang: str) -> tuple[list[ImagePart], list[str]]:
+                           lang: str) -> tuple[list[ImagePart], list[VideoPart], list[str]]:
         """Fetch (once), store by SHA-256, recognise and decode the attachments of ``msg``."""
         media = self.settings.media
         images: list[ImagePart] = []
+        videos: list[VideoPart] = []
         texts: list[str] = []
         image_count = 0
         for att in msg.attachments:
             data, sha = await self._attachment_bytes(msg, att, channel)
             name = att.filename or "file"
             kind = sniff(data, att.filename, att.mime)
-            if kind.kind == "image":
+            if kind.kind == "video":
+                videos.append(await self._video(sha, data, name, sink, lang))
+            elif kind.kind == "image":
                 image_count += 1
                 if image_count > media.max_images_per_turn:
                     continue
@@ -427,7 +432,35 @@ class ConversationManager:
         if image_count > media.max_images_per_turn:
             await _emit(sink, Notice(i18n.text("too_many_images", lang, limit=media.max_images_per_turn,
                                                count=image_count)))
-        return images, texts
+        return images, videos, texts
+
+    async def _video(self, sha: str, data: bytes, name: str, sink: ReplySink | None, lang: str) -> VideoPart:
+        """Sample a video's frames (cached by SHA-256), telling the user how far reading has got."""
+        media = self.settings.media
+        cached = self._videos.get(sha)
+        if cached is not None:
+            self._videos.move_to_end(sha)
+            return cached
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int) -> None:
+            if sink is not None:
+                status = Status("progress", i18n.text("reading_frames", lang, done=done, total=total))
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_emit(sink, status)))
+
+        sampler = sample_frames_fast if media.video_sampling == "fast" else sample_frames
+        frames, info, indices = await asyncio.to_thread(
+            sampler, data, num_segments=media.video_frames, max_seconds=media.max_video_seconds,
+            max_pixels=media.max_video_pixels, name=name, progress=progress,
+        )
+        log.info("video %s: %d frames of %d (%.1f s, %dx%d)", name, len(frames), info.frames, info.seconds,
+                 info.width, info.height)
+        part = VideoPart(frames=tuple(ImagePart(image=f, max_tiles=1, sha256=f"{sha}#{i}")
+                                      for f, i in zip(frames, indices, strict=True)), name=name)
+        self._videos[sha] = part
+        while len(self._videos) > 4:
+            self._videos.popitem(last=False)
+        return part
 
     async def _attachment_bytes(self, msg: StoredMessage, att: StoredAttachment,
                                 channel: Channel) -> tuple[bytes, str]:
@@ -513,6 +546,7 @@ class ConversationManager:
 
     async def _history_message(self, row: StoredMessage) -> ChatMessage:
         images: list[ImagePart] = []
+        videos: list[VideoPart] = []
         texts: list[str] = [row.text.strip()] if row.text.strip() else []
         for att in row.attachments:
             if not att.sha256:
@@ -534,9 +568,15 @@ class ConversationManager:
                     continue
                 images.append(ImagePart(image=image, max_tiles=self.settings.media.history_max_tiles,
                                         sha256=att.sha256))
+            elif kind.kind == "video":
+                try:
+                    videos.append(await self._video(att.sha256, data, att.filename, None, "en"))
+                except InputError:
+                    continue
             elif kind.kind == "text":
                 texts.append(f"[{att.filename or 'file'}]\n{decode_text(data)[0]}")
-        return ChatMessage("user", "\n\n".join(texts), tuple(images[: self.settings.media.max_images_per_turn]))
+        return ChatMessage("user", "\n\n".join(texts), tuple(images[: self.settings.media.max_images_per_turn]),
+                           tuple(videos))
 
     async def _purge_forever(self) -> None:
         while True:

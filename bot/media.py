@@ -42,7 +42,7 @@ MAX_TEXT_FILE_CHARS = 20000
 
 @dataclass(frozen=True, slots=True)
 class MediaKind:
-    kind: Literal["image", "text", "unsupported"]
+    kind: Literal["image", "video", "text", "unsupported"]
     mime: str
     label: str  # human-readable kind, used in messages ("audio", "PDF document", ...)
 
@@ -64,7 +64,7 @@ _MAGIC: list[tuple[bytes, int, str, str, str]] = [
     (b"OggS", 0, "unsupported", "audio/ogg", "audio or voice note"),
     (b"ID3", 0, "unsupported", "audio/mpeg", "audio"),
     (b"fLaC", 0, "unsupported", "audio/flac", "audio"),
-    (b"\x1aE\xdf\xa3", 0, "unsupported", "video/webm", "video"),
+    (b"\x1aE\xdf\xa3", 0, "video", "video/webm", "video"),
     (b"\xd0\xcf\x11\xe0", 0, "unsupported", "application/msword", "office document"),
 ]
 
@@ -76,13 +76,17 @@ def sniff(data: bytes, filename: str = "", declared_mime: str = "") -> MediaKind
         return MediaKind("image", "image/webp", "WebP image")
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return MediaKind("unsupported", "audio/wav", "audio")
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return MediaKind("video", "video/x-msvideo", "video")
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"heim", b"heis", b"avif"):
-            return MediaKind("unsupported", "image/heic", "HEIC/AVIF image")
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"heim", b"heis", b"hevc", b"hevx"):
+            return MediaKind("image" if _heif_available() else "unsupported", "image/heic", "HEIC image")
+        if brand == b"avif":
+            return MediaKind("unsupported", "image/avif", "AVIF image")
         if brand in (b"M4A ", b"M4B "):
             return MediaKind("unsupported", "audio/mp4", "audio")
-        return MediaKind("unsupported", "video/mp4", "video")
+        return MediaKind("video", "video/quicktime" if brand == b"qt  " else "video/mp4", "video")
     for sig, off, kind, mime, label in _MAGIC:
         if head[off:off + len(sig)] == sig:
             return MediaKind(kind, mime, label)  # type: ignore[arg-type]
@@ -97,6 +101,17 @@ def sniff(data: bytes, filename: str = "", declared_mime: str = "") -> MediaKind
     if not data:
         return MediaKind("unsupported", declared_mime or "application/octet-stream", "empty file")
     return MediaKind("unsupported", declared_mime or "application/octet-stream", "unknown format")
+
+
+@lru_cache(maxsize=1)
+def _heif_available() -> bool:
+    """Register pillow-heif's opener once (HEIC photos from iPhones); False when it is not installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -120,6 +135,8 @@ def decode_text(data: bytes, limit: int = MAX_TEXT_FILE_CHARS) -> tuple[str, boo
 
 def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open (header only) and refuse oversized canvases before any pixel is decoded."""
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1"):
+        _heif_available()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im = Image.open(io.BytesIO(data))

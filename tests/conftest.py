@@ -37,3 +37,12 @@ def image_bytes(width: int = 640, height: int = 480, fmt: str = "JPEG", color: t
     buffer = io.BytesIO()
     Image.new(mode, (width, height), color if mode == "RGB" else None).save(buffer, fmt)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.media_corpus import FFMPEG, make_videos
+
+    if FFMPEG is None:
+        pytest.skip("ffmpeg is not installed (.ci/run installs it)")
+    return make_videos(tmp_path_factory.mktemp("videos"))

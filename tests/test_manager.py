@@ -33,6 +33,7 @@ from bot.types import (
     Notice,
     ReplyEvent,
     Sender,
+    Status,
     TextChunk,
 )
 from tests.conftest import image_bytes, make_settings
@@ -551,3 +552,36 @@ async def test_retention_purges_old_messages_at_start(harness: Callable[..., Har
     await asyncio.sleep(0)
     assert store.messages == {}
     await h.manager.stop()
+
+
+# -- video --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampling", ["reference", "fast"])
+async def test_video_reaches_the_engine_as_frames_with_progress(
+    harness: Callable[..., Harness], videos: dict[str, Path], sampling: str,
+) -> None:
+    h = harness(media={"video_sampling": sampling})
+    engine: EchoEngine = h.engine  # type: ignore[assignment]
+    assert await h.ask("c1", "what happens in this clip?", files=((videos["phone"].read_bytes(), "clip.mp4"),)) \
+        == "answered"
+    [video] = engine.calls[-1][-1].videos
+    assert len(video.frames) == 8
+    assert all(f.max_tiles == 1 for f in video.frames)
+    assert "[video 1: 8 frames]" in h.sinks["c1"].answers[-1]
+    progress = [e.text for e in h.sinks["c1"].events if isinstance(e, Status) and e.kind == "progress"]
+    assert progress
+    assert progress[-1] == "Reading the video: frame 8 of 8…"
+    # A follow-up still sees the video, without decoding it again.
+    await h.ask("c1", "and at the end?")
+    assert len(engine.calls[-1][1].videos) == 1
+
+
+@pytest.mark.parametrize(("clip", "expected"), [("truncated", "couldn't read the video"),
+                                                ("hour", "minutes long"), ("empty", "empty file")])
+async def test_bad_videos_get_a_polite_answer(harness: Callable[..., Harness], videos: dict[str, Path], clip: str,
+                                             expected: str) -> None:
+    h = harness()
+    assert await h.ask("c1", "look", files=((videos[clip].read_bytes(), f"{clip}.mp4"),)) == "failed"
+    assert expected in h.last("c1")
+    assert await h.ask("c1", "still there?") == "answered"
