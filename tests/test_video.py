@@ -82,6 +82,6 @@ def test_hour_long_video_is_refused_before_decoding(videos: dict[str, Path]) -> 
 
 
 def test_rotated_phone_video_is_read(videos: dict[str, Path]) -> None:
-    frames, info, _ = sample_frames(videos["rotated"].read_bytes(), num_segments=4)
+    frames, _, _ = sample_frames(videos["rotated"].read_bytes(), num_segments=4)
     assert len(frames) == 4
     assert {frames[0].shape[:2]} <= {(360, 640), (640, 360)}
