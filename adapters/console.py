@@ -23,6 +23,7 @@ from bot.types import (
     Channel,
     ConversationKey,
     FileFetcher,
+    FileReply,
     IncomingMessage,
     Notice,
     ReplyEvent,
@@ -58,6 +59,9 @@ class ConsoleSink:
                 self.out.write(" …")
             self.out.write("\n")
             self.streaming = False
+        elif isinstance(event, FileReply):
+            path = await asyncio.to_thread(_save_export, event)
+            self.out.write(f"[file saved: {path}]\n")
         elif isinstance(event, Notice):
             if self.streaming:
                 self.out.write("\n")
@@ -66,6 +70,15 @@ class ConsoleSink:
             self.out.write(f"{BOT}{prefix}{event.text}\n")
         self.out.flush()
         return None
+
+
+def _save_export(event: FileReply) -> Path:
+    """Exports land in ./exports, under the file's own name (never a path the model chose)."""
+    folder = Path("exports")
+    folder.mkdir(exist_ok=True)
+    path = folder / Path(event.filename).name
+    path.write_bytes(event.data)
+    return path
 
 
 def locale_hint() -> str | None:

@@ -73,6 +73,8 @@ class MediaSettings(Section):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_tiles: int = Field(12, ge=1, le=40)
     history_max_tiles: int = Field(6, ge=1, le=40, description="most tiles for images of earlier turns")
+    document_max_tiles: int = Field(24, ge=1, le=40, description="most tiles for a document page")
+    max_pdf_pages: int = Field(8, ge=1, le=200, description="pages read from one PDF; the user is told when cut")
     max_images_per_turn: int = Field(8, ge=1, le=64)
     video_frames: int = Field(8, ge=1, le=64, description="frames sampled from a video, one tile each")
     video_sampling: Literal["reference", "fast"] = "reference"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from bot import i18n
 from bot.budget import Item, plan
 from bot.config import Settings
+from bot.documents import Document, read_pdf
 from bot.engines.base import ChatMessage, Engine, ImagePart, VideoPart, message_cost
 from bot.errors import (
     AttachmentUnavailable,
@@ -35,13 +36,15 @@ from bot.errors import (
     UnsupportedFile,
 )
 from bot.logs import conversation_var
-from bot.media import decode_pixels, decode_text, sniff
+from bot.media import MAX_TEXT_FILE_CHARS, decode_pixels, decode_text, sniff
 from bot.personas import Persona, load_personas
 from bot.store import Conversation, NewMessage, Store, StoredAttachment, StoredMessage
+from bot.tables import markdown_tables, to_csv, to_json
 from bot.types import (
     AnswerDone,
     Channel,
     ConversationKey,
+    FileReply,
     IncomingMessage,
     Notice,
     ReplyEvent,
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("start", "help", "reset", "persona", "lang")
+COMMANDS = ("start", "help", "reset", "persona", "lang", "export")
 _COMMAND = re.compile(r"/([A-Za-z][A-Za-z0-9_]*)(?:@\S+)?(?:\s+(.*))?\Z", re.S)
 
 
@@ -120,6 +123,7 @@ class ConversationManager:
         self._accepting = True
         self._images: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._videos: OrderedDict[str, VideoPart] = OrderedDict()
+        self._documents: OrderedDict[str, Document] = OrderedDict()
         self._dropped_notified: dict[ConversationKey, int] = {}
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -359,11 +363,28 @@ class ConversationManager:
                 reply = i18n.text("lang_set", code, language=i18n.language_name(code))
             else:
                 reply = i18n.text("lang_unknown", lang, code=arg or "?", languages=languages)
+        elif name == "export":
+            reply = await self._export(msg, conv, sink, arg.lower().strip(), lang)
         else:
             reply = i18n.text("unknown_command", lang, command=f"/{name}")
             log.info("unknown command /%s", name)
         pid = await _emit(sink, Notice(reply, kind="command"))
         await self.store.finish(msg.id, "answered", reply=reply, kind="command", reply_platform_id=pid)
+
+    async def _export(self, msg: StoredMessage, conv: Conversation, sink: ReplySink, fmt: str, lang: str) -> str:
+        """``/export csv|json``: the tables of the last answer, sent back as a file."""
+        if fmt not in ("csv", "json"):
+            return i18n.text("export_usage", lang)
+        rows = await self.store.history(msg.key, since=conv.context_start, before=msg.id)
+        last = next((r for r in reversed(rows) if r.role == "assistant"), None)
+        found = markdown_tables(last.text) if last else []
+        if not found:
+            return i18n.text("export_nothing", lang)
+        data = to_csv(found) if fmt == "csv" else to_json(found)
+        filename = f"tables-{msg.key.chat}-{last.id if last else 0}.{fmt}"
+        mime = "text/csv" if fmt == "csv" else "application/json"
+        await sink.emit(FileReply(filename, mime, data))
+        return i18n.text("export_done", lang, count=len(found), filename=filename)
 
     async def _answer(self, msg: StoredMessage, channel: Channel, sink: ReplySink, lang: str) -> None:
         text = msg.text.strip()
@@ -418,6 +439,14 @@ class ConversationManager:
             kind = sniff(data, att.filename, att.mime)
             if kind.kind == "video":
                 videos.append(await self._video(sha, data, name, sink, lang))
+            elif kind.kind == "document":
+                pages, text, document = await self._document(sha, data, name)
+                images.extend(pages)
+                if text:
+                    texts.append(text)
+                if document.truncated:
+                    await _emit(sink, Notice(i18n.text("document_truncated", lang, name=name, pages=len(pages),
+                                                       total=document.total_pages)))
             elif kind.kind == "image":
                 image_count += 1
                 if image_count > media.max_images_per_turn:
@@ -433,6 +462,24 @@ class ConversationManager:
             await _emit(sink, Notice(i18n.text("too_many_images", lang, limit=media.max_images_per_turn,
                                                count=image_count)))
         return images, videos, texts
+
+    async def _document(self, sha: str, data: bytes, name: str) -> tuple[list[ImagePart], str, Document]:
+        """A PDF's pages as images (labelled ``Page-n``) and its text layer, cached by SHA-256."""
+        media = self.settings.media
+        document = self._documents.get(sha)
+        if document is None:
+            document = await asyncio.to_thread(read_pdf, data, name=name, max_pages=media.max_pdf_pages,
+                                               max_tiles=media.document_max_tiles)
+            self._documents[sha] = document
+            while len(self._documents) > 4:
+                self._documents.popitem(last=False)
+        pages = [ImagePart(image=p.image, max_tiles=media.document_max_tiles, sha256=f"{sha}#p{p.number}",
+                           label=f"Page-{p.number}") for p in document.pages]
+        texts = [f"[{name}, page {p.number}, text layer]\n{p.text}" for p in document.pages if p.text]
+        text = "\n\n".join(texts)
+        if len(text) > MAX_TEXT_FILE_CHARS:
+            text = text[:MAX_TEXT_FILE_CHARS] + " […]"
+        return pages, text, document
 
     async def _video(self, sha: str, data: bytes, name: str, sink: ReplySink | None, lang: str) -> VideoPart:
         """Sample a video's frames (cached by SHA-256), telling the user how far reading has got."""
@@ -573,6 +620,14 @@ class ConversationManager:
                     videos.append(await self._video(att.sha256, data, att.filename, None, "en"))
                 except InputError:
                     continue
+            elif kind.kind == "document":
+                try:
+                    pages, text, _ = await self._document(att.sha256, data, att.filename)
+                except InputError:
+                    continue
+                images.extend(replace(p, max_tiles=self.settings.media.history_max_tiles) for p in pages)
+                if text:
+                    texts.append(text)
             elif kind.kind == "text":
                 texts.append(f"[{att.filename or 'file'}]\n{decode_text(data)[0]}")
         return ChatMessage("user", "\n\n".join(texts), tuple(images[: self.settings.media.max_images_per_turn]),

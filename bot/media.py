@@ -42,7 +42,7 @@ MAX_TEXT_FILE_CHARS = 20000
 
 @dataclass(frozen=True, slots=True)
 class MediaKind:
-    kind: Literal["image", "video", "text", "unsupported"]
+    kind: Literal["image", "video", "document", "text", "unsupported"]
     mime: str
     label: str  # human-readable kind, used in messages ("audio", "PDF document", ...)
 
@@ -56,7 +56,7 @@ _MAGIC: list[tuple[bytes, int, str, str, str]] = [
     (b"BM", 0, "image", "image/bmp", "BMP image"),
     (b"II*\x00", 0, "image", "image/tiff", "TIFF image"),
     (b"MM\x00*", 0, "image", "image/tiff", "TIFF image"),
-    (b"%PDF", 0, "unsupported", "application/pdf", "PDF document"),
+    (b"%PDF", 0, "document", "application/pdf", "PDF document"),
     (b"PK\x03\x04", 0, "unsupported", "application/zip", "archive or office document"),
     (b"Rar!", 0, "unsupported", "application/vnd.rar", "archive"),
     (b"7z\xbc\xaf\x27\x1c", 0, "unsupported", "application/x-7z-compressed", "archive"),

@@ -117,7 +117,17 @@ class Notice:
     kind: Literal["info", "error", "command"] = "info"
 
 
-ReplyEvent = Status | TextChunk | AnswerDone | Notice
+@dataclass(frozen=True, slots=True)
+class FileReply:
+    """A file sent back to the user (a CSV or JSON export)."""
+
+    filename: str
+    mime: str
+    data: bytes = field(repr=False)
+    caption: str = ""
+
+
+ReplyEvent = Status | TextChunk | AnswerDone | Notice | FileReply
 
 
 @runtime_checkable
@@ -140,10 +150,14 @@ class CollectingSink:
 
     async def emit(self, event: ReplyEvent) -> str | None:
         self.events.append(event)
-        if isinstance(event, AnswerDone | Notice):
+        if isinstance(event, AnswerDone | Notice | FileReply):
             self._count += 1
             return f"m{self._count}"
         return None
+
+    @property
+    def files(self) -> list[FileReply]:
+        return [e for e in self.events if isinstance(e, FileReply)]
 
     @property
     def answers(self) -> list[str]:

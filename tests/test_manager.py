@@ -154,7 +154,7 @@ async def test_persona_command_switches_the_system_prompt(harness: Callable[...,
     assert "tutor" in engine.calls[-1][0].text
     await h.ask("c1", "/persona pirate")
     assert "pirate" in h.last("c1")
-    assert "diagnosis, support, tutor" in h.last("c1")
+    assert "diagnosis, document, support, tutor" in h.last("c1")
 
 
 async def test_lang_command_pins_and_unpins(harness: Callable[..., Harness]) -> None:
@@ -346,7 +346,7 @@ def _png_bomb() -> bytes:
         (((b"", "empty.bin"),), "what is it?", "empty file"),
         (((_truncated_jpeg(), "half.jpg"),), "what is it?", "couldn't read"),
         (((_png_bomb(), "bomb.png"),), "what is it?", "too large"),
-        (((b"%PDF-1.7\n...", "invoice.pdf"),), "read this", "PDF document"),
+        (((b"%PDF-1.7\n...", "invoice.pdf"),), "read this", "couldn't open the document"),
         (((b"OggS\x00\x02" + b"\x00" * 100, "voice.ogg"),), "", "audio or voice note"),
         ((), "", "empty"),
         ((), "x" * 100_000, "too long"),
@@ -585,3 +585,63 @@ async def test_bad_videos_get_a_polite_answer(harness: Callable[..., Harness], v
     assert await h.ask("c1", "look", files=((videos[clip].read_bytes(), f"{clip}.mp4"),)) == "failed"
     assert expected in h.last("c1")
     assert await h.ask("c1", "still there?") == "answered"
+
+
+# -- documents ----------------------------------------------------------------------------
+
+
+async def test_pdf_pages_and_text_layer_reach_the_engine(harness: Callable[..., Harness]) -> None:
+    from tests.test_documents import invoice_pdf
+
+    h = harness(conversation={"default_persona": "document"})
+    engine: EchoEngine = h.engine  # type: ignore[assignment]
+    assert await h.ask("c1", "extract the totals", files=((invoice_pdf(2), "invoice.pdf"),)) == "answered"
+    current = engine.calls[-1][-1]
+    assert [p.label for p in current.images] == ["Page-1", "Page-2"]
+    assert "[invoice.pdf, page 1, text layer]" in current.text
+    assert "TOTAL 150.00 EUR" in current.text
+    assert "Markdown table" in engine.calls[-1][0].text  # the document persona
+
+
+async def test_long_pdf_is_cut_and_the_user_is_told(harness: Callable[..., Harness]) -> None:
+    from tests.test_documents import invoice_pdf
+
+    h = harness()
+    assert await h.ask("c1", "what is this?", files=((invoice_pdf(500), "big.pdf"),)) == "answered"
+    assert any("has 500 pages; I read the first 8" in n for n in h.sinks["c1"].notices)
+
+
+@pytest.mark.parametrize(("make", "expected"), [("encrypted", "protected by a password"),
+                                                ("broken", "couldn't open the document")])
+async def test_bad_pdfs_get_a_polite_answer(harness: Callable[..., Harness], make: str, expected: str) -> None:
+    from tests.test_documents import invoice_pdf
+
+    data = invoice_pdf(1, encrypt=True) if make == "encrypted" else b"%PDF-1.7\nnot really"
+    h = harness()
+    assert await h.ask("c1", "read this", files=((data, "doc.pdf"),)) == "failed"
+    assert expected in h.last("c1")
+
+
+async def test_pdf_that_is_really_a_jpeg_is_read_as_a_photo(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    assert await h.ask("c1", "what is it", files=((image_bytes(800, 600), "scan.pdf"),)) == "answered"
+    assert "[image 1: 800x600" in h.sinks["c1"].answers[-1]
+
+
+async def test_export_sends_the_tables_of_the_last_answer_as_a_file(harness: Callable[..., Harness]) -> None:
+    from tests.test_documents import TABLE_ANSWER
+
+    h = harness()
+    await h.ask("c1", "/export csv")
+    assert h.last("c1") == "There is no table in my last answer to export."
+    await h.ask("c1", TABLE_ANSWER)  # the echo engine repeats it, tables included
+    await h.ask("c1", "/export csv")
+    [file] = h.sinks["c1"].files
+    assert file.filename.endswith(".csv")
+    assert file.mime == "text/csv"
+    assert "Number,INV-7" in file.data.decode("utf-8-sig")
+    assert h.last("c1").startswith("Here are 2 table(s) as ")
+    await h.ask("c1", "/export json")
+    assert h.sinks["c1"].files[-1].mime == "application/json"
+    await h.ask("c1", "/export xml")
+    assert "/export csv" in h.last("c1")

@@ -22,7 +22,7 @@ from tests.conftest import image_bytes
         (image_bytes(fmt="BMP"), "", "image", "BMP image"),
         (image_bytes(fmt="TIFF"), "", "image", "TIFF image"),
         (image_bytes(fmt="JPEG"), "invoice.pdf", "image", "JPEG image"),  # bytes win over the name
-        (b"%PDF-1.4 ...", "a.pdf", "unsupported", "PDF document"),
+        (b"%PDF-1.4 ...", "a.pdf", "document", "PDF document"),
         (b"OggS\x00\x02rest", "voice.oga", "unsupported", "audio or voice note"),
         (b"\x00\x00\x00\x18ftypmp42rest", "clip.mp4", "video", "video"),
         (b"PK\x03\x04rest", "report.docx", "unsupported", "archive or office document"),

@@ -26,6 +26,7 @@ class ImagePart:
     image: Image.Image | np.ndarray
     max_tiles: int = 12
     sha256: str = ""
+    label: str = ""  # "Page-3" for a document page; images are numbered "Image-k" when there are several
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,7 +85,7 @@ def message_cost(engine: Engine, message: ChatMessage) -> int:
     """Prompt tokens ``message`` costs: its text, its images by their tiles, and the template."""
     cost = engine.count_tokens(message.text) + MESSAGE_OVERHEAD
     for part in message.images:
-        cost += engine.image_tokens(*part.size, part.max_tiles) + 2 + (4 if len(message.images) > 1 else 0)
+        cost += engine.image_tokens(*part.size, part.max_tiles) + 2 + (4 if len(message.images) > 1 or part.label else 0)
     for video in message.videos:
         cost += sum(engine.image_tokens(*f.size, f.max_tiles) + 2 + 4 for f in video.frames)
     return cost

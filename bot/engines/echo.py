@@ -61,7 +61,8 @@ class EchoEngine(LimitedEngine):
             if self.fail_on is not None and self.fail_on in last.text:
                 raise RuntimeError(f"echo engine told to fail on {self.fail_on!r}")
             lines = [
-                f"[image {i + 1}: {p.size[0]}x{p.size[1]}, {tile_count(*p.size, max_num=p.max_tiles)} tiles]"
+                f"[{p.label.lower() if p.label else f'image {i + 1}'}: {p.size[0]}x{p.size[1]}, "
+                f"{tile_count(*p.size, max_num=p.max_tiles)} tiles]"
                 for i, p in enumerate(last.images)
             ]
             lines += [f"[video {i + 1}: {len(v.frames)} frames]" for i, v in enumerate(last.videos)]

@@ -174,9 +174,13 @@ class TransformersEngine(LimitedEngine):
         for message in messages:
             content: list[dict[str, str]] = []
             many = len(message.images) > 1
-            for i, part in enumerate(message.images):
-                if many:
-                    content.append({"type": "text", "text": f"Image-{i + 1}: "})
+            number = 0
+            for part in message.images:
+                if part.label:
+                    content.append({"type": "text", "text": f"{part.label}: "})
+                elif many:
+                    number += 1
+                    content.append({"type": "text", "text": f"Image-{number}: "})
                 content.append({"type": "image"})
                 parts.append(part)
             for video in message.videos:
