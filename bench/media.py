@@ -17,6 +17,7 @@ import multiprocessing
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,59 @@ def bench_cached(repeat: int, results: dict[str, str]) -> None:
     results["cached_ratio"] = f"{t_first / t_again:.0f}"
 
 
+def bench_video(repeat: int, results: dict[str, str]) -> None:
+    import decord
+
+    from bot.video import reference_indices, sample_frames_fast
+    from tests.media_corpus import FFMPEG, ffmpeg
+
+    if FFMPEG is None:
+        print("video: skipped (ffmpeg is not installed)")
+        return
+    folder = Path(tempfile.mkdtemp())
+    src = ["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", "30"]
+    clips = {
+        "video_ratio": ffmpeg(folder / "long_gop.mp4", *src, "-c:v", "libx264", "-pix_fmt", "yuv420p"),
+        "phone_video_ratio": ffmpeg(folder / "phone.mp4", *src, "-c:v", "libx264", "-g", "30", "-pix_fmt",
+                                    "yuv420p"),
+    }
+    for key, path in clips.items():
+        data = path.read_bytes()
+
+        def reference(data: bytes = data) -> list[int]:
+            reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+            indices = ref.get_index(None, reader.get_avg_fps(), len(reader) - 1, first_idx=0, num_segments=8)
+            reader.get_batch(list(indices)).asnumpy()
+            return [int(i) for i in indices]
+
+        expected = reference()
+        frames, info, picks = sample_frames_fast(data, num_segments=8)
+        seg = (info.frames - 1) / 8
+        ok = (picks == sorted(set(picks)) and len(frames) == 8
+              and all(abs(p - r) <= seg / 2 for p, r in zip(picks, expected, strict=True))
+              and reference_indices(info.frames, info.fps, 8) == expected)
+        t_ref = best_of(reference, repeat)
+        t_ours = best_of(lambda data=data: sample_frames_fast(data, num_segments=8), repeat)
+        print(f"{path.name}: reference get_index + get_batch {t_ref * 1000:.0f} ms, fast {t_ours * 1000:.0f} ms "
+              f"({t_ref / t_ours:.2f}x; frames distinct, in order, within half a segment: {ok})")
+        results[key] = f"{t_ref / t_ours:.2f}"
+        if not ok:
+            results["identical"] = "no"
+
+
+def bench_pdf(repeat: int, results: dict[str, str]) -> None:
+    from bot.documents import read_pdf
+    from tests.test_documents import invoice_pdf
+
+    data = invoice_pdf(20)
+    doc = read_pdf(data, max_pages=20, max_tiles=24)
+    assert len(doc.pages) == 20
+    t = best_of(lambda: read_pdf(data, max_pages=20, max_tiles=24), repeat)
+    h, w = doc.pages[0].image.shape[:2]
+    print(f"20-page PDF -> page images ({w}x{h}) + text layers: {t * 1000:.0f} ms, {20 / t:.0f} pages/s")
+    results["pdf_pages_per_s"] = f"{20 / t:.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
@@ -182,6 +236,8 @@ def main() -> None:
     bench_images(args.repeat, results)
     bench_album(args.repeat, results)
     bench_cached(args.repeat, results)
+    bench_video(args.repeat, results)
+    bench_pdf(args.repeat, results)
     order = ["image_exact_ratio", "image_fast_ratio", "album_ratio", "cached_ratio", "video_ratio",
              "phone_video_ratio", "pdf_pages_per_s", "identical"]
     fields = [f"{k}={results[k]}" for k in order if k in results]
