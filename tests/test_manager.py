@@ -645,3 +645,48 @@ async def test_export_sends_the_tables_of_the_last_answer_as_a_file(harness: Cal
     assert h.sinks["c1"].files[-1].mime == "application/json"
     await h.ask("c1", "/export xml")
     assert "/export csv" in h.last("c1")
+
+
+def _encoded(mode: str, fmt: str, size: tuple[int, int] = (300, 200), **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.new(mode, size)
+    if mode == "P":
+        image.putpalette([v for i in range(256) for v in (i, 255 - i, 128)])
+        save.setdefault("transparency", 0)
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def _heic_turned() -> bytes:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (400, 200), (9, 99, 199)).save(buffer, "HEIF", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "size"),
+    [
+        (lambda: _encoded("P", "PNG"), "palette.png", "300x200"),
+        (lambda: _encoded("CMYK", "JPEG"), "cmyk.jpg", "300x200"),
+        (lambda: _encoded("I;16", "PNG"), "deep.png", "300x200"),
+        (_heic_turned, "IMG_0001.HEIC", "200x400"),
+    ],
+)
+async def test_unusual_but_valid_images_are_answered(harness: Callable[..., Harness], data: Callable[[], bytes],
+                                                     name: str, size: str) -> None:
+    h = harness()
+    assert await h.ask("c1", "what is this?", files=((data(), name),)) == "answered"
+    assert f"[image 1: {size}," in h.sinks["c1"].answers[-1]
+
+
+@pytest.mark.parametrize("clip", ["webm", "hevc", "rotated"])
+async def test_other_video_formats_are_answered(harness: Callable[..., Harness], videos: dict[str, Path],
+                                                clip: str) -> None:
+    h = harness()
+    assert await h.ask("c1", "describe", files=((videos[clip].read_bytes(), videos[clip].name),)) == "answered"
+    assert "[video 1:" in h.sinks["c1"].answers[-1]
