@@ -151,12 +151,7 @@ def sample_frames_fast(data: bytes, *, num_segments: int = 8, max_seconds: float
     seg = (info.frames - 1) / count
     highs = [min(info.frames - 1, math.floor(r + seg / 2)) for r in reference_indices(info.frames, info.fps, count)]
     windows = {low: high for low, high in zip(picks, highs, strict=True)}
-    bins: list[list[int]] = [[], []]
-    loads = [0, 0]
-    for cost, members in sorted(_gop_groups(picks, keys), key=lambda g: -g[0]):
-        target = 0 if loads[0] <= loads[1] else 1
-        bins[target].extend(members)
-        loads[target] += cost
+    bins = _share_gops(picks, keys)
     done = [0]
 
     def run(group: list[int]) -> list[tuple[int, np.ndarray]]:
@@ -216,17 +211,23 @@ def _gop_groups(indices: Sequence[int], keys: Sequence[int]) -> list[tuple[int, 
     return [(max(members) - key + 1, members) for key, members in groups.items()]
 
 
-def _read_parallel(data: bytes, reader: object, first: np.ndarray, indices: Sequence[int], keys: Sequence[int],
-                   progress: Progress | None) -> list[np.ndarray]:
-    """Decode the chosen frames on two cores: GOPs are shared out so both do the same decoding work."""
-    import decord
-
+def _share_gops(indices: Sequence[int], keys: Sequence[int]) -> list[list[int]]:
+    """Split the frames between two decoders by GOP, the largest decoding jobs first, evening the load."""
     bins: list[list[int]] = [[], []]
     loads = [0, 0]
     for cost, members in sorted(_gop_groups(indices, keys), key=lambda g: -g[0]):
         target = 0 if loads[0] <= loads[1] else 1
         bins[target].extend(members)
         loads[target] += cost
+    return bins
+
+
+def _read_parallel(data: bytes, reader: object, first: np.ndarray, indices: Sequence[int], keys: Sequence[int],
+                   progress: Progress | None) -> list[np.ndarray]:
+    """Decode the chosen frames on two cores: GOPs are shared out so both do the same decoding work."""
+    import decord
+
+    bins = _share_gops(indices, keys)
     frames: dict[int, np.ndarray] = {}
     if 0 in indices:
         frames[0] = first  # decoded already by the probe
