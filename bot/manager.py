@@ -36,7 +36,7 @@ from bot.errors import (
     UnsupportedFile,
 )
 from bot.logs import conversation_var
-from bot.media import MAX_TEXT_FILE_CHARS, decode_pixels, decode_text, sniff
+from bot.media import MAX_TEXT_FILE_CHARS, ByteLRU, decode_pixels, decode_text, sniff
 from bot.personas import Persona, load_personas
 from bot.store import Conversation, NewMessage, Store, StoredAttachment, StoredMessage
 from bot.tables import markdown_tables, to_csv, to_json
@@ -121,7 +121,7 @@ class ConversationManager:
         self._parallel = asyncio.Semaphore(self.conf.max_parallel_conversations)
         self._done: dict[int, asyncio.Future[str]] = {}
         self._accepting = True
-        self._images: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._images = ByteLRU(512 * 2**20)  # decoded images by SHA-256: ~36 MB for a 12 MP photo
         self._videos: OrderedDict[str, VideoPart] = OrderedDict()
         self._documents: OrderedDict[str, Document] = OrderedDict()
         self._dropped_notified: dict[ConversationKey, int] = {}
@@ -530,12 +530,9 @@ class ConversationManager:
         key = (sha, self.settings.media.max_image_pixels)
         cached = self._images.get(key)
         if cached is not None:
-            self._images.move_to_end(key)
-            return cached
+            return cached  # type: ignore[return-value]
         image = await asyncio.to_thread(decode_pixels, data, name=name, max_pixels=self.settings.media.max_image_pixels)
-        self._images[key] = image
-        while len(self._images) > 32:
-            self._images.popitem(last=False)
+        self._images.put(key, image)
         return image
 
     async def _fit(self, msg: StoredMessage, conv: Conversation, system: ChatMessage, current: ChatMessage,

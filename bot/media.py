@@ -529,42 +529,66 @@ def preprocess(data: bytes, *, max_num: int = 12, fast: bool = False, max_pixels
     return image_pixels(decode_pixels(data, name=name, max_pixels=max_pixels), max_num=max_num, fast=fast)
 
 
-class PixelCache:
-    """Preprocessed images (pixel values) by (SHA-256 of the file, max tiles, resize mode), LRU, thread-safe.
+class ByteLRU:
+    """A least-recently-used map bounded by the bytes of its values (arrays and tensors), thread-safe."""
 
-    Asking again about the same photo — a follow-up question, or the same file sent again — does no
-    decoding or resizing work.
-    """
-
-    def __init__(self, entries: int = 32) -> None:
-        self.entries = entries
-        self._items: OrderedDict[tuple[str, int, bool], torch.Tensor] = OrderedDict()
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[object, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, int, bool]) -> torch.Tensor | None:
+    @staticmethod
+    def _size(value: object) -> int:
+        nbytes = getattr(value, "nbytes", None)
+        if nbytes is None and hasattr(value, "element_size"):
+            nbytes = value.element_size() * value.nelement()  # type: ignore[attr-defined]
+        return int(nbytes or 0)
+
+    def get(self, key: object) -> object | None:
         with self._lock:
             found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-            return found
-
-    def put(self, key: tuple[str, int, bool], pixels: torch.Tensor) -> None:
-        with self._lock:
-            self._items[key] = pixels
+            if found is None:
+                self.misses += 1
+                return None
             self._items.move_to_end(key)
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
+            self.hits += 1
+            return found[0]
+
+    def put(self, key: object, value: object) -> None:
+        size = self._size(value)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._items[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                _, (_, freed) = self._items.popitem(last=False)
+                self.bytes -= freed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class PixelCache(ByteLRU):
+    """Preprocessed images (pixel values) by (SHA-256 of the file, max tiles, resize mode).
+
+    Asking again about the same photo — a follow-up question, or the same file sent again — does no
+    decoding or resizing work. Bounded by bytes: 13 tiles of a 12 MP photo are 31 MB.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        super().__init__(max_bytes)
 
     def pixels(self, image: Image.Image | np.ndarray, *, sha256: str, max_num: int, fast: bool = False,
                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
         key = (sha256, max_num, fast)
         found = self.get(key) if sha256 else None
         if found is not None:
-            return found
-        self.misses += 1
+            return found  # type: ignore[return-value]
         result = image_pixels(image, max_num=max_num, fast=fast, mean=mean, std=std)
         if sha256:
             self.put(key, result)

@@ -174,3 +174,21 @@ def torch_equal(a: object, b: object) -> bool:
     assert isinstance(a, torch.Tensor)
     assert isinstance(b, torch.Tensor)
     return a.dtype == b.dtype == torch.float32 and a.shape == b.shape and torch.equal(a, b)
+
+
+def test_caches_are_bounded_by_bytes_and_keep_the_recent() -> None:
+    from bot.media import ByteLRU, PixelCache
+
+    lru = ByteLRU(max_bytes=3000)
+    for k in range(5):
+        lru.put(k, np.zeros(1000, dtype=np.uint8))
+    assert len(lru) == 3
+    assert lru.bytes == 3000
+    assert lru.get(0) is None
+    assert lru.get(4) is not None
+    cache = PixelCache()
+    image = _photo(900, 600)
+    first = cache.pixels(image, sha256="abc", max_num=6)
+    assert cache.pixels(image, sha256="abc", max_num=6) is first
+    assert cache.pixels(image, sha256="abc", max_num=2) is not first
+    assert cache.hits == 1

@@ -26,8 +26,6 @@ from bot.media import IMAGENET_MEAN, IMAGENET_STD, PixelCache, map_images, tile_
 log = logging.getLogger(__name__)
 
 _END = object()
-#: Preprocessed images kept per engine (13 tiles of a 12 MP photo are 31 MB).
-PIXEL_CACHE_ENTRIES = 32
 
 
 class TransformersEngine(LimitedEngine):
@@ -37,7 +35,7 @@ class TransformersEngine(LimitedEngine):
                  context_length: int = 0, fast_resize: bool = False) -> None:
         super().__init__(max_concurrency)
         self.fast_resize = fast_resize
-        self.pixel_cache = PixelCache(PIXEL_CACHE_ENTRIES)
+        self.pixel_cache = PixelCache()
         self._mean: tuple[float, ...] = IMAGENET_MEAN
         self._std: tuple[float, ...] = IMAGENET_STD
         self.settings = settings
