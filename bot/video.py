@@ -170,7 +170,33 @@ def sample_frames_fast(data: bytes, *, num_segments: int = 8, max_seconds: float
         raise UnreadableVideo(str(exc).splitlines()[0][:200], name=name) from None
     if len(found) != count:
         raise UnreadableVideo(f"decoded {len(found)} of {count} frames", name=name)
-    return [frame for _, frame in found], info, [index for index, _ in found]
+    turns = rotation_turns(data)
+    frames = [np.ascontiguousarray(np.rot90(f, turns)) if turns else f for _, f in found]
+    if turns % 2:
+        info = VideoInfo(info.frames, info.fps, info.height, info.width)
+    return frames, info, [index for index, _ in found]
+
+
+def rotation_turns(data: bytes) -> int:
+    """Quarter turns counter-clockwise (``np.rot90``'s k) that the MP4/MOV track matrix asks for.
+
+    Phones store portrait video as landscape frames plus this matrix. decord applies it; PyAV does
+    not, so the fast path turns its frames with this. Other containers report 0.
+    """
+    import struct
+
+    at = data.find(b"tkhd")
+    while at >= 4:
+        size = struct.unpack(">I", data[at - 4:at])[0]
+        version = data[at + 4] if at + 4 < len(data) else 0
+        offset = at + 8 + (32 if version == 1 else 20) + 16
+        if size in (92, 104) and offset + 44 <= len(data):
+            a, b = struct.unpack(">ii", data[offset:offset + 8])
+            width, height = struct.unpack(">II", data[offset + 36:offset + 44])
+            if width and height and (a or b):  # the video track: audio tracks have no size
+                return round(-math.degrees(math.atan2(b, a)) / 90) % 4
+        at = data.find(b"tkhd", at + 4)
+    return 0
 
 
 def _grab_av(data: bytes, windows: Sequence[tuple[int, int]]) -> list[tuple[int, np.ndarray]]:

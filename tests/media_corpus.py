@@ -30,11 +30,14 @@ def make_videos(folder: Path) -> dict[str, Path]:
                        "libvpx-vp9", "-b:v", "200k"),
         "hevc": ffmpeg(folder / "clip.mov", *src, "testsrc=size=640x360:rate=25", "-t", "4", "-c:v", "libx265",
                        "-tag:v", "hvc1", "-x265-params", "log-level=error"),
-        "rotated": ffmpeg(folder / "rotated.mp4", *src, "testsrc=size=640x360:rate=30", "-t", "3", "-c:v",
-                          "libx264", "-metadata:s:v:0", "rotate=90"),
+        "landscape": ffmpeg(folder / "landscape.mp4", *src, "testsrc=size=640x360:rate=30", "-t", "3", "-c:v",
+                            "libx264", "-g", "30"),
         "hour": ffmpeg(folder / "hour.mp4", *src, "color=c=gray:size=32x32:rate=1", "-t", "3700", "-c:v",
                        "libx264", "-g", "600"),
     }
+    # A phone's portrait video: landscape frames plus a display matrix turning them a quarter.
+    videos["rotated"] = ffmpeg(folder / "rotated.mov", "-i", str(videos["landscape"]), "-c", "copy",
+                               "-metadata:s:v:0", "rotate=90")
     data = videos["phone"].read_bytes()
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
     (folder / "empty.mp4").write_bytes(b"")
