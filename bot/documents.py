@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ class Page:
 class Document:
     pages: tuple[Page, ...]
     total_pages: int
+    max_tiles: int = 12  # the tiles each page was rendered for
 
     @property
     def truncated(self) -> bool:
@@ -44,14 +46,25 @@ class Document:
 
 
 def page_scale(width_pt: float, height_pt: float, max_tiles: int) -> float:
-    """Render scale (pixels per PDF point) that gives the page the pixels its tile grid needs."""
-    cols, rows = grid_for(max(1, round(width_pt)), max(1, round(height_pt)), max_num=max_tiles)
+    """Render scale (pixels per PDF point) that gives the page the pixels its tile grid needs.
+
+    The grid is the one InternVL would choose for the page at the highest resolution we render
+    (its tie-break favours larger grids only for images with enough pixels), and the page is then
+    rendered just large enough for that grid.
+    """
+    top = MAX_DPI / 72
+    cols, rows = grid_for(max(1, round(width_pt * top)), max(1, round(height_pt * top)), max_num=max_tiles)
     scale = min(IMAGE_SIZE * cols / width_pt, IMAGE_SIZE * rows / height_pt)
     return max(0.1, min(scale, MAX_DPI / 72))
 
 
-def read_pdf(data: bytes, *, name: str = "", max_pages: int = 20, max_tiles: int = 12) -> Document:
-    """Render up to ``max_pages`` pages of a PDF and read their text layers."""
+def read_pdf(data: bytes, *, name: str = "", max_pages: int = 20, max_tiles: int = 12,
+             tiles_for: Callable[[int], int] | None = None) -> Document:
+    """Render up to ``max_pages`` pages of a PDF and read their text layers.
+
+    ``tiles_for(pages)`` gives the tiles a page may use once the page count is known (the token
+    budget shared by the pages); pages are rendered at the resolution that many tiles need.
+    """
     import pypdfium2 as pdfium
 
     with _PDFIUM:
@@ -66,7 +79,10 @@ def read_pdf(data: bytes, *, name: str = "", max_pages: int = 20, max_tiles: int
             if total < 1:
                 raise UnreadableDocument("no pages", name=name)
             pages = []
-            for index in range(min(total, max_pages)):
+            count = min(total, max_pages)
+            if tiles_for is not None:
+                max_tiles = max(1, min(max_tiles, tiles_for(count)))
+            for index in range(count):
                 page = pdf[index]
                 width, height = page.get_size()
                 bitmap = page.render(scale=page_scale(width, height, max_tiles), rev_byteorder=True)
@@ -79,7 +95,7 @@ def read_pdf(data: bytes, *, name: str = "", max_pages: int = 20, max_tiles: int
                 if sum(ch.isalpha() for ch in text) < MIN_TEXT_LETTERS:
                     text = ""
                 pages.append(Page(index + 1, image, text))
-            return Document(tuple(pages), total)
+            return Document(tuple(pages), total, max_tiles)
         except pdfium.PdfiumError as exc:
             raise UnreadableDocument(str(exc), name=name) from None
         finally:

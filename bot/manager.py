@@ -468,12 +468,21 @@ class ConversationManager:
         media = self.settings.media
         document = self._documents.get(sha)
         if document is None:
+            # The pages share what the context leaves for images: each is rendered at the resolution
+            # its share of tiles needs (the budget planner may still lower it).
+            room = (self.conf.history_token_budget or self.engine.info.context_length) \
+                - self.settings.engine.generation.max_new_tokens - 1500
+            per_tile = self.engine.info.tokens_per_tile + 2
+
+            def tiles_for(pages: int) -> int:
+                return max(1, room // max(1, pages) // per_tile - 1)
+
             document = await asyncio.to_thread(read_pdf, data, name=name, max_pages=media.max_pdf_pages,
-                                               max_tiles=media.document_max_tiles)
+                                               max_tiles=media.document_max_tiles, tiles_for=tiles_for)
             self._documents[sha] = document
             while len(self._documents) > 4:
                 self._documents.popitem(last=False)
-        pages = [ImagePart(image=p.image, max_tiles=media.document_max_tiles, sha256=f"{sha}#p{p.number}",
+        pages = [ImagePart(image=p.image, max_tiles=document.max_tiles, sha256=f"{sha}#p{p.number}",
                            label=f"Page-{p.number}") for p in document.pages]
         texts = [f"[{name}, page {p.number}, text layer]\n{p.text}" for p in document.pages if p.text]
         text = "\n\n".join(texts)

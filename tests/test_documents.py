@@ -5,7 +5,7 @@ from fpdf import FPDF
 
 from bot.documents import read_pdf
 from bot.errors import EncryptedDocument, UnreadableDocument
-from bot.media import grid_for
+from bot.media import grid_for, tile_count
 from bot.tables import markdown_tables, to_csv, to_json
 
 
@@ -31,10 +31,20 @@ def test_pages_are_rendered_at_the_size_their_tiles_need_and_text_is_read() -> N
     assert "INVOICE INV-2026-0000" in page.text
     assert "TOTAL 150.00 EUR" in page.text
     height, width = page.image.shape[:2]
-    cols, rows = grid_for(595, 842, max_num=12)
+    cols, rows = grid_for(round(595 * 200 / 72), round(842 * 200 / 72), max_num=12)
     assert max(abs(width - 448 * cols), abs(height - 448 * rows)) <= 448  # close to the grid, never far above
     assert width <= 448 * cols + 1
     assert height <= 448 * rows + 1
+
+
+def test_resolution_follows_the_budget() -> None:
+    roomy = read_pdf(invoice_pdf(4), max_tiles=24, tiles_for=lambda pages: 24)
+    tight = read_pdf(invoice_pdf(4), max_tiles=24, tiles_for=lambda pages: 8000 // pages // 258)
+    assert (roomy.max_tiles, tight.max_tiles) == (24, 7)
+    assert tight.pages[0].image.shape[0] < roomy.pages[0].image.shape[0]
+    # InternVL then gives each page the tiles its share allows.
+    assert tile_count(*roomy.pages[0].image.shape[1::-1], max_num=24) == 25
+    assert tile_count(*tight.pages[0].image.shape[1::-1], max_num=7) == 7
 
 
 def test_page_cap() -> None:
