@@ -36,7 +36,7 @@ from bot.errors import (
     UnsupportedFile,
 )
 from bot.logs import conversation_var
-from bot.media import MAX_TEXT_FILE_CHARS, ByteLRU, decode_pixels, decode_text, sniff
+from bot.media import MAX_TEXT_FILE_CHARS, ByteLRU, MediaKind, decode_pixels, decode_text, sniff
 from bot.personas import Persona, load_personas
 from bot.store import Conversation, NewMessage, Store, StoredAttachment, StoredMessage
 from bot.tables import markdown_tables, to_csv, to_json
@@ -434,9 +434,8 @@ class ConversationManager:
         texts: list[str] = []
         image_count = 0
         for att in msg.attachments:
-            data, sha = await self._attachment_bytes(msg, att, channel)
+            data, sha, kind = await self._attachment_bytes(msg, att, channel)
             name = att.filename or "file"
-            kind = sniff(data, att.filename, att.mime)
             if kind.kind == "video":
                 videos.append(await self._video(sha, data, name, sink, lang))
             elif kind.kind == "document":
@@ -519,10 +518,12 @@ class ConversationManager:
         return part
 
     async def _attachment_bytes(self, msg: StoredMessage, att: StoredAttachment,
-                                channel: Channel) -> tuple[bytes, str]:
+                                channel: Channel) -> tuple[bytes, str, MediaKind]:
+        """The attachment's bytes (stored once by SHA-256), its SHA-256 and what it really is."""
         if att.sha256:
             with contextlib.suppress(FileNotFoundError):
-                return await self.store.attachment_data(att.sha256), att.sha256
+                data = await self.store.attachment_data(att.sha256)
+                return data, att.sha256, sniff(data, att.filename, att.mime)
         try:
             data = await channel.fetcher.fetch(att.as_attachment(), self.settings.media.max_file_bytes)
         except InputError:
@@ -532,7 +533,7 @@ class ConversationManager:
             raise AttachmentUnavailable(str(exc), name=att.filename or "file") from None
         kind = sniff(data, att.filename, att.mime)
         sha = await self.store.save_attachment(msg.id, att.position, data, kind.mime)
-        return data, sha
+        return data, sha, kind
 
     async def _decode(self, sha: str, data: bytes, name: str) -> np.ndarray:
         """Decoded pixels of an attachment, cached by SHA-256: a photo asked about again is not decoded again."""
