@@ -46,14 +46,14 @@ UI_LANGUAGES = ("en", "pt", "es", "fr", "de", "zh", "ru", "ja")
 
 TEXTS: dict[str, dict[str, str]] = {
     "help": {
-        "en": "Send me a question, a photo or a file and I will answer.\nCommands:\n/start — greeting\n/help — this help\n/reset — start a fresh conversation\n/persona NAME — switch persona ({personas})\n/lang CODE — answer in a language ({languages}); /lang auto to detect it\n/export csv|json — the tables of my last answer as a file",
-        "pt": "Envie uma pergunta, uma foto ou um arquivo e eu respondo.\nComandos:\n/start — saudação\n/help — esta ajuda\n/reset — começar uma conversa nova\n/persona NOME — trocar de persona ({personas})\n/lang CÓDIGO — responder num idioma ({languages}); /lang auto para detectar\n/export csv|json — as tabelas da minha última resposta como arquivo",
-        "es": "Envíame una pregunta, una foto o un archivo y te responderé.\nComandos:\n/start — saludo\n/help — esta ayuda\n/reset — empezar una conversación nueva\n/persona NOMBRE — cambiar de persona ({personas})\n/lang CÓDIGO — responder en un idioma ({languages}); /lang auto para detectarlo\n/export csv|json — las tablas de mi última respuesta como archivo",
-        "fr": "Envoyez-moi une question, une photo ou un fichier et je vous répondrai.\nCommandes :\n/start — accueil\n/help — cette aide\n/reset — recommencer une conversation\n/persona NOM — changer de persona ({personas})\n/lang CODE — répondre dans une langue ({languages}) ; /lang auto pour la détecter\n/export csv|json — les tableaux de ma dernière réponse en fichier",
-        "de": "Schicken Sie mir eine Frage, ein Foto oder eine Datei, und ich antworte.\nBefehle:\n/start — Begrüßung\n/help — diese Hilfe\n/reset — neues Gespräch beginnen\n/persona NAME — Persona wechseln ({personas})\n/lang CODE — in einer Sprache antworten ({languages}); /lang auto zum Erkennen\n/export csv|json — die Tabellen meiner letzten Antwort als Datei",
-        "zh": "请发送问题、照片或文件，我会回答。\n命令：\n/start — 问候\n/help — 帮助\n/reset — 开始新的对话\n/persona 名称 — 切换角色（{personas}）\n/lang 代码 — 指定回答语言（{languages}）；/lang auto 自动检测\n/export csv|json — 将上一条回答中的表格导出为文件",
-        "ru": "Пришлите вопрос, фото или файл — я отвечу.\nКоманды:\n/start — приветствие\n/help — эта справка\n/reset — начать разговор заново\n/persona ИМЯ — сменить персону ({personas})\n/lang КОД — отвечать на языке ({languages}); /lang auto — определять автоматически\n/export csv|json — таблицы последнего ответа файлом",
-        "ja": "質問、写真、ファイルを送ってください。お答えします。\nコマンド:\n/start — あいさつ\n/help — このヘルプ\n/reset — 会話を最初からやり直す\n/persona 名前 — ペルソナを切り替える（{personas}）\n/lang コード — 回答の言語を指定（{languages}）。/lang auto で自動判定\n/export csv|json — 直前の回答の表をファイルで出力",
+        "en": "Send me a question, a photo or a file and I will answer.\nCommands:\n/start — greeting\n/help — this help\n/reset — start a fresh conversation\n/persona NAME — switch persona ({personas})\n/lang CODE — answer in a language ({languages}); /lang auto to detect it\n/export csv|json — the tables of my last answer as a file\n/human — talk to a person\n/bot — back to the assistant",
+        "pt": "Envie uma pergunta, uma foto ou um arquivo e eu respondo.\nComandos:\n/start — saudação\n/help — esta ajuda\n/reset — começar uma conversa nova\n/persona NOME — trocar de persona ({personas})\n/lang CÓDIGO — responder num idioma ({languages}); /lang auto para detectar\n/export csv|json — as tabelas da minha última resposta como arquivo\n/human — falar com uma pessoa\n/bot — voltar ao assistente",
+        "es": "Envíame una pregunta, una foto o un archivo y te responderé.\nComandos:\n/start — saludo\n/help — esta ayuda\n/reset — empezar una conversación nueva\n/persona NOMBRE — cambiar de persona ({personas})\n/lang CÓDIGO — responder en un idioma ({languages}); /lang auto para detectarlo\n/export csv|json — las tablas de mi última respuesta como archivo\n/human — hablar con una persona\n/bot — volver al asistente",
+        "fr": "Envoyez-moi une question, une photo ou un fichier et je vous répondrai.\nCommandes :\n/start — accueil\n/help — cette aide\n/reset — recommencer une conversation\n/persona NOM — changer de persona ({personas})\n/lang CODE — répondre dans une langue ({languages}) ; /lang auto pour la détecter\n/export csv|json — les tableaux de ma dernière réponse en fichier\n/human — parler à une personne\n/bot — revenir à l'assistant",
+        "de": "Schicken Sie mir eine Frage, ein Foto oder eine Datei, und ich antworte.\nBefehle:\n/start — Begrüßung\n/help — diese Hilfe\n/reset — neues Gespräch beginnen\n/persona NAME — Persona wechseln ({personas})\n/lang CODE — in einer Sprache antworten ({languages}); /lang auto zum Erkennen\n/export csv|json — die Tabellen meiner letzten Antwort als Datei\n/human — mit einem Menschen sprechen\n/bot — zurück zum Assistenten",
+        "zh": "请发送问题、照片或文件，我会回答。\n命令：\n/start — 问候\n/help — 帮助\n/reset — 开始新的对话\n/persona 名称 — 切换角色（{personas}）\n/lang 代码 — 指定回答语言（{languages}）；/lang auto 自动检测\n/export csv|json — 将上一条回答中的表格导出为文件\n/human — 转人工客服\n/bot — 回到智能助手",
+        "ru": "Пришлите вопрос, фото или файл — я отвечу.\nКоманды:\n/start — приветствие\n/help — эта справка\n/reset — начать разговор заново\n/persona ИМЯ — сменить персону ({personas})\n/lang КОД — отвечать на языке ({languages}); /lang auto — определять автоматически\n/export csv|json — таблицы последнего ответа файлом\n/human — связаться с человеком\n/bot — вернуться к ассистенту",
+        "ja": "質問、写真、ファイルを送ってください。お答えします。\nコマンド:\n/start — あいさつ\n/help — このヘルプ\n/reset — 会話を最初からやり直す\n/persona 名前 — ペルソナを切り替える（{personas}）\n/lang コード — 回答の言語を指定（{languages}）。/lang auto で自動判定\n/export csv|json — 直前の回答の表をファイルで出力\n/human — 担当者と話す\n/bot — アシスタントに戻る",
     },
     "reset_done": {
         "en": "Done — I have started a fresh conversation. Earlier messages are no longer in my context.",
@@ -405,6 +405,56 @@ TEXTS: dict[str, dict[str, str]] = {
         "ru": "Отправьте /help, чтобы увидеть команды.",
         "ja": "/help でコマンド一覧を表示します。",
     },
+    "handoff_started": {
+        "en": "I have asked a person to take over this conversation. Someone will answer here as soon as possible; your messages until then are passed on. Send /bot to talk to the assistant again.",
+        "pt": "Pedi a uma pessoa que assuma esta conversa. Alguém vai responder aqui assim que possível; suas mensagens até lá serão repassadas. Envie /bot para voltar a falar com o assistente.",
+        "es": "He pedido a una persona que continúe esta conversación. Alguien responderá aquí lo antes posible; tus mensajes hasta entonces se le pasarán. Envía /bot para volver a hablar con el asistente.",
+        "fr": "J'ai demandé à une personne de reprendre cette conversation. Quelqu'un vous répondra ici dès que possible ; vos messages d'ici là lui seront transmis. Envoyez /bot pour revenir à l'assistant.",
+        "de": "Ich habe einen Menschen gebeten, dieses Gespräch zu übernehmen. Jemand antwortet hier so bald wie möglich; Ihre Nachrichten bis dahin werden weitergegeben. Senden Sie /bot, um wieder mit dem Assistenten zu sprechen.",
+        "zh": "我已请人工客服接手这段对话，会尽快在这里回复您；在此之前您发送的消息都会转交给他们。发送 /bot 可回到智能助手。",
+        "ru": "Я попросил человека подключиться к разговору. Вам ответят здесь как можно скорее; ваши сообщения до этого будут переданы. Отправьте /bot, чтобы снова говорить с ассистентом.",
+        "ja": "担当者に引き継ぎを依頼しました。できるだけ早くここで返信します。それまでのメッセージも担当者に伝わります。/bot でアシスタントに戻ります。",
+    },
+    "handoff_already": {
+        "en": "You are already waiting for a person; they will answer here. Send /bot to talk to the assistant again.",
+        "pt": "Você já está aguardando uma pessoa; ela vai responder aqui. Envie /bot para voltar ao assistente.",
+        "es": "Ya estás esperando a una persona; te responderá aquí. Envía /bot para volver al asistente.",
+        "fr": "Vous attendez déjà une personne ; elle vous répondra ici. Envoyez /bot pour revenir à l'assistant.",
+        "de": "Sie warten bereits auf einen Menschen; er antwortet hier. Senden Sie /bot, um zum Assistenten zurückzukehren.",
+        "zh": "您已在等待人工客服，他们会在这里回复。发送 /bot 可回到智能助手。",
+        "ru": "Вы уже ждёте человека; вам ответят здесь. Отправьте /bot, чтобы вернуться к ассистенту.",
+        "ja": "すでに担当者をお待ちいただいています。ここで返信があります。/bot でアシスタントに戻ります。",
+    },
+    "handoff_ended": {
+        "en": "You are talking to the assistant again. Ask me anything.",
+        "pt": "Você está falando com o assistente de novo. Pergunte o que quiser.",
+        "es": "Vuelves a hablar con el asistente. Pregúntame lo que quieras.",
+        "fr": "Vous parlez de nouveau à l'assistant. Posez-moi vos questions.",
+        "de": "Sie sprechen wieder mit dem Assistenten. Fragen Sie mich gern.",
+        "zh": "您已回到智能助手，请随时提问。",
+        "ru": "Вы снова говорите с ассистентом. Спрашивайте.",
+        "ja": "アシスタントに戻りました。何でも聞いてください。",
+    },
+    "handoff_not_active": {
+        "en": "You are talking to the assistant already.",
+        "pt": "Você já está falando com o assistente.",
+        "es": "Ya estás hablando con el asistente.",
+        "fr": "Vous parlez déjà à l'assistant.",
+        "de": "Sie sprechen bereits mit dem Assistenten.",
+        "zh": "您当前就在与智能助手对话。",
+        "ru": "Вы и так говорите с ассистентом.",
+        "ja": "すでにアシスタントと話しています。",
+    },
+    "busy_restarting": {
+        "en": "The assistant is restarting. Please send your message again in a moment.",
+        "pt": "O assistente está reiniciando. Envie sua mensagem de novo daqui a pouco.",
+        "es": "El asistente se está reiniciando. Vuelve a enviar tu mensaje en un momento.",
+        "fr": "L'assistant redémarre. Renvoyez votre message dans un instant.",
+        "de": "Der Assistent startet neu. Bitte senden Sie Ihre Nachricht gleich noch einmal.",
+        "zh": "助手正在重启，请稍后重新发送消息。",
+        "ru": "Ассистент перезапускается. Отправьте сообщение ещё раз через минуту.",
+        "ja": "アシスタントを再起動しています。少ししてからもう一度送ってください。",
+    },
     "cancelled": {
         "en": "(stopped)",
         "pt": "(interrompido)",
@@ -416,6 +466,35 @@ TEXTS: dict[str, dict[str, str]] = {
         "ja": "（停止しました）",
     },
 }
+
+#: Plain-language requests for a person, per language. A request is a short message that matches one
+#: of these; "is this human hair?" is not one.
+_HUMAN_REQUESTS: dict[str, str] = {
+    "en": r"\b(talk|speak|chat)\s+(to|with)\s+(a|an|some|the|your)?\s*(real\s+|live\s+)?(human|person|people|agent|someone|somebody|operator|representative|staff|employee)\b"
+          r"|\b(human|live|real)\s+(agent|person|support|operator)\b|\b(connect|transfer)\s+me\s+to\b"
+          r"|^\s*(a\s+)?(human|agent|operator|representative)(\s+please)?[\s!.]*$",
+    "pt": r"\bfalar\s+com\s+(um|uma|alguém|algum|o|a)?\s*(humano|pessoa|atendente|agente|operador|funcionári[oa]|alguém)\b"
+          r"|\batendente\s+humano\b|\batendimento\s+humano\b",
+    "es": r"\bhablar\s+con\s+(un|una|alguien|algún|el|la)?\s*(humano|persona|agente|operador|asesor|alguien)\b"
+          r"|\bagente\s+humano\b|\batención\s+humana\b",
+    "fr": r"\bparler\s+(à|a|avec)\s+(un|une|quelqu'un|quelqu’un)\s*(de\s+réel|de\s+vrai)?\s*(humain|personne|conseiller|conseillère|agent|opérateur|opératrice)?(\b|$)"
+          r"|\bvrai\s+humain\b|\bconseiller\s+humain\b",
+    "de": r"\b(mit|zu)\s+(einem|einer|jemandem)\s+(echten\s+)?(menschen|mensch|person|mitarbeiter|mitarbeiterin|berater|beraterin)?\s*(sprechen|reden)\b"
+          r"|\bmit\s+jemandem\s+(sprechen|reden)\b|\becht(en|er)\s+mensch",
+    "zh": r"人工(客服|服务|坐席)|转人工|真人(客服)?|找人工|^\s*人工\s*$",
+    "ru": r"(поговорить|связаться|соедините|переключите).{0,12}(с\s+)?(человеком|оператором|сотрудником|менеджером|живым)",
+    "ja": r"(人間|担当者|オペレーター|スタッフ|有人).{0,6}(と話|につな|に代わ|に繋|対応)",
+}
+_HUMAN_RE = re.compile("|".join(f"(?:{p})" for p in _HUMAN_REQUESTS.values()), re.I)
+
+
+def asks_for_human(text: str) -> bool:
+    """True when ``text`` is a plain request to talk to a person, in any supported language."""
+    text = text.strip()
+    if not text or len(text) > 200:
+        return False
+    return bool(_HUMAN_RE.search(text))
+
 
 #: Spoken instruction placed in the system prompt so the model answers in the right language.
 ANSWER_IN = "Always answer in {name} ({native}), the user's language, unless the user explicitly asks for another language."

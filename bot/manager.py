@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -35,8 +35,10 @@ from bot.errors import (
     TooManyPending,
     UnsupportedFile,
 )
+from bot.handoff import HandoffEvent, LogNotifier, Notifier
 from bot.logs import conversation_var
 from bot.media import MAX_TEXT_FILE_CHARS, ByteLRU, MediaKind, decode_pixels, decode_text, sniff
+from bot.metrics import Metrics
 from bot.personas import Persona, load_personas
 from bot.store import Conversation, NewMessage, Store, StoredAttachment, StoredMessage
 from bot.tables import markdown_tables, to_csv, to_json
@@ -59,7 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("start", "help", "reset", "persona", "lang", "export")
+COMMANDS = ("start", "help", "reset", "persona", "lang", "export", "human", "bot")
+#: Messages of the conversation sent along with a handoff, so the person sees what came before.
+HANDOFF_TRANSCRIPT = 20
 _COMMAND = re.compile(r"/([A-Za-z][A-Za-z0-9_]*)(?:@\S+)?(?:\s+(.*))?\Z", re.S)
 
 
@@ -104,6 +108,8 @@ class ConversationManager:
         *,
         personas: dict[str, Persona] | None = None,
         detector: i18n.LanguageDetector | None = None,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.conf = settings.conversation
@@ -126,6 +132,12 @@ class ConversationManager:
         self._documents: OrderedDict[str, Document] = OrderedDict()
         self._dropped_notified: dict[ConversationKey, int] = {}
         self._housekeeping: asyncio.Task[None] | None = None
+        self.notifier: Notifier = notifier or LogNotifier()
+        self.metrics = metrics or Metrics()
+        self.metrics.track_queue(lambda: self.queue_depth)
+        self._arrived: dict[int, float] = {}
+        self._mode_changed: dict[int, bool] = {}  # /human, /bot: did this message change the mode?
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -168,6 +180,7 @@ class ConversationManager:
             self._housekeeping.cancel()
             self._housekeeping = None
         tasks = [lane.task for lane in self._lanes.values() if lane.task and not lane.task.done()]
+        tasks += list(self._background)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
@@ -194,9 +207,12 @@ class ConversationManager:
         if message.event_id and not await self.store.remember_event(message.key.platform, message.event_id):
             log.info("duplicate event %s from %s ignored", message.event_id, message.key.platform)
             return None
+        self.metrics.messages_in.labels(message.key.platform).inc()
         command = parse_command(message.text)
+        conv = await self.store.conversation(message.key)
+        held = conv.mode == "human" and not command
         new = NewMessage(
-            role="user", text=message.text, kind="command" if command else "chat",
+            role="user", text=message.text, kind="command" if command else "chat", state="held" if held else "received",
             attachments=message.attachments, sender_id=message.sender.id, sender_name=message.sender.name,
             locale=message.locale, platform_message_id=message.message_id, event_id=message.event_id,
         )
@@ -210,6 +226,17 @@ class ConversationManager:
             sender_id=message.sender.id, sender_name=message.sender.name, locale=message.locale,
             platform_message_id=message.message_id,
         )
+        self._arrived[mid] = time.monotonic()
+        if held:
+            return self._hold(stored, channel)
+        if (command and command[0] in ("human", "bot")) or (not command and i18n.asks_for_human(message.text)):
+            # The mode changes now, not when the lane reaches the message: what the user sends next
+            # already goes to the person (or back to the bot).
+            want = "bot" if command and command[0] == "bot" else "human"
+            self._mode_changed[mid] = conv.mode != want
+            if conv.mode != want:
+                await self.store.update_conversation(
+                    message.key, mode=want, handoff_at=time.time() if want == "human" else None)
         lane = self._lanes.get(message.key)
         if command and command[0] == "reset" and lane is not None:
             await self._cancel_lane(lane)
@@ -221,6 +248,44 @@ class ConversationManager:
         future = self._future(mid)
         self._enqueue(stored)
         return Ticket(mid, future)
+
+    def _hold(self, msg: StoredMessage, channel: Channel) -> Ticket:
+        """A message that arrived while the conversation waits for a person: kept, passed on, not answered."""
+        future = self._future(msg.id)
+        self._arrived.pop(msg.id, None)
+        self.metrics.held_messages.inc()
+
+        async def keep() -> None:
+            conversation_var.set(str(msg.key))
+            try:
+                names = await self._keep_attachments(msg, channel)
+                text = "\n".join([msg.text, *(f"[{n}]" for n in names)]).strip()
+                await self.notifier.notify(HandoffEvent(
+                    "message", str(msg.key), msg.key.platform, await self._language_for(msg), text=text,
+                    user=msg.sender_name or msg.sender_id))
+            except Exception:
+                log.exception("passing message %d on to the human failed", msg.id)
+            finally:
+                self._resolve(msg.id, "held")
+
+        self._spawn(keep())
+        return Ticket(msg.id, future)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _keep_attachments(self, msg: StoredMessage, channel: Channel) -> list[str]:
+        """Fetch and store a message's attachments without reading them (for the person who takes over)."""
+        names = []
+        for att in msg.attachments:
+            try:
+                await self._attachment_bytes(msg, att, channel)
+                names.append(att.filename or "file")
+            except Exception as exc:
+                log.warning("attachment %r of message %d not kept: %s", att.filename, msg.id, exc)
+        return names
 
     def _future(self, mid: int) -> asyncio.Future[str]:
         future = self._done.get(mid)
@@ -281,9 +346,11 @@ class ConversationManager:
         try:
             lang = await self._language_for(msg)
             await self.store.set_state(msg.id, "answering")
-            sink = channel.sink_for(msg.key, msg.platform_message_id)
+            sink = self._sink(channel, msg)
             if msg.kind == "command":
                 await self._command(msg, channel, sink, lang)
+            elif i18n.asks_for_human(msg.text):
+                await self._handoff(msg, channel, sink, lang)
             else:
                 await self._answer(msg, channel, sink, lang)
             state = "answered"
@@ -298,9 +365,16 @@ class ConversationManager:
             await self._fail(msg, channel, exc, lang)
         except Exception as exc:
             log.exception("message %d failed", msg.id)
+            self.metrics.engine_errors.labels(self.engine.info.name).inc()
             await self._fail(msg, channel, exc, lang)
         finally:
+            self._arrived.pop(msg.id, None)
+            self._mode_changed.pop(msg.id, None)
             self._resolve(msg.id, state)
+
+    def _sink(self, channel: Channel, msg: StoredMessage) -> ReplySink:
+        return _MeteredSink(channel.sink_for(msg.key, msg.platform_message_id), self.metrics, msg.key.platform,
+                            self._arrived.get(msg.id) or time.monotonic())
 
     async def _fail(self, msg: StoredMessage, channel: Channel, exc: Exception, lang: str) -> None:
         key = exc.user_key if isinstance(exc, BotError) else "engine_error"
@@ -310,7 +384,7 @@ class ConversationManager:
         text = i18n.text(key, lang, **params)
         if isinstance(exc, InputError):
             log.info("message %d refused (%s): %s", msg.id, type(exc).__name__, exc)
-        sink = channel.sink_for(msg.key, msg.platform_message_id)
+        sink = self._sink(channel, msg)
         pid = await _emit(sink, Notice(text, kind="error"))
         await self.store.finish(msg.id, "failed", reply=text, kind="notice", reply_platform_id=pid,
                                 error=f"{type(exc).__name__}: {exc}"[:500])
@@ -365,11 +439,68 @@ class ConversationManager:
                 reply = i18n.text("lang_unknown", lang, code=arg or "?", languages=languages)
         elif name == "export":
             reply = await self._export(msg, conv, sink, arg.lower().strip(), lang)
+        elif name == "human":
+            await self._handoff(msg, channel, sink, lang)
+            return
+        elif name == "bot":
+            if self._mode_changed.get(msg.id, True):
+                await self.notifier.notify(HandoffEvent("returned", str(msg.key), msg.key.platform, lang, by="user",
+                                                        user=msg.sender_name or msg.sender_id))
+                reply = i18n.text("handoff_ended", lang)
+            else:
+                reply = i18n.text("handoff_not_active", lang)
         else:
             reply = i18n.text("unknown_command", lang, command=f"/{name}")
             log.info("unknown command /%s", name)
         pid = await _emit(sink, Notice(reply, kind="command"))
         await self.store.finish(msg.id, "answered", reply=reply, kind="command", reply_platform_id=pid)
+
+    async def _handoff(self, msg: StoredMessage, channel: Channel, sink: ReplySink, lang: str) -> None:
+        """``/human`` or a plain request for a person: tell the user, pass the conversation on."""
+        if self._mode_changed.get(msg.id, True):
+            await self._keep_attachments(msg, channel)
+            rows = await self.store.transcript(msg.key, limit=HANDOFF_TRANSCRIPT)
+            transcript = [{"role": r.role, "text": r.text, "author": r.sender_name} for r in rows
+                          if r.kind != "command" and r.id != msg.id]
+            await self.notifier.notify(HandoffEvent(
+                "requested", str(msg.key), msg.key.platform, lang, text=msg.text,
+                user=msg.sender_name or msg.sender_id, transcript=transcript))
+            self.metrics.handoffs.labels(msg.key.platform).inc()
+            reply = i18n.text("handoff_started", lang)
+        else:
+            reply = i18n.text("handoff_already", lang)
+        pid = await _emit(sink, Notice(reply, kind="command"))
+        await self.store.finish(msg.id, "answered", reply=reply, kind="command", reply_platform_id=pid)
+
+    # -- operators ------------------------------------------------------------------------
+
+    async def hand_back(self, key: ConversationKey, *, by: str = "operator") -> bool:
+        """An operator gives the conversation back to the bot; the user is told. False if it was not handed off."""
+        conv = await self.store.conversation(key)
+        if conv.mode != "human":
+            return False
+        await self.store.update_conversation(key, mode="bot", handoff_at=None)
+        lang = conv.language or conv.last_language or self.conf.default_language
+        await self.notifier.notify(HandoffEvent("returned", str(key), key.platform, lang, by=by))
+        await self._operator_notice(key, i18n.text("handoff_ended", lang), author="")
+        return True
+
+    async def operator_reply(self, key: ConversationKey, text: str, *, author: str) -> int:
+        """A person's answer in a handed-off conversation: stored and sent to the user as theirs."""
+        text = text.strip()
+        if not text:
+            raise ValueError("an operator reply needs text")
+        return await self._operator_notice(key, text, author=author)
+
+    async def _operator_notice(self, key: ConversationKey, text: str, *, author: str) -> int:
+        channel = self._channels.get(key.platform)
+        if channel is None:
+            raise RuntimeError(f"no channel registered for platform {key.platform!r}")
+        sink = _MeteredSink(channel.sink_for(key, None), self.metrics, key.platform, time.monotonic())
+        pid = await _emit(sink, Notice(text, kind="info", author=author))
+        return await self.store.add_message(key, NewMessage(
+            role="assistant", text=text, kind="notice", state="answered", sender_name=author,
+            platform_message_id=pid))
 
     async def _export(self, msg: StoredMessage, conv: Conversation, sink: ReplySink, fmt: str, lang: str) -> str:
         """``/export csv|json``: the tables of the last answer, sent back as a file."""
@@ -651,6 +782,33 @@ class ConversationManager:
             except Exception:
                 log.exception("retention purge failed")
             await asyncio.sleep(3600)
+
+
+class _MeteredSink:
+    """Counts what reaches the user and times the answer (first token, complete) from the message's arrival."""
+
+    def __init__(self, sink: ReplySink, metrics: Metrics, adapter: str, arrived: float) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.adapter = adapter
+        self.arrived = arrived
+        self.first = True
+
+    async def emit(self, event: ReplyEvent) -> str | None:
+        result = await self.sink.emit(event)
+        m = self.metrics
+        if isinstance(event, TextChunk) and self.first:
+            self.first = False
+            m.ttft_seconds.labels(self.adapter).observe(time.monotonic() - self.arrived)
+        elif isinstance(event, AnswerDone):
+            m.messages_out.labels(self.adapter, "answer").inc()
+            if not event.interrupted:
+                m.answer_seconds.labels(self.adapter).observe(time.monotonic() - self.arrived)
+        elif isinstance(event, Notice):
+            m.messages_out.labels(self.adapter, "error" if event.kind == "error" else "notice").inc()
+        elif isinstance(event, FileReply):
+            m.messages_out.labels(self.adapter, "file").inc()
+        return result
 
 
 async def _emit(sink: ReplySink, event: ReplyEvent) -> str | None:

@@ -27,7 +27,9 @@ from bot.types import Attachment, ConversationKey
 
 Role = Literal["user", "assistant"]
 Kind = Literal["chat", "command", "notice"]
-State = Literal["received", "answering", "answered", "failed", "cancelled"]
+#: ``held``: received while the conversation waits for a human; a person answers it, not the bot.
+State = Literal["received", "answering", "answered", "failed", "cancelled", "held"]
+Mode = Literal["bot", "human"]
 PENDING_STATES: tuple[str, ...] = ("received", "answering")
 
 
@@ -70,6 +72,8 @@ class Conversation:
     last_language: str | None = None
     context_start: int = 0  # messages with a smaller id are outside the context (/reset)
     created_at: float = 0.0
+    mode: Mode = "bot"  # "human": handed off; the bot keeps the messages but does not answer
+    handoff_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,12 @@ class Store(Protocol):
         """Chat turns of the context: answered user messages and their answers, ids in [since, before)."""
         ...
     async def pending(self) -> list[StoredMessage]: ...
+    async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:
+        """The newest ``limit`` messages of a conversation, every role, kind and state, oldest first."""
+        ...
+    async def check(self) -> None:
+        """Raise when the store cannot be written (readiness probe)."""
+        ...
     async def save_attachment(self, message_id: int, position: int, data: bytes, mime: str = "") -> str: ...
     async def attachment_data(self, sha256: str) -> bytes: ...
     async def last_message_id(self) -> int: ...
@@ -237,6 +247,12 @@ class MemoryStore:
     async def pending(self) -> list[StoredMessage]:
         return [m for _, m in sorted(self.messages.items()) if m.role == "user" and m.state in PENDING_STATES]
 
+    async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:
+        return [m for _, m in sorted(self.messages.items()) if m.key == key][-limit:]
+
+    async def check(self) -> None:
+        return None
+
     async def save_attachment(self, message_id: int, position: int, data: bytes, mime: str = "") -> str:
         sha = sha256_of(data)
         self.blobs.setdefault(sha, data)
@@ -337,6 +353,12 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["created_at"])
 
 
+@migration
+def m002_handoff(db: sqlite_utils.Database) -> None:
+    db["conversations"].add_column("mode", str, not_null_default="bot")
+    db["conversations"].add_column("handoff_at", float)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, in order; return their names."""
     if "_migrations" not in db.table_names():
@@ -413,7 +435,8 @@ class SQLiteStore:
         if cached is not None:
             return cached
         row = self.db.conn.execute(
-            "SELECT persona, language, last_language, context_start, created_at FROM conversations WHERE id = ?",
+            "SELECT persona, language, last_language, context_start, created_at, mode, handoff_at"
+            " FROM conversations WHERE id = ?",
             (str(key),),
         ).fetchone()
         if row is None:
@@ -425,7 +448,7 @@ class SQLiteStore:
             )
             conv = Conversation(key=key, created_at=now)
         else:
-            conv = Conversation(key, row[0], row[1], row[2], row[3] or 0, row[4])
+            conv = Conversation(key, row[0], row[1], row[2], row[3] or 0, row[4], row[5] or "bot", row[6])
         self._conv_cache[key] = conv
         return conv
 
@@ -433,8 +456,9 @@ class SQLiteStore:
         conv = replace(await self.conversation(key), **fields)  # type: ignore[arg-type]
         self.db.conn.execute(
             "UPDATE conversations SET persona = ?, language = ?, last_language = ?, context_start = ?,"
-            " updated_at = ? WHERE id = ?",
-            (conv.persona, conv.language, conv.last_language, conv.context_start, self._clock(), str(key)),
+            " mode = ?, handoff_at = ?, updated_at = ? WHERE id = ?",
+            (conv.persona, conv.language, conv.last_language, conv.context_start, conv.mode, conv.handoff_at,
+             self._clock(), str(key)),
         )
         self._conv_cache[key] = conv
         return conv
@@ -535,6 +559,20 @@ class SQLiteStore:
             " ORDER BY id"
         ).fetchall()
         return self._rows_to_messages(rows)
+
+    async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:
+        rows = self.db.conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+            (str(key), limit),
+        ).fetchall()
+        return self._rows_to_messages(rows[::-1])
+
+    async def check(self) -> None:
+        # BEGIN IMMEDIATE takes the write lock: fails when the file is read-only, the disk is gone
+        # or another writer holds it past busy_timeout.
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
 
     def _blob_path(self, sha: str) -> Path:
         return self.files_dir / sha[:2] / sha[2:4] / sha

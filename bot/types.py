@@ -115,6 +115,7 @@ class Notice:
 
     text: str
     kind: Literal["info", "error", "command"] = "info"
+    author: str = ""  # a person's name when a human operator wrote it (handoff)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,21 @@ class StoreContract:
         assert texts == ["one", "r-one"]
         assert await store.history(KEY, since=c, before=e) == []
 
+    async def test_transcript_is_everything_of_one_conversation_newest_kept(self, store: Store) -> None:
+        a = await store.add_message(KEY, NewMessage(role="user", text="one"))
+        await store.finish(a, "answered", reply="r-one")
+        await store.add_message(OTHER, NewMessage(role="user", text="elsewhere"))
+        b = await store.add_message(KEY, NewMessage(role="user", text="/human", kind="command"))
+        await store.finish(b, "answered", reply="passing you on", kind="command")
+        await store.add_message(KEY, NewMessage(role="user", text="still there?", state="held"))
+        await store.add_message(KEY, NewMessage(role="assistant", text="Hi, Ana here", kind="notice",
+                                                state="answered", sender_name="Ana"))
+        rows = await store.transcript(KEY)
+        assert [m.text for m in rows] == ["one", "r-one", "/human", "passing you on", "still there?", "Hi, Ana here"]
+        assert [m.state for m in rows][-2:] == ["held", "answered"] and rows[-1].sender_name == "Ana"
+        assert [m.text for m in await store.transcript(KEY, limit=2)] == ["still there?", "Hi, Ana here"]
+        assert await store.pending() == []  # held messages are for a person, not resumed by the bot
+
     async def test_attachments_are_stored_once_by_sha256(self, store: Store) -> None:
         data = b"\x89PNG fake bytes"
         att = Attachment(ref="file-1", filename="a.png", mime="image/png")
@@ -134,7 +149,37 @@ class TestSQLiteStore(StoreContract):
         await store.close()
         conn = sqlite3.connect(tmp_path / "x.sqlite3")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == ["m001_initial"]
+        assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == ["m001_initial", "m002_handoff"]
+
+    async def test_a_database_of_the_first_release_is_upgraded_in_place(self, tmp_path: Path) -> None:
+        import sqlite_utils
+
+        from bot.store import m001_initial
+
+        path = tmp_path / "old.sqlite3"
+        db = sqlite_utils.Database(path)
+        db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
+        m001_initial(db)
+        db["_migrations"].insert({"name": "m001_initial", "applied_at": 0.0})
+        db["conversations"].insert({"id": "web:a", "platform": "web", "chat": "a", "thread": "", "persona": "tutor",
+                                    "context_start": 0, "created_at": 1.0})
+        db.conn.close()
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            conv = await store.conversation(ConversationKey("web", "a"))
+            assert (conv.persona, conv.mode, conv.handoff_at) == ("tutor", "bot", None)
+            await store.update_conversation(conv.key, mode="human", handoff_at=5.0)
+        finally:
+            await store.close()
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            conv = await store.conversation(ConversationKey("web", "a"))
+            assert (conv.mode, conv.handoff_at) == ("human", 5.0)
+            await store.check()
+        finally:
+            await store.close()
 
     async def test_everything_survives_reopening(self, tmp_path: Path) -> None:
         path = tmp_path / "bot.sqlite3"

@@ -1,0 +1,167 @@
+"""Human handoff: the seam through which a conversation is passed to a person.
+
+When a user asks for a human (the web chat's button, ``/human``, or a plain request such as "I want
+to talk to a person"), the manager puts the conversation in the *human* mode, stops answering it and
+emits a :class:`HandoffEvent` to a :class:`Notifier`. Messages the user sends while waiting are
+emitted too (``kind="message"``), so whoever picks the conversation up sees them. Helpdesk adapters
+plug in here later; what ships now is a log line and an HMAC-signed webhook.
+
+Webhook protocol (``handoff.webhook_url``): ``POST`` of the event as JSON with headers
+``X-InternVL-Bot-Timestamp: <unix seconds>`` and
+``X-InternVL-Bot-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the secret>``.
+Receivers recompute the HMAC and reject stale timestamps. Delivery is retried with back-off on
+connection errors and 5xx in the background; it never delays the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-InternVL-Bot-Signature"
+TIMESTAMP_HEADER = "X-InternVL-Bot-Timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffEvent:
+    """``requested``: the user asked for a person; ``message``: the user wrote while waiting;
+    ``returned``: the conversation is back with the bot (``by`` is "user" or the operator's name)."""
+
+    kind: Literal["requested", "message", "returned"]
+    conversation: str
+    platform: str
+    language: str
+    text: str = ""
+    user: str = ""
+    by: str = ""
+    transcript: list[dict[str, str]] = field(default_factory=list)
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    async def notify(self, event: HandoffEvent) -> None: ...
+    async def close(self) -> None: ...
+
+
+class LogNotifier:
+    """Writes one log line per event (always on)."""
+
+    async def notify(self, event: HandoffEvent) -> None:
+        log.info("handoff %s: conversation %s (%s, %s)%s", event.kind, event.conversation, event.platform,
+                 event.language, f" by {event.by}" if event.by else "")
+
+    async def close(self) -> None:
+        return None
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={mac}"
+
+
+def verify(secret: bytes, timestamp: str, body: bytes, signature: str, *, max_age: float = 300,
+           now: float | None = None) -> bool:
+    """True when ``signature`` is ours for ``body`` and the timestamp is fresh. For receivers and tests."""
+    try:
+        age = abs((now if now is not None else time.time()) - float(timestamp))
+    except ValueError:
+        return False
+    return age <= max_age and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+class WebhookNotifier:
+    """POSTs each event, HMAC-signed, to a URL; retries in the background; never raises into the caller."""
+
+    def __init__(self, url: str, secret: str, *, client: httpx.AsyncClient | None = None, timeout: float = 10.0,
+                 attempts: int = 5, backoff: float = 1.0) -> None:
+        self.url = url
+        self._secret = secret.encode()
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._own_client = client is None
+        self.attempts = attempts
+        self.backoff = backoff
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.delivered = 0
+        self.failed = 0
+
+    async def notify(self, event: HandoffEvent) -> None:
+        task = asyncio.create_task(self._deliver(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, event: HandoffEvent) -> None:
+        body = event.to_json()
+        for attempt in range(1, self.attempts + 1):
+            timestamp = str(int(time.time()))
+            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
+                       SIGNATURE_HEADER: sign(self._secret, timestamp, body)}
+            try:
+                response = await self._client.post(self.url, content=body, headers=headers)
+                if response.status_code < 500 and response.status_code != 429:
+                    if response.is_success:
+                        self.delivered += 1
+                    else:
+                        self.failed += 1
+                        log.error("handoff webhook refused %s event of %s: HTTP %d", event.kind, event.conversation,
+                                  response.status_code)
+                    return
+                reason = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+            if attempt < self.attempts:
+                delay = self.backoff * 2 ** (attempt - 1)
+                log.warning("handoff webhook: %s (attempt %d/%d), retrying in %.1f s", reason, attempt, self.attempts,
+                            delay)
+                await asyncio.sleep(delay)
+        self.failed += 1
+        log.error("handoff webhook: %s event of %s not delivered after %d attempts", event.kind, event.conversation,
+                  self.attempts)
+
+    async def drain(self, wait: float = 5.0) -> None:
+        """Wait for deliveries in flight (shutdown, tests)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=wait)
+
+    async def close(self) -> None:
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        if self._own_client:
+            await self._client.aclose()
+
+
+class Notifiers:
+    """Fans an event out to several notifiers; one failing does not stop the others."""
+
+    def __init__(self, notifiers: Sequence[Notifier]) -> None:
+        self.notifiers = list(notifiers)
+
+    async def notify(self, event: HandoffEvent) -> None:
+        for notifier in self.notifiers:
+            try:
+                await notifier.notify(event)
+            except Exception:
+                log.exception("handoff notifier %s failed", type(notifier).__name__)
+
+    async def close(self) -> None:
+        for notifier in self.notifiers:
+            try:
+                await notifier.close()
+            except Exception:
+                log.exception("closing handoff notifier %s failed", type(notifier).__name__)

@@ -1,0 +1,48 @@
+"""Prometheus metrics of the conversation manager, in a registry of their own (one per runtime).
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms). The HTTP server
+exposes :meth:`Metrics.render` at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: Seconds; from a few tens of ms (echo, cached) to minutes (long answers on CPU).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter("internvl_bot_messages_in_total", "Messages received from users",
+                                   ["adapter"], registry=r)
+        self.messages_out = Counter("internvl_bot_messages_out_total",
+                                    "Messages sent to users (answer, notice, error, file)", ["adapter", "kind"],
+                                    registry=r)
+        self.answer_seconds = Histogram("internvl_bot_answer_seconds",
+                                        "From a message's arrival to its complete answer", ["adapter"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft_seconds = Histogram("internvl_bot_time_to_first_token_seconds",
+                                      "From a message's arrival to the first streamed text of its answer",
+                                      ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.engine_errors = Counter("internvl_bot_engine_errors_total", "Answers that failed in the engine",
+                                     ["engine"], registry=r)
+        self.handoffs = Counter("internvl_bot_handoffs_total", "Conversations handed to a human",
+                                ["adapter"], registry=r)
+        self.queue_depth = Gauge("internvl_bot_queue_depth", "Messages queued or being answered", registry=r)
+        self.held_messages = Counter("internvl_bot_held_messages_total",
+                                     "Messages kept for a person (conversation handed off), not answered by the bot",
+                                     registry=r)
+
+    def track_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
