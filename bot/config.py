@@ -115,10 +115,54 @@ class ConsoleSettings(Section):
     persona: str = ""
 
 
+class WebSettings(Section):
+    """The web chat served by ``internvl-bot serve`` (also embeddable as a widget)."""
+
+    enabled: bool = True
+    persona: str = ""
+    title: str = "InternVL assistant"
+    access_token_env: str = Field(
+        "INTERNVL_BOT_WEB_ACCESS_TOKEN",
+        description="environment variable holding an access token; when it is set, the page asks for it",
+    )
+    session_secret_env: str = Field(
+        "INTERNVL_BOT_WEB_SESSION_SECRET",
+        description="environment variable holding the cookie-signing key; unset = a key generated in data_dir",
+    )
+    session_days: int = Field(30, ge=1, description="how long a browser keeps its conversation")
+    embed_origins: list[str] = Field(
+        default_factory=list, description="sites allowed to embed the widget (https://help.example.com)"
+    )
+    max_files_per_message: int = Field(10, ge=1, le=64)
+
+
 class AdaptersSettings(Section):
     """One section per adapter."""
 
     console: ConsoleSettings = ConsoleSettings()
+    web: WebSettings = WebSettings()
+
+
+class ServerSettings(Section):
+    """``internvl-bot serve``: one HTTP server for the web chat, adapters' webhooks and operations."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    public_url: str = Field("", description="the URL users reach, behind a reverse proxy; printed at start")
+    grace_seconds: float = Field(20.0, ge=0, description="on SIGTERM, time answers in progress get to finish")
+    proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto from forwarded_allow_ips")
+    forwarded_allow_ips: str = "127.0.0.1"
+    operator_token_env: str = Field(
+        "INTERNVL_BOT_OPERATOR_TOKEN", description="environment variable holding the operator API token; unset = off"
+    )
+
+
+class HandoffSettings(Section):
+    """Where conversations handed to a person are announced (always also a log line)."""
+
+    webhook_url: str = Field("", description="POST each handoff event here, HMAC-signed; empty = log only")
+    webhook_secret_env: str = Field("INTERNVL_BOT_HANDOFF_SECRET", description="environment variable with the HMAC key")
+    webhook_attempts: int = Field(5, ge=1, le=20)
 
 
 class LoggingSettings(Section):
@@ -156,6 +200,8 @@ class Settings(BaseSettings):
     media: MediaSettings = MediaSettings()
     store: StoreSettings = StoreSettings()
     adapters: AdaptersSettings = AdaptersSettings()
+    server: ServerSettings = ServerSettings()
+    handoff: HandoffSettings = HandoffSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
@@ -192,6 +238,11 @@ class Settings(BaseSettings):
                     f"{source}: adapters.{name}: secret missing — set the environment variable {var} "
                     f"(secrets are never read from the file), or set adapters.{name}.enabled: false"
                 )
+        if self.handoff.webhook_url and not os.environ.get(self.handoff.webhook_secret_env, ""):
+            raise ConfigError(
+                f"{source}: handoff.webhook_url is set but its signing secret is missing — set the environment "
+                f"variable {self.handoff.webhook_secret_env}, or empty handoff.webhook_url"
+            )
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

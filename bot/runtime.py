@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from types import TracebackType
 
 from bot.config import Settings
 from bot.engines import Engine, build_engine
+from bot.handoff import LogNotifier, Notifier, Notifiers, WebhookNotifier
 from bot.manager import ConversationManager
+from bot.metrics import Metrics
 from bot.store import SQLiteStore, Store
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ class Runtime:
         self.engine = engine
         self.store = store
         self.manager: ConversationManager | None = None
+        self.metrics = Metrics()
+        self.notifier: Notifier | None = None
 
     async def __aenter__(self) -> Runtime:
         settings = self.settings
@@ -47,7 +52,9 @@ class Runtime:
                     )
                     settings = settings.model_copy(update={"engine": engine})
                     self.settings = settings
-            self.manager = ConversationManager(settings, self.store, self.engine)
+            self.notifier = build_notifier(settings)
+            self.manager = ConversationManager(settings, self.store, self.engine, notifier=self.notifier,
+                                               metrics=self.metrics)
         except BaseException:
             await self.store.close()
             raise
@@ -60,6 +67,18 @@ class Runtime:
                 await self.manager.stop()
             if self.engine is not None:
                 await self.engine.close()
+            if self.notifier is not None:
+                await self.notifier.close()
         finally:
             if self.store is not None:
                 await self.store.close()
+
+
+def build_notifier(settings: Settings) -> Notifier:
+    """A log line for every handoff event, and the signed webhook when ``handoff.webhook_url`` is set."""
+    notifiers: list[Notifier] = [LogNotifier()]
+    conf = settings.handoff
+    if conf.webhook_url:
+        secret = os.environ.get(conf.webhook_secret_env, "")
+        notifiers.append(WebhookNotifier(conf.webhook_url, secret, attempts=conf.webhook_attempts))
+    return Notifiers(notifiers)

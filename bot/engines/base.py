@@ -76,6 +76,9 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
+    async def check(self) -> None:
+        """Raise when the engine cannot answer now (readiness probe). Cheap: no generation."""
+        ...
     def count_tokens(self, text: str) -> int: ...
     def image_tokens(self, width: int, height: int, max_tiles: int) -> int: ...
     def stream(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]: ...
@@ -105,6 +108,10 @@ class LimitedEngine:
             async for chunk in self._generate(messages, generation):
                 if chunk:
                     yield chunk
+
+    async def check(self) -> None:
+        """In-process engines are ready once started; remote ones override this with a request."""
+        return None
 
     def _generate(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]:
         raise NotImplementedError

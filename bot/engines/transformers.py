@@ -210,6 +210,10 @@ class TransformersEngine(LimitedEngine):
             inputs["pixel_values"] = torch.cat(pixel_values).to(self._model.dtype)
         return {k: v.to(self.settings.device) for k, v in inputs.items()}
 
+    async def check(self) -> None:
+        if self._model is None:
+            raise EngineError("the transformers engine is not loaded")
+
     async def _generate(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]:
         if self._model is None:
             raise EngineError("the transformers engine was used before start()")

@@ -1,0 +1,230 @@
+"""Human handoff in the core: /human, plain requests, held messages, /bot, operators, restarts, the webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from bot.engines import EchoEngine
+from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, HandoffEvent, Notifiers, WebhookNotifier, verify
+from bot.i18n import text
+from bot.manager import ConversationManager
+from bot.store import MemoryStore, SQLiteStore, Store
+from bot.types import (
+    AnswerDone,
+    Channel,
+    CollectingSink,
+    ConversationKey,
+    IncomingMessage,
+    MemoryFetcher,
+    Sender,
+)
+from tests.conftest import image_bytes, make_settings
+
+KEY = ConversationKey("web", "s1")
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.events: list[HandoffEvent] = []
+
+    async def notify(self, event: HandoffEvent) -> None:
+        self.events.append(event)
+
+    async def close(self) -> None:
+        return None
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+
+class Bot:
+    def __init__(self, tmp_path: Path, store: Store, engine: EchoEngine | None = None) -> None:
+        self.engine = engine or EchoEngine()
+        self.notifier = RecordingNotifier()
+        self.manager = ConversationManager(make_settings(tmp_path), store, self.engine, notifier=self.notifier)
+        self.sinks: dict[ConversationKey, CollectingSink] = {}
+        self.fetcher = MemoryFetcher()
+        self.manager.register(Channel("web", self.fetcher, self.sink))
+        self.n = 0
+
+    def sink(self, key: ConversationKey, reply_to: str | None) -> CollectingSink:
+        return self.sinks.setdefault(key, CollectingSink())
+
+    async def say(self, text: str, key: ConversationKey = KEY, locale: str | None = None, wait: bool = True,
+                  attachments: tuple = ()) -> str | None:
+        self.n += 1
+        ticket = await self.manager.submit(IncomingMessage(key, Sender("u1", "Ana"), text, attachments=attachments,
+                                                           locale=locale, event_id=f"e{id(self)}-{self.n}"))
+        assert ticket is not None
+        return await ticket.done if wait else None
+
+
+async def test_human_command_hands_off_and_bot_stops_answering_until_bot(tmp_path: Path) -> None:
+    bot = Bot(tmp_path, MemoryStore())
+    await bot.say("my printer shows E5", locale="en")
+    assert await bot.say("/human") == "answered"
+    sink = bot.sinks[KEY]
+    assert sink.notices[-1] == text("handoff_started", "en")
+    assert bot.notifier.kinds() == ["requested"]
+    requested = bot.notifier.events[0]
+    assert requested.conversation == "web:s1" and requested.user == "Ana"
+    assert [t["text"] for t in requested.transcript] == ["my printer shows E5", "echo: my printer shows E5"]
+
+    calls = len(bot.engine.calls)
+    answers = len(sink.answers)
+    photo = bot.fetcher.add(image_bytes(), "broken.jpg", "image/jpeg")
+    assert await bot.say("are you there?", attachments=(photo,)) == "held"
+    assert len(bot.engine.calls) == calls and len(sink.answers) == answers  # the bot kept quiet
+    assert bot.notifier.events[-1].kind == "message"
+    assert bot.notifier.events[-1].text == "are you there?\n[broken.jpg]"
+    rows = await bot.manager.store.transcript(KEY)
+    held = rows[-1]
+    assert (held.text, held.state) == ("are you there?", "held")
+    assert held.attachments[0].sha256  # the photo is kept for the person
+    assert await bot.manager.store.pending() == []
+
+    assert await bot.say("/human") == "answered"
+    assert sink.notices[-1] == text("handoff_already", "en")
+    assert await bot.say("/bot") == "answered"
+    assert sink.notices[-1] == text("handoff_ended", "en")
+    assert bot.notifier.kinds()[-1] == "returned"
+    await bot.say("and now?")
+    assert sink.answers[-1] == "echo: and now?"
+    assert await bot.say("/bot") == "answered"
+    assert sink.notices[-1] == text("handoff_not_active", "en")
+    assert bot.manager.metrics.handoffs.labels("web")._value.get() == 1
+
+
+@pytest.mark.parametrize(("request_text", "lang"), [
+    ("I want to talk to a person", "en"),
+    ("Quero falar com um atendente humano, por favor, o aparelho não liga", "pt"),
+    ("Quiero hablar con una persona", "es"),
+    ("Je voudrais parler à un conseiller", "fr"),
+    ("Ich möchte mit einem Menschen sprechen", "de"),
+    ("我要转人工客服", "zh"),
+    ("Хочу поговорить с оператором", "ru"),
+    ("担当者と話したいです", "ja"),
+])
+async def test_plain_language_requests_hand_off_in_the_users_language(tmp_path: Path, request_text: str,
+                                                                      lang: str) -> None:
+    bot = Bot(tmp_path, MemoryStore())
+    assert await bot.say(request_text) == "answered"
+    assert bot.sinks[KEY].texts == [text("handoff_started", lang)]
+    assert bot.engine.calls == []
+    assert bot.notifier.events[0].language == lang
+    assert (await bot.manager.store.conversation(KEY)).mode == "human"
+
+
+async def test_questions_about_people_are_not_requests(tmp_path: Path) -> None:
+    bot = Bot(tmp_path, MemoryStore())
+    for question in ("Is the person in the photo wearing a helmet?", "What does this human gene do?"):
+        await bot.say(question, locale="en")
+    assert len(bot.sinks[KEY].answers) == 2 and bot.notifier.events == []
+
+
+async def test_a_message_sent_right_after_the_request_goes_to_the_person(tmp_path: Path) -> None:
+    bot = Bot(tmp_path, MemoryStore(), EchoEngine(delay=0.05))
+    first = asyncio.create_task(bot.say("what is this noise?", locale="en"))
+    await asyncio.sleep(0)
+    await bot.say("I want to talk to a person", wait=False)
+    assert await bot.say("it started yesterday") == "held"
+    await first
+    assert len(bot.engine.calls) == 1  # only the message before the request was answered
+
+
+async def test_handoff_survives_a_restart_and_operators_hand_back(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "bot.sqlite3")
+    await store.open()
+    bot = Bot(tmp_path, store)
+    await bot.say("/human", locale="pt")
+    await bot.manager.stop()
+    await store.close()
+
+    store = SQLiteStore(tmp_path / "bot.sqlite3")
+    await store.open()
+    try:
+        bot = Bot(tmp_path, store)
+        await bot.manager.start()
+        assert await bot.say("ainda esperando", locale="pt") == "held"
+        assert bot.engine.calls == []
+        await bot.manager.operator_reply(KEY, "Olá, aqui é a Maria.", author="Maria")
+        sink = bot.sinks[KEY]
+        assert sink.events[-1].text == "Olá, aqui é a Maria." and sink.events[-1].author == "Maria"
+        assert await bot.manager.hand_back(KEY, by="Maria") is True
+        assert sink.notices[-1] == text("handoff_ended", "pt")
+        assert bot.notifier.events[-1].kind == "returned" and bot.notifier.events[-1].by == "Maria"
+        assert await bot.manager.hand_back(KEY) is False
+        await bot.say("e agora?", locale="pt")
+        assert isinstance(sink.events[-1], AnswerDone)
+        rows = await store.transcript(KEY)
+        assert [(r.role, r.sender_name) for r in rows if r.text == "Olá, aqui é a Maria."] == [("assistant", "Maria")]
+    finally:
+        await bot.manager.stop()
+        await store.close()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    fail_first: int = 0
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        cls = type(self)
+        if cls.fail_first > 0:
+            cls.fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        cls.received.append(({k: v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, type[_Receiver]]]:
+    handler = type("Receiver", (_Receiver,), {"fail_first": 1, "received": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/handoff", handler
+    server.shutdown()
+    server.server_close()
+
+
+async def test_webhook_is_signed_and_retried_after_a_5xx(tmp_path: Path, receiver: tuple[str, type[_Receiver]]) -> None:
+    url, handler = receiver
+    webhook = WebhookNotifier(url, "s3cret", backoff=0.01)
+    bot = Bot(tmp_path, MemoryStore())
+    bot.manager.notifier = Notifiers([bot.notifier, webhook])
+    await bot.say("I need to speak with a human", locale="en")
+    await webhook.drain()
+    await webhook.close()
+    assert len(handler.received) == 1 and webhook.delivered == 1
+    headers, body = handler.received[0]
+    assert verify(b"s3cret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    assert not verify(b"wrong", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    assert not verify(b"s3cret", headers[TIMESTAMP_HEADER], body + b" ", headers[SIGNATURE_HEADER])
+    event = json.loads(body)
+    assert (event["kind"], event["conversation"], event["language"]) == ("requested", "web:s1", "en")
+
+
+async def test_an_unreachable_webhook_never_blocks_the_conversation(tmp_path: Path) -> None:
+    webhook = WebhookNotifier("http://127.0.0.1:9/unreachable", "k", attempts=2, backoff=0.01)
+    bot = Bot(tmp_path, MemoryStore())
+    bot.manager.notifier = webhook
+    assert await bot.say("/human", locale="en") == "answered"
+    assert bot.sinks[KEY].notices == [text("handoff_started", "en")]
+    await webhook.drain()
+    await webhook.close()
+    assert webhook.failed == 1 and webhook.delivered == 0
