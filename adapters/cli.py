@@ -1,7 +1,8 @@
 """The ``internvl-bot`` command. It is the composition root: it wires adapters to the core, so it lives
 at the edge with the adapters (``bot/`` never imports an adapter).
 
-Commands: ``chat`` (console), ``make-demo-model DIR``, ``forget --conversation KEY``.
+Commands: ``serve`` (the service: web chat and every enabled adapter), ``chat`` (console),
+``make-demo-model DIR``, ``forget --conversation KEY``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file (default: $INTERNVL_BOT_CONFIG or ./config.yaml)")
     parser.add_argument("--version", action="version", version=f"internvl-bot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service: the web chat, every enabled adapter, /metrics")
+    serve.add_argument("--host", help="listen address (default: server.host)")
+    serve.add_argument("--port", type=int, help="listen port (default: server.port; 0 = any free port)")
+    serve.add_argument("--check", action="store_true",
+                       help="validate config, secrets, store, model and engine, then exit")
 
     chat = sub.add_parser("chat", help="talk to the bot in this terminal (works with piped stdin too)")
     chat.add_argument("--conversation", help="conversation name (default: your user name)")
@@ -81,8 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"demo model written to {path} (random weights: its answers are noise)")
             return 0
         settings = load_settings(args.config)
-        setup_logging(settings.logging.level if args.command != "chat" else "WARNING", settings.logging.json_format)
+        quiet = args.command == "chat" or (args.command == "serve" and args.check)
+        setup_logging("WARNING" if quiet else settings.logging.level, settings.logging.json_format)
         settings.check_secrets()
+        if args.command == "serve":
+            from adapters import server
+
+            if args.check:
+                return asyncio.run(server.check(settings))
+            return asyncio.run(server.serve(settings, host=args.host, port=args.port))
         if args.command == "chat":
             return asyncio.run(_chat(settings, args))
         if args.command == "forget":

@@ -1,0 +1,230 @@
+"""``internvl-bot serve``: every enabled adapter, one HTTP server and the engine on one event loop.
+
+The ASGI app (FastAPI, served by uvicorn) hosts the web chat, the webhook routes of adapters that
+need them, the operator API and the operations endpoints:
+
+- ``GET /healthz`` — liveness: the process answers.
+- ``GET /readyz`` — readiness: started, not shutting down, engine reachable, store writable (503 otherwise).
+- ``GET /metrics`` — Prometheus text format.
+- ``POST /api/operator/conversations/{key}/reply`` and ``.../return`` — a person answers a handed-off
+  conversation, or gives it back to the bot (``Authorization: Bearer $INTERNVL_BOT_OPERATOR_TOKEN``).
+
+Shutdown on SIGTERM or SIGINT: new messages are refused politely, answers in progress get
+``server.grace_seconds`` to finish and are then cancelled (they stay pending in the store and the
+next start answers them), SSE streams close, the server stops, the engine and store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from adapters.web import WebAdapter
+from bot.config import Settings
+from bot.errors import StartupError
+from bot.runtime import DEMO_BANNER, Runtime
+from bot.types import ConversationKey
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """The running service: what ``/readyz`` and the operator API look at."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, web: WebAdapter | None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.web = web
+        self.ready = False
+        self.stopping = False
+
+    @property
+    def operator_token(self) -> str:
+        return os.environ.get(self.settings.server.operator_token_env, "")
+
+
+def build_app(service: Service) -> FastAPI:
+    app = FastAPI(title="internvl-bot", docs_url=None, redoc_url=None, openapi_url=None)
+    runtime = service.runtime
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return PlainTextResponse("ok\n")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        problems: dict[str, str] = {}
+        if service.stopping:
+            problems["service"] = "shutting down"
+        elif not service.ready:
+            problems["service"] = "starting"
+        try:
+            assert runtime.engine is not None
+            await asyncio.wait_for(runtime.engine.check(), 5)
+        except Exception as exc:
+            problems["engine"] = f"{type(exc).__name__}: {exc}"[:300]
+        try:
+            assert runtime.store is not None
+            await runtime.store.check()
+        except Exception as exc:
+            problems["store"] = f"{type(exc).__name__}: {exc}"[:300]
+        if problems:
+            return JSONResponse({"ready": False, "problems": problems}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
+
+    def operator(request: Request) -> JSONResponse | None:
+        token = service.operator_token
+        if not token:
+            return JSONResponse({"error": f"operator API disabled: set {service.settings.server.operator_token_env}"},
+                                status_code=404)
+        header = request.headers.get("authorization", "")
+        if not (header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode())):
+            return JSONResponse({"error": "bad or missing operator token"}, status_code=401)
+        return None
+
+    def conversation(key: str) -> ConversationKey | JSONResponse:
+        try:
+            return ConversationKey.parse(key)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.post("/api/operator/conversations/{key}/reply")
+    async def operator_reply(key: str, request: Request) -> Response:
+        if (denied := operator(request)) is not None:
+            return denied
+        parsed = conversation(key)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        body: dict[str, Any] = await request.json()
+        text, author = str(body.get("text") or ""), str(body.get("author") or "")
+        if not text.strip() or not author.strip():
+            return JSONResponse({"error": "text and author are required"}, status_code=400)
+        assert runtime.manager is not None
+        try:
+            mid = await runtime.manager.operator_reply(parsed, text, author=author)
+        except RuntimeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"id": mid})
+
+    @app.post("/api/operator/conversations/{key}/return")
+    async def operator_return(key: str, request: Request) -> Response:
+        if (denied := operator(request)) is not None:
+            return denied
+        parsed = conversation(key)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            body = await request.json()
+        assert runtime.manager is not None
+        changed = await runtime.manager.hand_back(parsed, by=str(body.get("by") or "operator"))
+        return JSONResponse({"returned": changed})
+
+    if service.web is not None:
+        app.include_router(service.web.router())
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service shuts down in its own order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _public_url(settings: Settings, host: str, port: int) -> str:
+    if settings.server.public_url:
+        return settings.server.public_url.rstrip("/") + "/"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    return f"http://{shown}:{port}/"
+
+
+async def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
+    conf = settings.server
+    host = host if host is not None else conf.host
+    port = port if port is not None else conf.port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Runtime(settings) as runtime:
+        assert runtime.manager is not None and runtime.engine is not None
+        settings = runtime.settings
+        web = WebAdapter(runtime.manager, settings) if settings.adapters.web.enabled else None
+        if web is not None:
+            web.demo = runtime.engine.info.demo
+        service = Service(settings, runtime, web)
+        app = build_app(service)
+        server = _Server(uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+            proxy_headers=conf.proxy_headers, forwarded_allow_ips=conf.forwarded_allow_ips,
+            timeout_graceful_shutdown=5, server_header=False,
+        ))
+        resumed = await runtime.manager.start()
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if serving.done():
+            error = serving.exception()
+            raise StartupError(f"server.port: cannot listen on {host}:{port} — is another process using it? ({error})")
+        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+        service.ready = True
+        url = _public_url(settings, host, bound)
+        if runtime.engine.info.demo:
+            print(DEMO_BANNER, file=sys.stderr, flush=True)
+        what = "web chat" if web is not None else "server (web chat disabled)"
+        print(f"internvl-bot: {what} at {url} — engine {runtime.engine.info.name}; "
+              f"{resumed} message(s) resumed; Ctrl+C stops", file=sys.stderr, flush=True)
+        log.info("serving on %s:%d", host, bound)
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("shutting down: finishing answers in progress (up to %.0f s)", conf.grace_seconds)
+        service.stopping = True
+        if web is not None:
+            web.stop_intake()
+        await runtime.manager.stop(conf.grace_seconds)
+        if web is not None:
+            web.close_streams()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+        stopper.cancel()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+async def check(settings: Settings) -> int:
+    """``serve --check``: config, secrets, store, model and engine, then exit (nothing is served)."""
+    settings.check_secrets()
+    async with Runtime(settings) as runtime:
+        assert runtime.engine is not None and runtime.store is not None
+        await runtime.store.check()
+        print(f"ok: store {settings.store_path} is writable")
+        await runtime.engine.check()
+        info = runtime.engine.info
+        print(f"ok: engine {info.name} ready (context {info.context_length} tokens){' — DEMO MODEL' if info.demo else ''}")
+        enabled = ", ".join(name for name in settings.enabled_adapters() if name != "console") or "none"
+        print(f"ok: adapters enabled: {enabled}")
+        if os.environ.get(settings.server.operator_token_env):
+            print("ok: operator API enabled (token set)")
+        if settings.handoff.webhook_url:
+            print("ok: handoff webhook configured (signing secret set)")
+    return 0

@@ -1,0 +1,237 @@
+// internvl-bot web chat. Plain JavaScript, no build step.
+// Safety rule: text from users or the model is only ever put in the page with textContent; the one
+// exception is `html` produced by the server's Markdown renderer, which has raw HTML disabled.
+(function () {
+  "use strict";
+  const prefix = document.body.dataset.prefix || "";
+  const $ = (id) => document.getElementById(id);
+  const log = $("log"), text = $("text"), filesInput = $("files"), chips = $("chips"), progress = $("progress");
+  const statusLine = $("status");
+  let ui = {};
+  let pending = [];      // files chosen for the next message
+  let streaming = null;  // the bubble of the answer streaming now
+  let sending = false;
+
+  function api(path) { return prefix + path; }
+
+  function bubble(role, opts) {
+    opts = opts || {};
+    const div = document.createElement("div");
+    div.className = "msg " + role + (opts.extra ? " " + opts.extra : "");
+    if (opts.who) {
+      const who = document.createElement("span");
+      who.className = "who";
+      who.textContent = opts.who;
+      div.appendChild(who);
+    }
+    const body = document.createElement("div");
+    body.className = "body";
+    if (opts.html !== undefined && opts.html !== "") body.innerHTML = opts.html; else body.textContent = opts.text || "";
+    div.appendChild(body);
+    if (opts.files && opts.files.length) {
+      const f = document.createElement("span");
+      f.className = "files";
+      f.textContent = "📎 " + opts.files.join(", ");
+      div.appendChild(f);
+    }
+    log.appendChild(div);
+    log.scrollTop = log.scrollHeight;
+    return div;
+  }
+
+  function showStatus(message) {
+    statusLine.textContent = message || "";
+    statusLine.hidden = !message;
+  }
+
+  function applyUi() {
+    document.querySelectorAll("[data-ui]").forEach((el) => { if (ui[el.dataset.ui]) el.textContent = ui[el.dataset.ui]; });
+    document.querySelectorAll("[data-ui-placeholder]").forEach((el) => { el.placeholder = ui[el.dataset.uiPlaceholder] || ""; });
+  }
+
+  function fillSelect(select, items, current) {
+    select.textContent = "";
+    items.forEach((item) => {
+      const option = document.createElement("option");
+      option.value = item.value;
+      option.textContent = item.label;
+      if (item.value === current) option.selected = true;
+      select.appendChild(option);
+    });
+  }
+
+  async function loadSession() {
+    const response = await fetch(api("/api/session"), { credentials: "same-origin" });
+    if (!response.ok) return;
+    const s = await response.json();
+    ui = s.ui || {};
+    applyUi();
+    fillSelect($("persona"), s.personas.map((p) => ({ value: p.name, label: p.title })), s.persona);
+    fillSelect($("language"), [{ value: "auto", label: ui.auto || "auto" }].concat(
+      s.languages.map((l) => ({ value: l.code, label: l.name }))), s.language);
+    $("waiting").hidden = s.mode !== "human";
+    $("human").disabled = s.mode === "human";
+    $("demo").hidden = !s.demo;
+    window.internvlBot = { maxFileBytes: s.max_file_bytes, maxFiles: s.max_files, mode: s.mode };
+  }
+
+  function renderRow(row) {
+    if (row.role === "user") {
+      bubble("user", { text: row.text, files: row.attachments });
+    } else {
+      const extra = row.author ? "operator" : (row.kind === "notice" && row.text && row.state === "answered" ? "" : "");
+      bubble("assistant", { html: row.html, text: row.text, who: row.author || "", extra: extra });
+    }
+  }
+
+  async function loadHistory() {
+    const response = await fetch(api("/api/history"), { credentials: "same-origin" });
+    if (!response.ok) return;
+    const h = await response.json();
+    log.textContent = "";
+    h.messages.forEach(renderRow);
+    if (h.partial) {
+      streaming = bubble("assistant", { text: h.partial, extra: "streaming" });
+    }
+  }
+
+  function onEvent(event) {
+    switch (event.type) {
+      case "status":
+        showStatus(event.text || "…");
+        break;
+      case "partial":
+        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming" });
+        streaming.querySelector(".body").textContent = event.text;
+        break;
+      case "chunk":
+        showStatus("");
+        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming" });
+        streaming.querySelector(".body").textContent += event.text;
+        log.scrollTop = log.scrollHeight;
+        break;
+      case "done":
+        showStatus("");
+        if (!streaming) streaming = bubble("assistant", { text: "" });
+        streaming.classList.remove("streaming");
+        streaming.querySelector(".body").innerHTML = event.html;
+        streaming = null;
+        break;
+      case "notice":
+        showStatus("");
+        bubble("assistant", { html: event.html, text: event.text, who: event.author || "",
+                              extra: event.kind === "error" ? "error" : (event.author ? "operator" : "") });
+        loadSession();
+        break;
+      case "file": {
+        const div = bubble("assistant", { text: "" });
+        const link = document.createElement("a");
+        link.href = event.url;
+        link.textContent = "⬇ " + event.name;
+        link.setAttribute("download", event.name);
+        div.querySelector(".body").appendChild(link);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  function connect() {
+    const source = new EventSource(api("/api/events"));
+    source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
+    source.onerror = () => { showStatus(ui.reconnecting || "Reconnecting…"); };
+    source.onopen = () => { if (statusLine.textContent === (ui.reconnecting || "Reconnecting…")) showStatus(""); };
+  }
+
+  function renderChips() {
+    chips.textContent = "";
+    pending.forEach((file, i) => {
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.textContent = file.name;
+      const x = document.createElement("button");
+      x.type = "button";
+      x.textContent = "×";
+      x.onclick = () => { pending.splice(i, 1); renderChips(); };
+      chip.appendChild(x);
+      chips.appendChild(chip);
+    });
+  }
+
+  function addFiles(list) {
+    for (const file of list) pending.push(file);
+    renderChips();
+  }
+
+  function send(message, files) {
+    files = files || [];
+    if (sending || (!message.trim() && !files.length)) return;
+    sending = true;
+    $("send").disabled = true;
+    bubble("user", { text: message, files: files.map((f) => f.name) });
+    const form = new FormData();
+    form.append("text", message);
+    files.forEach((f) => form.append("files", f, f.name));
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", api("/api/messages"));
+    xhr.setRequestHeader("X-InternVL-Bot", "1");
+    if (files.length) {
+      progress.hidden = false;
+      progress.value = 0;
+      showStatus(ui.uploading || "Uploading…");
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress.value = Math.round(100 * e.loaded / e.total); };
+    }
+    xhr.onload = () => {
+      progress.hidden = true;
+      sending = false;
+      $("send").disabled = false;
+      if (xhr.status >= 400) {
+        let error = "HTTP " + xhr.status;
+        try { error = JSON.parse(xhr.responseText).error || error; } catch (e) { /* not JSON */ }
+        showStatus("");
+        bubble("assistant", { text: error, extra: "error" });
+      } else if (files.length) {
+        showStatus("");
+      }
+    };
+    xhr.onerror = () => {
+      progress.hidden = true;
+      sending = false;
+      $("send").disabled = false;
+      bubble("assistant", { text: ui.reconnecting || "Reconnecting…", extra: "error" });
+    };
+    xhr.send(form);
+  }
+
+  function submit(e) {
+    if (e) e.preventDefault();
+    const message = text.value;
+    const files = pending;
+    if (!message.trim() && !files.length) return;
+    text.value = "";
+    pending = [];
+    renderChips();
+    send(message, files);
+  }
+
+  $("composer").addEventListener("submit", submit);
+  text.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) submit(e); });
+  filesInput.addEventListener("change", () => { addFiles(filesInput.files); filesInput.value = ""; });
+  $("reset").addEventListener("click", () => send("/reset"));
+  $("human").addEventListener("click", () => send("/human"));
+  $("back").addEventListener("click", () => send("/bot"));
+  $("persona").addEventListener("change", (e) => send("/persona " + e.target.value));
+  $("language").addEventListener("change", (e) => send("/lang " + e.target.value));
+  ["dragenter", "dragover"].forEach((name) => document.body.addEventListener(name, (e) => {
+    e.preventDefault();
+    $("composer").classList.add("dragging");
+  }));
+  ["dragleave", "drop"].forEach((name) => document.body.addEventListener(name, (e) => {
+    e.preventDefault();
+    $("composer").classList.remove("dragging");
+  }));
+  document.body.addEventListener("drop", (e) => { if (e.dataTransfer && e.dataTransfer.files) addFiles(e.dataTransfer.files); });
+
+  loadSession().then(loadHistory).then(connect);
+})();
