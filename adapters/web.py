@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from markdown_it import MarkdownIt
+from starlette.datastructures import UploadFile
 
 from bot import i18n
 from bot.config import Settings

@@ -56,6 +56,12 @@ class TransformersSettings(Section):
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
 
 
+class EchoSettings(Section):
+    """The echo engine (``engine.kind: echo``): answers with what it received, to check wiring without a model."""
+
+    delay_ms: int = Field(0, ge=0, le=60000, description="pause before each word: simulates a slow model")
+
+
 class EngineSettings(Section):
     """Which engine answers, and the limits every engine honours."""
 
@@ -64,6 +70,7 @@ class EngineSettings(Section):
     context_length: int = Field(0, ge=0, description="0 = the model's own context length")
     generation: GenerationSettings = GenerationSettings()
     transformers: TransformersSettings = TransformersSettings()
+    echo: EchoSettings = EchoSettings()
 
 
 class MediaSettings(Section):

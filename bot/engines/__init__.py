@@ -22,7 +22,8 @@ def build_engine(settings: Settings) -> Engine:
     """The engine named by ``engine.kind``; the demo model is built on first use when none is set."""
     eng = settings.engine
     if eng.kind == "echo":
-        return EchoEngine(max_concurrency=eng.max_concurrency, context_length=eng.context_length or 8192)
+        return EchoEngine(max_concurrency=eng.max_concurrency, context_length=eng.context_length or 8192,
+                          delay=eng.echo.delay_ms / 1000)
     from bot.engines.transformers import TransformersEngine
 
     path = eng.transformers.model

@@ -1,0 +1,87 @@
+"""A real ``serve`` app on 127.0.0.1 inside the test's event loop: uvicorn, the web adapter, a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from adapters.server import Service, _Server, build_app
+from adapters.web import CSRF_HEADER, WebAdapter
+from bot.config import Settings
+from bot.engines import Engine
+from bot.runtime import Runtime
+
+
+@dataclass
+class Live:
+    url: str
+    runtime: Runtime
+    web: WebAdapter
+    service: Service
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=10, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def live_server(settings: Settings, engine: Engine | None = None) -> AsyncIterator[Live]:
+    async with Runtime(settings, engine=engine) as runtime:
+        assert runtime.manager is not None and runtime.engine is not None
+        web = WebAdapter(runtime.manager, runtime.settings)
+        web.demo = runtime.engine.info.demo
+        service = Service(runtime.settings, runtime, web)
+        server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=0, log_config=None,
+                                        access_log=False, lifespan="off", timeout_graceful_shutdown=1))
+        await runtime.manager.start()
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        service.ready = True
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield Live(f"http://127.0.0.1:{port}", runtime, web, service)
+        finally:
+            service.stopping = True
+            web.stop_intake()
+            await runtime.manager.stop(1)
+            web.close_streams()
+            server.should_exit = True
+            await task
+
+
+async def open_session(client: httpx.AsyncClient) -> None:
+    """What a browser does first: load the page, which sets the session cookie."""
+    response = await client.get("/")
+    assert response.status_code == 200
+
+
+async def post(client: httpx.AsyncClient, text: str, files: list[tuple[str, bytes, str]] | None = None,
+               **headers: str) -> httpx.Response:
+    return await client.post(
+        "/api/messages", data={"text": text},
+        files=[("files", (name, data, mime)) for name, data, mime in files or []] or None,
+        headers={CSRF_HEADER: "1", **headers},
+    )
+
+
+async def sse_events(client: httpx.AsyncClient, until: str = "done", limit: int = 200) -> list[dict[str, Any]]:
+    """Read the session's event stream until an event of type ``until``."""
+    events: list[dict[str, Any]] = []
+    async with client.stream("GET", "/api/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                events.append(event)
+                if event["type"] == until or len(events) >= limit:
+                    break
+    return events

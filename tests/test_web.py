@@ -1,0 +1,236 @@
+"""The web chat's HTTP API and the service's operations endpoints, against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.web import COOKIE, render_markdown
+from bot.engines import EchoEngine
+from bot.i18n import text
+from bot.types import ConversationKey
+from tests.conftest import image_bytes, make_settings
+from tests.live_server import Live, live_server, open_session, post, sse_events
+
+
+def streams(live: Live) -> set[int]:
+    return {id(q) for s in live.web._sessions.values() for q in s.streams}
+
+
+async def subscribed(live: Live, before: set[int]) -> None:
+    """Wait until an event stream not in ``before`` is open."""
+    for _ in range(500):
+        if streams(live) - before:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the event stream did not open")
+
+
+async def exchange(live: Live, client: httpx.AsyncClient, message: str, files: Any = None,
+                   until: str = "done") -> tuple[httpx.Response, list[dict[str, Any]]]:
+    before = streams(live)
+    reader = asyncio.create_task(sse_events(client, until=until))
+    await subscribed(live, before)
+    response = await post(client, message, files)
+    if response.status_code >= 400:
+        reader.cancel()
+        return response, []
+    return response, await asyncio.wait_for(reader, 10)
+
+
+def metric(body: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+async def test_a_message_streams_back_and_history_survives_a_reload(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine(delay=0.01)) as live, live.client() as client:
+        await open_session(client)
+        assert COOKIE in client.cookies
+        response, events = await exchange(live, client, "why is my printer blinking?")
+        assert response.status_code == 202
+        chunks = [e["text"] for e in events if e["type"] == "chunk"]
+        assert len(chunks) > 3 and "".join(chunks) == "echo: why is my printer blinking?"
+        assert events[-1]["type"] == "done" and events[-1]["html"] == "<p>echo: why is my printer blinking?</p>\n"
+
+        history = (await client.get("/api/history")).json()["messages"]
+        assert [(m["role"], m["text"]) for m in history] == [
+            ("user", "why is my printer blinking?"), ("assistant", "echo: why is my printer blinking?")]
+        # another browser has another conversation
+        async with live.client() as other:
+            await open_session(other)
+            assert (await other.get("/api/history")).json()["messages"] == []
+
+
+async def test_photo_upload_reaches_the_model_and_is_stored_once(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        photo = image_bytes(1200, 900)
+        response, events = await exchange(live, client, "what is broken?", [("fridge.jpg", photo, "image/jpeg")])
+        assert response.status_code == 202
+        assert events[-1]["text"].startswith("[image 1: 1200x900,")
+        history = (await client.get("/api/history")).json()["messages"]
+        assert history[0]["attachments"] == ["fridge.jpg"]
+        assert list(live.web.uploads.iterdir()) == []  # the upload is in the store now, not in uploads/
+        key = ConversationKey.parse((await client.get("/api/session")).json()["conversation"])
+        stored = await live.runtime.store.transcript(key)
+        assert stored[0].attachments[0].sha256
+        assert await live.runtime.store.attachment_data(stored[0].attachments[0].sha256) == photo
+
+
+async def test_markup_from_users_and_the_model_is_text(tmp_path: Path) -> None:
+    payload = "<script>alert(1)</script><img src=x onerror=alert(2)> [x](javascript:alert(3))"
+    html = render_markdown(payload)
+    assert "<script" not in html and "<img" not in html and 'href="javascript' not in html
+    assert "&lt;script&gt;" in html
+    assert render_markdown("| a | b |\n|---|---|\n| 1 | 2 |").startswith("<table>")
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        page = await client.get("/")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        await open_session(client)
+        _, events = await exchange(live, client, payload)
+        assert "<script" not in events[-1]["html"] and "&lt;script&gt;" in events[-1]["html"]
+
+
+async def test_posts_need_the_session_and_the_custom_header(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        assert (await post(client, "hi")).status_code == 401  # no session cookie
+        await open_session(client)
+        forged = await client.post("/api/messages", data={"text": "hi"})  # a cross-site form cannot add headers
+        assert forged.status_code == 403
+        client.cookies.set(COOKIE, "tampered." + client.cookies[COOKIE])
+        assert (await post(client, "hi")).status_code == 401
+        assert live.runtime.metrics.messages_in.labels("web")._value.get() == 0
+
+
+async def test_access_token_gates_the_page_and_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_WEB_ACCESS_TOKEN", "let-me-in")
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        locked = await client.get("/")
+        assert locked.status_code == 401 and "access token" in locked.text and "let-me-in" not in locked.text
+        assert (await client.get("/?token=wrong")).status_code == 401
+        opened = await client.get("/?token=let-me-in")
+        assert opened.status_code == 303 and opened.headers["location"] == "/"
+        assert (await client.get("/")).status_code == 200
+        response, events = await exchange(live, client, "hello")
+        assert response.status_code == 202 and events[-1]["text"] == "echo: hello"
+        monkeypatch.setenv("INTERNVL_BOT_WEB_ACCESS_TOKEN", "rotated")
+        assert (await client.get("/api/history")).status_code == 401  # a new token logs old cookies out
+
+
+async def test_too_large_upload_gets_a_polite_answer_in_the_users_language(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, media={"max_file_bytes": 50_000})
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        response = await post(client, "olha", [("big.jpg", b"\xff" * 60_000, "image/jpeg")],
+                              **{"Accept-Language": "pt-BR,pt;q=0.9"})
+        assert response.status_code == 413
+        assert response.json()["error"].startswith("O arquivo")
+        assert list(live.web.uploads.iterdir()) == []
+        # the worker is fine: the next message is answered
+        response, events = await exchange(live, client, "e agora?")
+        assert events[-1]["text"] == "echo: e agora?"
+
+
+async def test_export_sends_a_file_the_browser_can_download(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        await exchange(live, client, "| item | total |\n|---|---|\n| pump | 12.50 |")
+        _, events = await exchange(live, client, "/export csv", until="notice")
+        file_event = next(e for e in events if e["type"] == "file")
+        download = await client.get(file_event["url"])
+        assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
+        assert b"pump,12.50" in download.content
+        async with live.client() as stranger:
+            await open_session(stranger)
+            assert (await stranger.get(file_event["url"])).status_code == 404
+
+
+async def test_talk_to_a_human_and_operator_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, "/human", until="notice")
+        assert events[-1]["text"] == text("handoff_started", "en")
+        session = (await client.get("/api/session")).json()
+        assert session["mode"] == "human"
+        key = session["conversation"]
+        held = await post(client, "hello? my order is 1234")
+        assert held.status_code == 202
+
+        async with live.client() as op:
+            url = f"/api/operator/conversations/{key}"
+            assert (await op.post(f"{url}/reply", json={"text": "hi", "author": "Ana"})).status_code == 401
+            auth = {"Authorization": "Bearer op-token"}
+            before = streams(live)
+            reader = asyncio.create_task(sse_events(client, until="notice"))
+            await subscribed(live, before)
+            reply = await op.post(f"{url}/reply", json={"text": "Hi, I am **Ana**.", "author": "Ana"}, headers=auth)
+            assert reply.status_code == 200
+            event = (await reader)[-1]
+            assert (event["author"], event["html"]) == ("Ana", "<p>Hi, I am <strong>Ana</strong>.</p>\n")
+            back = await op.post(f"{url}/return", json={"by": "Ana"}, headers=auth)
+            assert back.json() == {"returned": True}
+        assert (await client.get("/api/session")).json()["mode"] == "bot"
+        history = (await client.get("/api/history")).json()["messages"]
+        assert [(m["text"], m["state"]) for m in history if m["role"] == "user"][-1] == (
+            "hello? my order is 1234", "held")
+        assert history[-2]["author"] == "Ana"
+
+
+async def test_health_readiness_and_metrics(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine(delay=0.01)) as live, live.client() as client:
+        assert (await client.get("/healthz")).text == "ok\n"
+        assert (await client.get("/readyz")).json() == {"ready": True}
+        before = (await client.get("/metrics")).text
+        assert metric(before, "internvl_bot_messages_in_total", adapter="web") == 0
+        await open_session(client)
+        await exchange(live, client, "one")
+        await exchange(live, client, "/human", until="notice")
+        body = (await client.get("/metrics")).text
+        assert metric(body, "internvl_bot_messages_in_total", adapter="web") == 2
+        assert metric(body, "internvl_bot_messages_out_total", adapter="web", kind="answer") == 1
+        assert metric(body, "internvl_bot_time_to_first_token_seconds_count", adapter="web") == 1
+        assert metric(body, "internvl_bot_answer_seconds_count", adapter="web") == 1
+        assert metric(body, "internvl_bot_handoffs_total", adapter="web") == 1
+        assert "internvl_bot_queue_depth" in body
+
+        live.service.stopping = True
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503 and not_ready.json()["problems"]["service"] == "shutting down"
+        live.web.stop_intake()
+        refused = await post(client, "still there?")
+        assert refused.status_code == 503 and refused.json()["error"] == text("busy_restarting", "en")
+
+
+async def test_readiness_fails_when_the_store_cannot_be_written(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        conn = live.runtime.store.db.conn  # type: ignore[union-attr]
+        conn.execute("PRAGMA query_only = ON")
+        try:
+            response = await client.get("/readyz")
+        finally:
+            conn.execute("PRAGMA query_only = OFF")
+        assert response.status_code == 503 and "store" in response.json()["problems"]
+
+
+async def test_the_widget_script_and_embedding_policy(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, adapters={"web": {"embed_origins": ["https://help.example.com"]}})
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        widget = await client.get("/widget.js")
+        assert widget.status_code == 200 and widget.headers["content-type"].startswith("text/javascript")
+        assert "iframe" in widget.text
+        page = await client.get("/")
+        assert "frame-ancestors 'self' https://help.example.com" in page.headers["content-security-policy"]
+        cookie = page.headers["set-cookie"].lower()
+        assert "samesite=none" in cookie and "secure" in cookie and "httponly" in cookie
+        assert live.web.conf.embed_origins == ["https://help.example.com"]
