@@ -164,7 +164,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Runtime(settings) as runtime:
-        assert runtime.manager is not None and runtime.engine is not None
+        assert runtime.manager is not None
+        assert runtime.engine is not None
         settings = runtime.settings
         web = WebAdapter(runtime.manager, settings) if settings.adapters.web.enabled else None
         if web is not None:
@@ -178,7 +179,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         ))
         resumed = await runtime.manager.start()
         serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
+        while not server.started and not serving.done():  # noqa: ASYNC110 — uvicorn offers a flag, no event
             await asyncio.sleep(0.05)
         if serving.done():
             error = serving.exception()
@@ -215,7 +216,8 @@ async def check(settings: Settings) -> int:
     """``serve --check``: config, secrets, store, model and engine, then exit (nothing is served)."""
     settings.check_secrets()
     async with Runtime(settings) as runtime:
-        assert runtime.engine is not None and runtime.store is not None
+        assert runtime.engine is not None
+        assert runtime.store is not None
         await runtime.store.check()
         print(f"ok: store {settings.store_path} is writable")
         await runtime.engine.check()
