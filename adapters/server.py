@@ -148,6 +148,12 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+    """Wait until uvicorn listens (it offers a flag, not an event) or has failed to."""
+    while not server.started and not serving.done():  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
 def _public_url(settings: Settings, host: str, port: int) -> str:
     if settings.server.public_url:
         return settings.server.public_url.rstrip("/") + "/"
@@ -179,8 +185,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         ))
         resumed = await runtime.manager.start()
         serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():  # noqa: ASYNC110 — uvicorn offers a flag, no event
-            await asyncio.sleep(0.05)
+        await _started(server, serving)
         if serving.done():
             error = serving.exception()
             raise StartupError(f"server.port: cannot listen on {host}:{port} — is another process using it? ({error})")
