@@ -148,6 +148,13 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _run(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn exits the process when it cannot bind; the service reports it instead
+        raise OSError(f"the server failed to start (uvicorn exit status {exc.code})") from None
+
+
 async def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
     """Wait until uvicorn listens (it offers a flag, not an event) or has failed to."""
     while not server.started and not serving.done():  # noqa: ASYNC110
@@ -184,7 +191,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             timeout_graceful_shutdown=5, server_header=False,
         ))
         resumed = await runtime.manager.start()
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(_run(server))
         await _started(server, serving)
         if serving.done():
             error = serving.exception()
