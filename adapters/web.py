@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "web"
 COOKIE = "internvl_bot_session"
 CSRF_HEADER = "X-InternVL-Bot"
+SESSION_HEADER = "X-InternVL-Bot-Session"
 STATIC = Path(__file__).parent / "web_static"
 HEARTBEAT_SECONDS = 15.0
 UPLOAD_MAX_AGE = 7 * 86400
@@ -239,7 +240,13 @@ class WebAdapter:
         return WebSink(self, key.chat)
 
     def _read_cookie(self, request: Request) -> dict[str, Any] | None:
-        raw = request.cookies.get(COOKIE)
+        """The signed session: the cookie, or, for the embedded widget (where browsers block third-party
+        cookies), the same signed value in a header — or in the query of the two GETs a page cannot
+        add headers to (the event stream and file downloads)."""
+        raw = request.cookies.get(COOKIE) or request.headers.get(SESSION_HEADER)
+        path = request.url.path
+        if not raw and request.method == "GET" and (path.endswith("/api/events") or "/api/files/" in path):
+            raw = request.query_params.get("session")
         if not raw:
             return None
         try:
@@ -305,6 +312,7 @@ class WebAdapter:
         r = APIRouter()
         r.add_api_route("/", self.page, methods=["GET"], include_in_schema=False)
         r.add_api_route("/widget.js", self.widget, methods=["GET"], include_in_schema=False)
+        r.add_api_route("/favicon.ico", lambda: Response(status_code=204), methods=["GET"], include_in_schema=False)
         r.add_api_route("/static/{name}", self.static, methods=["GET"], include_in_schema=False)
         r.add_api_route("/api/session", self.session_info, methods=["GET"])
         r.add_api_route("/api/history", self.history, methods=["GET"])
@@ -341,9 +349,14 @@ class WebAdapter:
         html = (STATIC / "index.html").read_text(encoding="utf-8")
         html = html.replace("{{title}}", _escape(self.conf.title)).replace("{{lang}}", lang)
         html = html.replace("{{prefix}}", _escape(self.prefix))
+        embedded = request.query_params.get("embed") == "1"
+        data = cookie or {"sid": uuid.uuid4().hex}
+        # In a frame on another site the cookie may never come back: the page keeps the signed session
+        # in its (partitioned) localStorage and sends it in a header instead.
+        html = html.replace("{{session}}", self._signer.dumps(data) if embedded else "")
         response = HTMLResponse(html, headers=self._headers())
         if cookie is None:
-            self._set_cookie(response, request, {"sid": uuid.uuid4().hex})
+            self._set_cookie(response, request, data)
         return response
 
     async def widget(self, request: Request) -> Response:

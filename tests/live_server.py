@@ -85,3 +85,44 @@ async def sse_events(client: httpx.AsyncClient, until: str = "done", limit: int 
                 if event["type"] == until or len(events) >= limit:
                     break
     return events
+
+
+class StaticSite:
+    """A second origin serving one HTML page (another company's site embedding the widget)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.values: dict[str, str] = {}
+        self.origin = ""
+
+    def fill(self, **values: str) -> None:
+        self.values = values
+
+    def page(self) -> str:
+        return self.template.format(**self.values)
+
+
+@contextlib.asynccontextmanager
+async def static_site(template: str) -> AsyncIterator[StaticSite]:
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    site = StaticSite(template)
+
+    async def index(request: Any) -> HTMLResponse:
+        return HTMLResponse(site.page())
+
+    server = _Server(uvicorn.Config(Starlette(routes=[Route("/", index)]), host="localhost", port=0,
+                                    log_config=None, access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    site.origin = f"http://localhost:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        yield site
+    finally:
+        server.should_exit = True
+        await task

@@ -5,6 +5,7 @@ The screenshot lands in ``$INTERNVL_BOT_TEST_ARTIFACTS`` (default ``test-artifac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from bot.engines import EchoEngine
 from bot.i18n import text
 from tests.conftest import image_bytes, make_settings
-from tests.live_server import live_server
+from tests.live_server import live_server, static_site as _static_site
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -57,6 +58,7 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path) -> None:
             await expect(page.locator(".msg.user").last).to_contain_text("kettle.jpg")
             await expect(page.locator(".msg.assistant").last).to_contain_text("[image 1: 800x600,")
             await expect(page.locator(".msg.assistant").last).to_contain_text("echo: what is this?")
+            assert await page.evaluate("document.getElementById('progress').value") == 100  # upload progress ran
 
             # markup in a message and in the model's answer (the echo engine repeats it) stays text
             await page.fill("#text", PAYLOAD)
@@ -122,3 +124,66 @@ async def test_the_page_follows_the_browser_language_and_uploads_show_progress(t
             await expect(page.locator(".msg.assistant").last).to_have_text("echo: tudo bem?")
         finally:
             await browser.close()
+
+
+async def test_drop_a_file_pick_a_persona_and_a_language(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, async_playwright() as pw:
+        assert CHROMIUM is not None
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(locale="en-US")
+            await page.goto(live.url + "/")
+            await expect(page.locator("#persona option")).to_have_count(len(live.runtime.manager.personas))
+            # drag and drop a photo onto the page
+            data = list(image_bytes(320, 240))
+            handle = await page.evaluate_handle(
+                """(bytes) => { const dt = new DataTransfer();
+                   dt.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"}));
+                   return dt; }""", data)
+            await page.dispatch_event("body", "drop", {"dataTransfer": handle})
+            await expect(page.locator(".chip")).to_have_text("dropped.jpg×")
+            await page.fill("#text", "and this one?")
+            await page.press("#text", "Enter")
+            await expect(page.locator(".msg.assistant").last).to_contain_text("[image 1: 320x240,")
+
+            await page.select_option("#persona", "tutor")
+            await expect(page.locator(".msg.assistant").last).to_have_text(text("persona_set", "en", persona="Tutor"))
+            await page.select_option("#language", "de")
+            await expect(page.locator(".msg.assistant").last).to_have_text(
+                text("lang_set", "de", language="Deutsch (German)"))
+            await expect(page.locator("#send")).to_have_text("Senden")  # the page follows the conversation
+            await page.click("#reset")
+            await expect(page.locator(".msg.assistant").last).to_have_text(text("reset_done", "de"))
+        finally:
+            await browser.close()
+
+
+async def test_the_widget_embeds_the_chat_in_another_site(tmp_path: Path) -> None:
+    """Another site (another origin and site: localhost vs 127.0.0.1) embeds the chat with one script tag.
+    The browser does not send the bot's cookie into that frame; the signed session travels in a header."""
+    from playwright.async_api import async_playwright, expect
+
+    host_page = "<!doctype html><title>Shop</title><h1>Our shop</h1><script src='{bot}/widget.js' defer></script>"
+    async with contextlib.AsyncExitStack() as stack:
+        site = await stack.enter_async_context(_static_site(host_page))
+        settings = make_settings(tmp_path, adapters={"web": {"embed_origins": [site.origin]}})
+        live = await stack.enter_async_context(live_server(settings, EchoEngine()))
+        site.fill(bot=live.url)
+        pw = await stack.enter_async_context(async_playwright())
+        assert CHROMIUM is not None
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        stack.push_async_callback(browser.close)
+        page = await browser.new_page(locale="en-US")
+        await page.goto(site.origin + "/")
+        await page.click("text=Chat")
+        frame = page.frame_locator("iframe[title=Chat]")
+        await expect(frame.locator("#persona option")).to_have_count(len(live.runtime.manager.personas))
+        await frame.locator("#text").fill("hello from the shop")
+        await frame.locator("#text").press("Enter")
+        await expect(frame.locator(".msg.assistant").last).to_have_text("echo: hello from the shop")
+        # the shop's page is reloaded: the widget finds its conversation again
+        await page.reload()
+        await page.click("text=Chat")
+        await expect(frame.locator(".msg.user")).to_have_text(["hello from the shop"])

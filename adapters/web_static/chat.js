@@ -12,7 +12,33 @@
   let streaming = null;  // the bubble of the answer streaming now
   let sending = false;
 
+  // Embedded on another site, the session cookie may be blocked as a third-party cookie: the page then
+  // sends the signed session the server gave it in a header (or in the URL of the event stream and of
+  // downloads, which cannot carry headers). It is kept in this frame's storage when the browser allows
+  // it, and otherwise by the widget in the host page, which hands it back in the frame's URL fragment.
+  const SESSION_KEY = "internvl-bot-session";
+  const fresh = document.body.dataset.session || "";
+  let session = fresh;
+  if (session) {
+    const fromHash = (window.location.hash.match(/session=([^&]+)/) || [])[1];
+    let stored = null;
+    try { stored = window.localStorage.getItem(SESSION_KEY); } catch (e) { /* third-party storage blocked */ }
+    session = stored || (fromHash ? decodeURIComponent(fromHash) : "") || fresh;
+    keepSession();
+  }
+
+  function keepSession() {
+    try { window.localStorage.setItem(SESSION_KEY, session); } catch (e) { /* the widget keeps it */ }
+    if (window.parent !== window) {
+      let target = "*";
+      try { target = new URL(document.referrer).origin; } catch (e) { /* no referrer */ }
+      window.parent.postMessage({ internvlBotSession: session }, target);
+    }
+  }
+
   function api(path) { return prefix + path; }
+  function withSession(url) { return session ? url + (url.indexOf("?") < 0 ? "?" : "&") + "session=" + encodeURIComponent(session) : url; }
+  function headers() { return session ? { "X-InternVL-Bot-Session": session } : {}; }
 
   function bubble(role, opts) {
     opts = opts || {};
@@ -61,7 +87,12 @@
   }
 
   async function loadSession() {
-    const response = await fetch(api("/api/session"), { credentials: "same-origin" });
+    let response = await fetch(api("/api/session"), { credentials: "same-origin", headers: headers() });
+    if (response.status === 401 && session && session !== fresh) {
+      session = fresh;  // the kept session expired or the key changed: start a new one
+      keepSession();
+      response = await fetch(api("/api/session"), { credentials: "same-origin", headers: headers() });
+    }
     if (!response.ok) return;
     const s = await response.json();
     ui = s.ui || {};
@@ -85,7 +116,7 @@
   }
 
   async function loadHistory() {
-    const response = await fetch(api("/api/history"), { credentials: "same-origin" });
+    const response = await fetch(api("/api/history"), { credentials: "same-origin", headers: headers() });
     if (!response.ok) return;
     const h = await response.json();
     log.textContent = "";
@@ -126,7 +157,7 @@
       case "file": {
         const div = bubble("assistant", { text: "" });
         const link = document.createElement("a");
-        link.href = event.url;
+        link.href = withSession(event.url);
         link.textContent = "⬇ " + event.name;
         link.setAttribute("download", event.name);
         div.querySelector(".body").appendChild(link);
@@ -138,7 +169,7 @@
   }
 
   function connect() {
-    const source = new EventSource(api("/api/events"));
+    const source = new EventSource(withSession(api("/api/events")));
     source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
     source.onerror = () => { showStatus(ui.reconnecting || "Reconnecting…"); };
     source.onopen = () => { if (statusLine.textContent === (ui.reconnecting || "Reconnecting…")) showStatus(""); };
@@ -176,6 +207,7 @@
     const xhr = new XMLHttpRequest();
     xhr.open("POST", api("/api/messages"));
     xhr.setRequestHeader("X-InternVL-Bot", "1");
+    if (session) xhr.setRequestHeader("X-InternVL-Bot-Session", session);
     if (files.length) {
       progress.hidden = false;
       progress.value = 0;

@@ -14,9 +14,18 @@
   button.style.cssText = "position:fixed;right:20px;bottom:20px;z-index:2147483000;padding:10px 16px;" +
     "border:0;border-radius:22px;background:#2563eb;color:#fff;font:15px system-ui,sans-serif;cursor:pointer;" +
     "box-shadow:0 2px 10px rgba(0,0,0,.25)";
+  // The chat's session, kept here (first-party storage of this site) for browsers that refuse the
+  // frame its own cookies and storage; only the bot's origin may update it.
+  const KEY = "internvl-bot-session:" + origin.origin;
+  let saved = null;
+  try { saved = window.localStorage.getItem(KEY); } catch (e) { /* storage refused */ }
+  window.addEventListener("message", function (event) {
+    if (event.origin !== origin.origin || !event.data || typeof event.data.internvlBotSession !== "string") return;
+    try { window.localStorage.setItem(KEY, event.data.internvlBotSession); } catch (e) { /* storage refused */ }
+  });
   const frame = document.createElement("iframe");
   frame.title = label;
-  frame.src = base + "?embed=1";
+  frame.src = base + "?embed=1" + (saved ? "#session=" + encodeURIComponent(saved) : "");
   frame.style.cssText = "position:fixed;right:20px;bottom:74px;z-index:2147483000;width:380px;height:560px;" +
     "max-width:calc(100vw - 40px);max-height:calc(100vh - 100px);border:1px solid #e5e7eb;border-radius:12px;" +
     "background:#fff;box-shadow:0 4px 24px rgba(0,0,0,.2);display:none";
