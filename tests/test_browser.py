@@ -15,7 +15,7 @@ import pytest
 from bot.engines import EchoEngine
 from bot.i18n import text
 from tests.conftest import image_bytes, make_settings
-from tests.live_server import live_server, static_site as _static_site
+from tests.live_server import live_server, static_site
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -167,7 +167,7 @@ async def test_the_widget_embeds_the_chat_in_another_site(tmp_path: Path) -> Non
 
     host_page = "<!doctype html><title>Shop</title><h1>Our shop</h1><script src='{bot}/widget.js' defer></script>"
     async with contextlib.AsyncExitStack() as stack:
-        site = await stack.enter_async_context(_static_site(host_page))
+        site = await stack.enter_async_context(static_site(host_page))
         settings = make_settings(tmp_path, adapters={"web": {"embed_origins": [site.origin]}})
         live = await stack.enter_async_context(live_server(settings, EchoEngine()))
         site.fill(bot=live.url)
