@@ -38,6 +38,7 @@ from starlette.datastructures import UploadFile
 from bot import i18n
 from bot.config import Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge
+from bot.logs import conversation_var
 from bot.manager import ConversationManager
 from bot.store import StoredMessage
 from bot.types import (
@@ -408,6 +409,7 @@ class WebAdapter:
         if not self._accepting:
             return JSONResponse({"error": i18n.text("busy_restarting", lang)}, status_code=503,
                                 headers={"Retry-After": "5"})
+        conversation_var.set(f"{PLATFORM}:{sid}")
         limit = self.settings.media.max_file_bytes
         max_body = limit * self.conf.max_files_per_message + 1_000_000
         length = int(request.headers.get("content-length") or 0)
@@ -420,6 +422,7 @@ class WebAdapter:
             log.info("web upload refused: %s", exc)
             return JSONResponse({"error": i18n.text("file_too_large", lang, name="upload", size_mb="?",
                                                     limit_mb=_mb(limit))}, status_code=413)
+        conversation_var.set(f"{PLATFORM}:{sid}")
         text = str(form.get("text") or "")
         attachments: list[Attachment] = []
         try:
@@ -495,6 +498,8 @@ class WebAdapter:
                     yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
             finally:
                 session.streams.discard(queue)
+                if not session.streams and not session.partial and not session.files:
+                    self._sessions.pop(sid, None)  # nothing to keep for a browser that left
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -388,6 +388,7 @@ class ConversationManager:
         pid = await _emit(sink, Notice(text, kind="error"))
         await self.store.finish(msg.id, "failed", reply=text, kind="notice", reply_platform_id=pid,
                                 error=f"{type(exc).__name__}: {exc}"[:500])
+        self._arrived.pop(msg.id, None)
         self._resolve(msg.id, "failed")
 
     async def _language_for(self, msg: StoredMessage) -> str:
