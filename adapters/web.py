@@ -422,7 +422,6 @@ class WebAdapter:
             log.info("web upload refused: %s", exc)
             return JSONResponse({"error": i18n.text("file_too_large", lang, name="upload", size_mb="?",
                                                     limit_mb=_mb(limit))}, status_code=413)
-        conversation_var.set(f"{PLATFORM}:{sid}")
         text = str(form.get("text") or "")
         attachments: list[Attachment] = []
         try:
