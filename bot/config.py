@@ -62,15 +62,53 @@ class EchoSettings(Section):
     delay_ms: int = Field(0, ge=0, le=60000, description="pause before each word: simulates a slow model")
 
 
+class OpenAIHTTPSettings(Section):
+    """An OpenAI-compatible server: ``lmdeploy serve api_server``, vLLM, ``transformers serve``, or a load
+    balancer in front of several of them."""
+
+    base_url: str = Field("http://127.0.0.1:23333/v1", description="URL up to and including /v1")
+    model: str = Field("", description="model name to request; empty = the first one /v1/models lists")
+    api_key_env: str = Field("INTERNVL_BOT_ENGINE_API_KEY", description="environment variable with the API key")
+    tokenizer: str = Field("", description="tokenizer folder or hub id for exact token counts; empty = estimate")
+    connect_timeout: float = Field(5.0, gt=0)
+    first_token_timeout: float = Field(120.0, gt=0, description="seconds from the request to the first text")
+    token_timeout: float = Field(60.0, gt=0, description="longest pause between two pieces of text")
+    retries: int = Field(3, ge=0, le=20, description="re-sends on connection errors, 429 and 5xx, before any text")
+    backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles each time")
+    max_backoff: float = Field(20.0, ge=0, description="longest wait between retries, Retry-After included")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failed requests that open the circuit")
+    breaker_reset: float = Field(30.0, gt=0, description="seconds the open circuit refuses requests")
+    max_dynamic_patch: bool = Field(True, description="send each image's tile count (LMDeploy honours it)")
+    send_repetition_penalty: bool = Field(True, description="LMDeploy and vLLM accept it; strict OpenAI servers refuse it")
+    image_placeholder: str = Field(
+        "<IMAGE_TOKEN>",
+        description="image marker in the text: <IMAGE_TOKEN> for LMDeploy, <image> for vLLM, empty = interleaved parts",
+    )
+
+
+class LMDeploySettings(Section):
+    """LMDeploy in this process (GPU hosts: ``pip install 'internvl-bot[lmdeploy]'``)."""
+
+    model: str = Field("", description="InternVL checkpoint folder or hub id")
+    backend: Literal["turbomind", "pytorch"] = "turbomind"
+    session_len: int = Field(0, ge=0, description="context length; 0 = the model's")
+    cache_max_entry_count: float = Field(0.8, gt=0, le=1, description="share of free GPU memory for the KV cache")
+    tp: int = Field(1, ge=1, description="tensor parallel GPUs")
+    max_batch_size: int = Field(0, ge=0, description="0 = LMDeploy's default")
+    dtype: Literal["auto", "bfloat16", "float16"] = "auto"
+
+
 class EngineSettings(Section):
     """Which engine answers, and the limits every engine honours."""
 
-    kind: Literal["transformers", "echo"] = "transformers"
+    kind: Literal["transformers", "openai_http", "lmdeploy", "echo"] = "transformers"
     max_concurrency: int = Field(1, ge=1, le=1024)
     context_length: int = Field(0, ge=0, description="0 = the model's own context length")
     generation: GenerationSettings = GenerationSettings()
     transformers: TransformersSettings = TransformersSettings()
     echo: EchoSettings = EchoSettings()
+    openai_http: OpenAIHTTPSettings = OpenAIHTTPSettings()
+    lmdeploy: LMDeploySettings = LMDeploySettings()
 
 
 class MediaSettings(Section):

@@ -583,7 +583,8 @@ class ConversationManager:
                 if image_count > media.max_images_per_turn:
                     continue
                 image = await self._decode(sha, data, name)
-                images.append(ImagePart(image=image, max_tiles=media.max_tiles, sha256=sha))
+                images.append(ImagePart(image=image, max_tiles=media.max_tiles, sha256=sha,
+                                        source=data if self.engine.info.wants_source else None))
             elif kind.kind == "text":
                 content, truncated = decode_text(data)
                 texts.append(f"[{name}]\n{content}" + (" […]" if truncated else ""))
@@ -738,7 +739,7 @@ class ConversationManager:
             if not att.sha256:
                 continue
             cached = self._images.get((att.sha256, self.settings.media.max_image_pixels))
-            if cached is not None:  # decoded already: no need to read the file again
+            if cached is not None and not self.engine.info.wants_source:  # decoded already: no need to read the file
                 images.append(ImagePart(image=cached, max_tiles=self.settings.media.history_max_tiles,
                                         sha256=att.sha256))
                 continue
@@ -753,7 +754,7 @@ class ConversationManager:
                 except InputError:
                     continue
                 images.append(ImagePart(image=image, max_tiles=self.settings.media.history_max_tiles,
-                                        sha256=att.sha256))
+                                        sha256=att.sha256, source=data if self.engine.info.wants_source else None))
             elif kind.kind == "video":
                 try:
                     videos.append(await self._video(att.sha256, data, att.filename, None, "en"))

@@ -21,6 +21,15 @@ def demo_model_path(settings: Settings) -> str:
 def build_engine(settings: Settings) -> Engine:
     """The engine named by ``engine.kind``; the demo model is built on first use when none is set."""
     eng = settings.engine
+    if eng.kind == "openai_http":
+        from bot.engines.openai_http import OpenAIHTTPEngine
+
+        return OpenAIHTTPEngine(eng.openai_http, max_concurrency=max(eng.max_concurrency, 1),
+                                context_length=eng.context_length)
+    if eng.kind == "lmdeploy":
+        from bot.engines.lmdeploy import LMDeployEngine
+
+        return LMDeployEngine(eng.lmdeploy, max_concurrency=eng.max_concurrency, context_length=eng.context_length)
     if eng.kind == "echo":
         return EchoEngine(max_concurrency=eng.max_concurrency, context_length=eng.context_length or 8192,
                           delay=eng.echo.delay_ms / 1000)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from bot.config import GenerationSettings
@@ -27,6 +27,8 @@ class ImagePart:
     max_tiles: int = 12
     sha256: str = ""
     label: str = ""  # "Page-3" for a document page; images are numbered "Image-k" when there are several
+    #: The file as the user sent it (remote engines send these bytes rather than a re-encode).
+    source: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -62,6 +64,7 @@ class EngineInfo:
     context_length: int
     tokens_per_tile: int = 256
     demo: bool = False
+    wants_source: bool = False  # the engine sends images' original bytes (ImagePart.source)
 
 
 #: Tokens around each message in the ChatML template (``<|im_start|>role\n`` ... ``<|im_end|>\n``).
@@ -115,3 +118,40 @@ class LimitedEngine:
 
     def _generate(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]:
         raise NotImplementedError
+
+
+#: Tokens a user must not be able to write into a prompt: InternVL's chat and image control tokens and
+#: the image placeholders of LMDeploy and vLLM.
+CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<IMG_CONTEXT>", "<img>", "</img>", "<video>",
+                  "<IMAGE_TOKEN>", "<image>")
+
+
+def neutralize(text: str, tokens: Sequence[str] = CONTROL_TOKENS) -> str:
+    """``<|im_start|>`` -> ``‹|im_start|›``: shown the same to the model, never parsed as a control token."""
+    for token in tokens:
+        if token in text:
+            text = text.replace(token, token.replace("<", "‹").replace(">", "›"))
+    return text
+
+
+def layout(message: ChatMessage) -> list[str | ImagePart]:
+    """InternVL's order for one message: each image (``Image-k:`` when several, or its label such as
+    ``Page-2:``), then each video's frames (``Frame1:`` ...), then the text; text pieces are strings."""
+    out: list[str | ImagePart] = []
+    many = len(message.images) > 1
+    number = 0
+    for part in message.images:
+        if part.label:
+            out.append(f"{part.label}: ")
+        elif many:
+            number += 1
+            out.append(f"Image-{number}: ")
+        out.append(part)
+        out.append("\n")
+    for video in message.videos:
+        for k, frame in enumerate(video.frames):
+            out.append(f"Frame{k + 1}: ")
+            out.append(frame)
+            out.append("\n")
+    out.append(message.text)
+    return out
