@@ -71,6 +71,12 @@ async def collect(engine: Engine, messages: list[ChatMessage], gen: GenerationSe
     return [c async for c in engine.stream(messages, gen)]
 
 
+async def collect_into(got: list[str], engine: Engine, messages: list[ChatMessage]) -> None:
+    """Like collect, keeping what streamed before an error."""
+    async for chunk in engine.stream(messages, GEN):
+        got.append(chunk)
+
+
 def photo_part(data: bytes, max_tiles: int = 12) -> ImagePart:
     return ImagePart(decode_pixels(data, max_pixels=50_000_000), max_tiles=max_tiles, sha256="x", source=data)
 
@@ -217,8 +223,7 @@ async def test_nothing_is_resent_after_text_has_streamed(fake: FakeLMDeploy) -> 
         fake.script.append(fault)
         got: list[str] = []
         with pytest.raises(EngineError):
-            async for chunk in engine.stream(user("hi"), GEN):
-                got.append(chunk)
+            await collect_into(got, engine, user("hi"))
         assert got == ["fake:"] and len(fake.requests) == 1, fault
         await engine.close()
 
@@ -228,13 +233,12 @@ async def test_slow_first_token_and_stalls_time_out_without_waiting_long(fake: F
     try:
         fake.script.append("slow_first")
         began = time.monotonic()
-        with pytest.raises(EngineUnavailable, match="within 0.2"):
+        with pytest.raises(EngineUnavailable, match=r"within 0\.2"):
             await collect(engine, user("hi"))
         fake.script.append("stall")
         got: list[str] = []
         with pytest.raises(EngineUnavailable, match="stalled"):
-            async for chunk in engine.stream(user("hi"), GEN):
-                got.append(chunk)
+            await collect_into(got, engine, user("hi"))
         assert "".join(got) == "fake: w0" and len(fake.requests) == 2
         assert time.monotonic() - began < 2
     finally:
@@ -255,7 +259,7 @@ async def test_a_refused_request_is_not_retried(fake: FakeLMDeploy) -> None:
     engine = await started(fake.url)
     fake.script.append("400")
     try:
-        with pytest.raises(EngineError, match="exceeds the session length") as info:
+        with pytest.raises(EngineError, match=r"exceeds the session length") as info:
             await collect(engine, user("hi"))
         assert not isinstance(info.value, EngineUnavailable) and len(fake.requests) == 1
     finally:
@@ -315,7 +319,7 @@ async def test_an_unreachable_server_is_a_clear_startup_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     engine = OpenAIHTTPEngine(settings(f"http://127.0.0.1:{port}/v1"))
-    with pytest.raises(StartupError, match="engine.openai_http.base_url"):
+    with pytest.raises(StartupError, match=r"engine\.openai_http\.base_url"):
         await engine.start()
     await engine.close()
 
