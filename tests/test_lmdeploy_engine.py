@@ -109,7 +109,7 @@ async def test_without_lmdeploy_the_engine_says_how_to_install_it(tmp_path: Path
     assert isinstance(engine, LMDeployEngine)
     with pytest.raises(ModelLoadError, match=r"pip install 'internvl-bot\[lmdeploy\]'"):
         await engine.start()
-    with pytest.raises(ModelLoadError, match="engine.lmdeploy.model"):
+    with pytest.raises(ModelLoadError, match=r"engine\.lmdeploy\.model"):
         await LMDeployEngine(LMDeploySettings(), module=fake).start()
 
 
