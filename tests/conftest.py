@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -46,3 +52,42 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if FFMPEG is None:
         pytest.skip("ffmpeg is not installed (.ci/run installs it)")
     return make_videos(tmp_path_factory.mktemp("videos"))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def hf_server(demo_model: Path) -> Iterator[str]:
+    """``transformers serve`` with the demo model, as a subprocess (see tests/hf_serve.py)."""
+    port = _free_port()
+    log = open(demo_model.parent / "hf-serve.log", "w")  # noqa: SIM115 — closed below
+    proc = subprocess.Popen([sys.executable, "-m", "tests.hf_serve", str(demo_model), "--host", "127.0.0.1",
+                             "--port", str(port), "--device", "cpu"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (demo_model.parent / "hf-serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("transformers serve did not start")
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -7,16 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -345,42 +341,6 @@ class TestHTTPEngineAgainstFakeLMDeploy(EngineContract):
 
 
 # -- a real server: transformers serve -----------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def hf_server(demo_model: Path) -> Iterator[str]:
-    """``transformers serve`` with the demo model, as a subprocess (see tests/hf_serve.py)."""
-    port = _free_port()
-    log = open(demo_model.parent / "hf-serve.log", "w")  # noqa: SIM115 — closed below
-    proc = subprocess.Popen([sys.executable, "-m", "tests.hf_serve", str(demo_model), "--host", "127.0.0.1",
-                             "--port", str(port), "--device", "cpu"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (demo_model.parent / "hf-serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError("transformers serve did not start")
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 class TestHTTPEngineAgainstTransformersServe(EngineContract):
