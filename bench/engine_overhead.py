@@ -1,0 +1,215 @@
+"""What the framework adds on top of an OpenAI-compatible server: the same requests straight to the
+server, and through the framework (manager + SQLite store + HTTP engine), in the same process.
+
+The server is ``transformers serve`` with the demo model (started here; see tests/hf_serve.py), or
+any server given with ``--url`` (``lmdeploy serve api_server`` on a GPU host). Each framework request
+is a new conversation with a photo; its exact request body is captured on the wire and replayed
+straight to the server, so both sides send byte-identical requests; the two are interleaved so drift
+hits both. Prints throughput of each side, their ratio, the added time to first token, and one
+RESULT line.
+
+    python bench/engine_overhead.py [--requests 20] [--max-tokens 24] [--url http://host:23333/v1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.config import OpenAIHTTPSettings, Settings  # noqa: E402
+from bot.engines.openai_http import OpenAIHTTPEngine  # noqa: E402
+from bot.manager import ConversationManager  # noqa: E402
+from bot.store import SQLiteStore  # noqa: E402
+from bot.types import (  # noqa: E402
+    AnswerDone,
+    Channel,
+    ConversationKey,
+    IncomingMessage,
+    MemoryFetcher,
+    ReplyEvent,
+    Sender,
+    TextChunk,
+)
+
+
+def photo(seed: int) -> bytes:
+    image = Image.new("RGB", (800, 600), (seed * 37 % 255, 90, 160))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def start_hf_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    from bot.demo_model import make_demo_model
+
+    model = make_demo_model(folder / "demo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.hf_serve", str(model), "--host", "127.0.0.1", "--port",
+                             str(port), "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, f"{url}/v1"
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("transformers serve did not start")
+
+
+class TimingSink:
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first: float | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    async def emit(self, event: ReplyEvent) -> str | None:
+        if isinstance(event, TextChunk) and self.first is None:
+            self.first = time.perf_counter()
+        elif isinstance(event, AnswerDone) and not self.done.done():
+            self.done.set_result(time.perf_counter())
+        return None
+
+
+async def direct(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> tuple[float, float]:
+    """(time to first text, total) of one raw streamed request, read the way any client must: every chunk
+    parsed and its text collected."""
+    started = time.perf_counter()
+    first = None
+    pieces: list[str] = []
+    async with client.stream("POST", f"{url}/chat/completions", content=body, headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            for choice in json.loads(data).get("choices", []):
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    pieces.append(text)
+                    if first is None:
+                        first = time.perf_counter()
+    "".join(pieces)
+    end = time.perf_counter()
+    return (first or end) - started, end - started
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        proc = None
+        url = args.url
+        if not url:
+            proc, url = start_hf_server(folder)
+        try:
+            await measure(args, folder, url, local=proc is not None)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(20)
+
+
+async def measure(args: argparse.Namespace, folder: Path, url: str, *, local: bool) -> None:
+    captured: list[bytes] = []
+
+    async def capture(request: httpx.Request) -> None:
+        if request.url.path.endswith("/chat/completions"):
+            captured.append(request.content)
+
+    engine_client = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=None),
+                                      event_hooks={"request": [capture]})
+    http = OpenAIHTTPSettings(base_url=url, image_placeholder="" if local else "<IMAGE_TOKEN>",
+                              max_dynamic_patch=not local, send_repetition_penalty=not local)
+    engine = OpenAIHTTPEngine(http, max_concurrency=4, context_length=16384, client=engine_client)
+    await engine.start()
+    settings = Settings(data_dir=str(folder / "data"),
+                        engine={"generation": {"max_new_tokens": args.max_tokens, "temperature": 0.0}})
+    store = SQLiteStore(folder / "bench.sqlite3")
+    await store.open()
+    manager = ConversationManager(settings, store, engine)
+    fetcher = MemoryFetcher()
+    sinks: dict[str, TimingSink] = {}
+    manager.register(Channel("bench", fetcher, lambda key, reply_to: sinks[key.chat]))
+    await manager.start()
+    raw = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=None))
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+    async def through_framework(i: int) -> tuple[float, float]:
+        attachment = fetcher.add(photo(i), f"photo{i}.jpg", "image/jpeg")
+        started = time.perf_counter()
+        sinks[f"c{i}"] = sink = TimingSink(started)
+        ticket = await manager.submit(IncomingMessage(ConversationKey("bench", f"c{i}"), Sender("u"),
+                                                      "What is wrong with this appliance?", (attachment,),
+                                                      locale="en"))
+        assert ticket is not None
+        end = await sink.done
+        assert await ticket.done == "answered"
+        return (sink.first or end) - started, end - started
+
+    # warm up both paths (model, connections, caches of the first image)
+    await through_framework(-1)
+    await direct(raw, url, captured[-1], headers)
+
+    fw_ttft, fw_total, raw_ttft, raw_total = [], [], [], []
+    for i in range(args.requests):
+        first, total = await through_framework(i)
+        fw_ttft.append(first)
+        fw_total.append(total)
+        first, total = await direct(raw, url, captured[-1], headers)
+        raw_ttft.append(first)
+        raw_total.append(total)
+
+    await manager.stop()
+    await engine.close()
+    await engine_client.aclose()
+    await raw.aclose()
+    await store.close()
+
+    raw_rps = len(raw_total) / sum(raw_total)
+    fw_rps = len(fw_total) / sum(fw_total)
+    # Throughput per request from medians: one slow server answer (the server shares this machine's two
+    # cores with the bench) must not decide the figure; the mean-based ratio is printed too.
+    ratio = statistics.median(raw_total) / statistics.median(fw_total)
+    added = [(f - r) * 1000 for f, r in zip(fw_ttft, raw_ttft, strict=True)]
+    print(f"server: {url} ({'transformers serve, demo model, CPU' if local else 'given with --url'})")
+    print(f"requests: {args.requests} each way, one photo (800x600) + question, {args.max_tokens} new tokens, "
+          "byte-identical bodies")
+    print(f"straight to the server: {raw_rps:.2f} req/s, TTFT p50 {statistics.median(raw_ttft) * 1000:.1f} ms")
+    print(f"through the framework:  {fw_rps:.2f} req/s, TTFT p50 {statistics.median(fw_ttft) * 1000:.1f} ms")
+    print(f"throughput ratio (framework / raw), medians: {ratio:.3f} (means: {fw_rps / raw_rps:.3f})   "
+          f"added TTFT p50: {statistics.median(added):.1f} ms")
+    print(f"RESULT overhead_ratio={ratio:.3f} added_ttft_ms={statistics.median(added):.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--url", default="", help="an OpenAI-compatible server to measure instead (…/v1)")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
