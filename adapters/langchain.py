@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import queue
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -142,6 +143,14 @@ def to_chat_messages(messages: Sequence[BaseMessage], *, max_tiles: int = 12,
     return out
 
 
+def _unpack(item: tuple[str, Any]) -> str | None:
+    """A relayed item: the text piece, None at the end; an error is raised here, in the caller's thread."""
+    kind, value = item
+    if kind == "error":
+        raise value
+    return value if kind == "text" else None
+
+
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     positions = [i for s in stop if s and (i := text.find(s)) >= 0]
     return (text[: min(positions)], True) if positions else (text, False)
@@ -238,38 +247,37 @@ class InternVLChatModel(BaseChatModel):
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         runner = self._runner_loop()
         caller = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        async def produce() -> None:
-            try:
-                async for piece in self._chunks(messages, stop, **kwargs):
-                    caller.call_soon_threadsafe(queue.put_nowait, ("text", piece))
-                caller.call_soon_threadsafe(queue.put_nowait, ("end", None))
-            except BaseException as exc:
-                caller.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-
-        future = runner.submit(produce())
+        inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        future = runner.submit(self._produce(messages, stop, kwargs,
+                                             lambda item: caller.call_soon_threadsafe(inbox.put_nowait, item)))
         answer = ""
         try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "error":
-                    raise value
-                if kind == "end":
-                    break
+            while (value := _unpack(await inbox.get())) is not None:
                 answer += value
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=value))
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(value, chunk=chunk)
                 yield chunk
-            usage = await runner.arun(self._usage_async(messages, answer))
-            yield ChatGenerationChunk(message=AIMessageChunk(
-                content="", usage_metadata=usage, chunk_position="last",
-                response_metadata={"model_name": self.model_name, "model_provider": "internvl-bot"}))
+            yield self._last_chunk(await runner.arun(self._usage_async(messages, answer)))
         finally:
             future.cancel()  # stops the engine's stream (the HTTP engine closes its connection)
+
+    async def _produce(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+                       put: Callable[[tuple[str, Any]], Any]) -> None:
+        """On the bridge's loop: the answer's pieces, then ("end", None), or ("error", exception)."""
+        try:
+            async for piece in self._chunks(messages, stop, **kwargs):
+                put(("text", piece))
+            put(("end", None))
+        except BaseException as exc:
+            put(("error", exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def _last_chunk(self, usage: UsageMetadata) -> ChatGenerationChunk:
+        return ChatGenerationChunk(message=AIMessageChunk(
+            content="", usage_metadata=usage, chunk_position="last",
+            response_metadata={"model_name": self.model_name, "model_provider": "internvl-bot"}))
 
     async def _usage_async(self, messages: list[BaseMessage], answer: str) -> UsageMetadata:
         return self._usage(to_chat_messages(messages, max_tiles=self.max_tiles), answer)
@@ -277,38 +285,17 @@ class InternVLChatModel(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         runner = self._runner_loop()
-        import queue as queue_module
-
-        pipe: queue_module.Queue[tuple[str, Any]] = queue_module.Queue()
-
-        async def produce() -> None:
-            try:
-                async for piece in self._chunks(messages, stop, **kwargs):
-                    pipe.put(("text", piece))
-                pipe.put(("end", None))
-            except BaseException as exc:
-                pipe.put(("error", exc))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-
-        future = runner.submit(produce())
+        pipe: queue.Queue[tuple[str, Any]] = queue.Queue()
+        future = runner.submit(self._produce(messages, stop, kwargs, pipe.put))
         answer = ""
         try:
-            while True:
-                kind, value = pipe.get()
-                if kind == "error":
-                    raise value
-                if kind == "end":
-                    break
+            while (value := _unpack(pipe.get())) is not None:
                 answer += value
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=value))
                 if run_manager is not None:
                     run_manager.on_llm_new_token(value, chunk=chunk)
                 yield chunk
-            usage = runner.run(self._usage_async(messages, answer))
-            yield ChatGenerationChunk(message=AIMessageChunk(
-                content="", usage_metadata=usage, chunk_position="last",
-                response_metadata={"model_name": self.model_name, "model_provider": "internvl-bot"}))
+            yield self._last_chunk(runner.run(self._usage_async(messages, answer)))
         finally:
             future.cancel()
 
