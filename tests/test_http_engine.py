@@ -320,6 +320,21 @@ async def test_an_unreachable_server_is_a_clear_startup_error() -> None:
     await engine.close()
 
 
+async def test_token_counts_come_from_the_tokenizer_when_one_is_given(fake: FakeLMDeploy, demo_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    exact = await started(fake.url, tokenizer=str(demo_model))
+    estimate = await started(fake.url)
+    try:
+        sentence = "Die Waschmaschine zeigt den Fehler E18 und pumpt nicht ab."
+        tokenizer = AutoTokenizer.from_pretrained(str(demo_model))
+        assert exact.count_tokens(sentence) == len(tokenizer(sentence, add_special_tokens=False)["input_ids"])
+        assert estimate.count_tokens(sentence) >= len(sentence.encode()) // 3  # a deliberate over-estimate
+    finally:
+        await exact.close()
+        await estimate.close()
+
+
 async def test_engine_selection_from_config(fake: FakeLMDeploy, tmp_path: Path) -> None:
     conf = make_settings(tmp_path, engine={"kind": "openai_http", "context_length": 16384,
                                            "openai_http": {"base_url": fake.url}})

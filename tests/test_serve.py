@@ -172,6 +172,16 @@ def test_check_validates_without_serving_and_never_prints_secrets(tmp_path: Path
     assert missing.returncode == 2 and "/nowhere" in missing.stderr
 
 
+def test_check_reports_an_unreachable_model_server(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(
+        f"engine:\n  kind: openai_http\n  openai_http:\n    base_url: http://127.0.0.1:{port}/v1\n", encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert f"engine.openai_http.base_url: cannot list models at http://127.0.0.1:{port}/v1/models" in run.stderr
+
+
 def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
