@@ -23,11 +23,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from adapters.web import WebAdapter
@@ -39,15 +39,44 @@ from bot.types import ConversationKey
 log = logging.getLogger(__name__)
 
 
+class ServedAdapter(Protocol):
+    """What ``serve`` needs from an adapter: its HTTP routes (webhooks, pages; may be None), a start (a
+    Telegram poller, a Slack socket), and the two steps of shutdown: stop taking messages, then close."""
+
+    name: str
+
+    def router(self) -> APIRouter | None: ...
+    async def start(self) -> None: ...
+    def stop_intake(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _web(runtime: Runtime) -> ServedAdapter:
+    assert runtime.manager is not None
+    assert runtime.engine is not None
+    web = WebAdapter(runtime.manager, runtime.settings)
+    web.demo = runtime.engine.info.demo
+    return web
+
+
+#: adapters.<name> in the config -> how to build it on a started runtime. Adapters that need an HTTP
+#: server (webhooks) get their routes mounted on the one app; the others run beside it on the same loop.
+SERVED_ADAPTERS: dict[str, Callable[[Runtime], ServedAdapter]] = {"web": _web}
+
+
 class Service:
     """The running service: what ``/readyz`` and the operator API look at."""
 
-    def __init__(self, settings: Settings, runtime: Runtime, web: WebAdapter | None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime, adapters: list[ServedAdapter]) -> None:
         self.settings = settings
         self.runtime = runtime
-        self.web = web
+        self.adapters = adapters
         self.ready = False
         self.stopping = False
+
+    @property
+    def web(self) -> WebAdapter | None:
+        return next((a for a in self.adapters if isinstance(a, WebAdapter)), None)
 
     @property
     def operator_token(self) -> str:
@@ -135,8 +164,10 @@ def build_app(service: Service) -> FastAPI:
         changed = await runtime.manager.hand_back(parsed, by=str(body.get("by") or "operator"))
         return JSONResponse({"returned": changed})
 
-    if service.web is not None:
-        app.include_router(service.web.router())
+    for adapter in service.adapters:
+        router = adapter.router()
+        if router is not None:
+            app.include_router(router)
     return app
 
 
@@ -180,16 +211,18 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         assert runtime.manager is not None
         assert runtime.engine is not None
         settings = runtime.settings
-        web = WebAdapter(runtime.manager, settings) if settings.adapters.web.enabled else None
-        if web is not None:
-            web.demo = runtime.engine.info.demo
-        service = Service(settings, runtime, web)
+        enabled = settings.enabled_adapters()
+        adapters = [build(runtime) for name, build in SERVED_ADAPTERS.items() if name in enabled]
+        service = Service(settings, runtime, adapters)
+        web = service.web
         app = build_app(service)
         server = _Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
             proxy_headers=conf.proxy_headers, forwarded_allow_ips=conf.forwarded_allow_ips,
             timeout_graceful_shutdown=5, server_header=False,
         ))
+        for adapter in adapters:
+            await adapter.start()
         resumed = await runtime.manager.start()
         serving = asyncio.create_task(_run(server))
         await _started(server, serving)
@@ -209,11 +242,11 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down: finishing answers in progress (up to %.0f s)", conf.grace_seconds)
         service.stopping = True
-        if web is not None:
-            web.stop_intake()
+        for adapter in adapters:
+            adapter.stop_intake()
         await runtime.manager.stop(conf.grace_seconds)
-        if web is not None:
-            web.close_streams()
+        for adapter in adapters:
+            await adapter.close()
         server.should_exit = True
         with contextlib.suppress(Exception):
             await serving

@@ -209,6 +209,8 @@ class WebSink:
 class WebAdapter:
     """The web chat. ``router()`` gives the routes to mount on the server's app."""
 
+    name = PLATFORM
+
     def __init__(self, manager: ConversationManager, settings: Settings, *, prefix: str = "") -> None:
         self.manager = manager
         self.settings = settings
@@ -288,6 +290,12 @@ class WebAdapter:
         return cookie["sid"], None
 
     # -- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing to start: browsers come to the server."""
+
+    async def close(self) -> None:
+        self.close_streams()
 
     def stop_intake(self) -> None:
         """Shutdown, step 1: new messages are refused with a polite 'restarting' answer."""

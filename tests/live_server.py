@@ -36,7 +36,7 @@ async def live_server(settings: Settings, engine: Engine | None = None) -> Async
         assert runtime.manager is not None and runtime.engine is not None
         web = WebAdapter(runtime.manager, runtime.settings)
         web.demo = runtime.engine.info.demo
-        service = Service(runtime.settings, runtime, web)
+        service = Service(runtime.settings, runtime, [web])
         server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=0, log_config=None,
                                         access_log=False, lifespan="off", timeout_graceful_shutdown=1))
         await runtime.manager.start()

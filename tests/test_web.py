@@ -234,3 +234,19 @@ async def test_the_widget_script_and_embedding_policy(tmp_path: Path) -> None:
         cookie = page.headers["set-cookie"].lower()
         assert "samesite=none" in cookie and "secure" in cookie and "httponly" in cookie
         assert live.web.conf.embed_origins == ["https://help.example.com"]
+
+
+async def test_with_the_web_chat_disabled_the_service_still_serves_operations(tmp_path: Path) -> None:
+    from adapters.server import SERVED_ADAPTERS, Service, build_app
+    from bot.runtime import Runtime
+
+    settings = make_settings(tmp_path, adapters={"web": {"enabled": False}})
+    assert "web" not in settings.enabled_adapters() and "web" in SERVED_ADAPTERS
+    async with Runtime(settings, engine=EchoEngine()) as runtime:
+        service = Service(settings, runtime, [])
+        service.ready = True
+        transport = httpx.ASGITransport(app=build_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot") as client:
+            assert (await client.get("/")).status_code == 404
+            assert (await client.get("/healthz")).text == "ok\n"
+            assert (await client.get("/readyz")).json() == {"ready": True}
