@@ -195,7 +195,7 @@ class TransformersEngine(LimitedEngine):
         pieces = prompt.split(tok.context_image_token)
         if len(pieces) != len(parts) + 1:
             raise EngineError(f"chat template produced {len(pieces) - 1} image slots for {len(parts)} images")
-        pixel_values = map_images(self._pixels, parts)
+        pixel_values = map_images(self._pixels, parts, weight=lambda p: p.size[0] * p.size[1])
         expanded = [pieces[0]]
         for pixels, rest in zip(pixel_values, pieces[1:], strict=True):
             expanded.append(
