@@ -4,7 +4,7 @@ Reference = the model card's ``load_image`` (PIL + torch ops, ``tests/reference_
 for video, its ``get_index`` + decord ``get_batch``. Each of our paths is checked against it
 (bit-identical, or within the stated tolerance) before it is timed. Ends with one RESULT line.
 
-    python bench/media.py [--repeat 3]
+    python bench/media.py [--repeat 9]
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def bench_pdf(repeat: int, results: dict[str, str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
     results: dict[str, str] = {}
     bench_images(args.repeat, results)
