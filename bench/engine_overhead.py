@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import socket
 import statistics
@@ -32,6 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.rawstream import stream_chat  # noqa: E402
 from bot.config import OpenAIHTTPSettings, Settings  # noqa: E402
 from bot.engines.openai_http import OpenAIHTTPEngine  # noqa: E402
 from bot.manager import ConversationManager  # noqa: E402
@@ -91,29 +91,10 @@ class TimingSink:
         return None
 
 
-async def direct(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> tuple[float, float]:
-    """(time to first text, total) of one raw streamed request, read the way any client must: every chunk
-    parsed and its text collected."""
-    started = time.perf_counter()
-    first = None
-    pieces: list[str] = []
-    async with client.stream("POST", f"{url}/chat/completions", content=body, headers=headers) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            for choice in json.loads(data).get("choices", []):
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    pieces.append(text)
-                    if first is None:
-                        first = time.perf_counter()
-    "".join(pieces)
-    end = time.perf_counter()
-    return (first or end) - started, end - started
+async def direct(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[float, float]:
+    """(time to first text, total) of one raw streamed request."""
+    started, first, end, _ = await stream_chat(client, url, body)
+    return first - started, end - started
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -154,7 +135,6 @@ async def measure(args: argparse.Namespace, folder: Path, url: str, *, local: bo
     manager.register(Channel("bench", fetcher, lambda key, reply_to: sinks[key.chat]))
     await manager.start()
     raw = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=None))
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
     async def through_framework(i: int) -> tuple[float, float]:
         attachment = fetcher.add(photo(i), f"photo{i}.jpg", "image/jpeg")
@@ -170,14 +150,14 @@ async def measure(args: argparse.Namespace, folder: Path, url: str, *, local: bo
 
     # warm up both paths (model, connections, caches of the first image)
     await through_framework(-1)
-    await direct(raw, url, captured[-1], headers)
+    await direct(raw, url, captured[-1])
 
     fw_ttft, fw_total, raw_ttft, raw_total = [], [], [], []
     for i in range(args.requests):
         first, total = await through_framework(i)
         fw_ttft.append(first)
         fw_total.append(total)
-        first, total = await direct(raw, url, captured[-1], headers)
+        first, total = await direct(raw, url, captured[-1])
         raw_ttft.append(first)
         raw_total.append(total)
 

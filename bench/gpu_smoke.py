@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.rawstream import stream_chat  # noqa: E402
 from bot.config import LMDeploySettings, OpenAIHTTPSettings, Settings  # noqa: E402
 from bot.engines import Engine  # noqa: E402
 from bot.engines.lmdeploy import LMDeployEngine  # noqa: E402
@@ -188,20 +188,8 @@ async def raw_http(url: str, captured: list[tuple[str, bytes]], count: Callable[
     figures: dict[str, Figures] = {}
     async with httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=None)) as client:
         for name, body in captured:
-            started, first, text = time.perf_counter(), None, ""
-            async with client.stream("POST", f"{url}/chat/completions", content=body,
-                                     headers={"Content-Type": "application/json"}) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    data = line[5:].strip() if line.startswith("data:") else ""
-                    if not data or data == "[DONE]":
-                        continue
-                    for choice in json.loads(data).get("choices", []):
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            first = first or time.perf_counter()
-                            text += piece
-            figures.setdefault(name, Figures()).add(started, first, time.perf_counter(), count(text))
+            started, first, end, text = await stream_chat(client, url, body)
+            figures.setdefault(name, Figures()).add(started, first, end, count(text))
     return figures
 
 
