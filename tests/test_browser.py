@@ -14,6 +14,7 @@ import pytest
 
 from bot.engines import EchoEngine
 from bot.i18n import text
+from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.live_server import live_server, static_site
 
@@ -156,6 +157,13 @@ async def test_drop_a_file_pick_a_persona_and_a_language(tmp_path: Path) -> None
             await expect(page.locator("#send")).to_have_text("Senden")  # the page follows the conversation
             await page.click("#reset")
             await expect(page.locator(".msg.assistant").last).to_have_text(text("reset_done", "de"))
+
+            # the event stream drops (a restart, a network gap); what was said meanwhile shows up after
+            live.web.close_streams()
+            key = ConversationKey.parse((await page.evaluate(
+                "fetch('/api/session').then(r => r.json())"))["conversation"])
+            await live.runtime.manager.operator_reply(key, "Hallo, hier ist Ana.", author="Ana")
+            await expect(page.locator(".msg.operator").last).to_contain_text("Hallo, hier ist Ana.", timeout=10_000)
         finally:
             await browser.close()
 

@@ -171,8 +171,16 @@
   function connect() {
     const source = new EventSource(withSession(api("/api/events")));
     source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
-    source.onerror = () => { showStatus(ui.reconnecting || "Reconnecting…"); };
-    source.onopen = () => { if (statusLine.textContent === (ui.reconnecting || "Reconnecting…")) showStatus(""); };
+    let lost = false;
+    source.onerror = () => { lost = true; showStatus(ui.reconnecting || "Reconnecting…"); };
+    source.onopen = () => {
+      if (!lost) return;
+      // Back after a restart or a network gap: answers finished meanwhile are in the history.
+      lost = false;
+      streaming = null;
+      showStatus("");
+      loadSession().then(loadHistory);
+    };
   }
 
   function renderChips() {
