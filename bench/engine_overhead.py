@@ -31,7 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rawstream import stream_chat  # noqa: E402
+from bench.lib.rawstream import stream_chat  # noqa: E402
 from bot.config import OpenAIHTTPSettings, Settings  # noqa: E402
 from bot.engines.openai_http import OpenAIHTTPEngine  # noqa: E402
 from bot.manager import ConversationManager  # noqa: E402

@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rawstream import stream_chat  # noqa: E402
+from bench.lib.rawstream import stream_chat  # noqa: E402
 from bot.config import LMDeploySettings, OpenAIHTTPSettings, Settings  # noqa: E402
 from bot.engines import Engine  # noqa: E402
 from bot.engines.lmdeploy import LMDeployEngine  # noqa: E402
