@@ -49,21 +49,9 @@ def offline_image(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(standard.httpx, "get", get)
 
 
-class TestEchoChatModelUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[InternVLChatModel]:
-        return InternVLChatModel
+class _Bridge:
+    """What every standard suite here shares: the bridge's class, image blocks, one model per engine."""
 
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {"engine": EchoEngine()}
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # an engine serves one model
-
-
-class TestEchoChatModelIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[InternVLChatModel]:
         return InternVLChatModel
@@ -81,7 +69,15 @@ class TestEchoChatModelIntegration(ChatModelIntegrationTests):
         return False  # an engine serves one model
 
 
-class TestHTTPEngineChatModelIntegration(ChatModelIntegrationTests):
+class TestEchoChatModelUnit(_Bridge, ChatModelUnitTests):
+    pass
+
+
+class TestEchoChatModelIntegration(_Bridge, ChatModelIntegrationTests):
+    pass
+
+
+class TestHTTPEngineChatModelIntegration(_Bridge, ChatModelIntegrationTests):
     """The same standard tests through the HTTP engine and a real server (``transformers serve``)."""
 
     @pytest.fixture(autouse=True)
@@ -91,22 +87,10 @@ class TestHTTPEngineChatModelIntegration(ChatModelIntegrationTests):
     url = ""
 
     @property
-    def chat_model_class(self) -> type[InternVLChatModel]:
-        return InternVLChatModel
-
-    @property
     def chat_model_params(self) -> dict[str, Any]:
         engine = OpenAIHTTPEngine(OpenAIHTTPSettings(base_url=self.url, image_placeholder="", max_dynamic_patch=False,
                                                      send_repetition_penalty=False))
         return {"engine": engine}
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # an engine serves one model
 
 
 def test_images_reach_the_engine_as_the_bot_would_send_them() -> None:

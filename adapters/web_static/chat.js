@@ -110,8 +110,7 @@
     if (row.role === "user") {
       bubble("user", { text: row.text, files: row.attachments });
     } else {
-      const extra = row.author ? "operator" : (row.kind === "notice" && row.text && row.state === "answered" ? "" : "");
-      bubble("assistant", { html: row.html, text: row.text, who: row.author || "", extra: extra });
+      bubble("assistant", { html: row.html, text: row.text, who: row.author || "", extra: row.author ? "operator" : "" });
     }
   }
 
