@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from bot import __version__
-from bot.config import Settings, load_settings
+from bot.config import Settings
 from bot.errors import StartupError
 from bot.logs import setup_logging
 from bot.runtime import DEMO_BANNER, Runtime
@@ -56,8 +56,9 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
         assert runtime.manager is not None
         if runtime.engine is not None and runtime.engine.info.demo:
             print(DEMO_BANNER, file=sys.stderr, flush=True)
-        persona = args.persona or settings.adapters.console.persona
-        console = ConsoleAdapter(runtime.manager, conversation=args.conversation, persona=persona)
+        conf = settings.adapters.console  # type: ignore[attr-defined]
+        console = ConsoleAdapter(runtime.manager, conversation=args.conversation, persona=args.persona or conf.persona,
+                                 policy=conf.policy(settings.limits))
         await runtime.manager.start()
         if console.interactive:
             print("Type a question; /image PATH attaches a photo; /help lists commands; /quit leaves.",
@@ -87,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = make_demo_model(args.directory, seed=args.seed)
             print(f"demo model written to {path} (random weights: its answers are noise)")
             return 0
-        settings = load_settings(args.config)
+        from adapters.registry import load
+
+        settings = load(args.config)
         quiet = args.command == "chat" or (args.command == "serve" and args.check)
         setup_logging("WARNING" if quiet else settings.logging.level, settings.logging.json_format)
         settings.check_secrets()

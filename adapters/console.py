@@ -16,16 +16,20 @@ from pathlib import Path
 from typing import TextIO
 
 from bot import i18n
+from bot.config import AdapterSection
 from bot.manager import ConversationManager
 from bot.types import (
+    AccessPolicy,
     AnswerDone,
     Attachment,
     Channel,
     ConversationKey,
     FileFetcher,
     FileReply,
+    HandoffUpdate,
     IncomingMessage,
     Notice,
+    PlatformIds,
     ReplyEvent,
     Sender,
     Status,
@@ -37,6 +41,12 @@ PROMPT = "you> "
 BOT = "bot> "
 
 
+class ConsoleSettings(AdapterSection):
+    """``internvl-bot chat``."""
+
+    enabled: bool = True
+
+
 class ConsoleSink:
     """Prints one turn's reply events as they arrive."""
 
@@ -44,7 +54,7 @@ class ConsoleSink:
         self.out = out
         self.streaming = False
 
-    async def emit(self, event: ReplyEvent) -> str | None:
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
         if isinstance(event, Status):
             return None
         if isinstance(event, TextChunk):
@@ -62,11 +72,11 @@ class ConsoleSink:
         elif isinstance(event, FileReply):
             path = await asyncio.to_thread(_save_export, event)
             self.out.write(f"[file saved: {path}]\n")
-        elif isinstance(event, Notice):
+        elif isinstance(event, Notice | HandoffUpdate):
             if self.streaming:
                 self.out.write("\n")
                 self.streaming = False
-            prefix = "(!) " if event.kind == "error" else ""
+            prefix = "(!) " if isinstance(event, Notice) and event.kind == "error" else ""
             self.out.write(f"{BOT}{prefix}{event.text}\n")
         self.out.flush()
         return None
@@ -95,7 +105,8 @@ class ConsoleAdapter:
     """Reads lines from ``stdin`` and submits them to the manager, one turn at a time."""
 
     def __init__(self, manager: ConversationManager, *, conversation: str | None = None, persona: str = "",
-                 stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+                 stdin: TextIO | None = None, stdout: TextIO | None = None,
+                 policy: AccessPolicy | None = None) -> None:
         self.manager = manager
         self.user = _user()
         self.key = ConversationKey(PLATFORM, conversation or self.user)
@@ -104,9 +115,8 @@ class ConsoleAdapter:
         self.interactive = self.stdin.isatty() and self.out.isatty()
         self.locale = locale_hint()
         self.pending: list[Attachment] = []
-        manager.register(
-            Channel(PLATFORM, FileFetcher(), lambda key, reply_to: ConsoleSink(self.out), persona or None)
-        )
+        manager.register(Channel(PLATFORM, FileFetcher(), lambda context: ConsoleSink(self.out), persona or None,
+                                 policy=policy or AccessPolicy()))
 
     async def _read(self) -> str | None:
         if self.interactive:

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from adapters import registry
+from adapters.common.auth import BearerAuth
+from adapters.common.http import BadRequest, install_error_handlers, read_json_object, text_field
+from adapters.registry import ServedAdapter
 from adapters.web import WebAdapter
 from bot.config import Settings
 from bot.errors import StartupError
@@ -37,31 +39,6 @@ from bot.runtime import DEMO_BANNER, Runtime
 from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
-
-
-class ServedAdapter(Protocol):
-    """What ``serve`` needs from an adapter: its HTTP routes (webhooks, pages; may be None), a start (a
-    Telegram poller, a Slack socket), and the two steps of shutdown: stop taking messages, then close."""
-
-    name: str
-
-    def router(self) -> APIRouter | None: ...
-    async def start(self) -> None: ...
-    def stop_intake(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-def _web(runtime: Runtime) -> ServedAdapter:
-    assert runtime.manager is not None
-    assert runtime.engine is not None
-    web = WebAdapter(runtime.manager, runtime.settings)
-    web.demo = runtime.engine.info.demo
-    return web
-
-
-#: adapters.<name> in the config -> how to build it on a started runtime. Adapters that need an HTTP
-#: server (webhooks) get their routes mounted on the one app; the others run beside it on the same loop.
-SERVED_ADAPTERS: dict[str, Callable[[Runtime], ServedAdapter]] = {"web": _web}
 
 
 class Service:
@@ -83,9 +60,18 @@ class Service:
         return os.environ.get(self.settings.server.operator_token_env, "")
 
 
+def _conversation(key: str) -> ConversationKey:
+    try:
+        return ConversationKey.parse(key)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def build_app(service: Service) -> FastAPI:
     app = FastAPI(title="internvl-bot", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
     runtime = service.runtime
+    operator = Depends(BearerAuth(service.settings.server.operator_token_env, what="operator API"))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -116,53 +102,35 @@ def build_app(service: Service) -> FastAPI:
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
 
-    def operator(request: Request) -> JSONResponse | None:
-        token = service.operator_token
-        if not token:
-            return JSONResponse({"error": f"operator API disabled: set {service.settings.server.operator_token_env}"},
-                                status_code=404)
-        header = request.headers.get("authorization", "")
-        if not (header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode())):
-            return JSONResponse({"error": "bad or missing operator token"}, status_code=401)
-        return None
-
-    def conversation(key: str) -> ConversationKey | JSONResponse:
-        try:
-            return ConversationKey.parse(key)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.post("/api/operator/conversations/{key}/reply")
+    @app.post("/api/operator/conversations/{key}/reply", dependencies=[operator])
     async def operator_reply(key: str, request: Request) -> Response:
-        if (denied := operator(request)) is not None:
-            return denied
-        parsed = conversation(key)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        body: dict[str, Any] = await request.json()
-        text, author = str(body.get("text") or ""), str(body.get("author") or "")
+        """A person's answer in a handed-off conversation, delivered into the user's platform."""
+        parsed = _conversation(key)
+        body = await read_json_object(request)
+        text, author = text_field(body, "text"), text_field(body, "author", max_chars=200)
         if not text.strip() or not author.strip():
             return JSONResponse({"error": "text and author are required"}, status_code=400)
         assert runtime.manager is not None
-        try:
-            mid = await runtime.manager.operator_reply(parsed, text, author=author)
-        except RuntimeError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
+        mid = await runtime.manager.operator_reply(parsed, text, author=author)
         return JSONResponse({"id": mid})
 
-    @app.post("/api/operator/conversations/{key}/return")
+    @app.post("/api/operator/conversations/{key}/return", dependencies=[operator])
     async def operator_return(key: str, request: Request) -> Response:
-        if (denied := operator(request)) is not None:
-            return denied
-        parsed = conversation(key)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        body: dict[str, Any] = {}
-        with contextlib.suppress(ValueError):
-            body = await request.json()
+        """Give a conversation back to the assistant."""
+        parsed = _conversation(key)
+        body = await read_json_object(request) if await request.body() else {}
         assert runtime.manager is not None
-        changed = await runtime.manager.hand_back(parsed, by=str(body.get("by") or "operator"))
+        changed = await runtime.manager.hand_back(parsed, by=text_field(body, "by", required=False) or "operator")
         return JSONResponse({"returned": changed})
+
+    @app.post("/api/operator/conversations/{key}/take", dependencies=[operator])
+    async def operator_take(key: str, request: Request) -> Response:
+        """Take over a conversation the assistant is handling."""
+        parsed = _conversation(key)
+        body = await read_json_object(request)
+        by = text_field(body, "by", max_chars=200)
+        assert runtime.manager is not None
+        return JSONResponse({"taken": await runtime.manager.take_over(parsed, by=by)})
 
     for adapter in service.adapters:
         router = adapter.router()
@@ -211,8 +179,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         assert runtime.manager is not None
         assert runtime.engine is not None
         settings = runtime.settings
-        enabled = settings.enabled_adapters()
-        adapters = [build(runtime) for name, build in SERVED_ADAPTERS.items() if name in enabled]
+        adapters = registry.served(runtime)
         service = Service(settings, runtime, adapters)
         web = service.web
         app = build_app(service)
@@ -221,14 +188,16 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             proxy_headers=conf.proxy_headers, forwarded_allow_ips=conf.forwarded_allow_ips,
             timeout_graceful_shutdown=5, server_header=False,
         ))
-        for adapter in adapters:
-            await adapter.start()
+        # Old messages first: a message left pending by the last run is answered before newer ones, and an
+        # adapter that redelivers it during start-up finds it stored (and queued at most once).
         resumed = await runtime.manager.start()
         serving = asyncio.create_task(_run(server))
         await _started(server, serving)
         if serving.done():
             error = serving.exception()
             raise StartupError(f"server.port: cannot listen on {host}:{port} — is another process using it? ({error})")
+        for adapter in adapters:
+            await adapter.start()
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         service.ready = True
         url = _public_url(settings, host, bound)

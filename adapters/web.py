@@ -10,6 +10,9 @@ from the store after a reload. No build step: the page is plain HTML, CSS and Ja
 Security: an optional access token (an environment variable names it), cookies signed with a key
 from the environment or generated once into ``data_dir``, ``SameSite`` cookies plus a custom header
 on every POST (cross-site forms cannot set it), and a Content-Security-Policy without inline script.
+Embedded where third-party cookies are blocked, the page sends its signed session in a header; the two
+GETs that cannot carry headers (the event stream, a download) use a short-lived, single-purpose ticket
+(``POST /api/tickets``), never the session itself in a URL.
 """
 
 from __future__ import annotations
@@ -32,25 +35,38 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from markdown_it import MarkdownIt
+from pydantic import Field
 from starlette.datastructures import UploadFile
 
+from adapters.common.http import (
+    BadRequest,
+    UploadTooLarge,
+    parse_json_object,
+    preferred_language,
+    read_body,
+    save_upload,
+)
+from adapters.common.markdown import HtmlFormat
+from adapters.common.transcript import transcript_json
 from bot import i18n
-from bot.config import Settings
-from bot.errors import AttachmentUnavailable, FileTooLarge
+from bot.config import AdapterSection, Settings
+from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown
 from bot.logs import conversation_var
 from bot.manager import ConversationManager
-from bot.store import StoredMessage
+from bot.runtime import Runtime
 from bot.types import (
     AnswerDone,
     Attachment,
     Channel,
     ConversationKey,
     FileReply,
+    HandoffUpdate,
     IncomingMessage,
     Notice,
+    PlatformIds,
     ReplyEvent,
     Sender,
+    SinkContext,
     Status,
     TextChunk,
 )
@@ -64,67 +80,52 @@ SESSION_HEADER = "X-InternVL-Bot-Session"
 STATIC = Path(__file__).parent / "web_static"
 HEARTBEAT_SECONDS = 15.0
 UPLOAD_MAX_AGE = 7 * 86400
+#: How long a ticket for the event stream (seconds) and for a download is good for.
+EVENTS_TICKET_SECONDS = 60
+FILE_TICKET_SECONDS = 600
 _UPLOAD_REF = re.compile(r"[0-9a-f]{32}\Z")
+_FILE_ID = re.compile(r"[0-9a-f]{32}\Z")
 
-#: Labels of the page itself, per language (the conversation's texts come from bot.i18n).
-UI: dict[str, dict[str, str]] = {
-    "en": {"send": "Send", "attach": "Attach", "placeholder": "Ask a question, or drop a photo, video or PDF here",
-           "human": "Talk to a human", "reset": "New conversation", "persona": "Persona", "language": "Language",
-           "waiting": "Waiting for a person — they will answer here.", "back": "Back to the assistant",
-           "auto": "automatic", "uploading": "Uploading…", "you": "You", "bot": "Assistant",
-           "reconnecting": "Reconnecting…", "demo": "Demo model: answers are random noise."},
-    "pt": {"send": "Enviar", "attach": "Anexar", "placeholder": "Faça uma pergunta ou solte aqui uma foto, vídeo ou PDF",
-           "human": "Falar com uma pessoa", "reset": "Nova conversa", "persona": "Persona", "language": "Idioma",
-           "waiting": "Aguardando uma pessoa — ela vai responder aqui.", "back": "Voltar ao assistente",
-           "auto": "automático", "uploading": "Enviando…", "you": "Você", "bot": "Assistente",
-           "reconnecting": "Reconectando…", "demo": "Modelo de demonstração: as respostas são ruído aleatório."},
-    "es": {"send": "Enviar", "attach": "Adjuntar", "placeholder": "Haz una pregunta o suelta aquí una foto, vídeo o PDF",
-           "human": "Hablar con una persona", "reset": "Nueva conversación", "persona": "Persona",
-           "language": "Idioma", "waiting": "Esperando a una persona: te responderá aquí.",
-           "back": "Volver al asistente", "auto": "automático", "uploading": "Subiendo…", "you": "Tú",
-           "bot": "Asistente", "reconnecting": "Reconectando…",
-           "demo": "Modelo de demostración: las respuestas son ruido aleatorio."},
-    "fr": {"send": "Envoyer", "attach": "Joindre",
-           "placeholder": "Posez une question, ou déposez ici une photo, une vidéo ou un PDF",
-           "human": "Parler à une personne", "reset": "Nouvelle conversation", "persona": "Persona",
-           "language": "Langue", "waiting": "En attente d'une personne — elle vous répondra ici.",
-           "back": "Revenir à l'assistant", "auto": "automatique", "uploading": "Envoi…", "you": "Vous",
-           "bot": "Assistant", "reconnecting": "Reconnexion…",
-           "demo": "Modèle de démonstration : les réponses sont du bruit aléatoire."},
-    "de": {"send": "Senden", "attach": "Anhängen",
-           "placeholder": "Stellen Sie eine Frage oder ziehen Sie ein Foto, Video oder PDF hierher",
-           "human": "Mit einem Menschen sprechen", "reset": "Neues Gespräch", "persona": "Persona",
-           "language": "Sprache", "waiting": "Warten auf einen Menschen — die Antwort kommt hier.",
-           "back": "Zurück zum Assistenten", "auto": "automatisch", "uploading": "Wird hochgeladen…", "you": "Sie",
-           "bot": "Assistent", "reconnecting": "Verbindung wird wiederhergestellt…",
-           "demo": "Demo-Modell: Die Antworten sind zufälliges Rauschen."},
-    "zh": {"send": "发送", "attach": "附件", "placeholder": "输入问题，或将照片、视频、PDF 拖到这里", "human": "转人工",
-           "reset": "新对话", "persona": "角色", "language": "语言", "waiting": "正在等待人工客服，他们会在这里回复。",
-           "back": "回到智能助手", "auto": "自动", "uploading": "正在上传…", "you": "你", "bot": "助手",
-           "reconnecting": "正在重新连接…", "demo": "演示模型：回答是随机噪声。"},
-    "ru": {"send": "Отправить", "attach": "Прикрепить", "placeholder": "Задайте вопрос или перетащите сюда фото, видео или PDF",
-           "human": "Связаться с человеком", "reset": "Новый разговор", "persona": "Персона", "language": "Язык",
-           "waiting": "Ждём человека — ответ придёт сюда.", "back": "Вернуться к ассистенту", "auto": "автоматически",
-           "uploading": "Загрузка…", "you": "Вы", "bot": "Ассистент", "reconnecting": "Переподключение…",
-           "demo": "Демо-модель: ответы — случайный шум."},
-    "ja": {"send": "送信", "attach": "添付", "placeholder": "質問を入力するか、写真・動画・PDF をここにドロップ",
-           "human": "担当者と話す", "reset": "新しい会話", "persona": "ペルソナ", "language": "言語",
-           "waiting": "担当者をお待ちください。ここで返信があります。", "back": "アシスタントに戻る", "auto": "自動",
-           "uploading": "アップロード中…", "you": "あなた", "bot": "アシスタント", "reconnecting": "再接続中…",
-           "demo": "デモモデル：回答はランダムなノイズです。"},
-}
+#: Labels of the page itself; their texts are the ``ui_<name>`` entries of the catalogs (bot/locales).
+UI_KEYS = ("send", "attach", "placeholder", "human", "reset", "persona", "language", "waiting", "back", "auto",
+           "uploading", "you", "bot", "reconnecting", "demo")
 
-_markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"])
+
+def ui_texts(lang: str) -> dict[str, str]:
+    """The page's labels in ``lang`` (English where a catalog lacks one)."""
+    return {key: i18n.text(f"ui_{key}", lang) for key in UI_KEYS}
+
+
+class WebSettings(AdapterSection):
+    """The web chat served by ``internvl-bot serve`` (also embeddable as a widget)."""
+
+    enabled: bool = True
+    title: str = "InternVL assistant"
+    access_token_env: str = Field(
+        "INTERNVL_BOT_WEB_ACCESS_TOKEN",
+        description="environment variable holding an access token; when it is set, the page asks for it",
+    )
+    session_secret_env: str = Field(
+        "INTERNVL_BOT_WEB_SESSION_SECRET",
+        description="environment variable holding the cookie-signing key; unset = a key generated in data_dir",
+    )
+    session_days: int = Field(30, ge=1, description="how long a browser keeps its conversation")
+    embed_origins: list[str] = Field(
+        default_factory=list, description="sites allowed to embed the widget (https://help.example.com)"
+    )
+    max_files_per_message: int = Field(10, ge=1, le=64)
+
+
+_html = HtmlFormat()
 
 
 def render_markdown(text: str) -> str:
     """Markdown to HTML with raw HTML disabled (shown as text) and unsafe link schemes refused."""
-    return _markdown.render(text)
+    return _html.render(text).text
 
 
-def session_secret(settings: Settings) -> bytes:
+def session_secret(settings: Settings, conf: WebSettings) -> bytes:
     """The cookie-signing key: from the environment, else generated once into ``data_dir`` (mode 0600)."""
-    conf = settings.adapters.web
     value = os.environ.get(conf.session_secret_env, "")
     if value:
         return value.encode()
@@ -182,7 +183,7 @@ class WebSink:
         self.adapter = adapter
         self.sid = sid
 
-    async def emit(self, event: ReplyEvent) -> str | None:
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
         session = self.adapter.session(self.sid)
         if isinstance(event, Status):
             session.publish({"type": "status", "kind": event.kind, "text": event.text})
@@ -192,7 +193,10 @@ class WebSink:
         elif isinstance(event, AnswerDone):
             session.partial = ""
             session.publish({"type": "done", "text": event.text, "html": render_markdown(event.text),
-                             "interrupted": event.interrupted})
+                             "interrupted": event.interrupted, "outcome": event.outcome})
+        elif isinstance(event, HandoffUpdate):
+            session.publish({"type": "notice", "kind": "info", "author": "", "text": event.text,
+                             "html": render_markdown(event.text), "handoff": event.state, "mode": event.mode})
         elif isinstance(event, Notice):
             session.publish({"type": "notice", "kind": event.kind, "author": event.author, "text": event.text,
                              "html": render_markdown(event.text)})
@@ -201,7 +205,7 @@ class WebSink:
             session.files[fid] = event
             while len(session.files) > 20:
                 session.files.pop(next(iter(session.files)))
-            session.publish({"type": "file", "name": event.filename, "caption": event.caption,
+            session.publish({"type": "file", "name": event.filename, "caption": event.caption, "id": fid,
                              "url": f"{self.adapter.prefix}/api/files/{fid}"})
         return None
 
@@ -211,19 +215,23 @@ class WebAdapter:
 
     name = PLATFORM
 
-    def __init__(self, manager: ConversationManager, settings: Settings, *, prefix: str = "") -> None:
+    def __init__(self, manager: ConversationManager, settings: Settings, conf: WebSettings | None = None, *,
+                 prefix: str = "") -> None:
         self.manager = manager
         self.settings = settings
-        self.conf = settings.adapters.web
+        self.conf = conf or getattr(settings.adapters, "web", None) or WebSettings()
         self.prefix = prefix
         self.uploads = settings.data_path / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.fetcher = UploadFetcher(self.uploads)
-        self._signer = URLSafeTimedSerializer(session_secret(settings), salt="internvl-bot web session")
+        secret = session_secret(settings, self.conf)
+        self._signer = URLSafeTimedSerializer(secret, salt="internvl-bot web session")
+        self._tickets = URLSafeTimedSerializer(secret, salt="internvl-bot web ticket")
         self._sessions: dict[str, _Session] = {}
         self._accepting = True
         self.demo = False
-        self.channel = Channel(PLATFORM, self.fetcher, self._sink_for, self.conf.persona or None)
+        self.channel = Channel(PLATFORM, self.fetcher, self._sink_for, self.conf.persona or None,
+                               policy=self.conf.policy(settings.limits))
         manager.register(self.channel)
         self._sweep_uploads()
 
@@ -239,17 +247,13 @@ class WebAdapter:
             session = self._sessions[sid] = _Session()
         return session
 
-    def _sink_for(self, key: ConversationKey, reply_to: str | None) -> WebSink:
-        return WebSink(self, key.chat)
+    def _sink_for(self, context: SinkContext) -> WebSink:
+        return WebSink(self, context.key.chat)
 
     def _read_cookie(self, request: Request) -> dict[str, Any] | None:
         """The signed session: the cookie, or, for the embedded widget (where browsers block third-party
-        cookies), the same signed value in a header — or in the query of the two GETs a page cannot
-        add headers to (the event stream and file downloads)."""
+        cookies), the same signed value in a header."""
         raw = request.cookies.get(COOKIE) or request.headers.get(SESSION_HEADER)
-        path = request.url.path
-        if not raw and request.method == "GET" and (path.endswith("/api/events") or "/api/files/" in path):
-            raw = request.query_params.get("session")
         if not raw:
             return None
         try:
@@ -257,6 +261,20 @@ class WebAdapter:
         except BadSignature:
             return None
         return data if isinstance(data, dict) and isinstance(data.get("sid"), str) else None
+
+    def _ticket_session(self, request: Request, purpose: str) -> dict[str, Any] | None:
+        """The session a ticket in the query stands for, if it is valid for ``purpose``."""
+        raw = request.query_params.get("ticket")
+        if not raw:
+            return None
+        max_age = EVENTS_TICKET_SECONDS if purpose == "events" else FILE_TICKET_SECONDS
+        try:
+            data = self._tickets.loads(raw, max_age=max_age)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or data.get("for") != purpose or not isinstance(data.get("session"), dict):
+            return None
+        return data["session"]
 
     def _set_cookie(self, response: Response, request: Request, data: dict[str, Any]) -> None:
         embedded = bool(self.conf.embed_origins)
@@ -274,15 +292,15 @@ class WebAdapter:
         return header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode())
 
     def _language(self, request: Request) -> str:
-        header = request.headers.get("accept-language", "")
-        for part in header.split(","):
-            code = i18n.normalize_code(part.split(";")[0])
-            if code and code in UI:
-                return code
-        return self.settings.conversation.default_language if self.settings.conversation.default_language in UI else "en"
+        default = self.settings.conversation.default_language
+        return preferred_language(request.headers.get("accept-language", ""), i18n.UI_LANGUAGES,
+                                  default if default in i18n.UI_LANGUAGES else "en")
 
-    def _session_or_error(self, request: Request) -> tuple[str, None] | tuple[None, JSONResponse]:
+    def _session_or_error(self, request: Request, ticket_for: str | None = None) \
+            -> tuple[str, None] | tuple[None, JSONResponse]:
         cookie = self._read_cookie(request)
+        if cookie is None and ticket_for is not None:
+            cookie = self._ticket_session(request, ticket_for)
         if not self._authorized(request, cookie):
             return None, JSONResponse({"error": "access token required"}, status_code=401)
         if cookie is None:
@@ -326,6 +344,7 @@ class WebAdapter:
         r.add_api_route("/api/session", self.session_info, methods=["GET"])
         r.add_api_route("/api/history", self.history, methods=["GET"])
         r.add_api_route("/api/messages", self.post_message, methods=["POST"])
+        r.add_api_route("/api/tickets", self.ticket, methods=["POST"])
         r.add_api_route("/api/events", self.events, methods=["GET"])
         r.add_api_route("/api/files/{fid}", self.download, methods=["GET"])
         return r
@@ -385,6 +404,7 @@ class WebAdapter:
         key = ConversationKey(PLATFORM, sid)
         conv = await self.manager.store.conversation(key)
         lang = conv.language or conv.last_language or self._language(request)
+        ui_lang = lang if lang in i18n.UI_LANGUAGES else self._language(request)
         personas = self.manager.personas
         current = self.manager.persona_for(conv, self.channel)
         return JSONResponse({
@@ -393,8 +413,8 @@ class WebAdapter:
             "persona": current.name,
             "personas": [{"name": p.name, "title": p.title} for p in sorted(personas.values(), key=lambda p: p.name)],
             "language": conv.language or "auto",
-            "languages": [{"code": c, "name": i18n.language_name(c)} for c in self.settings.conversation.languages],
-            "ui": UI.get(lang if lang in UI else self._language(request), UI["en"]),
+            "languages": [{"code": c, "name": i18n.language_name(c, c, title=True)} for c in self.settings.conversation.languages],
+            "ui": ui_texts(ui_lang),
             "max_file_bytes": self.settings.media.max_file_bytes,
             "max_files": self.conf.max_files_per_message,
             "demo": self.demo,
@@ -405,7 +425,12 @@ class WebAdapter:
         if error is not None:
             return error
         rows = await self.manager.store.transcript(ConversationKey(PLATFORM, sid), limit=200)
-        return JSONResponse({"messages": [_row(r) for r in rows], "partial": self.session(sid).partial})
+        return JSONResponse({"messages": transcript_json(rows), "partial": self.session(sid).partial})
+
+    def _refuse(self, status: int, text: str, reason: str) -> JSONResponse:
+        log.info("web message refused (%s): %s", status, reason)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return JSONResponse({"error": text}, status_code=status, headers=headers)
 
     async def post_message(self, request: Request) -> Response:
         sid, error = self._session_or_error(request)
@@ -413,67 +438,56 @@ class WebAdapter:
             return error
         lang = self._language(request)
         if request.headers.get(CSRF_HEADER) != "1":
-            return JSONResponse({"error": "missing X-InternVL-Bot header"}, status_code=403)
+            return JSONResponse({"error": f"missing {CSRF_HEADER} header"}, status_code=403)
         if not self._accepting:
-            return JSONResponse({"error": i18n.text("busy_restarting", lang)}, status_code=503,
-                                headers={"Retry-After": "5"})
+            return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
         conversation_var.set(f"{PLATFORM}:{sid}")
         limit = self.settings.media.max_file_bytes
         max_body = limit * self.conf.max_files_per_message + 1_000_000
         length = int(request.headers.get("content-length") or 0)
         if length > max_body:
-            return JSONResponse({"error": i18n.text("file_too_large", lang, name="upload", size_mb=_mb(length),
-                                                    limit_mb=_mb(limit))}, status_code=413)
+            return self._refuse(413, i18n.text("file_too_large", lang, name="upload", size_mb=_mb(length),
+                                               limit_mb=_mb(limit)), f"body of {length} bytes")
         try:
             form = await request.form(max_files=self.conf.max_files_per_message, max_part_size=limit + 1)
         except Exception as exc:
-            log.info("web upload refused: %s", exc)
-            return JSONResponse({"error": i18n.text("file_too_large", lang, name="upload", size_mb="?",
-                                                    limit_mb=_mb(limit))}, status_code=413)
+            return self._refuse(413, i18n.text("file_too_large", lang, name="upload", size_mb="?",
+                                               limit_mb=_mb(limit)), str(exc))
         text = str(form.get("text") or "")
         attachments: list[Attachment] = []
         try:
             for item in form.getlist("files"):
                 if not isinstance(item, UploadFile):
                     continue
-                attachment = await self._save_upload(item, limit, lang)
-                if isinstance(attachment, JSONResponse):
-                    return attachment
-                attachments.append(attachment)
+                try:
+                    saved = await save_upload(item, self.uploads, limit)
+                except UploadTooLarge as big:
+                    self._discard(attachments)
+                    return self._refuse(413, i18n.text("file_too_large", lang, name=big.name, size_mb=_mb(big.size),
+                                                       limit_mb=_mb(limit)), f"{big.name}: {big.size} bytes")
+                attachments.append(Attachment(ref=saved.ref, filename=saved.filename, mime=saved.mime,
+                                              size=saved.size))
         finally:
             await form.close()
+        request_id = request.headers.get("x-request-id") or ""
         message = IncomingMessage(
             key=ConversationKey(PLATFORM, sid), sender=Sender(sid, "web user"), text=text,
-            attachments=tuple(attachments), locale=lang, event_id=request.headers.get("x-request-id") or None,
+            attachments=tuple(attachments), locale=lang,
+            # Request ids are the browser's: they only mean something within its own session.
+            event_id=f"{sid}:{request_id[:100]}" if request_id else None,
             message_id=uuid.uuid4().hex,
         )
         try:
             ticket = await self.manager.submit(message)
-        except RuntimeError:
+        except ShuttingDown:
             self._discard(attachments)
-            return JSONResponse({"error": i18n.text("busy_restarting", lang)}, status_code=503,
-                                headers={"Retry-After": "5"})
+            return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
         if ticket is None:
+            self._discard(attachments)
             return JSONResponse({"duplicate": True}, status_code=200)
         if attachments:
             ticket.done.add_done_callback(lambda f: f.result() != "interrupted" and self._discard(attachments))
         return JSONResponse({"id": ticket.message_id}, status_code=202)
-
-    async def _save_upload(self, item: UploadFile, limit: int, lang: str) -> Attachment | JSONResponse:
-        name = Path(item.filename or "file").name[:200]
-        ref = uuid.uuid4().hex
-        path = self.uploads / ref
-        size = 0
-        with path.open("wb") as out:
-            while chunk := await item.read(1 << 20):
-                size += len(chunk)
-                if size > limit:
-                    out.close()
-                    path.unlink(missing_ok=True)
-                    return JSONResponse({"error": i18n.text("file_too_large", lang, name=name, size_mb=_mb(size),
-                                                            limit_mb=_mb(limit))}, status_code=413)
-                out.write(chunk)
-        return Attachment(ref=ref, filename=name, mime=item.content_type or "", size=size)
 
     def _discard(self, attachments: list[Attachment]) -> bool:
         for attachment in attachments:
@@ -481,8 +495,33 @@ class WebAdapter:
                 self.fetcher.path(attachment.ref).unlink(missing_ok=True)
         return True
 
-    async def events(self, request: Request) -> Response:
+    async def ticket(self, request: Request) -> Response:
+        """A short-lived, single-purpose credential for a URL the page cannot add headers to."""
         sid, error = self._session_or_error(request)
+        if error is not None:
+            return error
+        if request.headers.get(CSRF_HEADER) != "1":
+            return JSONResponse({"error": f"missing {CSRF_HEADER} header"}, status_code=403)
+        try:
+            body = parse_json_object(await read_body(request, max_bytes=10_000))
+        except BadRequest as exc:
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        purpose = body.get("purpose")
+        session = {"sid": sid}
+        cookie = self._read_cookie(request)
+        if cookie is not None:
+            session = {k: v for k, v in cookie.items() if k in ("sid", "auth", "tok")}
+        if purpose == "events":
+            return JSONResponse({"ticket": self._tickets.dumps({"for": "events", "session": session}),
+                                 "expires_in": EVENTS_TICKET_SECONDS})
+        fid = body.get("file")
+        if purpose == "file" and isinstance(fid, str) and _FILE_ID.match(fid):
+            return JSONResponse({"ticket": self._tickets.dumps({"for": f"file:{fid}", "session": session}),
+                                 "expires_in": FILE_TICKET_SECONDS})
+        return JSONResponse({"error": "purpose must be \"events\", or \"file\" with a file id"}, status_code=400)
+
+    async def events(self, request: Request) -> Response:
+        sid, error = self._session_or_error(request, ticket_for="events")
         if error is not None:
             return error
         session = self.session(sid)
@@ -512,7 +551,7 @@ class WebAdapter:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def download(self, request: Request, fid: str) -> Response:
-        sid, error = self._session_or_error(request)
+        sid, error = self._session_or_error(request, ticket_for=f"file:{fid}")
         if error is not None:
             return error
         reply = self.session(sid).files.get(fid)
@@ -523,13 +562,13 @@ class WebAdapter:
                         headers={"Content-Disposition": f'attachment; filename="{safe}"'})
 
 
-def _row(row: StoredMessage) -> dict[str, Any]:
-    author = row.sender_name if row.role == "assistant" else ""
-    return {
-        "id": row.id, "role": row.role, "kind": row.kind, "state": row.state, "author": author, "text": row.text,
-        "html": render_markdown(row.text) if row.role == "assistant" else "",
-        "attachments": [a.filename or "file" for a in row.attachments], "at": row.created_at,
-    }
+def build(runtime: Runtime, conf: WebSettings) -> WebAdapter:
+    """``serve``'s constructor (see adapters/registry.py)."""
+    assert runtime.manager is not None
+    assert runtime.engine is not None
+    web = WebAdapter(runtime.manager, runtime.settings, conf)
+    web.demo = runtime.engine.info.demo
+    return web
 
 
 def _fingerprint(token: str) -> str:

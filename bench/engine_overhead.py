@@ -132,7 +132,7 @@ async def measure(args: argparse.Namespace, folder: Path, url: str, *, local: bo
     manager = ConversationManager(settings, store, engine)
     fetcher = MemoryFetcher()
     sinks: dict[str, TimingSink] = {}
-    manager.register(Channel("bench", fetcher, lambda key, reply_to: sinks[key.chat]))
+    manager.register(Channel("bench", fetcher, lambda context: sinks[context.key.chat]))
     await manager.start()
     raw = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=None))
 

@@ -147,7 +147,7 @@ async def through_framework(engine: Engine, settings: Settings, items: list[Turn
     manager = ConversationManager(settings, MemoryStore(), engine)
     fetcher = MemoryFetcher()
     sinks: dict[str, Sink] = {}
-    manager.register(Channel("smoke", fetcher, lambda key, reply_to: sinks[key.chat]))
+    manager.register(Channel("smoke", fetcher, lambda context: sinks[context.key.chat]))
     figures: dict[str, Figures] = {t.name: Figures() for t in items}
     captured: list[Any] = []
     n = 0

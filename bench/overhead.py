@@ -23,7 +23,7 @@ from bot.config import Settings
 from bot.engines import ChatMessage, EchoEngine
 from bot.manager import ConversationManager
 from bot.store import SQLiteStore
-from bot.types import AnswerDone, Channel, ConversationKey, IncomingMessage, MemoryFetcher, Sender
+from bot.types import AnswerDone, Channel, ConversationKey, IncomingMessage, MemoryFetcher, Sender, SinkContext
 
 QUESTIONS = [
     "My dishwasher shows error E15 and does not drain, what should I check?",
@@ -77,9 +77,9 @@ async def framework(conversations: int, messages: int, data_dir: Path,
     answered: dict[int, float] = {}
     sinks: dict[ConversationKey, CountingSink] = {}
 
-    def sink_for(key: ConversationKey, reply_to: str | None) -> CountingSink:
-        sink = sinks.setdefault(key, CountingSink(answered))
-        sink.current = int(reply_to or 0)
+    def sink_for(context: SinkContext) -> CountingSink:
+        sink = sinks.setdefault(context.key, CountingSink(answered))
+        sink.current = int(context.reply_to or 0)
         return sink
 
     manager.register(Channel("bench", MemoryFetcher(), sink_for))

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.types import AccessPolicy, UsageLimits
 
 ENV_PREFIX = "INTERNVL_BOT_"
 CONFIG_ENV = "INTERNVL_BOT_CONFIG"
@@ -147,45 +148,56 @@ class ConversationSettings(Section):
 
 
 class StoreSettings(Section):
-    """The SQLite store."""
+    """Where conversations are kept."""
 
     path: str = Field("", description="empty = <data_dir>/internvl-bot.sqlite3")
     retention_days: int = Field(0, ge=0, description="0 keeps everything")
 
 
-class ConsoleSettings(Section):
-    """``internvl-bot chat``."""
+def _ids(value: object) -> object:
+    """Platform ids may be written as numbers in YAML (Telegram ids): compare them as text."""
+    if isinstance(value, list | tuple | set):
+        return [str(v) for v in value]
+    return value
 
-    enabled: bool = True
-    persona: str = ""
+
+IdList = Annotated[list[str], BeforeValidator(_ids)]
 
 
-class WebSettings(Section):
-    """The web chat served by ``internvl-bot serve`` (also embeddable as a widget)."""
+class LimitsSettings(Section):
+    """Per-user limits (0 = unlimited), counted in the store so they survive restarts."""
 
-    enabled: bool = True
-    persona: str = ""
-    title: str = "InternVL assistant"
-    access_token_env: str = Field(
-        "INTERNVL_BOT_WEB_ACCESS_TOKEN",
-        description="environment variable holding an access token; when it is set, the page asks for it",
-    )
-    session_secret_env: str = Field(
-        "INTERNVL_BOT_WEB_SESSION_SECRET",
-        description="environment variable holding the cookie-signing key; unset = a key generated in data_dir",
-    )
-    session_days: int = Field(30, ge=1, description="how long a browser keeps its conversation")
-    embed_origins: list[str] = Field(
-        default_factory=list, description="sites allowed to embed the widget (https://help.example.com)"
-    )
-    max_files_per_message: int = Field(10, ge=1, le=64)
+    messages_per_minute: int = Field(0, ge=0)
+    messages_per_day: int = Field(0, ge=0)
+    images_per_day: int = Field(0, ge=0, description="images, video frames excluded, PDF pages included")
+    video_seconds_per_day: float = Field(0, ge=0)
+    exempt_users: IdList = Field(default_factory=list, description="user ids the limits never apply to")
+
+    def usage_limits(self) -> UsageLimits:
+        return UsageLimits(self.messages_per_minute, self.messages_per_day, self.images_per_day,
+                           self.video_seconds_per_day, frozenset(self.exempt_users))
+
+
+class AdapterSection(Section):
+    """What every adapter's section has: on/off, a persona, who may use it, and optional own limits."""
+
+    enabled: bool = False
+    persona: str = Field("", description="persona for this adapter's conversations; empty = the default")
+    allow_users: IdList = Field(default_factory=list, description="only these user ids (empty = everyone)")
+    deny_users: IdList = Field(default_factory=list)
+    allow_chats: IdList = Field(default_factory=list, description="only these chats/channels/teams/inboxes")
+    deny_chats: IdList = Field(default_factory=list)
+    limits: LimitsSettings | None = Field(None, description="this adapter's own per-user limits; empty = limits:")
+
+    def policy(self, defaults: LimitsSettings) -> AccessPolicy:
+        """The access policy the core enforces for this adapter."""
+        return AccessPolicy(frozenset(self.allow_users), frozenset(self.deny_users), frozenset(self.allow_chats),
+                            frozenset(self.deny_chats), (self.limits or defaults).usage_limits())
 
 
 class AdaptersSettings(Section):
-    """One section per adapter."""
-
-    console: ConsoleSettings = ConsoleSettings()
-    web: WebSettings = WebSettings()
+    """One section per adapter. The core knows none of them: ``adapters/registry.py`` builds the full
+    model from the adapters it registers (``adapters.registry.AppSettings``)."""
 
 
 class ServerSettings(Section):
@@ -215,8 +227,6 @@ class LoggingSettings(Section):
     json_format: bool = False
 
 
-
-
 class _YamlSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
         super().__init__(settings_cls)
@@ -244,6 +254,7 @@ class Settings(BaseSettings):
     conversation: ConversationSettings = ConversationSettings()
     media: MediaSettings = MediaSettings()
     store: StoreSettings = StoreSettings()
+    limits: LimitsSettings = LimitsSettings()
     adapters: AdaptersSettings = AdaptersSettings()
     server: ServerSettings = ServerSettings()
     handoff: HandoffSettings = HandoffSettings()
@@ -268,7 +279,7 @@ class Settings(BaseSettings):
     def store_path(self) -> Path:
         return Path(self.store.path).expanduser() if self.store.path else self.data_path / "internvl-bot.sqlite3"
 
-    def enabled_adapters(self) -> dict[str, Section]:
+    def enabled_adapters(self) -> dict[str, AdapterSection]:
         return {
             name: section
             for name in type(self.adapters).model_fields
@@ -295,10 +306,12 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).expanduser()
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, required: bool = False) -> Settings:
+def load_settings(path: str | os.PathLike[str] | None = None, *, required: bool = False,
+                  model: type[Settings] | None = None) -> Settings:
     """Load and validate settings. Raises :class:`ConfigError` with one clear line on any problem.
 
     A missing file is fine (defaults apply) unless ``required`` or the path was given explicitly.
+    ``model``: the settings class with every adapter's section (``adapters.registry.AppSettings``).
     """
     file = config_path(path)
     data: dict[str, Any] = {}
@@ -316,7 +329,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, required: bool 
         raise ConfigError(f"{file}: config file not found — create it (see config.yaml in the repository) or omit --config")
     token = _yaml_data.set(data)
     try:
-        return Settings()
+        return (model or Settings)()
     except ValidationError as exc:
         raise ConfigError(_describe(exc, file)) from None
     finally:

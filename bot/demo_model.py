@@ -49,10 +49,10 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 def _corpus() -> list[str]:
     """Multilingual training text for the tokenizer: the framework's own texts and personas."""
-    from bot.i18n import TEXTS
+    from bot.i18n import all_texts
     from bot.personas import load_personas
 
-    lines = [t for table in TEXTS.values() for t in table.values()]
+    lines = all_texts()
     for persona in load_personas().values():
         lines.append(persona.system)
         lines.extend(persona.greeting.values())

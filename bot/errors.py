@@ -129,3 +129,26 @@ class EngineUnavailable(EngineError):
     """The model is not reachable or is overloaded."""
 
     user_key = "engine_unavailable"
+
+
+class ShuttingDown(BotError):
+    """The service is stopping and takes no new messages; the platform should deliver them again later."""
+
+    user_key = "busy_restarting"
+
+
+class NoSuchChannel(BotError):
+    """No adapter is registered for the platform of a conversation."""
+
+
+class NoSuchConversation(BotError):
+    """An operator named a conversation the store does not have."""
+
+
+class UsageLimitReached(InputError):
+    """A user reached a per-user limit; ``wait`` (seconds) says when they can continue."""
+
+    def __init__(self, user_key: str, *, limit: float, wait: float) -> None:
+        super().__init__(f"{user_key}: limit {limit}, wait {wait:.0f} s", limit=limit, wait=wait)
+        self.user_key = user_key
+        self.wait = wait

@@ -36,9 +36,10 @@ TIMESTAMP_HEADER = "X-InternVL-Bot-Timestamp"
 @dataclass(frozen=True, slots=True)
 class HandoffEvent:
     """``requested``: the user asked for a person; ``message``: the user wrote while waiting;
+    ``taken``: an operator took the conversation over from the bot (``by`` is who);
     ``returned``: the conversation is back with the bot (``by`` is "user" or the operator's name)."""
 
-    kind: Literal["requested", "message", "returned"]
+    kind: Literal["requested", "message", "taken", "returned"]
     conversation: str
     platform: str
     language: str
@@ -54,12 +55,23 @@ class HandoffEvent:
 
 @runtime_checkable
 class Notifier(Protocol):
+    """Tells people about handoff events. ``notify`` never blocks the conversation for long (deliveries
+    that can be slow run in the background) and never raises for a delivery failure.
+
+    ``reaches_people``: True when the events reach a person who can answer (a helpdesk, a webhook, an
+    operator inbox); a log line does not.
+    """
+
+    reaches_people: bool
+
     async def notify(self, event: HandoffEvent) -> None: ...
     async def close(self) -> None: ...
 
 
 class LogNotifier:
     """Writes one log line per event (always on)."""
+
+    reaches_people = False
 
     async def notify(self, event: HandoffEvent) -> None:
         log.info("handoff %s: conversation %s (%s, %s)%s", event.kind, event.conversation, event.platform,
@@ -87,6 +99,8 @@ def verify(secret: bytes, timestamp: str, body: bytes, signature: str, *, max_ag
 
 class WebhookNotifier:
     """POSTs each event, HMAC-signed, to a URL; retries in the background; never raises into the caller."""
+
+    reaches_people = True
 
     def __init__(self, url: str, secret: str, *, client: httpx.AsyncClient | None = None, timeout: float = 10.0,
                  attempts: int = 5, backoff: float = 1.0) -> None:
@@ -147,10 +161,18 @@ class WebhookNotifier:
 
 
 class Notifiers:
-    """Fans an event out to several notifiers; one failing does not stop the others."""
+    """Fans an event out to several notifiers; one failing does not stop the others. Adapters add their
+    own at run time (a helpdesk opening the conversation to its agents, a Slack support channel)."""
 
-    def __init__(self, notifiers: Sequence[Notifier]) -> None:
+    def __init__(self, notifiers: Sequence[Notifier] = ()) -> None:
         self.notifiers = list(notifiers)
+
+    def add(self, notifier: Notifier) -> None:
+        self.notifiers.append(notifier)
+
+    @property
+    def reaches_people(self) -> bool:
+        return any(getattr(n, "reaches_people", False) for n in self.notifiers)
 
     async def notify(self, event: HandoffEvent) -> None:
         for notifier in self.notifiers:

@@ -1,4 +1,11 @@
-"""Logging set-up: a conversation id on every line, optional JSON lines, and secrets redacted."""
+"""Logging set-up: a conversation id on every line, optional JSON lines, and secrets redacted.
+
+Redaction works on the finished line — message, arguments, traceback, whichever library logged it — so a
+bot token inside a URL that httpx logs, or inside an exception's text, never reaches the output. Secrets
+are the values of environment variables whose names say so (``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``,
+``*API_KEY*``, ``*SIGNING*``), values registered with :func:`register_secret`, and anything shaped like a
+Telegram bot token or a Slack token.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +18,50 @@ from contextvars import ContextVar
 conversation_var: ContextVar[str] = ContextVar("conversation", default="-")
 
 #: Environment variables whose values must never appear in a log line.
-_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|APIKEY|SIGNING)", re.I)
+_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|APIKEY|SIGNING|PASSWD|CREDENTIAL)", re.I)
+#: Token shapes redacted wherever they appear: Telegram bot tokens, Slack tokens.
+_TOKEN_SHAPES = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}\b|\bx(?:ox[abposr]|app)-[A-Za-z0-9-]{8,}")
+REDACTED = "[redacted]"
+
+_registered: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Never log ``value`` (a secret read from somewhere else than a conventionally named variable)."""
+    if value and len(value) >= 6:
+        _registered.add(value)
 
 
 def _secret_values() -> list[str]:
-    return sorted(
-        (v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6), key=len, reverse=True
-    )
+    found = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6}
+    return sorted(found | _registered, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known secret replaced by ``[redacted]``."""
+    for secret in _secret_values():
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _TOKEN_SHAPES.sub(REDACTED, text)
 
 
 class ContextFilter(logging.Filter):
-    """Adds ``record.conversation`` and replaces secret values with ``[redacted]``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets = _secret_values()
+    """Adds ``record.conversation``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.conversation = conversation_var.get()
-        if self.secrets:
-            message = record.getMessage()
-            redacted = message
-            for secret in self.secrets:
-                redacted = redacted.replace(secret, "[redacted]")
-            if redacted != message:
-                record.msg, record.args = redacted, ()
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats with ``inner`` and redacts the whole result (tracebacks included)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,10 +81,9 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(ContextFilter())
-    handler.setFormatter(
-        JsonFormatter() if json_format
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(conversation)s] %(message)s")
-    )
+    inner = JsonFormatter() if json_format else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(conversation)s] %(message)s")
+    handler.setFormatter(RedactingFormatter(inner))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -34,7 +34,7 @@ class Runtime:
         self.store = store
         self.manager: ConversationManager | None = None
         self.metrics = Metrics()
-        self.notifier: Notifier | None = None
+        self.notifier: Notifiers | None = None
 
     async def __aenter__(self) -> Runtime:
         settings = self.settings
@@ -74,8 +74,9 @@ class Runtime:
                 await self.store.close()
 
 
-def build_notifier(settings: Settings) -> Notifier:
-    """A log line for every handoff event, and the signed webhook when ``handoff.webhook_url`` is set."""
+def build_notifier(settings: Settings) -> Notifiers:
+    """A log line for every handoff event, and the signed webhook when ``handoff.webhook_url`` is set;
+    adapters add their own at run time."""
     notifiers: list[Notifier] = [LogNotifier()]
     conf = settings.handoff
     if conf.webhook_url:

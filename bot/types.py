@@ -1,7 +1,8 @@
 """The framework's own value types and the seams between adapters and the core.
 
 Adapters translate platform events into :class:`IncomingMessage` and render :data:`ReplyEvent`
-values back; nothing platform-specific travels below ``adapters/`` except the opaque ``raw`` payload.
+values back; nothing platform-specific travels below ``adapters/`` except the opaque ``raw`` payload
+and the ``route`` an adapter stores with a message to answer it after a restart.
 Each seam is a small :class:`typing.Protocol` with a real in-memory implementation in this module,
 which doubles as the test double.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -41,7 +42,7 @@ class ConversationKey:
 
 @dataclass(frozen=True, slots=True)
 class Sender:
-    """Who sent a message."""
+    """Who sent a message. ``is_bot``: another bot (the core never answers bots)."""
 
     id: str
     name: str = ""
@@ -52,20 +53,24 @@ class Sender:
 class Attachment:
     """A file attached to a message. The bytes are fetched lazily through the adapter's fetcher.
 
-    ``ref`` is the adapter's own handle (a Telegram file id, a Slack ``url_private``, a path);
-    ``sha256`` identifies the content once fetched, so identical files are stored once.
+    ``ref`` is the adapter's own handle (a Telegram file id, a Slack ``url_private``, a path). The
+    store identifies the content by its SHA-256, which it computes itself once the bytes are fetched.
     """
 
     ref: str
     filename: str = ""
     mime: str = ""
     size: int | None = None
-    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
-    """One message from a user, whatever the platform."""
+    """One message from a user, whatever the platform.
+
+    ``route`` is what the adapter needs, besides the key, to answer in the right place after a restart
+    (a Slack team id, a Telegram chat type, a helpdesk account id): short strings, stored with the message
+    and handed back in :class:`SinkContext`.
+    """
 
     key: ConversationKey
     sender: Sender
@@ -75,6 +80,7 @@ class IncomingMessage:
     event_id: str | None = None
     message_id: str | None = None
     is_direct: bool = True
+    route: Mapping[str, str] = field(default_factory=dict)
     raw: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -96,17 +102,29 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class TextChunk:
-    """A piece of a streamed answer."""
+    """A piece of a streamed answer. Several engine chunks may arrive coalesced into one."""
 
     text: str
+
+
+Outcome = Literal["done", "interrupted", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class AnswerDone:
-    """The streamed answer is complete; ``text`` is the whole of it."""
+    """The end of a streamed answer; ``text`` is the whole of it (what the user should finally see).
+
+    ``outcome``: ``done``; ``interrupted`` (``/reset``, shutdown: ``text`` ends with a "(stopped)" mark);
+    ``failed`` (the model failed mid-answer: ``text`` is the partial answer, and a :class:`Notice` of kind
+    ``error`` follows on the same sink).
+    """
 
     text: str
-    interrupted: bool = False
+    outcome: Outcome = "done"
+
+    @property
+    def interrupted(self) -> bool:
+        return self.outcome != "done"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +134,21 @@ class Notice:
     text: str
     kind: Literal["info", "error", "command"] = "info"
     author: str = ""  # a person's name when a human operator wrote it (handoff)
+
+
+HandoffState = Literal["requested", "already", "returned", "not_active", "taken", "unavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffUpdate:
+    """The conversation moved between the assistant and a person. ``mode`` is where it is now; ``text``
+    tells the user (already localised); platforms with their own handoff (a helpdesk's "open" status)
+    act on ``state``."""
+
+    state: HandoffState
+    mode: Literal["bot", "human"]
+    text: str
+    by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,18 +161,57 @@ class FileReply:
     caption: str = ""
 
 
-ReplyEvent = Status | TextChunk | AnswerDone | Notice | FileReply
+ReplyEvent = Status | TextChunk | AnswerDone | Notice | HandoffUpdate | FileReply
+
+#: What :meth:`ReplySink.emit` may return: the platform id(s) of the message(s) it created.
+PlatformIds = str | Sequence[str] | None
+
+
+def platform_ids(value: PlatformIds) -> tuple[str, ...]:
+    """Normalise what a sink returned to a tuple of ids."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    return tuple(str(v) for v in value if v)
 
 
 @runtime_checkable
 class ReplySink(Protocol):
-    """Receives the reply events of one turn and renders them on the platform.
+    """Receives the reply events of one turn, in order, and renders them on the platform.
 
-    ``emit`` returns the platform's message id for :class:`AnswerDone` and :class:`Notice` when the
-    platform gives one, so the store can keep it.
+    ``emit`` returns the platform id(s) of the message(s) it created for :class:`AnswerDone`,
+    :class:`Notice`, :class:`HandoffUpdate` and :class:`FileReply` (an answer may span several platform
+    messages), so the store can find them again (edits, reactions, a restart).
     """
 
-    async def emit(self, event: ReplyEvent) -> str | None: ...
+    async def emit(self, event: ReplyEvent) -> PlatformIds: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What an adapter gets to build the sink of one turn.
+
+    ``reply_to``: the platform id of the user's message being answered (None for an operator's message).
+    ``message_id``: its id in the store. ``previous``: platform messages a previous run of this turn left
+    (the process was killed mid-answer): the sink completes or replaces them, never leaves them beside a
+    second answer. ``record``: the sink calls it with the ids of the platform messages it has created so
+    far, as soon as it creates one, so a restart can find them. ``route``: the adapter's own routing data
+    stored with the message. ``language``: the language of this turn's answer.
+    """
+
+    key: ConversationKey
+    reply_to: str | None = None
+    message_id: int | None = None
+    previous: tuple[str, ...] = ()
+    record: Callable[[Sequence[str]], Awaitable[None]] | None = None
+    route: Mapping[str, str] = field(default_factory=dict)
+    language: str = "en"
+
+    async def remember(self, ids: Sequence[str]) -> None:
+        """Record the platform messages created so far (no-op when nobody listens)."""
+        if self.record is not None:
+            await self.record(tuple(ids))
 
 
 class CollectingSink:
@@ -149,9 +221,9 @@ class CollectingSink:
         self.events: list[ReplyEvent] = []
         self._count = 0
 
-    async def emit(self, event: ReplyEvent) -> str | None:
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
         self.events.append(event)
-        if isinstance(event, AnswerDone | Notice | FileReply):
+        if isinstance(event, AnswerDone | Notice | HandoffUpdate | FileReply):
             self._count += 1
             return f"m{self._count}"
         return None
@@ -166,7 +238,7 @@ class CollectingSink:
 
     @property
     def notices(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, Notice)]
+        return [e.text for e in self.events if isinstance(e, Notice | HandoffUpdate)]
 
     @property
     def streamed(self) -> str:
@@ -175,7 +247,7 @@ class CollectingSink:
     @property
     def texts(self) -> list[str]:
         """Everything a user would read, in order: notices and finished answers."""
-        return [e.text for e in self.events if isinstance(e, AnswerDone | Notice)]
+        return [e.text for e in self.events if isinstance(e, AnswerDone | Notice | HandoffUpdate)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +256,9 @@ class CollectingSink:
 
 @runtime_checkable
 class MediaFetcher(Protocol):
-    """Downloads an attachment's bytes from the platform. ``limit`` is the byte cap to enforce."""
+    """Downloads an attachment's bytes from the platform. ``limit`` is the byte cap to enforce: a file
+    over it raises :class:`bot.errors.FileTooLarge` (before downloading, where the size is known); a file
+    the platform cannot deliver raises :class:`bot.errors.AttachmentUnavailable`."""
 
     async def fetch(self, attachment: Attachment, limit: int) -> bytes: ...
 
@@ -227,20 +301,72 @@ class FileFetcher:
             if size > limit:
                 raise FileTooLarge(name=name, size=size, limit=limit)
             return path.read_bytes()
+        except FileNotFoundError:
+            raise AttachmentUnavailable(f"no such file: {path}", name=name) from None
         except OSError as exc:
             raise AttachmentUnavailable(str(exc), name=name) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Access: who may use an adapter, and how much.
+
+
+@dataclass(frozen=True, slots=True)
+class UsageLimits:
+    """Per-user limits; 0 means unlimited. ``exempt``: user ids the limits never apply to."""
+
+    messages_per_minute: int = 0
+    messages_per_day: int = 0
+    images_per_day: int = 0
+    video_seconds_per_day: float = 0
+    exempt: frozenset[str] = frozenset()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.messages_per_minute or self.messages_per_day or self.images_per_day
+                    or self.video_seconds_per_day)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Who an adapter serves: allowlists (empty = everyone) and denylists of users and chats, and limits.
+
+    Ids are the platform's own (Telegram user/chat ids, Slack user/channel/team ids, helpdesk inboxes),
+    compared as strings with :attr:`Sender.id` and :attr:`ConversationKey.chat` (and, for a team or
+    workspace, the ``team`` entry of the message's ``route``).
+    """
+
+    allow_users: frozenset[str] = frozenset()
+    deny_users: frozenset[str] = frozenset()
+    allow_chats: frozenset[str] = frozenset()
+    deny_chats: frozenset[str] = frozenset()
+    limits: UsageLimits = UsageLimits()
+
+    def admits(self, message: IncomingMessage) -> bool:
+        user = message.sender.id
+        chats = {message.key.chat}
+        if team := message.route.get("team"):
+            chats.add(team)
+        if user in self.deny_users or chats & self.deny_chats:
+            return False
+        if self.allow_users and user not in self.allow_users:
+            return False
+        return not (self.allow_chats and not chats & self.allow_chats)
 
 
 @dataclass(frozen=True)
 class Channel:
     """What an adapter registers with the conversation manager for its platform.
 
-    ``sink_for(key, reply_to)`` builds the sink that renders replies in that conversation;
-    ``reply_to`` is the platform id of the message being answered, when known. Registering a
-    channel is what lets the manager answer messages left pending by a restart.
+    ``sink_for(context)`` builds the sink that renders one turn's replies. Registering a channel is what
+    lets the manager answer messages left pending by a restart. ``command_prefixes``: what starts a
+    command on this platform (Slack intercepts ``/…`` in its composer, so its adapter adds ``!``); the
+    first is the one shown in help texts.
     """
 
     platform: str
     fetcher: MediaFetcher
-    sink_for: Callable[[ConversationKey, str | None], ReplySink]
+    sink_for: Callable[[SinkContext], ReplySink]
     persona: str | None = None
+    command_prefixes: tuple[str, ...] = ("/",)
+    policy: AccessPolicy = AccessPolicy()

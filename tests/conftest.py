@@ -16,6 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from adapters.registry import AppSettings
 from bot.config import Settings
 from bot.demo_model import make_demo_model
 
@@ -30,7 +31,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     data: dict[str, Any] = {"data_dir": str(tmp_path / "data")}
     for key, value in overrides.items():
         data[key] = value
-    return Settings(**data)
+    return AppSettings(**data)
 
 
 @pytest.fixture

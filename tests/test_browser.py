@@ -153,7 +153,7 @@ async def test_drop_a_file_pick_a_persona_and_a_language(tmp_path: Path) -> None
             await expect(page.locator(".msg.assistant").last).to_have_text(text("persona_set", "en", persona="Tutor"))
             await page.select_option("#language", "de")
             await expect(page.locator(".msg.assistant").last).to_have_text(
-                text("lang_set", "de", language="Deutsch (German)"))
+                text("lang_set", "de", language="Deutsch"))
             await expect(page.locator("#send")).to_have_text("Senden")  # the page follows the conversation
             await page.click("#reset")
             await expect(page.locator(".msg.assistant").last).to_have_text(text("reset_done", "de"))

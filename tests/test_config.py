@@ -5,7 +5,8 @@ from typing import ClassVar
 
 import pytest
 
-from bot.config import AdaptersSettings, Section, Settings, load_settings, settings_keys
+from adapters.registry import AppSettings, load
+from bot.config import AdapterSection, AdaptersSettings, Section, Settings, load_settings, settings_keys
 from bot.errors import ConfigError
 
 
@@ -24,8 +25,25 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_repository_config_matches_the_defaults() -> None:
-    shipped = load_settings(Path(__file__).parent.parent / "config.yaml")
-    assert shipped == Settings()
+    shipped = load(Path(__file__).parent.parent / "config.yaml")
+    assert shipped == AppSettings()
+
+
+def test_config_yaml_lists_every_key() -> None:
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parent.parent / "config.yaml").read_text(encoding="utf-8"))
+
+    def has(path: list[str]) -> bool:
+        node = data
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    missing = [key for key in settings_keys(AppSettings) if not has(key.split("."))]
+    assert not missing, f"config.yaml lacks {missing}"
 
 
 def test_yaml_values_and_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,5 +119,30 @@ def test_missing_secret_for_an_enabled_adapter_stops_startup(monkeypatch: pytest
 
 def test_every_settings_key_is_documented_in_readme() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    missing = [key for key in settings_keys() if f"`{key}`" not in readme]
+    common = set(AdapterSection.model_fields)
+    missing = []
+    for key in settings_keys(AppSettings):
+        parts = key.split(".")
+        generic = f"adapters.<name>.{parts[2]}" if parts[0] == "adapters" and parts[2] in common else None
+        if f"`{key}`" not in readme and not (generic and f"`{generic}`" in readme):
+            missing.append(key)
     assert not missing, f"README lacks these config keys: {missing}"
+
+
+def test_adapter_sections_come_from_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"adapters\.web\.titel: unknown key"):
+        load(write(tmp_path, "adapters:\n  web:\n    titel: Help\n"))
+    path = write(tmp_path, "adapters:\n  web:\n    allow_users: [123, abc]\n    limits:\n      messages_per_day: 5\n")
+    settings = load(path)
+    assert settings.adapters.web.allow_users == ["123", "abc"]  # type: ignore[attr-defined]
+    policy = settings.adapters.web.policy(settings.limits)  # type: ignore[attr-defined]
+    assert policy.allow_users == {"123", "abc"} and policy.limits.messages_per_day == 5
+    monkeypatch.setenv("INTERNVL_BOT_ADAPTERS__WEB__TITLE", "Help desk")
+    assert load(path).adapters.web.title == "Help desk"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"adapters\.web"):
+        load_settings(path)  # the core alone knows no adapter section
+
+
+def test_every_adapter_section_has_the_common_keys() -> None:
+    for name, field in AppSettings.model_fields["adapters"].annotation.model_fields.items():  # type: ignore[union-attr]
+        assert issubclass(field.annotation, AdapterSection), name

@@ -13,7 +13,7 @@ from typing import ClassVar
 import pytest
 
 from bot.engines import EchoEngine
-from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, HandoffEvent, Notifiers, WebhookNotifier, verify
+from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, HandoffEvent, WebhookNotifier, verify
 from bot.i18n import text
 from bot.manager import ConversationManager
 from bot.store import MemoryStore, SQLiteStore, Store
@@ -25,6 +25,7 @@ from bot.types import (
     IncomingMessage,
     MemoryFetcher,
     Sender,
+    SinkContext,
 )
 from tests.conftest import image_bytes, make_settings
 
@@ -55,8 +56,8 @@ class Bot:
         self.manager.register(Channel("web", self.fetcher, self.sink))
         self.n = 0
 
-    def sink(self, key: ConversationKey, reply_to: str | None) -> CollectingSink:
-        return self.sinks.setdefault(key, CollectingSink())
+    def sink(self, context: SinkContext) -> CollectingSink:
+        return self.sinks.setdefault(context.key, CollectingSink())
 
     async def say(self, text: str, key: ConversationKey = KEY, locale: str | None = None, wait: bool = True,
                   attachments: tuple = ()) -> str | None:
@@ -206,7 +207,7 @@ async def test_webhook_is_signed_and_retried_after_a_5xx(tmp_path: Path, receive
     url, handler = receiver
     webhook = WebhookNotifier(url, "s3cret", backoff=0.01)
     bot = Bot(tmp_path, MemoryStore())
-    bot.manager.notifier = Notifiers([bot.notifier, webhook])
+    bot.manager.add_notifier(webhook)
     await bot.say("I need to speak with a human", locale="en")
     await webhook.drain()
     await webhook.close()
@@ -222,7 +223,7 @@ async def test_webhook_is_signed_and_retried_after_a_5xx(tmp_path: Path, receive
 async def test_an_unreachable_webhook_never_blocks_the_conversation(tmp_path: Path) -> None:
     webhook = WebhookNotifier("http://127.0.0.1:9/unreachable", "k", attempts=2, backoff=0.01)
     bot = Bot(tmp_path, MemoryStore())
-    bot.manager.notifier = webhook
+    bot.manager.add_notifier(webhook)
     assert await bot.say("/human", locale="en") == "answered"
     assert bot.sinks[KEY].notices == [text("handoff_started", "en")]
     await webhook.drain()

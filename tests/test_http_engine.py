@@ -200,7 +200,7 @@ async def test_exhausted_retries_tell_the_user_the_model_is_busy(fake: FakeLMDep
     fake.script.extend(["500"] * 3)
     sink = CollectingSink()
     manager = ConversationManager(make_settings(tmp_path), MemoryStore(), engine)
-    manager.register(Channel("test", MemoryFetcher(), lambda key, reply_to: sink))
+    manager.register(Channel("test", MemoryFetcher(), lambda context: sink))
     try:
         ticket = await manager.submit(IncomingMessage(ConversationKey("test", "c"), Sender("u"),
                                                       "Mein Drucker zeigt den Fehler E5, was bedeutet das?"))

@@ -1,67 +1,14 @@
+"""The framework's texts: gettext catalogs read with Babel, CLDR plural rules, fallbacks."""
+
 from __future__ import annotations
 
 import re
 import string
 
 import pytest
+from babel.messages.pofile import read_po
 
 from bot import i18n
-
-LANGS = ["en", "pt", "es", "fr", "de", "zh", "ru", "ja", "it", "nl", "pl", "uk"]
-
-
-@pytest.fixture(scope="module")
-def detector() -> i18n.LanguageDetector:
-    return i18n.LanguageDetector(LANGS)
-
-
-def choose(detector: i18n.LanguageDetector, text: str, **kw: object) -> str:
-    args: dict[str, object] = {"pinned": None, "locale_hint": None, "previous": None, "default": "en",
-                               "short_text_chars": 24}
-    args.update(kw)
-    return i18n.choose_language(detector, text, **args)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("My washing machine stops in the middle of the cycle and shows error E21.", "en"),
-        ("A minha máquina de lavar para no meio do ciclo e mostra o erro E21.", "pt"),
-        ("Mi lavadora se detiene a mitad del ciclo y muestra el error E21.", "es"),
-        ("Ma machine à laver s'arrête au milieu du cycle et affiche l'erreur E21.", "fr"),
-        ("Meine Waschmaschine bleibt mitten im Programm stehen und zeigt den Fehler E21.", "de"),
-        ("我的洗衣机在洗涤过程中停止并显示错误代码。", "zh"),
-        ("Моя стиральная машина останавливается посреди цикла и показывает ошибку E21.", "ru"),
-        ("洗濯機がサイクルの途中で止まって、エラーが表示されます。", "ja"),
-    ],
-)
-def test_long_texts_are_detected(detector: i18n.LanguageDetector, text: str, expected: str) -> None:
-    assert choose(detector, text, locale_hint="en-US") == expected
-
-
-def test_short_text_uses_the_platform_locale(detector: i18n.LanguageDetector) -> None:
-    assert choose(detector, "ok", locale_hint="pt-BR") == "pt"
-    assert choose(detector, "Hallo", locale_hint="fr_FR") == "fr"
-
-
-def test_short_text_falls_back_to_previous_then_default(detector: i18n.LanguageDetector) -> None:
-    assert choose(detector, "ok", previous="de") == "de"
-    assert choose(detector, "ok") == "en"
-    assert choose(detector, "ok", default="es") == "es"
-
-
-def test_unambiguous_scripts_win_even_when_short(detector: i18n.LanguageDetector) -> None:
-    assert choose(detector, "这是什么", locale_hint="en") == "zh"
-    assert choose(detector, "これは何ですか", locale_hint="en") == "ja"
-
-
-def test_pinned_language_wins(detector: i18n.LanguageDetector) -> None:
-    text = "My washing machine stops in the middle of the cycle and shows error E21."
-    assert choose(detector, text, pinned="ja") == "ja"
-
-
-def test_urls_and_commands_do_not_count_as_language(detector: i18n.LanguageDetector) -> None:
-    assert detector.detect("https://example.com/foo/bar /help")[0] is None
 
 
 def test_locale_codes_normalise() -> None:
@@ -74,16 +21,69 @@ def _fields(template: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(template) if f}
 
 
+def _catalog(lang: str) -> dict[str, list[str]]:
+    root = i18n.resources.files("bot") / "locales" / lang / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
+    with root.open("rb") as handle:
+        catalog = read_po(handle, locale=lang)
+    out: dict[str, list[str]] = {}
+    for message in catalog:
+        if message.id:
+            key = message.id[0] if isinstance(message.id, tuple) else message.id
+            out[key] = list(message.string) if isinstance(message.string, tuple) else [message.string]
+    return out
+
+
 def test_every_text_is_translated_with_the_same_placeholders() -> None:
-    for key, table in i18n.TEXTS.items():
-        assert set(i18n.UI_LANGUAGES) <= set(table), f"{key} lacks {set(i18n.UI_LANGUAGES) - set(table)}"
-        english = _fields(table["en"])
-        for lang, template in table.items():
-            assert _fields(template) == english, f"{key}/{lang} placeholders differ"
+    english = _catalog("en")
+    assert set(i18n.UI_LANGUAGES) >= {"en", "pt", "es", "fr", "de", "zh", "ru", "ja"}
+    for lang in i18n.UI_LANGUAGES:
+        catalog = _catalog(lang)
+        assert set(catalog) == set(english), f"{lang}: {set(english) ^ set(catalog)}"
+        for key, forms in catalog.items():
+            expected = _fields(english[key][-1])
+            for form in forms:
+                assert form, f"{key}/{lang} has an empty form"
+                # a form may leave out the number itself ("your image" for one), never add a placeholder
+                assert _fields(form) <= expected | {"count"} and expected - {"count"} <= _fields(form), \
+                    f"{key}/{lang} placeholders differ: {form!r}"
 
 
 def test_untranslated_language_falls_back_to_english() -> None:
-    assert i18n.text("reset_done", "it") == i18n.TEXTS["reset_done"]["en"]
+    assert i18n.text("reset_done", "it") == i18n.text("reset_done", "en")
+    assert i18n.has("reset_done", "pt") and not i18n.has("reset_done", "it")
+
+
+@pytest.mark.parametrize(("lang", "count", "expected"), [
+    ("en", 1, "You have 1 message waiting"), ("en", 3, "You have 3 messages waiting"),
+    ("ru", 1, "У вас 1 сообщение ждёт"), ("ru", 3, "У вас 3 сообщения ждут"), ("ru", 5, "У вас 5 сообщений ждут"),
+    ("ru", 21, "У вас 21 сообщение ждёт"), ("ru", 12, "У вас 12 сообщений ждут"),
+    ("pt", 1, "Você tem 1 mensagem aguardando"), ("pt", 2, "Você tem 2 mensagens aguardando"),
+    ("fr", 1, "Vous avez 1 message en attente"), ("fr", 2, "Vous avez 2 messages en attente"),
+    ("ja", 7, "7 件のメッセージ"),
+])
+def test_plurals_follow_each_languages_rules(lang: str, count: int, expected: str) -> None:
+    assert i18n.text("too_many_pending", lang, count=count).startswith(expected)
+
+
+def test_no_text_says_s_in_parentheses() -> None:
+    for lang in ("en",):
+        for key, forms in _catalog(lang).items():
+            assert all("(s)" not in form for form in forms), key
+    assert i18n.text("export_done", "en", count=1, filename="t.csv") == "Here is 1 table as t.csv."
+    assert i18n.text("history_images_dropped", "en", count=3).startswith("Note: to fit my context, I no longer see 3 earlier images")
+
+
+def test_durations_are_said_in_the_users_language() -> None:
+    assert i18n.wait_text(42, "en") == "42 seconds"
+    assert i18n.wait_text(3 * 3600, "ru") == "3 часа"
+    assert i18n.wait_text(90, "pt") in ("2 minutos", "1 minuto")
+
+
+def test_language_names_in_the_users_own_language() -> None:
+    assert i18n.language_name("pt", "pt") == "português"
+    assert i18n.language_name("pt", "pt", title=True) == "Português"
+    assert i18n.language_name("de", "fr") == "allemand"
+    assert i18n.language_name("pt") == "Português (Portuguese)"
 
 
 def test_missing_parameter_never_raises() -> None:

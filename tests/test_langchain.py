@@ -126,7 +126,7 @@ async def test_message_history_over_the_bots_own_store(tmp_path: Path) -> None:
     key = ConversationKey("telegram", "42")
     manager = ConversationManager(make_settings(tmp_path), store, EchoEngine())
     sink = CollectingSink()
-    manager.register(Channel("telegram", MemoryFetcher(), lambda k, r: sink))
+    manager.register(Channel("telegram", MemoryFetcher(), lambda context: sink))
     ticket = await manager.submit(IncomingMessage(key, Sender("u"), "my boiler shows F28"))
     assert ticket is not None and await ticket.done == "answered"
 

@@ -89,7 +89,7 @@ async def test_conversations_are_batched_and_cancelling_cancels_the_session(tmp_
     settings = make_settings(tmp_path, engine={"max_concurrency": 8})
     manager = ConversationManager(settings, MemoryStore(), engine)
     sinks: dict[str, CollectingSink] = {}
-    manager.register(Channel("t", MemoryFetcher(), lambda key, reply_to: sinks.setdefault(key.chat, CollectingSink())))
+    manager.register(Channel("t", MemoryFetcher(), lambda context: sinks.setdefault(context.key.chat, CollectingSink())))
     tickets = [await manager.submit(IncomingMessage(ConversationKey("t", f"c{i}"), Sender("u"), "hello there"))
                for i in range(4)]
     assert all([await t.done for t in tickets if t is not None])

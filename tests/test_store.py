@@ -17,10 +17,54 @@ OTHER = ConversationKey("slack", "C1", "1700000000.1")
 class StoreContract:
     """Subclasses provide a ``store`` fixture (opened)."""
 
-    async def test_events_are_remembered_once(self, store: Store) -> None:
-        assert await store.remember_event("telegram", "u1") is True
-        assert await store.remember_event("telegram", "u1") is False
-        assert await store.remember_event("slack", "u1") is True
+    async def test_a_platform_event_is_stored_once(self, store: Store) -> None:
+        first = await store.add_incoming(KEY, NewMessage(role="user", text="hi", event_id="u1"))
+        assert first is not None
+        assert await store.add_incoming(KEY, NewMessage(role="user", text="hi", event_id="u1")) is None
+        assert await store.add_incoming(OTHER, NewMessage(role="user", text="hi", event_id="u1")) is not None
+        assert await store.add_incoming(KEY, NewMessage(role="user", text="no event id")) is not None
+        assert [m.text for m in await store.pending()] == ["hi", "hi", "no event id"]
+
+    async def test_platform_ids_drafts_and_lookup(self, store: Store) -> None:
+        mid = await store.add_message(KEY, NewMessage(role="user", text="q", platform_message_id="100",
+                                                      route={"chat_type": "private"}))
+        assert (await store.message(mid)).route == {"chat_type": "private"}
+        await store.set_drafts(mid, ["101", "102"])
+        [pending] = await store.pending()
+        assert pending.drafts == ("101", "102")
+        rid = await store.finish(mid, "answered", reply="a long answer", reply_platform_ids=["101", "102"])
+        assert rid is not None
+        assert (await store.message(mid)).drafts == ()
+        reply = await store.message(rid)
+        assert reply.platform_ids == ("101", "102") and reply.platform_message_id == "101"
+        assert (await store.find_by_platform_id("telegram", "42", "102")).id == rid  # type: ignore[union-attr]
+        assert (await store.find_by_platform_id("telegram", "42", "100")).id == mid  # type: ignore[union-attr]
+        assert await store.find_by_platform_id("telegram", "43", "100") is None
+        await store.forget(KEY)
+        assert await store.find_by_platform_id("telegram", "42", "100") is None
+
+    async def test_history_can_be_read_newest_first_a_page_at_a_time(self, store: Store) -> None:
+        for i in range(5):
+            mid = await store.add_message(KEY, NewMessage(role="user", text=f"q{i}"))
+            await store.finish(mid, "answered", reply=f"a{i}")
+        last = await store.last_message_id()
+        assert [m.text for m in await store.history(KEY, since=0, before=last + 1, limit=3)] == ["a3", "q4", "a4"]
+        assert len(await store.history(KEY, since=0, before=last + 1)) == 10
+
+    async def test_usage_is_counted_in_windows(self, store: Store) -> None:
+        await store.record_usage("telegram:1", "message", 1, 100.0)
+        await store.record_usage("telegram:1", "message", 1, 150.0)
+        await store.record_usage("telegram:1", "image", 3, 150.0)
+        await store.record_usage("telegram:2", "message", 1, 150.0)
+        assert await store.usage("telegram:1", "message", 0.0) == (2.0, 100.0)
+        assert await store.usage("telegram:1", "message", 120.0) == (1.0, 150.0)
+        assert await store.usage("telegram:1", "image", 0.0) == (3.0, 150.0)
+        assert await store.usage("telegram:3", "message", 0.0) == (0.0, None)
+
+    async def test_attachment_ids_are_checked(self, store: Store) -> None:
+        for bad in ("../../etc/passwd", "ABC", "a" * 63, "g" * 64, "A" * 64):
+            with pytest.raises(ValueError, match="not a SHA-256"):
+                await store.attachment_data(bad)
 
     async def test_conversation_defaults_and_updates(self, store: Store) -> None:
         conv = await store.conversation(KEY)
@@ -36,7 +80,7 @@ class StoreContract:
         await store.set_state(mid, "answering")
         assert (await store.message(mid)).state == "answering"
         assert [m.id for m in await store.pending()] == [mid]
-        rid = await store.finish(mid, "answered", reply="hi!", reply_platform_id="p2")
+        rid = await store.finish(mid, "answered", reply="hi!", reply_platform_ids=["p2"])
         assert rid is not None and rid > mid
         assert await store.pending() == []
         reply = await store.message(rid)
@@ -149,12 +193,13 @@ class TestSQLiteStore(StoreContract):
         await store.close()
         conn = sqlite3.connect(tmp_path / "x.sqlite3")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == ["m001_initial", "m002_handoff"]
+        assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [
+            "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage"]
 
     async def test_a_database_of_the_first_release_is_upgraded_in_place(self, tmp_path: Path) -> None:
         import sqlite_utils
 
-        from bot.store import m001_initial
+        from bot.store.sqlite import m001_initial
 
         path = tmp_path / "old.sqlite3"
         db = sqlite_utils.Database(path)
@@ -163,6 +208,10 @@ class TestSQLiteStore(StoreContract):
         db["_migrations"].insert({"name": "m001_initial", "applied_at": 0.0})
         db["conversations"].insert({"id": "web:a", "platform": "web", "chat": "a", "thread": "", "persona": "tutor",
                                     "context_start": 0, "created_at": 1.0})
+        db["messages"].insert({"id": 1, "conversation_id": "web:a", "role": "user", "kind": "chat", "text": "q",
+                               "state": "answered", "platform_message_id": "p1", "created_at": 1.0})
+        db["messages"].insert({"id": 2, "conversation_id": "web:a", "role": "assistant", "kind": "chat", "text": "a",
+                               "state": "answered", "platform_message_id": "p2", "reply_to": 1, "created_at": 1.0})
         db.conn.close()
         store = SQLiteStore(path)
         await store.open()
@@ -170,6 +219,9 @@ class TestSQLiteStore(StoreContract):
             conv = await store.conversation(ConversationKey("web", "a"))
             assert (conv.persona, conv.mode, conv.handoff_at) == ("tutor", "bot", None)
             await store.update_conversation(conv.key, mode="human", handoff_at=5.0)
+            # replies of the first release are found by their platform ids
+            assert (await store.find_by_platform_id("web", "a", "p2")).platform_ids == ("p2",)  # type: ignore[union-attr]
+            assert (await store.find_by_platform_id("web", "a", "p1")).id == 1  # type: ignore[union-attr]
         finally:
             await store.close()
         store = SQLiteStore(path)
@@ -197,6 +249,21 @@ class TestSQLiteStore(StoreContract):
         assert pending.text == "kept" and pending.attachments[0].sha256 == sha
         assert await again.attachment_data(sha) == b"jpeg-ish"
         await again.close()
+
+    async def test_a_message_that_cannot_be_stored_leaves_its_event_unremembered(self, store: SQLiteStore) -> None:
+        """Remembering the event and storing the message are one transaction: a crash between them cannot
+        turn the platform's retry into a "duplicate" of a message that was never stored."""
+
+        def broken(*args: object) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        original = store._insert_message
+        store._insert_message = broken  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            await store.add_incoming(KEY, NewMessage(role="user", text="lost?", event_id="upd-7"))
+        store._insert_message = original  # type: ignore[method-assign]
+        assert await store.add_incoming(KEY, NewMessage(role="user", text="retried", event_id="upd-7")) is not None
+        assert [m.text for m in await store.pending()] == ["retried"]
 
     async def test_forget_removes_the_file_from_disk(self, tmp_path: Path) -> None:
         store = SQLiteStore(tmp_path / "bot.sqlite3", tmp_path / "files")

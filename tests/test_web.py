@@ -237,12 +237,14 @@ async def test_the_widget_script_and_embedding_policy(tmp_path: Path) -> None:
 
 
 async def test_with_the_web_chat_disabled_the_service_still_serves_operations(tmp_path: Path) -> None:
-    from adapters.server import SERVED_ADAPTERS, Service, build_app
+    from adapters.registry import ADAPTERS, served
+    from adapters.server import Service, build_app
     from bot.runtime import Runtime
 
     settings = make_settings(tmp_path, adapters={"web": {"enabled": False}})
-    assert "web" not in settings.enabled_adapters() and "web" in SERVED_ADAPTERS
+    assert "web" not in settings.enabled_adapters() and "web" in {spec.name for spec in ADAPTERS}
     async with Runtime(settings, engine=EchoEngine()) as runtime:
+        assert served(runtime) == []
         service = Service(settings, runtime, [])
         service.ready = True
         transport = httpx.ASGITransport(app=build_app(service))

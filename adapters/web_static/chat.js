@@ -13,9 +13,10 @@
   let sending = false;
 
   // Embedded on another site, the session cookie may be blocked as a third-party cookie: the page then
-  // sends the signed session the server gave it in a header (or in the URL of the event stream and of
-  // downloads, which cannot carry headers). It is kept in this frame's storage when the browser allows
-  // it, and otherwise by the widget in the host page, which hands it back in the frame's URL fragment.
+  // sends the signed session the server gave it in a header. The event stream and downloads cannot carry
+  // headers: for them the page asks for a short-lived, single-purpose ticket, never putting the session
+  // itself in a URL. The session is kept in this frame's storage when the browser allows it, and
+  // otherwise by the widget in the host page, which hands it back in the frame's URL fragment.
   const SESSION_KEY = "internvl-bot-session";
   const fresh = document.body.dataset.session || "";
   let session = fresh;
@@ -37,8 +38,20 @@
   }
 
   function api(path) { return prefix + path; }
-  function withSession(url) { return session ? url + (url.indexOf("?") < 0 ? "?" : "&") + "session=" + encodeURIComponent(session) : url; }
   function headers() { return session ? { "X-InternVL-Bot-Session": session } : {}; }
+
+  // With a cookie the URL needs nothing; with a header session, a ticket for this one purpose.
+  async function ticketed(url, purpose, file) {
+    if (!session) return url;
+    const response = await fetch(api("/api/tickets"), {
+      method: "POST", credentials: "same-origin",
+      headers: Object.assign({ "X-InternVL-Bot": "1", "Content-Type": "application/json" }, headers()),
+      body: JSON.stringify({ purpose: purpose, file: file }),
+    });
+    if (!response.ok) return url;
+    const ticket = (await response.json()).ticket;
+    return url + (url.indexOf("?") < 0 ? "?" : "&") + "ticket=" + encodeURIComponent(ticket);
+  }
 
   function bubble(role, opts) {
     opts = opts || {};
@@ -156,10 +169,11 @@
       case "file": {
         const div = bubble("assistant", { text: "" });
         const link = document.createElement("a");
-        link.href = withSession(event.url);
+        link.href = event.url;
         link.textContent = "⬇ " + event.name;
         link.setAttribute("download", event.name);
         div.querySelector(".body").appendChild(link);
+        ticketed(event.url, "file", event.id).then((url) => { link.href = url; });
         break;
       }
       default:
@@ -167,11 +181,18 @@
     }
   }
 
-  function connect() {
-    const source = new EventSource(withSession(api("/api/events")));
+  let lost = false;
+  async function connect() {
+    const source = new EventSource(await ticketed(api("/api/events"), "events"));
     source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
-    let lost = false;
-    source.onerror = () => { lost = true; showStatus(ui.reconnecting || "Reconnecting…"); };
+    source.onerror = () => {
+      lost = true;
+      showStatus(ui.reconnecting || "Reconnecting…");
+      if (session) {  // a ticket is short-lived: reconnect with a fresh one
+        source.close();
+        setTimeout(connect, 2000);
+      }
+    };
     source.onopen = () => {
       if (!lost) return;
       // Back after a restart or a network gap: answers finished meanwhile are in the history.

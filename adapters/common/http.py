@@ -1,0 +1,218 @@
+"""HTTP helpers every adapter's routes use: JSON bodies that are validated (never a 500), uploads capped
+while they stream, languages from ``Accept-Language``, and error handlers that turn bad input into 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from bot import i18n
+from bot.errors import BotError, InputError, NoSuchChannel, NoSuchConversation, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+#: Deepest JSON nesting accepted (the standard parser recurses; 5,000 ``[`` would overflow it).
+MAX_JSON_DEPTH = 64
+
+
+class BadRequest(HTTPException):
+    """A 400 with a message saying what was wrong."""
+
+    def __init__(self, detail: str, status_code: int = 400) -> None:
+        super().__init__(status_code=status_code, detail=detail)
+
+
+def _depth_ok(raw: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    depth = 0
+    in_string = escaped = False
+    for ch in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
+    """``body`` as a JSON object, or :class:`BadRequest` saying why not (empty, not UTF-8, not JSON, too
+    deep, not an object)."""
+    if not body.strip():
+        raise BadRequest(f"{what} is empty: send a JSON object")
+    try:
+        raw = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{what} is not UTF-8 text") from None
+    if not _depth_ok(raw):
+        raise BadRequest(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+async def read_json_object(request: Request, *, max_bytes: int = 1_000_000) -> dict[str, Any]:
+    """The request's JSON object body (see :func:`parse_json_object`), at most ``max_bytes``."""
+    body = await read_body(request, max_bytes=max_bytes)
+    return parse_json_object(body)
+
+
+async def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The raw body, refused with 413 past ``max_bytes`` (counted as it arrives, not from the header)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BadRequest(f"the body is larger than {max_bytes} bytes", status_code=413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BadRequest(f"the body is larger than {max_bytes} bytes", status_code=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def text_field(data: dict[str, Any], name: str, *, required: bool = True, max_chars: int = 100_000) -> str:
+    """A string field of a JSON object, checked."""
+    value = data.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"{name!r} is required")
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name!r} must be a string")
+    if len(value) > max_chars:
+        raise BadRequest(f"{name!r} is longer than {max_chars} characters")
+    return value
+
+
+# -- languages -------------------------------------------------------------------------------
+
+
+def accept_languages(header: str) -> list[str]:
+    """Language codes of an ``Accept-Language`` header, most preferred first (q-values honoured;
+    ``q=0`` means "not this one")."""
+    ranked: list[tuple[float, int, str]] = []
+    for index, part in enumerate(header.split(",")):
+        pieces = [p.strip() for p in part.split(";")]
+        code = i18n.normalize_code(pieces[0]) if pieces[0] and pieces[0] != "*" else None
+        if not code:
+            continue
+        quality = 1.0
+        for param in pieces[1:]:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            ranked.append((-quality, index, code))
+    seen: list[str] = []
+    for _, _, code in sorted(ranked):
+        if code not in seen:
+            seen.append(code)
+    return seen
+
+
+def preferred_language(header: str, available: tuple[str, ...] | list[str], default: str) -> str:
+    """The first language of ``header`` that is ``available``; else ``default``."""
+    for code in accept_languages(header):
+        if code in available:
+            return code
+    return default
+
+
+# -- uploads ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SavedUpload:
+    ref: str
+    filename: str
+    mime: str
+    size: int
+    path: Path
+
+
+class UploadTooLarge(Exception):
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        super().__init__(f"{name}: over {limit} bytes")
+        self.name, self.size, self.limit = name, size, limit
+
+
+async def save_upload(item: UploadFile, folder: Path, limit: int) -> SavedUpload:
+    """Copy an uploaded file into ``folder`` (under a random name) in a thread, refusing it past ``limit``
+    bytes; the real size is counted, never taken from a header."""
+    name = Path(item.filename or "file").name[:200] or "file"
+    ref = uuid.uuid4().hex
+    path = folder / ref
+
+    def copy() -> int:
+        size = 0
+        item.file.seek(0)
+        with path.open("wb") as out:
+            while chunk := item.file.read(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    break
+                out.write(chunk)
+        if size > limit:
+            # Count the rest without keeping it, so the user hears the real size.
+            while chunk := item.file.read(1 << 20):
+                size += len(chunk)
+            path.unlink(missing_ok=True)
+        return size
+
+    size = await asyncio.to_thread(copy)
+    if size > limit:
+        raise UploadTooLarge(name, size, limit)
+    return SavedUpload(ref, name, item.content_type or "", size, path)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Bad input anywhere answers 4xx with a clear message; typed core errors map to their status."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "the request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=400)
+
+    @app.exception_handler(BotError)
+    async def bot_error(request: Request, exc: BotError) -> JSONResponse:
+        if isinstance(exc, ShuttingDown):
+            return JSONResponse({"error": i18n.text("busy_restarting", "en")}, status_code=503,
+                                headers={"Retry-After": "5"})
+        if isinstance(exc, NoSuchChannel | NoSuchConversation):
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        if isinstance(exc, InputError):
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        log.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc)
+        return JSONResponse({"error": "internal error"}, status_code=500)

@@ -1,0 +1,310 @@
+"""Streaming a turn's reply events into platform messages.
+
+:class:`StreamingRenderer` is the :class:`~bot.types.ReplySink` platform adapters use: it turns the
+reply events of one turn into the calls of a :class:`MessageTransport` (send, edit, delete, a draft
+preview, a typing status, a file). It shows the answer as it grows — one message edited at most every
+``min_interval`` seconds, edits whose text did not change skipped — splits a long answer at paragraph
+boundaries under the platform's limit (a finished part gets its final formatting and is never touched
+again), and guarantees the final text: the last update is always made, formatted, whatever was skipped
+before. Messages a killed process left for the same turn (``SinkContext.previous``) are edited into the
+answer, and extra ones deleted, so the user never sees two answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bot.types import (
+    AnswerDone,
+    FileReply,
+    HandoffUpdate,
+    Notice,
+    PlatformIds,
+    ReplyEvent,
+    SinkContext,
+    Status,
+    TextChunk,
+)
+
+log = logging.getLogger(__name__)
+
+Measure = Callable[[str], int]
+
+
+@runtime_checkable
+class MessageTransport(Protocol):
+    """The platform calls a renderer makes. Each call does its own rate limiting and retries (see
+    :mod:`adapters.common.ratelimit`) and raises only when the platform really refused.
+
+    ``send``/``edit`` get Markdown; ``final`` says whether this is the part's finished text (render it
+    formatted) or a preview while it streams (plain text is fine). ``preview`` shows a draft without
+    creating a message (Telegram's ``sendMessageDraft``); transports without drafts set ``supports_preview``
+    False. ``edit`` of an unchanged text must not fail.
+    """
+
+    limit: int
+    supports_preview: bool
+
+    def measure(self, text: str) -> int: ...
+    async def send(self, text: str, *, final: bool) -> str: ...
+    async def edit(self, message_id: str, text: str, *, final: bool) -> None: ...
+    async def delete(self, message_id: str) -> None: ...
+    async def preview(self, text: str) -> None: ...
+    async def status(self, status: Status) -> None: ...
+    async def file(self, reply: FileReply) -> str: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+
+_FENCE = re.compile(r"^(```|~~~)(.*)$", re.M)
+_SENTENCE_END = re.compile(r"[.!?。！？…](?:\s|$)")
+
+
+def _open_fence(text: str) -> str | None:
+    """The opening line of a code fence ``text`` leaves open, if any."""
+    opened: str | None = None
+    for m in _FENCE.finditer(text):
+        if opened is None:
+            opened = m.group(0)
+        elif m.group(1) == opened[:3]:
+            opened = None
+    return opened
+
+
+def _window(text: str, limit: int, measure: Measure) -> int:
+    """The longest prefix of ``text`` (in characters) whose measure is within ``limit``."""
+    if measure is len:
+        return min(len(text), limit)
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if measure(text[:mid]) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _cut(window: str) -> int:
+    """Where to end a piece within ``window``: a paragraph, then a line, a sentence, a word; else anywhere."""
+    floor = len(window) // 3  # never make a tiny piece just to end on a paragraph
+    for finder in (lambda w: w.rfind("\n\n"), lambda w: w.rfind("\n")):
+        at = finder(window)
+        if at > floor:
+            return at
+    ends = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() > floor]
+    if ends:
+        return ends[-1]
+    at = window.rfind(" ")
+    return at if at > floor else len(window)
+
+
+def split_text(text: str, limit: int, measure: Measure = len) -> list[str]:
+    """``text`` in pieces whose ``measure`` is at most ``limit``, cut at paragraph boundaries where possible.
+
+    A code fence cut in two is closed at the end of one piece and reopened at the start of the next.
+    Pieces are stable as ``text`` grows: a piece followed by another never changes again.
+    """
+    if limit < 16:
+        raise ValueError("a message limit under 16 characters cannot be split sensibly")
+    pieces: list[str] = []
+    rest = text
+    reopen = ""
+    margin = 8  # room for closing a code fence
+    while measure(reopen + rest) > limit:
+        body = reopen + rest
+        cut = _cut(body[:_window(body, limit - margin, measure)])
+        if cut <= len(reopen):
+            cut = _window(body, limit - margin, measure)
+        piece = body[:cut].rstrip()
+        fence = _open_fence(piece)
+        if fence is not None:
+            piece += "\n" + fence[:3]
+        pieces.append(piece)
+        rest = body[cut:].lstrip("\n")
+        reopen = fence + "\n" if fence is not None else ""
+        if rest.startswith(reopen) and reopen:
+            reopen = ""
+    last = (reopen + rest).strip("\n") if (reopen or rest) else ""
+    if last or not pieces:
+        pieces.append(last)
+    return pieces
+
+
+# ---------------------------------------------------------------------------------------------
+# The renderer
+
+
+@dataclass
+class _Part:
+    id: str | None
+    text: str | None = None  # what the platform shows now (None: unknown, a message left by a killed run)
+    final: bool = False
+
+
+class StreamingRenderer:
+    """See the module docstring. One per turn."""
+
+    def __init__(self, transport: MessageTransport, context: SinkContext | None = None, *,
+                 min_interval: float = 1.0, typing_interval: float = 4.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.transport = transport
+        self.context = context or SinkContext(key=None)  # type: ignore[arg-type]
+        self.min_interval = min_interval
+        self.typing_interval = typing_interval
+        self.clock = clock
+        self.parts: list[_Part] = [_Part(pid) for pid in self.context.previous]
+        self.answer = ""
+        self.placeholder = ""  # progress text shown before the answer starts
+        self._last_write = float("-inf")
+        self._last_typing = float("-inf")
+        self._timer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.writes = 0  # platform writes made (sends, edits, previews, deletes): for tests and the bench
+        self.done = False
+
+    # -- ReplySink ------------------------------------------------------------------------
+
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
+        if isinstance(event, TextChunk):
+            self.answer += event.text
+            await self._maybe_flush()
+            return None
+        if isinstance(event, AnswerDone):
+            self._cancel_timer()
+            self.answer = event.text
+            async with self._lock:
+                await self._render(self.answer, final=True)
+                self.done = True
+            return tuple(p.id for p in self.parts if p.id)
+        if isinstance(event, Status):
+            await self._status(event)
+            return None
+        if isinstance(event, Notice | HandoffUpdate):
+            text = self._notice_text(event)
+            if isinstance(event, Notice) and event.kind == "error" and not self.answer and self.parts:
+                # The turn ends with an error before any answer: it replaces the progress message (or what a
+                # killed run left), rather than standing beside it.
+                self._cancel_timer()
+                async with self._lock:
+                    await self._render(text, final=True)
+                    self.done = True
+                return tuple(p.id for p in self.parts if p.id)
+            return await self._standalone(text)
+        if isinstance(event, FileReply):
+            return await self.transport.file(event)
+        return None
+
+    @staticmethod
+    def _notice_text(event: Notice | HandoffUpdate) -> str:
+        author = getattr(event, "author", "")
+        return f"**{author}:** {event.text}" if author else event.text
+
+    # -- streaming ------------------------------------------------------------------------
+
+    async def _maybe_flush(self) -> None:
+        due = self._last_write + self.min_interval
+        if self.clock() >= due:
+            async with self._lock:
+                if not self.done:
+                    await self._render(self.answer, final=False)
+        elif self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._flush_at(due))
+
+    async def _flush_at(self, due: float) -> None:
+        await asyncio.sleep(max(0.0, due - self.clock()))
+        async with self._lock:
+            if not self.done:
+                await self._render(self.answer, final=False)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+        self._timer = None
+
+    async def _status(self, status: Status) -> None:
+        now = self.clock()
+        if status.kind == "progress" and status.text and not self.answer:
+            self.placeholder = status.text
+            if now >= self._last_write + self.min_interval:
+                async with self._lock:
+                    if not self.done and not self.answer:
+                        await self._render(self.placeholder, final=False)
+            return
+        if now >= self._last_typing + self.typing_interval:
+            self._last_typing = now
+            with contextlib.suppress(Exception):
+                await self.transport.status(status)
+
+    async def _render(self, text: str, *, final: bool) -> None:
+        """Bring the platform to ``text``: finished pieces formatted, the growing one as a preview."""
+        pieces = split_text(text, self.transport.limit, self.transport.measure)
+        if not final and pieces and not pieces[-1].strip():
+            pieces.pop()
+        for i, piece in enumerate(pieces):
+            is_final = final or i < len(pieces) - 1
+            if i < len(self.parts) and self.parts[i].final and self.parts[i].text == piece:
+                continue
+            await self._show(i, piece, final=is_final, streaming=not final and i == len(pieces) - 1)
+        if final:
+            extra = self.parts[len(pieces):]
+            del self.parts[len(pieces):]
+            for part in extra:
+                if part.id:
+                    with contextlib.suppress(Exception):
+                        await self.transport.delete(part.id)
+                        self.writes += 1
+            await self.context.remember([p.id for p in self.parts if p.id])
+        else:
+            self._last_write = self.clock()
+
+    async def _show(self, i: int, text: str, *, final: bool, streaming: bool) -> None:
+        if not text.strip():
+            return
+        transport = self.transport
+        try:
+            if i < len(self.parts):
+                part = self.parts[i]
+                if part.text == text and part.final == final:
+                    return
+                if part.id is None:  # a draft preview so far: now it becomes a message
+                    if streaming and transport.supports_preview:
+                        await transport.preview(text)
+                    else:
+                        part.id = await transport.send(text, final=final)
+                        await self.context.remember([p.id for p in self.parts if p.id])
+                else:
+                    await transport.edit(part.id, text, final=final)
+                part.text, part.final = text, final
+            elif streaming and transport.supports_preview:
+                await transport.preview(text)
+                self.parts.append(_Part(None, text, False))
+            else:
+                pid = await transport.send(text, final=final)
+                self.parts.append(_Part(pid, text, final))
+                await self.context.remember([p.id for p in self.parts if p.id])
+            self.writes += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if final:
+                raise  # the finished text must arrive; the relay fails the turn and the user is told
+            log.info("a streaming update was skipped: %s", exc)
+
+    async def _standalone(self, text: str) -> tuple[str, ...]:
+        """A complete message (a notice, an error), split under the limit, formatted."""
+        ids = []
+        for piece in split_text(text, self.transport.limit, self.transport.measure):
+            if piece.strip():
+                ids.append(await self.transport.send(piece, final=True))
+                self.writes += 1
+        return tuple(ids)

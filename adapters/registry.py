@@ -1,0 +1,81 @@
+"""The adapters this framework knows: their settings sections and how ``serve`` builds each one.
+
+Adding an adapter is one module (or package) in ``adapters/`` with a settings class (an
+:class:`~bot.config.AdapterSection`, validated with ``extra="forbid"`` like every section) and a
+``build(runtime, settings)`` function, plus one line in :data:`ADAPTERS`. The core never imports this:
+the settings model with every adapter's section (:class:`AppSettings`) is made here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from fastapi import APIRouter
+from pydantic import create_model
+
+from adapters.console import ConsoleSettings
+from adapters.web import WebSettings
+from bot.config import AdapterSection, AdaptersSettings, Settings, load_settings
+from bot.runtime import Runtime
+
+
+class ServedAdapter(Protocol):
+    """What ``serve`` needs from an adapter: its HTTP routes (webhooks, pages; may be None), a start (a
+    Telegram poller, a Slack socket), and the two steps of shutdown: stop taking messages, then close."""
+
+    name: str
+
+    def router(self) -> APIRouter | None: ...
+    async def start(self) -> None: ...
+    def stop_intake(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One adapter: its name (the config section ``adapters.<name>`` and the platform of its conversations),
+    its settings class, and ``"module:function"`` building it for ``serve`` (None: not served, the console)."""
+
+    name: str
+    settings: type[AdapterSection]
+    build: str | None = None
+
+    def builder(self) -> Callable[[Runtime, Any], ServedAdapter]:
+        assert self.build is not None
+        module, _, function = self.build.partition(":")
+        return cast(Callable[[Runtime, Any], ServedAdapter], getattr(importlib.import_module(module), function))
+
+
+ADAPTERS: tuple[AdapterSpec, ...] = (
+    AdapterSpec("console", ConsoleSettings),
+    AdapterSpec("web", WebSettings, "adapters.web:build"),
+)
+
+AppAdaptersSettings = create_model(  # type: ignore[call-overload]
+    "AppAdaptersSettings",
+    __base__=AdaptersSettings,
+    __doc__="One section per adapter (see adapters/registry.py).",
+    **{spec.name: (spec.settings, spec.settings()) for spec in ADAPTERS},
+)
+
+
+class AppSettings(Settings):
+    """Every setting, with a section for each registered adapter."""
+
+    adapters: AppAdaptersSettings = AppAdaptersSettings()  # type: ignore[valid-type]
+
+
+def load(path: str | os.PathLike[str] | None = None, *, required: bool = False) -> AppSettings:
+    """:func:`bot.config.load_settings` with every adapter's section."""
+    return cast(AppSettings, load_settings(path, required=required, model=AppSettings))
+
+
+def served(runtime: Runtime) -> list[ServedAdapter]:
+    """The enabled adapters that ``serve`` runs, built on a started runtime, in registry order."""
+    enabled = runtime.settings.enabled_adapters()
+    return [spec.builder()(runtime, enabled[spec.name]) for spec in ADAPTERS
+            if spec.build is not None and spec.name in enabled]

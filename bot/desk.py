@@ -1,0 +1,157 @@
+"""The handoff desk: moving a conversation between the assistant and people.
+
+A user asks for a person (``/human``, a button, "I want to talk to someone"), or an operator takes a
+conversation over; from then on the bot keeps the user's messages (``held``) and passes them on, but does
+not answer, until the user sends ``/bot`` or an operator gives the conversation back. The mode changes
+at intake, so a message sent right after the request already goes to the person. Every change is told to
+the user as a :class:`~bot.types.HandoffUpdate` and to people through the notifiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+
+from bot import i18n
+from bot.attachments import AttachmentResolver
+from bot.handoff import HandoffEvent, Notifiers
+from bot.logs import conversation_var
+from bot.metrics import Metrics
+from bot.scheduler import Scheduler
+from bot.store import Conversation, Store, StoredMessage
+from bot.turn import Turn
+from bot.types import Channel, ConversationKey, HandoffUpdate, Notice, ReplyEvent
+
+log = logging.getLogger(__name__)
+
+#: Messages of the conversation sent along with a handoff, so the person sees what came before.
+HANDOFF_TRANSCRIPT = 20
+
+#: Sends an event to a conversation outside any turn (an operator's message); returns the stored message id.
+Deliver = Callable[[ConversationKey, ReplyEvent], Awaitable[int]]
+
+
+class HandoffDesk:
+    """See the module docstring."""
+
+    def __init__(self, store: Store, notifiers: Notifiers, metrics: Metrics, resolver: AttachmentResolver,
+                 scheduler: Scheduler, deliver: Deliver, default_language: str) -> None:
+        self.store = store
+        self.notifiers = notifiers
+        self.metrics = metrics
+        self.resolver = resolver
+        self.scheduler = scheduler
+        self.deliver = deliver
+        self.default_language = default_language
+        self._changed: dict[int, bool] = {}  # message id -> did /human or /bot change the mode?
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- at intake ------------------------------------------------------------------------
+
+    async def switch_at_intake(self, msg_id: int, conv: Conversation, want: str) -> None:
+        """``/human``, ``/bot`` or a plain request: the mode changes now, not when the lane reaches the
+        message, so what the user sends next already goes to the person (or back to the bot)."""
+        self._changed[msg_id] = conv.mode != want
+        if conv.mode != want:
+            await self.store.update_conversation(conv.key, mode=want,
+                                                 handoff_at=time.time() if want == "human" else None)
+
+    def hold(self, msg: StoredMessage, channel: Channel, lang: str, on_done: Callable[[], None]) -> None:
+        """A message that arrived while a person has the conversation: kept, passed on, not answered."""
+        self.metrics.held_messages.inc()
+
+        async def keep() -> None:
+            conversation_var.set(str(msg.key))
+            try:
+                names = await self.resolver.keep(msg, channel)
+                text = "\n".join([msg.text, *(f"[{n}]" for n in names)]).strip()
+                await self.notifiers.notify(HandoffEvent("message", str(msg.key), msg.key.platform, lang, text=text,
+                                                         user=msg.sender_name or msg.sender_id))
+            except Exception:
+                log.exception("passing message %d on to the person failed", msg.id)
+            finally:
+                on_done()
+
+        self.spawn(keep())
+
+    def spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def background(self) -> set[asyncio.Task[None]]:
+        return self._background
+
+    def forget(self, msg_id: int) -> None:
+        self._changed.pop(msg_id, None)
+
+    # -- in a turn ------------------------------------------------------------------------
+
+    async def request(self, turn: Turn) -> None:
+        """The user asked for a person: tell them, pass the conversation on."""
+        msg, lang = turn.msg, turn.lang
+        if self._changed.pop(msg.id, True):
+            await self.resolver.keep(msg, turn.channel)
+            rows = await self.store.transcript(msg.key, limit=HANDOFF_TRANSCRIPT)
+            transcript = [{"role": r.role, "text": r.text, "author": r.sender_name} for r in rows
+                          if r.kind != "command" and r.id != msg.id]
+            await self.notifiers.notify(HandoffEvent(
+                "requested", str(msg.key), msg.key.platform, lang, text=msg.text,
+                user=msg.sender_name or msg.sender_id, transcript=transcript))
+            self.metrics.handoffs.labels(msg.key.platform).inc()
+            update = HandoffUpdate("requested", "human", i18n.text("handoff_started", lang))
+        else:
+            update = HandoffUpdate("already", "human", i18n.text("handoff_already", lang))
+        await turn.reply(update)
+
+    async def back_to_bot(self, turn: Turn) -> None:
+        """``/bot``: the user wants the assistant again."""
+        msg, lang = turn.msg, turn.lang
+        if self._changed.pop(msg.id, True):
+            await self.notifiers.notify(HandoffEvent("returned", str(msg.key), msg.key.platform, lang, by="user",
+                                                     user=msg.sender_name or msg.sender_id))
+            update = HandoffUpdate("returned", "bot", i18n.text("handoff_ended", lang))
+        else:
+            update = HandoffUpdate("not_active", "bot", i18n.text("handoff_not_active", lang))
+        await turn.reply(update)
+
+    # -- operators ------------------------------------------------------------------------
+
+    def _language(self, conv: Conversation) -> str:
+        return conv.language or conv.last_language or self.default_language
+
+    async def hand_back(self, key: ConversationKey, *, by: str = "operator") -> bool:
+        """An operator gives the conversation back to the bot; the user is told. False if it was not handed off."""
+        conv = await self.store.conversation(key)
+        if conv.mode != "human":
+            return False
+        await self.store.update_conversation(key, mode="bot", handoff_at=None)
+        lang = self._language(conv)
+        await self.notifiers.notify(HandoffEvent("returned", str(key), key.platform, lang, by=by))
+        await self.deliver(key, HandoffUpdate("returned", "bot", i18n.text("handoff_ended", lang), by=by))
+        return True
+
+    async def take_over(self, key: ConversationKey, *, by: str) -> bool:
+        """An operator takes a conversation the bot is handling: the answer in progress stops, queued
+        messages are kept for the person, the user is told who joined. False if a person had it already."""
+        conv = await self.store.conversation(key)
+        if conv.mode == "human":
+            return False
+        await self.store.update_conversation(key, mode="human", handoff_at=time.time())
+        for queued in await self.scheduler.cancel(key):
+            await self.store.set_state(queued.id, "held")
+        lang = self._language(conv)
+        await self.notifiers.notify(HandoffEvent("taken", str(key), key.platform, lang, by=by))
+        self.metrics.handoffs.labels(key.platform).inc()
+        await self.deliver(key, HandoffUpdate("taken", "human", i18n.text("handoff_taken", lang, name=by), by=by))
+        return True
+
+    async def operator_reply(self, key: ConversationKey, text: str, *, author: str) -> int:
+        """A person's answer: stored and sent to the user as theirs."""
+        text = text.strip()
+        if not text:
+            raise ValueError("an operator reply needs text")
+        return await self.deliver(key, Notice(text, kind="info", author=author))

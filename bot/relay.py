@@ -1,0 +1,164 @@
+"""Between the engine and a platform: the engine never waits for a sink.
+
+A :class:`Relay` wraps the sink of one turn. The engine's chunks are :meth:`Relay.push`-ed into a
+buffer without awaiting anything; a pump task hands them to the sink, coalesced, as fast as the sink
+takes them — a Telegram sink that edits a message per chunk sees fewer, larger chunks, and the GPU slot
+is released as soon as the model is done. Other events keep their order behind the text
+(:meth:`Relay.send` waits for them; :meth:`Relay.post` does not). A sink that fails stops the relay:
+the engine loop sees :attr:`Relay.error` and stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from bot.metrics import Metrics
+from bot.types import (
+    AnswerDone,
+    FileReply,
+    HandoffUpdate,
+    Notice,
+    PlatformIds,
+    ReplyEvent,
+    ReplySink,
+    Status,
+    TextChunk,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Item:
+    event: ReplyEvent | None = None
+    text: str = ""
+    done: asyncio.Future[PlatformIds] | None = field(default=None)
+
+
+class Relay:
+    """The buffered, ordered path of one turn's events to its sink. See the module docstring."""
+
+    def __init__(self, sink: ReplySink) -> None:
+        self.sink = sink
+        self._items: deque[_Item] = deque()
+        self._pump: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+        self.streamed = ""  # every text pushed, whether or not the sink has shown it yet
+        self.chunks_in = 0
+        self.chunks_out = 0
+
+    # -- producer side --------------------------------------------------------------------
+
+    def push(self, text: str) -> None:
+        """A chunk of the answer, from the engine loop. Never waits."""
+        if not text or self.error is not None:
+            return
+        self.streamed += text
+        self.chunks_in += 1
+        if self._items and self._items[-1].event is None and self._items[-1].done is None:
+            self._items[-1].text += text  # coalesce with text the sink has not taken yet
+        else:
+            self._items.append(_Item(text=text))
+        self._wake()
+
+    def post(self, event: ReplyEvent) -> None:
+        """An event that must not hold up its caller (a progress status from a decoding thread's callback).
+        A newer status replaces one the sink has not shown yet."""
+        if self.error is not None:
+            return
+        if isinstance(event, Status) and self._items and isinstance(self._items[-1].event, Status) \
+                and self._items[-1].done is None:
+            self._items[-1].event = event
+        else:
+            self._items.append(_Item(event=event))
+        self._wake()
+
+    async def send(self, event: ReplyEvent) -> PlatformIds:
+        """An event, in order after the text pushed so far; returns what the sink returned. Raises when
+        the sink failed (now or earlier)."""
+        if self.error is not None:
+            raise self.error
+        future: asyncio.Future[PlatformIds] = asyncio.get_running_loop().create_future()
+        self._items.append(_Item(event=event, done=future))
+        self._wake()
+        return await asyncio.shield(future)
+
+    async def flush(self) -> None:
+        """Wait until the sink has taken everything; raise its error, if any."""
+        while self._pump is not None and not self._pump.done():
+            await asyncio.shield(self._pump)
+        if self.error is not None:
+            raise self.error
+
+    async def close(self) -> None:
+        """Stop the pump (a turn cancelled in a hurry); events not yet shown are dropped."""
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        for item in self._items:
+            if item.done is not None and not item.done.done():
+                item.done.cancel()
+        self._items.clear()
+
+    # -- the pump -------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._run(), name="relay")
+
+    async def _run(self) -> None:
+        while self._items:
+            item = self._items.popleft()
+            event = item.event if item.event is not None else TextChunk(item.text)
+            try:
+                result = await self.sink.emit(event)
+            except asyncio.CancelledError:
+                if item.done is not None and not item.done.done():
+                    item.done.cancel()
+                raise
+            except Exception as exc:
+                self.error = exc
+                if item.done is not None and not item.done.done():
+                    item.done.set_exception(exc)
+                log.warning("the reply sink failed on %s: %s", type(event).__name__, exc)
+                for rest in self._items:
+                    if rest.done is not None and not rest.done.done():
+                        rest.done.set_exception(exc)
+                self._items.clear()
+                return
+            if isinstance(event, TextChunk):
+                self.chunks_out += 1
+            if item.done is not None and not item.done.done():
+                item.done.set_result(result)
+
+
+class MeteredSink:
+    """Counts what reaches the user and times the answer (first token, complete) from the message's arrival."""
+
+    def __init__(self, sink: ReplySink, metrics: Metrics, adapter: str, arrived: float) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.adapter = adapter
+        self.arrived = arrived
+        self.first = True
+
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
+        result = await self.sink.emit(event)
+        m = self.metrics
+        if isinstance(event, TextChunk) and self.first:
+            self.first = False
+            m.ttft_seconds.labels(self.adapter).observe(time.monotonic() - self.arrived)
+        elif isinstance(event, AnswerDone):
+            m.messages_out.labels(self.adapter, "answer").inc()
+            if event.outcome == "done":
+                m.answer_seconds.labels(self.adapter).observe(time.monotonic() - self.arrived)
+        elif isinstance(event, Notice | HandoffUpdate):
+            kind = "error" if isinstance(event, Notice) and event.kind == "error" else "notice"
+            m.messages_out.labels(self.adapter, kind).inc()
+        elif isinstance(event, FileReply):
+            m.messages_out.labels(self.adapter, "file").inc()
+        return result

@@ -1,0 +1,189 @@
+"""The store seam: conversations, messages, attachments (stored once by SHA-256), processed platform
+events, platform message ids and usage counters.
+
+Message states: ``received`` (stored, not yet picked up) -> ``answering`` -> ``answered`` | ``failed`` |
+``cancelled``; ``held`` for messages a person answers (the conversation was handed off). A message is
+stored before it is processed, in the same transaction that remembers its platform event id, so a
+platform's retry is a duplicate only once the message is safely stored; messages left ``received`` or
+``answering`` by a crash are returned by :meth:`Store.pending` at start-up, with the platform messages
+the dead process had already created for their answers (``drafts``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from bot.types import Attachment, ConversationKey
+
+Role = Literal["user", "assistant"]
+Kind = Literal["chat", "command", "notice"]
+#: ``held``: received while the conversation waits for a human; a person answers it, not the bot.
+State = Literal["received", "answering", "answered", "failed", "cancelled", "held"]
+Mode = Literal["bot", "human"]
+PENDING_STATES: tuple[str, ...] = ("received", "answering")
+
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def checked_sha256(value: str) -> str:
+    """``value`` when it is a SHA-256 as the store writes it (64 lowercase hex digits); ValueError otherwise.
+
+    Attachment ids end up in file paths and URLs: nothing else may pass.
+    """
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ValueError(f"not a SHA-256 hex digest: {value!r:.80}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    position: int
+    ref: str
+    filename: str = ""
+    mime: str = ""
+    size: int | None = None
+    sha256: str | None = None  # set by the store once the bytes are saved
+
+    def as_attachment(self) -> Attachment:
+        return Attachment(self.ref, self.filename, self.mime, self.size)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    key: ConversationKey
+    role: Role
+    kind: Kind
+    text: str
+    state: State
+    attachments: tuple[StoredAttachment, ...] = ()
+    sender_id: str = ""
+    sender_name: str = ""
+    locale: str | None = None
+    #: user messages: the platform's id of the message; assistant messages: the first of ``platform_ids``.
+    platform_message_id: str | None = None
+    #: assistant messages: every platform message the reply spans.
+    platform_ids: tuple[str, ...] = ()
+    #: user messages being answered: the platform messages created so far for the answer.
+    drafts: tuple[str, ...] = ()
+    route: Mapping[str, str] = field(default_factory=dict)
+    reply_to: int | None = None
+    error: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    key: ConversationKey
+    persona: str | None = None
+    language: str | None = None  # pinned with /lang
+    last_language: str | None = None
+    context_start: int = 0  # messages with a smaller id are outside the context (/reset)
+    created_at: float = 0.0
+    mode: Mode = "bot"  # "human": handed off; the bot keeps the messages but does not answer
+    handoff_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    role: Role
+    text: str
+    kind: Kind = "chat"
+    state: State = "received"
+    attachments: Sequence[Attachment] = ()
+    sender_id: str = ""
+    sender_name: str = ""
+    locale: str | None = None
+    platform_message_id: str | None = None
+    platform_ids: Sequence[str] = ()
+    event_id: str | None = None
+    route: Mapping[str, str] = field(default_factory=dict)
+    reply_to: int | None = None
+
+    @property
+    def all_platform_ids(self) -> tuple[str, ...]:
+        ids = tuple(self.platform_ids)
+        if self.platform_message_id and self.platform_message_id not in ids:
+            ids = (self.platform_message_id, *ids)
+        return ids
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetReport:
+    conversations: int = 0
+    messages: int = 0
+    attachment_files: int = 0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the conversation manager needs from persistence. ``tests/test_store.py`` holds the contract."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def conversation(self, key: ConversationKey) -> Conversation: ...
+    async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation: ...
+    async def add_message(self, key: ConversationKey, message: NewMessage) -> int: ...
+    async def add_incoming(self, key: ConversationKey, message: NewMessage) -> int | None:
+        """Store a user's message and remember its platform event id (``message.event_id``, per platform) in
+        one transaction. None when the event was stored before (a platform's retry or redelivery)."""
+        ...
+    async def message(self, message_id: int) -> StoredMessage: ...
+    async def set_state(self, message_id: int, state: State, *, error: str | None = None) -> None: ...
+    async def set_drafts(self, message_id: int, ids: Sequence[str]) -> None:
+        """Record the platform messages created so far for the answer to ``message_id``."""
+        ...
+    async def finish(
+        self,
+        message_id: int,
+        state: State,
+        *,
+        reply: str | None = None,
+        kind: Kind = "chat",
+        reply_platform_ids: Sequence[str] = (),
+        error: str | None = None,
+    ) -> int | None:
+        """Set the final state of a user message and store its reply, atomically."""
+        ...
+    async def history(self, key: ConversationKey, *, since: int, before: int,
+                      limit: int | None = None) -> list[StoredMessage]:
+        """Chat turns of the context: answered user messages and their answers, ids in [since, before),
+        oldest first; with ``limit``, only the newest ``limit`` rows."""
+        ...
+    async def pending(self) -> list[StoredMessage]: ...
+    async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:
+        """The newest ``limit`` messages of a conversation, every role, kind and state, oldest first."""
+        ...
+    async def find_by_platform_id(self, platform: str, chat: str, platform_id: str) -> StoredMessage | None:
+        """The stored message (a user's, or a reply spanning it) the platform knows as ``platform_id``."""
+        ...
+    async def check(self) -> None:
+        """Raise when the store cannot be written (readiness probe)."""
+        ...
+    async def save_attachment(self, message_id: int, position: int, data: bytes, mime: str = "") -> str: ...
+    async def attachment_data(self, sha256: str) -> bytes:
+        """The bytes stored under ``sha256``; FileNotFoundError when absent, ValueError for a malformed id."""
+        ...
+    async def last_message_id(self) -> int: ...
+    async def forget(self, key: ConversationKey) -> ForgetReport: ...
+    async def purge(self, older_than: float) -> ForgetReport: ...
+    async def record_usage(self, user: str, kind: str, amount: float, at: float) -> None:
+        """Count ``amount`` of ``kind`` (messages, images, video seconds) for ``user`` at time ``at``."""
+        ...
+    async def usage(self, user: str, kind: str, since: float) -> tuple[float, float | None]:
+        """Total of ``kind`` for ``user`` since ``since``, and the time of the oldest record counted."""
+        ...
+
+
+__all__ = [
+    "PENDING_STATES", "Conversation", "ForgetReport", "Kind", "Mode", "NewMessage", "Role", "State", "Store",
+    "StoredAttachment", "StoredMessage", "checked_sha256", "sha256_of",
+]

@@ -1,0 +1,179 @@
+"""In-memory :class:`~bot.store.base.Store`: the same behaviour as SQLite, nothing survives the process."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from bot.store.base import (
+    PENDING_STATES,
+    Conversation,
+    ForgetReport,
+    Kind,
+    NewMessage,
+    State,
+    StoredAttachment,
+    StoredMessage,
+    checked_sha256,
+    sha256_of,
+)
+from bot.types import ConversationKey
+
+
+class MemoryStore:
+    """In-memory store for tests, the bench and scripts. Passes the same contract tests as the others."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self.conversations: dict[ConversationKey, Conversation] = {}
+        self.messages: dict[int, StoredMessage] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.events: set[tuple[str, str]] = set()
+        self.refs: dict[tuple[str, str, str], int] = {}
+        self.usage_rows: list[tuple[str, str, float, float]] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def conversation(self, key: ConversationKey) -> Conversation:
+        if key not in self.conversations:
+            self.conversations[key] = Conversation(key=key, created_at=self._clock())
+        return self.conversations[key]
+
+    async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation:
+        conv = replace(await self.conversation(key), **fields)  # type: ignore[arg-type]
+        self.conversations[key] = conv
+        return conv
+
+    async def add_message(self, key: ConversationKey, message: NewMessage) -> int:
+        await self.conversation(key)
+        mid = next(self._ids)
+        ids = message.all_platform_ids
+        self.messages[mid] = StoredMessage(
+            id=mid, key=key, role=message.role, kind=message.kind, text=message.text, state=message.state,
+            attachments=tuple(StoredAttachment(i, a.ref, a.filename, a.mime, a.size)
+                              for i, a in enumerate(message.attachments)),
+            sender_id=message.sender_id, sender_name=message.sender_name, locale=message.locale,
+            platform_message_id=ids[0] if ids else None, platform_ids=ids if message.role == "assistant" else (),
+            route=dict(message.route), reply_to=message.reply_to, created_at=self._clock(),
+        )
+        for pid in ids:
+            self.refs[(key.platform, key.chat, pid)] = mid
+        return mid
+
+    async def add_incoming(self, key: ConversationKey, message: NewMessage) -> int | None:
+        if message.event_id:
+            event = (key.platform, message.event_id)
+            if event in self.events:
+                return None
+            self.events.add(event)
+        return await self.add_message(key, message)
+
+    async def message(self, message_id: int) -> StoredMessage:
+        return self.messages[message_id]
+
+    async def set_state(self, message_id: int, state: State, *, error: str | None = None) -> None:
+        self.messages[message_id] = replace(self.messages[message_id], state=state, error=error)
+
+    async def set_drafts(self, message_id: int, ids: Sequence[str]) -> None:
+        self.messages[message_id] = replace(self.messages[message_id], drafts=tuple(ids))
+
+    async def finish(self, message_id: int, state: State, *, reply: str | None = None, kind: Kind = "chat",
+                     reply_platform_ids: Sequence[str] = (), error: str | None = None) -> int | None:
+        msg = self.messages[message_id]
+        self.messages[message_id] = replace(msg, state=state, error=error, drafts=())
+        if reply is None:
+            return None
+        return await self.add_message(msg.key, NewMessage(
+            role="assistant", text=reply, kind=kind, state="answered", platform_ids=tuple(reply_platform_ids),
+            reply_to=message_id))
+
+    async def history(self, key: ConversationKey, *, since: int, before: int,
+                      limit: int | None = None) -> list[StoredMessage]:
+        out = [
+            m for mid, m in sorted(self.messages.items())
+            if m.key == key and since <= mid < before and m.kind == "chat"
+            and (m.role == "assistant" or m.state == "answered")
+        ]
+        return out[-limit:] if limit else out
+
+    async def pending(self) -> list[StoredMessage]:
+        return [m for _, m in sorted(self.messages.items()) if m.role == "user" and m.state in PENDING_STATES]
+
+    async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:
+        return [m for _, m in sorted(self.messages.items()) if m.key == key][-limit:]
+
+    async def find_by_platform_id(self, platform: str, chat: str, platform_id: str) -> StoredMessage | None:
+        mid = self.refs.get((platform, chat, platform_id))
+        return self.messages.get(mid) if mid is not None else None
+
+    async def check(self) -> None:
+        return None
+
+    async def save_attachment(self, message_id: int, position: int, data: bytes, mime: str = "") -> str:
+        sha = sha256_of(data)
+        self.blobs.setdefault(sha, data)
+        msg = self.messages[message_id]
+        atts = tuple(
+            replace(a, sha256=sha, size=len(data), mime=a.mime or mime) if a.position == position else a
+            for a in msg.attachments
+        )
+        self.messages[message_id] = replace(msg, attachments=atts)
+        return sha
+
+    async def attachment_data(self, sha256: str) -> bytes:
+        try:
+            return self.blobs[checked_sha256(sha256)]
+        except KeyError:
+            raise FileNotFoundError(f"attachment {sha256} is not stored") from None
+
+    async def last_message_id(self) -> int:
+        return max(self.messages, default=0)
+
+    async def forget(self, key: ConversationKey) -> ForgetReport:
+        doomed = [mid for mid, m in self.messages.items() if m.key == key]
+        for mid in doomed:
+            del self.messages[mid]
+        self._drop_refs(set(doomed))
+        convs = 1 if self.conversations.pop(key, None) else 0
+        return ForgetReport(convs, len(doomed), self._drop_orphans())
+
+    async def purge(self, older_than: float) -> ForgetReport:
+        doomed = [
+            mid for mid, m in self.messages.items() if m.created_at < older_than and m.state not in PENDING_STATES
+        ]
+        for mid in doomed:
+            del self.messages[mid]
+        self._drop_refs(set(doomed))
+        live = {m.key for m in self.messages.values()}
+        empty = [k for k, c in self.conversations.items() if k not in live and c.created_at < older_than]
+        for k in empty:
+            del self.conversations[k]
+        self.usage_rows = [row for row in self.usage_rows if row[3] >= older_than]
+        return ForgetReport(len(empty), len(doomed), self._drop_orphans())
+
+    def _drop_refs(self, ids: set[int]) -> None:
+        for ref in [ref for ref, mid in self.refs.items() if mid in ids]:
+            del self.refs[ref]
+
+    def _drop_orphans(self) -> int:
+        used = {a.sha256 for m in self.messages.values() for a in m.attachments if a.sha256}
+        orphans = [sha for sha in self.blobs if sha not in used]
+        for sha in orphans:
+            del self.blobs[sha]
+        return len(orphans)
+
+    async def record_usage(self, user: str, kind: str, amount: float, at: float) -> None:
+        horizon = at - 2 * 86400
+        self.usage_rows = [row for row in self.usage_rows if row[3] >= horizon]
+        self.usage_rows.append((user, kind, amount, at))
+
+    async def usage(self, user: str, kind: str, since: float) -> tuple[float, float | None]:
+        rows = [row for row in self.usage_rows if row[0] == user and row[1] == kind and row[3] >= since]
+        return sum(row[2] for row in rows), min((row[3] for row in rows), default=None)

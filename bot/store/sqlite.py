@@ -1,0 +1,528 @@
+""":class:`~bot.store.base.Store` on a SQLite file: sqlite-utils, WAL mode, append-only named migrations.
+
+Attachment bytes live under ``<files_dir>/ab/cd/<sha256>``; hashing, writing and reading them run in a
+thread (a file can be 20 MB). Database calls are synchronous inside the async methods: each is one short
+transaction on a local file (tens of microseconds in WAL mode), cheaper than a thread hop, with one
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import sqlite_utils
+
+from bot.store.base import (
+    Conversation,
+    ForgetReport,
+    Kind,
+    NewMessage,
+    State,
+    StoredAttachment,
+    StoredMessage,
+    checked_sha256,
+    sha256_of,
+)
+from bot.types import ConversationKey
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+#: Conversations kept in memory (their rows are read at most once per cache miss).
+CONVERSATION_CACHE = 4096
+
+
+def migration(fn: Migration) -> Migration:
+    """Register an append-only, named migration. Never edit or reorder one that has shipped."""
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["conversations"].create(
+        {
+            "id": str, "platform": str, "chat": str, "thread": str, "persona": str, "language": str,
+            "last_language": str, "context_start": int, "created_at": float, "updated_at": float,
+        },
+        pk="id",
+        not_null={"platform", "chat", "thread", "context_start", "created_at"},
+        defaults={"thread": "", "context_start": 0},
+    )
+    db["messages"].create(
+        {
+            "id": int, "conversation_id": str, "role": str, "kind": str, "text": str, "state": str,
+            "sender_id": str, "sender_name": str, "locale": str, "platform_message_id": str,
+            "event_id": str, "reply_to": int, "error": str, "created_at": float, "updated_at": float,
+        },
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+        not_null={"conversation_id", "role", "kind", "text", "state", "created_at"},
+    )
+    db["messages"].create_index(["conversation_id", "id"])
+    db["messages"].create_index(["state"])
+    db["messages"].create_index(["created_at"])
+    db["attachments"].create(
+        {"sha256": str, "mime": str, "size": int, "path": str, "created_at": float}, pk="sha256"
+    )
+    db["message_attachments"].create(
+        {
+            "message_id": int, "position": int, "ref": str, "filename": str, "mime": str, "size": int,
+            "sha256": str,
+        },
+        pk=("message_id", "position"),
+        foreign_keys=[("message_id", "messages", "id")],
+    )
+    db["message_attachments"].create_index(["sha256"])
+    db["events"].create({"platform": str, "event_id": str, "created_at": float}, pk=("platform", "event_id"))
+    db["events"].create_index(["created_at"])
+
+
+@migration
+def m002_handoff(db: sqlite_utils.Database) -> None:
+    db["conversations"].add_column("mode", str, not_null_default="bot")
+    db["conversations"].add_column("handoff_at", float)
+
+
+@migration
+def m003_platform_ids_routes_usage(db: sqlite_utils.Database) -> None:
+    """Replies spanning several platform messages, drafts of answers in progress, adapters' routes, a lookup
+    by platform message id, and per-user usage counters."""
+    db["messages"].add_column("platform_ids", str)
+    db["messages"].add_column("drafts", str)
+    db["messages"].add_column("route", str)
+    db["platform_refs"].create(
+        {"platform": str, "chat": str, "platform_id": str, "message_id": int},
+        pk=("platform", "chat", "platform_id"),
+    )
+    db["platform_refs"].create_index(["message_id"])
+    db.conn.execute(
+        "INSERT OR IGNORE INTO platform_refs (platform, chat, platform_id, message_id)"
+        " SELECT c.platform, c.chat, m.platform_message_id, m.id FROM messages m"
+        " JOIN conversations c ON c.id = m.conversation_id WHERE m.platform_message_id IS NOT NULL"
+    )
+    db.conn.execute(
+        "UPDATE messages SET platform_ids = json_array(platform_message_id)"
+        " WHERE role = 'assistant' AND platform_message_id IS NOT NULL"
+    )
+    db["usage"].create({"id": int, "user": str, "kind": str, "amount": float, "at": float}, pk="id")
+    db["usage"].create_index(["user", "kind", "at"])
+    db["usage"].create_index(["at"])
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply the migrations not yet applied, in order; return their names."""
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
+    done = {row["name"] for row in db["_migrations"].rows}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        with _Tx(db.conn):
+            fn(db)
+            db["_migrations"].insert({"name": name, "applied_at": time.time()})
+        applied.append(name)
+    return applied
+
+
+_MSG_COLUMNS = (
+    "id, conversation_id, role, kind, text, state, sender_id, sender_name, locale, "
+    "platform_message_id, reply_to, error, created_at, platform_ids, drafts, route"
+)
+
+
+def _json_list(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    try:
+        loaded = json.loads(value)
+    except ValueError:
+        return ()
+    return tuple(str(v) for v in loaded) if isinstance(loaded, list) else ()
+
+
+def _json_map(value: str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    try:
+        loaded = json.loads(value)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+
+def _dump(value: Sequence[str] | Mapping[str, str]) -> str | None:
+    return json.dumps(list(value) if not isinstance(value, Mapping) else dict(value), ensure_ascii=False) \
+        if value else None
+
+
+class SQLiteStore:
+    """The default store. See the module docstring."""
+
+    def __init__(self, path: str | os.PathLike[str], files_dir: str | os.PathLike[str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.files_dir = Path(files_dir) if files_dir else self.path.parent / "attachments"
+        self._clock = clock
+        self._db: sqlite_utils.Database | None = None
+        self._conv_cache: OrderedDict[ConversationKey, Conversation] = OrderedDict()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise RuntimeError("SQLiteStore used before open()")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        db = sqlite_utils.Database(conn)
+        db.enable_wal()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.conn.close()
+            self._db = None
+        self._conv_cache.clear()
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.db.conn)
+
+    # -- conversations --------------------------------------------------------------------
+
+    def _cache(self, conv: Conversation) -> Conversation:
+        self._conv_cache[conv.key] = conv
+        self._conv_cache.move_to_end(conv.key)
+        while len(self._conv_cache) > CONVERSATION_CACHE:
+            self._conv_cache.popitem(last=False)
+        return conv
+
+    def _conversation(self, key: ConversationKey) -> Conversation:
+        cached = self._conv_cache.get(key)
+        if cached is not None:
+            self._conv_cache.move_to_end(key)
+            return cached
+        row = self.db.conn.execute(
+            "SELECT persona, language, last_language, context_start, created_at, mode, handoff_at"
+            " FROM conversations WHERE id = ?",
+            (str(key),),
+        ).fetchone()
+        if row is None:
+            now = self._clock()
+            self.db.conn.execute(
+                "INSERT OR IGNORE INTO conversations (id, platform, chat, thread, context_start, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?)",
+                (str(key), key.platform, key.chat, key.thread, now, now),
+            )
+            return self._cache(Conversation(key=key, created_at=now))
+        return self._cache(Conversation(key, row[0], row[1], row[2], row[3] or 0, row[4], row[5] or "bot", row[6]))
+
+    async def conversation(self, key: ConversationKey) -> Conversation:
+        return self._conversation(key)
+
+    async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation:
+        conv = replace(self._conversation(key), **fields)  # type: ignore[arg-type]
+        self.db.conn.execute(
+            "UPDATE conversations SET persona = ?, language = ?, last_language = ?, context_start = ?,"
+            " mode = ?, handoff_at = ?, updated_at = ? WHERE id = ?",
+            (conv.persona, conv.language, conv.last_language, conv.context_start, conv.mode, conv.handoff_at,
+             self._clock(), str(key)),
+        )
+        return self._cache(conv)
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _insert_message(self, key: ConversationKey, m: NewMessage) -> int:
+        now = self._clock()
+        ids = m.all_platform_ids
+        cur = self.db.conn.execute(
+            "INSERT INTO messages (conversation_id, role, kind, text, state, sender_id, sender_name, locale,"
+            " platform_message_id, platform_ids, route, event_id, reply_to, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(key), m.role, m.kind, m.text, m.state, m.sender_id, m.sender_name, m.locale,
+             ids[0] if ids else None, _dump(ids) if m.role == "assistant" else None, _dump(m.route), m.event_id,
+             m.reply_to, now, now),
+        )
+        mid = int(cur.lastrowid or 0)
+        if m.attachments:
+            self.db.conn.executemany(
+                "INSERT INTO message_attachments (message_id, position, ref, filename, mime, size)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(mid, i, a.ref, a.filename, a.mime, a.size) for i, a in enumerate(m.attachments)],
+            )
+        self._refer(key, ids, mid)
+        return mid
+
+    def _refer(self, key: ConversationKey, ids: Sequence[str], mid: int) -> None:
+        if ids:
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO platform_refs (platform, chat, platform_id, message_id) VALUES (?, ?, ?, ?)",
+                [(key.platform, key.chat, pid, mid) for pid in ids],
+            )
+
+    async def add_message(self, key: ConversationKey, message: NewMessage) -> int:
+        self._conversation(key)
+        with self._tx():
+            return self._insert_message(key, message)
+
+    async def add_incoming(self, key: ConversationKey, message: NewMessage) -> int | None:
+        self._conversation(key)
+        with self._tx():
+            if message.event_id:
+                cur = self.db.conn.execute(
+                    "INSERT OR IGNORE INTO events (platform, event_id, created_at) VALUES (?, ?, ?)",
+                    (key.platform, message.event_id, self._clock()),
+                )
+                if cur.rowcount != 1:
+                    return None
+            return self._insert_message(key, message)
+
+    async def message(self, message_id: int) -> StoredMessage:
+        row = self.db.conn.execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise KeyError(message_id)
+        return self._rows_to_messages([row])[0]
+
+    async def set_state(self, message_id: int, state: State, *, error: str | None = None) -> None:
+        self.db.conn.execute(
+            "UPDATE messages SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            (state, error, self._clock(), message_id),
+        )
+
+    async def set_drafts(self, message_id: int, ids: Sequence[str]) -> None:
+        self.db.conn.execute("UPDATE messages SET drafts = ?, updated_at = ? WHERE id = ?",
+                             (_dump(tuple(ids)), self._clock(), message_id))
+
+    async def finish(self, message_id: int, state: State, *, reply: str | None = None, kind: Kind = "chat",
+                     reply_platform_ids: Sequence[str] = (), error: str | None = None) -> int | None:
+        with self._tx():
+            self.db.conn.execute(
+                "UPDATE messages SET state = ?, error = ?, drafts = NULL, updated_at = ? WHERE id = ?",
+                (state, error, self._clock(), message_id),
+            )
+            if reply is None:
+                return None
+            row = self.db.conn.execute(
+                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            return self._insert_message(
+                ConversationKey.parse(row[0]),
+                NewMessage(role="assistant", text=reply, kind=kind, state="answered",
+                           platform_ids=tuple(reply_platform_ids), reply_to=message_id),
+            )
+
+    def _rows_to_messages(self, rows: Sequence[tuple]) -> list[StoredMessage]:
+        ids = [r[0] for r in rows]
+        atts: dict[int, list[StoredAttachment]] = {}
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start:chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            for a in self.db.conn.execute(
+                "SELECT message_id, position, ref, filename, mime, size, sha256 FROM message_attachments"
+                f" WHERE message_id IN ({marks}) ORDER BY message_id, position",
+                chunk,
+            ):
+                atts.setdefault(a[0], []).append(StoredAttachment(*a[1:]))
+        return [
+            StoredMessage(
+                id=r[0], key=ConversationKey.parse(r[1]), role=r[2], kind=r[3], text=r[4], state=r[5],
+                attachments=tuple(atts.get(r[0], ())), sender_id=r[6] or "", sender_name=r[7] or "",
+                locale=r[8], platform_message_id=r[9], reply_to=r[10], error=r[11], created_at=r[12],
+                platform_ids=_json_list(r[13]), drafts=_json_list(r[14]), route=_json_map(r[15]),
+            )
+            for r in rows
+        ]
+
+    async def history(self, key: ConversationKey, *, since: int, before: int,
+                      limit: int | None = None) -> list[StoredMessage]:
+        rows = self.db.conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? AND id >= ? AND id < ?"
+            " AND kind = 'chat' AND (role = 'assistant' OR state = 'answered') ORDER BY id DESC LIMIT ?",
+            (str(key), since, before, limit if limit else -1),
+        ).fetchall()
+        return self._rows_to_messages(rows[::-1])
+
+    async def pending(self) -> list[StoredMessage]:
+        rows = self.db.conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE role = 'user' AND state IN ('received', 'answering')"
+            " ORDER BY id"
+        ).fetchall()
+        return self._rows_to_messages(rows)
+
+    async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:
+        rows = self.db.conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+            (str(key), limit),
+        ).fetchall()
+        return self._rows_to_messages(rows[::-1])
+
+    async def find_by_platform_id(self, platform: str, chat: str, platform_id: str) -> StoredMessage | None:
+        row = self.db.conn.execute(
+            "SELECT message_id FROM platform_refs WHERE platform = ? AND chat = ? AND platform_id = ?",
+            (platform, chat, platform_id),
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return await self.message(row[0])
+        except KeyError:
+            return None
+
+    async def check(self) -> None:
+        # BEGIN IMMEDIATE takes the write lock: fails when the file is read-only, the disk is gone
+        # or another writer holds it past busy_timeout.
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+
+    # -- attachments ----------------------------------------------------------------------
+
+    def _blob_path(self, sha: str) -> Path:
+        sha = checked_sha256(sha)
+        return self.files_dir / sha[:2] / sha[2:4] / sha
+
+    def _write_blob(self, data: bytes) -> str:
+        sha = sha256_of(data)
+        path = self._blob_path(sha)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{sha}.{os.getpid()}.{id(data)}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return sha
+
+    async def save_attachment(self, message_id: int, position: int, data: bytes, mime: str = "") -> str:
+        sha = await asyncio.to_thread(self._write_blob, data)
+        with self._tx():
+            self.db.conn.execute(
+                "INSERT OR IGNORE INTO attachments (sha256, mime, size, path, created_at) VALUES (?, ?, ?, ?, ?)",
+                (sha, mime, len(data), str(self._blob_path(sha).relative_to(self.files_dir)), self._clock()),
+            )
+            self.db.conn.execute(
+                "UPDATE message_attachments SET sha256 = ?, size = ?, mime = COALESCE(NULLIF(mime, ''), ?)"
+                " WHERE message_id = ? AND position = ?",
+                (sha, len(data), mime, message_id, position),
+            )
+        return sha
+
+    async def attachment_data(self, sha256: str) -> bytes:
+        path = self._blob_path(sha256)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"attachment {sha256} is not stored") from None
+
+    async def last_message_id(self) -> int:
+        row = self.db.conn.execute("SELECT MAX(id) FROM messages").fetchone()
+        return int(row[0] or 0)
+
+    # -- deleting -------------------------------------------------------------------------
+
+    def _delete_messages(self, where: str, params: Sequence[object]) -> int:
+        ids = [r[0] for r in self.db.conn.execute(f"SELECT id FROM messages WHERE {where}", params)]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.db.conn.execute(f"DELETE FROM message_attachments WHERE message_id IN ({marks})", chunk)
+            self.db.conn.execute(f"DELETE FROM platform_refs WHERE message_id IN ({marks})", chunk)
+            self.db.conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+        return len(ids)
+
+    def _take_orphans(self) -> list[str]:
+        """Delete the attachment rows no message refers to any more; return their SHA-256s."""
+        orphans = [
+            r[0] for r in self.db.conn.execute(
+                "SELECT sha256 FROM attachments WHERE sha256 NOT IN"
+                " (SELECT sha256 FROM message_attachments WHERE sha256 IS NOT NULL)"
+            )
+        ]
+        self.db.conn.executemany("DELETE FROM attachments WHERE sha256 = ?", [(sha,) for sha in orphans])
+        return orphans
+
+    def _unlink(self, shas: Sequence[str]) -> int:
+        removed = 0
+        for sha in shas:
+            try:
+                self._blob_path(sha).unlink()
+                removed += 1
+            except (FileNotFoundError, ValueError):
+                continue
+        return removed
+
+    async def forget(self, key: ConversationKey) -> ForgetReport:
+        with self._tx():
+            n = self._delete_messages("conversation_id = ?", (str(key),))
+            convs = self.db.conn.execute("DELETE FROM conversations WHERE id = ?", (str(key),)).rowcount
+            orphans = self._take_orphans()
+        self._conv_cache.pop(key, None)
+        return ForgetReport(convs, n, await asyncio.to_thread(self._unlink, orphans))
+
+    async def purge(self, older_than: float) -> ForgetReport:
+        with self._tx():
+            n = self._delete_messages("created_at < ? AND state NOT IN ('received', 'answering')", (older_than,))
+            gone = [
+                r[0] for r in self.db.conn.execute(
+                    "SELECT id FROM conversations WHERE created_at < ? AND id NOT IN"
+                    " (SELECT DISTINCT conversation_id FROM messages)", (older_than,)
+                )
+            ]
+            for cid in gone:
+                self.db.conn.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+            self.db.conn.execute("DELETE FROM events WHERE created_at < ?", (older_than,))
+            self.db.conn.execute("DELETE FROM usage WHERE at < ?", (older_than,))
+            orphans = self._take_orphans()
+        self._conv_cache.clear()
+        return ForgetReport(len(gone), n, await asyncio.to_thread(self._unlink, orphans))
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def record_usage(self, user: str, kind: str, amount: float, at: float) -> None:
+        with self._tx():
+            self.db.conn.execute("INSERT INTO usage (user, kind, amount, at) VALUES (?, ?, ?, ?)",
+                                 (user, kind, amount, at))
+            # Windows are a day at most: older rows of this user and kind are never read again.
+            self.db.conn.execute("DELETE FROM usage WHERE user = ? AND kind = ? AND at < ?",
+                                 (user, kind, at - 2 * 86400))
+
+    async def usage(self, user: str, kind: str, since: float) -> tuple[float, float | None]:
+        row = self.db.conn.execute(
+            "SELECT COALESCE(SUM(amount), 0), MIN(at) FROM usage WHERE user = ? AND kind = ? AND at >= ?",
+            (user, kind, since),
+        ).fetchone()
+        return float(row[0]), row[1]
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``) on an autocommit connection; re-entrant."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self) -> _Tx:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self.outer:
+            return
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+__all__ = ["MIGRATIONS", "SQLiteStore", "migrate", "migration"]
