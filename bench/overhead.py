@@ -23,7 +23,15 @@ from bot.config import Settings
 from bot.engines import ChatMessage, EchoEngine
 from bot.manager import ConversationManager
 from bot.store import SQLiteStore
-from bot.types import AnswerDone, Channel, ConversationKey, IncomingMessage, MemoryFetcher, Sender, SinkContext
+from bot.types import (
+    AnswerDone,
+    Channel,
+    ConversationKey,
+    IncomingMessage,
+    MemoryFetcher,
+    Sender,
+    SinkContext,
+)
 
 QUESTIONS = [
     "My dishwasher shows error E15 and does not drain, what should I check?",
