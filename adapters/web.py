@@ -179,6 +179,8 @@ class _Session:
 class WebSink:
     """Renders one turn's reply events to every open page of the session."""
 
+    immediate = True  # it only puts events into the pages' in-process queues
+
     def __init__(self, adapter: WebAdapter, sid: str) -> None:
         self.adapter = adapter
         self.sid = sid

@@ -43,6 +43,8 @@ QUESTIONS = [
 
 
 class CountingSink:
+    immediate = True
+
     def __init__(self, answered: dict[int, float]) -> None:
         self.answered = answered
         self.current = 0

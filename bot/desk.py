@@ -37,13 +37,15 @@ class HandoffDesk:
     """See the module docstring."""
 
     def __init__(self, store: Store, notifiers: Notifiers, metrics: Metrics, resolver: AttachmentResolver,
-                 scheduler: Scheduler, deliver: Deliver, default_language: str) -> None:
+                 scheduler: Scheduler, deliver: Deliver, default_language: str,
+                 settle: Callable[[int, str], None] = lambda message_id, state: None) -> None:
         self.store = store
         self.notifiers = notifiers
         self.metrics = metrics
         self.resolver = resolver
         self.scheduler = scheduler
         self.deliver = deliver
+        self.settle = settle  # tells whoever waits on a message that it reached its final state
         self.default_language = default_language
         self._changed: dict[int, bool] = {}  # message id -> did /human or /bot change the mode?
         self._background: set[asyncio.Task[None]] = set()
@@ -143,6 +145,7 @@ class HandoffDesk:
         await self.store.update_conversation(key, mode="human", handoff_at=time.time())
         for queued in await self.scheduler.cancel(key):
             await self.store.set_state(queued.id, "held")
+            self.settle(queued.id, "held")
         lang = self._language(conv)
         await self.notifiers.notify(HandoffEvent("taken", str(key), key.platform, lang, by=by))
         self.metrics.handoffs.labels(key.platform).inc()

@@ -16,11 +16,13 @@ connection errors and 5xx in the background; it never delays the conversation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -98,26 +100,46 @@ def verify(secret: bytes, timestamp: str, body: bytes, signature: str, *, max_ag
 
 
 class WebhookNotifier:
-    """POSTs each event, HMAC-signed, to a URL; retries in the background; never raises into the caller."""
+    """POSTs each event, HMAC-signed, to a URL, in order, one at a time, in the background (a retried event
+    is never overtaken by a later one); never raises into the caller. At most ``max_queued`` events wait;
+    past that the oldest is dropped with an error line."""
 
     reaches_people = True
 
     def __init__(self, url: str, secret: str, *, client: httpx.AsyncClient | None = None, timeout: float = 10.0,
-                 attempts: int = 5, backoff: float = 1.0) -> None:
+                 attempts: int = 5, backoff: float = 1.0, max_queued: int = 10_000) -> None:
         self.url = url
         self._secret = secret.encode()
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._own_client = client is None
         self.attempts = attempts
         self.backoff = backoff
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.max_queued = max_queued
+        self._queue: deque[HandoffEvent] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.delivered = 0
         self.failed = 0
 
     async def notify(self, event: HandoffEvent) -> None:
-        task = asyncio.create_task(self._deliver(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if len(self._queue) >= self.max_queued:
+            dropped = self._queue.popleft()
+            self.failed += 1
+            log.error("handoff webhook: queue full, %s event of %s dropped", dropped.kind, dropped.conversation)
+        self._queue.append(event)
+        self._idle.clear()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name="handoff webhook")
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                await self._deliver(self._queue[0])
+                self._queue.popleft()
+        finally:
+            if not self._queue:
+                self._idle.set()
 
     async def _deliver(self, event: HandoffEvent) -> None:
         body = event.to_json()
@@ -149,13 +171,14 @@ class WebhookNotifier:
 
     async def drain(self, wait: float = 5.0) -> None:
         """Wait for deliveries in flight (shutdown, tests)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=wait)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), wait)
 
     async def close(self) -> None:
         await self.drain()
-        for task in self._tasks:
-            task.cancel()
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
         if self._own_client:
             await self._client.aclose()
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 from contextvars import ContextVar
 
 conversation_var: ContextVar[str] = ContextVar("conversation", default="-")
@@ -64,6 +65,19 @@ class RedactingFormatter(logging.Formatter):
         return redact(self.inner.format(record))
 
 
+class SafeStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose own failure report (logging's "--- Logging error ---") is redacted too."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if logging.raiseExceptions and self.stream is not None:
+            try:
+                exc = sys.exc_info()[1]
+                self.stream.write(redact(f"--- logging error in {record.name}: {type(exc).__name__}: {exc} "
+                                         f"(message {record.msg!r}, arguments {record.args!r})\n"))
+            except Exception:  # the stream itself is gone: nothing left to tell
+                pass
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data = {
@@ -79,7 +93,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
-    handler = logging.StreamHandler()
+    handler = SafeStreamHandler()
     handler.addFilter(ContextFilter())
     inner = JsonFormatter() if json_format else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(conversation)s] %(message)s")

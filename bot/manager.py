@@ -48,7 +48,7 @@ from bot.phrases import asks_for_human
 from bot.prompting import PromptBuilder
 from bot.relay import MeteredSink, Relay
 from bot.scheduler import FairGate, LocalScheduler, Scheduler
-from bot.store import Conversation, NewMessage, Store, StoredAttachment, StoredMessage
+from bot.store import Conversation, ForgetReport, NewMessage, Store, StoredAttachment, StoredMessage
 from bot.turn import Turn
 from bot.types import (
     AnswerDone,
@@ -114,7 +114,7 @@ class ConversationManager:
         self.prompts = PromptBuilder(store, engine, resolver=self.resolver)
         self.usage = UsageGuard(store)
         self.desk = HandoffDesk(store, self.notifiers, self.metrics, self.resolver, self.scheduler, self._deliver,
-                                self.conf.default_language)
+                                self.conf.default_language, settle=self._resolve)
         self.commands = Commands(settings, store, self.personas, self.persona_for, self._on_reset)
         self._channels: dict[str, Channel] = {}
         self._done: dict[int, asyncio.Future[str]] = {}
@@ -166,6 +166,7 @@ class ConversationManager:
         if resumed:
             log.info("resuming %d message(s) left unanswered by the previous run", resumed)
         if self.settings.store.retention_days and self._housekeeping is None:
+            await self._purge()
             self._housekeeping = asyncio.create_task(self._purge_forever())
         return resumed
 
@@ -232,7 +233,7 @@ class ConversationManager:
             attachments=tuple(StoredAttachment(i, a.ref, a.filename, a.mime, a.size)
                               for i, a in enumerate(message.attachments)),
             sender_id=message.sender.id, sender_name=message.sender.name, locale=message.locale,
-            platform_message_id=message.message_id, route=dict(message.route),
+            platform_message_id=message.message_id, route=message.route,
         )
         future = self._future(mid)
         self._arrived[mid] = time.monotonic()
@@ -392,12 +393,12 @@ class ConversationManager:
             raise EmptyMessage()
         if len(msg.text) > self.conf.max_message_chars:
             raise MessageTooLong(chars=len(msg.text), limit=self.conf.max_message_chars)
-        relay.post(Status("typing"))
+        await relay.note(Status("typing"))
         resolved = await self.resolver.resolve(msg, turn.channel, relay.post, lang)
         await self.usage.admit_media(f"{msg.key.platform}:{msg.sender_id}", turn.channel.policy.limits,
                                      images=resolved.image_count, video_seconds=resolved.video_seconds)
         for note in resolved.notes:
-            relay.post(note)
+            await relay.note(note)
         conv = await self.store.conversation(msg.key)
         persona = self.persona_for(conv, turn.channel)
         system = ChatMessage("system", persona.system_prompt(lang))
@@ -407,17 +408,20 @@ class ConversationManager:
         budget = (self.conf.history_token_budget or self.engine.info.context_length) - generation.max_new_tokens
         prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
         if prompt.reduced:
-            relay.post(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
+            await relay.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
         if prompt.dropped:
-            relay.post(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
+            await relay.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
         self._remember_reported(msg.key, prompt.reported)
 
         try:
-            async with self._engine_gate.slot(f"{msg.key.platform}:{msg.sender_id}"):
+            await self._engine_gate.acquire(f"{msg.key.platform}:{msg.sender_id}")
+            try:
                 async for chunk in self.engine.stream(prompt.messages, generation):
-                    relay.push(chunk)
+                    await relay.push(chunk)
                     if relay.error is not None:
                         raise relay.error  # the platform is gone: stop generating for it
+            finally:
+                self._engine_gate.release()
         except asyncio.CancelledError:
             if relay.streamed.strip():
                 with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -478,17 +482,29 @@ class ConversationManager:
         return await self.store.add_message(key, NewMessage(
             role="assistant", text=text, kind="notice", state="answered", sender_name=author, platform_ids=ids))
 
+    async def forget(self, key: ConversationKey) -> ForgetReport:
+        """Delete a conversation for good: what is being answered stops, its messages and files go."""
+        for queued in await self.scheduler.cancel(key):
+            self._resolve(queued.id, "cancelled")
+        report = await self.store.forget(key)
+        self.prompts.forget(key)
+        self._reported.pop(key, None)
+        return report
+
+    async def _purge(self) -> None:
+        cutoff = time.time() - self.settings.store.retention_days * 86400
+        try:
+            report = await self.store.purge(cutoff)
+            self.prompts.forget()
+            if report.messages:
+                log.info("retention: deleted %d message(s), %d file(s)", report.messages, report.attachment_files)
+        except Exception:
+            log.exception("retention purge failed")
+
     async def _purge_forever(self) -> None:
         while True:
-            cutoff = time.time() - self.settings.store.retention_days * 86400
-            try:
-                report = await self.store.purge(cutoff)
-                if report.messages:
-                    log.info("retention: deleted %d message(s), %d file(s)", report.messages,
-                             report.attachment_files)
-            except Exception:
-                log.exception("retention purge failed")
             await asyncio.sleep(3600)
+            await self._purge()
 
 
 __all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Ticket", "parse_command"]

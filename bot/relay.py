@@ -1,9 +1,10 @@
 """Between the engine and a platform: the engine never waits for a sink.
 
 A :class:`Relay` wraps the sink of one turn. The engine's chunks are :meth:`Relay.push`-ed into a
-buffer without awaiting anything; a pump task hands them to the sink, coalesced, as fast as the sink
-takes them — a Telegram sink that edits a message per chunk sees fewer, larger chunks, and the GPU slot
-is released as soon as the model is done. Other events keep their order behind the text
+buffer without waiting for the platform; a pump task hands them to the sink, coalesced, as fast as the
+sink takes them — a Telegram sink that edits a message per chunk sees fewer, larger chunks, and the GPU
+slot is released as soon as the model is done. A sink that only hands events to in-process queues (the
+web chat's) says so with ``immediate = True`` and is called inline, without the pump. Other events keep their order behind the text
 (:meth:`Relay.send` waits for them; :meth:`Relay.post` does not). A sink that fails stops the relay:
 the engine loop sees :attr:`Relay.error` and stops generating.
 """
@@ -11,6 +12,7 @@ the engine loop sees :attr:`Relay.error` and stops generating.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -44,6 +46,7 @@ class Relay:
 
     def __init__(self, sink: ReplySink) -> None:
         self.sink = sink
+        self.immediate = bool(getattr(sink, "immediate", False))
         self._items: deque[_Item] = deque()
         self._pump: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
@@ -53,12 +56,17 @@ class Relay:
 
     # -- producer side --------------------------------------------------------------------
 
-    def push(self, text: str) -> None:
-        """A chunk of the answer, from the engine loop. Never waits."""
+    async def push(self, text: str) -> None:
+        """A chunk of the answer, from the engine loop. Never waits for a platform."""
         if not text or self.error is not None:
             return
         self.streamed += text
         self.chunks_in += 1
+        if self.immediate and not self._items and (self._pump is None or self._pump.done()):
+            with contextlib.suppress(Exception):
+                await self._emit_now(TextChunk(text))
+                self.chunks_out += 1
+            return
         if self._items and self._items[-1].event is None and self._items[-1].done is None:
             self._items[-1].text += text  # coalesce with text the sink has not taken yet
         else:
@@ -77,11 +85,22 @@ class Relay:
             self._items.append(_Item(event=event))
         self._wake()
 
+    async def note(self, event: ReplyEvent) -> None:
+        """An event that must not hold up the turn (a status, a note): inline for an immediate sink,
+        else queued like :meth:`post`."""
+        if self.immediate and not self._items and (self._pump is None or self._pump.done()):
+            with contextlib.suppress(Exception):
+                await self._emit_now(event)
+            return
+        self.post(event)
+
     async def send(self, event: ReplyEvent) -> PlatformIds:
         """An event, in order after the text pushed so far; returns what the sink returned. Raises when
         the sink failed (now or earlier)."""
         if self.error is not None:
             raise self.error
+        if not self._items and (self._pump is None or self._pump.done()):
+            return await self._emit_now(event)  # nothing ahead of it: no need for the pump
         future: asyncio.Future[PlatformIds] = asyncio.get_running_loop().create_future()
         self._items.append(_Item(event=event, done=future))
         self._wake()
@@ -103,6 +122,16 @@ class Relay:
             if item.done is not None and not item.done.done():
                 item.done.cancel()
         self._items.clear()
+
+    async def _emit_now(self, event: ReplyEvent) -> PlatformIds:
+        try:
+            return await self.sink.emit(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.error = exc
+            log.warning("the reply sink failed on %s: %s", type(event).__name__, exc)
+            raise
 
     # -- the pump -------------------------------------------------------------------------
 
@@ -141,6 +170,7 @@ class MeteredSink:
 
     def __init__(self, sink: ReplySink, metrics: Metrics, adapter: str, arrived: float) -> None:
         self.sink = sink
+        self.immediate = bool(getattr(sink, "immediate", False))
         self.metrics = metrics
         self.adapter = adapter
         self.arrived = arrived

@@ -206,7 +206,8 @@ class LocalScheduler:
         try:
             while lane.queue:
                 msg = lane.queue[0]
-                async with self._gate.slot(self._user_of(msg)):
+                await self._gate.acquire(self._user_of(msg))
+                try:
                     if not lane.queue or lane.queue[0] is not msg:
                         continue  # cancelled while waiting for a place
                     lane.queue.popleft()
@@ -225,6 +226,8 @@ class LocalScheduler:
                         lane.current = None
                         lane.current_task = None
                         self._settle(msg.id)
+                finally:
+                    self._gate.release()
         finally:
             for msg in lane.queue:
                 self._settle(msg.id)

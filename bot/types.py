@@ -14,9 +14,13 @@ import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from bot.errors import AttachmentUnavailable, FileTooLarge
+
+#: The empty route (shared: most messages have none).
+NO_ROUTE: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,7 @@ class IncomingMessage:
     event_id: str | None = None
     message_id: str | None = None
     is_direct: bool = True
-    route: Mapping[str, str] = field(default_factory=dict)
+    route: Mapping[str, str] = field(default_factory=lambda: NO_ROUTE)
     raw: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -183,6 +187,9 @@ class ReplySink(Protocol):
     ``emit`` returns the platform id(s) of the message(s) it created for :class:`AnswerDone`,
     :class:`Notice`, :class:`HandoffUpdate` and :class:`FileReply` (an answer may span several platform
     messages), so the store can find them again (edits, reactions, a restart).
+
+    A sink whose ``emit`` never waits for I/O (it only hands events to in-process queues) may set a
+    class attribute ``immediate = True``: the core then calls it inline instead of through a buffer.
     """
 
     async def emit(self, event: ReplyEvent) -> PlatformIds: ...
@@ -205,7 +212,7 @@ class SinkContext:
     message_id: int | None = None
     previous: tuple[str, ...] = ()
     record: Callable[[Sequence[str]], Awaitable[None]] | None = None
-    route: Mapping[str, str] = field(default_factory=dict)
+    route: Mapping[str, str] = field(default_factory=lambda: NO_ROUTE)
     language: str = "en"
 
     async def remember(self, ids: Sequence[str]) -> None:
@@ -216,6 +223,8 @@ class SinkContext:
 
 class CollectingSink:
     """In-memory :class:`ReplySink`: records every event. Used by tests, the bench and scripts."""
+
+    immediate = True
 
     def __init__(self) -> None:
         self.events: list[ReplyEvent] = []

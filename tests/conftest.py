@@ -92,3 +92,49 @@ def hf_server(demo_model: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+class GatedEngine:
+    """Wraps the echo engine for event-driven tests: an answer whose prompt contains a key of ``gates``
+    waits for that event before its first word; ``fail_after`` makes answers containing a key raise after
+    that many words; ``started``/``finished`` are set per prompt text as generation starts and ends."""
+
+    def __init__(self, **echo: Any) -> None:
+        import asyncio
+
+        from bot.engines import EchoEngine
+
+        self.echo = EchoEngine(**echo)
+        self.info = self.echo.info
+        self.max_concurrency = self.echo.max_concurrency
+        self.gates: dict[str, asyncio.Event] = {}
+        self.fail_after: dict[str, int] = {}
+        self.started: dict[str, asyncio.Event] = {}
+        self.finished: dict[str, asyncio.Event] = {}
+        self.order: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.echo, name)
+
+    def event(self, table: dict[str, Any], text: str) -> Any:
+        import asyncio
+
+        return table.setdefault(text, asyncio.Event())
+
+    async def stream(self, messages: Any, generation: Any) -> Any:
+        text = messages[-1].text
+        self.order.append(text)
+        self.event(self.started, text).set()
+        try:
+            for key, gate in self.gates.items():
+                if key in text:
+                    await gate.wait()
+            limit = next((n for key, n in self.fail_after.items() if key in text), None)
+            count = 0
+            async for chunk in self.echo.stream(messages, generation):
+                if limit is not None and count >= limit:
+                    raise RuntimeError("the model server went away")
+                count += 1
+                yield chunk
+        finally:
+            self.event(self.finished, text).set()

@@ -25,7 +25,7 @@ async def run_console(tmp_path: Path, script: str, engine: EchoEngine | None = N
     settings = make_settings(tmp_path)
     store = SQLiteStore(settings.store_path)
     await store.open()
-    engine = engine or EchoEngine()
+    engine = engine or EchoEngine(record=True)
     manager = ConversationManager(settings, store, engine)
     out = io.StringIO()
     console = ConsoleAdapter(manager, conversation=conversation, stdin=io.StringIO(script), stdout=out)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -13,7 +14,15 @@ from typing import ClassVar
 import pytest
 
 from bot.engines import EchoEngine
-from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, HandoffEvent, WebhookNotifier, verify
+from bot.handoff import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    HandoffEvent,
+    LogNotifier,
+    Notifiers,
+    WebhookNotifier,
+    verify,
+)
 from bot.i18n import text
 from bot.manager import ConversationManager
 from bot.store import MemoryStore, SQLiteStore, Store
@@ -28,11 +37,14 @@ from bot.types import (
     SinkContext,
 )
 from tests.conftest import image_bytes, make_settings
+from tests.contracts import Desk, NotifierContract
 
 KEY = ConversationKey("web", "s1")
 
 
 class RecordingNotifier:
+    reaches_people = False
+
     def __init__(self) -> None:
         self.events: list[HandoffEvent] = []
 
@@ -48,7 +60,7 @@ class RecordingNotifier:
 
 class Bot:
     def __init__(self, tmp_path: Path, store: Store, engine: EchoEngine | None = None) -> None:
-        self.engine = engine or EchoEngine()
+        self.engine = engine or EchoEngine(record=True)
         self.notifier = RecordingNotifier()
         self.manager = ConversationManager(make_settings(tmp_path), store, self.engine, notifier=self.notifier)
         self.sinks: dict[ConversationKey, CollectingSink] = {}
@@ -132,7 +144,7 @@ async def test_questions_about_people_are_not_requests(tmp_path: Path) -> None:
 
 
 async def test_a_message_sent_right_after_the_request_goes_to_the_person(tmp_path: Path) -> None:
-    bot = Bot(tmp_path, MemoryStore(), EchoEngine(delay=0.05))
+    bot = Bot(tmp_path, MemoryStore(), EchoEngine(record=True, delay=0.05))
     first = asyncio.create_task(bot.say("what is this noise?", locale="en"))
     await asyncio.sleep(0)
     await bot.say("I want to talk to a person", wait=False)
@@ -229,3 +241,57 @@ async def test_an_unreachable_webhook_never_blocks_the_conversation(tmp_path: Pa
     await webhook.drain()
     await webhook.close()
     assert webhook.failed == 1 and webhook.delivered == 0
+
+
+# -- the notifier contract --------------------------------------------------------------------
+
+
+class TestLogNotifier(NotifierContract):
+    @pytest.fixture
+    def desk(self, caplog: pytest.LogCaptureFixture) -> Desk:
+        caplog.set_level(logging.INFO, logger="bot.handoff")
+
+        async def received() -> list[str]:
+            return [r.getMessage().split(":")[0].removeprefix("handoff ") for r in caplog.records
+                    if r.name == "bot.handoff"]
+
+        async def broken() -> LogNotifier:
+            return LogNotifier()
+
+        return Desk(LogNotifier(), received, broken)
+
+
+class TestWebhookNotifier(NotifierContract):
+    @pytest.fixture
+    async def desk(self, receiver: tuple[str, type[_Receiver]]) -> AsyncIterator[Desk]:
+        url, handler = receiver
+        handler.fail_first = 0
+        notifier = WebhookNotifier(url, "s3cret", backoff=0.01)
+
+        async def received() -> list[str]:
+            await notifier.drain()
+            return [json.loads(body)["kind"] for _, body in handler.received]
+
+        async def broken() -> WebhookNotifier:
+            return WebhookNotifier("http://127.0.0.1:9/nobody", "k", attempts=2, backoff=0.001)
+
+        yield Desk(notifier, received, broken)
+        await notifier.close()
+
+
+class TestNotifiers(NotifierContract):
+    @pytest.fixture
+    def desk(self) -> Desk:
+        recorder = RecordingNotifier()
+
+        class Exploding(RecordingNotifier):
+            async def notify(self, event: HandoffEvent) -> None:
+                raise RuntimeError("down")
+
+        async def received() -> list[str]:
+            return recorder.kinds()
+
+        async def broken() -> Notifiers:
+            return Notifiers([Exploding(), LogNotifier()])
+
+        return Desk(Notifiers([LogNotifier(), recorder]), received, broken)

@@ -58,7 +58,7 @@ class _Bridge:
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"engine": EchoEngine()}
+        return {"engine": EchoEngine(record=True)}
 
     @property
     def supports_image_inputs(self) -> bool:
@@ -94,7 +94,7 @@ class TestHTTPEngineChatModelIntegration(_Bridge, ChatModelIntegrationTests):
 
 
 def test_images_reach_the_engine_as_the_bot_would_send_them() -> None:
-    engine = EchoEngine()
+    engine = EchoEngine(record=True)
     model = as_chat_model(engine, max_tiles=6)
     jpeg = image_bytes(1200, 900)
     data = base64.b64encode(jpeg).decode()
@@ -111,7 +111,7 @@ def test_images_reach_the_engine_as_the_bot_would_send_them() -> None:
 
 
 async def test_streaming_and_stop_sequences() -> None:
-    model = as_chat_model(EchoEngine(delay=0.001))
+    model = as_chat_model(EchoEngine(record=True, delay=0.001))
     chunks = [c.content async for c in model.astream("one two three four five")]
     assert len([c for c in chunks if c]) >= 5 and "".join(chunks) == "echo: one two three four five"
     assert model.invoke("one two three four five", stop=["four"]).content == "echo: one two three "
@@ -124,7 +124,7 @@ async def test_message_history_over_the_bots_own_store(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     await store.open()
     key = ConversationKey("telegram", "42")
-    manager = ConversationManager(make_settings(tmp_path), store, EchoEngine())
+    manager = ConversationManager(make_settings(tmp_path), store, EchoEngine(record=True))
     sink = CollectingSink()
     manager.register(Channel("telegram", MemoryFetcher(), lambda context: sink))
     ticket = await manager.submit(IncomingMessage(key, Sender("u"), "my boiler shows F28"))

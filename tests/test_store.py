@@ -43,12 +43,21 @@ class StoreContract:
         await store.forget(KEY)
         assert await store.find_by_platform_id("telegram", "42", "100") is None
 
+    async def test_a_question_asked_while_the_last_was_answered_sees_that_answer(self, store: Store) -> None:
+        q1 = await store.add_message(KEY, NewMessage(role="user", text="q1"))
+        q2 = await store.add_message(KEY, NewMessage(role="user", text="q2"))  # sent before a1 was written
+        await store.finish(q1, "answered", reply="a1")
+        assert [m.text for m in await store.history(KEY, since=0, before=q2)] == ["q1", "a1"]
+
     async def test_history_can_be_read_newest_first_a_page_at_a_time(self, store: Store) -> None:
         for i in range(5):
             mid = await store.add_message(KEY, NewMessage(role="user", text=f"q{i}"))
             await store.finish(mid, "answered", reply=f"a{i}")
         last = await store.last_message_id()
         assert [m.text for m in await store.history(KEY, since=0, before=last + 1, limit=3)] == ["a3", "q4", "a4"]
+        page = await store.history(KEY, since=0, before=last + 1, limit=3)
+        older = await store.history(KEY, since=0, before=last + 1, limit=3, upto=page[0].id)
+        assert [m.text for m in older] == ["q2", "a2", "q3"]
         assert len(await store.history(KEY, since=0, before=last + 1)) == 10
 
     async def test_usage_is_counted_in_windows(self, store: Store) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from bot.engines import EchoEngine
 from bot.i18n import text
 from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
+from tests.contracts import FetcherContract, FileSource, Screen, SinkContract
 from tests.live_server import Live, live_server, open_session, post, sse_events
 
 
@@ -252,3 +254,140 @@ async def test_with_the_web_chat_disabled_the_service_still_serves_operations(tm
             assert (await client.get("/")).status_code == 404
             assert (await client.get("/healthz")).text == "ok\n"
             assert (await client.get("/readyz")).json() == {"ready": True}
+
+
+# -- issue: core ready for platform adapters ------------------------------------------------
+
+
+async def test_the_event_stream_needs_a_ticket_not_the_session_in_the_url(tmp_path: Path) -> None:
+    from adapters.web import SESSION_HEADER
+
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as browser:
+        await open_session(browser)
+        signed = browser.cookies[COOKIE]
+        async with live.client() as widget:  # a frame whose third-party cookie is blocked
+            assert (await widget.get("/api/events", params={"session": signed})).status_code == 401
+            assert (await widget.post("/api/tickets", json={"purpose": "events"},
+                                      headers={SESSION_HEADER: signed})).status_code == 403  # no CSRF header
+            response = await widget.post("/api/tickets", json={"purpose": "events"},
+                                         headers={SESSION_HEADER: signed, "X-InternVL-Bot": "1"})
+            ticket = response.json()["ticket"]
+            assert signed not in ticket
+            async with widget.stream("GET", "/api/events", params={"ticket": ticket}) as stream:
+                assert stream.status_code == 200
+            # a ticket for the event stream does not open downloads, and a tampered one nothing
+            assert (await widget.get(f"/api/files/{'0' * 32}", params={"ticket": ticket})).status_code == 401
+            assert (await widget.get("/api/events", params={"ticket": ticket[:-2] + "xx"})).status_code == 401
+            for bad in ({"purpose": "everything"}, {"purpose": "file", "file": "../x"}):
+                assert (await widget.post("/api/tickets", json=bad, headers={
+                    SESSION_HEADER: signed, "X-InternVL-Bot": "1"})).status_code == 400
+            assert (await widget.post("/api/tickets", content=b"[", headers={
+                SESSION_HEADER: signed, "X-InternVL-Bot": "1"})).status_code == 400
+
+
+async def test_request_ids_are_per_browser_session(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as ana, \
+            live.client() as bob:
+        await open_session(ana)
+        await open_session(bob)
+        first = await post(ana, "hello", **{"X-Request-Id": "r-1"})
+        again = await post(ana, "hello", **{"X-Request-Id": "r-1"})  # the same browser retried
+        other = await post(bob, "hello", **{"X-Request-Id": "r-1"})  # another browser, same id
+        assert (first.status_code, again.json(), other.status_code) == (202, {"duplicate": True}, 202)
+
+
+async def test_a_failure_mid_answer_leaves_no_stale_partial(tmp_path: Path) -> None:
+    from tests.conftest import GatedEngine
+
+    engine = GatedEngine()
+    engine.fail_after["explode"] = 2
+    async with live_server(make_settings(tmp_path), engine) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, "please explode now", until="notice")
+        done = next(e for e in events if e["type"] == "done")
+        assert done["outcome"] == "failed" and done["text"] == "echo: please"
+        assert events[-1]["kind"] == "error"
+        history = (await client.get("/api/history")).json()
+        assert history["partial"] == ""  # a reload does not replay the broken answer as if it streamed on
+
+
+class TestWebSink(SinkContract):
+    @pytest.fixture
+    def screen(self, tmp_path: Path) -> Screen:
+        from adapters.web import WebAdapter
+        from bot.manager import ConversationManager
+        from bot.store import MemoryStore
+
+        settings = make_settings(tmp_path)
+        web = WebAdapter(ConversationManager(settings, MemoryStore(), EchoEngine()), settings)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        web.session("c1").streams.add(queue)
+        seen: list[dict[str, Any]] = []
+
+        def drain() -> None:
+            while not queue.empty():
+                event = queue.get_nowait()
+                if event is not None:
+                    seen.append(event)
+
+        async def visible() -> list[str]:
+            drain()
+            return [e["text"] for e in seen if e["type"] in ("done", "notice")]
+
+        async def files() -> list[str]:
+            drain()
+            return [e["name"] for e in seen if e["type"] == "file"]
+
+        return Screen(lambda context: web._sink_for(context), visible, files)
+
+
+class TestUploadFetcher(FetcherContract):
+    @pytest.fixture
+    def files(self, tmp_path: Path) -> FileSource:
+        from adapters.web import UploadFetcher
+        from bot.types import Attachment
+
+        fetcher = UploadFetcher(tmp_path)
+
+        async def add(data: bytes, name: str) -> tuple[UploadFetcher, Attachment]:
+            ref = os.urandom(16).hex()
+            (tmp_path / ref).write_bytes(data)
+            return fetcher, Attachment(ref=ref, filename=name)
+
+        async def missing() -> tuple[UploadFetcher, Attachment]:
+            return fetcher, Attachment(ref="../../etc/passwd", filename="passwd")
+
+        return FileSource(add, missing)
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'"x"', b"null", b"not json", b"\xff\xfe\x00", b"[" * 5000, b"{"])
+async def test_operator_api_answers_400_to_any_malformed_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             body: bytes) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as op:
+        for action in ("reply", "take"):
+            response = await op.post(f"/api/operator/conversations/web:abc/{action}", content=body,
+                                     headers={"Authorization": "Bearer op-token", "Content-Type": "application/json"})
+            assert response.status_code == 400, (action, response.text)
+            assert response.json()["error"]
+        bad_key = await op.post("/api/operator/conversations/nokey/reply", json={"text": "t", "author": "a"},
+                                headers={"Authorization": "Bearer op-token"})
+        assert bad_key.status_code == 400
+
+
+async def test_operators_take_over_and_the_user_sees_who(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        await exchange(live, client, "my order 1234 is late")
+        key = (await client.get("/api/session")).json()["conversation"]
+        async with live.client() as op:
+            auth = {"Authorization": "Bearer op-token"}
+            before = streams(live)
+            reader = asyncio.create_task(sse_events(client, until="notice"))
+            await subscribed(live, before)
+            taken = await op.post(f"/api/operator/conversations/{key}/take", json={"by": "Ana"}, headers=auth)
+            assert taken.json() == {"taken": True}
+            event = (await reader)[-1]
+            assert (event["handoff"], event["mode"]) == ("taken", "human") and "Ana" in event["text"]
+        assert (await client.get("/api/session")).json()["mode"] == "human"

@@ -15,6 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot import i18n
 from bot.errors import BotError, InputError, NoSuchChannel, NoSuchConversation, ShuttingDown
@@ -204,6 +205,10 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "the request"
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(BotError)
     async def bot_error(request: Request, exc: BotError) -> JSONResponse:

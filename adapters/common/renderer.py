@@ -308,3 +308,98 @@ class StreamingRenderer:
                 ids.append(await self.transport.send(piece, final=True))
                 self.writes += 1
         return tuple(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# In memory
+
+
+@dataclass
+class ShownMessage:
+    """A message as the platform shows it (the in-memory transport's record)."""
+
+    id: str
+    text: str
+    final: bool
+    edits: int = 0
+    deleted: bool = False
+    history: list[str] | None = None
+
+
+class MemoryTransport:
+    """In-memory :class:`MessageTransport`: a chat's messages as a user would see them. Tests, the bench
+    and scripts use it; ``fail_on`` makes the next calls of a method raise."""
+
+    def __init__(self, *, limit: int = 4096, supports_preview: bool = False, measure: Measure = len) -> None:
+        self.limit = limit
+        self.supports_preview = supports_preview
+        self._measure = measure
+        self.messages: dict[str, ShownMessage] = {}
+        self.previews: list[str] = []
+        self.statuses: list[Status] = []
+        self.files: list[FileReply] = []
+        self.calls: list[str] = []
+        self.failures: dict[str, list[BaseException]] = {}
+        self._ids = 0
+
+    def measure(self, text: str) -> int:
+        return self._measure(text)
+
+    def fail_on(self, method: str, error: BaseException, times: int = 1) -> None:
+        self.failures.setdefault(method, []).extend([error] * times)
+
+    def _call(self, method: str) -> None:
+        self.calls.append(method)
+        pending = self.failures.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    async def send(self, text: str, *, final: bool) -> str:
+        self._call("send")
+        if self.measure(text) > self.limit:
+            raise ValueError(f"message longer than {self.limit}")
+        self._ids += 1
+        mid = str(self._ids)
+        self.messages[mid] = ShownMessage(mid, text, final, history=[text])
+        return mid
+
+    async def edit(self, message_id: str, text: str, *, final: bool) -> None:
+        self._call("edit")
+        shown = self.messages[message_id]
+        if self.measure(text) > self.limit:
+            raise ValueError(f"message longer than {self.limit}")
+        if shown.text != text or shown.final != final:
+            shown.text, shown.final = text, final
+            shown.edits += 1
+            assert shown.history is not None
+            shown.history.append(text)
+
+    async def delete(self, message_id: str) -> None:
+        self._call("delete")
+        self.messages[message_id].deleted = True
+
+    async def preview(self, text: str) -> None:
+        self._call("preview")
+        self.previews.append(text)
+
+    async def status(self, status: Status) -> None:
+        self._call("status")
+        self.statuses.append(status)
+
+    async def file(self, reply: FileReply) -> str:
+        self._call("file")
+        self.files.append(reply)
+        self._ids += 1
+        return str(self._ids)
+
+    @property
+    def visible(self) -> list[str]:
+        """The texts a user sees, in order (deleted messages gone)."""
+        return [m.text for m in self.messages.values() if not m.deleted]
+
+    def seed(self, text: str) -> str:
+        """A message that exists before the turn (what a killed run left)."""
+        self._ids += 1
+        mid = str(self._ids)
+        self.messages[mid] = ShownMessage(mid, text, False, history=[text])
+        return mid

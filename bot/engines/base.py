@@ -87,10 +87,11 @@ class Engine(Protocol):
     def stream(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]: ...
 
 
-def message_cost(engine: Engine, message: ChatMessage) -> int:
-    """Prompt tokens ``message`` costs: its text, its images by their tiles, and the template."""
+def message_cost(engine: Engine, message: ChatMessage, *, images: bool = True) -> int:
+    """Prompt tokens ``message`` costs: its text, its images by their tiles (unless ``images`` is False:
+    the budget planner prices them), its videos' frames, and the template."""
     cost = engine.count_tokens(message.text) + MESSAGE_OVERHEAD
-    for part in message.images:
+    for part in message.images if images else ():
         cost += engine.image_tokens(*part.size, part.max_tiles) + 2 + (4 if len(message.images) > 1 or part.label else 0)
     for video in message.videos:
         cost += sum(engine.image_tokens(*f.size, f.max_tiles) + 2 + 4 for f in video.frames)

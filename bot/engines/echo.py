@@ -17,8 +17,9 @@ from bot.media import tile_count
 class EchoEngine(LimitedEngine):
     """Answers with what it received: the last user text and a line per image (size and tiles).
 
-    ``delay`` (seconds per chunk) or ``delays`` (per text, looked up by the user text) make it slow on
-    purpose, for ordering tests; ``fail_on`` makes it raise for a given user text.
+    ``delay`` (seconds per chunk) or ``delay_for`` (per text, looked up by the user text) make it slow on
+    purpose, for ordering tests; ``fail_on`` makes it raise for a given user text; ``record`` keeps every
+    prompt in ``calls`` (tests only: prompts hold decoded images).
     """
 
     def __init__(
@@ -29,13 +30,15 @@ class EchoEngine(LimitedEngine):
         delay: float = 0.0,
         delay_for: Callable[[str], float] | None = None,
         fail_on: str | None = None,
+        record: bool = False,
     ) -> None:
         super().__init__(max_concurrency)
         self.info = EngineInfo(name="echo", context_length=context_length)
         self.delay = delay
         self.delay_for = delay_for
         self.fail_on = fail_on
-        self.calls: list[list[ChatMessage]] = []
+        self.record = record
+        self.calls: list[list[ChatMessage]] = []  # prompts received, when ``record`` (tests): they hold images
         self.active = 0
         self.peak_active = 0
 
@@ -53,7 +56,8 @@ class EchoEngine(LimitedEngine):
         return self.info.tokens_per_tile * tile_count(width, height, max_num=max_tiles)
 
     async def _generate(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]:
-        self.calls.append(list(messages))
+        if self.record:
+            self.calls.append(list(messages))
         self.active += 1
         self.peak_active = max(self.peak_active, self.active)
         try:

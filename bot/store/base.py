@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from bot.types import Attachment, ConversationKey
+from bot.types import NO_ROUTE, Attachment, ConversationKey
 
 Role = Literal["user", "assistant"]
 Kind = Literal["chat", "command", "notice"]
@@ -74,7 +74,7 @@ class StoredMessage:
     platform_ids: tuple[str, ...] = ()
     #: user messages being answered: the platform messages created so far for the answer.
     drafts: tuple[str, ...] = ()
-    route: Mapping[str, str] = field(default_factory=dict)
+    route: Mapping[str, str] = field(default_factory=lambda: NO_ROUTE)
     reply_to: int | None = None
     error: str | None = None
     created_at: float = 0.0
@@ -105,7 +105,7 @@ class NewMessage:
     platform_message_id: str | None = None
     platform_ids: Sequence[str] = ()
     event_id: str | None = None
-    route: Mapping[str, str] = field(default_factory=dict)
+    route: Mapping[str, str] = field(default_factory=lambda: NO_ROUTE)
     reply_to: int | None = None
 
     @property
@@ -153,10 +153,12 @@ class Store(Protocol):
     ) -> int | None:
         """Set the final state of a user message and store its reply, atomically."""
         ...
-    async def history(self, key: ConversationKey, *, since: int, before: int,
-                      limit: int | None = None) -> list[StoredMessage]:
-        """Chat turns of the context: answered user messages and their answers, ids in [since, before),
-        oldest first; with ``limit``, only the newest ``limit`` rows."""
+    async def history(self, key: ConversationKey, *, since: int, before: int, limit: int | None = None,
+                      upto: int | None = None) -> list[StoredMessage]:
+        """Chat turns of the context, oldest first: answered user messages with ids in [since, before) and
+        their answers (an answer can be newer than ``before``: a question asked while the previous one was
+        being answered still sees that answer). With ``limit``, only the newest ``limit`` rows; with
+        ``upto``, only rows older than that id (to read further back, a page at a time)."""
         ...
     async def pending(self) -> list[StoredMessage]: ...
     async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:

@@ -61,7 +61,7 @@ class MemoryStore:
                               for i, a in enumerate(message.attachments)),
             sender_id=message.sender_id, sender_name=message.sender_name, locale=message.locale,
             platform_message_id=ids[0] if ids else None, platform_ids=ids if message.role == "assistant" else (),
-            route=dict(message.route), reply_to=message.reply_to, created_at=self._clock(),
+            route=message.route, reply_to=message.reply_to, created_at=self._clock(),
         )
         for pid in ids:
             self.refs[(key.platform, key.chat, pid)] = mid
@@ -94,12 +94,13 @@ class MemoryStore:
             role="assistant", text=reply, kind=kind, state="answered", platform_ids=tuple(reply_platform_ids),
             reply_to=message_id))
 
-    async def history(self, key: ConversationKey, *, since: int, before: int,
-                      limit: int | None = None) -> list[StoredMessage]:
+    async def history(self, key: ConversationKey, *, since: int, before: int, limit: int | None = None,
+                      upto: int | None = None) -> list[StoredMessage]:
         out = [
             m for mid, m in sorted(self.messages.items())
-            if m.key == key and since <= mid < before and m.kind == "chat"
-            and (m.role == "assistant" or m.state == "answered")
+            if m.key == key and since <= mid and (upto is None or mid < upto) and m.kind == "chat"
+            and ((m.role == "user" and m.state == "answered" and mid < before)
+                 or (m.role == "assistant" and m.reply_to is not None and m.reply_to < before))
         ]
         return out[-limit:] if limit else out
 

@@ -31,7 +31,7 @@ from bot.store.base import (
     checked_sha256,
     sha256_of,
 )
-from bot.types import ConversationKey
+from bot.types import NO_ROUTE, ConversationKey
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -98,16 +98,15 @@ def m003_platform_ids_routes_usage(db: sqlite_utils.Database) -> None:
     db["messages"].add_column("platform_ids", str)
     db["messages"].add_column("drafts", str)
     db["messages"].add_column("route", str)
-    db["platform_refs"].create(
-        {"platform": str, "chat": str, "platform_id": str, "message_id": int},
-        pk=("platform", "chat", "platform_id"),
+    # A message's (first) platform id is found through this index; the further messages a long reply
+    # spans, through platform_refs. WITHOUT ROWID: the key is the table.
+    db.conn.execute("CREATE INDEX idx_messages_platform_message_id ON messages (platform_message_id)"
+                    " WHERE platform_message_id IS NOT NULL")
+    db.conn.execute(
+        "CREATE TABLE platform_refs (platform TEXT NOT NULL, chat TEXT NOT NULL, platform_id TEXT NOT NULL,"
+        " message_id INTEGER NOT NULL, PRIMARY KEY (platform, chat, platform_id)) WITHOUT ROWID"
     )
     db["platform_refs"].create_index(["message_id"])
-    db.conn.execute(
-        "INSERT OR IGNORE INTO platform_refs (platform, chat, platform_id, message_id)"
-        " SELECT c.platform, c.chat, m.platform_message_id, m.id FROM messages m"
-        " JOIN conversations c ON c.id = m.conversation_id WHERE m.platform_message_id IS NOT NULL"
-    )
     db.conn.execute(
         "UPDATE messages SET platform_ids = json_array(platform_message_id)"
         " WHERE role = 'assistant' AND platform_message_id IS NOT NULL"
@@ -149,9 +148,9 @@ def _json_list(value: str | None) -> tuple[str, ...]:
     return tuple(str(v) for v in loaded) if isinstance(loaded, list) else ()
 
 
-def _json_map(value: str | None) -> dict[str, str]:
+def _json_map(value: str | None) -> Mapping[str, str]:
     if not value:
-        return {}
+        return NO_ROUTE
     try:
         loaded = json.loads(value)
     except ValueError:
@@ -264,7 +263,8 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(mid, i, a.ref, a.filename, a.mime, a.size) for i, a in enumerate(m.attachments)],
             )
-        self._refer(key, ids, mid)
+        if len(ids) > 1:
+            self._refer(key, ids[1:], mid)
         return mid
 
     def _refer(self, key: ConversationKey, ids: Sequence[str], mid: int) -> None:
@@ -337,9 +337,10 @@ class SQLiteStore:
                 chunk,
             ):
                 atts.setdefault(a[0], []).append(StoredAttachment(*a[1:]))
+        keys: dict[str, ConversationKey] = {}
         return [
             StoredMessage(
-                id=r[0], key=ConversationKey.parse(r[1]), role=r[2], kind=r[3], text=r[4], state=r[5],
+                id=r[0], key=keys.get(r[1]) or keys.setdefault(r[1], ConversationKey.parse(r[1])), role=r[2], kind=r[3], text=r[4], state=r[5],
                 attachments=tuple(atts.get(r[0], ())), sender_id=r[6] or "", sender_name=r[7] or "",
                 locale=r[8], platform_message_id=r[9], reply_to=r[10], error=r[11], created_at=r[12],
                 platform_ids=_json_list(r[13]), drafts=_json_list(r[14]), route=_json_map(r[15]),
@@ -347,12 +348,13 @@ class SQLiteStore:
             for r in rows
         ]
 
-    async def history(self, key: ConversationKey, *, since: int, before: int,
-                      limit: int | None = None) -> list[StoredMessage]:
+    async def history(self, key: ConversationKey, *, since: int, before: int, limit: int | None = None,
+                      upto: int | None = None) -> list[StoredMessage]:
         rows = self.db.conn.execute(
             f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? AND id >= ? AND id < ?"
-            " AND kind = 'chat' AND (role = 'assistant' OR state = 'answered') ORDER BY id DESC LIMIT ?",
-            (str(key), since, before, limit if limit else -1),
+            " AND kind = 'chat' AND ((role = 'user' AND state = 'answered' AND id < ?)"
+            " OR (role = 'assistant' AND reply_to < ?)) ORDER BY id DESC LIMIT ?",
+            (str(key), since, upto if upto is not None else 2**62, before, before, limit if limit else -1),
         ).fetchall()
         return self._rows_to_messages(rows[::-1])
 
@@ -371,14 +373,25 @@ class SQLiteStore:
         return self._rows_to_messages(rows[::-1])
 
     async def find_by_platform_id(self, platform: str, chat: str, platform_id: str) -> StoredMessage | None:
-        row = self.db.conn.execute(
-            "SELECT message_id FROM platform_refs WHERE platform = ? AND chat = ? AND platform_id = ?",
-            (platform, chat, platform_id),
-        ).fetchone()
-        if row is None:
+        conversation = f"{platform}:{chat}"
+        found = None
+        for mid, cid in self.db.conn.execute(
+            "SELECT id, conversation_id FROM messages WHERE platform_message_id = ? ORDER BY id DESC",
+            (platform_id,),
+        ):
+            if cid == conversation or cid.startswith(conversation + ":"):
+                found = mid
+                break
+        if found is None:
+            row = self.db.conn.execute(
+                "SELECT message_id FROM platform_refs WHERE platform = ? AND chat = ? AND platform_id = ?",
+                (platform, chat, platform_id),
+            ).fetchone()
+            found = row[0] if row else None
+        if found is None:
             return None
         try:
-            return await self.message(row[0])
+            return await self.message(found)
         except KeyError:
             return None
 
