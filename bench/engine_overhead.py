@@ -32,19 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.lib.rawstream import stream_chat  # noqa: E402
+from bench.lib.timing import TimingSink  # noqa: E402
 from bot.config import OpenAIHTTPSettings, Settings  # noqa: E402
 from bot.engines.openai_http import OpenAIHTTPEngine  # noqa: E402
 from bot.manager import ConversationManager  # noqa: E402
 from bot.store import SQLiteStore  # noqa: E402
 from bot.types import (  # noqa: E402
-    AnswerDone,
     Channel,
     ConversationKey,
     IncomingMessage,
     MemoryFetcher,
-    ReplyEvent,
     Sender,
-    TextChunk,
 )
 
 
@@ -75,20 +73,6 @@ def start_hf_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.3)
     proc.kill()
     raise SystemExit("transformers serve did not start")
-
-
-class TimingSink:
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.first: float | None = None
-        self.done = asyncio.get_running_loop().create_future()
-
-    async def emit(self, event: ReplyEvent) -> str | None:
-        if isinstance(event, TextChunk) and self.first is None:
-            self.first = time.perf_counter()
-        elif isinstance(event, AnswerDone) and not self.done.done():
-            self.done.set_result(time.perf_counter())
-        return None
 
 
 async def direct(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[float, float]:
@@ -144,7 +128,7 @@ async def measure(args: argparse.Namespace, folder: Path, url: str, *, local: bo
                                                       "What is wrong with this appliance?", (attachment,),
                                                       locale="en"))
         assert ticket is not None
-        end = await sink.done
+        end, _ = await sink.done
         assert await ticket.done == "answered"
         return (sink.first or end) - started, end - started
 

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.lib.rawstream import stream_chat  # noqa: E402
+from bench.lib.timing import TimingSink  # noqa: E402
 from bot.config import LMDeploySettings, OpenAIHTTPSettings, Settings  # noqa: E402
 from bot.engines import Engine  # noqa: E402
 from bot.engines.lmdeploy import LMDeployEngine  # noqa: E402
@@ -48,15 +49,12 @@ from bot.engines.openai_http import OpenAIHTTPEngine  # noqa: E402
 from bot.manager import ConversationManager  # noqa: E402
 from bot.store import MemoryStore  # noqa: E402
 from bot.types import (  # noqa: E402
-    AnswerDone,
     Attachment,
     Channel,
     ConversationKey,
     IncomingMessage,
     MemoryFetcher,
-    ReplyEvent,
     Sender,
-    TextChunk,
 )
 
 # -- inputs -------------------------------------------------------------------------------------------
@@ -129,24 +127,11 @@ class Figures:
         self.tokens_per_s.append(tokens / max(end - first, 1e-6))
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.done: asyncio.Future[tuple[float, str]] = asyncio.get_running_loop().create_future()
-
-    async def emit(self, event: ReplyEvent) -> str | None:
-        if isinstance(event, TextChunk) and self.first is None:
-            self.first = time.perf_counter()
-        elif isinstance(event, AnswerDone) and not self.done.done():
-            self.done.set_result((time.perf_counter(), event.text))
-        return None
-
-
 async def through_framework(engine: Engine, settings: Settings, items: list[Turn], rounds: int,
                             after_each: Callable[[], Any]) -> tuple[dict[str, Figures], list[Any]]:
     manager = ConversationManager(settings, MemoryStore(), engine)
     fetcher = MemoryFetcher()
-    sinks: dict[str, Sink] = {}
+    sinks: dict[str, TimingSink] = {}
     manager.register(Channel("smoke", fetcher, lambda context: sinks[context.key.chat]))
     figures: dict[str, Figures] = {t.name: Figures() for t in items}
     captured: list[Any] = []
@@ -155,7 +140,7 @@ async def through_framework(engine: Engine, settings: Settings, items: list[Turn
         for turn in items:
             n += 1
             attachments: tuple[Attachment, ...] = tuple(fetcher.add(data, name, mime) for name, data, mime in turn.files)
-            sinks[f"c{n}"] = sink = Sink()
+            sinks[f"c{n}"] = sink = TimingSink()
             started = time.perf_counter()
             ticket = await manager.submit(IncomingMessage(ConversationKey("smoke", f"c{n}"), Sender("u"), turn.text,
                                                           attachments, locale="en"))

@@ -24,14 +24,3 @@ def test_core_imports_no_adapter_and_no_platform_sdk() -> None:
     for path in (ROOT / "bot").rglob("*.py"):
         bad = imported_modules(path) & PLATFORM_MODULES
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
-
-
-def test_nothing_imports_torchvision() -> None:
-    for folder in ("bot", "adapters", "tests", "bench"):
-        for path in (ROOT / folder).rglob("*.py"):
-            assert "torchvision" not in imported_modules(path), path
-
-
-def test_packages_are_typed() -> None:
-    assert (ROOT / "bot" / "py.typed").exists()
-    assert (ROOT / "adapters" / "py.typed").exists()

@@ -7,7 +7,7 @@ collected stream. Cancelling the consuming task (or closing the iterator) stops 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -155,4 +155,26 @@ def layout(message: ChatMessage) -> list[str | ImagePart]:
             out.append(frame)
             out.append("\n")
     out.append(message.text)
+    return out
+
+
+def interleaved(message: ChatMessage, clean: Callable[[str], str] = neutralize) -> list[str | ImagePart]:
+    """:func:`layout` for chat templates that end each image with a newline themselves (transformers'
+    InternVL ``-hf`` template, ``transformers serve``): images and non-empty text pieces, the newline after
+    each image left out, the message's own text passed through ``clean``."""
+    pieces = layout(message)
+    out: list[str | ImagePart] = []
+    previous_image = False
+    for piece in pieces:
+        if isinstance(piece, ImagePart):
+            out.append(piece)
+            previous_image = True
+            continue
+        text = clean(piece) if piece is pieces[-1] else piece
+        if previous_image and text == "\n":
+            previous_image = False
+            continue
+        previous_image = False
+        if text:
+            out.append(text)
     return out

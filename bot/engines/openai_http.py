@@ -50,7 +50,15 @@ import numpy as np
 from PIL import Image
 
 from bot.config import GenerationSettings, OpenAIHTTPSettings
-from bot.engines.base import ChatMessage, EngineInfo, ImagePart, LimitedEngine, layout, neutralize
+from bot.engines.base import (
+    ChatMessage,
+    EngineInfo,
+    ImagePart,
+    LimitedEngine,
+    interleaved,
+    layout,
+    neutralize,
+)
 from bot.errors import EngineError, EngineUnavailable, StartupError
 from bot.media import IMAGE_SIZE, grid_for, tile_count
 
@@ -278,19 +286,8 @@ class OpenAIHTTPEngine(LimitedEngine):
                 content.append({"type": "text", "text": text})
                 content += [self._image_part(p) for p in pieces if isinstance(p, ImagePart)]
             else:
-                previous_image = False
-                for p in pieces:
-                    if isinstance(p, ImagePart):
-                        content.append(self._image_part(p))
-                        previous_image = True
-                        continue
-                    text = neutralize(p) if p is pieces[-1] else p
-                    if previous_image and text == "\n":  # the model's template ends each image with a newline
-                        previous_image = False
-                        continue
-                    previous_image = False
-                    if text:
-                        content.append({"type": "text", "text": text})
+                content += [self._image_part(p) if isinstance(p, ImagePart) else {"type": "text", "text": p}
+                            for p in interleaved(message)]
             out.append({"role": message.role, "content": content})
         return out
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from bot.config import GenerationSettings, TransformersSettings
 from bot.demo_model import is_demo_model
-from bot.engines.base import ChatMessage, EngineInfo, ImagePart, LimitedEngine
+from bot.engines.base import ChatMessage, EngineInfo, ImagePart, LimitedEngine, interleaved
 from bot.errors import EngineError, ModelLoadError, PromptTooLong
 from bot.media import IMAGENET_MEAN, IMAGENET_STD, PixelCache, map_images, tile_count
 
@@ -171,22 +171,14 @@ class TransformersEngine(LimitedEngine):
         parts: list[ImagePart] = []
         for message in messages:
             content: list[dict[str, str]] = []
-            many = len(message.images) > 1
-            number = 0
-            for part in message.images:
-                if part.label:
-                    content.append({"type": "text", "text": f"{part.label}: "})
-                elif many:
-                    number += 1
-                    content.append({"type": "text", "text": f"Image-{number}: "})
-                content.append({"type": "image"})
-                parts.append(part)
-            for video in message.videos:
-                for k, frame in enumerate(video.frames):
-                    content.append({"type": "text", "text": f"Frame{k + 1}: "})
+            for piece in interleaved(message, self._sanitize):
+                if isinstance(piece, ImagePart):
                     content.append({"type": "image"})
-                    parts.append(frame)
-            content.append({"type": "text", "text": self._sanitize(message.text)})
+                    parts.append(piece)
+                else:
+                    content.append({"type": "text", "text": piece})
+            if not content:
+                content.append({"type": "text", "text": ""})
             conversation.append({"role": message.role, "content": content})
         prompt = self._tokenizer.apply_chat_template(
             conversation, chat_template=self._chat_template, tokenize=False, add_generation_prompt=True
