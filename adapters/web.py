@@ -445,22 +445,32 @@ class WebAdapter:
             return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
         conversation_var.set(f"{PLATFORM}:{sid}")
         limit = self.settings.media.max_file_bytes
-        max_body = limit * self.conf.max_files_per_message + 1_000_000
-        length = int(request.headers.get("content-length") or 0)
+        most = self.conf.max_files_per_message
+        max_body = limit * most + 1_000_000
+        length = int(request.headers.get("content-length") or 0) if (
+            request.headers.get("content-length") or "").isdigit() else 0
         if length > max_body:
-            return self._refuse(413, i18n.text("file_too_large", lang, name="upload", size_mb=_mb(length),
-                                               limit_mb=_mb(limit)), f"body of {length} bytes")
+            return self._refuse(413, i18n.text("files_too_large_total", lang, size_mb=_mb(length),
+                                               limit_mb=_mb(max_body - 1_000_000)), f"body of {length} bytes")
         try:
-            form = await request.form(max_files=self.conf.max_files_per_message, max_part_size=limit + 1)
+            # Counted here rather than by the parser, so the user hears how many they sent.
+            form = await request.form(max_files=1000, max_fields=20, max_part_size=self.settings.conversation.
+                                      max_message_chars * 4 + 1024)
         except Exception as exc:
-            return self._refuse(413, i18n.text("file_too_large", lang, name="upload", size_mb="?",
-                                               limit_mb=_mb(limit)), str(exc))
-        text = str(form.get("text") or "")
+            return self._refuse(400, i18n.text("upload_malformed", lang), f"malformed form: {exc}")
         attachments: list[Attachment] = []
         try:
-            for item in form.getlist("files"):
-                if not isinstance(item, UploadFile):
-                    continue
+            text_part = form.get("text")
+            if isinstance(text_part, UploadFile):
+                return self._refuse(400, i18n.text("upload_malformed", lang), "'text' sent as a file")
+            text = str(text_part or "")
+            uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+            if text_part is None and not uploads:  # the page always sends "text": the body was cut short
+                return self._refuse(400, i18n.text("upload_malformed", lang), "no text field and no file")
+            if len(uploads) > most:
+                return self._refuse(413, i18n.text("too_many_files", lang, count=len(uploads), limit=most),
+                                    f"{len(uploads)} files")
+            for item in uploads:
                 try:
                     saved = await save_upload(item, self.uploads, limit)
                 except UploadTooLarge as big:

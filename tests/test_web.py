@@ -391,3 +391,25 @@ async def test_operators_take_over_and_the_user_sees_who(tmp_path: Path, monkeyp
             event = (await reader)[-1]
             assert (event["handoff"], event["mode"]) == ("taken", "human") and "Ana" in event["text"]
         assert (await client.get("/api/session")).json()["mode"] == "human"
+
+
+async def test_refused_uploads_say_what_was_wrong(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, media={"max_file_bytes": 200_000}, adapters={"web": {"max_files_per_message": 3}})
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        many = await post(client, "look", [(f"p{i}.jpg", b"\xff\xd8\xff" + b"x" * 10, "image/jpeg") for i in range(5)])
+        assert many.status_code == 413
+        assert many.json()["error"].startswith("You sent 5 files; I can take up to 3 in one message.")
+        for size, shown in ((260_000, "0.3"), (390_000, "0.4")):
+            big = await post(client, "look", [("big.jpg", b"\xff" * size, "image/jpeg")])
+            assert big.status_code == 413
+            assert big.json()["error"] == f"The file “big.jpg” is too large ({shown} MB; the limit is 0.2 MB)."
+        broken = await client.post("/api/messages", content=b"--xyz\r\nContent-Disposition: form-data; name=\"te",
+                                   headers={"X-InternVL-Bot": "1",
+                                            "Content-Type": "multipart/form-data; boundary=xyz"})
+        assert broken.status_code == 400 and "did not arrive complete" in broken.json()["error"]
+        as_file = await client.post("/api/messages", files=[("text", ("t.txt", b"hello", "text/plain"))],
+                                    headers={"X-InternVL-Bot": "1"})
+        assert as_file.status_code == 400
+        assert list(live.web.uploads.iterdir()) == []
+        assert live.runtime.metrics.messages_in.labels("web")._value.get() == 0
