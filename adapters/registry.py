@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from pydantic import create_model
 
 from adapters.console import ConsoleSettings
+from adapters.telegram import TelegramSettings
 from adapters.web import WebSettings
 from bot.config import AdapterSection, AdaptersSettings, Settings, load_settings
 from bot.runtime import Runtime
@@ -53,6 +54,7 @@ class AdapterSpec:
 ADAPTERS: tuple[AdapterSpec, ...] = (
     AdapterSpec("console", ConsoleSettings),
     AdapterSpec("web", WebSettings, "adapters.web:build"),
+    AdapterSpec("telegram", TelegramSettings, "adapters.telegram:build"),
 )
 
 AppAdaptersSettings = create_model(  # type: ignore[call-overload]

@@ -77,6 +77,18 @@ class UnsupportedFile(InputError):
     user_key = "unsupported_file"
 
 
+class AudioNotSupported(UnsupportedFile):
+    """A voice message or an audio file: the model cannot listen (yet)."""
+
+    user_key = "voice_not_supported"
+
+
+class StickerNotSupported(UnsupportedFile):
+    """A sticker."""
+
+    user_key = "sticker_not_supported"
+
+
 class UnreadableVideo(InputError):
     """A video that could not be decoded (broken, truncated, empty, unknown codec)."""
 

@@ -35,6 +35,7 @@ from bot.errors import (
     InputError,
     MessageTooLong,
     NoSuchChannel,
+    NoSuchConversation,
     ShuttingDown,
     TooManyPending,
 )
@@ -57,6 +58,7 @@ from bot.types import (
     IncomingMessage,
     Notice,
     ReplyEvent,
+    Sender,
     SinkContext,
     Status,
     platform_ids,
@@ -481,6 +483,27 @@ class ConversationManager:
         author = getattr(event, "author", "") or ""
         return await self.store.add_message(key, NewMessage(
             role="assistant", text=text, kind="notice", state="answered", sender_name=author, platform_ids=ids))
+
+    async def regenerate(self, key: ConversationKey, answer_platform_id: str, *, sender: Sender,
+                         event_id: str | None = None, locale: str | None = None) -> Ticket | None:
+        """Answer a question again (a "Regenerate" button under the answer the platform knows as
+        ``answer_platform_id``): the old question and answer leave the context and the question is asked
+        anew. Raises :class:`NoSuchConversation` when that answer is no longer in the context."""
+        answer = await self.store.find_by_platform_id(key.platform, key.chat, answer_platform_id)
+        conv = await self.store.conversation(key)
+        if answer is None or answer.role != "assistant" or answer.reply_to is None or answer.key != key:
+            raise NoSuchConversation(f"no answer {answer_platform_id} in {key}")
+        question = await self.store.message(answer.reply_to)
+        if question.id < conv.context_start or question.state != "answered" or question.kind != "chat":
+            raise NoSuchConversation(f"the question of {answer_platform_id} is no longer in the context of {key}")
+        ticket = await self.submit(IncomingMessage(
+            key, sender, question.text, tuple(a.as_attachment() for a in question.attachments),
+            locale=locale or question.locale, event_id=event_id, message_id=question.platform_message_id,
+            route=question.route))
+        if ticket is not None:
+            await self.store.set_state(question.id, "superseded")
+            self.prompts.forget(key)
+        return ticket
 
     async def forget(self, key: ConversationKey) -> ForgetReport:
         """Delete a conversation for good: what is being answered stops, its messages and files go."""

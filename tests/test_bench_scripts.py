@@ -32,3 +32,25 @@ def test_gpu_smoke_refuses_a_machine_without_cuda() -> None:
     run = subprocess.run([sys.executable, "bench/gpu_smoke.py", "--model", "/models/x"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "CUDA" in run.stderr
+
+
+def _result(stdout: str) -> dict[str, str]:
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), stdout[-2000:]
+    return dict(item.split("=") for item in last.removeprefix("RESULT ").split())
+
+
+def test_telegram_burst_runs_small() -> None:
+    run = subprocess.run([sys.executable, "bench/telegram_burst.py", "--private", "3", "--groups", "1",
+                          "--per-group", "2", "--word-delay", "0.01"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = _result(run.stdout)
+    assert (result["chats"], result["lost"], result["duplicates"], result["unhandled_429"]) == ("4", "0", "0", "0")
+
+
+def test_growth_runs_small() -> None:
+    run = subprocess.run([sys.executable, "bench/growth.py", "--conversations", "50", "--messages", "500",
+                          "--per-length", "2", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert set(_result(run.stdout)) == {"turn_ms_1", "turn_ms_100", "turn_ms_1000", "growth_ratio", "rss_ratio"}

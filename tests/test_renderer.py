@@ -204,3 +204,34 @@ def test_split_pieces_fit_and_are_stable_as_the_text_grows(text: str, limit: int
     longer = split_text(text + "more text that keeps coming " * 3, limit, utf16_len)
     # every piece followed by another never changes again
     assert longer[: len(pieces) - 1] == pieces[:-1]
+
+
+async def test_the_last_message_of_a_finished_answer_is_marked_for_buttons() -> None:
+    transport = MemoryTransport(limit=40)
+    renderer = StreamingRenderer(transport, SinkContext(KEY), min_interval=0)
+    await _stream(renderer, ["First paragraph of it.\n\n", "Second paragraph here."])
+    assert [m.closing for m in transport.messages.values()] == [False, True]
+
+
+async def test_a_message_deleted_meanwhile_is_sent_anew() -> None:
+    transport = MemoryTransport()
+    left = transport.seed("partial")
+    transport.messages[left].deleted = True
+    renderer = StreamingRenderer(transport, SinkContext(KEY, previous=(left,)), min_interval=0)
+    ids = await _stream(renderer, ["Whole answer."])
+    assert transport.visible == ["Whole answer."] and ids != (left,)
+
+
+async def test_typing_is_kept_alive_until_the_first_text() -> None:
+    transport = MemoryTransport()
+    renderer = StreamingRenderer(transport, SinkContext(KEY), min_interval=0, typing_interval=0.01, keep_typing=60)
+    await renderer.emit(Status("typing"))
+    for _ in range(500):
+        if len(transport.statuses) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(transport.statuses) >= 3
+    await _stream(renderer, ["done"])
+    count = len(transport.statuses)
+    await asyncio.sleep(0.05)
+    assert len(transport.statuses) == count  # stopped once the answer showed

@@ -70,6 +70,20 @@ class StoreContract:
         assert await store.usage("telegram:1", "image", 0.0) == (3.0, 150.0)
         assert await store.usage("telegram:3", "message", 0.0) == (0.0, None)
 
+    async def test_pieces_are_stashed_once_until_dropped(self, store: Store) -> None:
+        await store.stash("telegram:album:1", "101", '{"photo": 1}')
+        await store.stash("telegram:album:1", "102", '{"photo": 2}')
+        await store.stash("telegram:album:1", "101", '{"photo": "again"}')  # a redelivered update
+        await store.stash("telegram:album:2", "201", "{}")
+        await store.stash("slack:x_y", "1", "{}")
+        found = await store.stashed("telegram:album:")
+        assert found == {"telegram:album:1": [("101", '{"photo": 1}'), ("102", '{"photo": 2}')],
+                         "telegram:album:2": [("201", "{}")]}
+        assert list(await store.stashed("slack:x_")) == ["slack:x_y"]
+        assert await store.stashed("slack:x%") == {}
+        await store.drop_stash("telegram:album:1")
+        assert list(await store.stashed("telegram:")) == ["telegram:album:2"]
+
     async def test_attachment_ids_are_checked(self, store: Store) -> None:
         for bad in ("../../etc/passwd", "ABC", "a" * 63, "g" * 64, "A" * 64):
             with pytest.raises(ValueError, match="not a SHA-256"):
@@ -203,7 +217,7 @@ class TestSQLiteStore(StoreContract):
         conn = sqlite3.connect(tmp_path / "x.sqlite3")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [
-            "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage"]
+            "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage", "m004_stash"]
 
     async def test_a_database_of_the_first_release_is_upgraded_in_place(self, tmp_path: Path) -> None:
         import sqlite_utils

@@ -44,21 +44,27 @@ class MessageTransport(Protocol):
     :mod:`adapters.common.ratelimit`) and raises only when the platform really refused.
 
     ``send``/``edit`` get Markdown; ``final`` says whether this is the part's finished text (render it
-    formatted) or a preview while it streams (plain text is fine). ``preview`` shows a draft without
-    creating a message (Telegram's ``sendMessageDraft``); transports without drafts set ``supports_preview``
-    False. ``edit`` of an unchanged text must not fail.
+    formatted) or a preview while it streams (plain text is fine); ``closing`` marks the last message of a
+    finished answer (where a platform puts its buttons). ``preview`` shows a draft without creating a
+    message (Telegram's ``sendMessageDraft``); transports without drafts set ``supports_preview`` False.
+    ``edit`` of an unchanged text must not fail; ``edit`` of a message the platform no longer has raises
+    :class:`MessageGone` (the renderer then sends it anew).
     """
 
     limit: int
     supports_preview: bool
 
     def measure(self, text: str) -> int: ...
-    async def send(self, text: str, *, final: bool) -> str: ...
-    async def edit(self, message_id: str, text: str, *, final: bool) -> None: ...
+    async def send(self, text: str, *, final: bool, closing: bool = False) -> str: ...
+    async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None: ...
     async def delete(self, message_id: str) -> None: ...
     async def preview(self, text: str) -> None: ...
     async def status(self, status: Status) -> None: ...
     async def file(self, reply: FileReply) -> str: ...
+
+
+class MessageGone(Exception):
+    """The platform no longer has the message to edit (deleted by a user or an admin)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +161,7 @@ class StreamingRenderer:
     """See the module docstring. One per turn."""
 
     def __init__(self, transport: MessageTransport, context: SinkContext | None = None, *,
-                 min_interval: float = 1.0, typing_interval: float = 4.0,
+                 min_interval: float = 1.0, typing_interval: float = 4.0, keep_typing: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.transport = transport
         self.context = context or SinkContext(key=None)  # type: ignore[arg-type]
@@ -171,6 +177,9 @@ class StreamingRenderer:
         self._lock = asyncio.Lock()
         self.writes = 0  # platform writes made (sends, edits, previews, deletes): for tests and the bench
         self.done = False
+        self.keep_typing = keep_typing  # seconds to keep the typing status alive until text shows (0: once)
+        self._typing: asyncio.Task[None] | None = None
+        self._closing = False  # rendering the finished answer: its last message gets the platform's buttons
 
     # -- ReplySink ------------------------------------------------------------------------
 
@@ -181,7 +190,9 @@ class StreamingRenderer:
             return None
         if isinstance(event, AnswerDone):
             self._cancel_timer()
+            self._stop_typing()
             self.answer = event.text
+            self._closing = True
             async with self._lock:
                 await self._render(self.answer, final=True)
                 self.done = True
@@ -191,6 +202,8 @@ class StreamingRenderer:
             return None
         if isinstance(event, Notice | HandoffUpdate):
             text = self._notice_text(event)
+            if isinstance(event, Notice) and event.kind == "error":
+                self._stop_typing()
             if isinstance(event, Notice) and event.kind == "error" and not self.answer and self.parts:
                 # The turn ends with an error before any answer: it replaces the progress message (or what a
                 # killed run left), rather than standing beside it.
@@ -244,6 +257,23 @@ class StreamingRenderer:
             self._last_typing = now
             with contextlib.suppress(Exception):
                 await self.transport.status(status)
+        if self.keep_typing and status.kind == "typing" and self._typing is None:
+            self._typing = asyncio.create_task(self._typing_until_text(status))
+
+    async def _typing_until_text(self, status: Status) -> None:
+        """Platforms show "typing…" for a few seconds: repeat it until the first text or progress shows."""
+        deadline = self.clock() + self.keep_typing
+        while not self.done and not self.answer and not self.parts and self.clock() < deadline:
+            await asyncio.sleep(self.typing_interval)
+            if self.done or self.answer or self.parts:
+                return
+            self._last_typing = self.clock()
+            with contextlib.suppress(Exception):
+                await self.transport.status(status)
+
+    def _stop_typing(self) -> None:
+        if self._typing is not None and not self._typing.done():
+            self._typing.cancel()
 
     async def _render(self, text: str, *, final: bool) -> None:
         """Bring the platform to ``text``: finished pieces formatted, the growing one as a preview."""
@@ -252,9 +282,10 @@ class StreamingRenderer:
             pieces.pop()
         for i, piece in enumerate(pieces):
             is_final = final or i < len(pieces) - 1
-            if i < len(self.parts) and self.parts[i].final and self.parts[i].text == piece:
+            closing = final and i == len(pieces) - 1 and self._closing
+            if i < len(self.parts) and self.parts[i].final and self.parts[i].text == piece and not closing:
                 continue
-            await self._show(i, piece, final=is_final, streaming=not final and i == len(pieces) - 1)
+            await self._show(i, piece, final=is_final, streaming=not final and i == len(pieces) - 1, closing=closing)
         if final:
             extra = self.parts[len(pieces):]
             del self.parts[len(pieces):]
@@ -267,29 +298,33 @@ class StreamingRenderer:
         else:
             self._last_write = self.clock()
 
-    async def _show(self, i: int, text: str, *, final: bool, streaming: bool) -> None:
+    async def _show(self, i: int, text: str, *, final: bool, streaming: bool, closing: bool = False) -> None:
         if not text.strip():
             return
         transport = self.transport
         try:
             if i < len(self.parts):
                 part = self.parts[i]
-                if part.text == text and part.final == final:
+                if part.text == text and part.final == final and not closing:
                     return
                 if part.id is None:  # a draft preview so far: now it becomes a message
                     if streaming and transport.supports_preview:
                         await transport.preview(text)
                     else:
-                        part.id = await transport.send(text, final=final)
+                        part.id = await transport.send(text, final=final, closing=closing)
                         await self.context.remember([p.id for p in self.parts if p.id])
                 else:
-                    await transport.edit(part.id, text, final=final)
+                    try:
+                        await transport.edit(part.id, text, final=final, closing=closing)
+                    except MessageGone:  # deleted meanwhile: the text goes into a new message
+                        part.id = await transport.send(text, final=final, closing=closing)
+                        await self.context.remember([p.id for p in self.parts if p.id])
                 part.text, part.final = text, final
             elif streaming and transport.supports_preview:
                 await transport.preview(text)
                 self.parts.append(_Part(None, text, False))
             else:
-                pid = await transport.send(text, final=final)
+                pid = await transport.send(text, final=final, closing=closing)
                 self.parts.append(_Part(pid, text, final))
                 await self.context.remember([p.id for p in self.parts if p.id])
             self.writes += 1
@@ -324,6 +359,7 @@ class ShownMessage:
     edits: int = 0
     deleted: bool = False
     history: list[str] | None = None
+    closing: bool = False  # the last message of a finished answer (where buttons go)
 
 
 class MemoryTransport:
@@ -354,18 +390,21 @@ class MemoryTransport:
         if pending:
             raise pending.pop(0)
 
-    async def send(self, text: str, *, final: bool) -> str:
+    async def send(self, text: str, *, final: bool, closing: bool = False) -> str:
         self._call("send")
         if self.measure(text) > self.limit:
             raise ValueError(f"message longer than {self.limit}")
         self._ids += 1
         mid = str(self._ids)
-        self.messages[mid] = ShownMessage(mid, text, final, history=[text])
+        self.messages[mid] = ShownMessage(mid, text, final, history=[text], closing=closing)
         return mid
 
-    async def edit(self, message_id: str, text: str, *, final: bool) -> None:
+    async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None:
         self._call("edit")
-        shown = self.messages[message_id]
+        shown = self.messages.get(message_id)
+        if shown is None or shown.deleted:
+            raise MessageGone(message_id)
+        shown.closing = shown.closing or closing
         if self.measure(text) > self.limit:
             raise ValueError(f"message longer than {self.limit}")
         if shown.text != text or shown.final != final:

@@ -22,7 +22,8 @@ from bot.types import NO_ROUTE, Attachment, ConversationKey
 Role = Literal["user", "assistant"]
 Kind = Literal["chat", "command", "notice"]
 #: ``held``: received while the conversation waits for a human; a person answers it, not the bot.
-State = Literal["received", "answering", "answered", "failed", "cancelled", "held"]
+#: ``superseded``: answered, then asked again ("regenerate"): it and its answer leave the context.
+State = Literal["received", "answering", "answered", "failed", "cancelled", "held", "superseded"]
 Mode = Literal["bot", "human"]
 PENDING_STATES: tuple[str, ...] = ("received", "answering")
 
@@ -183,6 +184,14 @@ class Store(Protocol):
     async def usage(self, user: str, kind: str, since: float) -> tuple[float, float | None]:
         """Total of ``kind`` for ``user`` since ``since``, and the time of the oldest record counted."""
         ...
+    async def stash(self, bucket: str, item: str, payload: str) -> None:
+        """Keep one piece of a message that arrives in pieces (a Telegram album's photos), durably, until the
+        adapter has them all; storing the same item again is a no-op (a redelivered update)."""
+        ...
+    async def stashed(self, prefix: str) -> dict[str, list[tuple[str, str]]]:
+        """Every bucket whose name starts with ``prefix``: its items and payloads, in the order stored."""
+        ...
+    async def drop_stash(self, bucket: str) -> None: ...
 
 
 __all__ = [

@@ -34,6 +34,7 @@ class MemoryStore:
         self.events: set[tuple[str, str]] = set()
         self.refs: dict[tuple[str, str, str], int] = {}
         self.usage_rows: list[tuple[str, str, float, float]] = []
+        self.stashes: dict[str, dict[str, str]] = {}
 
     async def open(self) -> None:
         return None
@@ -178,3 +179,12 @@ class MemoryStore:
     async def usage(self, user: str, kind: str, since: float) -> tuple[float, float | None]:
         rows = [row for row in self.usage_rows if row[0] == user and row[1] == kind and row[3] >= since]
         return sum(row[2] for row in rows), min((row[3] for row in rows), default=None)
+
+    async def stash(self, bucket: str, item: str, payload: str) -> None:
+        self.stashes.setdefault(bucket, {}).setdefault(item, payload)
+
+    async def stashed(self, prefix: str) -> dict[str, list[tuple[str, str]]]:
+        return {bucket: list(items.items()) for bucket, items in self.stashes.items() if bucket.startswith(prefix)}
+
+    async def drop_stash(self, bucket: str) -> None:
+        self.stashes.pop(bucket, None)

@@ -116,6 +116,15 @@ def m003_platform_ids_routes_usage(db: sqlite_utils.Database) -> None:
     db["usage"].create_index(["at"])
 
 
+@migration
+def m004_stash(db: sqlite_utils.Database) -> None:
+    """Pieces of messages that arrive in pieces (albums), kept until the adapter has them all."""
+    db.conn.execute(
+        "CREATE TABLE stash (bucket TEXT NOT NULL, item TEXT NOT NULL, payload TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (bucket, item)) WITHOUT ROWID"
+    )
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, in order; return their names."""
     if "_migrations" not in db.table_names():
@@ -517,6 +526,26 @@ class SQLiteStore:
             (user, kind, since),
         ).fetchone()
         return float(row[0]), row[1]
+
+
+    # -- stash ----------------------------------------------------------------------------
+
+    async def stash(self, bucket: str, item: str, payload: str) -> None:
+        self.db.conn.execute("INSERT OR IGNORE INTO stash (bucket, item, payload, at) VALUES (?, ?, ?, ?)",
+                             (bucket, item, payload, self._clock()))
+
+    async def stashed(self, prefix: str) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        for bucket, item, payload in self.db.conn.execute(
+            "SELECT bucket, item, payload FROM stash WHERE bucket LIKE ? ESCAPE '\\' ORDER BY at, item",
+            (escaped + "%",),
+        ):
+            out.setdefault(bucket, []).append((item, payload))
+        return out
+
+    async def drop_stash(self, bucket: str) -> None:
+        self.db.conn.execute("DELETE FROM stash WHERE bucket = ?", (bucket,))
 
 
 class _Tx:
