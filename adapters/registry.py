@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from pydantic import create_model
 
 from adapters.console import ConsoleSettings
+from adapters.slack import SlackSettings
 from adapters.telegram import TelegramSettings
 from adapters.web import WebSettings
 from bot.config import AdapterSection, AdaptersSettings, Settings, load_settings
@@ -55,6 +56,7 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
     AdapterSpec("console", ConsoleSettings),
     AdapterSpec("web", WebSettings, "adapters.web:build"),
     AdapterSpec("telegram", TelegramSettings, "adapters.telegram:build"),
+    AdapterSpec("slack", SlackSettings, "adapters.slack:build"),
 )
 
 AppAdaptersSettings = create_model(  # type: ignore[call-overload]

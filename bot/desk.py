@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 
 from bot import i18n
 from bot.attachments import AttachmentResolver
+from bot.commands import with_prefix
 from bot.handoff import HandoffEvent, Notifiers
 from bot.logs import conversation_var
 from bot.metrics import Metrics
@@ -104,10 +105,15 @@ class HandoffDesk:
                 "requested", str(msg.key), msg.key.platform, lang, text=msg.text,
                 user=msg.sender_name or msg.sender_id, transcript=transcript))
             self.metrics.handoffs.labels(msg.key.platform).inc()
-            update = HandoffUpdate("requested", "human", i18n.text("handoff_started", lang))
+            update = HandoffUpdate("requested", "human", self._say(turn, "handoff_started"))
         else:
-            update = HandoffUpdate("already", "human", i18n.text("handoff_already", lang))
+            update = HandoffUpdate("already", "human", self._say(turn, "handoff_already"))
         await turn.reply(update)
+
+    @staticmethod
+    def _say(turn: Turn, key: str) -> str:
+        """A text that names commands, with the channel's command prefix (``!bot`` on Slack)."""
+        return with_prefix(i18n.text(key, turn.lang), turn.channel.command_prefixes[0])
 
     async def back_to_bot(self, turn: Turn) -> None:
         """``/bot``: the user wants the assistant again."""
@@ -115,9 +121,9 @@ class HandoffDesk:
         if self._changed.pop(msg.id, True):
             await self.notifiers.notify(HandoffEvent("returned", str(msg.key), msg.key.platform, lang, by="user",
                                                      user=msg.sender_name or msg.sender_id))
-            update = HandoffUpdate("returned", "bot", i18n.text("handoff_ended", lang))
+            update = HandoffUpdate("returned", "bot", self._say(turn, "handoff_ended"))
         else:
-            update = HandoffUpdate("not_active", "bot", i18n.text("handoff_not_active", lang))
+            update = HandoffUpdate("not_active", "bot", self._say(turn, "handoff_not_active"))
         await turn.reply(update)
 
     # -- operators ------------------------------------------------------------------------

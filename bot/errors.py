@@ -125,6 +125,12 @@ class AttachmentUnavailable(InputError):
     user_key = "attachment_unavailable"
 
 
+class FileHostRefused(AttachmentUnavailable):
+    """A file offered at an address the adapter does not fetch from (not the platform's own file servers)."""
+
+    user_key = "file_host_refused"
+
+
 class TooManyPending(InputError):
     """The conversation already has the maximum number of messages waiting."""
 

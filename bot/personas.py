@@ -26,6 +26,8 @@ class Persona:
     style: str = ""
     description: str = ""
     greeting: dict[str, str] = field(default_factory=dict)
+    #: language code -> questions a new user can start from (the web chat's greeting, Slack's suggested prompts)
+    suggestions: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def system_prompt(self, language: str) -> str:
         """The system prompt for an answer in ``language``."""
@@ -39,13 +41,17 @@ class Persona:
     def greeting_for(self, language: str) -> str:
         return self.greeting.get(language) or self.greeting.get("en") or self.title
 
+    def suggestions_for(self, language: str) -> tuple[str, ...]:
+        return self.suggestions.get(language) or self.suggestions.get("en") or ()
+
 
 def _parse(data: Any, source: str) -> Persona:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a persona file must be a mapping with name, title and system")
-    unknown = set(data) - {"name", "title", "system", "style", "description", "greeting"}
+    unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions"}
     if unknown:
-        raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, description, greeting")
+        raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, "
+                          "description, greeting, suggestions")
     for key in ("name", "system"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ConfigError(f"{source}: persona key {key!r} is missing or empty")
@@ -54,6 +60,10 @@ def _parse(data: Any, source: str) -> Persona:
         greeting = {"en": greeting}
     if not isinstance(greeting, dict):
         raise ConfigError(f"{source}: greeting must be a text or a mapping of language code to text")
+    suggestions = data.get("suggestions") or {}
+    if not isinstance(suggestions, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v)
+                                                     for v in suggestions.values()):
+        raise ConfigError(f"{source}: suggestions must be a mapping of language code to a list of questions")
     return Persona(
         name=data["name"].strip(),
         title=str(data.get("title") or data["name"]).strip(),
@@ -61,6 +71,7 @@ def _parse(data: Any, source: str) -> Persona:
         style=str(data.get("style") or ""),
         description=str(data.get("description") or ""),
         greeting={str(k): str(v) for k, v in greeting.items()},
+        suggestions={str(k): tuple(v) for k, v in suggestions.items()},
     )
 
 

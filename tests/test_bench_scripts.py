@@ -54,3 +54,11 @@ def test_growth_runs_small() -> None:
                           "--per-length", "2", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     assert set(_result(run.stdout)) == {"turn_ms_1", "turn_ms_100", "turn_ms_1000", "growth_ratio", "rss_ratio"}
+
+
+def test_slack_burst_runs_small() -> None:
+    run = subprocess.run([sys.executable, "bench/slack_burst.py", "--threads", "3", "--dms", "2", "--word-delay",
+                          "0.01"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = _result(run.stdout)
+    assert (result["threads"], result["lost"], result["duplicates"], result["unhandled_429"]) == ("5", "0", "0", "0")

@@ -93,3 +93,12 @@ async def test_keys_are_bounded() -> None:
     for i in range(100):
         await limiter.acquire(str(i))
     assert len(limiter._keys) == 10
+
+
+async def test_capacity_can_be_asked_without_waiting() -> None:
+    limiter = RateLimiter(lambda key: [(2, 3600)])
+    assert limiter.has_capacity("k", 2)
+    await limiter.acquire("k")
+    assert limiter.has_capacity("k") and not limiter.has_capacity("k", 2)
+    limiter.pause("k", 3600)
+    assert not limiter.has_capacity("k")

@@ -65,6 +65,13 @@ class RateLimiter:
         for limiter in self._overall:
             await limiter.acquire()
 
+    def has_capacity(self, key: str, amount: float = 1) -> bool:
+        """Whether ``amount`` calls for ``key`` could go now without waiting (to pick a cheaper way when not)."""
+        if max(self._paused.get(key, 0.0), self._paused_all) > time.monotonic():
+            return False
+        return all(limiter.has_capacity(amount) for limiter in self._limiters(key)) and all(
+            limiter.has_capacity(amount) for limiter in self._overall)
+
     def pause(self, key: str | None, seconds: float) -> None:
         """The platform asked us to wait: calls for ``key`` (every key, for None) wait ``seconds``."""
         until = time.monotonic() + max(0.0, min(seconds, self.max_wait))

@@ -162,7 +162,7 @@ class StreamingRenderer:
 
     def __init__(self, transport: MessageTransport, context: SinkContext | None = None, *,
                  min_interval: float = 1.0, typing_interval: float = 4.0, keep_typing: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 progress_as_status: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.transport = transport
         self.context = context or SinkContext(key=None)  # type: ignore[arg-type]
         self.min_interval = min_interval
@@ -178,6 +178,8 @@ class StreamingRenderer:
         self.writes = 0  # platform writes made (sends, edits, previews, deletes): for tests and the bench
         self.done = False
         self.keep_typing = keep_typing  # seconds to keep the typing status alive until text shows (0: once)
+        #: progress goes to the platform's status line (Slack's assistant status), not a placeholder message
+        self.progress_as_status = progress_as_status
         self._typing: asyncio.Task[None] | None = None
         self._closing = False  # rendering the finished answer: its last message gets the platform's buttons
 
@@ -246,6 +248,12 @@ class StreamingRenderer:
 
     async def _status(self, status: Status) -> None:
         now = self.clock()
+        if status.kind == "progress" and status.text and self.progress_as_status:
+            if not self.answer and now >= self._last_typing + self.min_interval:
+                self._last_typing = now
+                with contextlib.suppress(Exception):
+                    await self.transport.status(status)
+            return
         if status.kind == "progress" and status.text and not self.answer:
             self.placeholder = status.text
             if now >= self._last_write + self.min_interval:

@@ -1,0 +1,551 @@
+"""The Slack adapter, on slack-bolt's ``AsyncApp`` with an injected ``AsyncWebClient``.
+
+Events come over Socket Mode (the default: no public URL) or to ``POST /slack/events`` (the Events API,
+verified by the SDK's request verification). Bolt acknowledges before it runs a listener; this adapter
+stores each message in a bolt middleware, which runs before that acknowledgement, so a message Slack
+was told about is always stored, and a retry (``X-Slack-Retry-Num``, a Socket Mode redelivery, the
+``message`` twin of an ``app_mention``) is the same message (the store remembers ``<channel>:<ts>``),
+answered once. Catch-all listeners acknowledge everything else (edits, deletions, other bots).
+
+A conversation is a thread (a message starts one); answers go to the thread, streamed with Slack's native
+AI streaming (``chat.startStream`` / ``appendStream`` / ``stopStream``), or with ``chat.postMessage`` and
+``chat.update`` every ``update_interval`` seconds where that is off, unavailable, or the stream expired.
+While working, ``assistant.threads.setStatus`` says so ("is looking at your files…"). In the AI-assistant
+panel, new threads get the persona's greeting and suggested prompts, and a title. Files shared in a
+message are downloaded from ``url_private_download`` with the bot token, only from ``file_hosts`` or the
+API's host, after their size is checked from the event. Every call goes through one rate limiter (per
+channel for ``chat.postMessage``, per method tier for the others); a 429 is waited out as Slack asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.common.markdown import SlackFormat
+from adapters.common.ratelimit import Rate, RateLimiter
+from adapters.common.renderer import MessageGone, StreamingRenderer
+from adapters.slack import SlackSettings
+from bot import i18n
+from bot.config import Settings
+from bot.errors import AttachmentUnavailable, FileHostRefused, FileTooLarge, ShuttingDown, StartupError
+from bot.handoff import HandoffEvent
+from bot.logs import conversation_var, register_secret
+from bot.manager import ConversationManager
+from bot.types import (
+    AnswerDone,
+    Attachment,
+    Channel,
+    ConversationKey,
+    FileReply,
+    IncomingMessage,
+    PlatformIds,
+    ReplyEvent,
+    Sender,
+    SinkContext,
+    Status,
+    TextChunk,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# bolt reads $SLACK_BOT_TOKEN by itself and warns that it goes unused beside our client: it is the same token.
+logging.getLogger("slack_bolt.AsyncApp").addFilter(lambda record: "will be unused" not in record.getMessage())
+
+PLATFORM = "slack"
+EVENTS_PATH = "/slack/events"
+#: A streamed or posted message's Markdown stays under Slack's 12,000 characters for markdown text.
+MESSAGE_LIMIT = 11_500
+#: Slack's published minimum rates (calls a minute, per workspace) of the methods this adapter calls.
+TIERS: dict[str, Rate] = {
+    "chat.update": (50, 60), "chat.delete": (50, 60), "chat.startStream": (20, 60), "chat.stopStream": (20, 60),
+    "chat.appendStream": (100, 60), "assistant.threads.setStatus": (100, 60),
+    "assistant.threads.setSuggestedPrompts": (100, 60), "assistant.threads.setTitle": (100, 60),
+    "users.info": (100, 60), "files.upload": (20, 60),
+}
+#: Methods whose call can be repeated after a network error without showing anything twice.
+REPEATABLE = {"chat.update", "chat.delete", "assistant.threads.setStatus", "assistant.threads.setSuggestedPrompts",
+              "assistant.threads.setTitle", "users.info"}
+_STREAM_GONE = {"message_not_in_streaming_state", "message_not_found", "streaming_state_conflict",
+                "invalid_stream", "stream_expired"}
+
+
+def slack_error(exc: BaseException) -> str:
+    if isinstance(exc, SlackApiError):
+        return str((exc.response.data or {}).get("error", "")) if isinstance(exc.response.data, dict) else ""
+    return ""
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds Slack asked us to wait (a 429's Retry-After), or None."""
+    if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
+        try:
+            return max(1.0, float(exc.response.headers.get("Retry-After", "1")))
+        except (TypeError, ValueError):
+            return 1.0
+    return None
+
+
+def retry_after_or_network(exc: BaseException) -> float | None:
+    if (wait := retry_after(exc)) is not None:
+        return wait
+    if isinstance(exc, SlackApiError) and exc.response.status_code >= 500:
+        return 1.0
+    if isinstance(exc, (OSError, asyncio.TimeoutError)) or type(exc).__module__.startswith("aiohttp"):
+        return 1.0
+    return None
+
+
+class SlackFetcher:
+    """Downloads ``url_private_download`` with the bot token, only from Slack's own file hosts."""
+
+    def __init__(self, adapter: SlackAdapter) -> None:
+        self.adapter = adapter
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        name = attachment.filename or "file"
+        url = attachment.ref
+        host = (urlsplit(url).hostname or "").lower()
+        if urlsplit(url).scheme not in ("https", "http") or host not in self.adapter.file_hosts:
+            log.warning("file %r offered at %s: not a Slack file host, not fetched", name, host or url[:40])
+            raise FileHostRefused(f"host {host!r} is not in adapters.slack.file_hosts", name=name)
+        if attachment.size is not None and attachment.size > limit:
+            raise FileTooLarge(name=name, size=attachment.size, limit=limit)
+        headers = {"Authorization": f"Bearer {self.adapter.bot_token}"}
+        try:
+            async with self.adapter.http.stream("GET", url, headers=headers) as response:
+                if response.status_code != 200 or "text/html" in response.headers.get("content-type", ""):
+                    raise AttachmentUnavailable(f"Slack answered {response.status_code} for {name} (is the files:read "
+                                                "scope granted?)", name=name)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise FileTooLarge(name=name, size=size, limit=limit)
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise AttachmentUnavailable(str(exc), name=name) from None
+        return b"".join(chunks)
+
+
+class SlackTransport:
+    """Posted and updated messages in one thread (:class:`~adapters.common.renderer.MessageTransport`)."""
+
+    limit = MESSAGE_LIMIT
+    supports_preview = False
+
+    def __init__(self, adapter: SlackAdapter, context: SinkContext) -> None:
+        self.adapter = adapter
+        self.context = context
+        self.channel = context.key.chat
+        self.thread_ts = context.key.thread or None
+        self._format = SlackFormat()
+
+    def measure(self, text: str) -> int:
+        return len(text)
+
+    def _body(self, text: str, final: bool) -> dict[str, Any]:
+        # Finished text as Markdown, which Slack renders itself; a streaming preview as mrkdwn text.
+        return {"markdown_text": text} if final else {"text": self._format.render(text).text}
+
+    async def send(self, text: str, *, final: bool, closing: bool = False) -> str:
+        response = await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel,
+                                           thread_ts=self.thread_ts, unfurl_links=False, **self._body(text, final))
+        return str(response["ts"])
+
+    async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None:
+        try:
+            await self.adapter.call("chat.update", channel=self.channel, ts=message_id, **self._body(text, final))
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            if error == "message_not_found":
+                raise MessageGone(message_id) from None
+            if error != "streaming_state_conflict":
+                raise
+            # A stream a killed process left open: close it, then the text can be set.
+            with contextlib.suppress(SlackApiError):
+                await self.adapter.call("chat.stopStream", channel=self.channel, ts=message_id)
+            await self.adapter.call("chat.update", channel=self.channel, ts=message_id, **self._body(text, final))
+
+    async def delete(self, message_id: str) -> None:
+        with contextlib.suppress(SlackApiError):
+            await self.adapter.call("chat.delete", channel=self.channel, ts=message_id)
+
+    async def preview(self, text: str) -> None:
+        raise NotImplementedError("Slack has no drafts")
+
+    async def status(self, status: Status) -> None:
+        if not self.thread_ts:
+            return
+        text = status.text or i18n.text("status_looking" if self.context.route.get("files") else "status_thinking",
+                                        self.context.language)
+        await self.adapter.call("assistant.threads.setStatus", channel_id=self.channel, thread_ts=self.thread_ts,
+                                status=text[:100])
+
+    async def file(self, reply: FileReply) -> str:
+        response = await self.adapter.call("files_upload_v2", key="m:files.upload", channel=self.channel,
+                                           thread_ts=self.thread_ts, filename=reply.filename, content=reply.data,
+                                           title=reply.filename, initial_comment=reply.caption or None)
+        files = response.get("files") or [response.get("file") or {}]
+        return str(files[0].get("id", "")) if files else ""
+
+
+class SlackStreamSink:
+    """Slack's native AI streaming for one answer; statuses, notices and files (and, should the stream be
+    refused or expire, the rest of the answer) go through a :class:`StreamingRenderer` on
+    :class:`SlackTransport`."""
+
+    def __init__(self, adapter: SlackAdapter, context: SinkContext) -> None:
+        self.adapter = adapter
+        self.context = context
+        self.channel = context.key.chat
+        self.thread_ts = context.key.thread
+        self.team = context.route.get("team", "")
+        self.user = context.route.get("user", "")
+        self.renderer = adapter.renderer(context)
+        self.native = True
+        self.ts: str | None = None
+        self.ids: list[str] = []
+        self.sent = ""  # text appended to the current streamed message
+        self.total = ""  # all text streamed natively
+
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
+        if isinstance(event, TextChunk):
+            if self.native and self.ts is None and not self.adapter.limiter.has_capacity("m:chat.startStream", 2):
+                # Starting and stopping a stream come from a small per-workspace budget: when it is spent,
+                # posting now shows the answer sooner than waiting for a stream.
+                await self._fall_back()
+            if self.native:
+                try:
+                    await self._append(event.text)
+                    return None
+                except SlackApiError as exc:
+                    log.info("native streaming refused (%s): posting and updating instead", slack_error(exc) or exc)
+                    await self._fall_back()
+            return await self.renderer.emit(event)
+        if isinstance(event, AnswerDone) and self.native and self.ts is not None:
+            try:
+                return await self._finish(event)
+            except SlackApiError as exc:
+                log.info("stopping the stream failed (%s): the final text is set with chat.update", slack_error(exc))
+                await self._fall_back()
+        return await self.renderer.emit(event)
+
+    async def _append(self, text: str) -> None:
+        if self.ts is not None and len(self.sent) + len(text) > MESSAGE_LIMIT:
+            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
+            self.ts, self.sent = None, ""
+        chunks = [{"type": "markdown_text", "text": text}]
+        if self.ts is None:
+            response = await self.adapter.call(
+                "chat.startStream", channel=self.channel, thread_ts=self.thread_ts, recipient_team_id=self.team,
+                recipient_user_id=self.user, chunks=chunks)
+            self.ts = str(response["ts"])
+            self.ids.append(self.ts)
+            await self.context.remember(self.ids)
+        else:
+            await self.adapter.call("chat.appendStream", channel=self.channel, ts=self.ts, chunks=chunks)
+        self.sent += text
+        self.total += text
+
+    async def _finish(self, event: AnswerDone) -> PlatformIds:
+        assert self.ts is not None
+        final = event.text
+        streamed = self.total.strip()
+        if final == streamed:
+            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
+        elif final.startswith(streamed) and len(self.sent) + len(final) - len(streamed) <= MESSAGE_LIMIT:
+            rest = final[len(streamed):]
+            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts,
+                                    chunks=[{"type": "markdown_text", "text": rest}])
+        else:  # the final text differs from what streamed (a failure notice, a cut): set it
+            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
+            await self._fall_back()
+            return await self.renderer.emit(event)
+        return tuple(self.ids)
+
+    async def _fall_back(self) -> None:
+        """Continue in posted and updated messages, from the streamed ones (Slack lets their text be set
+        once the stream is over or expired)."""
+        if not self.native:
+            return
+        self.native = False
+        context = replace(self.context, previous=tuple(self.ids))
+        self.renderer = self.adapter.renderer(context)
+        if self.total:
+            self.renderer.answer = self.total
+
+
+class _SupportChannel:
+    """A handoff notifier: each request for a person is posted to a Slack channel with a link to the thread."""
+
+    reaches_people = True
+
+    def __init__(self, adapter: SlackAdapter, channel: str) -> None:
+        self.adapter = adapter
+        self.channel = channel
+
+    async def notify(self, event: HandoffEvent) -> None:
+        if event.kind != "requested":
+            return
+        try:
+            key = ConversationKey.parse(event.conversation)
+            link = self.adapter.permalink(key) if key.platform == PLATFORM else f"`{event.conversation}`"
+            text = i18n.text("handoff_support_notice", self.adapter.settings.conversation.default_language,
+                             user=event.user or "?", link=link, text=event.text[:500])
+            await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel, text=text)
+        except Exception:
+            log.exception("telling the support channel about %s failed", event.conversation)
+
+    async def close(self) -> None:
+        return None
+
+
+class SlackAdapter:
+    """See the module docstring. Built by ``serve`` when ``adapters.slack.enabled``."""
+
+    name = PLATFORM
+
+    def __init__(self, manager: ConversationManager, settings: Settings, conf: SlackSettings, *,
+                 client: AsyncWebClient | None = None, http: httpx.AsyncClient | None = None) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.conf = conf
+        self.bot_token = self._secret(conf.bot_token_env, "the Bot User OAuth Token (xoxb-…)")
+        self.app_token = self._secret(conf.app_token_env, "the app-level token (xapp-…, connections:write)") \
+            if conf.mode == "socket" else ""
+        signing = self._secret(conf.signing_secret_env, "the app's Signing Secret") if conf.mode == "http" else None
+        self.client = client or AsyncWebClient(token=self.bot_token, base_url=conf.api_url)
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
+        self._own_http = http is None
+        self.app = AsyncApp(client=self.client, signing_secret=signing, process_before_response=False,
+                            request_verification_enabled=conf.mode == "http")
+        self.app.middleware(self._store_first)
+        for event in ("message", "app_mention", "assistant_thread_context_changed", "file_shared", "reaction_added"):
+            self.app.event(event)(self._acknowledge)
+        self.app.event("assistant_thread_started")(self._assistant_thread_started)
+        if conf.slash_command:
+            self.app.command(conf.slash_command)(self._slash_command)
+        self.limiter = RateLimiter(self._rates)
+        self.file_hosts = {h.lower() for h in conf.file_hosts} | {(urlsplit(conf.api_url).hostname or "").lower()}
+        self.channel = Channel(PLATFORM, SlackFetcher(self), self._sink_for, conf.persona or None,
+                               command_prefixes=(conf.command_prefix, "/"), policy=conf.policy(settings.limits))
+        manager.register(self.channel)
+        if conf.support_channel:
+            manager.add_notifier(_SupportChannel(self, conf.support_channel))
+        self.bot_user_id = ""
+        self.team_id = ""
+        self.workspace_url = ""
+        self._accepting = False
+        self._socket: AsyncSocketModeHandler | None = None
+        self._locales: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._titled: OrderedDict[str, None] = OrderedDict()
+
+    @staticmethod
+    def _secret(env: str, what: str) -> str:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise StartupError(f"adapters.slack: set the environment variable {env} to {what}, or set "
+                               "adapters.slack.enabled: false")
+        register_secret(value)
+        return value
+
+    @staticmethod
+    def _rates(key: str) -> Sequence[Rate]:
+        if key.startswith("chan:"):
+            return [(3, 3)]  # chat.postMessage: about one a second per channel, short bursts allowed
+        return [TIERS.get(key.removeprefix("m:"), (100, 60))]
+
+    async def call(self, method: str, *, key: str | None = None, **kwargs: Any) -> Any:
+        """One Web API call through the rate limiter; a 429 is waited out and the call made again."""
+        attribute = method if method.startswith("files_") else method.replace(".", "_")
+        fn: Callable[..., Awaitable[Any]] = getattr(self.client, attribute)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return await self.limiter.call(key or f"m:{method}", lambda: fn(**kwargs),
+                                       retry_after=retry_after_or_network if method in REPEATABLE else retry_after)
+
+    def renderer(self, context: SinkContext) -> StreamingRenderer:
+        return StreamingRenderer(SlackTransport(self, context), context, min_interval=self.conf.update_interval,
+                                 typing_interval=10.0, progress_as_status=True)
+
+    def _sink_for(self, context: SinkContext) -> StreamingRenderer | SlackStreamSink:
+        native = (self.conf.native_streaming and context.key.thread and context.route.get("team")
+                  and context.route.get("user") and not context.previous)
+        return SlackStreamSink(self, context) if native else self.renderer(context)
+
+    def permalink(self, key: ConversationKey) -> str:
+        root = key.thread or ""
+        base = self.workspace_url.rstrip("/") or "https://slack.com"
+        return f"{base}/archives/{key.chat}/p{root.replace('.', '')}" if root else f"{base}/archives/{key.chat}"
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        auth = await self.client.auth_test()
+        self.bot_user_id, self.team_id = str(auth.get("user_id", "")), str(auth.get("team_id", ""))
+        self.workspace_url = str(auth.get("url", ""))
+        self._accepting = True
+        if self.conf.mode == "socket":
+            self._socket = AsyncSocketModeHandler(self.app, self.app_token, web_client=self.client)
+            await self._socket.connect_async()
+        log.info("Slack app ready as %s in %s (%s mode)", self.bot_user_id, self.team_id, self.conf.mode)
+
+    def stop_intake(self) -> None:
+        self._accepting = False  # events are left unacknowledged: Slack delivers them again
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                await self._socket.close_async()
+        if self._own_http:
+            await self.http.aclose()
+
+    def router(self) -> APIRouter | None:
+        if self.conf.mode != "http":
+            return None
+        handler = AsyncSlackRequestHandler(self.app)
+
+        async def events(request: Request) -> Response:
+            """The Events API (and slash commands): signature verified by the SDK, stored, then acknowledged."""
+            return await handler.handle(request)
+
+        r = APIRouter()
+        r.add_api_route(EVENTS_PATH, events, methods=["POST"], include_in_schema=False)
+        return r
+
+    # -- intake -------------------------------------------------------------------------------
+
+    async def _acknowledge(self, **_: Any) -> None:
+        """Listeners exist so bolt acknowledges every event; messages were stored by the middleware."""
+
+    async def _store_first(self, body: dict[str, Any], next: Callable[[], Awaitable[None]]) -> None:
+        event = body.get("event") if body.get("type") == "event_callback" else None
+        if isinstance(event, dict) and event.get("type") in ("message", "app_mention"):
+            if not self._accepting:
+                return  # not acknowledged: Slack delivers it again (to the next process)
+            incoming = await self._incoming(body, event)
+            if incoming is not None:
+                conversation_var.set(str(incoming.key))
+                try:
+                    await self.manager.submit(incoming)
+                except ShuttingDown:
+                    return
+                await self._title(incoming)
+        await next()
+
+    async def _incoming(self, body: dict[str, Any], event: dict[str, Any]) -> IncomingMessage | None:
+        subtype = event.get("subtype")
+        user = event.get("user")
+        if subtype not in (None, "file_share", "thread_broadcast") or event.get("bot_id") or not user \
+                or user == self.bot_user_id:
+            return None  # edits, deletions, joins, other bots, ourselves
+        channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
+        if not channel or not ts:
+            return None
+        thread = str(event.get("thread_ts") or ts)
+        key = ConversationKey(PLATFORM, channel, thread)
+        mention = f"<@{self.bot_user_id}>"
+        text = str(event.get("text") or "")
+        direct = event.get("channel_type") == "im"
+        # A channel message without a mention: only a follow-up in a thread the bot is part of.
+        if not direct and event["type"] != "app_mention" and mention not in text and (
+                not event.get("thread_ts") or not await self.manager.store.transcript(key, limit=1)):
+            return None
+        if mention in text:
+            text = re.sub(r"[ \t]{2,}", " ", text.replace(mention, " "))
+        text = text.strip()
+        files = [f for f in event.get("files") or [] if isinstance(f, dict)]
+        attachments = tuple(Attachment(str(f.get("url_private_download") or f.get("url_private") or ""),
+                                       str(f.get("name") or f.get("title") or "file"), str(f.get("mimetype") or ""),
+                                       f.get("size") if isinstance(f.get("size"), int) else None) for f in files)
+        team = str(body.get("team_id") or event.get("team") or self.team_id)
+        route = {"team": team, "user": str(user), "channel_type": str(event.get("channel_type") or "channel")}
+        if attachments:
+            route["files"] = "1"
+        return IncomingMessage(key=key, sender=Sender(str(user), str(user)), text=text, attachments=attachments,
+                               locale=await self.locale(str(user)), event_id=f"{channel}:{ts}", message_id=ts,
+                               is_direct=direct, route=route, raw=body)
+
+    async def locale(self, user: str) -> str | None:
+        """The user's Slack locale (``users.info`` with ``include_locale``), cached for a day."""
+        cached = self._locales.get(user)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        locale: str | None = None
+        try:
+            info = await self.call("users.info", user=user, include_locale=True)
+            locale = (info.get("user") or {}).get("locale")
+        except Exception as exc:
+            log.info("users.info for %s failed: %s", user, exc)
+        self._locales[user] = (time.monotonic() + 86400, locale)
+        self._locales.move_to_end(user)
+        while len(self._locales) > 10_000:
+            self._locales.popitem(last=False)
+        return locale
+
+    async def _title(self, incoming: IncomingMessage) -> None:
+        """An assistant thread (a DM thread) is titled after its first question."""
+        key = incoming.key
+        if not incoming.is_direct or key.thread == (incoming.message_id or "") or str(key) in self._titled:
+            return
+        self._titled[str(key)] = None
+        while len(self._titled) > 10_000:
+            self._titled.popitem(last=False)
+        title = " ".join(incoming.text.split())[:60] or "…"
+        with contextlib.suppress(Exception):
+            await self.call("assistant.threads.setTitle", channel_id=key.chat, thread_ts=key.thread, title=title)
+
+    async def _assistant_thread_started(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """A user opened the assistant panel: the persona's greeting and suggested prompts."""
+        thread = event.get("assistant_thread") or {}
+        channel, ts, user = thread.get("channel_id"), thread.get("thread_ts"), thread.get("user_id")
+        if not channel or not ts:
+            return
+        lang = i18n.normalize_code(await self.locale(str(user))) if user else None
+        lang = lang if lang in i18n.UI_LANGUAGES else self.settings.conversation.default_language
+        conv = await self.manager.store.conversation(ConversationKey(PLATFORM, str(channel), str(ts)))
+        persona = self.manager.persona_for(conv, self.channel)
+        try:
+            await self.call("chat.postMessage", key=f"chan:{channel}", channel=channel, thread_ts=ts,
+                            markdown_text=persona.greeting_for(lang))
+            suggestions = persona.suggestions_for(lang)
+            if self.conf.suggested_prompts and suggestions:
+                await self.call("assistant.threads.setSuggestedPrompts", channel_id=channel, thread_ts=ts,
+                                prompts=[{"title": s[:75], "message": s} for s in suggestions[:4]])
+        except SlackApiError as exc:
+            log.warning("greeting a new assistant thread failed: %s", slack_error(exc) or exc)
+
+    async def _slash_command(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        """``/internvl human`` and friends: the framework's commands, from Slack's own command menu."""
+        await ack()
+        words = str(body.get("text") or "help").strip() or "help"
+        channel, user = str(body.get("channel_id", "")), str(body.get("user_id", ""))
+        if not channel or not user:
+            return
+        key = ConversationKey(PLATFORM, channel, str(body.get("thread_ts") or ""))
+        route = {"team": str(body.get("team_id") or self.team_id), "user": user,
+                 "channel_type": "im" if channel.startswith("D") else "channel"}
+        with contextlib.suppress(ShuttingDown):
+            await self.manager.submit(IncomingMessage(
+                key, Sender(user, str(body.get("user_name") or user)), "/" + words, locale=await self.locale(user),
+                event_id=f"slash:{body.get('trigger_id') or time.time_ns()}", is_direct=channel.startswith("D"),
+                route=route, raw=body))

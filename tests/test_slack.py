@@ -1,0 +1,423 @@
+"""The Slack adapter, driving the real slack-bolt AsyncApp (Socket Mode and the Events API over HTTP) against
+the protocol-faithful Slack of tests/fakes/slack_api.py. Assertions are on what users see in the thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from adapters.server import Service, _Server, build_app
+from adapters.slack.adapter import SlackAdapter
+from bot.engines import EchoEngine
+from bot.errors import StartupError
+from bot.i18n import text as t
+from bot.runtime import Runtime
+from bot.types import ConversationKey
+from tests.conftest import ROOT, image_bytes, make_settings
+from tests.fakes.slack_api import FakeSlack, SlackMessage
+
+CHANNEL = "C0GENERAL"
+USER = "U0USER1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Harness:
+    slack: FakeSlack
+    runtime: Runtime
+    adapter: SlackAdapter
+    url: str = ""
+
+    def thread(self, channel: str, thread_ts: str) -> list[SlackMessage]:
+        return [m for m in self.slack.messages(channel, thread_ts) if not m.deleted and m.ts != thread_ts]
+
+    def texts(self, channel: str, thread_ts: str) -> list[str]:
+        return [m.text for m in self.thread(channel, thread_ts)]
+
+    async def answered(self, channel: str, thread_ts: str, expected: str, timeout: float = 15,  # noqa: ASYNC109
+                       *, ending: bool = False) -> SlackMessage:
+        """Wait for a finished message in the thread that shows ``expected`` (or ends with it)."""
+        def shows(m: SlackMessage) -> bool:
+            return not m.streaming and (m.text.strip().endswith(expected) if ending else m.text.strip() == expected)
+
+        await self.slack.wait_for(lambda: any(shows(m) for m in self.thread(channel, thread_ts)), timeout)
+        return next(m for m in self.thread(channel, thread_ts) if shows(m))
+
+    async def idle(self) -> None:
+        assert self.runtime.manager is not None
+        await asyncio.wait_for(self.runtime.manager.idle(), 15)
+
+
+@contextlib.asynccontextmanager
+async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = "socket",
+                engine: EchoEngine | None = None, fake: dict[str, Any] | None = None,
+                **conf: Any) -> AsyncIterator[Harness]:
+    async with FakeSlack(**(fake or {})) as fake_slack:
+        fake_slack.add_user(USER, name="ana", locale="en-US")
+        monkeypatch.setenv("SLACK_BOT_TOKEN", fake_slack.bot_token)
+        monkeypatch.setenv("SLACK_APP_TOKEN", fake_slack.app_token)
+        monkeypatch.setenv("SLACK_SIGNING_SECRET", fake_slack.signing_secret)
+        section = {"enabled": True, "mode": mode, "api_url": fake_slack.api_url, "update_interval": 0.5, **conf}
+        settings = make_settings(tmp_path, adapters={"slack": section})
+        async with Runtime(settings, engine=engine or EchoEngine(delay=0.005)) as runtime:
+            assert runtime.manager is not None
+            adapter = SlackAdapter(runtime.manager, runtime.settings, settings.adapters.slack)  # type: ignore[attr-defined]
+            harness = Harness(fake_slack, runtime, adapter)
+            server = serving = None
+            if mode == "http":
+                port = _free_port()
+                service = Service(runtime.settings, runtime, [adapter])
+                service.ready = True
+                server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port, log_config=None,
+                                                access_log=False, lifespan="off", timeout_graceful_shutdown=1))
+                serving = asyncio.create_task(server.serve())
+                while not server.started:
+                    assert not serving.done()
+                    await asyncio.sleep(0.01)
+                harness.url = f"http://127.0.0.1:{port}/slack/events"
+            await runtime.manager.start()
+            await adapter.start()
+            if mode == "socket":
+                await fake_slack.wait_for(lambda: fake_slack.socket_connections >= 1)
+            try:
+                yield harness
+            finally:
+                adapter.stop_intake()
+                await runtime.manager.stop(2)
+                await adapter.close()
+                if server is not None and serving is not None:
+                    server.should_exit = True
+                    await serving
+
+
+def mention(h: Harness, text: str, *, thread_ts: str | None = None, files: Any = None) -> dict[str, Any]:
+    return h.slack.event_callback(h.slack.app_mention(CHANNEL, USER, f"<@{h.slack.bot_user_id}> {text}",
+                                                      thread_ts=thread_ts, files=files))
+
+
+# -- socket mode -------------------------------------------------------------------------------
+
+
+async def test_a_mention_with_an_image_streams_natively_into_its_thread(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        payload = h.slack.load_payload("mention_with_image", files={"F0IMAGE01": image_bytes(1280, 800, fmt="PNG")})
+        envelope = await h.slack.send_socket_event(payload)
+        ts = payload["event"]["ts"]
+        answer = await h.answered(payload["event"]["channel"], ts,
+                                  "[image 1: 1280x800, 7 tiles]\necho: what is wrong here?")
+        assert h.slack.acked(envelope)
+        assert answer.thread_ts == ts and answer.stream_appends >= 1  # chat.startStream + appendStream
+        assert [c.method for c in h.slack.calls if c.method.startswith("chat.")][:1] == ["chat.startStream"]
+        assert h.slack.calls_to("chat.startStream")[0].params["recipient_user_id"] == USER
+        assert any("looking at your files" in s["status"] for s in h.slack.statuses)
+        assert h.slack.downloads  # fetched with the bot token
+
+
+async def test_a_dm_with_a_pdf_is_answered_in_its_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_documents import invoice_pdf
+
+    async with slack(tmp_path, monkeypatch) as h:
+        payload = h.slack.load_payload("dm_with_pdf", files={"F0PDF0001": invoice_pdf(1)})
+        await h.slack.send_socket_event(payload)
+        event = payload["event"]
+        await h.slack.wait_for(lambda: any("[page-1:" in m.text and not m.streaming
+                                           for m in h.thread(event["channel"], event["ts"])), 20)
+
+
+async def test_thread_follow_ups_and_what_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        first = mention(h, "remember the blue valve")
+        await h.slack.send_socket_event(first)
+        ts = first["event"]["ts"]
+        await h.answered(CHANNEL, ts, "echo: remember the blue valve")
+        follow = h.slack.event_callback(h.slack.message_event(CHANNEL, USER, "and then?", thread_ts=ts))
+        await h.slack.send_socket_event(follow)
+        await h.answered(CHANNEL, ts, "echo: and then?")
+        ignored = [
+            h.slack.event_callback(h.slack.message_event(CHANNEL, USER, "chatting among humans")),
+            h.slack.event_callback(h.slack.message_event(CHANNEL, USER, "in someone's thread",
+                                                         thread_ts=h.slack.new_ts())),
+            h.slack.load_payload("bot_message"), h.slack.load_payload("message_changed"),
+            h.slack.load_payload("message_deleted"),
+        ]
+        envelopes = [await h.slack.send_socket_event(p) for p in ignored]
+        await h.slack.wait_for(lambda: all(h.slack.acked(e) for e in envelopes))  # acknowledged, so not redelivered
+        await h.idle()
+        store = h.runtime.store
+        assert store is not None
+        assert len([r for r in await store.transcript(ConversationKey("slack", CHANNEL, ts)) if r.role == "user"]) == 2
+        assert await store.last_message_id() == 4
+
+
+async def test_a_mention_and_its_message_twin_and_a_redelivery_are_answered_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        payload = h.slack.load_payload("mention_with_image", files={"F0IMAGE01": image_bytes(300, 200, fmt="PNG")})
+        twin = h.slack.load_payload("channel_mention_as_message", files={"F0IMAGE01": image_bytes(300, 200, fmt="PNG")})
+        event = payload["event"]
+        await h.slack.send_socket_event(payload)
+        await h.slack.send_socket_event(twin)
+        await h.slack.send_socket_event(payload, retry_attempt=1, retry_reason="timeout")
+        answer = await h.answered(event["channel"], event["ts"], "echo: what is wrong here?", ending=True)
+        assert answer.text.startswith("[image 1: 300x200,")
+        await h.idle()
+        assert len(h.thread(event["channel"], event["ts"])) == 1
+
+
+async def test_an_unacknowledged_event_is_redelivered_and_answered_once(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, fake={"socket_ack_timeout": 0.5}) as h:
+        h.adapter.stop_intake()  # a process going down: it stores nothing and acknowledges nothing
+        payload = mention(h, "are you there?")
+        envelope = await h.slack.send_socket_event(payload)
+        await h.slack.wait_for(lambda: len(h.slack.deliveries(envelope)) >= 2)  # Slack tried again
+        h.adapter._accepting = True  # the next process takes it
+        await h.answered(CHANNEL, payload["event"]["ts"], "echo: are you there?")
+        await h.slack.wait_for(lambda: h.slack.acked(envelope), 10)
+        await h.idle()
+        assert len(h.thread(CHANNEL, payload["event"]["ts"])) == 1
+
+
+async def test_the_assistant_panel_greets_suggests_and_titles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, persona="support") as h:
+        h.slack.add_user("U0PT", name="rui", locale="pt-BR")
+        dm = h.slack.dm_channel("U0PT")
+        thread = h.slack.new_ts()
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.assistant_thread_started(dm, "U0PT", thread)))
+        await h.slack.wait_for(lambda: bool(h.slack.suggested_prompts))
+        assert h.texts(dm, thread)[0].startswith("Olá! Como posso ajudar")
+        assert next(p["message"] for p in h.slack.suggested_prompts[-1]["prompts"]) == "Tenho um problema com meu pedido"
+        question = h.slack.event_callback(h.slack.message_event(dm, "U0PT", "Tenho um problema com meu pedido",
+                                                                channel_type="im", thread_ts=thread))
+        await h.slack.send_socket_event(question)
+        await h.answered(dm, thread, "echo: Tenho um problema com meu pedido")
+        assert h.slack.titles and h.slack.titles[-1]["title"] == "Tenho um problema com meu pedido"
+
+
+# -- the Events API over HTTP -------------------------------------------------------------------
+
+
+async def test_signed_events_over_http_and_refused_ones_never_run(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, mode="http") as h:
+        refused = mention(h, "unsigned")
+        assert (await h.slack.post_event(h.url, refused, sign=False)).status_code == 401
+        assert (await h.slack.post_event(h.url, refused, signing_secret="wrong")).status_code == 401
+        stale = int(__import__("time").time()) - 600
+        assert (await h.slack.post_event(h.url, refused, timestamp=stale)).status_code == 401
+        challenge = await h.slack.url_verification(h.url)
+        assert challenge.status_code == 200
+        payload = mention(h, "hello over http")
+        first = await h.slack.post_event(h.url, payload)
+        retry = await h.slack.post_event(h.url, payload, retry_num=1, retry_reason="http_timeout")
+        assert (first.status_code, retry.status_code) == (200, 200)
+        await h.answered(CHANNEL, payload["event"]["ts"], "echo: hello over http")
+        await h.idle()
+        assert len(h.thread(CHANNEL, payload["event"]["ts"])) == 1
+        store = h.runtime.store
+        assert store is not None
+        assert [m.text for m in await store.pending()] == []
+        assert not any(r.text == "unsigned" for r in await store.transcript(ConversationKey("slack", CHANNEL,
+                                                                                            refused["event"]["ts"])))
+
+
+async def test_recorded_payloads_through_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, mode="http") as h:
+        first = h.slack.load_payload("mention_with_image", files={"F0IMAGE01": image_bytes(320, 240, fmt="PNG")})
+        delivery = await h.slack.deliver_event(h.url, first)
+        assert delivery.attempts[0].status == 200 and len(delivery.attempts) == 1  # acknowledged within 3 s
+        retried = h.slack.load_payload("retried_delivery", files={"F0IMAGE01": image_bytes(320, 240, fmt="PNG")})
+        assert (await h.slack.post_event(h.url, retried, retry_num=1, retry_reason="timeout")).status_code == 200
+        event = first["event"]
+        await h.answered(event["channel"], event["ts"], "echo: what is wrong here?", ending=True)
+        follow = h.slack.load_payload("thread_follow_up")
+        await h.slack.post_event(h.url, follow)
+        await h.slack.wait_for(lambda: len(h.thread(event["channel"], event["ts"])) == 2, 15)
+        for name in ("bot_message", "message_changed", "message_deleted"):
+            assert (await h.slack.post_event(h.url, h.slack.load_payload(name))).status_code == 200
+        await h.idle()
+        assert len(h.thread(event["channel"], event["ts"])) == 2
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+async def test_rate_limits_are_waited_out_nothing_lost_nothing_doubled(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, fake={"rate_limits": True}) as h:
+        h.slack.fail("chat.startStream", status=429, retry_after=1, times=2)
+        h.slack.fail("chat.appendStream", status=429, retry_after=1)
+        payloads = [mention(h, f"question {i}") for i in range(4)]
+        for p in payloads:
+            await h.slack.send_socket_event(p)
+        for i, p in enumerate(payloads):
+            await h.answered(CHANNEL, p["event"]["ts"], f"echo: question {i}", timeout=40)
+        await h.idle()
+        assert all(len(h.thread(CHANNEL, p["event"]["ts"])) == 1 for p in payloads)
+        assert h.slack.served_429 >= 3 and h.adapter.limiter.honoured >= 3
+
+
+async def test_an_expired_stream_ends_with_chat_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = EchoEngine(delay=0.05)
+    async with slack(tmp_path, monkeypatch, engine=engine) as h:
+        payload = mention(h, " ".join(f"w{i}" for i in range(30)))
+        await h.slack.send_socket_event(payload)
+        ts = payload["event"]["ts"]
+        await h.slack.wait_for(lambda: any(m.stream_appends >= 1 for m in h.thread(CHANNEL, ts)))
+        h.slack.expire_streams()
+        answer = await h.answered(CHANNEL, ts, "echo: " + " ".join(f"w{i}" for i in range(30)), timeout=20)
+        assert answer.updates >= 1 and len(h.thread(CHANNEL, ts)) == 1
+
+
+async def test_without_native_streaming_messages_are_posted_and_updated(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, native_streaming=False) as h:
+        payload = mention(h, "**bold** words")
+        await h.slack.send_socket_event(payload)
+        answer = await h.answered(CHANNEL, payload["event"]["ts"], "echo: **bold** words")
+        assert answer.markdown_text == "echo: **bold** words"  # Markdown, rendered by Slack
+        assert h.slack.calls_to("chat.startStream") == []
+
+
+async def test_files_only_from_slack_and_within_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        foreign = h.slack.add_file(image_bytes(100, 100), name="evil.jpg", mimetype="image/jpeg", host="evil.example")
+        payload = mention(h, "look", files=[foreign])
+        await h.slack.send_socket_event(payload)
+        await h.answered(CHANNEL, payload["event"]["ts"], t("file_host_refused", "en", name="evil.jpg"))
+        big = h.slack.add_file(b"x" * 10, name="huge.mov", mimetype="video/quicktime", size=900_000_000)
+        payload = mention(h, "and this", files=[big])
+        await h.slack.send_socket_event(payload)
+        await h.slack.wait_for(lambda: any("too large" in m.text for m in h.thread(CHANNEL, payload["event"]["ts"])))
+        assert h.slack.downloads == []
+
+
+async def test_commands_take_the_bang_prefix_and_the_users_language(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        h.slack.add_user("U0DE", name="jonas", locale="de-DE")
+        payload = h.slack.event_callback(h.slack.app_mention(CHANNEL, "U0DE", f"<@{h.slack.bot_user_id}> !help"))
+        await h.slack.send_socket_event(payload)
+        await h.slack.wait_for(lambda: any(m.text.startswith("Schicken Sie mir eine Frage")
+                                           for m in h.thread(CHANNEL, payload["event"]["ts"])))
+        [help_text] = h.texts(CHANNEL, payload["event"]["ts"])
+        assert "!reset" in help_text and "/reset" not in help_text
+
+
+async def test_export_is_uploaded_into_the_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        first = mention(h, "| item | total |\n|---|---|\n| pump | 12.50 |")
+        await h.slack.send_socket_event(first)
+        ts = first["event"]["ts"]
+        await h.slack.wait_for(lambda: any("pump" in m.text and not m.streaming for m in h.thread(CHANNEL, ts)))
+        await h.slack.send_socket_event(h.slack.event_callback(
+            h.slack.message_event(CHANNEL, USER, "!export csv", thread_ts=ts)))
+        await h.slack.wait_for(lambda: bool(h.slack.uploads))
+        upload = h.slack.uploads[-1]
+        assert upload["filename"].endswith(".csv") and b"pump,12.50" in upload["bytes"] and upload["thread_ts"] == ts
+
+
+async def test_handoff_tells_the_support_channel_and_operator_replies_reach_the_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, support_channel="C0SUPPORT", slash_command="/internvl") as h:
+        payload = mention(h, "!human")
+        await h.slack.send_socket_event(payload)
+        ts = payload["event"]["ts"]
+        await h.answered(CHANNEL, ts, t("handoff_started", "en").replace("/bot", "!bot"))
+        await h.slack.wait_for(lambda: bool(h.slack.messages("C0SUPPORT")))
+        notice = h.slack.messages("C0SUPPORT")[0].text
+        assert f"/archives/{CHANNEL}/p{ts.replace('.', '')}" in notice
+        assert h.runtime.manager is not None
+        await h.runtime.manager.operator_reply(ConversationKey("slack", CHANNEL, ts), "Hi, Ana here.", author="Ana")
+        await h.answered(CHANNEL, ts, "**Ana:** Hi, Ana here.")
+        # the slash command runs the framework's commands too
+        await h.slack.send_slash_command("/internvl", "bot", CHANNEL, USER)
+        await h.slack.wait_for(lambda: any(m.text.startswith("You are talking to the assistant")
+                                           for m in h.slack.messages(CHANNEL)))
+
+
+def test_start_up_fails_closed_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(variable, raising=False)
+    socket_mode = make_settings(tmp_path, adapters={"slack": {"enabled": True}})
+    with pytest.raises(Exception, match="SLACK_BOT_TOKEN"):
+        socket_mode.check_secrets()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    with pytest.raises(Exception, match="SLACK_APP_TOKEN"):
+        socket_mode.check_secrets()
+    http = make_settings(tmp_path, adapters={"slack": {"enabled": True, "mode": "http"}})
+    with pytest.raises(Exception, match="SLACK_SIGNING_SECRET"):
+        http.check_secrets()
+    with pytest.raises(StartupError, match="SLACK_SIGNING_SECRET"):
+        SlackAdapter(object(), http, http.adapters.slack)  # type: ignore[arg-type, attr-defined]
+
+
+# -- kill -9 -------------------------------------------------------------------------------------
+
+SERVE = """
+import sys
+from adapters.cli import main
+sys.exit(main(["serve", "--port", "0"]))
+"""
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_answer_then_restart_answers_once_in_the_same_message(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    async with FakeSlack(socket_ack_timeout=2.0) as fake:
+        fake.add_user(USER, name="ana", locale="en-US")
+        config.write_text(
+            f"data_dir: {tmp_path / 'data'}\nengine:\n  kind: echo\n  echo:\n    delay_ms: 150\n"
+            "adapters:\n  web:\n    enabled: false\n  slack:\n    enabled: true\n"
+            f"    api_url: {fake.api_url}\n", encoding="utf-8")
+        env = {**os.environ, "INTERNVL_BOT_CONFIG": str(config), "SLACK_BOT_TOKEN": fake.bot_token,
+               "SLACK_APP_TOKEN": fake.app_token, "PYTHONPATH": str(ROOT)}
+
+        def serve() -> subprocess.Popen[bytes]:
+            return subprocess.Popen([sys.executable, "-c", SERVE], cwd=tmp_path, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        first = serve()
+        try:
+            await fake.wait_for(lambda: fake.socket_connections >= 1, 60)
+            words = " ".join(f"w{i}" for i in range(40))
+            payload = fake.event_callback(fake.app_mention(CHANNEL, USER, f"<@{fake.bot_user_id}> {words}"))
+            await fake.send_socket_event(payload)
+            ts = payload["event"]["ts"]
+            await fake.wait_for(lambda: any(m.stream_appends >= 2 for m in fake.messages(CHANNEL, ts)), 60)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            second = serve()
+            try:
+                await fake.wait_for(lambda: any(m.text.strip() == f"echo: {words}" and not m.streaming
+                                                for m in fake.messages(CHANNEL, ts)), 90)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(second.wait, 30)
+            answers = [m for m in fake.messages(CHANNEL, ts) if m.ts != ts and not m.deleted]
+            assert [m.text.strip() for m in answers] == [f"echo: {words}"]  # completed in place, not beside
+            rows = sqlite3.connect(tmp_path / "data" / "internvl-bot.sqlite3").execute(
+                "SELECT role, state FROM messages ORDER BY id").fetchall()
+            assert rows == [("user", "answered"), ("assistant", "answered")]
+        finally:
+            if first.poll() is None:
+                first.kill()
