@@ -10,6 +10,7 @@ the user as a :class:`~bot.types.HandoffUpdate` and to people through the notifi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -93,22 +94,39 @@ class HandoffDesk:
 
     # -- in a turn ------------------------------------------------------------------------
 
-    async def request(self, turn: Turn) -> None:
-        """The user asked for a person: tell them, pass the conversation on."""
-        msg, lang = turn.msg, turn.lang
+    async def request(self, turn: Turn, reason: str = "user") -> None:
+        """A person is needed — the user asked, or the persona's policy says so: tell the user, pass the
+        conversation on. ``reason``: ``user``, ``policy: <keyword>``."""
+        msg = turn.msg
         if self._changed.pop(msg.id, True):
             await self.resolver.keep(msg, turn.channel)
-            rows = await self.store.transcript(msg.key, limit=HANDOFF_TRANSCRIPT)
-            transcript = [{"role": r.role, "text": r.text, "author": r.sender_name} for r in rows
-                          if r.kind != "command" and r.id != msg.id]
-            await self.notifiers.notify(HandoffEvent(
-                "requested", str(msg.key), msg.key.platform, lang, text=msg.text,
-                user=msg.sender_name or msg.sender_id, transcript=transcript))
-            self.metrics.handoffs.labels(msg.key.platform).inc()
-            update = HandoffUpdate("requested", "human", self._say(turn, "handoff_started"))
+            await self._pass_on(turn, reason)
+            text = self._say(turn, "handoff_policy" if reason.startswith("policy") else "handoff_started")
+            update = HandoffUpdate("requested", "human", text, reason=reason.split(":")[0])
         else:
             update = HandoffUpdate("already", "human", self._say(turn, "handoff_already"))
         await turn.reply(update)
+
+    async def _pass_on(self, turn: Turn, reason: str) -> None:
+        msg, lang = turn.msg, turn.lang
+        rows = await self.store.transcript(msg.key, limit=HANDOFF_TRANSCRIPT)
+        transcript = [{"role": r.role, "text": r.text, "author": r.sender_name} for r in rows
+                      if r.kind != "command" and (r.id != msg.id or reason == "model")]
+        await self.notifiers.notify(HandoffEvent(
+            "requested", str(msg.key), msg.key.platform, lang, text=msg.text, user=msg.sender_name or msg.sender_id,
+            transcript=transcript, reason=reason))
+        self.metrics.handoffs.labels(msg.key.platform).inc()
+
+    async def model_gave_up(self, turn: Turn) -> None:
+        """The model ended its (already delivered) answer saying a person is needed: the conversation goes to
+        a person, and the user is told after the answer."""
+        conv = await self.store.conversation(turn.msg.key)
+        if conv.mode == "human":
+            return
+        await self.store.update_conversation(conv.key, mode="human", handoff_at=time.time())
+        await self._pass_on(turn, "model")
+        with contextlib.suppress(Exception):
+            await turn.say(HandoffUpdate("requested", "human", self._say(turn, "handoff_model"), reason="model"))
 
     @staticmethod
     def _say(turn: Turn, key: str) -> str:
@@ -142,6 +160,21 @@ class HandoffDesk:
         await self.deliver(key, HandoffUpdate("returned", "bot", i18n.text("handoff_ended", lang), by=by))
         return True
 
+    async def set_mode(self, key: ConversationKey, mode: str, *, by: str) -> bool:
+        """The platform moved the conversation itself (a helpdesk agent opened it, or set it back to the
+        bot): the mode follows, nothing is said to the user. False if it was in that mode already."""
+        conv = await self.store.conversation(key)
+        if conv.mode == mode:
+            return False
+        if mode == "human":
+            for queued in await self.scheduler.cancel(key):
+                await self.store.set_state(queued.id, "held")
+                self.settle(queued.id, "held")
+        await self.store.update_conversation(key, mode=mode, handoff_at=time.time() if mode == "human" else None)
+        await self.notifiers.notify(HandoffEvent("taken" if mode == "human" else "returned", str(key), key.platform,
+                                                 self._language(conv), by=by))
+        return True
+
     async def take_over(self, key: ConversationKey, *, by: str) -> bool:
         """An operator takes a conversation the bot is handling: the answer in progress stops, queued
         messages are kept for the person, the user is told who joined. False if a person had it already."""
@@ -155,7 +188,8 @@ class HandoffDesk:
         lang = self._language(conv)
         await self.notifiers.notify(HandoffEvent("taken", str(key), key.platform, lang, by=by))
         self.metrics.handoffs.labels(key.platform).inc()
-        await self.deliver(key, HandoffUpdate("taken", "human", i18n.text("handoff_taken", lang, name=by), by=by))
+        await self.deliver(key, HandoffUpdate("taken", "human", i18n.text("handoff_taken", lang, name=by), by=by,
+                                              reason="operator"))
         return True
 
     async def operator_reply(self, key: ConversationKey, text: str, *, author: str) -> int:

@@ -49,6 +49,7 @@ class HandoffEvent:
     user: str = ""
     by: str = ""
     transcript: list[dict[str, str]] = field(default_factory=list)
+    reason: str = ""  # requested: "user", "policy: <keyword>", "model"
     at: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:

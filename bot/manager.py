@@ -47,7 +47,7 @@ from bot.metrics import Metrics
 from bot.personas import Persona, load_personas
 from bot.phrases import asks_for_human
 from bot.prompting import PromptBuilder
-from bot.relay import MeteredSink, Relay
+from bot.relay import MarkerFilter, MeteredSink, Relay
 from bot.scheduler import FairGate, LocalScheduler, Scheduler
 from bot.store import Conversation, ForgetReport, NewMessage, Store, StoredAttachment, StoredMessage
 from bot.turn import Turn
@@ -244,7 +244,8 @@ class ConversationManager:
             lang = await self._language_for(stored)
             self.desk.hold(stored, channel, lang, lambda: self._resolve(mid, "held"))
             return Ticket(mid, future)
-        wants_human = (command and command[0] == "human") or (not command and asks_for_human(message.text))
+        wants_human = bool(command and command[0] == "human") or (
+            not command and self._wants_person(message.text, conv, channel) is not None)
         if wants_human or (command and command[0] == "bot"):
             await self.desk.switch_at_intake(mid, conv, "human" if wants_human else "bot")
         refusal: BotError | None = None
@@ -317,8 +318,11 @@ class ConversationManager:
             await self.store.set_state(msg.id, "answering")
             turn = self._turn(msg, channel, lang)
             command = parse_command(msg.text, channel.command_prefixes) if msg.kind == "command" else None
-            if (command and command[0] == "human") or (not command and asks_for_human(msg.text)):
-                await self.desk.request(turn)
+            reason = "user" if command and command[0] == "human" else None
+            if not command:
+                reason = self._wants_person(msg.text, await self.store.conversation(msg.key), channel)
+            if reason is not None:
+                await self.desk.request(turn, reason)
             elif command and command[0] == "bot":
                 await self.desk.back_to_bot(turn)
             elif command:
@@ -384,6 +388,14 @@ class ConversationManager:
             await self.store.update_conversation(msg.key, last_language=lang)
         return lang
 
+    def _wants_person(self, text: str, conv: Conversation, channel: Channel) -> str | None:
+        """Why a message goes to a person: the user asked (``user``), or it names something the persona's
+        policy sends to a person (``policy: <keyword>``); None when it is for the assistant."""
+        if asks_for_human(text):
+            return "user"
+        hit = self.persona_for(conv, channel).policy_hit(text) if len(text) <= 2000 else None
+        return f"policy: {hit}" if hit else None
+
     def persona_for(self, conv: Conversation, channel: Channel) -> Persona:
         name = conv.persona or channel.persona or self.conf.default_persona
         return self.personas.get(name) or self.personas[self.conf.default_persona]
@@ -415,15 +427,18 @@ class ConversationManager:
             await relay.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
         self._remember_reported(msg.key, prompt.reported)
 
+        marker = MarkerFilter(persona.handoff_marker) if persona.handoff_marker else None
         try:
             await self._engine_gate.acquire(f"{msg.key.platform}:{msg.sender_id}")
             try:
                 async for chunk in self.engine.stream(prompt.messages, generation):
-                    await relay.push(chunk)
+                    await relay.push(marker.feed(chunk) if marker else chunk)
                     if relay.error is not None:
                         raise relay.error  # the platform is gone: stop generating for it
             finally:
                 self._engine_gate.release()
+            if marker:
+                await relay.push(marker.rest())
         except asyncio.CancelledError:
             if relay.streamed.strip():
                 with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -440,6 +455,8 @@ class ConversationManager:
         ids = platform_ids(await relay.send(AnswerDone(answer)))
         await self.store.finish(msg.id, "answered", reply=answer, reply_platform_ids=ids)
         turn.finished = True
+        if marker and marker.found:
+            await self.desk.model_gave_up(turn)
 
     def _remember_reported(self, key: ConversationKey, reported: int) -> None:
         if reported:
@@ -504,6 +521,10 @@ class ConversationManager:
             await self.store.set_state(question.id, "superseded")
             self.prompts.forget(key)
         return ticket
+
+    async def set_mode(self, key: ConversationKey, mode: str, *, by: str) -> bool:
+        """The platform itself moved the conversation to a person or back (see :meth:`HandoffDesk.set_mode`)."""
+        return await self.desk.set_mode(key, mode, by=by)
 
     async def forget(self, key: ConversationKey) -> ForgetReport:
         """Delete a conversation for good: what is being answered stops, its messages and files go."""

@@ -28,6 +28,23 @@ class Persona:
     greeting: dict[str, str] = field(default_factory=dict)
     #: language code -> questions a new user can start from (the web chat's greeting, Slack's suggested prompts)
     suggestions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the persona's handoff policy: words that send a message to a person at once (any language), and the
+    #: marker the model ends an answer with when a person is needed ("" = none)
+    handoff_keywords: tuple[str, ...] = ()
+    handoff_marker: str = ""
+
+    def policy_hit(self, text: str) -> str | None:
+        """The handoff keyword ``text`` contains, if any (case-insensitive, whole words where words exist)."""
+        lowered = text.lower()
+        for word in self.handoff_keywords:
+            at = lowered.find(word)
+            while at >= 0:
+                before = lowered[at - 1] if at else " "
+                after = lowered[at + len(word)] if at + len(word) < len(lowered) else " "
+                if not word[0].isascii() or (not before.isalnum() and not after.isalnum()):
+                    return word
+                at = lowered.find(word, at + 1)
+        return None
 
     def system_prompt(self, language: str) -> str:
         """The system prompt for an answer in ``language``."""
@@ -48,10 +65,10 @@ class Persona:
 def _parse(data: Any, source: str) -> Persona:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a persona file must be a mapping with name, title and system")
-    unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions"}
+    unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions", "handoff"}
     if unknown:
         raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, "
-                          "description, greeting, suggestions")
+                          "description, greeting, suggestions, handoff")
     for key in ("name", "system"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ConfigError(f"{source}: persona key {key!r} is missing or empty")
@@ -64,6 +81,11 @@ def _parse(data: Any, source: str) -> Persona:
     if not isinstance(suggestions, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v)
                                                      for v in suggestions.values()):
         raise ConfigError(f"{source}: suggestions must be a mapping of language code to a list of questions")
+    handoff = data.get("handoff") or {}
+    keywords = handoff.get("keywords") or {} if isinstance(handoff, dict) else None
+    if not isinstance(handoff, dict) or not isinstance(keywords, dict) or not all(
+            isinstance(v, list) and all(isinstance(w, str) and w.strip() for w in v) for v in keywords.values()):
+        raise ConfigError(f"{source}: handoff must be a mapping with an optional marker and keywords per language")
     return Persona(
         name=data["name"].strip(),
         title=str(data.get("title") or data["name"]).strip(),
@@ -72,6 +94,8 @@ def _parse(data: Any, source: str) -> Persona:
         description=str(data.get("description") or ""),
         greeting={str(k): str(v) for k, v in greeting.items()},
         suggestions={str(k): tuple(v) for k, v in suggestions.items()},
+        handoff_keywords=tuple(sorted({w.strip().lower() for v in keywords.values() for w in v}, key=len, reverse=True)),
+        handoff_marker=str(handoff.get("marker") or ""),
     )
 
 

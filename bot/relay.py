@@ -192,3 +192,29 @@ class MeteredSink:
         elif isinstance(event, FileReply):
             m.messages_out.labels(self.adapter, "file").inc()
         return result
+
+
+class MarkerFilter:
+    """Takes a marker out of a streamed answer (the model's "[handoff]"), holding back just enough text to
+    never show half of it. ``found`` tells whether it came."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.found = False
+        self._held = ""
+
+    def feed(self, chunk: str) -> str:
+        text = self._held + chunk
+        if self.marker in text:
+            self.found = True
+            text = text.replace(self.marker, "")
+        for size in range(min(len(self.marker) - 1, len(text)), 0, -1):
+            if self.marker.startswith(text[-size:]):
+                self._held = text[-size:]
+                return text[:-size]
+        self._held = ""
+        return text
+
+    def rest(self) -> str:
+        held, self._held = self._held, ""
+        return held

@@ -153,6 +153,9 @@ class HandoffUpdate:
     mode: Literal["bot", "human"]
     text: str
     by: str = ""
+    #: why a person was asked for: ``user`` (/human, "talk to a person"), ``policy`` (a keyword of the
+    #: persona's policy), ``model`` (the model said it cannot help), ``operator`` (an operator took over)
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -295,3 +295,66 @@ class TestNotifiers(NotifierContract):
             return Notifiers([Exploding(), LogNotifier()])
 
         return Desk(Notifiers([LogNotifier(), recorder]), received, broken)
+
+
+# -- the persona's handoff policy and the model's own handoff ----------------------------------
+
+
+def _support_bot(tmp_path: Path, engine: EchoEngine | None = None) -> Bot:
+    bot = Bot(tmp_path, MemoryStore(), engine)
+    bot.manager.settings = make_settings(tmp_path, conversation={"default_persona": "support"})
+    bot.manager.conf = bot.manager.settings.conversation
+    return bot
+
+
+@pytest.mark.parametrize(("message", "lang", "word"), [
+    ("I was charged twice and I want a refund", "en", "refund"),
+    ("Quero o estorno da minha compra", "pt", "estorno"),
+    ("我要退款", "zh", "退款"),
+])
+async def test_the_personas_policy_sends_some_messages_to_a_person(tmp_path: Path, message: str, lang: str,
+                                                                   word: str) -> None:
+    bot = _support_bot(tmp_path)
+    assert await bot.say(message, locale=lang) == "answered"
+    assert bot.sinks[KEY].notices[-1] == text("handoff_policy", lang)
+    assert bot.engine.calls == []  # the model never saw it
+    event = bot.notifier.events[-1]
+    assert (event.kind, event.reason) == ("requested", f"policy: {word}")
+    assert await bot.say("still there?") == "held"
+
+
+async def test_a_word_inside_another_word_is_not_a_policy_hit(tmp_path: Path) -> None:
+    bot = _support_bot(tmp_path)
+    assert await bot.say("is the refunding button broken? fireworks?", locale="en") == "answered"
+    assert bot.notifier.events == []
+
+
+async def test_the_model_saying_it_cannot_help_hands_off_after_its_answer(tmp_path: Path) -> None:
+    bot = _support_bot(tmp_path, EchoEngine(record=True, delay=0.001))
+    assert await bot.say("I need help with my invoice, sorry [handoff]", locale="en") == "answered"
+    sink = bot.sinks[KEY]
+    assert sink.answers == ["echo: I need help with my invoice, sorry"]  # the marker never shows
+    assert "[hand" not in sink.streamed
+    assert sink.notices[-1] == text("handoff_model", "en")
+    assert bot.notifier.events[-1].reason == "model"
+    assert await bot.say("hello?") == "held"
+
+
+async def test_a_platform_moving_the_conversation_is_followed_silently(tmp_path: Path) -> None:
+    bot = Bot(tmp_path, MemoryStore())
+    assert await bot.manager.set_mode(KEY, "human", by="chatwoot") is True
+    assert await bot.say("anyone?") == "held"
+    assert await bot.manager.set_mode(KEY, "bot", by="chatwoot") is True
+    assert await bot.say("back?") == "answered"
+    assert bot.sinks[KEY].texts == ["echo: back?"]  # nothing was said about the moves
+    assert [e.kind for e in bot.notifier.events if e.kind != "message"] == ["taken", "returned"]
+
+
+def test_the_marker_filter_never_shows_half_a_marker() -> None:
+    from bot.relay import MarkerFilter
+
+    f = MarkerFilter("[handoff]")
+    shown = "".join(f.feed(c) for c in ["Sorry, I can't ", "[hand", "off", "]\nbye", " [ok]"]) + f.rest()
+    assert shown == "Sorry, I can't \nbye [ok]" and f.found
+    g = MarkerFilter("[handoff]")
+    assert "".join(g.feed(c) for c in ["a [h", "ello]"]) + g.rest() == "a [hello]" and not g.found
