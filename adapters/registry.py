@@ -17,7 +17,9 @@ from typing import Any, Protocol, cast
 from fastapi import APIRouter
 from pydantic import create_model
 
+from adapters.chatwoot import ChatwootSettings
 from adapters.console import ConsoleSettings
+from adapters.django_helpdesk import DjangoHelpdeskSettings
 from adapters.slack import SlackSettings
 from adapters.telegram import TelegramSettings
 from adapters.web import WebSettings
@@ -57,6 +59,8 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
     AdapterSpec("web", WebSettings, "adapters.web:build"),
     AdapterSpec("telegram", TelegramSettings, "adapters.telegram:build"),
     AdapterSpec("slack", SlackSettings, "adapters.slack:build"),
+    AdapterSpec("chatwoot", ChatwootSettings, "adapters.chatwoot:build"),
+    AdapterSpec("django_helpdesk", DjangoHelpdeskSettings, "adapters.django_helpdesk:build"),
 )
 
 AppAdaptersSettings = create_model(  # type: ignore[call-overload]

@@ -1,0 +1,332 @@
+"""Chatwoot as an Agent Bot: the assistant answers customers first and hands conversations to agents.
+
+Chatwoot POSTs every event of the bot's inboxes to ``POST /chatwoot/webhook`` (signed since Chatwoot 4.13:
+``X-Chatwoot-Signature: sha256=HMAC(secret, "{timestamp}.{body}")``; unsigned, wrong or stale requests get
+401 when a secret is configured). It waits 5 s and treats anything but a 2xx as the bot failing — the
+conversation then opens to humans — so the webhook verifies, stores the customer's message and answers 200
+at once, also for the events it ignores; the answer follows in the background. A redelivery (Chatwoot retries
+429/500 with the same ``X-Chatwoot-Delivery``) is the same message (the store remembers its id).
+
+The bot answers only ``incoming``, non-private messages of conversations that are ``pending`` (while an agent
+has a conversation ``open``, messages keep arriving: the bot stays silent). A status change back to
+``pending`` gives the conversation back to the bot. Replies are messages of the conversation (typing shown
+while the model works); a handoff (``/human``, a plain request, the persona's policy, or the model saying it
+cannot help) posts the polite reply and toggles the conversation ``open``, which runs Chatwoot's own handoff to
+agents. In agent-assist inboxes the bot answers agents instead: every draft is a private note, nothing is
+public, and the conversation's status does not matter.
+
+Attachments are fetched from their ``data_url``, which redirects to storage (often another host): redirects are
+followed, the bot's token is sent to Chatwoot's own host only, and the size is checked from ``file_size``
+before any download. The bot token cannot list messages: history comes from the framework's store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field
+
+from adapters.common.auth import SignedBody
+from adapters.common.http import BadRequest, parse_json_object
+from bot.config import AdapterSection, IdList, Settings
+from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
+from bot.logs import conversation_var, register_secret
+from bot.types import (
+    AnswerDone,
+    Attachment,
+    Channel,
+    ConversationKey,
+    FileReply,
+    HandoffUpdate,
+    IncomingMessage,
+    Notice,
+    PlatformIds,
+    ReplyEvent,
+    Sender,
+    SinkContext,
+    Status,
+    TextChunk,
+)
+
+if TYPE_CHECKING:
+    from bot.manager import ConversationManager
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "chatwoot"
+WEBHOOK_PATH = "/chatwoot/webhook"
+MAX_REDIRECTS = 5
+
+
+class ChatwootSettings(AdapterSection):
+    """``adapters.chatwoot``: the assistant as a Chatwoot Agent Bot."""
+
+    secrets: ClassVar[dict[str, str]] = {"bot_token_env": "the agent bot's access token"}
+
+    enabled: bool = False
+    persona: str = "support"
+    base_url: str = Field("", description="the Chatwoot installation, e.g. https://chatwoot.example.com")
+    bot_token_env: str = Field("CHATWOOT_BOT_TOKEN", description="environment variable with the agent bot's token")
+    webhook_secret_env: str = Field(
+        "CHATWOOT_WEBHOOK_SECRET", description="environment variable with the agent bot's secret; verify when set")
+    agent_assist_inboxes: IdList = Field(default_factory=list,
+                                         description="inbox ids where drafts go to agents as private notes")
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class ChatwootFetcher:
+    """Attachment bytes from ``data_url``: redirects followed by hand, the token sent to Chatwoot only."""
+
+    def __init__(self, adapter: ChatwootAdapter) -> None:
+        self.adapter = adapter
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        name = attachment.filename or "file"
+        if attachment.size is not None and attachment.size > limit:
+            raise FileTooLarge(name=name, size=attachment.size, limit=limit)
+        url = attachment.ref
+        home = _host(self.adapter.base_url)
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise AttachmentUnavailable(f"not an http(s) URL: {url[:60]}", name=name)
+                headers = {"api_access_token": self.adapter.token} if _host(url) == home else {}
+                async with self.adapter.http.stream("GET", url, headers=headers) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise AttachmentUnavailable(f"HTTP {response.status_code} for {name}", name=name)
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > limit:
+                            raise FileTooLarge(name=name, size=size, limit=limit)
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise AttachmentUnavailable(str(exc), name=name) from None
+        raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+
+
+class ChatwootSink:
+    """One turn's replies as Chatwoot messages: typing while the model works, the answer posted whole when
+    done (Chatwoot shows messages, not edits), private notes in agent-assist inboxes."""
+
+    def __init__(self, adapter: ChatwootAdapter, context: SinkContext) -> None:
+        self.adapter = adapter
+        self.context = context
+        self.conversation = context.key.thread
+        self.private = context.route.get("assist") == "1"
+        self.typing = False
+
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
+        if isinstance(event, Status):
+            if not self.typing and not self.private:
+                self.typing = await self._typing("on")
+            return None
+        if isinstance(event, TextChunk):
+            return None
+        if isinstance(event, FileReply):
+            return await self._post(event.caption, files=[event])
+        if isinstance(event, AnswerDone | Notice | HandoffUpdate):
+            author = getattr(event, "author", "")
+            text = f"**{author}:** {event.text}" if author else event.text
+            ids = await self._post(text)
+            if isinstance(event, HandoffUpdate) and event.state == "requested" and not self.private:
+                await self.adapter.toggle_status(self.context, "open")
+            if self.typing:
+                self.typing = not await self._typing("off")
+            return ids
+        return None
+
+    async def _typing(self, status: str) -> bool:
+        try:
+            await self.adapter.api("POST", self.context, "toggle_typing_status", json={"typing_status": status})
+            return True
+        except httpx.HTTPError as exc:
+            log.info("typing status %s failed: %s", status, exc)
+            return False
+
+    async def _post(self, text: str, *, files: list[FileReply] | None = None) -> tuple[str, ...]:
+        if files:
+            form = {"content": text, "message_type": "outgoing", "private": "true" if self.private else "false"}
+            response = await self.adapter.api(
+                "POST", self.context, "messages", data=form,
+                files=[("attachments[]", (f.filename, f.data, f.mime)) for f in files])
+        else:
+            response = await self.adapter.api("POST", self.context, "messages", json={
+                "content": text, "message_type": "outgoing", "private": self.private})
+        message_id = response.json().get("id") if response.content else None
+        return (str(message_id),) if message_id is not None else ()
+
+
+class ChatwootAdapter:
+    """See the module docstring. Built by ``serve`` when ``adapters.chatwoot.enabled``."""
+
+    name = PLATFORM
+
+    def __init__(self, manager: ConversationManager, settings: Settings, conf: ChatwootSettings, *,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.conf = conf
+        if not conf.base_url:
+            raise StartupError("adapters.chatwoot: set base_url to your Chatwoot (https://chatwoot.example.com)")
+        self.base_url = conf.base_url.rstrip("/")
+        self.token = os.environ.get(conf.bot_token_env, "").strip()
+        if not self.token:
+            raise StartupError(f"adapters.chatwoot: set the environment variable {conf.bot_token_env} to the agent "
+                               "bot's access token, or set adapters.chatwoot.enabled: false")
+        register_secret(self.token)
+        secret = os.environ.get(conf.webhook_secret_env, "")
+        register_secret(secret)
+        if not secret:
+            log.warning("adapters.chatwoot: %s is not set, so webhooks are accepted unsigned (Chatwoot before 4.13 "
+                        "does not sign); set it to the agent bot's secret", conf.webhook_secret_env)
+        self.verify = SignedBody(conf.webhook_secret_env, signature_header="X-Chatwoot-Signature",
+                                 timestamp_header="X-Chatwoot-Timestamp", optional=True)
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
+        self._own_http = http is None
+        self.assist = {str(i) for i in conf.agent_assist_inboxes}
+        self.channel = Channel(PLATFORM, ChatwootFetcher(self), lambda context: ChatwootSink(self, context),
+                               conf.persona or None, policy=conf.policy(settings.limits))
+        manager.register(self.channel)
+        self._accepting = False
+        self._accounts: dict[str, str] = {}  # conversation id -> account id, for events that do not say
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._accepting = True
+
+    def stop_intake(self) -> None:
+        self._accepting = False
+
+    async def close(self) -> None:
+        if self._own_http:
+            await self.http.aclose()
+
+    def router(self) -> APIRouter:
+        async def webhook(body: bytes = Depends(self.verify)) -> Response:
+            """Verified by the signature dependency; stored, then 200 at once (the answer follows)."""
+            if not self._accepting:
+                return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
+            try:
+                data = parse_json_object(body, what="the event")
+            except BadRequest:
+                return Response(status_code=200)  # nothing usable; an error would open the conversation
+            try:
+                outcome = await self.handle(data)
+            except ShuttingDown:
+                return JSONResponse({"error": "restarting"}, status_code=500)  # Chatwoot retries a 500
+            log.debug("chatwoot %s: %s", data.get("event"), outcome)
+            return Response(status_code=200)
+
+        r = APIRouter()
+        r.add_api_route(WEBHOOK_PATH, webhook, methods=["POST"], include_in_schema=False)
+        return r
+
+    # -- REST -------------------------------------------------------------------------------
+
+    async def api(self, method: str, context: SinkContext, action: str, **kwargs: Any) -> httpx.Response:
+        account = context.route.get("account") or context.key.chat
+        url = f"{self.base_url}/api/v1/accounts/{account}/conversations/{context.key.thread}/{action}"
+        response = await self.http.request(method, url, headers={"api_access_token": self.token}, **kwargs)
+        response.raise_for_status()
+        return response
+
+    async def toggle_status(self, context: SinkContext, status: str) -> None:
+        """``open`` hands the conversation to agents (Chatwoot then runs its own bot handoff)."""
+        try:
+            await self.api("POST", context, "toggle_status", json={"status": status})
+        except httpx.HTTPError as exc:
+            log.error("toggling conversation %s to %s failed: %s", context.key, status, exc)
+
+    # -- webhook ----------------------------------------------------------------------------
+
+    def _key(self, account: Any, conversation: Any) -> ConversationKey:
+        return ConversationKey(PLATFORM, str(account), str(conversation))
+
+    async def handle(self, data: dict[str, Any]) -> str:
+        """One event; returns what was done (for the log and tests)."""
+        event = str(data.get("event") or "")
+        if event == "message_created":
+            return await self._message(data)
+        if event in ("conversation_status_changed", "conversation_opened", "conversation_resolved"):
+            return await self._status(event, data)
+        return "ignored"
+
+    async def _message(self, data: dict[str, Any]) -> str:
+        conversation = data.get("conversation") if isinstance(data.get("conversation"), dict) else {}
+        inbox = data.get("inbox") if isinstance(data.get("inbox"), dict) else {}
+        account = (data.get("account") or {}).get("id") if isinstance(data.get("account"), dict) else None
+        conv_id, message_id = conversation.get("id"), data.get("id")
+        if account is None or conv_id is None or message_id is None:
+            return "ignored: incomplete"
+        self._accounts[str(conv_id)] = str(account)
+        if data.get("message_type") != "incoming" or data.get("private"):
+            return "ignored: not the customer's"  # agents' messages, private notes, our own replies
+        inbox_id = str(inbox.get("id") or conversation.get("inbox_id") or "")
+        assist = inbox_id in self.assist
+        if not assist and conversation.get("status") != "pending":
+            return "ignored: a person has it"
+        key = self._key(account, conv_id)
+        if not assist:
+            conv = await self.manager.store.conversation(key)
+            if conv.mode == "human":  # handed off by us and not yet given back: Chatwoot says pending again
+                await self.manager.set_mode(key, "bot", by="chatwoot")
+        sender = data.get("sender") if isinstance(data.get("sender"), dict) else {}
+        attributes = conversation.get("additional_attributes") or {}
+        locale = attributes.get("browser_language") if isinstance(attributes, dict) else None
+        attachments = tuple(
+            Attachment(str(a.get("data_url") or ""), f"{a.get('file_type', 'file')}-{a.get('id', '')}"
+                       + (f".{a['extension']}" if a.get("extension") else ""),
+                       {"image": "image/*", "video": "video/*", "audio": "audio/*"}.get(str(a.get("file_type")), ""),
+                       a.get("file_size") if isinstance(a.get("file_size"), int) else None)
+            for a in data.get("attachments") or [] if isinstance(a, dict) and a.get("data_url"))
+        route = {"account": str(account), "inbox": inbox_id}
+        if assist:
+            route["assist"] = "1"
+        conversation_var.set(str(key))
+        await self.manager.submit(IncomingMessage(
+            key=key, sender=Sender(str(sender.get("id", "")), str(sender.get("name", ""))),
+            text=str(data.get("content") or ""), attachments=attachments, locale=locale,
+            event_id=f"message:{message_id}", message_id=str(message_id), is_direct=True, route=route, raw=data))
+        return "stored"
+
+    async def _status(self, event: str, data: dict[str, Any]) -> str:
+        conv_id = data.get("id")
+        status = data.get("status") or {"conversation_opened": "open", "conversation_resolved": "resolved"}.get(event)
+        messages = data.get("messages") if isinstance(data.get("messages"), list) else []
+        account = next((m.get("account_id") for m in messages if isinstance(m, dict) and m.get("account_id")), None)
+        account = account or self._accounts.get(str(conv_id))
+        if conv_id is None or account is None:
+            return "ignored: which conversation?"
+        key = self._key(account, conv_id)
+        if status == "pending":
+            await self.manager.set_mode(key, "bot", by="chatwoot")
+        elif status in ("open", "snoozed"):
+            await self.manager.set_mode(key, "human", by="chatwoot")
+        return f"mode for {status}"
+
+
+def build(runtime: Runtime, conf: ChatwootSettings) -> ChatwootAdapter:
+    """``serve``'s constructor (see adapters/registry.py)."""
+    assert runtime.manager is not None
+    return ChatwootAdapter(runtime.manager, runtime.settings, conf)
+
+
+__all__ = ["ChatwootAdapter", "ChatwootSettings", "build"]

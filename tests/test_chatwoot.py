@@ -1,0 +1,207 @@
+"""The Chatwoot adapter against the protocol-faithful Chatwoot of tests/fakes/chatwoot_api.py, through the real
+``serve`` app: what the customer and the agents see in the conversation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from adapters.chatwoot import ChatwootAdapter
+from adapters.server import Service, _Server, build_app
+from bot.engines import EchoEngine
+from bot.i18n import text as t
+from bot.runtime import Runtime
+from tests.conftest import image_bytes, make_settings
+from tests.fakes.chatwoot_api import FakeChatwoot
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Harness:
+    cw: FakeChatwoot
+    runtime: Runtime
+    adapter: ChatwootAdapter
+    url: str
+
+    async def idle(self) -> None:
+        assert self.runtime.manager is not None
+        await asyncio.wait_for(self.runtime.manager.idle(), 15)
+
+    async def replied(self, conv: int, expected: str, timeout: float = 15) -> None:  # noqa: ASYNC109
+        await self.cw.wait_for(lambda: expected in self.cw.public_replies(conv), timeout)
+
+
+@contextlib.asynccontextmanager
+async def chatwoot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, secret: str | None = "cw-webhook-secret",
+                   engine: EchoEngine | None = None, persona: str = "support", **conf: Any) -> AsyncIterator[Harness]:
+    async with FakeChatwoot(secret=secret) as cw:
+        monkeypatch.setenv("CHATWOOT_BOT_TOKEN", cw.bot_token)
+        if secret:
+            monkeypatch.setenv("CHATWOOT_WEBHOOK_SECRET", secret)
+        else:
+            monkeypatch.delenv("CHATWOOT_WEBHOOK_SECRET", raising=False)
+        port = _free_port()
+        settings = make_settings(tmp_path, adapters={"chatwoot": {"enabled": True, "base_url": cw.url,
+                                                                  "persona": persona, **conf}})
+        async with Runtime(settings, engine=engine or EchoEngine(delay=0.002)) as runtime:
+            assert runtime.manager is not None
+            adapter = ChatwootAdapter(runtime.manager, runtime.settings, settings.adapters.chatwoot)  # type: ignore[attr-defined]
+            service = Service(runtime.settings, runtime, [adapter])
+            service.ready = True
+            server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port, log_config=None,
+                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1))
+            serving = asyncio.create_task(server.serve())
+            while not server.started:
+                assert not serving.done()
+                await asyncio.sleep(0.01)
+            await runtime.manager.start()
+            await adapter.start()
+            cw.webhook_url = f"http://127.0.0.1:{port}/chatwoot/webhook"
+            try:
+                yield Harness(cw, runtime, adapter, cw.webhook_url)
+            finally:
+                adapter.stop_intake()
+                await runtime.manager.stop(2)
+                await adapter.close()
+                server.should_exit = True
+                await serving
+
+
+async def test_a_customer_is_answered_with_typing_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        await h.cw.customer_message(conv, "My order 1234 has not arrived")
+        await h.replied(conv, "echo: My order 1234 has not arrived")
+        await h.idle()
+        assert [c["typing_status"] for c in h.cw.typing if c["conversation_id"] == conv] == ["on", "off"]
+        assert h.cw.status(conv) == "pending"
+        await h.idle()
+        # the bot's own reply comes back to it as an outgoing message: not answered again
+        assert h.cw.public_replies(conv) == ["echo: My order 1234 has not arrived"]
+        assert all(d.status == 200 for d in h.cw.deliveries)
+
+
+async def test_a_redelivered_event_is_answered_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        payload = await h.cw.customer_message(conv, "hello")
+        await h.cw.deliver("message_created", payload, delivery_id=h.cw.deliveries[0].delivery_id)
+        await h.replied(conv, "echo: hello")
+        await h.idle()
+        assert h.cw.public_replies(conv) == ["echo: hello"]
+
+
+async def test_an_image_behind_a_cross_host_redirect_without_leaking_the_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch, engine=EchoEngine(context_length=32768)) as h:
+        conv = h.cw.conversation()
+        photo = h.cw.attachment(image_bytes(640, 480), filename="receipt.jpg")
+        await h.cw.customer_message(conv, "What does this receipt say?", attachments=[photo])
+        await h.cw.wait_for(lambda: any("[image 1: 640x480" in r for r in h.cw.public_replies(conv)), 15)
+        storage = [d for d in h.cw.downloads if d.get("server") == "storage"]
+        assert storage and not any(d.get("api_access_token") or d.get("authorization") for d in storage)
+
+
+@pytest.mark.parametrize("how", ["unsigned", "wrong", "stale"])
+async def test_bad_signatures_are_refused_and_never_processed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              how: str) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        kwargs: dict[str, Any] = {"sign": False} if how == "unsigned" else \
+            {"secret": "not-the-secret"} if how == "wrong" else {"timestamp": int(time.time()) - 600}
+        data = h.cw.load_payload("message_created_incoming", conversation__id=conv)
+        deliveries = await h.cw.deliver("message_created", data, retries=False, **kwargs)
+        assert deliveries[-1].status == 401
+        await h.idle()
+        assert h.runtime.store is not None and await h.runtime.store.last_message_id() == 0
+
+
+async def test_without_a_secret_unsigned_events_are_accepted_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with chatwoot(tmp_path, monkeypatch, secret=None) as h:
+        assert any("CHATWOOT_WEBHOOK_SECRET is not set" in r.getMessage() for r in caplog.records)
+        conv = h.cw.conversation()
+        await h.cw.customer_message(conv, "older Chatwoot here")
+        await h.replied(conv, "echo: older Chatwoot here")
+
+
+async def test_handoff_opens_the_conversation_and_pending_gives_it_back(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation(locale="pt-BR")
+        await h.cw.customer_message(conv, "Quero falar com um atendente humano")
+        await h.replied(conv, t("handoff_started", "pt"))
+        await h.cw.wait_for(lambda: h.cw.status(conv) == "open")
+        await h.cw.customer_message(conv, "alguém aí?")
+        await h.cw.agent_message(conv, "Olá, sou a Ana.")
+        await h.idle()
+        assert h.cw.bot_replies(conv) == [t("handoff_started", "pt")]  # silent while a person has it
+        await h.cw.set_status(conv, "pending")
+        await h.cw.customer_message(conv, "e agora, o robô responde?")
+        await h.replied(conv, "echo: e agora, o robô responde?")
+
+
+async def test_the_personas_policy_and_the_model_hand_off_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        refund = h.cw.conversation()
+        await h.cw.customer_message(refund, "I was charged twice, I want a refund")
+        await h.replied(refund, t("handoff_policy", "en"))
+        await h.cw.wait_for(lambda: h.cw.status(refund) == "open")
+        stuck = h.cw.conversation()
+        await h.cw.customer_message(stuck, "please check my account settings [handoff]")
+        await h.replied(stuck, t("handoff_model", "en"))
+        assert h.cw.public_replies(stuck)[0] == "echo: please check my account settings"
+        await h.cw.wait_for(lambda: h.cw.status(stuck) == "open")
+
+
+async def test_agent_assist_inboxes_get_private_notes_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch, agent_assist_inboxes=[2]) as h:
+        h.cw.add_inbox(2, "Email")
+        conv = h.cw.conversation(status="open", inbox_id=2)
+        await h.cw.customer_message(conv, "Where is my parcel?")
+        await h.cw.wait_for(lambda: "echo: Where is my parcel?" in h.cw.private_notes(conv))
+        await h.idle()
+        assert h.cw.public_replies(conv) == [] and h.cw.status(conv) == "open"
+        await h.cw.customer_message(conv, "/human")  # agents are already there: no handoff, a note
+        await h.cw.wait_for(lambda: len(h.cw.private_notes(conv)) == 2)
+        assert h.cw.status(conv) == "open" and h.cw.public_replies(conv) == []
+
+
+async def test_exports_arrive_as_attachments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        await h.cw.customer_message(conv, "| item | total |\n|---|---|\n| pump | 12.50 |")
+        await h.cw.wait_for(lambda: len(h.cw.public_replies(conv)) == 1)
+        await h.cw.customer_message(conv, "/export csv")
+        await h.cw.wait_for(lambda: any(m.get("attachments") for m in h.cw.messages(conv)
+                                        if m.get("message_type") in ("outgoing", 1)))
+        calls = [c for c in h.cw.calls if c.name == "messages.create" and c.files]
+        assert calls and b"pump,12.50" in calls[-1].files[0]["data"]
+
+
+async def test_recorded_events_that_are_not_for_the_bot_get_200_and_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        for name in ("message_created_outgoing_agent", "message_created_private_note", "message_created_bot_own",
+                     "message_created_while_open", "message_updated", "webwidget_triggered"):
+            payload = h.cw.load_payload(name)
+            deliveries = await h.cw.deliver(payload["event"], payload, retries=False)
+            assert deliveries[-1].status == 200, name
+        await h.idle()
+        assert h.runtime.store is not None and await h.runtime.store.last_message_id() == 0
