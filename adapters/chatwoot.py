@@ -22,8 +22,11 @@ before any download. The bot token cannot list messages: history comes from the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections import OrderedDict
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
@@ -34,6 +37,7 @@ from pydantic import Field
 
 from adapters.common.auth import SignedBody
 from adapters.common.http import BadRequest, parse_json_object
+from bot import i18n
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
 from bot.logs import conversation_var, register_secret
@@ -206,6 +210,8 @@ class ChatwootAdapter:
         manager.register(self.channel)
         self._accepting = False
         self._accounts: dict[str, str] = {}  # conversation id -> account id, for events that do not say
+        self._greeted: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -216,6 +222,8 @@ class ChatwootAdapter:
         self._accepting = False
 
     async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         if self._own_http:
             await self.http.aclose()
 
@@ -267,7 +275,44 @@ class ChatwootAdapter:
             return await self._message(data)
         if event in ("conversation_status_changed", "conversation_opened", "conversation_resolved"):
             return await self._status(event, data)
+        if event == "webwidget_triggered":
+            return await self._greet(data)
         return "ignored"
+
+    async def _greet(self, data: dict[str, Any]) -> str:
+        """The customer opened the web widget: the persona's greeting, in the widget's language, once — only in
+        a pending conversation that has no messages yet (the widget fires this on every page load)."""
+        conversation = data.get("current_conversation")
+        account = (data.get("account") or {}).get("id") if isinstance(data.get("account"), dict) else None
+        if not isinstance(conversation, dict) or account is None or conversation.get("id") is None:
+            return "ignored: no conversation yet"
+        inbox = str(conversation.get("inbox_id") or (data.get("inbox") or {}).get("id") or "")
+        key = self._key(account, conversation["id"])
+        if inbox in self.assist or conversation.get("status") != "pending" or conversation.get("messages") \
+                or str(key) in self._greeted:
+            return "ignored: nothing to greet"
+        self._greeted[str(key)] = None
+        while len(self._greeted) > 10_000:
+            self._greeted.popitem(last=False)
+        info = data.get("event_info") if isinstance(data.get("event_info"), dict) else {}
+        lang = i18n.normalize_code(str(info.get("widget_language") or info.get("browser_language") or ""))
+        lang = lang if lang in i18n.UI_LANGUAGES else self.settings.conversation.default_language
+        persona = self.manager.persona_for(await self.manager.store.conversation(key), self.channel)
+        context = SinkContext(key=key, route={"account": str(account), "inbox": inbox})
+        self._background(ChatwootSink(self, context).emit(Notice(persona.greeting_for(lang))), "greeting")
+        return "greeting"
+
+    def _background(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        """Work the webhook must not wait for (Chatwoot gives 5 s), kept until done, errors logged."""
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:
+                log.warning("chatwoot %s failed: %s", what, exc)
+
+        task = asyncio.create_task(run(), name=f"chatwoot {what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _message(self, data: dict[str, Any]) -> str:
         conversation = data.get("conversation") if isinstance(data.get("conversation"), dict) else {}

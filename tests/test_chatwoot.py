@@ -195,11 +195,27 @@ async def test_exports_arrive_as_attachments(tmp_path: Path, monkeypatch: pytest
         assert calls and b"pump,12.50" in calls[-1].files[0]["data"]
 
 
+async def test_the_widget_greets_once_in_the_customers_language(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation(locale="de")
+        await h.cw.widget_opened(conv, locale="de")
+        await h.cw.widget_opened(conv, locale="de")  # every page load fires it again
+        await h.cw.wait_for(lambda: len(h.cw.public_replies(conv)) == 1)
+        assert h.cw.public_replies(conv) == ["Hallo! Wie kann ich Ihnen heute helfen? Sie können auch einen "
+                                             "Screenshot oder ein Foto senden."]
+        await h.cw.customer_message(conv, "Danke")
+        await h.cw.wait_for(lambda: len(h.cw.public_replies(conv)) == 2)
+        await h.cw.widget_opened(conv, locale="de")  # the conversation has messages now: no greeting
+        await h.idle()
+        assert len(h.cw.public_replies(conv)) == 2
+
+
 async def test_recorded_events_that_are_not_for_the_bot_get_200_and_nothing_else(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with chatwoot(tmp_path, monkeypatch) as h:
         for name in ("message_created_outgoing_agent", "message_created_private_note", "message_created_bot_own",
-                     "message_created_while_open", "message_updated", "webwidget_triggered"):
+                     "message_created_while_open", "message_updated"):
             payload = h.cw.load_payload(name)
             deliveries = await h.cw.deliver(payload["event"], payload, retries=False)
             assert deliveries[-1].status == 200, name
