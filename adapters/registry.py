@@ -20,6 +20,7 @@ from pydantic import create_model
 from adapters.chatwoot import ChatwootSettings
 from adapters.console import ConsoleSettings
 from adapters.django_helpdesk import DjangoHelpdeskSettings
+from adapters.helpdesk_api import HelpdeskApiSettings
 from adapters.slack import SlackSettings
 from adapters.telegram import TelegramSettings
 from adapters.web import WebSettings
@@ -61,6 +62,7 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
     AdapterSpec("slack", SlackSettings, "adapters.slack:build"),
     AdapterSpec("chatwoot", ChatwootSettings, "adapters.chatwoot:build"),
     AdapterSpec("django_helpdesk", DjangoHelpdeskSettings, "adapters.django_helpdesk:build"),
+    AdapterSpec("helpdesk_api", HelpdeskApiSettings, "adapters.helpdesk_api:build"),
 )
 
 AppAdaptersSettings = create_model(  # type: ignore[call-overload]

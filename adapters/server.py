@@ -68,7 +68,7 @@ def _conversation(key: str) -> ConversationKey:
 
 
 def build_app(service: Service) -> FastAPI:
-    app = FastAPI(title="internvl-bot", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="internvl-bot", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     install_error_handlers(app)
     runtime = service.runtime
     operator = Depends(BearerAuth(service.settings.server.operator_token_env, what="operator API"))

@@ -1,0 +1,581 @@
+"""A generic helpdesk API: any other helpdesk (Zendesk, Freshdesk, Zammad, an in-house one) posts customers'
+messages as JSON and gets the answers by a signed callback, by polling, or both.
+
+Every request is signed like the framework's own webhooks, with the secret in the environment variable
+``secret_env`` (``HELPDESK_API_SECRET``): headers ``X-InternVL-Bot-Timestamp: <unix seconds>`` and
+``X-InternVL-Bot-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<signed>")>``, where ``<signed>`` is
+the raw body of a POST and the request target (path and query, as sent: ``/api/helpdesk/v1/conversations/c1/
+messages?after=3``) of a GET. Unsigned, wrong or stale (> 5 min) requests get 401.
+
+- ``POST /api/helpdesk/v1/messages``: a customer's message (``conversation_id``, ``message_id``, ``text``,
+  ``customer``, ``attachments`` by URL — fetched only from ``attachment_hosts`` — or inline as base64;
+  ``assist: true`` makes every answer a private draft for agents). Stored before the 202; the same
+  ``message_id`` again (a retry) is the same message, answered once.
+- ``GET /api/helpdesk/v1/conversations/{conversation_id}/messages?after=<id>``: the assistant's replies after
+  a cursor, and whether the bot or a person has the conversation.
+- ``POST /api/helpdesk/v1/conversations/{conversation_id}/mode``: agents take the conversation (``human``:
+  the bot stays silent) or give it back (``bot``), without a message to the customer.
+- Callbacks (``callback_url``): each reply POSTed as JSON with the same signature headers and
+  ``X-InternVL-Bot-Delivery`` (the same on retries, and for a turn re-run after a restart: receivers drop
+  deliveries they have seen). Retried with back-off on connection errors, 429 and 5xx; polling stays the source
+  of truth.
+
+The routes and their JSON shapes are in the served OpenAPI schema (``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapters.common.auth import SignedBody, same
+from adapters.common.http import BadRequest
+from adapters.web import UPLOAD_MAX_AGE, UploadFetcher
+from bot.config import AdapterSection, Settings
+from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
+from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from bot.logs import conversation_var, register_secret
+from bot.store import StoredMessage
+from bot.types import (
+    AnswerDone,
+    Attachment,
+    Channel,
+    ConversationKey,
+    FileReply,
+    HandoffUpdate,
+    IncomingMessage,
+    Notice,
+    PlatformIds,
+    ReplyEvent,
+    Sender,
+    SinkContext,
+)
+
+if TYPE_CHECKING:
+    from bot.manager import ConversationManager
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "helpdesk_api"
+PREFIX = "/api/helpdesk/v1"
+DELIVERY_HEADER = "X-InternVL-Bot-Delivery"
+MAX_REDIRECTS = 5
+#: How many stored messages of a conversation polling looks at (the newest ones).
+POLL_WINDOW = 500
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
+
+
+class HelpdeskApiSettings(AdapterSection):
+    """``adapters.helpdesk_api``: the generic helpdesk API."""
+
+    secrets: ClassVar[dict[str, str]] = {"secret_env": "the secret that signs requests and callbacks"}
+
+    enabled: bool = False
+    persona: str = "support"
+    secret_env: str = Field("HELPDESK_API_SECRET", description="environment variable with the HMAC secret")
+    callback_url: str = Field("", description="where replies are POSTed, signed; empty = polling only")
+    callback_attempts: int = Field(5, ge=1, le=20, description="tries per callback (back-off 1, 2, 4… s)")
+    attachment_hosts: list[str] = Field(
+        default_factory=list, description="hosts attachment URLs may come from (*.example.com allowed); "
+                                          "empty = attachments only inline")
+    max_request_bytes: int = Field(25_000_000, ge=10_000, description="largest request body (inline files count)")
+    max_files_per_message: int = Field(10, ge=0, le=50)
+
+
+# -- the API's JSON shapes (served in the OpenAPI schema) ------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=32_000)
+
+
+class ApiAttachment(_Model):
+    """A file of the customer's message: by ``url`` (fetched from ``attachment_hosts`` only) or inline
+    (``data``, base64)."""
+
+    url: str | None = Field(None, max_length=2048, description="http(s) URL on one of the configured hosts")
+    data: str | None = Field(None, max_length=40_000_000, description="the file itself, base64")
+    filename: str = Field("file", min_length=1, max_length=255)
+    mime_type: str = Field("", max_length=200, description="e.g. image/png; guessed from the content if empty")
+    size: int | None = Field(None, ge=0, description="bytes, when known: too large files are refused before "
+                                                     "any download")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiAttachment:
+        if (self.url is None) == (self.data is None):
+            raise ValueError("an attachment has either url or data")
+        return self
+
+
+class ApiCustomer(_Model):
+    id: Identifier = Field(description="the customer's id in the helpdesk")
+    name: str = Field("", max_length=200)
+    email: str = Field("", max_length=320)
+
+
+class ApiMessage(_Model):
+    """A customer's message. ``message_id`` is its id in the helpdesk: a retry with the same id is the same
+    message, answered once."""
+
+    conversation_id: Identifier = Field(description="the helpdesk's ticket or conversation id")
+    message_id: Identifier
+    text: str = Field("", max_length=32_000)
+    customer: ApiCustomer
+    language: str | None = Field(None, max_length=35, pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$",
+                                 description="the customer's locale (BCP 47), when the helpdesk knows it")
+    attachments: list[ApiAttachment] = Field(default_factory=list, max_length=50)
+    assist: bool = Field(False, description="answers go to agents as private drafts, never to the customer")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ApiMessage:
+        if not self.text.strip() and not self.attachments:
+            raise ValueError("a message has text or attachments")
+        return self
+
+
+class Accepted(BaseModel):
+    conversation_id: str
+    message_id: str
+    duplicate: bool = Field(description="true when this message_id was posted before (answered once)")
+    held: bool = Field(description="true when a person has the conversation: the bot does not answer")
+
+
+class ApiReply(BaseModel):
+    """One reply of the assistant (or of a person through the operator API). ``id`` is the polling cursor."""
+
+    id: int
+    type: Literal["answer", "notice", "command"]
+    text: str
+    in_reply_to: str | None = Field(description="the message_id of the customer's message it answers")
+    private: bool = Field(description="a draft for agents (assist), not for the customer")
+    failed: bool = Field(description="the text says the answer failed")
+    author: str = Field(description="a person's name for an operator's reply; empty for the assistant")
+    created_at: float
+
+
+class ApiConversation(BaseModel):
+    conversation_id: str
+    mode: Literal["bot", "human"] = Field(description="human: a person has it and the bot is silent")
+    replies: list[ApiReply]
+    next_after: int = Field(description="pass as ?after= to get only newer replies")
+
+
+class ModeChange(_Model):
+    mode: Literal["bot", "human"]
+    by: str = Field("agent", min_length=1, max_length=200, description="who, for the log and the transcript")
+
+
+class ModeResult(BaseModel):
+    conversation_id: str
+    mode: Literal["bot", "human"]
+    changed: bool
+
+
+class ApiError(BaseModel):
+    error: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ApiCallback(BaseModel):
+    """What ``callback_url`` receives, one POST per reply."""
+
+    id: str = Field(description="the delivery id, also in X-InternVL-Bot-Delivery; the same on retries")
+    type: Literal["answer", "notice", "handoff", "file"]
+    conversation_id: str
+    in_reply_to: str | None
+    text: str
+    private: bool
+    language: str
+    author: str = ""
+    handoff: dict[str, str] | None = Field(None, description="type handoff: state (requested, taken, returned) "
+                                                             "and reason")
+    file: dict[str, Any] | None = Field(None, description="type file: filename, mime_type, size, data (base64)")
+    at: float
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` put in place (an OpenAPI request body cannot point at them)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return dict(resolve(schema))
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline_schema(model)}}}}
+
+
+_SIGNED = {"parameters": [
+    {"name": TIMESTAMP_HEADER, "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "unix seconds; requests older than 5 minutes are refused"},
+    {"name": SIGNATURE_HEADER, "in": "header", "required": True, "schema": {"type": "string"},
+     "description": 'sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>; for a GET the request target '
+                    "(path and query) stands for the body"},
+]}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ApiError, "description": "unsigned, wrong or stale signature"},
+    413: {"model": ApiError, "description": "the body or an inline file is too large"},
+    400: {"model": ApiError, "description": "the JSON or the path does not fit the schema (details say where)"},
+    503: {"model": ApiError, "description": "the service is restarting; retry after Retry-After seconds"},
+}
+
+
+# -- attachments ------------------------------------------------------------------------------------------------
+
+
+def host_allowed(url: str, hosts: list[str]) -> bool:
+    """An http(s) URL on one of ``hosts`` (``*.example.com`` matches its subdomains)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme in ("http", "https") and bool(host) and any(
+        fnmatch.fnmatchcase(host, pattern.lower()) for pattern in hosts)
+
+
+class ApiFetcher:
+    """``url:<url>`` attachments from the configured hosts (redirects followed only within them);
+    ``upload:<ref>`` inline files the API saved."""
+
+    def __init__(self, adapter: HelpdeskApiAdapter) -> None:
+        self.adapter = adapter
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        kind, _, ref = attachment.ref.partition(":")
+        if kind == "upload":
+            return await self.adapter.uploads.fetch(Attachment(ref, attachment.filename, attachment.mime,
+                                                               attachment.size), limit)
+        name = attachment.filename or "file"
+        if kind != "url":
+            raise AttachmentUnavailable(f"bad attachment reference {attachment.ref[:40]!r}", name=name)
+        if attachment.size is not None and attachment.size > limit:
+            raise FileTooLarge(name=name, size=attachment.size, limit=limit)
+        url = ref
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                if not host_allowed(url, self.adapter.conf.attachment_hosts):
+                    raise AttachmentUnavailable(f"not an allowed attachment host: {url[:80]}", name=name)
+                async with self.adapter.http.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise AttachmentUnavailable(f"HTTP {response.status_code} for {name}", name=name)
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > limit:
+                            raise FileTooLarge(name=name, size=size, limit=limit)
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise AttachmentUnavailable(str(exc), name=name) from None
+        raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+
+
+# -- replies ----------------------------------------------------------------------------------------------------
+
+
+class CallbackSink:
+    """One turn's replies as signed callbacks (when ``callback_url`` is set; polling sees them either way).
+    A receiver that is down does not fail the turn: the answer is stored and can be polled."""
+
+    def __init__(self, adapter: HelpdeskApiAdapter, context: SinkContext) -> None:
+        self.adapter = adapter
+        self.context = context
+        self.private = context.route.get("assist") == "1"
+        self.count = 0
+
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
+        if not isinstance(event, AnswerDone | Notice | HandoffUpdate | FileReply):
+            return None  # streamed chunks and status: a callback per reply, not per token
+        self.count += 1
+        # the same id when a turn is re-run after a restart, so receivers can drop what they have seen
+        turn = f"m{self.context.message_id}" if self.context.message_id is not None else uuid.uuid4().hex
+        delivery = f"{turn}-{self.count}"
+        payload = ApiCallback(
+            id=delivery, type="answer", conversation_id=self.context.key.chat, in_reply_to=self.context.reply_to,
+            text="", private=self.private, language=self.context.language, at=time.time())
+        if isinstance(event, FileReply):
+            payload.type, payload.text = "file", event.caption
+            payload.file = {"filename": event.filename, "mime_type": event.mime, "size": len(event.data),
+                            "data": base64.b64encode(event.data).decode()}
+        elif isinstance(event, HandoffUpdate):
+            payload.type, payload.text = "handoff", event.text
+            payload.handoff = {"state": event.state, "reason": event.reason}
+        else:
+            payload.type = "answer" if isinstance(event, AnswerDone) else "notice"
+            payload.text, payload.author = event.text, getattr(event, "author", "")
+        await self.adapter.callback(payload)
+        return (delivery,)
+
+
+class HelpdeskApiAdapter:
+    """See the module docstring. Built by ``serve`` when ``adapters.helpdesk_api.enabled``."""
+
+    name = PLATFORM
+
+    def __init__(self, manager: ConversationManager, settings: Settings, conf: HelpdeskApiSettings, *,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.conf = conf
+        self.secret = os.environ.get(conf.secret_env, "")
+        if not self.secret:
+            raise StartupError(f"adapters.helpdesk_api: set the environment variable {conf.secret_env} to the secret "
+                               "that signs requests and callbacks, or set adapters.helpdesk_api.enabled: false")
+        register_secret(self.secret)
+        if conf.callback_url and urlsplit(conf.callback_url).scheme not in ("http", "https"):
+            raise StartupError("adapters.helpdesk_api.callback_url: an http(s) URL")
+        self.verify = SignedBody(conf.secret_env, signature_header=SIGNATURE_HEADER,
+                                 timestamp_header=TIMESTAMP_HEADER, max_bytes=conf.max_request_bytes)
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
+        self._own_http = http is None
+        self.folder = settings.data_path / "helpdesk_api_uploads"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.uploads = UploadFetcher(self.folder)
+        self.backoff = 1.0
+        self.channel = Channel(PLATFORM, ApiFetcher(self), lambda context: CallbackSink(self, context),
+                               conf.persona or None, policy=conf.policy(settings.limits))
+        manager.register(self.channel)
+        self._accepting = False
+        self.callbacks_delivered = 0
+        self.callbacks_failed = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sweep_uploads()
+        self._accepting = True
+
+    def _sweep_uploads(self) -> None:
+        """Inline files of turns a restart interrupted are read again when the turn resumes (before this is
+        called); older ones are left-overs."""
+        cutoff = time.time() - UPLOAD_MAX_AGE
+        for path in self.folder.iterdir():
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+
+    def stop_intake(self) -> None:
+        self._accepting = False
+
+    async def close(self) -> None:
+        if self._own_http:
+            await self.http.aclose()
+
+    def router(self) -> APIRouter:
+        r = APIRouter(prefix=PREFIX, tags=["helpdesk API"])
+        r.add_api_route("/messages", self.post_message, methods=["POST"], status_code=202,
+                        response_model=Accepted, responses={**_ERRORS}, openapi_extra={**_body(ApiMessage), **_SIGNED},
+                        summary="Post a customer's message")
+        r.add_api_route("/conversations/{conversation_id}/messages", self.poll, methods=["GET"],
+                        response_model=ApiConversation, responses={**_ERRORS}, openapi_extra=_SIGNED,
+                        summary="The assistant's replies after a cursor")
+        r.add_api_route("/conversations/{conversation_id}/mode", self.change_mode, methods=["POST"],
+                        response_model=ModeResult, responses={**_ERRORS}, openapi_extra={**_body(ModeChange), **_SIGNED},
+                        summary="Agents take the conversation or give it back")
+        return r
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _check_target(self, request: Request) -> None:
+        """A GET is signed over its request target (path and query as sent)."""
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        if not signature or not timestamp or not self.verify.verify(self.secret, timestamp, target.encode(),
+                                                                    signature):
+            raise HTTPException(401, "missing, wrong or stale signature")
+
+    @staticmethod
+    def _invalid(exc: ValidationError) -> JSONResponse:
+        details = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors(include_url=False)]
+        return JSONResponse({"error": "the JSON does not fit the schema", "details": details}, status_code=400)
+
+    def _restarting(self) -> JSONResponse:
+        return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
+
+    async def post_message(self, request: Request) -> Response:
+        body = await self.verify(request)
+        if not self._accepting:
+            return self._restarting()
+        try:
+            message = ApiMessage.model_validate_json(body)
+        except ValidationError as exc:
+            return self._invalid(exc)
+        if len(message.attachments) > self.conf.max_files_per_message:
+            return JSONResponse({"error": f"at most {self.conf.max_files_per_message} attachments"}, status_code=400)
+        for i, item in enumerate(message.attachments):
+            if item.url is not None and not host_allowed(item.url, self.conf.attachment_hosts):
+                return JSONResponse({"error": f"attachments[{i}].url is not on an allowed host (attachment_hosts)"},
+                                    status_code=400)
+        key = ConversationKey(PLATFORM, message.conversation_id)
+        attachments, saved = await self._attachments(message)
+        conversation_var.set(str(key))
+        route = {"assist": "1"} if message.assist else {}
+        customer = message.customer
+        try:
+            ticket = await self.manager.submit(IncomingMessage(
+                key=key, sender=Sender(customer.id, customer.name or customer.email or customer.id),
+                text=message.text, attachments=attachments, locale=message.language,
+                event_id=f"{message.conversation_id}/{message.message_id}", message_id=message.message_id,
+                is_direct=True, route=route, raw={"conversation_id": message.conversation_id}))
+        except ShuttingDown:
+            self._discard(saved)
+            return self._restarting()
+        if ticket is None:
+            self._discard(saved)
+        else:
+            ticket.done.add_done_callback(lambda f: f.cancelled() or f.result() == "interrupted"
+                                          or self._discard(saved))
+        conv = await self.manager.store.conversation(key)
+        return JSONResponse(Accepted(conversation_id=message.conversation_id, message_id=message.message_id,
+                                     duplicate=ticket is None, held=conv.mode == "human").model_dump(),
+                            status_code=202)
+
+    async def _attachments(self, message: ApiMessage) -> tuple[tuple[Attachment, ...], list[Path]]:
+        """Attachments for the store: URLs as they are (fetched later), inline files decoded and saved."""
+        limit = self.settings.media.max_file_bytes
+        found: list[Attachment] = []
+        saved: list[Path] = []
+        try:
+            for i, item in enumerate(message.attachments):
+                mime = item.mime_type.strip().lower()
+                if item.url is not None:
+                    found.append(Attachment(f"url:{item.url}", item.filename, mime, item.size))
+                    continue
+                assert item.data is not None
+                if len(item.data) * 3 // 4 > limit + 3:
+                    raise BadRequest(f"attachments[{i}] is larger than {limit} bytes", status_code=413)
+                try:
+                    data = base64.b64decode(item.data, validate=True)
+                except (binascii.Error, ValueError):
+                    raise BadRequest(f"attachments[{i}].data is not base64", status_code=400) from None
+                ref = uuid.uuid4().hex
+                path = self.folder / ref
+                await asyncio.to_thread(path.write_bytes, data)
+                saved.append(path)
+                found.append(Attachment(f"upload:{ref}", item.filename, mime, len(data)))
+        except BaseException:
+            self._discard(saved)
+            raise
+        return tuple(found), saved
+
+    @staticmethod
+    def _discard(paths: list[Path]) -> bool:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return True
+
+    async def poll(self, request: Request, conversation_id: Identifier, after: int = 0) -> Response:
+        self._check_target(request)
+        key = ConversationKey(PLATFORM, conversation_id)
+        rows = await self.manager.store.transcript(key, limit=POLL_WINDOW)
+        users = {row.id: row for row in rows if row.role == "user"}
+        replies = [self._reply(row, users) for row in rows if row.role == "assistant" and row.id > after]
+        conv = await self.manager.store.conversation(key)
+        newest = max((r.id for r in rows), default=after)
+        return JSONResponse(ApiConversation(conversation_id=conversation_id, mode=conv.mode, replies=replies,
+                                            next_after=max(after, newest)).model_dump())
+
+    @staticmethod
+    def _reply(row: StoredMessage, users: dict[int, StoredMessage]) -> ApiReply:
+        asked = users.get(row.reply_to) if row.reply_to is not None else None
+        return ApiReply(id=row.id, type="answer" if row.kind == "chat" else row.kind, text=row.text,
+                        in_reply_to=asked.platform_message_id if asked else None,
+                        private=bool(asked and asked.route.get("assist") == "1"), failed=row.state == "failed",
+                        author=row.sender_name, created_at=row.created_at)
+
+    async def change_mode(self, request: Request, conversation_id: Identifier) -> Response:
+        body = await self.verify(request)
+        try:
+            change = ModeChange.model_validate_json(body)
+        except ValidationError as exc:
+            return self._invalid(exc)
+        key = ConversationKey(PLATFORM, conversation_id)
+        changed = await self.manager.set_mode(key, change.mode, by=change.by)
+        conv = await self.manager.store.conversation(key)
+        return JSONResponse(ModeResult(conversation_id=conversation_id, mode=conv.mode, changed=changed).model_dump())
+
+    # -- callbacks --------------------------------------------------------------------------
+
+    async def callback(self, payload: ApiCallback) -> None:
+        """POST one reply to ``callback_url``, signed, retried with back-off; never raises."""
+        if not self.conf.callback_url:
+            return
+        body = json.dumps(payload.model_dump(exclude_none=True), ensure_ascii=False, separators=(",", ":")).encode()
+        for attempt in range(1, self.conf.callback_attempts + 1):
+            timestamp = str(int(time.time()))
+            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp, DELIVERY_HEADER: payload.id,
+                       SIGNATURE_HEADER: sign(self.secret.encode(), timestamp, body)}
+            try:
+                response = await self.http.post(self.conf.callback_url, content=body, headers=headers)
+                if response.is_success:
+                    self.callbacks_delivered += 1
+                    return
+                if response.status_code < 500 and response.status_code != 429:
+                    log.error("helpdesk callback %s refused: HTTP %d", payload.id, response.status_code)
+                    self.callbacks_failed += 1
+                    return
+                reason = f"HTTP {response.status_code}"
+                retry_after = response.headers.get("retry-after", "")
+                delay = float(retry_after) if retry_after.isdigit() else self.backoff * 2 ** (attempt - 1)
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+                delay = self.backoff * 2 ** (attempt - 1)
+            if attempt < self.conf.callback_attempts:
+                log.warning("helpdesk callback %s: %s (attempt %d/%d), retrying in %.1f s", payload.id, reason,
+                            attempt, self.conf.callback_attempts, delay)
+                await asyncio.sleep(min(delay, 60.0))
+        self.callbacks_failed += 1
+        log.error("helpdesk callback %s not delivered after %d attempts (the reply can be polled)", payload.id,
+                  self.conf.callback_attempts)
+
+
+def verify_callback(secret: str, headers: Mapping[str, str], body: bytes, *, max_age: float = 300) -> bool:
+    """For receivers (and tests): True when a callback's signature headers are right for ``body``."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    timestamp, signature = lower.get(TIMESTAMP_HEADER.lower(), ""), lower.get(SIGNATURE_HEADER.lower(), "")
+    try:
+        fresh = abs(time.time() - float(timestamp)) <= max_age
+    except ValueError:
+        return False
+    return fresh and same(sign(secret.encode(), timestamp, body), signature)
+
+
+def build(runtime: Runtime, conf: HelpdeskApiSettings) -> HelpdeskApiAdapter:
+    """``serve``'s constructor (see adapters/registry.py)."""
+    assert runtime.manager is not None
+    return HelpdeskApiAdapter(runtime.manager, runtime.settings, conf)
+
+
+__all__ = ["ApiMessage", "HelpdeskApiAdapter", "HelpdeskApiSettings", "build", "host_allowed", "verify_callback"]
