@@ -206,7 +206,7 @@ class ChatwootAdapter:
         self._own_http = http is None
         self.assist = {str(i) for i in conf.agent_assist_inboxes}
         self.channel = Channel(PLATFORM, ChatwootFetcher(self), lambda context: ChatwootSink(self, context),
-                               conf.persona or None, policy=conf.policy(settings.limits))
+                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
         manager.register(self.channel)
         self._accepting = False
         self._accounts: dict[str, str] = {}  # conversation id -> account id, for events that do not say

@@ -175,7 +175,7 @@ class DjangoHelpdeskAdapter:
         self._own_http = http is None
         self.assist = {str(q) for q in conf.agent_assist_queues}
         self.channel = Channel(PLATFORM, HelpdeskFetcher(self), lambda context: HelpdeskSink(self, context),
-                               conf.persona or None, policy=conf.policy(settings.limits))
+                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
         manager.register(self.channel)
         self.bot_user: int | None = None
         self._accepting = False

@@ -364,7 +364,7 @@ class HelpdeskApiAdapter:
         self.uploads = UploadFetcher(self.folder)
         self.backoff = 1.0
         self.channel = Channel(PLATFORM, ApiFetcher(self), lambda context: CallbackSink(self, context),
-                               conf.persona or None, policy=conf.policy(settings.limits))
+                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
         manager.register(self.channel)
         self._accepting = False
         self.callbacks_delivered = 0

@@ -25,18 +25,19 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters import registry
-from adapters.common.auth import BearerAuth
-from adapters.common.http import BadRequest, install_error_handlers, read_json_object, text_field
+from adapters.common.http import install_error_handlers
+from adapters.operator import OperatorInbox
 from adapters.registry import ServedAdapter
 from adapters.web import WebAdapter
 from bot.config import Settings
 from bot.errors import StartupError
 from bot.runtime import DEMO_BANNER, Runtime
-from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class Service:
         self.adapters = adapters
         self.ready = False
         self.stopping = False
+        # the operator inbox (and API) when the operator token is set; it is also the handoff notifier that
+        # reaches the people answering there
+        self.inbox: OperatorInbox | None = None
+        if self.operator_token and runtime.manager is not None:
+            self.inbox = OperatorInbox(runtime.manager, settings)
+            runtime.manager.add_notifier(self.inbox)
 
     @property
     def web(self) -> WebAdapter | None:
@@ -60,18 +67,32 @@ class Service:
         return os.environ.get(self.settings.server.operator_token_env, "")
 
 
-def _conversation(key: str) -> ConversationKey:
-    try:
-        return ConversationKey.parse(key)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+class NoSniff:
+    """``X-Content-Type-Options: nosniff`` on every response (JSON, files, errors): a browser never guesses a
+    type that would run what was served as data. Pure ASGI, so event streams stay streamed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 def build_app(service: Service) -> FastAPI:
     app = FastAPI(title="internvl-bot", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     install_error_handlers(app)
+    app.add_middleware(NoSniff)
     runtime = service.runtime
-    operator = Depends(BearerAuth(service.settings.server.operator_token_env, what="operator API"))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -102,35 +123,8 @@ def build_app(service: Service) -> FastAPI:
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
 
-    @app.post("/api/operator/conversations/{key}/reply", dependencies=[operator])
-    async def operator_reply(key: str, request: Request) -> Response:
-        """A person's answer in a handed-off conversation, delivered into the user's platform."""
-        parsed = _conversation(key)
-        body = await read_json_object(request)
-        text, author = text_field(body, "text"), text_field(body, "author", max_chars=200)
-        if not text.strip() or not author.strip():
-            return JSONResponse({"error": "text and author are required"}, status_code=400)
-        assert runtime.manager is not None
-        mid = await runtime.manager.operator_reply(parsed, text, author=author)
-        return JSONResponse({"id": mid})
-
-    @app.post("/api/operator/conversations/{key}/return", dependencies=[operator])
-    async def operator_return(key: str, request: Request) -> Response:
-        """Give a conversation back to the assistant."""
-        parsed = _conversation(key)
-        body = await read_json_object(request) if await request.body() else {}
-        assert runtime.manager is not None
-        changed = await runtime.manager.hand_back(parsed, by=text_field(body, "by", required=False) or "operator")
-        return JSONResponse({"returned": changed})
-
-    @app.post("/api/operator/conversations/{key}/take", dependencies=[operator])
-    async def operator_take(key: str, request: Request) -> Response:
-        """Take over a conversation the assistant is handling."""
-        parsed = _conversation(key)
-        body = await read_json_object(request)
-        by = text_field(body, "by", max_chars=200)
-        assert runtime.manager is not None
-        return JSONResponse({"taken": await runtime.manager.take_over(parsed, by=by)})
+    if service.inbox is not None:
+        app.include_router(service.inbox.router())
 
     for adapter in service.adapters:
         router = adapter.router()
@@ -216,6 +210,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         await runtime.manager.stop(conf.grace_seconds)
         for adapter in adapters:
             await adapter.close()
+        if service.inbox is not None:
+            await service.inbox.close()  # ends the operators' event streams, so the server can stop
         server.should_exit = True
         with contextlib.suppress(Exception):
             await serving
@@ -240,7 +236,7 @@ async def check(settings: Settings) -> int:
         enabled = ", ".join(name for name in settings.enabled_adapters() if name != "console") or "none"
         print(f"ok: adapters enabled: {enabled}")
         if os.environ.get(settings.server.operator_token_env):
-            print("ok: operator API enabled (token set)")
+            print("ok: operator inbox at /operator and operator API enabled (token set)")
         if settings.handoff.webhook_url:
             print("ok: handoff webhook configured (signing secret set)")
     return 0

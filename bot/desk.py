@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 
 from bot import i18n
@@ -24,7 +25,7 @@ from bot.metrics import Metrics
 from bot.scheduler import Scheduler
 from bot.store import Conversation, Store, StoredMessage
 from bot.turn import Turn
-from bot.types import Channel, ConversationKey, HandoffUpdate, Notice, ReplyEvent
+from bot.types import Channel, ConversationKey, HandoffUpdate, Notice, ReplyEvent, strip_controls
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class HandoffDesk:
         self.default_language = default_language
         self._changed: dict[int, bool] = {}  # message id -> did /human or /bot change the mode?
         self._background: set[asyncio.Task[None]] = set()
+        self._waiting: OrderedDict[ConversationKey, None] = OrderedDict()
 
     # -- at intake ------------------------------------------------------------------------
 
@@ -73,12 +75,24 @@ class HandoffDesk:
                 text = "\n".join([msg.text, *(f"[{n}]" for n in names)]).strip()
                 await self.notifiers.notify(HandoffEvent("message", str(msg.key), msg.key.platform, lang, text=text,
                                                          user=msg.sender_name or msg.sender_id))
+                if not channel.reaches_people and msg.key in self._waiting:
+                    await self.deliver(msg.key, Notice(i18n.text("handoff_passed_on", lang)))
             except Exception:
                 log.exception("passing message %d on to the person failed", msg.id)
             finally:
                 on_done()
 
         self.spawn(keep())
+
+    def _wait(self, key: ConversationKey, waiting: bool) -> None:
+        """Conversations whose user asked for a person nobody has answered yet: their messages get a receipt
+        (once a person writes, takes over or the platform moves it, the user knows someone is there)."""
+        if waiting:
+            self._waiting[key] = None
+            while len(self._waiting) > 10_000:
+                self._waiting.popitem(last=False)
+        else:
+            self._waiting.pop(key, None)
 
     def spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)
@@ -94,13 +108,24 @@ class HandoffDesk:
 
     # -- in a turn ------------------------------------------------------------------------
 
+    def available(self, channel: Channel) -> bool:
+        """Whether a handoff on ``channel`` reaches a person (a notifier that does, or the platform's own)."""
+        return channel.reaches_people or self.notifiers.reaches_people
+
     async def request(self, turn: Turn, reason: str = "user") -> None:
         """A person is needed — the user asked, or the persona's policy says so: tell the user, pass the
-        conversation on. ``reason``: ``user``, ``policy: <keyword>``."""
+        conversation on. ``reason``: ``user``, ``policy: <keyword>``. When nobody can be reached, the user
+        hears that, and the assistant keeps the conversation."""
         msg = turn.msg
+        if not self.available(turn.channel):
+            self._changed.pop(msg.id, None)
+            await turn.reply(HandoffUpdate("unavailable", "bot", self._say(turn, "handoff_unavailable"),
+                                           reason=reason.split(":")[0]))
+            return
         if self._changed.pop(msg.id, True):
             await self.resolver.keep(msg, turn.channel)
             await self._pass_on(turn, reason)
+            self._wait(msg.key, True)
             text = self._say(turn, "handoff_policy" if reason.startswith("policy") else "handoff_started")
             update = HandoffUpdate("requested", "human", text, reason=reason.split(":")[0])
         else:
@@ -121,9 +146,10 @@ class HandoffDesk:
         """The model ended its (already delivered) answer saying a person is needed: the conversation goes to
         a person, and the user is told after the answer."""
         conv = await self.store.conversation(turn.msg.key)
-        if conv.mode == "human":
+        if conv.mode == "human" or not self.available(turn.channel):
             return
         await self.store.update_conversation(conv.key, mode="human", handoff_at=time.time())
+        self._wait(conv.key, True)
         await self._pass_on(turn, "model")
         with contextlib.suppress(Exception):
             await turn.say(HandoffUpdate("requested", "human", self._say(turn, "handoff_model"), reason="model"))
@@ -136,6 +162,7 @@ class HandoffDesk:
     async def back_to_bot(self, turn: Turn) -> None:
         """``/bot``: the user wants the assistant again."""
         msg, lang = turn.msg, turn.lang
+        self._wait(msg.key, False)
         if self._changed.pop(msg.id, True):
             await self.notifiers.notify(HandoffEvent("returned", str(msg.key), msg.key.platform, lang, by="user",
                                                      user=msg.sender_name or msg.sender_id))
@@ -152,6 +179,7 @@ class HandoffDesk:
     async def hand_back(self, key: ConversationKey, *, by: str = "operator") -> bool:
         """An operator gives the conversation back to the bot; the user is told. False if it was not handed off."""
         conv = await self.store.conversation(key)
+        self._wait(key, False)
         if conv.mode != "human":
             return False
         await self.store.update_conversation(key, mode="bot", handoff_at=None)
@@ -164,6 +192,7 @@ class HandoffDesk:
         """The platform moved the conversation itself (a helpdesk agent opened it, or set it back to the
         bot): the mode follows, nothing is said to the user. False if it was in that mode already."""
         conv = await self.store.conversation(key)
+        self._wait(key, False)
         if conv.mode == mode:
             return False
         if mode == "human":
@@ -179,6 +208,7 @@ class HandoffDesk:
         """An operator takes a conversation the bot is handling: the answer in progress stops, queued
         messages are kept for the person, the user is told who joined. False if a person had it already."""
         conv = await self.store.conversation(key)
+        self._wait(key, False)
         if conv.mode == "human":
             return False
         await self.store.update_conversation(key, mode="human", handoff_at=time.time())
@@ -194,7 +224,8 @@ class HandoffDesk:
 
     async def operator_reply(self, key: ConversationKey, text: str, *, author: str) -> int:
         """A person's answer: stored and sent to the user as theirs."""
-        text = text.strip()
+        text = strip_controls(text).strip()
         if not text:
             raise ValueError("an operator reply needs text")
-        return await self.deliver(key, Notice(text, kind="info", author=author))
+        self._wait(key, False)
+        return await self.deliver(key, Notice(text, kind="info", author=strip_controls(author).strip()))

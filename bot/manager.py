@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot import i18n
 from bot.attachments import AttachmentResolver
@@ -61,7 +61,10 @@ from bot.types import (
     Sender,
     SinkContext,
     Status,
+    cut_text,
     platform_ids,
+    strip_controls,
+    was_cut,
 )
 
 log = logging.getLogger(__name__)
@@ -216,6 +219,9 @@ class ConversationManager:
             log.info("message from %s in %s ignored: not allowed by adapters.%s", message.sender.id, message.key.chat,
                      message.key.platform)
             return None
+        if len(message.text) > self.conf.max_message_chars:
+            # refused when its turn comes; the store keeps at most the limit (a 19 MB paste is not history)
+            message = replace(message, text=cut_text(message.text, self.conf.max_message_chars))
         command = parse_command(message.text, channel.command_prefixes)
         conv = await self.store.conversation(message.key)
         held = conv.mode == "human" and not command
@@ -246,7 +252,7 @@ class ConversationManager:
             return Ticket(mid, future)
         wants_human = bool(command and command[0] == "human") or (
             not command and self._wants_person(message.text, conv, channel) is not None)
-        if wants_human or (command and command[0] == "bot"):
+        if (wants_human and self.desk.available(channel)) or (command and command[0] == "bot"):
             await self.desk.switch_at_intake(mid, conv, "human" if wants_human else "bot")
         refusal: BotError | None = None
         try:
@@ -405,8 +411,9 @@ class ConversationManager:
         text = msg.text.strip()
         if not text and not msg.attachments:
             raise EmptyMessage()
-        if len(msg.text) > self.conf.max_message_chars:
-            raise MessageTooLong(chars=len(msg.text), limit=self.conf.max_message_chars)
+        cut = was_cut(msg.text)
+        if cut or len(msg.text) > self.conf.max_message_chars:
+            raise MessageTooLong(chars=cut or len(msg.text), limit=self.conf.max_message_chars)
         await relay.note(Status("typing"))
         resolved = await self.resolver.resolve(msg, turn.channel, relay.post, lang)
         await self.usage.admit_media(f"{msg.key.platform}:{msg.sender_id}", turn.channel.policy.limits,
@@ -431,7 +438,8 @@ class ConversationManager:
         try:
             await self._engine_gate.acquire(f"{msg.key.platform}:{msg.sender_id}")
             try:
-                async for chunk in self.engine.stream(prompt.messages, generation):
+                async for raw in self.engine.stream(prompt.messages, generation):
+                    chunk = strip_controls(raw)
                     await relay.push(marker.feed(chunk) if marker else chunk)
                     if relay.error is not None:
                         raise relay.error  # the platform is gone: stop generating for it

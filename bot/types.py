@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,29 @@ class Attachment:
     filename: str = ""
     mime: str = ""
     size: int | None = None
+
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_controls(text: str) -> str:
+    """``text`` without control characters (a model's \\x08 or \\x1b reaching a terminal or a page); newlines and
+    tabs stay, a carriage return goes."""
+    return _CONTROLS.sub("", text)
+
+
+_CUT = re.compile(r"\n\[… cut: (\d+) characters in all\]\Z")
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` kept to ``limit`` characters, with a marker saying how long it was."""
+    return f"{text[:limit]}\n[… cut: {len(text)} characters in all]"
+
+
+def was_cut(text: str) -> int:
+    """The original length of a text :func:`cut_text` shortened; 0 when it was not cut."""
+    found = _CUT.search(text)
+    return int(found.group(1)) if found else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +397,8 @@ class Channel:
     ``sink_for(context)`` builds the sink that renders one turn's replies. Registering a channel is what
     lets the manager answer messages left pending by a restart. ``command_prefixes``: what starts a
     command on this platform (Slack intercepts ``/…`` in its composer, so its adapter adds ``!``); the
-    first is the one shown in help texts.
+    first is the one shown in help texts. ``reaches_people``: a handoff on this platform reaches people even
+    without a notifier that does (a helpdesk: its agents see the conversation).
     """
 
     platform: str
@@ -382,3 +407,5 @@ class Channel:
     persona: str | None = None
     command_prefixes: tuple[str, ...] = ("/",)
     policy: AccessPolicy = AccessPolicy()
+    #: the platform itself puts people in front of a handed-off conversation (a helpdesk's agents)
+    reaches_people: bool = False

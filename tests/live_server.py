@@ -54,6 +54,8 @@ async def live_server(settings: Settings, engine: Engine | None = None) -> Async
             web.stop_intake()
             await runtime.manager.stop(1)
             web.close_streams()
+            if service.inbox is not None:
+                await service.inbox.close()
             server.should_exit = True
             await task
 
@@ -85,6 +87,31 @@ async def sse_events(client: httpx.AsyncClient, until: str = "done", limit: int 
                 if event["type"] == until or len(events) >= limit:
                     break
     return events
+
+
+def streams(live: Live) -> set[int]:
+    return {id(q) for s in live.web._sessions.values() for q in s.streams}
+
+
+async def subscribed(live: Live, before: set[int]) -> None:
+    """Wait until an event stream not in ``before`` is open."""
+    for _ in range(500):
+        if streams(live) - before:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the event stream did not open")
+
+
+async def exchange(live: Live, client: httpx.AsyncClient, message: str, files: Any = None,
+                   until: str = "done") -> tuple[httpx.Response, list[dict[str, Any]]]:
+    before = streams(live)
+    reader = asyncio.create_task(sse_events(client, until=until))
+    await subscribed(live, before)
+    response = await post(client, message, files)
+    if response.status_code >= 400:
+        reader.cancel()
+        return response, []
+    return response, await asyncio.wait_for(reader, 10)
 
 
 class StaticSite:

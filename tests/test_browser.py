@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -28,9 +29,10 @@ if CHROMIUM is None and not os.environ.get("INTERNVL_BOT_REQUIRE_BROWSER"):
 PAYLOAD = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> **bold**'
 
 
-async def test_web_chat_in_a_real_browser(tmp_path: Path) -> None:
+async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from playwright.async_api import async_playwright, expect
 
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")  # an operator inbox: someone to hand over to
     photo = tmp_path / "kettle.jpg"
     photo.write_bytes(image_bytes(800, 600))
     dialogs: list[str] = []
@@ -85,8 +87,10 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path) -> None:
             await page.fill("#text", "my kettle leaks")
             await page.press("#text", "Enter")
             await expect(page.locator(".msg.user").last).to_have_text("my kettle leaks")
+            # the bot does not answer that one; it says it was passed on
+            await expect(page.locator(".msg.assistant").last).to_have_text(text("handoff_passed_on", "en"))
             await page.wait_for_timeout(300)
-            await expect(page.locator(".msg.assistant")).to_have_count(4)  # the bot did not answer that one
+            await expect(page.locator(".msg.assistant")).to_have_count(5)
 
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / "web-chat.png"
@@ -195,3 +199,86 @@ async def test_the_widget_embeds_the_chat_in_another_site(tmp_path: Path) -> Non
         await page.reload()
         await page.click("text=Chat")
         await expect(frame.locator(".msg.user")).to_have_text(["hello from the shop"])
+
+
+@pytest.mark.parametrize("locale", ["en-US", "pt-BR"])
+async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                locale: str) -> None:
+    """Two browsers: a user's chat page and an operator's inbox, each in its own context (no shared cookies or
+    storage), talking to each other through the service. Screenshots of both in each language."""
+    from playwright.async_api import async_playwright, expect
+
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    lang = locale[:2]
+    photo = tmp_path / "kettle.jpg"
+    photo.write_bytes(image_bytes(800, 600))
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, async_playwright() as pw:
+        assert CHROMIUM is not None
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            headers = {"Accept-Language": f"{locale},{lang};q=0.9"}
+            user = await (await browser.new_context(locale=locale, extra_http_headers=headers)).new_page()
+            operator = await (await browser.new_context(locale=locale, extra_http_headers=headers)).new_page()
+            await operator.goto(live.url + "/operator")
+            await operator.fill("#token", "wrong")
+            await operator.fill("#name", "Marta")
+            await operator.click("#signin")
+            await expect(operator.locator("#loginerror")).to_be_visible()
+            await operator.fill("#token", "op-token")
+            await operator.click("#signin")
+            await expect(operator.locator("#nonewaiting")).to_have_text(text("op_none_waiting", lang))
+            await expect(operator.locator("body")).to_have_attribute("data-ready", "1")
+
+            # the user asks, sends a photo, then asks for a person
+            await user.goto(live.url + "/")
+            await user.set_input_files("#files", str(photo))
+            await user.fill("#text", "my kettle leaks")
+            await user.click("#send")
+            await expect(user.locator(".msg.assistant").last).to_contain_text("echo: my kettle leaks")
+            await user.click("#human")
+            await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_started", lang))
+
+            # the operator's inbox shows it at once (live), with how long it has waited
+            waiting = operator.locator("#waiting li")
+            await expect(waiting).to_have_count(1)
+            before, after = text("op_waited", lang, time="{time}").split("{time}")
+            await expect(waiting.locator(".waited")).to_have_text(
+                re.compile(re.escape(before) + r"\d+\u00a0(s|min|h|d)" + re.escape(after)))
+            await waiting.click()
+            await expect(operator.locator("#log .msg.user").first).to_contain_text("my kettle leaks")
+            await expect(operator.locator("#log .thumbs img")).to_have_count(1)
+            assert await operator.locator("#log .thumbs img").evaluate("img => img.naturalWidth") == 800
+            await expect(operator.locator("#mode")).to_have_text(text("op_with_person", lang))
+
+            # a message the user sends while waiting appears in the inbox live
+            await user.fill("#text", "hello? it is the blue one")
+            await user.press("#text", "Enter")
+            await expect(operator.locator("#log .msg.user").last).to_have_text("hello? it is the blue one")
+
+            # the operator answers; the user sees it with the operator's name
+            await operator.fill("#reply", "Hi, Marta here: a new kettle is on its way.")
+            await operator.press("#reply", "Enter")
+            await expect(user.locator(".msg.assistant").last).to_contain_text("Hi, Marta here: a new kettle is on its way.")
+            await expect(user.locator(".msg.assistant").last).to_contain_text("Marta")
+            await expect(operator.locator("#log .msg.person").last).to_contain_text("a new kettle is on its way")
+
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await user.screenshot(path=str(ARTIFACTS / f"web-chat-{lang}.png"), full_page=True)
+            await operator.screenshot(path=str(ARTIFACTS / f"operator-inbox-{lang}.png"), full_page=True)
+
+            # given back: the user is told, and the assistant answers again
+            await operator.click("#giveback")
+            await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_ended", lang))
+            await expect(operator.locator("#waiting li")).to_have_count(0)
+            await user.fill("#text", "thanks")
+            await user.press("#text", "Enter")
+            await expect(user.locator(".msg.assistant").last).to_have_text("echo: thanks")
+
+            # and the operator can take a conversation the assistant is handling
+            await expect(operator.locator("#active li")).to_have_count(1)
+            await operator.locator("#active li").click()
+            await operator.click("#take")
+            await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_taken", lang, name="Marta"))
+            await expect(operator.locator("#waiting li")).to_have_count(1)
+        finally:
+            await browser.close()

@@ -43,7 +43,9 @@ KEY = ConversationKey("web", "s1")
 
 
 class RecordingNotifier:
-    reaches_people = False
+    """Records events; stands for a notifier that reaches people (an operator inbox, a webhook)."""
+
+    reaches_people = True
 
     def __init__(self) -> None:
         self.events: list[HandoffEvent] = []
@@ -98,9 +100,10 @@ async def test_human_command_hands_off_and_bot_stops_answering_until_bot(tmp_pat
     assert len(bot.engine.calls) == calls and len(sink.answers) == answers  # the bot kept quiet
     assert bot.notifier.events[-1].kind == "message"
     assert bot.notifier.events[-1].text == "are you there?\n[broken.jpg]"
+    assert sink.notices[-1] == text("handoff_passed_on", "en")  # a receipt while nobody has answered yet
     rows = await bot.manager.store.transcript(KEY)
-    held = rows[-1]
-    assert (held.text, held.state) == ("are you there?", "held")
+    [held] = [r for r in rows if r.text == "are you there?"]
+    assert held.state == "held"
     assert held.attachments[0].sha256  # the photo is kept for the person
     assert await bot.manager.store.pending() == []
 
@@ -358,3 +361,40 @@ def test_the_marker_filter_never_shows_half_a_marker() -> None:
     assert shown == "Sorry, I can't \nbye [ok]" and f.found
     g = MarkerFilter("[handoff]")
     assert "".join(g.feed(c) for c in ["a [h", "ello]"]) + g.rest() == "a [hello]" and not g.found
+
+
+async def test_nobody_to_hand_over_to_is_said_and_the_assistant_keeps_answering(tmp_path: Path) -> None:
+    """No notifier reaches a person (no operator token, no webhook, not a helpdesk): /human or a plain
+    request says so, instead of promising an answer nobody will give."""
+    bot = Bot(tmp_path, MemoryStore())
+    bot.notifier.reaches_people = False  # type: ignore[misc]
+    assert await bot.say("/human", locale="en") == "answered"
+    assert bot.sinks[KEY].notices[-1] == text("handoff_unavailable", "en")
+    assert (await bot.manager.store.conversation(KEY)).mode == "bot"
+    assert await bot.say("Quiero hablar con una persona") == "answered"
+    assert bot.sinks[KEY].notices[-1] == text("handoff_unavailable", "es")
+    assert await bot.say("then tell me about E5") == "answered"
+    assert bot.sinks[KEY].answers[-1] == "echo: then tell me about E5"
+    assert bot.notifier.events == []
+
+
+async def test_a_helpdesk_channel_reaches_people_by_itself(tmp_path: Path) -> None:
+    bot = Bot(tmp_path, MemoryStore())
+    bot.notifier.reaches_people = False  # type: ignore[misc]
+    desk = ConversationKey("desk", "t1")
+    bot.manager.register(Channel("desk", bot.fetcher, bot.sink, reaches_people=True))
+    assert await bot.say("/human", key=desk, locale="en") == "answered"
+    assert bot.sinks[desk].notices[-1] == text("handoff_started", "en")
+    assert await bot.say("hello?", key=desk) == "held"
+    assert bot.sinks[desk].notices[-1] == text("handoff_started", "en")  # its agents see it: no receipt
+
+
+async def test_receipts_while_waiting_stop_once_a_person_writes(tmp_path: Path) -> None:
+    bot = Bot(tmp_path, MemoryStore())
+    await bot.say("/human", locale="en")
+    assert await bot.say("hello?") == "held"
+    assert await bot.say("anyone?") == "held"
+    assert bot.sinks[KEY].notices[-2:] == [text("handoff_passed_on", "en")] * 2
+    await bot.manager.operator_reply(KEY, "Hi, Marta here.", author="Marta")
+    assert await bot.say("great, my printer shows E5") == "held"
+    assert bot.sinks[KEY].notices[-1] == "Hi, Marta here."

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bot import i18n
 from bot.config import Settings
 from bot.engines import EchoEngine, Engine, message_cost
 from bot.manager import ConversationManager, Ticket, parse_command
@@ -40,6 +41,7 @@ from bot.types import (
     Status,
     TextChunk,
     UsageLimits,
+    cut_text,
 )
 from tests.conftest import GatedEngine, image_bytes, make_settings
 
@@ -379,7 +381,8 @@ async def test_bad_input_gets_a_polite_answer_and_the_message_is_kept(
     assert expected in h.last("bad")
     assert h.sinks["good"].answers == ["echo: a normal question"]
     kept = await store.message(bad.message_id)
-    assert (kept.text, kept.state) == (text, "failed")
+    # kept (a very long text kept to the limit, with a marker)
+    assert (kept.text, kept.state) == (text if len(text) <= 16000 else cut_text(text, 16000), "failed")
     assert kept.error
     assert any("refused" in r.getMessage() for r in caplog.records)
     # The worker lives on: the same conversation answers the next message.
@@ -934,4 +937,17 @@ async def test_a_restart_completes_the_message_a_killed_run_left(tmp_path: Path)
 async def test_a_text_pasted_long_past_the_limit_is_refused_without_the_model(harness: Callable[..., Harness]) -> None:
     h = harness(conversation={"max_message_chars": 100})
     assert await h.ask("c1", "x" * 5000, locale="en") == "failed"
-    assert "too long" in h.last("c1")
+    assert h.last("c1") == i18n.text("message_too_long", "en", chars=5000, limit=100)
+    # the store keeps the limit and a marker, not the whole paste
+    [row] = [r for r in await h.store.transcript(ConversationKey("test", "c1")) if r.role == "user"]
+    assert row.text == "x" * 100 + "\n[… cut: 5000 characters in all]"
+
+
+async def test_control_characters_from_the_model_never_reach_the_user(harness: Callable[..., Harness]) -> None:
+    """The echo engine repeats them as a model might produce them: every adapter gets the text without them
+    (newlines and tabs kept), and so does the store."""
+    h = harness()
+    assert await h.ask("c1", "a\x08b\x11c\x1b[31md\x7fe\x9bf\tg\nh\ri") == "answered"
+    assert h.sinks["c1"].answers == ["echo: abc[31mdef\tg\nhi"]
+    [answer] = [r for r in await h.store.transcript(ConversationKey("test", "c1")) if r.role == "assistant"]
+    assert answer.text == "echo: abc[31mdef\tg\nhi"

@@ -25,6 +25,19 @@ class StoreContract:
         assert await store.add_incoming(KEY, NewMessage(role="user", text="no event id")) is not None
         assert [m.text for m in await store.pending()] == ["hi", "hi", "no event id"]
 
+    async def test_conversations_waiting_oldest_first_and_active_newest_first(self, store: Store) -> None:
+        third = ConversationKey("web", "s3")
+        for key, text in ((KEY, "first"), (OTHER, "second"), (third, "third")):
+            await store.add_message(key, NewMessage(role="user", text=text))
+        await store.add_message(KEY, NewMessage(role="assistant", text="answer 1"))
+        assert [s.conversation.key for s in await store.list_conversations(mode="bot")] == [KEY, third, OTHER]
+        await store.update_conversation(third, mode="human", handoff_at=100.0)
+        await store.update_conversation(OTHER, mode="human", handoff_at=200.0)
+        waiting = await store.list_conversations(mode="human")
+        assert [(s.conversation.key, s.last_text) for s in waiting] == [(third, "third"), (OTHER, "second")]
+        assert [s.conversation.key for s in await store.list_conversations(mode="bot")] == [KEY]
+        assert len(await store.list_conversations(mode="human", limit=1)) == 1
+
     async def test_platform_ids_drafts_and_lookup(self, store: Store) -> None:
         mid = await store.add_message(KEY, NewMessage(role="user", text="q", platform_message_id="100",
                                                       route={"chat_type": "private"}))
@@ -217,7 +230,8 @@ class TestSQLiteStore(StoreContract):
         conn = sqlite3.connect(tmp_path / "x.sqlite3")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [
-            "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage", "m004_stash"]
+            "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage", "m004_stash",
+            "m005_waiting_conversations"]
 
     async def test_a_database_of_the_first_release_is_upgraded_in_place(self, tmp_path: Path) -> None:
         import sqlite_utils

@@ -17,32 +17,7 @@ from bot.i18n import text
 from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.contracts import FetcherContract, FileSource, Screen, SinkContract
-from tests.live_server import Live, live_server, open_session, post, sse_events
-
-
-def streams(live: Live) -> set[int]:
-    return {id(q) for s in live.web._sessions.values() for q in s.streams}
-
-
-async def subscribed(live: Live, before: set[int]) -> None:
-    """Wait until an event stream not in ``before`` is open."""
-    for _ in range(500):
-        if streams(live) - before:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the event stream did not open")
-
-
-async def exchange(live: Live, client: httpx.AsyncClient, message: str, files: Any = None,
-                   until: str = "done") -> tuple[httpx.Response, list[dict[str, Any]]]:
-    before = streams(live)
-    reader = asyncio.create_task(sse_events(client, until=until))
-    await subscribed(live, before)
-    response = await post(client, message, files)
-    if response.status_code >= 400:
-        reader.cancel()
-        return response, []
-    return response, await asyncio.wait_for(reader, 10)
+from tests.live_server import exchange, live_server, open_session, post, sse_events, streams, subscribed
 
 
 def metric(body: str, name: str, **labels: str) -> float:
@@ -189,7 +164,8 @@ async def test_talk_to_a_human_and_operator_api(tmp_path: Path, monkeypatch: pyt
         assert history[-2]["author"] == "Ana"
 
 
-async def test_health_readiness_and_metrics(tmp_path: Path) -> None:
+async def test_health_readiness_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")  # someone to hand over to
     async with live_server(make_settings(tmp_path), EchoEngine(delay=0.01)) as live, live.client() as client:
         assert (await client.get("/healthz")).text == "ok\n"
         assert (await client.get("/readyz")).json() == {"ready": True}

@@ -70,7 +70,7 @@
     if (opts.files && opts.files.length) {
       const f = document.createElement("span");
       f.className = "files";
-      f.textContent = "📎 " + opts.files.join(", ");
+      f.textContent = opts.files.join(", ");
       div.appendChild(f);
     }
     log.appendChild(div);

@@ -6,6 +6,7 @@ Every implementation passes the same contract tests (``tests/test_store.py``).
 from bot.store.base import (
     PENDING_STATES,
     Conversation,
+    ConversationSummary,
     ForgetReport,
     Kind,
     Mode,
@@ -22,6 +23,6 @@ from bot.store.memory import MemoryStore
 from bot.store.sqlite import SQLiteStore, migrate
 
 __all__ = [
-    "PENDING_STATES", "Conversation", "ForgetReport", "Kind", "MemoryStore", "Mode", "NewMessage", "Role",
+    "PENDING_STATES", "Conversation", "ConversationSummary", "ForgetReport", "Kind", "MemoryStore", "Mode", "NewMessage", "Role",
     "SQLiteStore", "State", "Store", "StoredAttachment", "StoredMessage", "checked_sha256", "migrate", "sha256_of",
 ]

@@ -118,6 +118,15 @@ class NewMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A conversation as a list of conversations shows it: the user's newest message and when it came."""
+
+    conversation: Conversation
+    last_at: float
+    last_text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ForgetReport:
     conversations: int = 0
     messages: int = 0
@@ -192,9 +201,13 @@ class Store(Protocol):
         """Every bucket whose name starts with ``prefix``: its items and payloads, in the order stored."""
         ...
     async def drop_stash(self, bucket: str) -> None: ...
+    async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
+        """Conversations in ``mode``: ``human`` ones oldest handoff first (who has waited longest), ``bot``
+        ones with the newest activity first (only among recent messages)."""
+        ...
 
 
 __all__ = [
-    "PENDING_STATES", "Conversation", "ForgetReport", "Kind", "Mode", "NewMessage", "Role", "State", "Store",
+    "PENDING_STATES", "Conversation", "ConversationSummary", "ForgetReport", "Kind", "Mode", "NewMessage", "Role", "State", "Store",
     "StoredAttachment", "StoredMessage", "checked_sha256", "sha256_of",
 ]

@@ -10,8 +10,10 @@ from dataclasses import replace
 from bot.store.base import (
     PENDING_STATES,
     Conversation,
+    ConversationSummary,
     ForgetReport,
     Kind,
+    Mode,
     NewMessage,
     State,
     StoredAttachment,
@@ -188,3 +190,18 @@ class MemoryStore:
 
     async def drop_stash(self, bucket: str) -> None:
         self.stashes.pop(bucket, None)
+
+    async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
+        last: dict[ConversationKey, StoredMessage] = {}
+        newest: dict[ConversationKey, int] = {}
+        for message in self.messages.values():  # ids ascend: the newest wins
+            newest[message.key] = message.id
+            if message.role == "user":
+                last[message.key] = message
+        found = [ConversationSummary(conv, last[key].created_at, last[key].text)
+                 for key, conv in self.conversations.items() if conv.mode == mode and key in last]
+        if mode == "human":
+            found.sort(key=lambda s: (s.conversation.handoff_at or 0.0, str(s.conversation.key)))
+        else:
+            found.sort(key=lambda s: -newest[s.conversation.key])
+        return found[:limit]

@@ -22,8 +22,10 @@ import sqlite_utils
 
 from bot.store.base import (
     Conversation,
+    ConversationSummary,
     ForgetReport,
     Kind,
+    Mode,
     NewMessage,
     State,
     StoredAttachment,
@@ -123,6 +125,12 @@ def m004_stash(db: sqlite_utils.Database) -> None:
         "CREATE TABLE stash (bucket TEXT NOT NULL, item TEXT NOT NULL, payload TEXT NOT NULL, at REAL NOT NULL,"
         " PRIMARY KEY (bucket, item)) WITHOUT ROWID"
     )
+
+
+@migration
+def m005_waiting_conversations(db: sqlite_utils.Database) -> None:
+    """The operator inbox lists handed-off conversations, oldest handoff first."""
+    db.conn.execute("CREATE INDEX idx_conversations_waiting ON conversations (handoff_at) WHERE mode = 'human'")
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
@@ -546,6 +554,26 @@ class SQLiteStore:
 
     async def drop_stash(self, bucket: str) -> None:
         self.db.conn.execute("DELETE FROM stash WHERE bucket = ?", (bucket,))
+
+    async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
+        if mode == "human":
+            ids = [r[0] for r in self.db.conn.execute(
+                "SELECT id FROM conversations WHERE mode = 'human' ORDER BY handoff_at, id LIMIT ?", (limit,))]
+        else:
+            # the newest activity among the last messages (a bounded scan by primary key, not the whole table)
+            ids = [r[0] for r in self.db.conn.execute(
+                "SELECT m.conversation_id FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.id > (SELECT COALESCE(MAX(id), 0) - 5000 FROM messages) AND c.mode = 'bot'"
+                " GROUP BY m.conversation_id ORDER BY MAX(m.id) DESC LIMIT ?", (limit,))]
+        found = []
+        for cid in ids:
+            row = self.db.conn.execute(
+                "SELECT created_at, text FROM messages WHERE conversation_id = ? AND role = 'user'"
+                " ORDER BY id DESC LIMIT 1", (cid,)).fetchone()
+            if row is not None:
+                conv = self._conversation(ConversationKey.parse(cid))
+                found.append(ConversationSummary(conv, row[0], row[1]))
+        return found
 
 
 class _Tx:

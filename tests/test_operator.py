@@ -1,0 +1,208 @@
+"""The operator inbox's API on the real server: who is waiting and for how long, transcripts with images, live
+updates, replies that reach the user's page, take-over and give-back, and every bad body a 400. Plus a fuzz of
+every route of the served OpenAPI schema: 0 × 5xx over 2,000+ requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import string
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapters.web import CSRF_HEADER
+from bot.engines import EchoEngine
+from bot.i18n import text
+from tests.conftest import image_bytes, make_settings
+from tests.live_server import exchange, live_server, open_session, post
+
+TOKEN = "op-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def operator_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", TOKEN)
+    return TOKEN
+
+
+async def _events(client: httpx.AsyncClient, ticket: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    async with client.stream("GET", f"/api/operator/events?ticket={ticket}") as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                queue.put_nowait(json.loads(line[6:]))
+
+
+async def test_the_inbox_lists_who_waits_and_the_operator_answers_into_the_users_page(
+        tmp_path: Path, operator_token: str) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as user, \
+            live.client(headers=AUTH) as op:
+        # the operator's live updates
+        ticket = (await op.post("/api/operator/tickets")).json()["ticket"]
+        updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        listening = asyncio.create_task(_events(op, ticket, updates))
+        try:
+            await open_session(user)
+            await exchange(live, user, "my kettle is broken")
+            photo = ("kettle.png", image_bytes(320, 240, fmt="PNG"), "image/png")
+            _, events = await exchange(live, user, "/human", until="notice")
+            assert events[-1]["text"] == text("handoff_started", "en")
+            update = await asyncio.wait_for(updates.get(), 10)
+            assert update["type"] == "handoff" and update["kind"] == "requested"
+            key = update["conversation"]
+
+            assert (await post(user, "here is a photo", files=[photo])).status_code == 202
+            held = await asyncio.wait_for(updates.get(), 10)
+            assert held["kind"] == "message" and held["conversation"] == key
+
+            listing = (await op.get("/api/operator/conversations")).json()
+            [waiting] = listing["waiting"]
+            assert waiting["key"] == key and waiting["waited_s"] >= 0 and waiting["last_text"] == "here is a photo"
+            assert all(c["key"] != key for c in listing["active"])
+
+            transcript = (await op.get(f"/api/operator/conversations/{key}/messages")).json()
+            assert transcript["mode"] == "human"
+            texts = [m["text"] for m in transcript["messages"]]
+            assert texts[:3] == ["my kettle is broken", "echo: my kettle is broken", "/human"]
+            [shown] = [m for m in transcript["messages"] if m["text"] == "here is a photo"]
+            sha = shown["files"][0]["sha256"]
+            image = await op.get(f"/api/operator/files/{sha}?ticket={ticket}")
+            assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+            assert image.headers["x-content-type-options"] == "nosniff"
+            assert (await user.get(f"/api/operator/files/{sha}")).status_code == 401
+            assert (await op.get(f"/api/operator/files/{'0' * 64}?ticket={ticket}")).status_code == 404
+            assert (await op.get(f"/api/operator/files/nothex?ticket={ticket}")).status_code == 400
+
+            # the operator's answer reaches the user's page, with the operator's name
+            async with user.stream("GET", "/api/events") as stream:
+                reply = await op.post(f"/api/operator/conversations/{key}/reply",
+                                      json={"text": "Hi, Marta here. A new kettle is on its way.", "author": "Marta"})
+                assert reply.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        event = json.loads(line[6:])
+                        assert event["type"] == "notice" and event["author"] == "Marta"
+                        assert event["text"] == "Hi, Marta here. A new kettle is on its way."
+                        break
+            back = await op.post(f"/api/operator/conversations/{key}/return", json={"by": "Marta"})
+            assert back.json() == {"returned": True}
+            assert (await op.get("/api/operator/conversations")).json()["waiting"] == []
+        finally:
+            listening.cancel()
+
+
+async def test_take_over_a_conversation_the_assistant_handles(tmp_path: Path, operator_token: str) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as user, \
+            live.client(headers=AUTH) as op:
+        await open_session(user)
+        await exchange(live, user, "hello")
+        [active] = (await op.get("/api/operator/conversations")).json()["active"]
+        taken = await op.post(f"/api/operator/conversations/{active['key']}/take", json={"by": "Marta"})
+        assert taken.json() == {"taken": True}
+        listing = (await op.get("/api/operator/conversations")).json()
+        assert [c["key"] for c in listing["waiting"]] == [active["key"]]
+        history = (await user.get("/api/history")).json()["messages"]
+        assert history[-1]["text"] == text("handoff_taken", "en", name="Marta")
+
+
+BAD_BODIES = [b"[]", b'"x"', b"null", b"", b"{", b"\xff\xfe\x00", b"[" * 5000, b"{}", b'{"text": 1, "author": []}']
+
+
+async def test_bad_bodies_and_tokens(tmp_path: Path, operator_token: str) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client(headers=AUTH) as op:
+        for route in ("reply", "take"):
+            for body in BAD_BODIES:
+                response = await op.post(f"/api/operator/conversations/web:s1/{route}", content=body,
+                                         headers={"Content-Type": "application/json"})
+                assert response.status_code == 400, (route, body[:20], response.text)
+                assert response.json()["error"]
+        assert (await op.post("/api/operator/conversations/nokey/reply", json={"text": "a", "author": "b"})
+                ).status_code == 400
+        async with live.client() as anonymous:
+            assert (await anonymous.get("/api/operator/conversations")).status_code == 401
+            wrong = await anonymous.get("/api/operator/conversations", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            assert (await anonymous.get("/api/operator/events?ticket=forged")).status_code == 401
+            page = await anonymous.get("/operator")
+            assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+async def test_without_a_token_there_is_no_inbox_and_nobody_to_hand_over_to(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INTERNVL_BOT_OPERATOR_TOKEN", raising=False)
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as user:
+        assert live.service.inbox is None
+        assert (await user.get("/api/operator/conversations", headers=AUTH)).status_code == 404
+        await open_session(user)
+        _, events = await exchange(live, user, "/human", until="notice")
+        assert events[-1]["text"] == text("handoff_unavailable", "en")
+        assert (await user.get("/api/session")).json()["mode"] == "bot"
+
+
+async def test_every_response_says_nosniff(tmp_path: Path, operator_token: str) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/api/session", "/static/chat.js",
+                     "/operator", "/operator/static/operator.js", "/no/such/page"):
+            response = await client.get(path)
+            assert response.headers.get("x-content-type-options") == "nosniff", path
+
+
+# -- fuzzing every route of the served schema ------------------------------------------------------------------
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                 max_size=4), max_leaves=10)
+_param = st.sampled_from(["web:s1", "telegram:1:2", "x", "", "%00", "a" * 300, "web:%2e%2e", "0" * 64]) | st.text(
+    alphabet=string.ascii_letters + string.digits + ":-_.%", max_size=20)
+_bodies = st.one_of(_json.map(lambda v: json.dumps(v).encode()), st.binary(max_size=200),
+                    st.sampled_from(BAD_BODIES),
+                    st.fixed_dictionaries({"text": _json | st.text(max_size=50), "author": _json | st.text(max_size=20),
+                                           "by": _json | st.text(max_size=20)}).map(lambda v: json.dumps(v).encode()))
+
+
+@pytest.fixture
+async def served(tmp_path: Path, operator_token: str) \
+        -> AsyncIterator[tuple[httpx.AsyncClient, list[tuple[str, str]], list[int]]]:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        await open_session(client)  # a browser session: the web chat's routes get past the cookie check
+        schema = (await client.get("/openapi.json")).json()
+        routes = [(method.upper(), path) for path, item in schema["paths"].items() for method in item
+                  if not path.startswith("/api/helpdesk/") and path not in ("/api/operator/events", "/api/events")]
+        assert len(routes) >= 12, routes
+        statuses: list[int] = []
+        yield client, routes, statuses
+        assert len(statuses) >= 2000
+        assert [s for s in statuses if s >= 500] == []
+
+
+@settings(max_examples=2100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(data=st.data())
+async def test_fuzzed_requests_to_the_web_and_operator_apis_never_get_a_5xx(
+        served: tuple[httpx.AsyncClient, list[tuple[str, str]], list[int]], data: st.DataObject) -> None:
+    client, routes, statuses = served
+    method, path = data.draw(st.sampled_from(routes))
+    for name in ("key", "fid", "sha256"):
+        if "{" + name + "}" in path:
+            path = path.replace("{" + name + "}", data.draw(_param))
+    headers = {"Content-Type": data.draw(st.sampled_from(["application/json", "multipart/form-data; boundary=x",
+                                                          "text/plain", ""]))}
+    if data.draw(st.booleans()):
+        headers["Authorization"] = f"Bearer {TOKEN}"
+    if data.draw(st.booleans()):
+        headers[CSRF_HEADER] = "1"  # the web chat's CSRF header
+    query = data.draw(st.sampled_from(["", "?ticket=x", "?after=-1", "?ticket=" + "a" * 500]))
+    body = data.draw(_bodies) if method == "POST" else None
+    try:
+        response = await client.request(method, path + query, content=body, headers=headers)
+    except httpx.InvalidURL:
+        return
+    assert response.status_code < 500, (method, path, body, response.text[:300])
+    statuses.append(response.status_code)
