@@ -372,12 +372,18 @@ async def test_export_arrives_as_a_document(tmp_path: Path, monkeypatch: pytest.
 
 async def test_handoff_silences_the_bot_and_operator_replies_reach_the_chat(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
     async with telegram(tmp_path, monkeypatch) as h:
+        from adapters.operator import OperatorInbox
+
+        assert h.runtime.manager is not None
+        h.runtime.manager.add_notifier(OperatorInbox(h.runtime.manager, h.runtime.settings))  # someone to hand over to
         message(h.tg, DM, ANA, "/human")
         await h.answered(111, t("handoff_started", "en"))
         message(h.tg, DM, ANA, "is anyone there?")
+        await h.answered(111, t("handoff_passed_on", "en"))  # held for the person, not answered: a receipt
         await h.idle()
-        assert len(h.shown(111)) == 1  # held for the person, not answered
+        assert len(h.shown(111)) == 2
         from bot.types import ConversationKey
 
         assert h.runtime.manager is not None
