@@ -53,8 +53,10 @@ from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown
 from bot.logs import conversation_var
 from bot.manager import ConversationManager
+from bot.media import sniff
 from bot.runtime import Runtime
 from bot.types import (
+    NO_ROUTE,
     AnswerDone,
     Attachment,
     Channel,
@@ -88,12 +90,14 @@ _FILE_ID = re.compile(r"[0-9a-f]{32}\Z")
 
 #: Labels of the page itself; their texts are the ``ui_<name>`` entries of the catalogs (bot/locales).
 UI_KEYS = ("send", "attach", "placeholder", "human", "reset", "persona", "language", "waiting", "back", "auto",
-           "uploading", "you", "bot", "reconnecting", "demo")
+           "uploading", "you", "bot", "reconnecting", "demo", "title", "delete", "delete_confirm", "too_many",
+           "too_big")
 
 
 def ui_texts(lang: str) -> dict[str, str]:
     """The page's labels in ``lang`` (English where a catalog lacks one)."""
-    return {key: i18n.text(f"ui_{key}", lang) for key in UI_KEYS}
+    # placeholders the page fills in itself stay placeholders
+    return {key: i18n.text(f"ui_{key}", lang, name="{name}", size="{size}", limit="{limit}") for key in UI_KEYS}
 
 
 class WebSettings(AdapterSection):
@@ -176,17 +180,41 @@ class _Session:
             queue.put_nowait(event)
 
 
+@dataclass(eq=False)
+class _Replying:
+    """A session's publish, with the id of the question the events answer."""
+
+    session: _Session
+    reply_to: int | None
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.session.publish({**event, "reply_to": self.reply_to})
+
+    @property
+    def partial(self) -> str:
+        return self.session.partial
+
+    @partial.setter
+    def partial(self, value: str) -> None:
+        self.session.partial = value
+
+    @property
+    def files(self) -> dict[str, FileReply]:
+        return self.session.files
+
+
 class WebSink:
     """Renders one turn's reply events to every open page of the session."""
 
     immediate = True  # it only puts events into the pages' in-process queues
 
-    def __init__(self, adapter: WebAdapter, sid: str) -> None:
+    def __init__(self, adapter: WebAdapter, sid: str, reply_to: int | None = None) -> None:
         self.adapter = adapter
         self.sid = sid
+        self.reply_to = reply_to  # the question's id: the page shows the reply right after it
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
-        session = self.adapter.session(self.sid)
+        session = _Replying(self.adapter.session(self.sid), self.reply_to)
         if isinstance(event, Status):
             session.publish({"type": "status", "kind": event.kind, "text": event.text})
         elif isinstance(event, TextChunk):
@@ -250,7 +278,7 @@ class WebAdapter:
         return session
 
     def _sink_for(self, context: SinkContext) -> WebSink:
-        return WebSink(self, context.key.chat)
+        return WebSink(self, context.key.chat, context.message_id)
 
     def _read_cookie(self, request: Request) -> dict[str, Any] | None:
         """The signed session: the cookie, or, for the embedded widget (where browsers block third-party
@@ -292,6 +320,11 @@ class WebAdapter:
             return True
         header = request.headers.get("authorization", "")
         return header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode())
+
+    def _title(self, lang: str) -> str:
+        """The page's title: the configured one, or the default in the page's language."""
+        default = WebSettings.model_fields["title"].default
+        return i18n.text("ui_title", lang) if self.conf.title == default else self.conf.title
 
     def _language(self, request: Request) -> str:
         default = self.settings.conversation.default_language
@@ -349,6 +382,8 @@ class WebAdapter:
         r.add_api_route("/api/tickets", self.ticket, methods=["POST"])
         r.add_api_route("/api/events", self.events, methods=["GET"])
         r.add_api_route("/api/files/{fid}", self.download, methods=["GET"])
+        r.add_api_route("/api/conversation", self.delete_conversation, methods=["DELETE"])
+        r.add_api_route("/api/attachments/{sha256}", self.attachment, methods=["GET"])
         return r
 
     def _headers(self) -> dict[str, str]:
@@ -377,7 +412,7 @@ class WebAdapter:
             return HTMLResponse(_LOCKED.format(lang=lang, title=_escape(self.conf.title)), status_code=401,
                                 headers=self._headers())
         html = (STATIC / "index.html").read_text(encoding="utf-8")
-        html = html.replace("{{title}}", _escape(self.conf.title)).replace("{{lang}}", lang)
+        html = html.replace("{{title}}", _escape(self._title(lang))).replace("{{lang}}", lang)
         html = html.replace("{{prefix}}", _escape(self.prefix))
         embedded = request.query_params.get("embed") == "1"
         data = cookie or {"sid": uuid.uuid4().hex}
@@ -413,7 +448,12 @@ class WebAdapter:
             "conversation": str(key),
             "mode": conv.mode,
             "persona": current.name,
-            "personas": [{"name": p.name, "title": p.title} for p in sorted(personas.values(), key=lambda p: p.name)],
+            "personas": [{"name": p.name, "title": p.title_for(ui_lang)}
+                         for p in sorted(personas.values(), key=lambda p: p.name)],
+            # what a new conversation starts with: the persona's greeting and questions to start from
+            "greeting": current.greeting_for(ui_lang),
+            "suggestions": list(current.suggestions_for(ui_lang))[:4],
+            "title": self._title(ui_lang),
             "language": conv.language or "auto",
             "languages": [{"code": c, "name": i18n.language_name(c, c, title=True)} for c in self.settings.conversation.languages],
             "ui": ui_texts(ui_lang),
@@ -426,7 +466,11 @@ class WebAdapter:
         sid, error = self._session_or_error(request)
         if error is not None:
             return error
-        rows = await self.manager.store.transcript(ConversationKey(PLATFORM, sid), limit=200)
+        key = ConversationKey(PLATFORM, sid)
+        conv = await self.manager.store.conversation(key)
+        # since the last "New conversation" (the /reset itself stays, it says what happened)
+        rows = [r for r in await self.manager.store.transcript(key, limit=200)
+                if r.id >= conv.context_start - 1]
         return JSONResponse({"messages": transcript_json(rows), "partial": self.session(sid).partial})
 
     def _refuse(self, status: int, text: str, reason: str) -> JSONResponse:
@@ -464,6 +508,8 @@ class WebAdapter:
             if isinstance(text_part, UploadFile):
                 return self._refuse(400, i18n.text("upload_malformed", lang), "'text' sent as a file")
             text = str(text_part or "")
+            # a page's button (New conversation, Talk to a person…) sends its command: no bubble for it
+            button = form.get("action") == "1" and text.startswith("/")
             uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
             if text_part is None and not uploads:  # the page always sends "text": the body was cut short
                 return self._refuse(400, i18n.text("upload_malformed", lang), "no text field and no file")
@@ -487,7 +533,7 @@ class WebAdapter:
             attachments=tuple(attachments), locale=lang,
             # Request ids are the browser's: they only mean something within its own session.
             event_id=f"{sid}:{request_id[:100]}" if request_id else None,
-            message_id=uuid.uuid4().hex,
+            message_id=uuid.uuid4().hex, route={"via": "button"} if button else NO_ROUTE,
         )
         try:
             ticket = await self.manager.submit(message)
@@ -500,6 +546,37 @@ class WebAdapter:
         if attachments:
             ticket.done.add_done_callback(lambda f: f.result() != "interrupted" and self._discard(attachments))
         return JSONResponse({"id": ticket.message_id}, status_code=202)
+
+    async def delete_conversation(self, request: Request) -> Response:
+        """"Delete this conversation": its messages and files go for good; the page starts afresh."""
+        sid, error = self._session_or_error(request)
+        if error is not None:
+            return error
+        if request.headers.get(CSRF_HEADER) != "1":
+            return JSONResponse({"error": f"missing {CSRF_HEADER} header"}, status_code=403)
+        report = await self.manager.forget(ConversationKey(PLATFORM, sid))
+        self.session(sid).files.clear()
+        log.info("web conversation deleted: %d messages, %d files", report.messages, report.attachment_files)
+        return JSONResponse({"deleted": report.messages})
+
+    async def attachment(self, request: Request, sha256: str) -> Response:
+        """A file the user sent in this session (thumbnails in the history), by a ticket for "attachments"."""
+        sid, error = self._session_or_error(request, ticket_for="attachments")
+        if error is not None:
+            return error
+        rows = await self.manager.store.transcript(ConversationKey(PLATFORM, sid), limit=200)
+        if not any(a.sha256 == sha256 for r in rows for a in r.attachments):
+            return JSONResponse({"error": "no such file in this conversation"}, status_code=404)
+        try:
+            data = await self.manager.store.attachment_data(sha256)
+        except (FileNotFoundError, ValueError):
+            return JSONResponse({"error": "no such file in this conversation"}, status_code=404)
+        mime = sniff(data).mime
+        shown = mime in ("image/jpeg", "image/png", "image/gif", "image/webp") or mime.startswith("video/")
+        return Response(data, media_type=mime if shown else "application/octet-stream",
+                        headers={"Content-Disposition": "inline" if shown else "attachment",
+                                 "Cache-Control": "private, max-age=3600",
+                                 "Content-Security-Policy": "default-src 'none'; sandbox"})
 
     def _discard(self, attachments: list[Attachment]) -> bool:
         for attachment in attachments:
@@ -526,11 +603,15 @@ class WebAdapter:
         if purpose == "events":
             return JSONResponse({"ticket": self._tickets.dumps({"for": "events", "session": session}),
                                  "expires_in": EVENTS_TICKET_SECONDS})
+        if purpose == "attachments":
+            return JSONResponse({"ticket": self._tickets.dumps({"for": "attachments", "session": session}),
+                                 "expires_in": FILE_TICKET_SECONDS})
         fid = body.get("file")
         if purpose == "file" and isinstance(fid, str) and _FILE_ID.match(fid):
             return JSONResponse({"ticket": self._tickets.dumps({"for": f"file:{fid}", "session": session}),
                                  "expires_in": FILE_TICKET_SECONDS})
-        return JSONResponse({"error": "purpose must be \"events\", or \"file\" with a file id"}, status_code=400)
+        return JSONResponse({"error": "purpose must be \"events\", \"attachments\", or \"file\" with a file id"},
+                            status_code=400)
 
     async def events(self, request: Request) -> Response:
         sid, error = self._session_or_error(request, ticket_for="events")

@@ -73,7 +73,7 @@ class Commands:
                 reply = i18n.text("persona_list", lang, persona=self.persona_for(conv, channel).name, personas=names)
             elif arg.lower() in self.personas:
                 await self.store.update_conversation(msg.key, persona=arg.lower())
-                reply = i18n.text("persona_set", lang, persona=self.personas[arg.lower()].title)
+                reply = i18n.text("persona_set", lang, persona=self.personas[arg.lower()].title_for(lang))
             else:
                 reply = i18n.text("persona_unknown", lang, name=arg, personas=names)
         elif name == "lang":

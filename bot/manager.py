@@ -386,6 +386,8 @@ class ConversationManager:
     async def _language_for(self, msg: StoredMessage) -> str:
         conv = await self.store.conversation(msg.key)
         text = "" if msg.kind == "command" else msg.text
+        if was_cut(text):  # the marker is English: the language is the user's text's
+            text = text.rsplit("\n[… cut:", 1)[0]
         lang = choose_language(
             self.detector, text, pinned=conv.language, locale_hint=msg.locale, previous=conv.last_language,
             default=self.conf.default_language, short_text_chars=self.conf.short_text_chars,
@@ -419,7 +421,7 @@ class ConversationManager:
         await self.usage.admit_media(f"{msg.key.platform}:{msg.sender_id}", turn.channel.policy.limits,
                                      images=resolved.image_count, video_seconds=resolved.video_seconds)
         for note in resolved.notes:
-            await relay.note(note)
+            await turn.note(note)
         conv = await self.store.conversation(msg.key)
         persona = self.persona_for(conv, turn.channel)
         system = ChatMessage("system", persona.system_prompt(lang))
@@ -429,9 +431,9 @@ class ConversationManager:
         budget = (self.conf.history_token_budget or self.engine.info.context_length) - generation.max_new_tokens
         prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
         if prompt.reduced:
-            await relay.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
+            await turn.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
         if prompt.dropped:
-            await relay.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
+            await turn.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
         self._remember_reported(msg.key, prompt.reported)
 
         marker = MarkerFilter(persona.handoff_marker) if persona.handoff_marker else None

@@ -32,6 +32,11 @@ class Persona:
     #: marker the model ends an answer with when a person is needed ("" = none)
     handoff_keywords: tuple[str, ...] = ()
     handoff_marker: str = ""
+    #: language code -> the title in that language (``title`` is the English one)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def title_for(self, language: str) -> str:
+        return self.titles.get(language) or self.title
 
     def policy_hit(self, text: str) -> str | None:
         """The handoff keyword ``text`` contains, if any (case-insensitive, whole words where words exist)."""
@@ -86,9 +91,14 @@ def _parse(data: Any, source: str) -> Persona:
     if not isinstance(handoff, dict) or not isinstance(keywords, dict) or not all(
             isinstance(v, list) and all(isinstance(w, str) and w.strip() for w in v) for v in keywords.values()):
         raise ConfigError(f"{source}: handoff must be a mapping with an optional marker and keywords per language")
+    title = data.get("title") or data["name"]
+    titles = {str(k): str(v).strip() for k, v in title.items()} if isinstance(title, dict) else {}
+    if isinstance(title, dict) and not titles.get("en"):
+        raise ConfigError(f"{source}: a title given per language needs an English one (en)")
     return Persona(
         name=data["name"].strip(),
-        title=str(data.get("title") or data["name"]).strip(),
+        title=titles["en"] if titles else str(title).strip(),
+        titles=titles,
         system=data["system"],
         style=str(data.get("style") or ""),
         description=str(data.get("description") or ""),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.relay import Relay
-from bot.store import Store, StoredMessage
+from bot.store import NewMessage, Store, StoredMessage
 from bot.types import Channel, Notice, ReplyEvent, platform_ids
 
 
@@ -22,6 +22,15 @@ class Turn:
     async def say(self, event: ReplyEvent) -> tuple[str, ...]:
         """Send ``event`` (in order, after any text streamed so far); the platform ids it got."""
         return platform_ids(await self.relay.send(event))
+
+    async def note(self, event: Notice) -> None:
+        """A note about the turn (an image looked at in less detail, a file that could not be read): stored
+        with the turn, so the conversation's history shows it where it was shown live, then sent without
+        holding up the turn."""
+        await self.store.add_message(self.msg.key, NewMessage(role="assistant", text=event.text, kind="notice",
+                                                              state="answered", reply_to=self.msg.id,
+                                                              route=self.msg.route))
+        await self.relay.note(event)
 
     async def reply(self, event: Notice | ReplyEvent, *, kind: str = "command", state: str = "answered",
                     error: str | None = None) -> None:

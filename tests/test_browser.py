@@ -44,6 +44,11 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
             page.on("dialog", lambda d: dialogs.append(d.message))
             await page.goto(live.url + "/")
             await expect(page.locator("#persona option")).to_have_count(len(live.runtime.manager.personas))
+            # a new conversation starts with the persona's greeting and questions to start from
+            persona = live.runtime.manager.personas["diagnosis"]
+            await expect(page.locator(".msg.greeting .body")).to_have_text(persona.greeting_for("en"))
+            await expect(page.locator(".msg.greeting .suggestions button")).to_have_count(
+                min(4, len(persona.suggestions_for("en"))))
 
             # a text question: the answer is seen streaming, then complete
             await page.fill("#text", "hello from the browser")
@@ -59,6 +64,7 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
             await page.fill("#text", "what is this?")
             await page.click("#send")
             await expect(page.locator(".msg.user").last).to_contain_text("kettle.jpg")
+            await expect(page.locator(".msg.user .thumbs img")).to_have_count(1)  # a thumbnail, not just a name
             await expect(page.locator(".msg.assistant").last).to_contain_text("[image 1: 800x600,")
             await expect(page.locator(".msg.assistant").last).to_contain_text("echo: what is this?")
             assert await page.evaluate("document.getElementById('progress').value") == 100  # upload progress ran
@@ -70,18 +76,22 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
             await expect(page.locator(".msg.assistant strong").last).to_have_text("bold")  # Markdown still works
             await expect(page.locator(".msg.user").last).to_contain_text("<script>window.__pwned=2</script>")
             assert await page.evaluate("window.__pwned") is None
-            assert await page.locator("#log img, #log script").count() == 0
+            assert await page.locator("#log .body img, #log script").count() == 0
 
             # after a reload the conversation is still there
             await page.reload()
             await expect(page.locator(".msg.user")).to_have_count(3)
-            await expect(page.locator(".msg.assistant")).to_have_count(3)
+            await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_count(3)
             await expect(page.locator(".msg.user").nth(1)).to_contain_text("kettle.jpg")
+            thumbnail = page.locator(".msg.user").nth(1).locator(".thumbs img")
+            await expect(thumbnail).to_have_count(1)
+            await page.wait_for_function("document.querySelector('.msg.user .thumbs img').naturalWidth === 800")
             assert await page.evaluate("window.__pwned") is None
 
-            # talk to a human
+            # talk to a human: the button acts, it posts no "/human" bubble
             await page.click("#human")
             await expect(page.locator(".msg.assistant").last).to_have_text(text("handoff_started", "en"))
+            await expect(page.locator(".msg.user")).to_have_count(3)
             await expect(page.locator("#waiting")).to_be_visible()
             await expect(page.locator("#human")).to_be_disabled()
             await page.fill("#text", "my kettle leaks")
@@ -90,7 +100,7 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
             # the bot does not answer that one; it says it was passed on
             await expect(page.locator(".msg.assistant").last).to_have_text(text("handoff_passed_on", "en"))
             await page.wait_for_timeout(300)
-            await expect(page.locator(".msg.assistant")).to_have_count(5)
+            await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_count(5)
 
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / "web-chat.png"
@@ -280,5 +290,85 @@ async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, 
             await operator.click("#take")
             await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_taken", lang, name="Marta"))
             await expect(operator.locator("#waiting li")).to_have_count(1)
+        finally:
+            await browser.close()
+
+
+async def test_the_page_after_a_reload_shows_what_it_showed_live(tmp_path: Path) -> None:
+    """Queued questions and their answers in order, notes and refusals (red) kept, in the page's language;
+    New conversation clears the screen; Delete removes the conversation and its files."""
+    from playwright.async_api import async_playwright, expect
+
+    photos = []
+    for i in range(2):
+        photos.append(tmp_path / f"p{i}.png")
+        photos[-1].write_bytes(image_bytes(64 + i, 64, fmt="PNG"))
+    settings = make_settings(tmp_path, media={"max_images_per_turn": 1}, conversation={"max_message_chars": 500})
+    async with live_server(settings, EchoEngine(delay=0.03)) as live, async_playwright() as pw:
+        assert CHROMIUM is not None
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(locale="pt-BR", extra_http_headers={"Accept-Language": "pt-BR,pt;q=0.9"})
+            await page.goto(live.url + "/")
+            await expect(page.locator("header h1")).to_have_text(text("ui_title", "pt"))
+            assert await page.title() == text("ui_title", "pt")
+            await expect(page.locator("#persona option[value=diagnosis]")).to_have_text("Diagnóstico de falhas")
+
+            # three questions sent while the first is still being answered
+            for i in range(3):
+                await page.fill("#text", f"pergunta {i}")
+                await page.press("#text", "Enter")
+                await expect(page.locator(".msg.user")).to_have_count(i + 1)
+            await expect(page.locator(".msg.assistant:not(.greeting):not(.streaming)")).to_have_count(3)
+            order = ["pergunta 0", "echo: pergunta 0", "pergunta 1", "echo: pergunta 1", "pergunta 2",
+                     "echo: pergunta 2"]
+            assert await page.locator(".msg:not(.greeting) .body").all_inner_texts() == order
+
+            # a note (one of two images looked at) and a refusal (too long): both survive a reload
+            await page.set_input_files("#files", [str(p) for p in photos])
+            await page.fill("#text", "duas fotos")
+            await page.click("#send")
+            await expect(page.locator(".msg.assistant").last).to_contain_text("echo: duas fotos")
+            await page.fill("#text", "x" * 600)
+            await page.press("#text", "Enter")
+            await expect(page.locator(".msg.assistant.error")).to_have_count(1)
+            live_view = await page.locator(".msg:not(.greeting)").evaluate_all(
+                "els => els.map(e => e.className + '|' + e.querySelector('.body').innerText)")
+            await page.reload()
+            await expect(page.locator(".msg.user")).to_have_count(5)
+            await expect(page.locator(".msg.assistant.error")).to_have_count(1)
+            reloaded = await page.locator(".msg:not(.greeting)").evaluate_all(
+                "els => els.map(e => e.className + '|' + e.querySelector('.body').innerText)")
+            # the same, except that the store kept the limit of the long text (with a marker), not all of it
+            assert reloaded[9] == "msg user|" + "x" * 500 + "\n[… cut: 600 characters in all]"
+            assert reloaded[:9] + reloaded[10:] == live_view[:9] + live_view[10:]
+            assert any(text("too_many_images", "pt", limit=1, count=2) in row for row in reloaded)
+
+            # New conversation clears the screen (the greeting again), also after a reload
+            await page.click("#reset")
+            await expect(page.locator(".msg.user")).to_have_count(0)
+            await expect(page.locator(".msg.greeting")).to_have_count(1)
+            await page.reload()
+            await expect(page.locator(".msg.greeting")).to_have_count(1)
+            await expect(page.locator(".msg.user")).to_have_count(0)
+
+            # Delete: asks once more, then the conversation and its files are gone
+            await page.fill("#text", "apague isto")
+            await page.press("#text", "Enter")
+            await expect(page.locator(".msg.assistant").last).to_have_text("echo: apague isto")
+            key = ConversationKey.parse(await page.evaluate(
+                "fetch('/api/session').then(r => r.json()).then(s => s.conversation)"))
+            assert live.runtime.store is not None and await live.runtime.store.transcript(key) != []
+            await page.click("#delete")
+            await expect(page.locator("#delete")).to_have_text(text("ui_delete_confirm", "pt"))
+            await page.click("#delete")
+            await expect(page.locator(".msg.user")).to_have_count(0)
+            assert await live.runtime.store.transcript(key) == []
+
+            # too many files are refused before a byte is uploaded
+            await page.set_input_files("#files", [str(photos[0])] * 11)
+            await page.click("#send")
+            await expect(page.locator(".msg.assistant.error").last).to_have_text(
+                text("ui_too_many", "pt", limit=10))
         finally:
             await browser.close()

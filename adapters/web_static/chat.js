@@ -11,6 +11,7 @@
   let pending = [];      // files chosen for the next message
   let streaming = null;  // the bubble of the answer streaming now
   let sending = false;
+  let greeting = { text: "", suggestions: [] };
 
   // Embedded on another site, the session cookie may be blocked as a third-party cookie: the page then
   // sends the signed session the server gave it in a header. The event stream and downloads cannot carry
@@ -53,10 +54,42 @@
     return url + (url.indexOf("?") < 0 ? "?" : "&") + "ticket=" + encodeURIComponent(ticket);
   }
 
+  // A reply goes right after the question it answers (and that question's earlier replies), so queued
+  // questions read as question, answer, question, answer — live and after a reload alike.
+  function place(div, replyTo) {
+    const question = replyTo ? log.querySelector('.msg.user[data-id="' + replyTo + '"]') : null;
+    if (!question) { log.appendChild(div); return; }
+    div.dataset.replyTo = String(replyTo);
+    let last = question;
+    while (last.nextElementSibling && last.nextElementSibling.dataset.replyTo === String(replyTo)) {
+      last = last.nextElementSibling;
+    }
+    last.after(div);
+  }
+
+  // Thumbnails: the files being sent (from the browser's memory), or stored ones (served to this session).
+  function thumbs(div, files) {
+    const box = document.createElement("div");
+    box.className = "thumbs";
+    for (const f of files) {
+      const mime = f.mime || f.type || "";
+      const src = f.url || (f instanceof Blob ? URL.createObjectURL(f) : "");
+      if (!src || !(mime.startsWith("image/") || mime.startsWith("video/"))) continue;
+      const media = document.createElement(mime.startsWith("video/") ? "video" : "img");
+      if (media.tagName === "VIDEO") { media.preload = "metadata"; media.muted = true; } else { media.alt = f.name; }
+      media.src = src;
+      media.title = f.name;
+      media.addEventListener("error", () => media.remove());
+      box.appendChild(media);
+    }
+    if (box.childElementCount) div.appendChild(box);
+  }
+
   function bubble(role, opts) {
     opts = opts || {};
     const div = document.createElement("div");
     div.className = "msg " + role + (opts.extra ? " " + opts.extra : "");
+    if (opts.id) div.dataset.id = String(opts.id);
     if (opts.who) {
       const who = document.createElement("span");
       who.className = "who";
@@ -70,12 +103,32 @@
     if (opts.files && opts.files.length) {
       const f = document.createElement("span");
       f.className = "files";
-      f.textContent = opts.files.join(", ");
+      f.textContent = opts.files.map((x) => x.name || x).join(", ");
       div.appendChild(f);
+      thumbs(div, opts.files.filter((x) => typeof x !== "string"));
     }
-    log.appendChild(div);
+    place(div, opts.replyTo);
     log.scrollTop = log.scrollHeight;
     return div;
+  }
+
+  // A new conversation starts with the persona's greeting and a few questions to start from.
+  function greet() {
+    if (!greeting.text || log.querySelector(".msg.greeting")) return;
+    const div = bubble("assistant", { text: greeting.text, extra: "greeting" });
+    if (greeting.suggestions.length && !log.querySelector(".msg.user")) {
+      const box = document.createElement("div");
+      box.className = "suggestions";
+      greeting.suggestions.forEach((question) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = question;
+        b.addEventListener("click", () => send(question));
+        box.appendChild(b);
+      });
+      div.appendChild(box);
+    }
+    log.prepend(div);
   }
 
   function showStatus(message) {
@@ -110,6 +163,8 @@
     const s = await response.json();
     ui = s.ui || {};
     applyUi();
+    if (s.title) { document.title = s.title; document.querySelector("header h1").textContent = s.title; }
+    greeting = { text: s.greeting || "", suggestions: s.suggestions || [] };
     fillSelect($("persona"), s.personas.map((p) => ({ value: p.name, label: p.title })), s.persona);
     fillSelect($("language"), [{ value: "auto", label: ui.auto || "auto" }].concat(
       s.languages.map((l) => ({ value: l.code, label: l.name }))), s.language);
@@ -119,11 +174,16 @@
     window.internvlBot = { maxFileBytes: s.max_file_bytes, maxFiles: s.max_files, mode: s.mode };
   }
 
-  function renderRow(row) {
+  async function renderRow(row, ticket) {
     if (row.role === "user") {
-      bubble("user", { text: row.text, files: row.attachments });
+      if (row.button) return;  // a header button's command: the page showed what it did, not a bubble
+      const files = row.files.map((f) => ({ name: f.name, mime: f.mime,
+        url: f.sha256 ? api("/api/attachments/" + f.sha256) + ticket : "" }));
+      bubble("user", { text: row.text, files: files, id: row.id });
     } else {
-      bubble("assistant", { html: row.html, text: row.text, who: row.author || "", extra: row.author ? "operator" : "" });
+      const failed = row.error;
+      bubble("assistant", { html: row.html, text: row.text, who: row.author || "", replyTo: row.reply_to,
+                            extra: failed ? "error" : (row.author ? "operator" : "") });
     }
   }
 
@@ -131,8 +191,14 @@
     const response = await fetch(api("/api/history"), { credentials: "same-origin", headers: headers() });
     if (!response.ok) return;
     const h = await response.json();
+    let ticket = "";
+    if (session && h.messages.some((m) => m.files && m.files.length)) {
+      const url = await ticketed(api("/api/attachments/x"), "attachments");
+      ticket = url.slice(url.indexOf("?"));
+    }
     log.textContent = "";
-    h.messages.forEach(renderRow);
+    for (const row of h.messages) await renderRow(row, ticket.startsWith("?") ? ticket : "");
+    greet();
     if (h.partial) {
       streaming = bubble("assistant", { text: h.partial, extra: "streaming" });
     }
@@ -144,30 +210,30 @@
         showStatus(event.text || "…");
         break;
       case "partial":
-        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming" });
+        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming", replyTo: event.reply_to });
         streaming.querySelector(".body").textContent = event.text;
         break;
       case "chunk":
         showStatus("");
-        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming" });
+        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming", replyTo: event.reply_to });
         streaming.querySelector(".body").textContent += event.text;
         log.scrollTop = log.scrollHeight;
         break;
       case "done":
         showStatus("");
-        if (!streaming) streaming = bubble("assistant", { text: "" });
+        if (!streaming) streaming = bubble("assistant", { text: "", replyTo: event.reply_to });
         streaming.classList.remove("streaming");
         streaming.querySelector(".body").innerHTML = event.html;
         streaming = null;
         break;
       case "notice":
         showStatus("");
-        bubble("assistant", { html: event.html, text: event.text, who: event.author || "",
+        bubble("assistant", { html: event.html, text: event.text, who: event.author || "", replyTo: event.reply_to,
                               extra: event.kind === "error" ? "error" : (event.author ? "operator" : "") });
         loadSession();
         break;
       case "file": {
-        const div = bubble("assistant", { text: "" });
+        const div = bubble("assistant", { text: "", replyTo: event.reply_to });
         const link = document.createElement("a");
         link.href = event.url;
         link.textContent = "⬇ " + event.name;
@@ -223,14 +289,31 @@
     renderChips();
   }
 
-  function send(message, files) {
+  // Checked here before a byte is uploaded; the server checks again.
+  function refusal(files) {
+    const limits = window.internvlBot || {};
+    if (limits.maxFiles && files.length > limits.maxFiles) {
+      return (ui.too_many || "").replace("{limit}", limits.maxFiles);
+    }
+    const big = files.find((f) => limits.maxFileBytes && f.size > limits.maxFileBytes);
+    if (big) {
+      return (ui.too_big || "").replace("{name}", big.name).replace("{size}", (big.size / 1e6).toFixed(1))
+        .replace("{limit}", (limits.maxFileBytes / 1e6).toFixed(1));
+    }
+    return "";
+  }
+
+  // ``button``: a header button's command — no bubble; what it does shows instead.
+  function send(message, files, button) {
     files = files || [];
     if (sending || (!message.trim() && !files.length)) return;
     sending = true;
     $("send").disabled = true;
-    bubble("user", { text: message, files: files.map((f) => f.name) });
+    const mine = button ? null : bubble("user", { text: message, files: files });
+    if (mine) log.querySelectorAll(".msg.greeting .suggestions").forEach((el) => el.remove());
     const form = new FormData();
     form.append("text", message);
+    if (button) form.append("action", "1");
     files.forEach((f) => form.append("files", f, f.name));
     const xhr = new XMLHttpRequest();
     xhr.open("POST", api("/api/messages"));
@@ -251,8 +334,10 @@
         try { error = JSON.parse(xhr.responseText).error || error; } catch (e) { /* not JSON */ }
         showStatus("");
         bubble("assistant", { text: error, extra: "error" });
-      } else if (files.length) {
-        showStatus("");
+      } else {
+        if (files.length) showStatus("");
+        try { if (mine) mine.dataset.id = String(JSON.parse(xhr.responseText).id); } catch (e) { /* duplicate */ }
+        if (button && message === "/reset") { log.textContent = ""; greet(); }
       }
     };
     xhr.onerror = () => {
@@ -269,6 +354,13 @@
     const message = text.value;
     const files = pending;
     if (!message.trim() && !files.length) return;
+    const refused = refusal(files);
+    if (refused) {  // nothing uploaded: the files are taken off, the text stays to send again
+      bubble("assistant", { text: refused, extra: "error" });
+      pending = [];
+      renderChips();
+      return;
+    }
     text.value = "";
     pending = [];
     renderChips();
@@ -278,11 +370,29 @@
   $("composer").addEventListener("submit", submit);
   text.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) submit(e); });
   filesInput.addEventListener("change", () => { addFiles(filesInput.files); filesInput.value = ""; });
-  $("reset").addEventListener("click", () => send("/reset"));
-  $("human").addEventListener("click", () => send("/human"));
-  $("back").addEventListener("click", () => send("/bot"));
-  $("persona").addEventListener("change", (e) => send("/persona " + e.target.value));
-  $("language").addEventListener("change", (e) => send("/lang " + e.target.value));
+  $("reset").addEventListener("click", () => send("/reset", [], true));
+  $("human").addEventListener("click", () => send("/human", [], true));
+  $("back").addEventListener("click", () => send("/bot", [], true));
+  $("persona").addEventListener("change", (e) => send("/persona " + e.target.value, [], true));
+  $("language").addEventListener("change", (e) => send("/lang " + e.target.value, [], true));
+  let deleteArmed = 0;
+  $("delete").addEventListener("click", async () => {
+    if (Date.now() - deleteArmed > 5000) {  // the first click asks, a second one within 5 s deletes
+      deleteArmed = Date.now();
+      $("delete").textContent = ui.delete_confirm || "?";
+      setTimeout(() => { $("delete").textContent = ui.delete || ""; }, 5000);
+      return;
+    }
+    deleteArmed = 0;
+    const response = await fetch(api("/api/conversation"), { method: "DELETE", credentials: "same-origin",
+      headers: Object.assign({ "X-InternVL-Bot": "1" }, headers()) });
+    if (response.ok) {
+      $("delete").textContent = ui.delete || "";
+      log.textContent = "";
+      await loadSession();
+      greet();
+    }
+  });
   ["dragenter", "dragover"].forEach((name) => document.body.addEventListener(name, (e) => {
     e.preventDefault();
     $("composer").classList.add("dragging");
