@@ -127,20 +127,24 @@ class ConsoleAdapter:
         line = await asyncio.to_thread(self.stdin.readline)
         return line.rstrip("\r\n") if line else None
 
+    def _language(self) -> str:
+        code = self.locale or "en"
+        return code if code in i18n.UI_LANGUAGES else "en"
+
     def _attach(self, argument: str) -> None:
         try:
             parts = shlex.split(argument)
         except ValueError:
             parts = [argument]
-        lang = self.locale or "en"
+        lang = self._language()
         for raw in parts or [""]:
             path = Path(raw).expanduser()
             if not raw or not path.is_file():
-                self.out.write(f"{BOT}(!) {i18n.text('attachment_unavailable', lang, name=raw or '?')}\n")
+                self.out.write(f"{BOT}(!) {i18n.text('console_no_file', lang, path=raw or '?')}\n")
                 continue
             self.pending.append(Attachment(ref=str(path.resolve()), filename=path.name,
                                            size=path.stat().st_size))
-            self.out.write(f"[attached {path.name}: it goes with your next message]\n")
+            self.out.write(i18n.text("console_attached", lang, name=path.name) + "\n")
         self.out.flush()
 
     async def run(self) -> None:
@@ -166,6 +170,9 @@ class ConsoleAdapter:
             ticket = await self.manager.submit(message)
             if ticket is not None:
                 await ticket.done
+            if command == "/help":  # the console's own commands, after the bot's
+                self.out.write(f"{BOT}{i18n.text('console_help', self._language())}\n")
+                self.out.flush()
 
 
 def _user() -> str:

@@ -37,6 +37,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import Field
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
 from adapters.common.http import (
     BadRequest,
@@ -44,6 +45,7 @@ from adapters.common.http import (
     parse_json_object,
     preferred_language,
     read_body,
+    read_form,
     save_upload,
 )
 from adapters.common.markdown import HtmlFormat
@@ -498,8 +500,11 @@ class WebAdapter:
                                                limit_mb=_mb(max_body - 1_000_000)), f"body of {length} bytes")
         try:
             # Counted here rather than by the parser, so the user hears how many they sent.
-            form = await request.form(max_files=1000, max_fields=20, max_part_size=self.settings.conversation.
-                                      max_message_chars * 4 + 1024)
+            form = await read_form(request, max_files=1000, max_fields=20,
+                                   max_part_size=self.settings.conversation.max_message_chars * 4 + 1024)
+        except MultiPartException as exc:
+            key = "text_not_utf8" if "not valid" in exc.message else "upload_malformed"
+            return self._refuse(400, i18n.text(key, lang), f"malformed form: {exc.message}")
         except Exception as exc:
             return self._refuse(400, i18n.text("upload_malformed", lang), f"malformed form: {exc}")
         attachments: list[Attachment] = []

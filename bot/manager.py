@@ -432,6 +432,8 @@ class ConversationManager:
         prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
         if prompt.reduced:
             await turn.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
+        if prompt.reduced_pages:  # a document's pages are pages, not "images"
+            await turn.note(Notice(i18n.text("pages_reduced", lang, count=prompt.reduced_pages)))
         if prompt.dropped:
             await turn.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
         self._remember_reported(msg.key, prompt.reported)

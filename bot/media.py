@@ -171,8 +171,13 @@ def _guard(name: str, fn: Callable[[], _T]) -> _T:
         pixels = round(int(found.group(1)) / 1e6, 1) if found else "?"
         raise ImageTooLarge(str(exc), name=name, pixels=pixels, limit="?") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
-        log.info("unreadable image %r: %s", name, exc)
-        raise UnreadableImage(str(exc), name=name) from None
+        # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x7f…>"): say which file instead
+        reason = _BUFFER.sub(repr(name or "file"), str(exc))
+        log.info("unreadable image %r: %s", name, reason)
+        raise UnreadableImage(reason, name=name) from None
+
+
+_BUFFER = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def decode_pixels(data: bytes, *, name: str = "", max_pixels: int) -> np.ndarray:

@@ -33,6 +33,7 @@ class Prompt:
     reduced: int  # images of the current turn shown in less detail
     dropped: int  # images of earlier turns left out, newer than ``reported``
     reported: int  # the newest turn whose leaving out is now accounted for (message id)
+    reduced_pages: int = 0  # pages of the current turn's documents read in less detail
 
 
 @dataclass(eq=False)
@@ -199,5 +200,6 @@ class PromptBuilder:
                 newest_out = max(newest_out, mid)
             messages += [replace(user_msg, images=shown) if shown != user_msg.images else user_msg, reply]
         messages.append(replace(current, images=tiles("c", current.images)))
-        reduced = sum(1 for key in chosen.reduced if key.startswith("c"))
-        return Prompt(messages, reduced, dropped, newest_out)
+        current_reduced = [int(key[1:]) for key in chosen.reduced if key.startswith("c")]
+        pages = sum(1 for i in current_reduced if current.images[i].label.startswith("Page"))
+        return Prompt(messages, len(current_reduced) - pages, dropped, newest_out, pages)

@@ -50,6 +50,9 @@ async def test_piped_session_with_an_image_and_commands(tmp_path: Path, monkeypa
     assert "bot> [image 1: 1200x900, 13 tiles]" in lines
     assert lines[lines.index("bot> [image 1: 1200x900, 13 tiles]") + 1] == "echo: what is in this photo?"
     assert any(line.startswith("/reset — ") for line in lines)
+    # /help also names what only the console has
+    assert "bot> In this console: /image PATH or /file PATH attaches a file to your next message; /quit leaves." \
+        in lines
     assert "never read" not in out
     assert len(engine.calls) == 2
 
@@ -57,7 +60,7 @@ async def test_piped_session_with_an_image_and_commands(tmp_path: Path, monkeypa
 async def test_missing_image_path_is_answered_politely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANG", "pt_BR.UTF-8")
     out, engine = await run_console(tmp_path, "/image /no/such/photo.jpg\nolá\n")
-    assert "bot> (!) Não consegui baixar o arquivo “/no/such/photo.jpg”. Envie-o novamente." in out
+    assert "bot> (!) Arquivo não encontrado: /no/such/photo.jpg" in out
     assert engine.calls[-1][-1].images == ()
 
 

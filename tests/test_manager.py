@@ -326,8 +326,23 @@ async def test_current_images_get_less_detail_to_fit_and_the_user_is_told(harnes
     shown = engine.calls[-1][-1].images
     assert len(shown) == 3
     assert any(p.max_tiles < 12 for p in shown)
-    assert "looked at 3 of your images in less detail" in " ".join(h.sinks["c1"].notices) or \
-        "in less detail" in " ".join(h.sinks["c1"].notices)
+    assert i18n.text("images_reduced", "en", count=3) in h.sinks["c1"].notices
+
+
+async def test_a_documents_pages_are_called_pages_when_read_in_less_detail(harness: Callable[..., Harness]) -> None:
+    from tests.test_documents import invoice_pdf
+
+    # the pages are rendered for the context; a long question then leaves them less room still
+    question = "Check every line of this invoice against our order: " + "pump 12.50, filter 3.20, " * 550
+    engine = EchoEngine(record=True, context_length=6000)
+    h = harness(model=engine, engine={"generation": {"max_new_tokens": 200}})
+    assert await h.ask("c1", "read it", files=((invoice_pdf(4), "invoice.pdf"),)) == "answered"
+    wanted = [p.max_tiles for p in engine.calls[-1][-1].images]
+    assert await h.ask("c2", question, files=((invoice_pdf(4), "invoice.pdf"),), locale="en") == "answered"
+    notices = h.sinks["c2"].notices
+    reduced = sum(1 for p, want in zip(engine.calls[-1][-1].images, wanted, strict=True) if p.max_tiles < want)
+    assert reduced and i18n.text("pages_reduced", "en", count=reduced) in notices
+    assert not any("image" in n for n in notices)
 
 
 async def test_text_files_are_read_into_the_prompt(harness: Callable[..., Harness]) -> None:

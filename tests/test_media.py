@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import ImageTooLarge, UnreadableImage
-from bot.media import decode_image, decode_text, grid_for, sniff, tile_count
+from bot.media import decode_image, decode_pixels, decode_text, grid_for, sniff, tile_count
 from tests.conftest import image_bytes
 
 
@@ -192,3 +193,11 @@ def test_caches_are_bounded_by_bytes_and_keep_the_recent() -> None:
     assert cache.pixels(image, sha256="abc", max_num=6) is first
     assert cache.pixels(image, sha256="abc", max_num=2) is not first
     assert cache.hits == 1
+
+
+def test_an_unreadable_image_is_named_not_shown_as_a_buffer(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bot.media")
+    with pytest.raises(UnreadableImage) as raised:
+        decode_pixels(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, name="kettle.png", max_pixels=10**6)
+    shown = str(raised.value) + " ".join(r.getMessage() for r in caplog.records)
+    assert "BytesIO" not in shown and "0x" not in shown and "kettle.png" in shown

@@ -387,5 +387,18 @@ async def test_refused_uploads_say_what_was_wrong(tmp_path: Path) -> None:
         as_file = await client.post("/api/messages", files=[("text", ("t.txt", b"hello", "text/plain"))],
                                     headers={"X-InternVL-Bot": "1"})
         assert as_file.status_code == 400
+        # text that is not UTF-8 is refused with a clear answer, never shown as Latin-1 garbage
+        latin = b"--xyz\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\ncaf\xe9 cr\xe8me\r\n--xyz--\r\n"
+        for body, ctype in ((latin, "multipart/form-data; boundary=xyz"),
+                            (b"text=caf%E9", "application/x-www-form-urlencoded")):
+            bad = await client.post("/api/messages", content=body, headers={"X-InternVL-Bot": "1",
+                                                                               "Content-Type": ctype})
+            assert bad.status_code == 400 and bad.json()["error"] == text("text_not_utf8", "en")
+        good = await client.post("/api/messages", content="text=caf%C3%A9", headers={
+            "X-InternVL-Bot": "1", "Content-Type": "application/x-www-form-urlencoded"})
+        assert good.status_code == 202
+        await live.runtime.manager.idle()  # type: ignore[union-attr]
+        assert (await client.get("/api/history")).json()["messages"][0]["text"] == "café"
         assert list(live.web.uploads.iterdir()) == []
-        assert live.runtime.metrics.messages_in.labels("web")._value.get() == 0
+        h2 = (await client.get("/api/history")).json()
+        assert len([m for m in h2["messages"] if m["role"] == "user"]) == 1, h2

@@ -7,15 +7,19 @@ import asyncio
 import json
 import logging
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from bot import i18n
 from bot.errors import BotError, InputError, NoSuchChannel, NoSuchConversation, ShuttingDown
@@ -144,6 +148,42 @@ def preferred_language(header: str, available: tuple[str, ...] | list[str], defa
         if code in available:
             return code
     return default
+
+
+# -- forms -----------------------------------------------------------------------------------
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's parser, except that a text field that is not valid UTF-8 is refused (Starlette would
+    decode it as Latin-1 and show garbage)."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset)
+            except (UnicodeDecodeError, LookupError):
+                raise MultiPartException(f"the field {part.field_name!r} is not valid {self._charset} text") from None
+        super().on_part_end()
+
+
+async def read_form(request: Request, *, max_files: int, max_fields: int, max_part_size: int) -> FormData:
+    """A form (multipart or URL-encoded) whose text fields are valid UTF-8; MultiPartException otherwise."""
+    content_type, _ = parse_options_header(request.headers.get("content-type"))
+    if content_type == b"multipart/form-data":
+        async with aclosing(request.stream()) as stream:
+            parser = _StrictMultiPartParser(request.headers, stream, max_files=max_files, max_fields=max_fields,
+                                            max_part_size=max_part_size)
+            return await parser.parse()
+    if content_type == b"application/x-www-form-urlencoded":
+        body = await read_body(request, max_bytes=max_part_size * 2)
+        try:
+            pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
+                              max_num_fields=max_fields)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MultiPartException(f"the form is not valid URL-encoded UTF-8 text ({exc})") from None
+        return FormData(pairs)
+    raise MultiPartException("send the message as multipart/form-data")
 
 
 # -- uploads ---------------------------------------------------------------------------------
