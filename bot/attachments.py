@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,19 @@ from bot.config import Settings
 from bot.documents import Document, read_pdf
 from bot.engines.base import ChatMessage, Engine, ImagePart, VideoPart
 from bot.errors import AttachmentUnavailable, InputError, UnsupportedFile
-from bot.media import MAX_TEXT_FILE_CHARS, ByteLRU, MediaKind, decode_pixels, decode_text, sniff
+from bot.media import (
+    MAX_TEXT_FILE_CHARS,
+    ByteLRU,
+    MediaKind,
+    PixelBudget,
+    PixelLease,
+    canvas_pixels,
+    decode_pixels,
+    decode_text,
+    give_back_memory,
+    sniff,
+    tune_allocator,
+)
 from bot.store import Store, StoredAttachment, StoredMessage
 from bot.types import Channel, Notice, ReplyEvent, Status
 from bot.video import sample_frames, sample_frames_fast
@@ -29,6 +42,13 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
+
+#: The pixel lease of the turn being processed (set by the manager for the turn's task).
+PIXEL_LEASE: ContextVar[PixelLease | None] = ContextVar("pixel_lease", default=None)
+#: The largest decoded image kept in the cache (a 12 MP photo is 36 MB); larger ones go when the turn ends.
+CACHE_ONE_MAX = 48 * 2**20
+#: A turn that decoded this many pixels gives freed memory back to the system when it ends.
+LARGE_TURN_PIXELS = 20_000_000
 
 #: Called with events to show while reading (progress, notes); must not block.
 Post = Callable[[ReplyEvent], None]
@@ -55,8 +75,25 @@ class AttachmentResolver:
         self.store = store
         self.engine = engine
         self._images = ByteLRU(512 * 2**20)  # decoded images by SHA-256: ~36 MB for a 12 MP photo
+        self.pixels = PixelBudget(self.media.max_pixels_in_flight)
+        # one large decode at a time: its transient copies (a few times the image) are bounded too
+        self._decoding = asyncio.Semaphore(1)
+        tune_allocator()
         self._videos: OrderedDict[str, tuple[VideoPart, float]] = OrderedDict()
         self._documents: OrderedDict[str, Document] = OrderedDict()
+
+    def lease(self) -> PixelLease:
+        """What a turn may decode: ``media.max_pixels_per_message``, out of the shared budget. The manager
+        releases it when the turn ends (the decoded images live until the answer is done)."""
+        return PixelLease(self.pixels, self.media.max_pixels_per_message)
+
+    async def release(self, lease: PixelLease) -> None:
+        """The turn has ended: its pixels go back to the budget, and after a large turn, when nothing else
+        holds any, freed memory goes back to the system."""
+        held = lease.held
+        await lease.release()
+        if held >= LARGE_TURN_PIXELS and self.pixels.used == 0:
+            await asyncio.to_thread(give_back_memory)
 
     # -- the current message ---------------------------------------------------------------
 
@@ -65,6 +102,7 @@ class AttachmentResolver:
         media = self.media
         out = Resolved()
         images = 0
+        over: list[str] = []
         for att in msg.attachments:
             data, sha, kind = await self.fetch(msg, att, channel)
             name = att.filename or "file"
@@ -86,6 +124,9 @@ class AttachmentResolver:
                 if images > media.max_images_per_turn:
                     continue
                 image = await self.decode(sha, data, name)
+                if image is None:  # the turn's decoded pixels would pass the cap: left out, the user told
+                    over.append(name)
+                    continue
                 out.images.append(ImagePart(image=image, max_tiles=media.max_tiles, sha256=sha,
                                             source=data if self.engine.info.wants_source else None))
                 out.image_count += 1
@@ -96,6 +137,9 @@ class AttachmentResolver:
                 raise UnsupportedFile(kind.label, name=name, kind=kind.label)
         if images > media.max_images_per_turn:
             out.notes.append(Notice(i18n.text("too_many_images", lang, limit=media.max_images_per_turn, count=images)))
+        if over:
+            out.notes.append(Notice(i18n.text("images_over_total", lang, count=len(over), names=", ".join(over),
+                                              limit=round(media.max_pixels_per_message / 1e6))))
         return out
 
     async def fetch(self, msg: StoredMessage, att: StoredAttachment, channel: Channel) -> tuple[bytes, str, MediaKind]:
@@ -126,14 +170,24 @@ class AttachmentResolver:
                 log.warning("attachment %r of message %d not kept: %s", att.filename, msg.id, exc)
         return names
 
-    async def decode(self, sha: str, data: bytes, name: str) -> np.ndarray:
-        """Decoded pixels of an attachment, cached by SHA-256."""
+    async def decode(self, sha: str, data: bytes, name: str) -> np.ndarray | None:
+        """Decoded pixels of an attachment, cached by SHA-256. The canvas is read from the header first and
+        taken from the turn's lease (waiting for room in the shared budget): None when the turn's cap is
+        reached. Images too large to keep (over :data:`CACHE_ONE_MAX` decoded) are not cached, so their
+        memory goes back when the turn ends."""
         key = (sha, self.media.max_image_pixels)
         cached = self._images.get(key)
         if cached is not None:
             return cached  # type: ignore[return-value]
-        image = await asyncio.to_thread(decode_pixels, data, name=name, max_pixels=self.media.max_image_pixels)
-        self._images.put(key, image)
+        lease = PIXEL_LEASE.get()
+        if lease is not None:
+            pixels = await asyncio.to_thread(canvas_pixels, data, name=name, max_pixels=self.media.max_image_pixels)
+            if not await lease.take(pixels):
+                return None
+        async with self._decoding:
+            image = await asyncio.to_thread(decode_pixels, data, name=name, max_pixels=self.media.max_image_pixels)
+        if image.nbytes <= CACHE_ONE_MAX:
+            self._images.put(key, image)
         return image
 
     async def _document(self, sha: str, data: bytes, name: str) -> tuple[list[ImagePart], str, Document]:
@@ -213,6 +267,8 @@ class AttachmentResolver:
             try:
                 if kind.kind == "image":
                     image = await self.decode(att.sha256, data, att.filename)
+                    if image is None:  # past the turn's cap: this earlier image is left out
+                        continue
                     images.append(ImagePart(image=image, max_tiles=media.history_max_tiles, sha256=att.sha256,
                                             source=data if wants_source else None))
                 elif kind.kind == "video":

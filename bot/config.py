@@ -122,6 +122,11 @@ class MediaSettings(Section):
     document_max_tiles: int = Field(24, ge=1, le=40, description="most tiles for a document page")
     max_pdf_pages: int = Field(8, ge=1, le=200, description="pages read from one PDF; the user is told when cut")
     max_images_per_turn: int = Field(8, ge=1, le=64)
+    max_pixels_per_message: int = Field(
+        100_000_000, ge=1, description="decoded pixels of one turn's images (its own and its history's); past it, "
+                                       "the rest is left out and the user told")
+    max_pixels_in_flight: int = Field(
+        150_000_000, ge=1, description="decoded pixels held at once across all conversations; turns wait for room")
     video_frames: int = Field(8, ge=1, le=64, description="frames sampled from a video, one tile each")
     video_sampling: Literal["reference", "fast"] = "reference"
     max_video_seconds: float = Field(600, gt=0)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bot import i18n
-from bot.attachments import AttachmentResolver
+from bot.attachments import PIXEL_LEASE, AttachmentResolver
 from bot.commands import COMMANDS, Commands, parse_command, with_prefix
 from bot.config import ConfigError, Settings
 from bot.desk import HandoffDesk
@@ -409,6 +409,17 @@ class ConversationManager:
         return self.personas.get(name) or self.personas[self.conf.default_persona]
 
     async def _answer(self, turn: Turn) -> None:
+        """The turn's answer; what it decoded (images, its history's) is held out of the shared pixel budget
+        until it ends, then given back."""
+        lease = self.resolver.lease()
+        token = PIXEL_LEASE.set(lease)
+        try:
+            await self._answer_with(turn)
+        finally:
+            PIXEL_LEASE.reset(token)
+            await self.resolver.release(lease)
+
+    async def _answer_with(self, turn: Turn) -> None:
         msg, lang, relay = turn.msg, turn.lang, turn.relay
         text = msg.text.strip()
         if not text and not msg.attachments:

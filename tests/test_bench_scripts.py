@@ -62,3 +62,16 @@ def test_slack_burst_runs_small() -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     result = _result(run.stdout)
     assert (result["threads"], result["lost"], result["duplicates"], result["unhandled_429"]) == ("5", "0", "0", "0")
+
+
+def test_hostile_media_stays_under_a_gigabyte_and_gives_memory_back() -> None:
+    """Eight 6000x6000 1-bit PNGs (35 KB uploaded, 864 MB decoded) in one message, then three such messages
+    at once: every turn answered, the rest of the images left out with a note, peak RSS of the single
+    request at most 1 GB, and memory back near the baseline after the turns."""
+    run = subprocess.run([sys.executable, "bench/hostile_media.py"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = {k: float(v) for k, v in _result(run.stdout).items()}
+    assert got["answered"] == 4 and got["left_out_notes"] == 4
+    assert got["one_peak_mb"] <= 1024, got
+    assert got["one_after_mb"] <= got["baseline_mb"] + 150 and got["three_after_mb"] <= got["baseline_mb"] + 150, got

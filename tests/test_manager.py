@@ -966,3 +966,35 @@ async def test_control_characters_from_the_model_never_reach_the_user(harness: C
     assert h.sinks["c1"].answers == ["echo: abc[31mdef\tg\nhi"]
     [answer] = [r for r in await h.store.transcript(ConversationKey("test", "c1")) if r.role == "assistant"]
     assert answer.text == "echo: abc[31mdef\tg\nhi"
+
+
+async def test_images_past_the_turns_pixel_cap_are_left_out_and_the_user_told(
+        harness: Callable[..., Harness]) -> None:
+    engine = EchoEngine(record=True)
+    h = harness(model=engine, media={"max_pixels_per_message": 1_000_000})
+    files = tuple((image_bytes(800, 600, color=(80 * i, 9, 9)), f"photo{i}.jpg") for i in range(3))
+    assert await h.ask("c1", "compare", files=files, locale="en") == "answered"
+    assert len(engine.calls[-1][-1].images) == 2  # 0.48 MP each: two fit under 1 MP, the third does not
+    assert i18n.text("images_over_total", "en", count=1, names="photo2.jpg", limit=1) in h.sinks["c1"].notices
+    assert h.manager.resolver.pixels.used == 0  # given back when the turn ended
+
+
+async def test_the_shared_pixel_budget_waits_and_never_fails() -> None:
+    from bot.media import PixelBudget, PixelLease
+
+    budget = PixelBudget(10)
+    first = PixelLease(budget, 100)
+    assert await first.take(6)
+    second = PixelLease(budget, 100)
+    waiting = asyncio.create_task(second.take(6))
+    await asyncio.sleep(0)
+    assert not waiting.done() and budget.waits == 1  # no room: it waits, it does not fail
+    await first.release()
+    assert await asyncio.wait_for(waiting, 5) is True and budget.used == 6
+    await second.release()
+    alone = PixelLease(budget, 100)
+    assert await asyncio.wait_for(alone.take(50), 5)  # larger than the budget: goes when nothing else is held
+    assert not await alone.take(60)  # past its own cap: refused, nothing more held
+    assert budget.used == 50
+    await alone.release()
+    assert budget.used == 0 and budget.peak == 50

@@ -201,3 +201,15 @@ def test_an_unreadable_image_is_named_not_shown_as_a_buffer(caplog: pytest.LogCa
         decode_pixels(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, name="kettle.png", max_pixels=10**6)
     shown = str(raised.value) + " ".join(r.getMessage() for r in caplog.records)
     assert "BytesIO" not in shown and "0x" not in shown and "kettle.png" in shown
+
+
+@pytest.mark.parametrize("mode", ["1", "L"])
+def test_greyscale_decodes_to_the_same_rgb_bits_as_pillow(mode: str) -> None:
+    rng = random.Random(7)
+    image = Image.new(mode, (301, 207))
+    image.putdata([rng.randrange(2) * 255 if mode == "1" else rng.randrange(256) for _ in range(301 * 207)])
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    data = out.getvalue()
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.array_equal(decode_pixels(data, max_pixels=10**6), expected)
