@@ -28,7 +28,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends
@@ -36,10 +36,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from adapters.common.auth import SignedBody
-from adapters.common.http import BadRequest, parse_json_object
+from adapters.common.http import BadRequest, download, parse_json_object
 from bot import i18n
 from bot.config import AdapterSection, IdList, Settings
-from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
+from bot.errors import FileTooLarge, ShuttingDown, StartupError
 from bot.logs import conversation_var, register_secret
 from bot.types import (
     AnswerDone,
@@ -99,30 +99,10 @@ class ChatwootFetcher:
         name = attachment.filename or "file"
         if attachment.size is not None and attachment.size > limit:
             raise FileTooLarge(name=name, size=attachment.size, limit=limit)
-        url = attachment.ref
         home = _host(self.adapter.base_url)
-        try:
-            for _ in range(MAX_REDIRECTS + 1):
-                if urlsplit(url).scheme not in ("http", "https"):
-                    raise AttachmentUnavailable(f"not an http(s) URL: {url[:60]}", name=name)
-                headers = {"api_access_token": self.adapter.token} if _host(url) == home else {}
-                async with self.adapter.http.stream("GET", url, headers=headers) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        continue
-                    if response.status_code != 200:
-                        raise AttachmentUnavailable(f"HTTP {response.status_code} for {name}", name=name)
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise FileTooLarge(name=name, size=size, limit=limit)
-                        chunks.append(chunk)
-                    return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise AttachmentUnavailable(str(exc), name=name) from None
-        raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+        return await download(self.adapter.http, attachment.ref, name=name, limit=limit, max_redirects=MAX_REDIRECTS,
+                              headers_for=lambda url: {"api_access_token": self.adapter.token}
+                              if _host(url) == home else {})
 
 
 class ChatwootSink:

@@ -30,9 +30,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from adapters.common.auth import SharedSecret
-from adapters.common.http import BadRequest, parse_json_object, read_body
+from adapters.common.http import BadRequest, download, parse_json_object, read_body
 from bot.config import AdapterSection, IdList, Settings
-from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
+from bot.errors import FileTooLarge, ShuttingDown, StartupError
 from bot.logs import conversation_var, register_secret
 from bot.types import (
     AnswerDone,
@@ -107,22 +107,9 @@ class HelpdeskFetcher:
         if attachment.size is not None and attachment.size > limit:
             raise FileTooLarge(name=name, size=attachment.size, limit=limit)
         url = urljoin(self.adapter.base_url + "/", attachment.ref)
-        if urlsplit(url).netloc != urlsplit(self.adapter.base_url).netloc:
-            raise AttachmentUnavailable(f"attachment outside the helpdesk: {url[:80]}", name=name)
-        try:
-            async with self.adapter.http.stream("GET", url, auth=self.adapter.auth) as response:
-                if response.status_code != 200:
-                    raise AttachmentUnavailable(f"HTTP {response.status_code} for {name}", name=name)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise FileTooLarge(name=name, size=size, limit=limit)
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise AttachmentUnavailable(str(exc), name=name) from None
-        return b"".join(chunks)
+        home = urlsplit(self.adapter.base_url).netloc
+        return await download(self.adapter.http, url, name=name, limit=limit, auth=self.adapter.auth,
+                              allowed=lambda url: urlsplit(url).netloc == home)
 
 
 class HelpdeskSink:

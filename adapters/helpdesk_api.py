@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, HTTPException, Request
@@ -46,7 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.common.auth import SignedBody, same
-from adapters.common.http import BadRequest
+from adapters.common.http import BadRequest, download
 from adapters.web import UPLOAD_MAX_AGE, UploadFetcher
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
@@ -277,28 +277,8 @@ class ApiFetcher:
             raise AttachmentUnavailable(f"bad attachment reference {attachment.ref[:40]!r}", name=name)
         if attachment.size is not None and attachment.size > limit:
             raise FileTooLarge(name=name, size=attachment.size, limit=limit)
-        url = ref
-        try:
-            for _ in range(MAX_REDIRECTS + 1):
-                if not host_allowed(url, self.adapter.conf.attachment_hosts):
-                    raise AttachmentUnavailable(f"not an allowed attachment host: {url[:80]}", name=name)
-                async with self.adapter.http.stream("GET", url) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        continue
-                    if response.status_code != 200:
-                        raise AttachmentUnavailable(f"HTTP {response.status_code} for {name}", name=name)
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise FileTooLarge(name=name, size=size, limit=limit)
-                        chunks.append(chunk)
-                    return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise AttachmentUnavailable(str(exc), name=name) from None
-        raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+        return await download(self.adapter.http, ref, name=name, limit=limit, max_redirects=MAX_REDIRECTS,
+                              allowed=lambda url: host_allowed(url, self.adapter.conf.attachment_hosts))
 
 
 # -- replies ----------------------------------------------------------------------------------------------------

@@ -26,16 +26,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from adapters.common.auth import BearerAuth
-from adapters.common.http import BadRequest, preferred_language, read_json_object, text_field
+from adapters.common.http import BadRequest, event_stream, preferred_language, read_json_object, text_field
 from adapters.common.transcript import transcript_json
 from bot import i18n
 from bot.handoff import HandoffEvent
@@ -226,23 +225,7 @@ class OperatorInbox:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._streams.add(queue)
 
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                yield b"retry: 2000\n\n"
-                while True:
-                    try:
-                        event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
-                    except TimeoutError:
-                        yield b": ping\n\n"
-                        continue
-                    if event is None:
-                        return
-                    yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
-            finally:
-                self._streams.discard(queue)
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(queue, heartbeat=HEARTBEAT_SECONDS, on_close=lambda: self._streams.discard(queue))
 
     async def file(self, sha256: str, request: Request) -> Response:
         if not self._ticket_ok(request):

@@ -20,20 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import Field
 from starlette.datastructures import UploadFile
@@ -42,6 +40,7 @@ from starlette.formparsers import MultiPartException
 from adapters.common.http import (
     BadRequest,
     UploadTooLarge,
+    event_stream,
     parse_json_object,
     preferred_language,
     read_body,
@@ -628,25 +627,12 @@ class WebAdapter:
         if session.partial:
             queue.put_nowait({"type": "partial", "text": session.partial})
 
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                yield b"retry: 2000\n\n"
-                while True:
-                    try:
-                        event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
-                    except TimeoutError:
-                        yield b": ping\n\n"
-                        continue
-                    if event is None:
-                        return
-                    yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
-            finally:
-                session.streams.discard(queue)
-                if not session.streams and not session.partial and not session.files:
-                    self._sessions.pop(sid, None)  # nothing to keep for a browser that left
+        def left() -> None:
+            session.streams.discard(queue)
+            if not session.streams and not session.partial and not session.files:
+                self._sessions.pop(sid, None)  # nothing to keep for a browser that left
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(queue, heartbeat=HEARTBEAT_SECONDS, on_close=left)
 
     async def download(self, request: Request, fid: str) -> Response:
         sid, error = self._session_or_error(request, ticket_for=f"file:{fid}")

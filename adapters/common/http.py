@@ -7,22 +7,32 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
+import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from bot import i18n
-from bot.errors import BotError, InputError, NoSuchChannel, NoSuchConversation, ShuttingDown
+from bot.errors import (
+    AttachmentUnavailable,
+    BotError,
+    FileTooLarge,
+    InputError,
+    NoSuchChannel,
+    NoSuchConversation,
+    ShuttingDown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +194,71 @@ async def read_form(request: Request, *, max_files: int, max_fields: int, max_pa
             raise MultiPartException(f"the form is not valid URL-encoded UTF-8 text ({exc})") from None
         return FormData(pairs)
     raise MultiPartException("send the message as multipart/form-data")
+
+
+# -- downloads -------------------------------------------------------------------------------
+
+
+async def download(http: httpx.AsyncClient, url: str, *, name: str, limit: int,
+                   allowed: Callable[[str], bool] = lambda url: True,
+                   headers_for: Callable[[str], dict[str, str]] = lambda url: {},
+                   auth: httpx.Auth | None = None, max_redirects: int = 5,
+                   refuse: Callable[[httpx.Response], str | None] = lambda response: None) -> bytes:
+    """A platform's file, streamed and counted: FileTooLarge past ``limit`` bytes (the real count, never a
+    header's word), AttachmentUnavailable for anything else that goes wrong. Redirects are followed by hand,
+    each hop checked with ``allowed`` and given only the headers ``headers_for`` grants it (a token goes to
+    the platform's own host, never to the storage it redirects to). ``refuse``: a reason to reject a 200
+    (a login page served instead of the file)."""
+    try:
+        for _ in range(max_redirects + 1):
+            if urlsplit(url).scheme not in ("http", "https") or not allowed(url):
+                raise AttachmentUnavailable(f"not fetched from {url[:80]}", name=name)
+            async with http.stream("GET", url, headers=headers_for(url), auth=auth or httpx.USE_CLIENT_DEFAULT) \
+                    as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers.get("location", ""))
+                    continue
+                reason = f"HTTP {response.status_code}" if response.status_code != 200 else refuse(response)
+                if reason:
+                    raise AttachmentUnavailable(f"{reason} for {name}", name=name)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise FileTooLarge(name=name, size=size, limit=limit)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise AttachmentUnavailable(str(exc), name=name) from None
+    raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+
+
+# -- event streams ---------------------------------------------------------------------------
+
+
+def event_stream(queue: asyncio.Queue[dict[str, Any] | None], *, heartbeat: float,
+                 on_close: Callable[[], None]) -> StreamingResponse:
+    """Server-sent events from ``queue`` (None ends the stream), a comment every ``heartbeat`` seconds so
+    proxies keep the connection, ``on_close`` when the browser leaves or the stream ends."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield b"retry: 2000\n\n"
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), heartbeat)
+                except TimeoutError:
+                    yield b": ping\n\n"
+                    continue
+                if event is None:
+                    return
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+        finally:
+            on_close()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # -- uploads ---------------------------------------------------------------------------------

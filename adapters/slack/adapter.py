@@ -40,13 +40,14 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.common.http import download
 from adapters.common.markdown import SlackFormat
 from adapters.common.ratelimit import Rate, RateLimiter
 from adapters.common.renderer import MessageGone, StreamingRenderer
 from adapters.slack import SlackSettings
 from bot import i18n
 from bot.config import Settings
-from bot.errors import AttachmentUnavailable, FileHostRefused, FileTooLarge, ShuttingDown, StartupError
+from bot.errors import FileHostRefused, FileTooLarge, ShuttingDown, StartupError
 from bot.handoff import HandoffEvent
 from bot.logs import conversation_var, register_secret
 from bot.manager import ConversationManager
@@ -129,22 +130,11 @@ class SlackFetcher:
             raise FileHostRefused(f"host {host!r} is not in adapters.slack.file_hosts", name=name)
         if attachment.size is not None and attachment.size > limit:
             raise FileTooLarge(name=name, size=attachment.size, limit=limit)
-        headers = {"Authorization": f"Bearer {self.adapter.bot_token}"}
-        try:
-            async with self.adapter.http.stream("GET", url, headers=headers) as response:
-                if response.status_code != 200 or "text/html" in response.headers.get("content-type", ""):
-                    raise AttachmentUnavailable(f"Slack answered {response.status_code} for {name} (is the files:read "
-                                                "scope granted?)", name=name)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise FileTooLarge(name=name, size=size, limit=limit)
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise AttachmentUnavailable(str(exc), name=name) from None
-        return b"".join(chunks)
+        return await download(
+            self.adapter.http, url, name=name, limit=limit, max_redirects=0,
+            headers_for=lambda url: {"Authorization": f"Bearer {self.adapter.bot_token}"},
+            refuse=lambda response: "a page instead of the file (is the files:read scope granted?)"
+            if "text/html" in response.headers.get("content-type", "") else None)
 
 
 class SlackTransport:
