@@ -138,3 +138,18 @@ class GatedEngine:
                 yield chunk
         finally:
             self.event(self.finished, text).set()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster for the whole run (tests/postgres_cluster.py); ``postgres.database()`` gives
+    each test a fresh database. Required in CI (``INTERNVL_BOT_REQUIRE_POSTGRES=1``), skipped elsewhere
+    when PostgreSQL is not installed."""
+    from tests import postgres_cluster
+
+    if not postgres_cluster.available():
+        if os.environ.get("INTERNVL_BOT_REQUIRE_POSTGRES"):
+            raise RuntimeError("PostgreSQL is not installed (/usr/lib/postgresql/*/bin)")
+        pytest.skip("PostgreSQL is not installed")
+    with postgres_cluster.cluster() as found:
+        yield found

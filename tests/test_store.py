@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,3 +318,31 @@ class TestSQLiteStore(StoreContract):
         assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
         assert conn.execute("SELECT COUNT(*) FROM attachments").fetchone()[0] == 0
         await store.close()
+
+
+class TestPostgresStore(StoreContract):
+    """The same contract on a real PostgreSQL 15 (tests/postgres_cluster.py), a fresh database per test."""
+
+    @pytest.fixture
+    async def store(self, postgres: Any, clock: list[float]) -> Store:
+        from bot.store.postgres import PostgresStore
+
+        s = PostgresStore(postgres.database(), clock=lambda: clock[0])
+        await s.open()
+        yield s
+        await s.close()
+
+
+async def test_replicas_starting_at_once_migrate_once(postgres: Any) -> None:
+    from bot.store.postgres import MIGRATIONS, PostgresStore
+
+    url = postgres.database()
+    stores = [PostgresStore(url) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        names = postgres.psql("SELECT name FROM _migrations ORDER BY name", url.rsplit("/", 1)[1]).split()
+        assert names == [name for name, _ in MIGRATIONS]
+        mid = await stores[0].add_message(KEY, NewMessage(role="user", text="seen by all"))
+        assert [(await s.message(mid)).text for s in stores] == ["seen by all"] * 4
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))

@@ -1,0 +1,444 @@
+""":class:`~bot.store.base.Store` on PostgreSQL, for several replicas sharing one database.
+
+psycopg 3 with its async connection pool: no call blocks the event loop. Everything replicas share is in
+the database — conversations, messages, processed platform events, usage counters, stashed pieces and the
+attachments themselves (table ``blobs``, stored once by SHA-256) — so replicas share nothing else.
+Nothing about a conversation is cached in the process: another replica may change it at any moment.
+
+Migrations are named and append-only like SQLite's; several replicas starting at once run them safely,
+one after the other, under a transaction-level advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from bot.store.base import (
+    Conversation,
+    ConversationSummary,
+    ForgetReport,
+    Kind,
+    Mode,
+    NewMessage,
+    State,
+    StoredAttachment,
+    StoredMessage,
+    checked_sha256,
+    sha256_of,
+)
+from bot.types import NO_ROUTE, ConversationKey
+
+#: The advisory lock migrations run under (any constant the application owns).
+MIGRATION_LOCK = 0x696E7476  # "intv"
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("p001_initial", """
+CREATE TABLE conversations (
+    id text PRIMARY KEY, platform text NOT NULL, chat text NOT NULL, thread text NOT NULL DEFAULT '',
+    persona text, language text, last_language text, context_start bigint NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL, updated_at double precision,
+    mode text NOT NULL DEFAULT 'bot', handoff_at double precision);
+CREATE INDEX conversations_waiting ON conversations (handoff_at) WHERE mode = 'human';
+CREATE TABLE messages (
+    id bigserial PRIMARY KEY, conversation_id text NOT NULL REFERENCES conversations (id),
+    role text NOT NULL, kind text NOT NULL, text text NOT NULL, state text NOT NULL,
+    sender_id text, sender_name text, locale text, platform_message_id text,
+    platform_ids jsonb, drafts jsonb, route jsonb, event_id text, reply_to bigint, error text,
+    created_at double precision NOT NULL, updated_at double precision);
+CREATE INDEX messages_conversation ON messages (conversation_id, id);
+CREATE INDEX messages_pending ON messages (conversation_id, id) WHERE role = 'user' AND state IN ('received', 'answering');
+CREATE INDEX messages_created ON messages (created_at);
+CREATE INDEX messages_platform_id ON messages (platform_message_id) WHERE platform_message_id IS NOT NULL;
+CREATE TABLE blobs (
+    sha256 text PRIMARY KEY, mime text, size bigint NOT NULL, data bytea NOT NULL,
+    created_at double precision NOT NULL);
+CREATE TABLE message_attachments (
+    message_id bigint NOT NULL REFERENCES messages (id) ON DELETE CASCADE, position integer NOT NULL,
+    ref text, filename text, mime text, size bigint, sha256 text, PRIMARY KEY (message_id, position));
+CREATE INDEX message_attachments_sha ON message_attachments (sha256);
+CREATE TABLE events (
+    platform text NOT NULL, event_id text NOT NULL, created_at double precision NOT NULL,
+    PRIMARY KEY (platform, event_id));
+CREATE INDEX events_created ON events (created_at);
+CREATE TABLE platform_refs (
+    platform text NOT NULL, chat text NOT NULL, platform_id text NOT NULL, message_id bigint NOT NULL,
+    PRIMARY KEY (platform, chat, platform_id));
+CREATE INDEX platform_refs_message ON platform_refs (message_id);
+CREATE TABLE usage (
+    id bigserial PRIMARY KEY, "user" text NOT NULL, kind text NOT NULL, amount double precision NOT NULL,
+    at double precision NOT NULL);
+CREATE INDEX usage_user ON usage ("user", kind, at);
+CREATE INDEX usage_at ON usage (at);
+CREATE TABLE stash (
+    bucket text NOT NULL, item text NOT NULL, payload text NOT NULL, at double precision NOT NULL,
+    PRIMARY KEY (bucket, item));
+CREATE TABLE claims (
+    conversation_id text PRIMARY KEY, replica text NOT NULL, token bigint NOT NULL,
+    lease_until double precision NOT NULL);
+"""),
+]
+
+_MSG_COLUMNS = (
+    "id, conversation_id, role, kind, text, state, sender_id, sender_name, locale, "
+    "platform_message_id, reply_to, error, created_at, platform_ids, drafts, route"
+)
+
+
+def _json(value: Sequence[str] | Mapping[str, str]) -> Jsonb | None:
+    if not value:
+        return None
+    return Jsonb(dict(value) if isinstance(value, Mapping) else list(value))
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _map(value: Any) -> Mapping[str, str]:
+    if not value:
+        return NO_ROUTE
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+async def migrate(conn: AsyncConnection[Any]) -> list[str]:
+    """Apply the migrations not yet applied, under the advisory lock; return their names."""
+    applied = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name text PRIMARY KEY, applied_at double "
+                           "precision NOT NULL)")
+        done = {row[0] for row in await (await conn.execute("SELECT name FROM _migrations")).fetchall()}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            await conn.execute(sql)  # type: ignore[arg-type]
+            await conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)", (name, time.time()))
+            applied.append(name)
+    return applied
+
+
+class PostgresStore:
+    """See the module docstring. ``url``: ``postgresql://user:password@host:5432/db``."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, min_size: int = 2,
+                 max_size: int = 10) -> None:
+        self.url = url
+        self._clock = clock
+        self._min, self._max = min_size, max_size
+        self._pool: AsyncConnectionPool | None = None
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise RuntimeError("PostgresStore used before open()")
+        return self._pool
+
+    async def open(self) -> None:
+        pool = AsyncConnectionPool(self.url, min_size=self._min, max_size=self._max, open=False,
+                                   kwargs={"autocommit": True})
+        await pool.open(wait=True, timeout=30)
+        async with pool.connection() as conn:
+            await migrate(conn)
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(sql, params)).fetchall()  # type: ignore[arg-type]
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(sql, params)).fetchone()  # type: ignore[arg-type]
+
+    async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self.pool.connection() as conn:
+            return (await conn.execute(sql, params)).rowcount  # type: ignore[arg-type]
+
+    # -- conversations --------------------------------------------------------------------
+
+    async def _conversation(self, conn: AsyncConnection[Any], key: ConversationKey) -> Conversation:
+        now = self._clock()
+        await conn.execute(
+            "INSERT INTO conversations (id, platform, chat, thread, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            (str(key), key.platform, key.chat, key.thread, now, now))
+        row = await (await conn.execute(
+            "SELECT persona, language, last_language, context_start, created_at, mode, handoff_at"
+            " FROM conversations WHERE id = %s", (str(key),))).fetchone()
+        assert row is not None
+        return Conversation(key, row[0], row[1], row[2], int(row[3] or 0), row[4], row[5] or "bot", row[6])
+
+    async def conversation(self, key: ConversationKey) -> Conversation:
+        async with self.pool.connection() as conn:
+            return await self._conversation(conn, key)
+
+    async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation:
+        async with self.pool.connection() as conn, conn.transaction():
+            await self._conversation(conn, key)
+            await conn.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (str(key),))
+            conv = replace(await self._conversation(conn, key), **fields)  # type: ignore[arg-type]
+            await conn.execute(
+                "UPDATE conversations SET persona = %s, language = %s, last_language = %s, context_start = %s,"
+                " mode = %s, handoff_at = %s, updated_at = %s WHERE id = %s",
+                (conv.persona, conv.language, conv.last_language, conv.context_start, conv.mode, conv.handoff_at,
+                 self._clock(), str(key)))
+        return conv
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def _insert(self, conn: AsyncConnection[Any], key: ConversationKey, m: NewMessage) -> int:
+        now = self._clock()
+        ids = m.all_platform_ids
+        row = await (await conn.execute(
+            "INSERT INTO messages (conversation_id, role, kind, text, state, sender_id, sender_name, locale,"
+            " platform_message_id, platform_ids, route, event_id, reply_to, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (str(key), m.role, m.kind, m.text, m.state, m.sender_id, m.sender_name, m.locale,
+             ids[0] if ids else None, _json(ids) if m.role == "assistant" else None, _json(m.route), m.event_id,
+             m.reply_to, now, now))).fetchone()
+        assert row is not None
+        mid = int(row[0])
+        if m.attachments:
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO message_attachments (message_id, position, ref, filename, mime, size)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(mid, i, a.ref, a.filename, a.mime, a.size) for i, a in enumerate(m.attachments)])
+        if len(ids) > 1:
+            await self._refer(conn, key, ids[1:], mid)
+        return mid
+
+    async def _refer(self, conn: AsyncConnection[Any], key: ConversationKey, ids: Sequence[str], mid: int) -> None:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO platform_refs (platform, chat, platform_id, message_id) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (platform, chat, platform_id) DO UPDATE SET message_id = excluded.message_id",
+                [(key.platform, key.chat, pid, mid) for pid in ids])
+
+    async def add_message(self, key: ConversationKey, message: NewMessage) -> int:
+        async with self.pool.connection() as conn, conn.transaction():
+            await self._conversation(conn, key)
+            return await self._insert(conn, key, message)
+
+    async def add_incoming(self, key: ConversationKey, message: NewMessage) -> int | None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await self._conversation(conn, key)
+            if message.event_id:
+                cur = await conn.execute(
+                    "INSERT INTO events (platform, event_id, created_at) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING", (key.platform, message.event_id, self._clock()))
+                if cur.rowcount != 1:
+                    return None
+            return await self._insert(conn, key, message)
+
+    async def message(self, message_id: int) -> StoredMessage:
+        rows = await self._messages(f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = %s", (message_id,))
+        if not rows:
+            raise KeyError(message_id)
+        return rows[0]
+
+    async def set_state(self, message_id: int, state: State, *, error: str | None = None) -> None:
+        await self._run("UPDATE messages SET state = %s, error = %s, updated_at = %s WHERE id = %s",
+                        (state, error, self._clock(), message_id))
+
+    async def set_drafts(self, message_id: int, ids: Sequence[str]) -> None:
+        await self._run("UPDATE messages SET drafts = %s, updated_at = %s WHERE id = %s",
+                        (_json(tuple(ids)), self._clock(), message_id))
+
+    async def finish(self, message_id: int, state: State, *, reply: str | None = None, kind: Kind = "chat",
+                     reply_platform_ids: Sequence[str] = (), error: str | None = None) -> int | None:
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                "UPDATE messages SET state = %s, error = %s, drafts = NULL, updated_at = %s WHERE id = %s"
+                " RETURNING conversation_id", (state, error, self._clock(), message_id))).fetchone()
+            if reply is None or row is None:
+                return None
+            return await self._insert(conn, ConversationKey.parse(row[0]), NewMessage(
+                role="assistant", text=reply, kind=kind, state="answered", platform_ids=tuple(reply_platform_ids),
+                reply_to=message_id))
+
+    async def _messages(self, sql: str, params: Sequence[Any] = ()) -> list[StoredMessage]:
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(sql, params)).fetchall()  # type: ignore[arg-type]
+            ids = [r[0] for r in rows]
+            atts: dict[int, list[StoredAttachment]] = {}
+            if ids:
+                for a in await (await conn.execute(
+                        "SELECT message_id, position, ref, filename, mime, size, sha256 FROM message_attachments"
+                        " WHERE message_id = ANY(%s) ORDER BY message_id, position", (ids,))).fetchall():
+                    atts.setdefault(a[0], []).append(StoredAttachment(*a[1:]))
+        keys: dict[str, ConversationKey] = {}
+        return [
+            StoredMessage(
+                id=r[0], key=keys.get(r[1]) or keys.setdefault(r[1], ConversationKey.parse(r[1])), role=r[2],
+                kind=r[3], text=r[4], state=r[5], attachments=tuple(atts.get(r[0], ())), sender_id=r[6] or "",
+                sender_name=r[7] or "", locale=r[8], platform_message_id=r[9], reply_to=r[10], error=r[11],
+                created_at=r[12], platform_ids=_list(r[13]), drafts=_list(r[14]), route=_map(r[15]),
+            )
+            for r in rows
+        ]
+
+    async def history(self, key: ConversationKey, *, since: int, before: int, limit: int | None = None,
+                      upto: int | None = None) -> list[StoredMessage]:
+        rows = await self._messages(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = %s AND id >= %s AND id < %s"
+            " AND kind = 'chat' AND ((role = 'user' AND state = 'answered' AND id < %s)"
+            " OR (role = 'assistant' AND reply_to < %s)) ORDER BY id DESC LIMIT %s",
+            (str(key), since, upto if upto is not None else 2**62, before, before, limit))
+        return rows[::-1]
+
+    async def pending(self) -> list[StoredMessage]:
+        return await self._messages(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE role = 'user' AND state IN ('received', 'answering')"
+            " ORDER BY id")
+
+    async def transcript(self, key: ConversationKey, *, limit: int = 200) -> list[StoredMessage]:
+        rows = await self._messages(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = %s ORDER BY id DESC LIMIT %s",
+            (str(key), limit))
+        return rows[::-1]
+
+    async def find_by_platform_id(self, platform: str, chat: str, platform_id: str) -> StoredMessage | None:
+        conversation = f"{platform}:{chat}"
+        found = None
+        for mid, cid in await self._rows(
+                "SELECT id, conversation_id FROM messages WHERE platform_message_id = %s ORDER BY id DESC",
+                (platform_id,)):
+            if cid == conversation or cid.startswith(conversation + ":"):
+                found = mid
+                break
+        if found is None:
+            row = await self._one("SELECT message_id FROM platform_refs WHERE platform = %s AND chat = %s"
+                                  " AND platform_id = %s", (platform, chat, platform_id))
+            found = row[0] if row else None
+        if found is None:
+            return None
+        try:
+            return await self.message(found)
+        except KeyError:
+            return None
+
+    async def check(self) -> None:
+        """A write that is rolled back: fails when the database is unreachable or read-only."""
+        async with asyncio.timeout(5):
+            async with self.pool.connection() as conn:
+                async with conn.transaction(force_rollback=True):
+                    await conn.execute("INSERT INTO stash (bucket, item, payload, at) VALUES ('readyz', 'x', '', 0)"
+                                       " ON CONFLICT DO NOTHING")
+
+    # -- attachments ----------------------------------------------------------------------
+
+    async def save_attachment(self, message_id: int, position: int, data: bytes, mime: str = "") -> str:
+        sha = await asyncio.to_thread(sha256_of, data) if len(data) > 1 << 20 else sha256_of(data)
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO blobs (sha256, mime, size, data, created_at) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (sha256) DO NOTHING", (sha, mime, len(data), data, self._clock()))
+            await conn.execute(
+                "UPDATE message_attachments SET sha256 = %s, size = %s, mime = COALESCE(NULLIF(mime, ''), %s)"
+                " WHERE message_id = %s AND position = %s", (sha, len(data), mime, message_id, position))
+        return sha
+
+    async def attachment_data(self, sha256: str) -> bytes:
+        row = await self._one("SELECT data FROM blobs WHERE sha256 = %s", (checked_sha256(sha256),))
+        if row is None:
+            raise FileNotFoundError(f"attachment {sha256} is not stored")
+        return bytes(row[0])
+
+    async def last_message_id(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(id), 0) FROM messages")
+        return int(row[0]) if row else 0
+
+    # -- deleting -------------------------------------------------------------------------
+
+    @staticmethod
+    async def _drop_orphans(conn: AsyncConnection[Any]) -> int:
+        cur = await conn.execute(
+            "DELETE FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM message_attachments a WHERE a.sha256 = b.sha256)")
+        return cur.rowcount
+
+    async def forget(self, key: ConversationKey) -> ForgetReport:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM platform_refs WHERE message_id IN"
+                               " (SELECT id FROM messages WHERE conversation_id = %s)", (str(key),))
+            n = (await conn.execute("DELETE FROM messages WHERE conversation_id = %s", (str(key),))).rowcount
+            convs = (await conn.execute("DELETE FROM conversations WHERE id = %s", (str(key),))).rowcount
+            files = await self._drop_orphans(conn)
+        return ForgetReport(convs, n, files)
+
+    async def purge(self, older_than: float) -> ForgetReport:
+        async with self.pool.connection() as conn, conn.transaction():
+            where = "created_at < %s AND state NOT IN ('received', 'answering')"
+            await conn.execute(f"DELETE FROM platform_refs WHERE message_id IN (SELECT id FROM messages WHERE {where})",
+                               (older_than,))
+            n = (await conn.execute(f"DELETE FROM messages WHERE {where}", (older_than,))).rowcount
+            convs = (await conn.execute(
+                "DELETE FROM conversations c WHERE created_at < %s AND NOT EXISTS"
+                " (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)", (older_than,))).rowcount
+            await conn.execute("DELETE FROM events WHERE created_at < %s", (older_than,))
+            await conn.execute("DELETE FROM usage WHERE at < %s", (older_than,))
+            files = await self._drop_orphans(conn)
+        return ForgetReport(convs, n, files)
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def record_usage(self, user: str, kind: str, amount: float, at: float) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute('INSERT INTO usage ("user", kind, amount, at) VALUES (%s, %s, %s, %s)',
+                               (user, kind, amount, at))
+            await conn.execute('DELETE FROM usage WHERE "user" = %s AND kind = %s AND at < %s',
+                               (user, kind, at - 2 * 86400))
+
+    async def usage(self, user: str, kind: str, since: float) -> tuple[float, float | None]:
+        row = await self._one('SELECT COALESCE(SUM(amount), 0), MIN(at) FROM usage WHERE "user" = %s AND kind = %s'
+                              " AND at >= %s", (user, kind, since))
+        assert row is not None
+        return float(row[0]), row[1]
+
+    # -- stash ----------------------------------------------------------------------------
+
+    async def stash(self, bucket: str, item: str, payload: str) -> None:
+        await self._run("INSERT INTO stash (bucket, item, payload, at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (bucket, item, payload, self._clock()))
+
+    async def stashed(self, prefix: str) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for bucket, item, payload in await self._rows(
+                "SELECT bucket, item, payload FROM stash WHERE starts_with(bucket, %s) ORDER BY at, item", (prefix,)):
+            out.setdefault(bucket, []).append((item, payload))
+        return out
+
+    async def drop_stash(self, bucket: str) -> None:
+        await self._run("DELETE FROM stash WHERE bucket = %s", (bucket,))
+
+    async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
+        if mode == "human":
+            ids = [r[0] for r in await self._rows(
+                "SELECT id FROM conversations WHERE mode = 'human' ORDER BY handoff_at, id LIMIT %s", (limit,))]
+        else:
+            ids = [r[0] for r in await self._rows(
+                "SELECT m.conversation_id FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.id > (SELECT COALESCE(MAX(id), 0) - 5000 FROM messages) AND c.mode = 'bot'"
+                " GROUP BY m.conversation_id ORDER BY MAX(m.id) DESC LIMIT %s", (limit,))]
+        found = []
+        for cid in ids:
+            row = await self._one("SELECT created_at, text FROM messages WHERE conversation_id = %s AND role = 'user'"
+                                  " ORDER BY id DESC LIMIT 1", (cid,))
+            if row is not None:
+                found.append(ConversationSummary(await self.conversation(ConversationKey.parse(cid)), row[0], row[1]))
+        return found
+
+
+__all__ = ["MIGRATIONS", "PostgresStore", "migrate"]
