@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import fnmatch
 import json
 import logging
@@ -36,7 +35,6 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -46,8 +44,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.common.auth import SignedBody, same
-from adapters.common.http import BadRequest, download
-from adapters.web import UPLOAD_MAX_AGE, UploadFetcher
+from adapters.common.http import BadRequest, StoredFiles, download
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -262,16 +259,15 @@ def host_allowed(url: str, hosts: list[str]) -> bool:
 
 class ApiFetcher:
     """``url:<url>`` attachments from the configured hosts (redirects followed only within them);
-    ``upload:<ref>`` inline files the API saved."""
+    ``blob:<sha256>`` inline files, kept in the store before the message was."""
 
     def __init__(self, adapter: HelpdeskApiAdapter) -> None:
         self.adapter = adapter
 
     async def fetch(self, attachment: Attachment, limit: int) -> bytes:
         kind, _, ref = attachment.ref.partition(":")
-        if kind == "upload":
-            return await self.adapter.uploads.fetch(Attachment(ref, attachment.filename, attachment.mime,
-                                                               attachment.size), limit)
+        if kind == "blob":
+            return await self.adapter.uploads.fetch(attachment, limit)
         name = attachment.filename or "file"
         if kind != "url":
             raise AttachmentUnavailable(f"bad attachment reference {attachment.ref[:40]!r}", name=name)
@@ -339,9 +335,7 @@ class HelpdeskApiAdapter:
                                  timestamp_header=TIMESTAMP_HEADER, max_bytes=conf.max_request_bytes)
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
-        self.folder = settings.data_path / "helpdesk_api_uploads"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.uploads = UploadFetcher(self.folder)
+        self.uploads = StoredFiles(manager.store)
         self.backoff = 1.0
         self.channel = Channel(PLATFORM, ApiFetcher(self), lambda context: CallbackSink(self, context),
                                conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
@@ -353,17 +347,7 @@ class HelpdeskApiAdapter:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._sweep_uploads()
         self._accepting = True
-
-    def _sweep_uploads(self) -> None:
-        """Inline files of turns a restart interrupted are read again when the turn resumes (before this is
-        called); older ones are left-overs."""
-        cutoff = time.time() - UPLOAD_MAX_AGE
-        for path in self.folder.iterdir():
-            with contextlib.suppress(OSError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
 
     def stop_intake(self) -> None:
         self._accepting = False
@@ -419,7 +403,7 @@ class HelpdeskApiAdapter:
                 return JSONResponse({"error": f"attachments[{i}].url is not on an allowed host (attachment_hosts)"},
                                     status_code=400)
         key = ConversationKey(PLATFORM, message.conversation_id)
-        attachments, saved = await self._attachments(message)
+        attachments = await self._attachments(message)
         conversation_var.set(str(key))
         route = {"assist": "1"} if message.assist else {}
         customer = message.customer
@@ -430,51 +414,32 @@ class HelpdeskApiAdapter:
                 event_id=f"{message.conversation_id}/{message.message_id}", message_id=message.message_id,
                 is_direct=True, route=route, raw={"conversation_id": message.conversation_id}))
         except ShuttingDown:
-            self._discard(saved)
             return self._restarting()
-        if ticket is None:
-            self._discard(saved)
-        else:
-            ticket.done.add_done_callback(lambda f: f.cancelled() or f.result() == "interrupted"
-                                          or self._discard(saved))
         conv = await self.manager.store.conversation(key)
         return JSONResponse(Accepted(conversation_id=message.conversation_id, message_id=message.message_id,
                                      duplicate=ticket is None, held=conv.mode == "human").model_dump(),
                             status_code=202)
 
-    async def _attachments(self, message: ApiMessage) -> tuple[tuple[Attachment, ...], list[Path]]:
-        """Attachments for the store: URLs as they are (fetched later), inline files decoded and saved."""
+    async def _attachments(self, message: ApiMessage) -> tuple[Attachment, ...]:
+        """Attachments for the store: URLs as they are (fetched later), inline files decoded and kept in the
+        store (any replica can then read them)."""
         limit = self.settings.media.max_file_bytes
         found: list[Attachment] = []
-        saved: list[Path] = []
-        try:
-            for i, item in enumerate(message.attachments):
-                mime = item.mime_type.strip().lower()
-                if item.url is not None:
-                    found.append(Attachment(f"url:{item.url}", item.filename, mime, item.size))
-                    continue
-                assert item.data is not None
-                if len(item.data) * 3 // 4 > limit + 3:
-                    raise BadRequest(f"attachments[{i}] is larger than {limit} bytes", status_code=413)
-                try:
-                    data = base64.b64decode(item.data, validate=True)
-                except (binascii.Error, ValueError):
-                    raise BadRequest(f"attachments[{i}].data is not base64", status_code=400) from None
-                ref = uuid.uuid4().hex
-                path = self.folder / ref
-                await asyncio.to_thread(path.write_bytes, data)
-                saved.append(path)
-                found.append(Attachment(f"upload:{ref}", item.filename, mime, len(data)))
-        except BaseException:
-            self._discard(saved)
-            raise
-        return tuple(found), saved
-
-    @staticmethod
-    def _discard(paths: list[Path]) -> bool:
-        for path in paths:
-            path.unlink(missing_ok=True)
-        return True
+        for i, item in enumerate(message.attachments):
+            mime = item.mime_type.strip().lower()
+            if item.url is not None:
+                found.append(Attachment(f"url:{item.url}", item.filename, mime, item.size))
+                continue
+            assert item.data is not None
+            if len(item.data) * 3 // 4 > limit + 3:
+                raise BadRequest(f"attachments[{i}] is larger than {limit} bytes", status_code=413)
+            try:
+                data = base64.b64decode(item.data, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest(f"attachments[{i}].data is not base64", status_code=400) from None
+            sha = await self.manager.store.save_blob(data, mime)
+            found.append(Attachment(StoredFiles.ref(sha), item.filename, mime, len(data)))
+        return tuple(found)
 
     async def poll(self, request: Request, conversation_id: Identifier, after: int = 0) -> Response:
         self._check_target(request)

@@ -39,6 +39,7 @@ from starlette.formparsers import MultiPartException
 
 from adapters.common.http import (
     BadRequest,
+    StoredFiles,
     UploadTooLarge,
     event_stream,
     parse_json_object,
@@ -51,7 +52,7 @@ from adapters.common.markdown import HtmlFormat
 from adapters.common.transcript import transcript_json
 from bot import i18n
 from bot.config import AdapterSection, Settings
-from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown
+from bot.errors import ShuttingDown
 from bot.logs import conversation_var
 from bot.manager import ConversationManager
 from bot.media import sniff
@@ -145,29 +146,6 @@ def session_secret(settings: Settings, conf: WebSettings) -> bytes:
     return key
 
 
-class UploadFetcher:
-    """Reads the files browsers uploaded from ``<data_dir>/uploads`` (the manager then stores them by SHA-256)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def path(self, ref: str) -> Path:
-        if not _UPLOAD_REF.match(ref):
-            raise AttachmentUnavailable(f"bad upload reference {ref!r}")
-        return self.folder / ref
-
-    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
-        path = self.path(attachment.ref)
-        name = attachment.filename or "file"
-        try:
-            size = path.stat().st_size
-            if size > limit:
-                raise FileTooLarge(name=name, size=size, limit=limit)
-            return await asyncio.to_thread(path.read_bytes)
-        except OSError as exc:
-            raise AttachmentUnavailable(str(exc), name=name) from None
-
-
 @dataclass(eq=False)
 class _Session:
     """The open pages (SSE streams) of one browser session, and the answer streaming right now."""
@@ -254,7 +232,7 @@ class WebAdapter:
         self.prefix = prefix
         self.uploads = settings.data_path / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
-        self.fetcher = UploadFetcher(self.uploads)
+        self.fetcher = StoredFiles(manager.store)
         secret = session_secret(settings, self.conf)
         self._signer = URLSafeTimedSerializer(secret, salt="internvl-bot web session")
         self._tickets = URLSafeTimedSerializer(secret, salt="internvl-bot web ticket")
@@ -524,10 +502,15 @@ class WebAdapter:
                 try:
                     saved = await save_upload(item, self.uploads, limit)
                 except UploadTooLarge as big:
-                    self._discard(attachments)
                     return self._refuse(413, i18n.text("file_too_large", lang, name=big.name, size_mb=_mb(big.size),
                                                        limit_mb=_mb(limit)), f"{big.name}: {big.size} bytes")
-                attachments.append(Attachment(ref=saved.ref, filename=saved.filename, mime=saved.mime,
+                # into the store before the message is: whichever replica answers reads it from there
+                try:
+                    data = await asyncio.to_thread(saved.path.read_bytes)
+                finally:
+                    saved.path.unlink(missing_ok=True)
+                sha = await self.manager.store.save_blob(data, saved.mime)
+                attachments.append(Attachment(ref=StoredFiles.ref(sha), filename=saved.filename, mime=saved.mime,
                                               size=saved.size))
         finally:
             await form.close()
@@ -542,13 +525,9 @@ class WebAdapter:
         try:
             ticket = await self.manager.submit(message)
         except ShuttingDown:
-            self._discard(attachments)
             return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
         if ticket is None:
-            self._discard(attachments)
             return JSONResponse({"duplicate": True}, status_code=200)
-        if attachments:
-            ticket.done.add_done_callback(lambda f: f.result() != "interrupted" and self._discard(attachments))
         return JSONResponse({"id": ticket.message_id}, status_code=202)
 
     async def delete_conversation(self, request: Request) -> Response:
@@ -581,12 +560,6 @@ class WebAdapter:
                         headers={"Content-Disposition": "inline" if shown else "attachment",
                                  "Cache-Control": "private, max-age=3600",
                                  "Content-Security-Policy": "default-src 'none'; sandbox"})
-
-    def _discard(self, attachments: list[Attachment]) -> bool:
-        for attachment in attachments:
-            with contextlib.suppress(OSError, AttachmentUnavailable):
-                self.fetcher.path(attachment.ref).unlink(missing_ok=True)
-        return True
 
     async def ticket(self, request: Request) -> Response:
         """A short-lived, single-purpose credential for a URL the page cannot add headers to."""

@@ -153,10 +153,19 @@ class ConversationSettings(Section):
 
 
 class StoreSettings(Section):
-    """Where conversations are kept."""
+    """Where conversations are kept: a SQLite file (one process), or PostgreSQL (several replicas)."""
 
-    path: str = Field("", description="empty = <data_dir>/internvl-bot.sqlite3")
+    backend: Literal["sqlite", "postgres"] = Field("sqlite", description="sqlite | postgres")
+    path: str = Field("", description="sqlite file; empty = <data_dir>/internvl-bot.sqlite3")
+    url_env: str = Field("INTERNVL_BOT_DATABASE_URL",
+                         description="postgres: environment variable with postgresql://user:password@host:5432/db")
+    lease_seconds: float = Field(30.0, gt=1, le=600, description="postgres: a replica's claim on a conversation; "
+                                 "another replica takes over this long after it dies")
     retention_days: int = Field(0, ge=0, description="0 keeps everything")
+
+    @property
+    def url(self) -> str:
+        return os.environ.get(self.url_env, "")
 
 
 def _ids(value: object) -> object:
@@ -299,6 +308,11 @@ class Settings(BaseSettings):
                     f"{source}: adapters.{name}: secret missing — set the environment variable {var} "
                     f"(secrets are never read from the file), or set adapters.{name}.enabled: false"
                 )
+        if self.store.backend == "postgres" and not self.store.url:
+            raise ConfigError(
+                f"{source}: store.backend is postgres but the database URL is missing — set the environment "
+                f"variable {self.store.url_env} (postgresql://user:password@host:5432/db)"
+            )
         if self.handoff.webhook_url and not os.environ.get(self.handoff.webhook_secret_env, ""):
             raise ConfigError(
                 f"{source}: handoff.webhook_url is set but its signing secret is missing — set the environment "

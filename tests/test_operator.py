@@ -182,7 +182,7 @@ async def served(tmp_path: Path, operator_token: str) \
         assert [s for s in statuses if s >= 500] == []
 
 
-@settings(max_examples=2100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=2100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=st.data())
 async def test_fuzzed_requests_to_the_web_and_operator_apis_never_get_a_5xx(

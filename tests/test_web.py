@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -317,21 +316,25 @@ class TestWebSink(SinkContract):
         return Screen(lambda context: web._sink_for(context), visible, files)
 
 
-class TestUploadFetcher(FetcherContract):
+class TestStoredFiles(FetcherContract):
+    """Uploads (web chat, the helpdesk API's inline files) are kept in the store before the message is."""
+
     @pytest.fixture
     def files(self, tmp_path: Path) -> FileSource:
-        from adapters.web import UploadFetcher
+        from adapters.common.http import StoredFiles
+        from bot.store import SQLiteStore
         from bot.types import Attachment
 
-        fetcher = UploadFetcher(tmp_path)
+        store = SQLiteStore(tmp_path / "bot.sqlite3")
+        fetcher = StoredFiles(store)
 
-        async def add(data: bytes, name: str) -> tuple[UploadFetcher, Attachment]:
-            ref = os.urandom(16).hex()
-            (tmp_path / ref).write_bytes(data)
-            return fetcher, Attachment(ref=ref, filename=name)
+        async def add(data: bytes, name: str) -> tuple[StoredFiles, Attachment]:
+            await store.open()
+            return fetcher, Attachment(ref=StoredFiles.ref(await store.save_blob(data)), filename=name)
 
-        async def missing() -> tuple[UploadFetcher, Attachment]:
-            return fetcher, Attachment(ref="../../etc/passwd", filename="passwd")
+        async def missing() -> tuple[StoredFiles, Attachment]:
+            await store.open()
+            return fetcher, Attachment(ref="blob:../../etc/passwd", filename="passwd")
 
         return FileSource(add, missing)
 

@@ -33,6 +33,8 @@ from bot.errors import (
     NoSuchConversation,
     ShuttingDown,
 )
+from bot.store import Store
+from bot.types import Attachment
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,33 @@ async def download(http: httpx.AsyncClient, url: str, *, name: str, limit: int,
     except httpx.HTTPError as exc:
         raise AttachmentUnavailable(str(exc), name=name) from None
     raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+
+
+class StoredFiles:
+    """Files a user uploaded, kept in the store by SHA-256 before the message is (``blob:<sha256>``): any
+    replica sharing the store can read them, and nothing is left in a local folder."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    def ref(sha256: str) -> str:
+        return f"blob:{sha256}"
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        name = attachment.filename or "file"
+        kind, _, sha = attachment.ref.partition(":")
+        if kind != "blob":
+            raise AttachmentUnavailable(f"not a stored upload: {attachment.ref[:40]!r}", name=name)
+        if attachment.size is not None and attachment.size > limit:
+            raise FileTooLarge(name=name, size=attachment.size, limit=limit)
+        try:
+            data = await self.store.attachment_data(sha)
+        except (FileNotFoundError, ValueError) as exc:
+            raise AttachmentUnavailable(str(exc), name=name) from None
+        if len(data) > limit:
+            raise FileTooLarge(name=name, size=len(data), limit=limit)
+        return data
 
 
 # -- event streams ---------------------------------------------------------------------------

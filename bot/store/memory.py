@@ -131,6 +131,11 @@ class MemoryStore:
         self.messages[message_id] = replace(msg, attachments=atts)
         return sha
 
+    async def save_blob(self, data: bytes, mime: str = "") -> str:
+        sha = sha256_of(data)
+        self.blobs.setdefault(sha, data)
+        return sha
+
     async def attachment_data(self, sha256: str) -> bytes:
         try:
             return self.blobs[checked_sha256(sha256)]

@@ -12,6 +12,7 @@ one after the other, under a transaction-level advisory lock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -35,6 +36,8 @@ from bot.store.base import (
     sha256_of,
 )
 from bot.types import NO_ROUTE, ConversationKey
+
+log = logging.getLogger(__name__)
 
 #: The advisory lock migrations run under (any constant the application owns).
 MIGRATION_LOCK = 0x696E7476  # "intv"
@@ -134,6 +137,7 @@ class PostgresStore:
         self._clock = clock
         self._min, self._max = min_size, max_size
         self._pool: AsyncConnectionPool | None = None
+        self._listeners: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -150,9 +154,44 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
+        for task in list(self._listeners):
+            task.cancel()
+        await asyncio.gather(*self._listeners, return_exceptions=True)
+        self._listeners.clear()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    # -- between replicas -----------------------------------------------------------------
+
+    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+        """NOTIFY every replica listening on ``channel``: the payloads arrive together and in order (one
+        transaction), each under PostgreSQL's 8,000-byte limit."""
+        async with self.pool.connection() as conn, conn.transaction():
+            for payload in payloads:
+                await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    def listen(self, channel: str, callback: Callable[[str], None], *, ready: asyncio.Event | None = None) -> None:
+        """Call ``callback(payload)`` for each notification on ``channel``, on a connection of its own that
+        is opened again when it breaks (a missed notification is covered by the caller's polling)."""
+
+        async def run() -> None:
+            while True:
+                try:
+                    conn = await AsyncConnection.connect(self.url, autocommit=True)
+                    async with conn:
+                        await conn.execute(f'LISTEN "{channel}"')
+                        if ready is not None:
+                            ready.set()
+                        async for note in conn.notifies():
+                            callback(note.payload)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("listening on %s: %s; listening again in 1 s", channel, exc)
+                    await asyncio.sleep(1)
+
+        self._listeners.add(asyncio.create_task(run(), name=f"listen {channel}"))
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as conn:
@@ -332,11 +371,9 @@ class PostgresStore:
 
     async def check(self) -> None:
         """A write that is rolled back: fails when the database is unreachable or read-only."""
-        async with asyncio.timeout(5):
-            async with self.pool.connection() as conn:
-                async with conn.transaction(force_rollback=True):
-                    await conn.execute("INSERT INTO stash (bucket, item, payload, at) VALUES ('readyz', 'x', '', 0)"
-                                       " ON CONFLICT DO NOTHING")
+        async with asyncio.timeout(5), self.pool.connection() as conn, conn.transaction(force_rollback=True):
+            await conn.execute("INSERT INTO stash (bucket, item, payload, at) VALUES ('readyz', 'x', '', 0)"
+                               " ON CONFLICT DO NOTHING")
 
     # -- attachments ----------------------------------------------------------------------
 
@@ -349,6 +386,12 @@ class PostgresStore:
             await conn.execute(
                 "UPDATE message_attachments SET sha256 = %s, size = %s, mime = COALESCE(NULLIF(mime, ''), %s)"
                 " WHERE message_id = %s AND position = %s", (sha, len(data), mime, message_id, position))
+        return sha
+
+    async def save_blob(self, data: bytes, mime: str = "") -> str:
+        sha = await asyncio.to_thread(sha256_of, data) if len(data) > 1 << 20 else sha256_of(data)
+        await self._run("INSERT INTO blobs (sha256, mime, size, data, created_at) VALUES (%s, %s, %s, %s, %s)"
+                        " ON CONFLICT (sha256) DO NOTHING", (sha, mime, len(data), data, self._clock()))
         return sha
 
     async def attachment_data(self, sha256: str) -> bytes:

@@ -449,6 +449,13 @@ class SQLiteStore:
             )
         return sha
 
+    async def save_blob(self, data: bytes, mime: str = "") -> str:
+        sha = await asyncio.to_thread(self._write_blob, data)
+        self.db.conn.execute(
+            "INSERT OR IGNORE INTO attachments (sha256, mime, size, path, created_at) VALUES (?, ?, ?, ?, ?)",
+            (sha, mime, len(data), str(self._blob_path(sha).relative_to(self.files_dir)), self._clock()))
+        return sha
+
     async def attachment_data(self, sha256: str) -> bytes:
         path = self._blob_path(sha256)
         try:

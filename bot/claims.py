@@ -1,0 +1,264 @@
+"""The :class:`~bot.scheduler.Scheduler` for several replicas on one PostgreSQL: claims with leases.
+
+The queue is the messages table itself: a user's message waiting for an answer is ``received`` or
+``answering``. A replica works on a *conversation*, never on a message alone: it claims the conversation
+(a row in ``claims`` with its replica name, a token and a lease), answers that conversation's waiting
+messages oldest first, renewing the lease as it goes, and deletes the claim when none is left. So exactly
+one replica works on a conversation at a time, in arrival order, and conversations spread over replicas.
+
+The claim is one statement — ``INSERT … ON CONFLICT DO UPDATE … WHERE the lease has expired`` — so two
+replicas can never both win it. A replica that dies (kill -9, a lost machine) stops renewing; when its
+lease runs out (``store.lease_seconds``, 30 s by default) another replica claims the conversation and
+answers what is still waiting, completing the dead replica's partial answer through the platform message
+ids stored with it. A replica that finds its lease lost (a long pause) stops the answer it was working on.
+
+New messages wake the replicas through ``NOTIFY``; a poll every ``poll`` seconds covers a missed one. The
+per-process limit (``conversation.max_parallel_conversations``) bounds how many conversations a replica
+claims at once; the engine's places are handed out fairly between users within each replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bot.scheduler import Handler
+from bot.store import StoredMessage
+from bot.store.postgres import PostgresStore
+from bot.types import ConversationKey
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "internvl_bot_work"
+NOW = "extract(epoch from clock_timestamp())"
+
+
+@dataclass(eq=False)
+class _Lane:
+    key: ConversationKey
+    token: int
+    task: asyncio.Task[None] | None = None
+    current: StoredMessage | None = None
+    current_task: asyncio.Task[None] | None = None
+    lost: bool = False
+    queued: set[int] = field(default_factory=set)
+
+
+class ClaimScheduler:
+    """See the module docstring."""
+
+    def __init__(self, store: PostgresStore, *, replica: str, parallel: int, lease: float = 30.0,
+                 poll: float = 1.0) -> None:
+        self.store = store
+        self.replica = replica
+        self.parallel = parallel
+        self.lease = lease
+        self.poll = poll
+        self._handler: Handler | None = None
+        self._lanes: dict[ConversationKey, _Lane] = {}
+        self._cancelling: set[int] = set()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.claimed = 0  # conversations claimed (metrics, tests)
+        self.taken_over = 0  # of those, claims another replica had let expire
+
+    # -- the Scheduler protocol -------------------------------------------------------------
+
+    def bind(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def submit(self, message: StoredMessage) -> bool:
+        """The message is stored: wake this replica's claimer and tell the others."""
+        self._ensure_started()
+        if self.is_inflight(message.id):
+            return False
+        self._wake.set()
+        task = asyncio.create_task(self._tell_others())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return True
+
+    def depth(self, key: ConversationKey) -> int:
+        lane = self._lanes.get(key)
+        return 0 if lane is None else (1 if lane.current else 0)
+
+    @property
+    def total(self) -> int:
+        return sum(1 for lane in self._lanes.values() if lane.current is not None)
+
+    def is_inflight(self, message_id: int) -> bool:
+        return any(lane.current is not None and lane.current.id == message_id for lane in self._lanes.values())
+
+    async def wait_idle(self) -> None:
+        """Until no message waits in the database and this replica works on none (tests, scripts)."""
+        self._ensure_started()
+        while True:
+            row = await self.store._one("SELECT EXISTS (SELECT 1 FROM messages WHERE role = 'user'"
+                                        " AND state IN ('received', 'answering'))")
+            if not (row and row[0]) and not self._lanes:
+                return
+            await asyncio.sleep(0.05)
+
+    def cancelling(self, message_id: int) -> bool:
+        return message_id in self._cancelling
+
+    async def cancel(self, key: ConversationKey) -> list[StoredMessage]:
+        """Stop the answer in progress here, and hand back the conversation's other waiting messages (the
+        caller holds them); a replica working on it elsewhere sees them no longer waiting."""
+        lane = self._lanes.get(key)
+        current = lane.current if lane is not None else None
+        waiting = [m for m in await self.store._messages(
+            "SELECT id, conversation_id, role, kind, text, state, sender_id, sender_name, locale, platform_message_id,"
+            " reply_to, error, created_at, platform_ids, drafts, route FROM messages WHERE conversation_id = %s"
+            " AND role = 'user' AND state IN ('received', 'answering') ORDER BY id", (str(key),))
+            if current is None or m.id != current.id]
+        if lane is not None and lane.current is not None and lane.current_task is not None \
+                and not lane.current_task.done():
+            self._cancelling.add(lane.current.id)
+            lane.current_task.cancel()
+        return waiting
+
+    async def stop(self, grace: float) -> None:
+        self._stopping = True
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        running = [lane.current_task for lane in self._lanes.values()
+                   if lane.current_task is not None and not lane.current_task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None and not lane.task.done()]
+        for task in lanes:
+            task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._loop is None and not self._stopping:
+            self.store.listen(CHANNEL, lambda payload: self._wake.set())
+            self._loop = asyncio.create_task(self._claim_forever(), name="claims")
+
+    async def _tell_others(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.notify(CHANNEL, ["work"])
+
+    async def _claim_forever(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self.parallel - len(self._lanes)
+            if free > 0:
+                try:
+                    for key, token, expired in await self._claim(free):
+                        lane = self._lanes[key] = _Lane(key, token)
+                        self.claimed += 1
+                        if expired:
+                            self.taken_over += 1
+                            log.warning("conversation %s: the replica working on it stopped renewing its claim; "
+                                        "taking it over", key)
+                        lane.task = asyncio.create_task(self._drain(lane), name=f"lane {key}")
+                except Exception as exc:
+                    log.warning("claiming conversations failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+
+    async def _claim(self, limit: int) -> list[tuple[ConversationKey, int, bool]]:
+        """Claim up to ``limit`` conversations with waiting messages, oldest first, that nobody holds."""
+        token = secrets.randbits(62)
+        rows = await self.store._rows(
+            "WITH waiting AS (SELECT conversation_id, MIN(id) AS first FROM messages WHERE role = 'user'"
+            " AND state IN ('received', 'answering') GROUP BY conversation_id),"
+            " free AS (SELECT w.conversation_id, w.first, k.replica AS previous FROM waiting w"
+            f" LEFT JOIN claims k ON k.conversation_id = w.conversation_id WHERE k.conversation_id IS NULL"
+            f" OR k.lease_until < {NOW} ORDER BY w.first LIMIT %s)"
+            f" INSERT INTO claims (conversation_id, replica, token, lease_until) SELECT conversation_id, %s, %s,"
+            f" {NOW} + %s FROM free ON CONFLICT (conversation_id) DO UPDATE SET replica = excluded.replica,"
+            f" token = excluded.token, lease_until = excluded.lease_until WHERE claims.lease_until < {NOW}"
+            " RETURNING conversation_id, (SELECT previous FROM free f WHERE f.conversation_id ="
+            " claims.conversation_id) IS NOT NULL",
+            (limit, self.replica, token, self.lease))
+        return [(ConversationKey.parse(cid), token, bool(expired)) for cid, expired in rows]
+
+    async def _renew(self, lane: _Lane) -> bool:
+        renewed = await self.store._run(
+            f"UPDATE claims SET lease_until = {NOW} + %s WHERE conversation_id = %s AND token = %s",
+            (self.lease, str(lane.key), lane.token))
+        return renewed == 1
+
+    async def _keep(self, lane: _Lane) -> None:
+        """Renew the lease a few times per lease while a message is answered; a lost claim stops it."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                ok = await self._renew(lane)
+            except Exception as exc:
+                log.warning("renewing the claim on %s failed: %s", lane.key, exc)
+                continue
+            if not ok:
+                lane.lost = True
+                log.error("the claim on %s was lost (this replica paused past its lease): stopping its answer",
+                          lane.key)
+                if lane.current_task is not None:
+                    lane.current_task.cancel()
+                return
+
+    async def _next(self, lane: _Lane) -> StoredMessage | None:
+        rows = await self.store._messages(
+            "SELECT id, conversation_id, role, kind, text, state, sender_id, sender_name, locale, platform_message_id,"
+            " reply_to, error, created_at, platform_ids, drafts, route FROM messages WHERE conversation_id = %s"
+            " AND role = 'user' AND state IN ('received', 'answering') ORDER BY id LIMIT 1", (str(lane.key),))
+        return rows[0] if rows else None
+
+    async def _drain(self, lane: _Lane) -> None:
+        assert self._handler is not None
+        keeper = asyncio.create_task(self._keep(lane), name=f"lease {lane.key}")
+        try:
+            while not self._stopping and not lane.lost:
+                msg = await self._next(lane)
+                if msg is None or not await self._renew(lane):
+                    break
+                lane.current = msg
+                lane.current_task = asyncio.create_task(self._handler(msg), name=f"message {msg.id}")
+                try:
+                    await lane.current_task
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                except Exception:
+                    log.exception("processing message %d failed", msg.id)
+                finally:
+                    self._cancelling.discard(msg.id)
+                    lane.current = None
+                    lane.current_task = None
+                if (await self.store.message(msg.id)).state in ("received", "answering"):
+                    break  # not finished (stopping, or stopped): leave it for whoever claims next
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(Exception):
+                await self.store._run("DELETE FROM claims WHERE conversation_id = %s AND token = %s",
+                                      (str(lane.key), lane.token))
+            if self._lanes.get(lane.key) is lane:
+                del self._lanes[lane.key]
+            self._wake.set()
+
+
+def replica_name() -> str:
+    """This process's name among the replicas (host and pid, plus randomness: names are never reused)."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+ReplicaName = Callable[[], str]
+
+__all__ = ["ClaimScheduler", "replica_name"]
