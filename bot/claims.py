@@ -62,6 +62,7 @@ class ClaimScheduler:
         self._lanes: dict[ConversationKey, _Lane] = {}
         self._cancelling: set[int] = set()
         self._wake = asyncio.Event()
+        self._submitted: dict[int, ConversationKey] = {}  # taken in here, not yet seen answered
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
         self.claimed = 0  # conversations claimed (metrics, tests)
@@ -75,20 +76,24 @@ class ClaimScheduler:
     def submit(self, message: StoredMessage) -> bool:
         """The message is stored: wake this replica's claimer and tell the others."""
         self._ensure_started()
-        if self.is_inflight(message.id):
+        if self.is_inflight(message.id) or message.id in self._submitted:
             return False
+        self._submitted[message.id] = message.key
         self._wake.set()
         task = asyncio.create_task(self._tell_others())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return True
 
     def depth(self, key: ConversationKey) -> int:
+        """What this replica knows of: messages it took in for ``key`` and not yet seen answered, and the one
+        it is answering (another replica's intake is not counted)."""
         lane = self._lanes.get(key)
-        return 0 if lane is None else (1 if lane.current else 0)
+        running = 1 if lane is not None and lane.current is not None else 0
+        return running + sum(1 for k in self._submitted.values() if k == key)
 
     @property
     def total(self) -> int:
-        return sum(1 for lane in self._lanes.values() if lane.current is not None)
+        return len(self._submitted) + sum(1 for lane in self._lanes.values() if lane.current is not None)
 
     def is_inflight(self, message_id: int) -> bool:
         return any(lane.current is not None and lane.current.id == message_id for lane in self._lanes.values())
@@ -100,6 +105,7 @@ class ClaimScheduler:
             row = await self.store._one("SELECT EXISTS (SELECT 1 FROM messages WHERE role = 'user'"
                                         " AND state IN ('received', 'answering'))")
             if not (row and row[0]) and not self._lanes:
+                self._submitted.clear()
                 return
             await asyncio.sleep(0.05)
 
@@ -124,6 +130,7 @@ class ClaimScheduler:
 
     async def stop(self, grace: float) -> None:
         self._stopping = True
+        self._submitted.clear()  # what waits stays in the database, for whichever replica claims it
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
@@ -155,6 +162,15 @@ class ClaimScheduler:
         while not self._stopping:
             self._wake.clear()
             free = self.parallel - len(self._lanes)
+            if self._submitted:  # answered by another replica: no longer ours to count
+                asked = list(self._submitted)
+                with contextlib.suppress(Exception):
+                    still = {r[0] for r in await self.store._rows(
+                        "SELECT id FROM messages WHERE id = ANY(%s) AND state IN ('received', 'answering')",
+                        (asked,))}
+                    for mid in asked:  # only those asked about: others came in while the query ran
+                        if mid not in still:
+                            self._submitted.pop(mid, None)
             if free > 0:
                 try:
                     for key, token, expired in await self._claim(free):
@@ -225,6 +241,7 @@ class ClaimScheduler:
                 msg = await self._next(lane)
                 if msg is None or not await self._renew(lane):
                     break
+                self._submitted.pop(msg.id, None)
                 lane.current = msg
                 lane.current_task = asyncio.create_task(self._handler(msg), name=f"message {msg.id}")
                 try:

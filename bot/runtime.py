@@ -6,11 +6,12 @@ import logging
 import os
 from types import TracebackType
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.engines import Engine, build_engine
 from bot.handoff import LogNotifier, Notifier, Notifiers, WebhookNotifier
 from bot.manager import ConversationManager
 from bot.metrics import Metrics
+from bot.scheduler import Scheduler
 from bot.store import SQLiteStore, Store
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         settings = self.settings
-        self.store = self.store or SQLiteStore(settings.store_path, settings.data_path / "attachments")
+        self.store = self.store or open_store(settings)
         await self.store.open()
         try:
             self.engine = self.engine or build_engine(settings)
@@ -54,7 +55,7 @@ class Runtime:
                     self.settings = settings
             self.notifier = build_notifier(settings)
             self.manager = ConversationManager(settings, self.store, self.engine, notifier=self.notifier,
-                                               metrics=self.metrics)
+                                               metrics=self.metrics, scheduler=build_scheduler(settings, self.store))
         except BaseException:
             await self.store.close()
             raise
@@ -72,6 +73,28 @@ class Runtime:
         finally:
             if self.store is not None:
                 await self.store.close()
+
+
+def open_store(settings: Settings) -> Store:
+    """``store.backend``: the SQLite file (one process), or PostgreSQL (several replicas share it)."""
+    if settings.store.backend == "postgres":
+        from bot.store.postgres import PostgresStore
+
+        if not settings.store.url:
+            raise ConfigError(f"store.backend is postgres: set the environment variable {settings.store.url_env} "
+                              "to postgresql://user:password@host:5432/db")
+        return PostgresStore(settings.store.url)
+    return SQLiteStore(settings.store_path, settings.data_path / "attachments")
+
+
+def build_scheduler(settings: Settings, store: Store) -> Scheduler | None:
+    """Claims in PostgreSQL when the store is shared by replicas; else the manager's in-process lanes."""
+    if settings.store.backend == "postgres" and type(store).__name__ == "PostgresStore":
+        from bot.claims import ClaimScheduler, replica_name
+
+        return ClaimScheduler(store, replica=replica_name(), parallel=settings.conversation.max_parallel_conversations,
+                              lease=settings.store.lease_seconds)
+    return None
 
 
 def build_notifier(settings: Settings) -> Notifiers:

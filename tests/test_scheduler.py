@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from bot.scheduler import FairGate, LocalScheduler, Scheduler
-from bot.store import StoredMessage
+from bot.store import NewMessage, StoredMessage
 from bot.types import ConversationKey
 
 
@@ -46,14 +47,22 @@ class Recorder:
 
 
 class SchedulerContract:
-    """Subclasses provide ``make``: a factory of schedulers with a given number of parallel places."""
+    """Subclasses provide ``make``: a factory of schedulers with a given number of parallel places. A scheduler
+    whose queue is a database overrides :meth:`put` (store the message first) and :meth:`bind` (the handler
+    settles the message there, as the manager does)."""
+
+    async def put(self, scheduler: Scheduler, msg: StoredMessage) -> bool:
+        return scheduler.submit(msg)
+
+    def bind(self, scheduler: Scheduler, rec: Recorder) -> None:
+        scheduler.bind(rec)
 
     async def test_one_message_at_a_time_per_conversation_in_order(self, make: Callable[[int], Scheduler]) -> None:
         scheduler, rec = make(8), Recorder()
-        scheduler.bind(rec)
+        self.bind(scheduler, rec)
         first = rec.gate(1)
         for mid, chat in [(1, "a"), (2, "b"), (3, "a"), (4, "b"), (5, "a")]:
-            assert scheduler.submit(message(mid, chat))
+            assert await self.put(scheduler, message(mid, chat))
         await asyncio.wait_for(rec.running[1].wait(), 5)
         assert scheduler.depth(ConversationKey("test", "a")) == 3
         await asyncio.sleep(0)
@@ -66,40 +75,40 @@ class SchedulerContract:
 
     async def test_a_message_is_never_queued_twice(self, make: Callable[[int], Scheduler]) -> None:
         scheduler, rec = make(8), Recorder()
-        scheduler.bind(rec)
+        self.bind(scheduler, rec)
         release = rec.gate(1)
-        assert scheduler.submit(message(1))
+        assert await self.put(scheduler, message(1))
         await asyncio.wait_for(rec.running[1].wait(), 5)
         assert scheduler.is_inflight(1)
-        assert not scheduler.submit(message(1))  # being processed
-        assert scheduler.submit(message(2))
-        assert not scheduler.submit(message(2))  # queued
+        assert not await self.put(scheduler, message(1))  # being processed
+        assert await self.put(scheduler, message(2))
+        assert not await self.put(scheduler, message(2))  # queued
         release.set()
         await asyncio.wait_for(scheduler.wait_idle(), 5)
         assert rec.started == [1, 2]
 
     async def test_cancel_drops_the_queue_and_stops_the_running_message(self, make: Callable[[int], Scheduler]) -> None:
         scheduler, rec = make(8), Recorder()
-        scheduler.bind(rec)
+        self.bind(scheduler, rec)
         rec.gate(1)
         for mid in (1, 2, 3):
-            scheduler.submit(message(mid))
+            await self.put(scheduler, message(mid))
         await asyncio.wait_for(rec.running[1].wait(), 5)
         dropped = await scheduler.cancel(ConversationKey("test", "c1"))
         assert [m.id for m in dropped] == [2, 3]
         assert scheduler.cancelling(1)
         await asyncio.wait_for(scheduler.wait_idle(), 5)
         assert rec.cancelled == [1] and rec.started == [1]
-        assert scheduler.submit(message(4))  # the conversation goes on
+        assert await self.put(scheduler, message(4))  # the conversation goes on
         await asyncio.wait_for(scheduler.wait_idle(), 5)
         assert rec.ended == [4]
 
     async def test_the_parallel_bound_holds(self, make: Callable[[int], Scheduler]) -> None:
         scheduler, rec = make(2), Recorder()
-        scheduler.bind(rec)
+        self.bind(scheduler, rec)
         gates = [rec.gate(mid) for mid in (1, 2, 3)]
         for mid in (1, 2, 3):
-            scheduler.submit(message(mid, chat=f"c{mid}", sender=f"u{mid}"))
+            await self.put(scheduler, message(mid, chat=f"c{mid}", sender=f"u{mid}"))
         await asyncio.wait_for(asyncio.gather(rec.running[1].wait(), rec.running[2].wait()), 5)
         await asyncio.sleep(0)
         assert rec.started == [1, 2]
@@ -111,10 +120,10 @@ class SchedulerContract:
 
     async def test_stop_lets_running_work_finish_within_grace_then_cancels(self, make: Callable[[int], Scheduler]) -> None:
         scheduler, rec = make(8), Recorder()
-        scheduler.bind(rec)
+        self.bind(scheduler, rec)
         rec.gate(1)
-        scheduler.submit(message(1))
-        scheduler.submit(message(2))
+        await self.put(scheduler, message(1))
+        await self.put(scheduler, message(2))
         await asyncio.wait_for(rec.running[1].wait(), 5)
         await scheduler.stop(grace=0.01)
         assert rec.cancelled == [1] and 2 not in rec.started  # queued work is left for the next start
@@ -156,3 +165,108 @@ async def test_a_cancelled_waiter_gives_its_place_on() -> None:
     gate.release()
     await asyncio.wait_for(other, 5)
     assert gate.busy == 1 and gate.waiting == 0
+
+
+class TestClaimScheduler(SchedulerContract):
+    """The same contract for replicas: the queue is PostgreSQL's messages table, conversations are claimed
+    with leases (a fresh database per test)."""
+
+    @pytest.fixture
+    async def make(self, postgres: Any) -> AsyncIterator[Callable[[int], Scheduler]]:
+        from bot.claims import ClaimScheduler
+        from bot.store.postgres import PostgresStore
+
+        self.store = PostgresStore(postgres.database())
+        await self.store.open()
+        made: list[ClaimScheduler] = []
+
+        def make(parallel: int) -> Scheduler:
+            made.append(ClaimScheduler(self.store, replica="test", parallel=parallel, lease=5, poll=0.2))
+            return made[-1]
+
+        yield make
+        for scheduler in made:
+            await scheduler.stop(0.1)
+        await self.store.close()
+
+    async def put(self, scheduler: Scheduler, msg: StoredMessage) -> bool:
+        if not any(m.id == msg.id for m in await self.store.pending()) and \
+                await self.store.last_message_id() < msg.id:
+            mid = await self.store.add_message(msg.key, NewMessage(role="user", text=msg.text, sender_id=msg.sender_id))
+            assert mid == msg.id
+        return scheduler.submit(msg)
+
+    def bind(self, scheduler: Scheduler, rec: Recorder) -> None:
+        store = self.store
+
+        async def settle(msg: StoredMessage) -> None:  # as the manager does: a final state in the store
+            try:
+                await rec(msg)
+            except asyncio.CancelledError:
+                await store.set_state(msg.id, "cancelled")
+                raise
+            await store.finish(msg.id, "answered")
+
+        scheduler.bind(settle)
+
+    async def test_cancel_drops_the_queue_and_stops_the_running_message(self, make: Callable[[int], Scheduler]) -> None:
+        scheduler, rec = make(8), Recorder()
+        self.bind(scheduler, rec)
+        rec.gate(1)
+        for mid in (1, 2, 3):
+            await self.put(scheduler, message(mid))
+        await asyncio.wait_for(rec.running[1].wait(), 5)
+        dropped = await scheduler.cancel(ConversationKey("test", "c1"))
+        assert [m.id for m in dropped] == [2, 3]
+        assert scheduler.cancelling(1)
+        for m in dropped:  # the caller keeps them for the person (held), as the handoff desk does
+            await self.store.set_state(m.id, "held")
+        await asyncio.wait_for(scheduler.wait_idle(), 5)
+        assert rec.cancelled == [1] and rec.started == [1]
+        assert await self.put(scheduler, message(4))
+        await asyncio.wait_for(scheduler.wait_idle(), 5)
+        assert rec.ended == [4]
+
+
+async def test_two_replicas_share_the_work_one_conversation_each_in_order(postgres: Any) -> None:
+    """Two claim schedulers on one database: each conversation is worked on by one replica at a time, in
+    order; the work spreads over both."""
+    from bot.claims import ClaimScheduler
+    from bot.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres.database())
+    await store.open()
+    seen: list[tuple[str, int, str]] = []
+    busy: set[str] = set()
+    overlaps = 0
+
+    def handler(replica: str) -> Callable[[StoredMessage], Any]:
+        async def run(msg: StoredMessage) -> None:
+            nonlocal overlaps
+            if msg.key.chat in busy:
+                overlaps += 1
+            busy.add(msg.key.chat)
+            await asyncio.sleep(0.01)
+            seen.append((msg.key.chat, msg.id, replica))
+            busy.discard(msg.key.chat)
+            await store.finish(msg.id, "answered")
+        return run
+
+    a = ClaimScheduler(store, replica="a", parallel=4, lease=5, poll=0.1)
+    b = ClaimScheduler(store, replica="b", parallel=4, lease=5, poll=0.1)
+    a.bind(handler("a"))
+    b.bind(handler("b"))
+    try:
+        for i in range(60):
+            msg = await store.add_message(ConversationKey("test", f"c{i % 10}"), NewMessage(role="user", text="q"))
+            (a if i % 2 else b).submit(await store.message(msg))
+        await asyncio.wait_for(asyncio.gather(a.wait_idle(), b.wait_idle()), 30)
+    finally:
+        await a.stop(1)
+        await b.stop(1)
+        await store.close()
+    assert overlaps == 0 and len(seen) == 60 and len({mid for _, mid, _ in seen}) == 60
+    for chat in {c for c, _, _ in seen}:
+        ids = [mid for c, mid, _ in seen if c == chat]
+        assert ids == sorted(ids), chat
+    assert {r for _, _, r in seen} == {"a", "b"}
