@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from adapters.common.auth import BearerAuth
+from adapters.common.bus import Bus
 from adapters.common.http import BadRequest, event_stream, preferred_language, read_json_object, text_field
 from adapters.common.transcript import transcript_json
 from bot import i18n
@@ -86,14 +87,16 @@ class OperatorInbox:
         self._tickets = URLSafeTimedSerializer(hashlib.sha256(b"operator tickets\0" + token.encode()).digest(),
                                                salt="internvl-bot operator ticket")
         self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.bus = Bus(manager.store, "internvl_bot_operator", self._deliver)
 
     # -- the notifier -----------------------------------------------------------------------
 
     async def notify(self, event: HandoffEvent) -> None:
-        self.publish({"type": "handoff", "kind": event.kind, "conversation": event.conversation,
+        await self.bus.publish({"type": "handoff", "kind": event.kind, "conversation": event.conversation,
                       "platform": event.platform, "by": event.by, "reason": event.reason})
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def _deliver(self, event: dict[str, Any]) -> None:
+        """To the inbox pages open on this replica (events from every replica come through the bus)."""
         for queue in list(self._streams):
             if queue.qsize() < 1000:  # a stalled page is not allowed to grow memory; it reloads on reconnect
                 queue.put_nowait(event)
@@ -105,7 +108,7 @@ class OperatorInbox:
     # -- as a served adapter ----------------------------------------------------------------
 
     async def start(self) -> None:
-        return None
+        await self.bus.start()
 
     def stop_intake(self) -> None:
         return None
@@ -190,7 +193,7 @@ class OperatorInbox:
         if not text.strip() or not author.strip():
             return JSONResponse({"error": "text and author are required"}, status_code=400)
         mid = await self.manager.operator_reply(parsed, text, author=author)
-        self.publish({"type": "reply", "conversation": str(parsed), "by": author})
+        await self.bus.publish({"type": "reply", "conversation": str(parsed), "by": author})
         return JSONResponse({"id": mid})
 
     async def take(self, key: str, request: Request) -> Response:

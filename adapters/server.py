@@ -192,6 +192,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             raise StartupError(f"server.port: cannot listen on {host}:{port} — is another process using it? ({error})")
         for adapter in adapters:
             await adapter.start()
+        if service.inbox is not None:
+            await service.inbox.start()  # with replicas: news from the others reach this one's inbox pages
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         service.ready = True
         url = _public_url(settings, host, bound)

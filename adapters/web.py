@@ -18,8 +18,10 @@ GETs that cannot carry headers (the event stream, a download) use a short-lived,
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -37,6 +39,7 @@ from pydantic import Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from adapters.common.bus import Bus
 from adapters.common.http import (
     BadRequest,
     StoredFiles,
@@ -88,6 +91,9 @@ UPLOAD_MAX_AGE = 7 * 86400
 EVENTS_TICKET_SECONDS = 60
 FILE_TICKET_SECONDS = 600
 _UPLOAD_REF = re.compile(r"[0-9a-f]{32}\Z")
+BUS_CHANNEL = "internvl_bot_web"
+FILE_BUCKET = "webfile:"  # the store's stash: one bucket per file a session can download
+FILES_KEPT = 20
 _FILE_ID = re.compile(r"[0-9a-f]{32}\Z")
 
 #: Labels of the page itself; their texts are the ``ui_<name>`` entries of the catalogs (bot/locales).
@@ -148,74 +154,55 @@ def session_secret(settings: Settings, conf: WebSettings) -> bytes:
 
 @dataclass(eq=False)
 class _Session:
-    """The open pages (SSE streams) of one browser session, and the answer streaming right now."""
+    """The open pages (SSE streams) of one browser session on this replica, and the answer streaming now."""
 
     streams: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)
     partial: str = ""
-    files: dict[str, FileReply] = field(default_factory=dict)
 
     def publish(self, event: dict[str, Any]) -> None:
         for queue in self.streams:
-            queue.put_nowait(event)
-
-
-@dataclass(eq=False)
-class _Replying:
-    """A session's publish, with the id of the question the events answer."""
-
-    session: _Session
-    reply_to: int | None
-
-    def publish(self, event: dict[str, Any]) -> None:
-        self.session.publish({**event, "reply_to": self.reply_to})
-
-    @property
-    def partial(self) -> str:
-        return self.session.partial
-
-    @partial.setter
-    def partial(self, value: str) -> None:
-        self.session.partial = value
-
-    @property
-    def files(self) -> dict[str, FileReply]:
-        return self.session.files
+            if queue.qsize() < 10_000:  # a stalled page is not allowed to grow memory; it replays on reconnect
+                queue.put_nowait(event)
 
 
 class WebSink:
-    """Renders one turn's reply events to every open page of the session."""
-
-    immediate = True  # it only puts events into the pages' in-process queues
+    """Renders one turn's reply events to every open page of the session, on whichever replica holds it."""
 
     def __init__(self, adapter: WebAdapter, sid: str, reply_to: int | None = None) -> None:
         self.adapter = adapter
         self.sid = sid
         self.reply_to = reply_to  # the question's id: the page shows the reply right after it
+        # one process: events only go into the pages' queues, so the core calls emit inline; between
+        # replicas each event is a NOTIFY, and the core's buffer coalesces text at the database's pace
+        self.immediate = not adapter.bus.shared
+        self._started = False
+
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
-        session = _Replying(self.adapter.session(self.sid), self.reply_to)
+        out: dict[str, Any]
         if isinstance(event, Status):
-            session.publish({"type": "status", "kind": event.kind, "text": event.text})
+            out = {"type": "status", "kind": event.kind, "text": event.text}
         elif isinstance(event, TextChunk):
-            session.partial += event.text
-            session.publish({"type": "chunk", "text": event.text})
+            # The answer's first text replaces what the pages show: when a replica died mid-answer and another
+            # answers the same question again, its partial answer gives way to the new one, not prefixes it.
+            out = {"type": "chunk" if self._started else "partial", "text": event.text}
+            self._started = True
         elif isinstance(event, AnswerDone):
-            session.partial = ""
-            session.publish({"type": "done", "text": event.text, "html": render_markdown(event.text),
-                             "interrupted": event.interrupted, "outcome": event.outcome})
+            out = {"type": "done", "text": event.text, "html": render_markdown(event.text),
+                   "interrupted": event.interrupted, "outcome": event.outcome}
         elif isinstance(event, HandoffUpdate):
-            session.publish({"type": "notice", "kind": "info", "author": "", "text": event.text,
-                             "html": render_markdown(event.text), "handoff": event.state, "mode": event.mode})
+            out = {"type": "notice", "kind": "info", "author": "", "text": event.text,
+                   "html": render_markdown(event.text), "handoff": event.state, "mode": event.mode}
         elif isinstance(event, Notice):
-            session.publish({"type": "notice", "kind": event.kind, "author": event.author, "text": event.text,
-                             "html": render_markdown(event.text)})
+            out = {"type": "notice", "kind": event.kind, "author": event.author, "text": event.text,
+                   "html": render_markdown(event.text)}
         elif isinstance(event, FileReply):
-            fid = uuid.uuid4().hex
-            session.files[fid] = event
-            while len(session.files) > 20:
-                session.files.pop(next(iter(session.files)))
-            session.publish({"type": "file", "name": event.filename, "caption": event.caption, "id": fid,
-                             "url": f"{self.adapter.prefix}/api/files/{fid}"})
+            fid = await self.adapter.keep_file(self.sid, event)
+            out = {"type": "file", "name": event.filename, "caption": event.caption, "id": fid,
+                   "url": f"{self.adapter.prefix}/api/files/{fid}"}
+        else:
+            return None
+        await self.adapter.bus.publish({"sid": self.sid, "event": {**out, "reply_to": self.reply_to}})
         return None
 
 
@@ -237,6 +224,7 @@ class WebAdapter:
         self._signer = URLSafeTimedSerializer(secret, salt="internvl-bot web session")
         self._tickets = URLSafeTimedSerializer(secret, salt="internvl-bot web ticket")
         self._sessions: dict[str, _Session] = {}
+        self.bus = Bus(manager.store, BUS_CHANNEL, self._apply)
         self._accepting = True
         self.demo = False
         self.channel = Channel(PLATFORM, self.fetcher, self._sink_for, self.conf.persona or None,
@@ -255,6 +243,44 @@ class WebAdapter:
         if session is None:
             session = self._sessions[sid] = _Session()
         return session
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        """An event for a session's pages, from this replica or another (see adapters/common/bus.py)."""
+        sid, event = message.get("sid"), message.get("event")
+        if not isinstance(sid, str) or not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        session = self._sessions.get(sid)
+        if session is None:
+            if kind not in ("chunk", "partial"):
+                return  # no page of this session is open here, and nothing to replay to one that opens
+            session = self._sessions[sid] = _Session()
+        if kind == "chunk":
+            session.partial += str(event.get("text", ""))
+        elif kind == "partial":
+            session.partial = str(event.get("text", ""))
+        elif kind == "done":
+            session.partial = ""
+        session.publish(event)
+        if not session.streams and not session.partial:
+            self._sessions.pop(sid, None)
+
+    async def keep_file(self, sid: str, reply: FileReply) -> str:
+        """Keep a file the bot sends (an export) for the session's download link, in the store — any replica
+        serves the link — and only the newest ``FILES_KEPT`` of a session."""
+        fid = uuid.uuid4().hex
+        store = self.manager.store
+        payload = json.dumps({"name": reply.filename, "mime": reply.mime,
+                              "data": base64.b64encode(reply.data).decode("ascii")})
+        await store.stash(f"{FILE_BUCKET}{sid}:{fid}", "file", payload)
+        kept = list(await store.stashed(f"{FILE_BUCKET}{sid}:"))
+        for bucket in kept[:-FILES_KEPT]:
+            await store.drop_stash(bucket)
+        return fid
+
+    async def _drop_files(self, sid: str) -> None:
+        for bucket in await self.manager.store.stashed(f"{FILE_BUCKET}{sid}:"):
+            await self.manager.store.drop_stash(bucket)
 
     def _sink_for(self, context: SinkContext) -> WebSink:
         return WebSink(self, context.key.chat, context.message_id)
@@ -324,7 +350,8 @@ class WebAdapter:
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Nothing to start: browsers come to the server."""
+        """Browsers come to the server; with replicas, events from the others start arriving."""
+        await self.bus.start()
 
     async def close(self) -> None:
         self.close_streams()
@@ -538,7 +565,7 @@ class WebAdapter:
         if request.headers.get(CSRF_HEADER) != "1":
             return JSONResponse({"error": f"missing {CSRF_HEADER} header"}, status_code=403)
         report = await self.manager.forget(ConversationKey(PLATFORM, sid))
-        self.session(sid).files.clear()
+        await self._drop_files(sid)
         log.info("web conversation deleted: %d messages, %d files", report.messages, report.attachment_files)
         return JSONResponse({"deleted": report.messages})
 
@@ -602,7 +629,7 @@ class WebAdapter:
 
         def left() -> None:
             session.streams.discard(queue)
-            if not session.streams and not session.partial and not session.files:
+            if not session.streams and not session.partial:
                 self._sessions.pop(sid, None)  # nothing to keep for a browser that left
 
         return event_stream(queue, heartbeat=HEARTBEAT_SECONDS, on_close=left)
@@ -611,11 +638,16 @@ class WebAdapter:
         sid, error = self._session_or_error(request, ticket_for=f"file:{fid}")
         if error is not None:
             return error
-        reply = self.session(sid).files.get(fid)
-        if reply is None:
+        if not _FILE_ID.match(fid):
+            return JSONResponse({"error": "no such file"}, status_code=404)
+        bucket = f"{FILE_BUCKET}{sid}:{fid}"
+        kept = (await self.manager.store.stashed(bucket)).get(bucket)
+        if not kept:
             return JSONResponse({"error": "this file is no longer available: ask again with /export"}, status_code=404)
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(reply.filename).name) or "export"
-        return Response(reply.data, media_type=reply.mime,
+        reply = json.loads(kept[0][1])
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(reply["name"]).name) or "export"
+        data = base64.b64decode(reply["data"])
+        return Response(data, media_type=reply["mime"],
                         headers={"Content-Disposition": f'attachment; filename="{safe}"'})
 
 

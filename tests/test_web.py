@@ -33,7 +33,8 @@ async def test_a_message_streams_back_and_history_survives_a_reload(tmp_path: Pa
         assert COOKIE in client.cookies
         response, events = await exchange(live, client, "why is my printer blinking?")
         assert response.status_code == 202
-        chunks = [e["text"] for e in events if e["type"] == "chunk"]
+        chunks = [e["text"] for e in events if e["type"] in ("partial", "chunk")]
+        assert events[[e["type"] for e in events].index("partial") + 1]["type"] == "chunk"  # the first text starts it
         assert len(chunks) > 3 and "".join(chunks) == "echo: why is my printer blinking?"
         assert events[-1]["type"] == "done" and events[-1]["html"] == "<p>echo: why is my printer blinking?</p>\n"
 
