@@ -59,3 +59,56 @@ async def test_without_a_shared_store_events_are_handed_over_directly() -> None:
     await bus.start()
     await bus.publish({"a": 1})
     assert not bus.shared and got == [{"a": 1}]
+
+
+async def test_one_replica_leads_at_a_time_and_another_takes_over(postgres: Any) -> None:
+    from bot.store.postgres import PostgresStore
+
+    url = postgres.database()
+    stores = [PostgresStore(url), PostgresStore(url)]
+    for store in stores:
+        await store.open()
+    leading: list[int] = []
+    overlaps: list[list[int]] = []
+    changed = asyncio.Event()
+
+    def lead(i: int) -> Any:
+        async def run() -> None:
+            if leading:
+                overlaps.append([*leading, i])
+            leading.append(i)
+            changed.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                leading.remove(i)
+                changed.set()
+        return run
+
+    async def until(condition: Any) -> None:
+        async with asyncio.timeout(15):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+
+    tasks = {0: stores[0].elect("test leader", lead(0), retry=0.2)}
+    try:
+        await until(lambda: leading == [0])
+        tasks[1] = stores[1].elect("test leader", lead(1), retry=0.2)
+        await asyncio.sleep(1)  # several tries of the second replica: the lock is held
+        assert leading == [0]
+        # the leader's database connection dies: it notices and stops leading; someone leads again
+        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                      " AND granted", url.rsplit("/", 1)[1])
+        await until(lambda: leading == [1])
+        # the leader stops (a replica shut down, or killed: its connection closes): the other takes over
+        tasks.pop(1).cancel()
+        await until(lambda: leading == [0])
+        assert overlaps == []
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for store in stores:
+            await store.close()
+    assert leading == []

@@ -75,7 +75,8 @@ class Harness:
 @contextlib.asynccontextmanager
 async def telegram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = "polling",
                    engine: EchoEngine | None = None, flood: bool = False, tg: FakeTelegram | None = None,
-                   max_new_tokens: int = 512, **conf: Any) -> AsyncIterator[Harness]:
+                   max_new_tokens: int = 512, store: dict[str, Any] | None = None,
+                   **conf: Any) -> AsyncIterator[Harness]:
     """A running Telegram adapter (and, in webhook mode, the service's HTTP server) against the fake."""
     async with contextlib.AsyncExitStack() as stack:
         if tg is None:
@@ -87,7 +88,8 @@ async def telegram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str
                    "album_debounce": 0.3, "edit_interval": 0.3, "group_edit_interval": 1.0, "poll_timeout": 2, **conf}
         settings = make_settings(tmp_path, adapters={"telegram": section},
                                  server={"public_url": f"http://127.0.0.1:{port}"},
-                                 engine={"generation": {"max_new_tokens": max_new_tokens}})
+                                 engine={"generation": {"max_new_tokens": max_new_tokens}}, **(
+                                     {"store": store} if store else {}))
         runtime = await stack.enter_async_context(Runtime(settings, engine=engine or EchoEngine(delay=0.005)))
         assert runtime.manager is not None
         adapter = TelegramAdapter(runtime.manager, runtime.settings, settings.adapters.telegram)  # type: ignore[attr-defined]
@@ -218,6 +220,29 @@ async def test_webhook_mode_sets_the_webhook_and_refuses_wrong_secrets(tmp_path:
             assert bad.status_code == 400
         await h.idle()
         assert len(h.shown(111)) == 1  # the refused update was never processed
+
+
+async def test_replicas_poll_one_at_a_time_and_another_takes_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: Any) -> None:
+    """Two replicas on one PostgreSQL database: one long poll at a time (Telegram answers a second one with
+    409 Conflict), each message answered once, and when the polling replica stops the other polls."""
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", postgres.database())
+    async with FakeTelegram(webhook_retry_delay=0.05) as tg:
+        first, second = contextlib.AsyncExitStack(), contextlib.AsyncExitStack()
+        async with second:
+            await first.enter_async_context(telegram(tmp_path / "a", monkeypatch, tg=tg, store={"backend": "postgres"}))
+            b = await second.enter_async_context(telegram(tmp_path / "b", monkeypatch, tg=tg,
+                                                          store={"backend": "postgres", "lease_seconds": 3}))
+            for n in range(3):
+                message(tg, DM, ANA, f"question {n}")
+            for n in range(3):
+                await b.answered(111, f"echo: question {n}")
+            await first.aclose()  # the polling replica stops
+            message(tg, DM, ANA, "still there?")
+            await b.answered(111, "echo: still there?", timeout=20)
+            await b.tg.wait_for(lambda: tg.pending_updates == [], 10)
+            assert b.texts(111) == [f"echo: question {n}" for n in range(3)] + ["echo: still there?"]
+            assert [c for c in tg.calls_to("getUpdates") if c.status == 409] == []
 
 
 async def test_a_redelivered_update_is_answered_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

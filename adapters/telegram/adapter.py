@@ -367,7 +367,14 @@ class TelegramAdapter:
             log.info("Telegram webhook set to %s", url)
         else:
             await self.app.bot.delete_webhook(drop_pending_updates=False)
-            self._poller = asyncio.create_task(self._poll(), name="telegram polling")
+            elect = getattr(self.manager.store, "elect", None)
+            if callable(elect):
+                # replicas: Telegram allows one long poll per bot, so one replica polls (an advisory lock in
+                # PostgreSQL) and another takes over when it dies; updates it had not confirmed come again
+                # and are recognised as stored
+                self._poller = elect(f"internvl-bot telegram polling {self.me_id}", self._poll)
+            else:
+                self._poller = asyncio.create_task(self._poll(), name="telegram polling")
         log.info("Telegram bot @%s ready (%s)", self.username, self.conf.mode)
 
     def stop_intake(self) -> None:

@@ -12,9 +12,10 @@ one after the other, under a transaction-level advisory lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -128,6 +129,13 @@ async def migrate(conn: AsyncConnection[Any]) -> list[str]:
     return applied
 
 
+# The server notices a replica whose machine vanished (no FIN) within about 25 s, and releases its lock.
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+}
+
+
 class PostgresStore:
     """See the module docstring. ``url``: ``postgresql://user:password@host:5432/db``."""
 
@@ -192,6 +200,60 @@ class PostgresStore:
                     await asyncio.sleep(1)
 
         self._listeners.add(asyncio.create_task(run(), name=f"listen {channel}"))
+
+    def elect(self, name: str, lead: Callable[[], Awaitable[None]], *, retry: float = 2.0) -> asyncio.Task[None]:
+        """Run ``lead()`` while this process holds the advisory lock ``name``: one replica of all at a time
+        (Telegram allows one long poll per bot). The lock lives as long as a connection of its own: when the
+        holder dies its connection closes, PostgreSQL releases the lock and another replica — they try every
+        ``retry`` seconds — takes over. The holder checks its connection as often; when the connection is
+        lost, ``lead()`` is cancelled (someone else may hold the lock by then). The task ends when ``lead()``
+        returns."""
+
+        async def run() -> None:
+            waiting_logged = False
+            while True:
+                try:
+                    conn = await AsyncConnection.connect(self.url, autocommit=True, **KEEPALIVES)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("election %r: cannot connect (%s); trying again in %.0f s", name, exc, retry)
+                    await asyncio.sleep(retry)
+                    continue
+                async with conn:
+                    row = await (await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,))).fetchone()
+                    if not (row and row[0]):
+                        if not waiting_logged:
+                            log.info("election %r: another replica leads; taking over if it stops", name)
+                            waiting_logged = True
+                        await conn.close()
+                        await asyncio.sleep(retry)
+                        continue
+                    log.info("election %r: this replica leads", name)
+                    waiting_logged = False
+                    leading = asyncio.create_task(lead(), name=f"leading {name}")
+                    try:
+                        while not leading.done():
+                            await asyncio.wait({leading}, timeout=retry)
+                            if not leading.done():
+                                # still connected: still holding the lock
+                                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=max(retry * 2, 5))
+                    except asyncio.CancelledError:
+                        leading.cancel()
+                        await asyncio.gather(leading, return_exceptions=True)
+                        raise
+                    except Exception as exc:
+                        log.warning("election %r: connection lost (%s): no longer leading", name, exc)
+                        leading.cancel()
+                        await asyncio.gather(leading, return_exceptions=True)
+                        await asyncio.sleep(retry * 2)  # a replica with a healthy connection goes first
+                        continue
+                    with contextlib.suppress(Exception):
+                        await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+                    leading.result()
+                    return
+
+        return asyncio.create_task(run(), name=f"election {name}")
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as conn:
