@@ -2,7 +2,7 @@
 at the edge with the adapters (``bot/`` never imports an adapter).
 
 Commands: ``serve`` (the service: web chat and every enabled adapter), ``chat`` (console),
-``make-demo-model DIR``, ``forget --conversation KEY``.
+``make-demo-model DIR``, ``forget --conversation KEY``, ``migrate --to postgres``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from bot import __version__
 from bot.config import Settings
 from bot.errors import StartupError
 from bot.logs import setup_logging
-from bot.runtime import DEMO_BANNER, Runtime
-from bot.store import SQLiteStore
+from bot.runtime import DEMO_BANNER, Runtime, open_store
 from bot.types import ConversationKey
 
 log = logging.getLogger("internvl_bot")
@@ -46,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
 
     forget = sub.add_parser("forget", help="delete a conversation's messages and files for good")
     forget.add_argument("--conversation", required=True, help="conversation key, e.g. console:alice")
+
+    migrate = sub.add_parser("migrate", help="copy the SQLite store into PostgreSQL (for replicas); safe to rerun")
+    migrate.add_argument("--to", required=True, choices=["postgres"],
+                         help="postgres: the database in the environment variable named by store.url_env")
     return parser
 
 
@@ -68,13 +71,31 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _forget(settings: Settings, key: str) -> int:
-    store = SQLiteStore(settings.store_path, settings.data_path / "attachments")
+    store = open_store(settings)
     await store.open()
     try:
         report = await store.forget(ConversationKey.parse(key))
     finally:
         await store.close()
     print(f"deleted {report.messages} message(s) and {report.attachment_files} file(s) of {key}")
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from bot.store.copy import copy_sqlite_to_postgres
+
+    url = settings.store.url
+    if not url:
+        raise StartupError(f"set the environment variable {settings.store.url_env} to the PostgreSQL database "
+                           "to copy into (postgresql://user:password@host:5432/db)")
+    print(f"copying {settings.store_path} into PostgreSQL…", file=sys.stderr, flush=True)
+    report = await copy_sqlite_to_postgres(settings.store_path, settings.data_path / "attachments", url)
+    print(f"copied: {report.line()}")
+    if report.missing_files:
+        print(f"warning: {len(report.missing_files)} attachment file(s) were missing from "
+              f"{settings.data_path / 'attachments'} and are not in PostgreSQL", file=sys.stderr)
+    if settings.store.backend != "postgres":
+        print("next: set store.backend: postgres in the config and start the replicas", file=sys.stderr)
     return 0
 
 
@@ -104,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_chat(settings, args))
         if args.command == "forget":
             return asyncio.run(_forget(settings, args.conversation))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
     except StartupError as exc:
         print(f"internvl-bot: error: {exc}", file=sys.stderr)
         return 2

@@ -112,3 +112,65 @@ async def test_one_replica_leads_at_a_time_and_another_takes_over(postgres: Any)
         for store in stores:
             await store.close()
     assert leading == []
+
+
+async def test_migrate_copies_a_sqlite_store_into_postgresql_idempotently(
+        tmp_path: Any, postgres: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from adapters.cli import main
+    from bot.store import NewMessage, SQLiteStore
+    from bot.store.postgres import PostgresStore
+    from bot.types import Attachment, ConversationKey
+
+    data = tmp_path / "data"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {data}\n")
+    lite = SQLiteStore(data / "internvl-bot.sqlite3", data / "attachments")
+    await lite.open()
+    ana, rui = ConversationKey("telegram", "111"), ConversationKey("web", "s" * 32)
+    await lite.update_conversation(ana, persona="tutor", language="pt")
+    question = await lite.add_incoming(ana, NewMessage(
+        role="user", text="o que é isto?", sender_id="111", event_id="update-7",
+        attachments=[Attachment("file-1", "foto.jpg", "image/jpeg")], route={"reply": "1"}))
+    assert question is not None
+    photo = await lite.save_attachment(question, 0, b"\xff\xd8 a photo", "image/jpeg")
+    await lite.finish(question, "answered", reply="uma chaleira", reply_platform_ids=["901", "902"])
+    waiting = await lite.add_incoming(rui, NewMessage(role="user", text="still pending", event_id="req-1"))
+    await lite.record_usage("111", "messages", 1, 1000.0)
+    await lite.stash("album:1", "001", "{}")
+    await lite.close()
+
+    url = postgres.database()
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", url)
+    assert await asyncio.to_thread(main, ["--config", str(config), "migrate", "--to", "postgres"]) == 0
+    assert "messages 3 new, 0 already there" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["--config", str(config), "migrate", "--to", "postgres"]) == 0  # again: nothing doubled
+    assert "messages 0 new, 3 already there" in capsys.readouterr().out
+
+    pg = PostgresStore(url)
+    await pg.open()
+    try:
+        assert (await pg.conversation(ana)).persona == "tutor"
+        rows = await pg.transcript(ana)
+        assert [(m.role, m.text) for m in rows] == [("user", "o que é isto?"), ("assistant", "uma chaleira")]
+        assert rows[0].attachments[0].sha256 == photo and await pg.attachment_data(photo) == b"\xff\xd8 a photo"
+        assert (await pg.find_by_platform_id("telegram", "111", "902")).id == rows[1].id  # type: ignore[union-attr]
+        # the platform's redelivery after the move is still recognised; the pending message is still pending
+        assert await pg.add_incoming(ana, NewMessage(role="user", text="again", event_id="update-7")) is None
+        assert [m.id for m in await pg.pending()] == [waiting]
+        assert (await pg.usage("111", "messages", 0))[0] == 1
+        assert await pg.stashed("album:") == {"album:1": [("001", "{}")]}
+        # new messages continue after the copied ids
+        assert await pg.add_message(rui, NewMessage(role="user", text="new")) > rows[1].id
+    finally:
+        await pg.close()
+
+    # a database already used by another store is not mixed with this one
+    other = postgres.database()
+    pg = PostgresStore(other)
+    await pg.open()
+    for n in range(3):
+        await pg.add_message(ConversationKey("web", "x"), NewMessage(role="user", text=f"someone else's {n}"))
+    await pg.close()
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", other)
+    assert await asyncio.to_thread(main, ["--config", str(config), "migrate", "--to", "postgres"]) == 2
+    assert "already holds other messages" in capsys.readouterr().err
