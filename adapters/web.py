@@ -55,8 +55,8 @@ from adapters.common.markdown import HtmlFormat
 from adapters.common.transcript import transcript_json
 from bot import i18n
 from bot.config import AdapterSection, Settings
-from bot.errors import ShuttingDown
-from bot.logs import conversation_var
+from bot.errors import ShuttingDown, StartupError
+from bot.logs import conversation_var, register_secret
 from bot.manager import ConversationManager
 from bot.media import sniff
 from bot.runtime import Runtime
@@ -140,7 +140,12 @@ def session_secret(settings: Settings, conf: WebSettings) -> bytes:
     """The cookie-signing key: from the environment, else generated once into ``data_dir`` (mode 0600)."""
     value = os.environ.get(conf.session_secret_env, "")
     if value:
+        register_secret(value)
         return value.encode()
+    if settings.store.backend == "postgres":
+        # a key per replica would make each replica refuse the others' cookies: every reload a new conversation
+        raise StartupError(f"store.backend is postgres (replicas): set {conf.session_secret_env} to the same secret "
+                           "on every replica (for example: openssl rand -hex 32)")
     path = settings.data_path / "web-session.key"
     with contextlib.suppress(FileNotFoundError):
         return path.read_bytes().strip()

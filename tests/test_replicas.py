@@ -174,3 +174,17 @@ async def test_migrate_copies_a_sqlite_store_into_postgresql_idempotently(
     monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", other)
     assert await asyncio.to_thread(main, ["--config", str(config), "migrate", "--to", "postgres"]) == 2
     assert "already holds other messages" in capsys.readouterr().err
+
+
+def test_replicas_need_one_web_session_secret(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key generated per replica would make every replica refuse the others' cookies."""
+    from adapters.web import WebSettings, session_secret
+    from bot.errors import StartupError
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, store={"backend": "postgres"})
+    monkeypatch.delenv("INTERNVL_BOT_WEB_SESSION_SECRET", raising=False)
+    with pytest.raises(StartupError, match="INTERNVL_BOT_WEB_SESSION_SECRET"):
+        session_secret(settings, WebSettings())
+    monkeypatch.setenv("INTERNVL_BOT_WEB_SESSION_SECRET", "shared-secret-of-the-replicas")
+    assert session_secret(settings, WebSettings()) == b"shared-secret-of-the-replicas"

@@ -18,11 +18,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from bot.logs import register_secret
 from bot.store.base import (
     Conversation,
     ConversationSummary,
@@ -142,6 +144,8 @@ class PostgresStore:
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, min_size: int = 2,
                  max_size: int = 10) -> None:
         self.url = url
+        with contextlib.suppress(ValueError):
+            register_secret(unquote(urlsplit(url).password or "") or None)  # never in a log line
         self._clock = clock
         self._min, self._max = min_size, max_size
         self._pool: AsyncConnectionPool | None = None
