@@ -105,6 +105,11 @@ class ChatwootFetcher:
                               if _host(url) == home else {})
 
 
+ANSWER_MARK = "internvl_bot_answer_to"  # in an answer's content_attributes: the question's id in the store
+POSTED_BUCKET = "chatwoot:answered:"  # the stash: the Chatwoot message that answers a question not yet finished
+POSTING = "chatwoot:posting"  # stored before an answer is posted (see ChatwootSink._post_answer_once)
+
+
 class ChatwootSink:
     """One turn's replies as Chatwoot messages: typing while the model works, the answer posted whole when
     done (Chatwoot shows messages, not edits), private notes in agent-assist inboxes."""
@@ -128,7 +133,10 @@ class ChatwootSink:
         if isinstance(event, AnswerDone | Notice | HandoffUpdate):
             author = getattr(event, "author", "")
             text = f"**{author}:** {event.text}" if author else event.text
-            ids = await self._post(text)
+            if isinstance(event, AnswerDone) and self.context.message_id is not None:
+                ids = await self._post_answer_once(text)
+            else:
+                ids = await self._post(text)
             if isinstance(event, HandoffUpdate) and event.state == "requested" and not self.private:
                 await self.adapter.toggle_status(self.context, "open")
             if self.typing:
@@ -144,15 +152,38 @@ class ChatwootSink:
             log.info("typing status %s failed: %s", status, exc)
             return False
 
-    async def _post(self, text: str, *, files: list[FileReply] | None = None) -> tuple[str, ...]:
+    async def _post_answer_once(self, text: str) -> tuple[str, ...]:
+        """The answer, posted once even when this replica is killed between Chatwoot's reply and the store's
+        commit: the answer carries the question's id in ``content_attributes``, and a mark is stored before
+        posting. Chatwoot sends every message back to the bot's webhook; while the question is not stored as
+        answered, the replica receiving our answer notes it in the store. A replica taking the question over
+        that finds the posting mark looks for that note first. (Chatwoot's bot token cannot list messages.)"""
+        store = self.adapter.manager.store
+        bucket = f"{POSTED_BUCKET}{self.context.message_id}"
+        if POSTING in self.context.previous:
+            # Chatwoot sent our answer back to the bot as it does every message (any replica noted it)
+            posted = (await store.stashed(bucket)).get(bucket)
+            if posted:
+                await store.drop_stash(bucket)
+                log.info("the answer was posted before the replica stopped: not posted again")
+                return (posted[0][1],)
+        await self.context.remember((POSTING,))
+        ids = await self._post(text, attributes={ANSWER_MARK: self.context.message_id})
+        await store.drop_stash(bucket)  # in case Chatwoot's copy came back before this line
+        return ids
+
+    async def _post(self, text: str, *, files: list[FileReply] | None = None,
+                    attributes: dict[str, Any] | None = None) -> tuple[str, ...]:
         if files:
             form = {"content": text, "message_type": "outgoing", "private": "true" if self.private else "false"}
             response = await self.adapter.api(
                 "POST", self.context, "messages", data=form,
                 files=[("attachments[]", (f.filename, f.data, f.mime)) for f in files])
         else:
-            response = await self.adapter.api("POST", self.context, "messages", json={
-                "content": text, "message_type": "outgoing", "private": self.private})
+            body: dict[str, Any] = {"content": text, "message_type": "outgoing", "private": self.private}
+            if attributes:
+                body["content_attributes"] = attributes
+            response = await self.adapter.api("POST", self.context, "messages", json=body)
         message_id = response.json().get("id") if response.content else None
         return (str(message_id),) if message_id is not None else ()
 
@@ -302,6 +333,8 @@ class ChatwootAdapter:
         if account is None or conv_id is None or message_id is None:
             return "ignored: incomplete"
         self._accounts[str(conv_id)] = str(account)
+        if data.get("message_type") == "outgoing" and await self._posted_answer(data, self._key(account, conv_id)):
+            return "noted: an answer posted"
         if data.get("message_type") != "incoming" or data.get("private"):
             return "ignored: not the customer's"  # agents' messages, private notes, our own replies
         inbox_id = str(inbox.get("id") or conversation.get("inbox_id") or "")
@@ -331,6 +364,23 @@ class ChatwootAdapter:
             text=str(data.get("content") or ""), attachments=attachments, locale=locale,
             event_id=f"message:{message_id}", message_id=str(message_id), is_direct=True, route=route, raw=data))
         return "stored"
+
+    async def _posted_answer(self, data: dict[str, Any], key: ConversationKey) -> bool:
+        """Our own answer, back from Chatwoot: while its question is not yet stored as answered (the replica
+        that posted it may have died before the store's commit), note which Chatwoot message answers it."""
+        attributes = data.get("content_attributes")
+        mark = attributes.get(ANSWER_MARK) if isinstance(attributes, dict) else None
+        if not isinstance(mark, int) or isinstance(mark, bool) or mark <= 0:
+            return False
+        store = self.manager.store
+        try:
+            question = await store.message(mark)
+        except KeyError:
+            return False
+        if question.key != key or question.state not in ("received", "answering"):
+            return False
+        await store.stash(f"{POSTED_BUCKET}{mark}", "id", str(data.get("id")))
+        return True
 
     async def _status(self, event: str, data: dict[str, Any]) -> str:
         conv_id = data.get("id")

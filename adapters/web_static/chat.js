@@ -182,8 +182,9 @@
       bubble("user", { text: row.text, files: files, id: row.id });
     } else {
       const failed = row.error;
-      bubble("assistant", { html: row.html, text: row.text, who: row.author || "", replyTo: row.reply_to,
-                            extra: failed ? "error" : (row.author ? "operator" : "") });
+      const div = bubble("assistant", { html: row.html, text: row.text, who: row.author || "", replyTo: row.reply_to,
+                                        extra: failed ? "error" : (row.author ? "operator" : "") });
+      if (row.reply_to && !row.author) div.dataset.answer = String(row.reply_to);
     }
   }
 
@@ -204,24 +205,38 @@
     }
   }
 
+  // The answer to a question, if the page shows one: a replica that took a question over from one that
+  // stopped answers it again, and the page keeps one answer per question (the newest).
+  function answering(replyTo, extra) {
+    if (streaming) return streaming;
+    let div = replyTo ? log.querySelector('.msg.assistant[data-answer="' + String(replyTo) + '"]') : null;
+    if (div) {
+      if (extra) div.classList.add(extra);
+    } else {
+      div = bubble("assistant", { text: "", extra: extra, replyTo: replyTo });
+      if (replyTo) div.dataset.answer = String(replyTo);
+    }
+    return div;
+  }
+
   function onEvent(event) {
     switch (event.type) {
       case "status":
         showStatus(event.text || "…");
         break;
       case "partial":
-        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming", replyTo: event.reply_to });
+        streaming = answering(event.reply_to, "streaming");
         streaming.querySelector(".body").textContent = event.text;
         break;
       case "chunk":
         showStatus("");
-        if (!streaming) streaming = bubble("assistant", { text: "", extra: "streaming", replyTo: event.reply_to });
+        streaming = answering(event.reply_to, "streaming");
         streaming.querySelector(".body").textContent += event.text;
         log.scrollTop = log.scrollHeight;
         break;
       case "done":
         showStatus("");
-        if (!streaming) streaming = bubble("assistant", { text: "", replyTo: event.reply_to });
+        streaming = answering(event.reply_to, "");
         streaming.classList.remove("streaming");
         streaming.querySelector(".body").innerHTML = event.html;
         streaming = null;
