@@ -552,14 +552,17 @@ class WebAdapter:
             attachments=tuple(attachments), locale=lang,
             # Request ids are the browser's: they only mean something within its own session.
             event_id=f"{sid}:{request_id[:100]}" if request_id else None,
-            message_id=uuid.uuid4().hex, route={"via": "button"} if button else NO_ROUTE,
+            # the request id, when the page sent one: a retry that finds the message stored learns its id
+            message_id=f"r:{request_id[:100]}" if request_id else uuid.uuid4().hex,
+            route={"via": "button"} if button else NO_ROUTE,
         )
         try:
             ticket = await self.manager.submit(message)
         except ShuttingDown:
             return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
-        if ticket is None:
-            return JSONResponse({"duplicate": True}, status_code=200)
+        if ticket is None:  # a retry of a request already stored (its answer was lost on the way)
+            stored = await self.manager.store.find_by_platform_id(PLATFORM, sid, message.message_id or "")
+            return JSONResponse({"duplicate": True, "id": stored.id if stored else None}, status_code=200)
         return JSONResponse({"id": ticket.message_id}, status_code=202)
 
     async def delete_conversation(self, request: Request) -> Response:

@@ -269,7 +269,9 @@ async def test_request_ids_are_per_browser_session(tmp_path: Path) -> None:
         first = await post(ana, "hello", **{"X-Request-Id": "r-1"})
         again = await post(ana, "hello", **{"X-Request-Id": "r-1"})  # the same browser retried
         other = await post(bob, "hello", **{"X-Request-Id": "r-1"})  # another browser, same id
-        assert (first.status_code, again.json(), other.status_code) == (202, {"duplicate": True}, 202)
+        assert (first.status_code, other.status_code, again.status_code) == (202, 202, 200)
+        # the retry learns which message its first attempt stored
+        assert again.json() == {"duplicate": True, "id": first.json()["id"]} != {"duplicate": True, "id": other.json()["id"]}
 
 
 async def test_a_failure_mid_answer_leaves_no_stale_partial(tmp_path: Path) -> None:
