@@ -271,3 +271,92 @@ class WebUser:
             if event.get("type") == "done" and isinstance(event.get("reply_to"), int):
                 out.setdefault(event["reply_to"], []).append(event.get("text", ""))
         return out
+
+
+# -- what the database says ---------------------------------------------------------------------------
+
+
+async def count(url: str, sql: str, params: tuple[Any, ...] = ()) -> int:
+    from psycopg import AsyncConnection
+
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        row = await (await conn.execute(sql, params)).fetchone()  # type: ignore[arg-type]
+        return int(row[0]) if row and row[0] is not None else 0
+
+
+async def answered(url: str) -> int:
+    return await count(url, "SELECT count(*) FROM messages WHERE role = 'user' AND state = 'answered'")
+
+
+@dataclass
+class Killed:
+    replica: Replica
+    at: float  # time.time() of the SIGKILL
+    conversations: set[str]  # those it held claims on, answering
+
+
+async def kill_one_answering(cluster: Cluster, url: str, *, spare: Replica | None = None,
+                             timeout: float = 60) -> Killed:  # noqa: ASYNC109
+    """SIGKILL a replica (not ``spare``) at a moment it is answering: it holds a live claim on a conversation
+    whose message is being answered."""
+    from psycopg import AsyncConnection
+
+    async with asyncio.timeout(timeout), await AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            rows = await (await conn.execute(
+                "SELECT c.replica, c.conversation_id FROM claims c JOIN messages m ON"
+                " m.conversation_id = c.conversation_id AND m.state = 'answering'"
+                " WHERE c.lease_until > extract(epoch from now())")).fetchall()
+            for name, _ in rows:
+                replica = cluster.replica_of_pid(int(name.split(":")[1]))
+                if replica is not None and replica is not spare and replica.alive:
+                    at = cluster.kill(replica)
+                    return Killed(replica, at, {c for n, c in rows if n == name})
+            await asyncio.sleep(0.01)
+
+
+async def taken_over_after(url: str, killed: Killed) -> float | None:
+    """Seconds from the kill to the first answer made in a conversation the killed replica was answering."""
+    from psycopg import AsyncConnection
+
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        row = await (await conn.execute(
+            "SELECT min(created_at) FROM messages WHERE role = 'assistant' AND created_at > %s"
+            " AND conversation_id = ANY(%s)", (killed.at, list(killed.conversations)))).fetchone()
+    return None if not row or row[0] is None else float(row[0]) - killed.at
+
+
+@dataclass
+class Verdict:
+    questions: int
+    lost: int  # questions without an answer
+    duplicates: int  # answers beyond the first to a question
+    order_violations: int  # conversations whose answers are not in the order of their questions
+    wrong: int  # answers that are not the echo of their question
+    pending: int
+
+
+async def verdict(url: str) -> Verdict:
+    from psycopg import AsyncConnection
+
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        rows = await (await conn.execute(
+            "SELECT conversation_id, id, role, state, text, reply_to FROM messages ORDER BY id")).fetchall()
+    questions = {r[1]: r for r in rows if r[2] == "user"}
+    answers: dict[int, list[Any]] = {}
+    order: dict[str, list[int]] = {}
+    for r in rows:
+        if r[2] == "assistant" and r[5] in questions:
+            answers.setdefault(r[5], []).append(r)
+            order.setdefault(r[0], []).append(r[5])
+    asked: dict[str, list[int]] = {}
+    for q in questions.values():
+        asked.setdefault(q[0], []).append(q[1])
+    return Verdict(
+        questions=len(questions),
+        lost=sum(1 for q in questions if q not in answers),
+        duplicates=sum(len(a) - 1 for a in answers.values()),
+        order_violations=sum(1 for c, ids in asked.items() if order.get(c, []) != [i for i in ids if i in answers]),
+        wrong=sum(1 for q, a in answers.items() if a[0][4] != f"echo: {questions[q][4]}"),
+        pending=sum(1 for q in questions.values() if q[3] in ("received", "answering")),
+    )

@@ -192,14 +192,6 @@ def test_replicas_need_one_web_session_secret(tmp_path: Any, monkeypatch: pytest
     assert session_secret(settings, WebSettings()) == b"shared-secret-of-the-replicas"
 
 
-async def _count(url: str, sql: str) -> int:
-    from psycopg import AsyncConnection
-
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        row = await (await conn.execute(sql)).fetchone()  # type: ignore[arg-type]
-        return int(row[0]) if row else 0
-
-
 async def test_three_replicas_behind_nginx_answer_everything_once_in_order_through_a_kill_9(
         tmp_path: Any, postgres: Any) -> None:
     """The issue's test: 3 ``serve`` processes (own data dirs, one database) behind a real nginx; 300 messages
@@ -208,10 +200,17 @@ async def test_three_replicas_behind_nginx_answer_everything_once_in_order_throu
     on a surviving replica, saw every answer wherever it was made; nothing left pending."""
     import random
 
-    from psycopg import AsyncConnection
-
     from tests.fakes.chatwoot_api import FakeChatwoot
-    from tests.replica_cluster import NGINX, Cluster, WebUser
+    from tests.replica_cluster import (
+        NGINX,
+        Cluster,
+        Killed,
+        WebUser,
+        answered,
+        kill_one_answering,
+        taken_over_after,
+        verdict,
+    )
 
     if NGINX is None:
         if os.environ.get("INTERNVL_BOT_REQUIRE_NGINX"):
@@ -232,7 +231,6 @@ async def test_three_replicas_behind_nginx_answer_everything_once_in_order_throu
                 await asyncio.gather(*(u.open(http) for u in users))
                 conversations = [cw.conversation() for _ in range(10)]
                 asked: dict[int, list[str]] = {c: [] for c in conversations}
-                victim: dict[str, Any] = {}
 
                 async def web(user: WebUser, i: int) -> None:
                     for n in range(6):
@@ -246,60 +244,30 @@ async def test_three_replicas_behind_nginx_answer_everything_once_in_order_throu
                         await cw.customer_message(conv, text)
                         await asyncio.sleep(rng.uniform(0, 0.6))
 
-                async def kill_one_mid_answer() -> None:
+                async def kill_mid_answer() -> Killed:
                     async with asyncio.timeout(60):
-                        while await _count(url, "SELECT count(*) FROM messages WHERE role = 'user' AND state = "
-                                                "'answered'") < 60:
+                        while await answered(url) < 60:
                             await asyncio.sleep(0.05)
-                        async with await AsyncConnection.connect(url, autocommit=True) as conn:
-                            while True:
-                                rows = await (await conn.execute(
-                                    "SELECT c.replica, c.conversation_id FROM claims c JOIN messages m ON"
-                                    " m.conversation_id = c.conversation_id AND m.state = 'answering'"
-                                    " WHERE c.lease_until > extract(epoch from now())")).fetchall()
-                                for replica_name, _ in rows:
-                                    replica = cluster.replica_of_pid(int(replica_name.split(":")[1]))
-                                    if replica is not None and replica is not survivor:
-                                        victim.update(replica=replica, at=cluster.kill(replica),
-                                                      conversations={c for r, c in rows if r == replica_name},
-                                                      name=replica_name)
-                                        return
-                                await asyncio.sleep(0.01)
+                    return await kill_one_answering(cluster, url, spare=survivor)
 
-                await asyncio.gather(*(web(u, i) for i, u in enumerate(users)), *(chatwoot(c) for c in conversations),
-                                     kill_one_mid_answer())
-                assert victim and not victim["replica"].alive
-                # everything answered (the killed replica's conversations after its lease ran out)
+                *_, killed = await asyncio.gather(*(web(u, i) for i, u in enumerate(users)),
+                                                  *(chatwoot(c) for c in conversations), kill_mid_answer())
+                assert not killed.replica.alive
+                # everything answered (the killed replica's conversations once its lease ran out)
                 async with asyncio.timeout(90):
-                    while await _count(url, "SELECT count(*) FROM messages WHERE role = 'user' AND state = "
-                                            "'answered'") < 300:
+                    while await answered(url) < 300:
                         await asyncio.sleep(0.2)
-                async with await AsyncConnection.connect(url, autocommit=True) as conn:
-                    rows = await (await conn.execute(
-                        "SELECT conversation_id, id, role, state, text, reply_to, created_at FROM messages ORDER BY id")).fetchall()
-                    taken_over = await (await conn.execute(
-                        "SELECT min(created_at) FROM messages WHERE role = 'assistant' AND created_at > %s"
-                        " AND conversation_id = ANY(%s)", (victim["at"], list(victim["conversations"])))).fetchone()
+                failover = await taken_over_after(url, killed)
                 await asyncio.sleep(1)  # the last answers' events reach the pages
         finally:
             for user in users:
                 await user.close()
             cluster.stop()
-        logs = "\n".join(r.log()[-3000:] for r in cluster.replicas)
 
         # exactly one answer per question, in order, per conversation; nothing pending
-        questions = [r for r in rows if r[2] == "user"]
-        answers = [r for r in rows if r[2] == "assistant"]
-        assert len(questions) == 300 and all(q[3] == "answered" for q in questions), logs
-        by_question: dict[int, list[Any]] = {}
-        for a in answers:
-            by_question.setdefault(a[5], []).append(a)
-        assert {q[1]: len(by_question.get(q[1], [])) for q in questions} == {q[1]: 1 for q in questions}
-        for q in questions:
-            assert by_question[q[1]][0][4] == f"echo: {q[4]}"
-        for conversation in {q[0] for q in questions}:
-            mine = [q[1] for q in questions if q[0] == conversation]
-            assert [a[5] for a in answers if a[0] == conversation] == mine  # answered in the order asked
+        found = await verdict(url)
+        assert (found.questions, found.lost, found.duplicates, found.order_violations, found.wrong, found.pending) \
+            == (300, 0, 0, 0, 0, 0), "\n".join(r.log()[-3000:] for r in cluster.replicas)
         # the pages' streams on the surviving replica saw each answer wherever it was made (twice when the
         # killed replica sent it just before dying: the page shows one answer per question, the last)
         for user in users:
@@ -310,4 +278,4 @@ async def test_three_replicas_behind_nginx_answer_everything_once_in_order_throu
         for conv, texts in asked.items():
             assert cw.public_replies(conv) == [f"echo: {t}" for t in texts]
         # the killed replica's conversations were taken over within its lease (3 s) and a little
-        assert taken_over and taken_over[0] is not None and taken_over[0] - victim["at"] < 3 + 5
+        assert failover is not None and failover < 3 + 5
