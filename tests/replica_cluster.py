@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import json
 import os
 import shutil
@@ -31,6 +32,21 @@ ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 HEADERS = {"X-InternVL-Bot": "1"}
 SESSION_SECRET = "replicas-share-this-secret"
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing: each simulated browser carries its own session cookie."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
+def browsers(**kwargs: Any) -> httpx.AsyncClient:
+    """An HTTP client for many simulated browsers at once (no shared cookie jar)."""
+    return httpx.AsyncClient(cookies=_NoCookies(), **kwargs)
 
 
 def free_port() -> int:
@@ -260,6 +276,8 @@ class WebUser:
                 message_id = int(response.json()["id"])  # an earlier attempt was stored; its answer was lost
                 self.posted.append((message_id, text))
                 return message_id
+            if response is not None and response.status_code < 500 and response.status_code != 429:
+                raise AssertionError(f"refused: {response.status_code} {response.text[:300]}")
             self.retries += 1
             await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError(f"message not accepted after retries: {text}")

@@ -3,10 +3,13 @@ suite's LMDeploy stand-ins (pipeline API and api_server), so it is known to work
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.media_corpus import needs_ffmpeg
 
@@ -75,3 +78,22 @@ def test_hostile_media_stays_under_a_gigabyte_and_gives_memory_back() -> None:
     assert got["answered"] == 4 and got["left_out_notes"] == 4
     assert got["one_peak_mb"] <= 1024, got
     assert got["one_after_mb"] <= got["baseline_mb"] + 150 and got["three_after_mb"] <= got["baseline_mb"] + 150, got
+
+
+def test_replicas_bench_runs_small() -> None:
+    """3 replicas behind nginx on PostgreSQL, one killed mid-run, then 1 replica: nothing lost or doubled."""
+    from tests import postgres_cluster
+    from tests.replica_cluster import NGINX
+
+    if NGINX is None or not postgres_cluster.available():
+        if os.environ.get("INTERNVL_BOT_REQUIRE_NGINX"):
+            raise RuntimeError("nginx or PostgreSQL is not installed")
+        pytest.skip("needs nginx and PostgreSQL")
+    run = subprocess.run([sys.executable, "bench/replicas.py", "--conversations", "40", "--lease", "3"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = _result(run.stdout)
+    assert set(result) == {"replicas", "lost", "duplicates", "order_violations", "failover_s", "msgs_per_s",
+                           "msgs_per_s_1"}
+    assert (result["replicas"], result["lost"], result["duplicates"], result["order_violations"]) == ("3", "0", "0", "0")
+    assert 0 < float(result["failover_s"]) < 3 + 5

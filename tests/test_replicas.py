@@ -6,7 +6,6 @@ import asyncio
 import os
 from typing import Any
 
-import httpx
 import pytest
 
 from adapters.common.bus import Bus
@@ -207,6 +206,7 @@ async def test_three_replicas_behind_nginx_answer_everything_once_in_order_throu
         Killed,
         WebUser,
         answered,
+        browsers,
         kill_one_answering,
         taken_over_after,
         verdict,
@@ -226,7 +226,7 @@ async def test_three_replicas_behind_nginx_answer_everything_once_in_order_throu
             await cluster.start()
             cw.webhook_url = f"{cluster.url}/chatwoot/webhook"
             survivor = cluster.replicas[0]
-            async with httpx.AsyncClient(timeout=30) as http:
+            async with browsers(timeout=30) as http:
                 users = [WebUser(cluster, survivor.url) for _ in range(40)]
                 await asyncio.gather(*(u.open(http) for u in users))
                 conversations = [cw.conversation() for _ in range(10)]
