@@ -14,7 +14,9 @@ ids stored with it. A replica that finds its lease lost (a long pause) stops the
 
 New messages wake the replicas through ``NOTIFY``; a poll every ``poll`` seconds covers a missed one. The
 per-process limit (``conversation.max_parallel_conversations``) bounds how many conversations a replica
-claims at once; the engine's places are handed out fairly between users within each replica.
+claims at once. Claims are fair between users across replicas (each user's oldest waiting conversation
+before anyone's second; users already being answered after those who are not); the engine's places are
+handed out fairly between users within each replica.
 """
 
 from __future__ import annotations
@@ -187,14 +189,21 @@ class ClaimScheduler:
                 await asyncio.wait_for(self._wake.wait(), self.poll)
 
     async def _claim(self, limit: int) -> list[tuple[ConversationKey, int, bool]]:
-        """Claim up to ``limit`` conversations with waiting messages, oldest first, that nobody holds."""
+        """Claim up to ``limit`` conversations with waiting messages that nobody holds, fairly between users."""
         token = secrets.randbits(62)
+        # Fair between users across replicas: each user's oldest waiting conversation comes before anyone's
+        # second, and a user whose conversations are being answered (on any replica) waits behind those
+        # who have none — a user writing in fifty threads at once does not hold up everyone else.
         rows = await self.store._rows(
-            "WITH waiting AS (SELECT conversation_id, MIN(id) AS first FROM messages WHERE role = 'user'"
-            " AND state IN ('received', 'answering') GROUP BY conversation_id),"
-            " free AS (SELECT w.conversation_id, w.first, k.replica AS previous FROM waiting w"
-            f" LEFT JOIN claims k ON k.conversation_id = w.conversation_id WHERE k.conversation_id IS NULL"
-            f" OR k.lease_until < {NOW} ORDER BY w.first LIMIT %s)"
+            "WITH waiting AS (SELECT DISTINCT ON (conversation_id) conversation_id, id AS first, sender_id"
+            " FROM messages WHERE role = 'user' AND state IN ('received', 'answering') ORDER BY conversation_id, id),"
+            " busy AS (SELECT w.sender_id, count(*) AS n FROM waiting w JOIN claims k ON"
+            f" k.conversation_id = w.conversation_id AND k.lease_until >= {NOW} GROUP BY w.sender_id),"
+            " free AS (SELECT w.conversation_id, w.first, k.replica AS previous, row_number() OVER (PARTITION BY"
+            " w.sender_id ORDER BY w.first) + COALESCE(b.n, 0) AS turn FROM waiting w"
+            " LEFT JOIN claims k ON k.conversation_id = w.conversation_id"
+            " LEFT JOIN busy b ON b.sender_id IS NOT DISTINCT FROM w.sender_id"
+            f" WHERE k.conversation_id IS NULL OR k.lease_until < {NOW} ORDER BY turn, w.first LIMIT %s)"
             f" INSERT INTO claims (conversation_id, replica, token, lease_until) SELECT conversation_id, %s, %s,"
             f" {NOW} + %s FROM free ON CONFLICT (conversation_id) DO UPDATE SET replica = excluded.replica,"
             f" token = excluded.token, lease_until = excluded.lease_until WHERE claims.lease_until < {NOW}"

@@ -270,3 +270,27 @@ async def test_two_replicas_share_the_work_one_conversation_each_in_order(postgr
         ids = [mid for c, mid, _ in seen if c == chat]
         assert ids == sorted(ids), chat
     assert {r for _, _, r in seen} == {"a", "b"}
+
+
+async def test_claims_are_fair_between_users_across_replicas(postgres: Any) -> None:
+    """Ana writes in five conversations, then Bea and Caio in one each: the first replica to claim two takes
+    Ana's oldest and Bea's, the next takes Caio's before Ana's second (Ana is being answered already)."""
+    from bot.claims import ClaimScheduler
+    from bot.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres.database())
+    await store.open()
+    try:
+        def key(name: str) -> ConversationKey:
+            return ConversationKey("slack", "T1", name)
+
+        for n in range(5):
+            await store.add_message(key(f"ana-{n}"), NewMessage(role="user", text="?", sender_id="ana"))
+        await store.add_message(key("bea"), NewMessage(role="user", text="?", sender_id="bea"))
+        await store.add_message(key("caio"), NewMessage(role="user", text="?", sender_id="caio"))
+        first = ClaimScheduler(store, replica="one", parallel=2)
+        second = ClaimScheduler(store, replica="two", parallel=2)
+        assert sorted(k.thread for k, _, _ in await first._claim(2)) == ["ana-0", "bea"]
+        assert sorted(k.thread for k, _, _ in await second._claim(2)) == ["ana-1", "caio"]
+    finally:
+        await store.close()
