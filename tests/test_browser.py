@@ -372,3 +372,30 @@ async def test_the_page_after_a_reload_shows_what_it_showed_live(tmp_path: Path)
                 text("ui_too_many", "pt", limit=10))
         finally:
             await browser.close()
+
+
+async def test_a_question_answered_again_by_another_replica_shows_one_answer(tmp_path: Path) -> None:
+    """A replica that dies just after sending an answer, before storing it: the replica taking over answers
+    the same question again. The page shows one answer for the question — the new one — not two."""
+    from playwright.async_api import async_playwright, expect
+
+    async with live_server(make_settings(tmp_path), EchoEngine(delay=0.01)) as live, async_playwright() as pw:
+        assert CHROMIUM is not None
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(locale="en-US")
+            await page.goto(live.url + "/")
+            await page.fill("#text", "is the kettle broken?")
+            await page.press("#text", "Enter")
+            await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_text(["echo: is the kettle broken?"])
+            (sid,) = list(live.web._sessions)
+            (question,) = [m for m in await live.runtime.manager.store.transcript(ConversationKey("web", sid))
+                           if m.role == "user"]
+            # what the replica taking over sends, as the bus delivers it
+            for event in ({"type": "partial", "text": "echo:"}, {"type": "chunk", "text": " again"},
+                          {"type": "done", "text": "echo: again", "html": "<p>echo: again</p>"}):
+                live.web._apply({"sid": sid, "event": {**event, "reply_to": question.id}})
+            await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_text(["echo: again"])
+            await expect(page.locator(".msg.assistant.streaming")).to_have_count(0)
+        finally:
+            await browser.close()
