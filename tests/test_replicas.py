@@ -279,3 +279,32 @@ async def test_three_replicas_behind_nginx_answer_everything_once_in_order_throu
             assert cw.public_replies(conv) == [f"echo: {t}" for t in texts]
         # the killed replica's conversations were taken over within its lease (3 s) and a little
         assert failover is not None and failover < 3 + 5
+
+
+async def test_readiness_fails_while_the_database_is_unreachable(
+        tmp_path: Any, postgres: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica that cannot reach PostgreSQL says so on /readyz (the balancer stops sending it work), and is
+    ready again when the database is back."""
+    from bot.engines import EchoEngine
+    from tests.conftest import make_settings
+    from tests.live_server import live_server
+
+    url = postgres.database()
+    name = url.rsplit("/", 1)[1]
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", url)
+    monkeypatch.setenv("INTERNVL_BOT_WEB_SESSION_SECRET", "one-secret-for-all-replicas")
+    settings = make_settings(tmp_path, store={"backend": "postgres"})
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        assert (await client.get("/readyz")).json() == {"ready": True}
+        postgres.psql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        postgres.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        try:
+            async with asyncio.timeout(30):
+                while (response := await client.get("/readyz")).status_code != 503:
+                    await asyncio.sleep(0.2)
+            assert "store" in response.json()["problems"]
+        finally:
+            postgres.psql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        async with asyncio.timeout(30):
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.2)
