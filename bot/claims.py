@@ -35,7 +35,8 @@ from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "internvl_bot_work"
+CHANNEL = "internvl_bot_work"  # "work": messages are waiting; "cancel:<key>": stop the answer to <key>
+CANCEL = "cancel:"
 NOW = "extract(epoch from clock_timestamp())"
 
 
@@ -124,11 +125,26 @@ class ClaimScheduler:
             " reply_to, error, created_at, platform_ids, drafts, route FROM messages WHERE conversation_id = %s"
             " AND role = 'user' AND state IN ('received', 'answering') ORDER BY id", (str(key),))
             if current is None or m.id != current.id]
-        if lane is not None and lane.current is not None and lane.current_task is not None \
-                and not lane.current_task.done():
-            self._cancelling.add(lane.current.id)
-            lane.current_task.cancel()
+        if not self._stop_current(key):
+            with contextlib.suppress(Exception):  # the replica answering it, if another, stops too
+                await self.store.notify(CHANNEL, [f"{CANCEL}{key}"])
         return waiting
+
+    def _stop_current(self, key: ConversationKey) -> bool:
+        """Cancel the answer in progress on ``key`` here (as cancelled, not interrupted); False if none."""
+        lane = self._lanes.get(key)
+        if lane is None or lane.current is None or lane.current_task is None or lane.current_task.done():
+            return False
+        self._cancelling.add(lane.current.id)
+        lane.current_task.cancel()
+        return True
+
+    def _heard(self, payload: str) -> None:
+        if payload.startswith(CANCEL):
+            with contextlib.suppress(ValueError):
+                self._stop_current(ConversationKey.parse(payload[len(CANCEL):]))
+            return
+        self._wake.set()
 
     async def stop(self, grace: float) -> None:
         self._stopping = True
@@ -153,7 +169,7 @@ class ClaimScheduler:
 
     def _ensure_started(self) -> None:
         if self._loop is None and not self._stopping:
-            self.store.listen(CHANNEL, lambda payload: self._wake.set())
+            self.store.listen(CHANNEL, self._heard)
             self._loop = asyncio.create_task(self._claim_forever(), name="claims")
 
     async def _tell_others(self) -> None:

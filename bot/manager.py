@@ -261,6 +261,8 @@ class ConversationManager:
             refusal = exc
         if command and command[0] == "reset":
             for queued in await self.scheduler.cancel(message.key):
+                if queued.id >= mid:
+                    continue  # the /reset itself, and what came after it (another replica's intake)
                 await self.store.finish(queued.id, "cancelled", error="cancelled by /reset")
                 self._resolve(queued.id, "cancelled")
         elif self.scheduler.depth(message.key) >= self.conf.max_pending_per_conversation:

@@ -45,6 +45,9 @@ async def live_server(settings: Settings, engine: Engine | None = None) -> Async
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
+        await web.start()  # as serve does (with replicas, its events come through the database)
+        if service.inbox is not None:
+            await service.inbox.start()
         service.ready = True
         port = server.servers[0].sockets[0].getsockname()[1]
         try:

@@ -308,3 +308,29 @@ async def test_readiness_fails_while_the_database_is_unreachable(
         async with asyncio.timeout(30):
             while (await client.get("/readyz")).status_code != 200:
                 await asyncio.sleep(0.2)
+
+
+async def test_the_web_chat_on_postgresql_answers_resets_and_exports(
+        tmp_path: Any, postgres: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One replica on PostgreSQL through the real entry point: answers stream, /reset starts afresh (the
+    command itself is not swept away with what it resets), an exported file downloads."""
+    from bot.engines import EchoEngine
+    from bot.i18n import text as t
+    from tests.conftest import make_settings
+    from tests.live_server import exchange, live_server, open_session
+
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", postgres.database())
+    monkeypatch.setenv("INTERNVL_BOT_WEB_SESSION_SECRET", "one-secret-for-all-replicas")
+    settings = make_settings(tmp_path, store={"backend": "postgres"})
+    async with live_server(settings, EchoEngine(delay=0.01)) as live, live.client() as client:
+        await open_session(client)
+        response, events = await exchange(live, client, "my kettle clicks")
+        assert response.status_code == 202 and events[-1]["text"] == "echo: my kettle clicks"
+        response, events = await exchange(live, client, "/reset", until="notice")
+        assert response.status_code == 202
+        assert [e["text"] for e in events if e["type"] == "notice"] == [t("reset_done", "en")]
+        await exchange(live, client, "| item | total |\n|---|---|\n| pump | 12.50 |")
+        _, events = await exchange(live, client, "/export csv", until="notice")
+        (file,) = [e for e in events if e["type"] == "file"]
+        download = await client.get(file["url"])  # kept in the database: any replica serves it
+        assert download.status_code == 200 and b"pump,12.50" in download.content

@@ -294,3 +294,45 @@ async def test_claims_are_fair_between_users_across_replicas(postgres: Any) -> N
         assert sorted(k.thread for k, _, _ in await second._claim(2)) == ["ana-1", "caio"]
     finally:
         await store.close()
+
+
+async def test_a_cancel_on_one_replica_stops_the_answer_on_another(postgres: Any) -> None:
+    """/reset (or a person taking over) reaches whichever replica it reaches; the answer in progress stops on
+    the replica producing it, as cancelled (not as interrupted by a shutdown)."""
+    from bot.claims import ClaimScheduler
+    from bot.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres.database())
+    await store.open()
+    started, stopped = asyncio.Event(), asyncio.Event()
+    answering = ClaimScheduler(store, replica="one", parallel=4, poll=0.1)
+    other = ClaimScheduler(store, replica="two", parallel=4, poll=0.1)
+    seen: list[bool] = []
+
+    async def slow(msg: StoredMessage) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append(answering.cancelling(msg.id))
+            stopped.set()
+            await store.set_state(msg.id, "cancelled")
+            raise
+
+    async def never(msg: StoredMessage) -> None:
+        raise AssertionError("the other replica must not take the conversation")
+
+    answering.bind(slow)
+    other.bind(never)
+    try:
+        key = ConversationKey("web", "s1")
+        mid = await store.add_message(key, NewMessage(role="user", text="a long question"))
+        answering.submit(await store.message(mid))
+        await asyncio.wait_for(started.wait(), 10)
+        assert await other.cancel(key) == [await store.message(mid)]  # waiting, as the caller sees it
+        await asyncio.wait_for(stopped.wait(), 10)
+        assert seen == [True]
+    finally:
+        await answering.stop(0.1)
+        await other.stop(0.1)
+        await store.close()
