@@ -185,6 +185,30 @@ class StoreContract:
         assert await store.history(KEY, since=0, before=10**9) == []
         assert [m.text for m in await store.pending()] == ["theirs"]
 
+    async def test_uploads_waiting_to_be_read_survive_a_purge_and_anothers_forget(
+            self, store: Store, clock: list[float]) -> None:
+        """An upload is stored (``save_blob``) a moment before its message, and read when the message is
+        answered: deleting another conversation or a retention purge in between must not take it away; one
+        nobody ever used goes after a grace period, one the deleted conversation used goes at once."""
+        clock[0] = 1000.0
+        waiting_upload, unused, gone_with_it = b"photo of a kettle", b"never sent", b"mine only"
+        sha = await store.save_blob(waiting_upload, "image/jpeg")
+        await store.add_message(OTHER, NewMessage(role="user", text="what is this?",
+                                                  attachments=[Attachment(ref=f"blob:{sha}")]))
+        nobody = await store.save_blob(unused)
+        mine = await store.save_blob(gone_with_it)
+        await store.add_message(KEY, NewMessage(role="user", text="x", attachments=[Attachment(ref=f"blob:{mine}")]))
+        await store.forget(KEY)
+        with pytest.raises(FileNotFoundError):
+            await store.attachment_data(mine)
+        assert await store.attachment_data(sha) == waiting_upload
+        assert await store.attachment_data(nobody) == unused  # within the grace period: maybe its message comes
+        clock[0] = 1000.0 + 2 * 3600
+        await store.purge(older_than=clock[0] - 60)
+        assert await store.attachment_data(sha) == waiting_upload  # its message still waits
+        with pytest.raises(FileNotFoundError):
+            await store.attachment_data(nobody)
+
     async def test_purge_keeps_recent_and_pending(self, store: Store, clock: list[float]) -> None:
         clock[0] = 1000.0
         old = await store.add_message(KEY, NewMessage(role="user", text="old"))

@@ -44,6 +44,10 @@ def checked_sha256(value: str) -> str:
     return value
 
 
+#: Seconds an unused attachment is kept: an upload is stored a moment before the message that refers to it.
+ORPHAN_GRACE = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class StoredAttachment:
     position: int

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from bot.store.base import (
+    ORPHAN_GRACE,
     PENDING_STATES,
     Conversation,
     ConversationSummary,
@@ -33,6 +34,7 @@ class MemoryStore:
         self.conversations: dict[ConversationKey, Conversation] = {}
         self.messages: dict[int, StoredMessage] = {}
         self.blobs: dict[str, bytes] = {}
+        self.blob_at: dict[str, float] = {}
         self.events: set[tuple[str, str]] = set()
         self.refs: dict[tuple[str, str, str], int] = {}
         self.usage_rows: list[tuple[str, str, float, float]] = []
@@ -123,6 +125,7 @@ class MemoryStore:
     async def save_attachment(self, message_id: int, position: int, data: bytes, mime: str = "") -> str:
         sha = sha256_of(data)
         self.blobs.setdefault(sha, data)
+        self.blob_at.setdefault(sha, self._clock())
         msg = self.messages[message_id]
         atts = tuple(
             replace(a, sha256=sha, size=len(data), mime=a.mime or mime) if a.position == position else a
@@ -134,6 +137,7 @@ class MemoryStore:
     async def save_blob(self, data: bytes, mime: str = "") -> str:
         sha = sha256_of(data)
         self.blobs.setdefault(sha, data)
+        self.blob_at.setdefault(sha, self._clock())
         return sha
 
     async def attachment_data(self, sha256: str) -> bytes:
@@ -147,16 +151,18 @@ class MemoryStore:
 
     async def forget(self, key: ConversationKey) -> ForgetReport:
         doomed = [mid for mid, m in self.messages.items() if m.key == key]
+        used = self._used(doomed)
         for mid in doomed:
             del self.messages[mid]
         self._drop_refs(set(doomed))
         convs = 1 if self.conversations.pop(key, None) else 0
-        return ForgetReport(convs, len(doomed), self._drop_orphans())
+        return ForgetReport(convs, len(doomed), self._drop_orphans(used))
 
     async def purge(self, older_than: float) -> ForgetReport:
         doomed = [
             mid for mid, m in self.messages.items() if m.created_at < older_than and m.state not in PENDING_STATES
         ]
+        used = self._used(doomed)
         for mid in doomed:
             del self.messages[mid]
         self._drop_refs(set(doomed))
@@ -165,17 +171,25 @@ class MemoryStore:
         for k in empty:
             del self.conversations[k]
         self.usage_rows = [row for row in self.usage_rows if row[3] >= older_than]
-        return ForgetReport(len(empty), len(doomed), self._drop_orphans())
+        return ForgetReport(len(empty), len(doomed), self._drop_orphans(used))
 
     def _drop_refs(self, ids: set[int]) -> None:
         for ref in [ref for ref, mid in self.refs.items() if mid in ids]:
             del self.refs[ref]
 
-    def _drop_orphans(self) -> int:
-        used = {a.sha256 for m in self.messages.values() for a in m.attachments if a.sha256}
-        orphans = [sha for sha in self.blobs if sha not in used]
+    def _used(self, ids: Sequence[int]) -> set[str]:
+        """The blobs messages use: stored for them, or ``blob:<sha256>`` refs not read yet."""
+        return {x for mid in ids for a in self.messages[mid].attachments
+                for x in (a.sha256, a.ref[5:] if a.ref.startswith("blob:") else None) if x}
+
+    def _drop_orphans(self, candidates: set[str]) -> int:
+        """Blobs no message uses: those the deleted messages used, and any older than ``ORPHAN_GRACE``."""
+        used = self._used(list(self.messages))
+        cutoff = self._clock() - ORPHAN_GRACE
+        orphans = [sha for sha in self.blobs if sha not in used and (sha in candidates or self.blob_at[sha] < cutoff)]
         for sha in orphans:
             del self.blobs[sha]
+            del self.blob_at[sha]
         return len(orphans)
 
     async def record_usage(self, user: str, kind: str, amount: float, at: float) -> None:

@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from bot.logs import register_secret
 from bot.store.base import (
+    ORPHAN_GRACE,
     Conversation,
     ConversationSummary,
     ForgetReport,
@@ -473,23 +474,39 @@ class PostgresStore:
     # -- deleting -------------------------------------------------------------------------
 
     @staticmethod
-    async def _drop_orphans(conn: AsyncConnection[Any]) -> int:
+    async def _used(conn: AsyncConnection[Any], where: str, params: Sequence[Any]) -> list[str]:
+        """The attachments the messages matching ``where`` use (stored, or ``blob:`` refs not read yet)."""
+        rows = await (await conn.execute(
+            f"SELECT a.sha256, a.ref FROM message_attachments a JOIN messages m ON m.id = a.message_id WHERE {where}",
+            params)).fetchall()  # type: ignore[arg-type]
+        return sorted({x for sha, ref in rows for x in (sha, ref[5:] if ref and ref.startswith("blob:") else None)
+                       if x})
+
+    async def _drop_orphans(self, conn: AsyncConnection[Any], candidates: list[str]) -> int:
+        """Blobs no message uses — neither stored for one nor waiting to be read (``blob:<sha256>`` refs): those
+        the deleted messages used, and any older than ``ORPHAN_GRACE`` (an upload is stored a moment before its
+        message)."""
         cur = await conn.execute(
-            "DELETE FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM message_attachments a WHERE a.sha256 = b.sha256)")
+            "DELETE FROM blobs b WHERE (created_at < %s OR sha256 = ANY(%s)) AND NOT EXISTS (SELECT 1 FROM"
+            " message_attachments a WHERE a.sha256 = b.sha256 OR a.ref = 'blob:' || b.sha256)",
+            (self._clock() - ORPHAN_GRACE, candidates))
         return cur.rowcount
 
     async def forget(self, key: ConversationKey) -> ForgetReport:
         async with self.pool.connection() as conn, conn.transaction():
+            used = await self._used(conn, "m.conversation_id = %s", (str(key),))
             await conn.execute("DELETE FROM platform_refs WHERE message_id IN"
                                " (SELECT id FROM messages WHERE conversation_id = %s)", (str(key),))
             n = (await conn.execute("DELETE FROM messages WHERE conversation_id = %s", (str(key),))).rowcount
             convs = (await conn.execute("DELETE FROM conversations WHERE id = %s", (str(key),))).rowcount
-            files = await self._drop_orphans(conn)
+            files = await self._drop_orphans(conn, used)
         return ForgetReport(convs, n, files)
 
     async def purge(self, older_than: float) -> ForgetReport:
         async with self.pool.connection() as conn, conn.transaction():
             where = "created_at < %s AND state NOT IN ('received', 'answering')"
+            used = await self._used(conn, "m.created_at < %s AND m.state NOT IN ('received', 'answering')",
+                                    (older_than,))
             await conn.execute(f"DELETE FROM platform_refs WHERE message_id IN (SELECT id FROM messages WHERE {where})",
                                (older_than,))
             n = (await conn.execute(f"DELETE FROM messages WHERE {where}", (older_than,))).rowcount
@@ -498,7 +515,7 @@ class PostgresStore:
                 " (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)", (older_than,))).rowcount
             await conn.execute("DELETE FROM events WHERE created_at < %s", (older_than,))
             await conn.execute("DELETE FROM usage WHERE at < %s", (older_than,))
-            files = await self._drop_orphans(conn)
+            files = await self._drop_orphans(conn, used)
         return ForgetReport(convs, n, files)
 
     # -- usage ----------------------------------------------------------------------------

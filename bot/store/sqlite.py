@@ -21,6 +21,7 @@ from pathlib import Path
 import sqlite_utils
 
 from bot.store.base import (
+    ORPHAN_GRACE,
     Conversation,
     ConversationSummary,
     ForgetReport,
@@ -469,26 +470,36 @@ class SQLiteStore:
 
     # -- deleting -------------------------------------------------------------------------
 
-    def _delete_messages(self, where: str, params: Sequence[object]) -> int:
+    def _delete_messages(self, where: str, params: Sequence[object]) -> tuple[int, set[str]]:
+        """Delete messages; their count and the attachments they used (stored, or ``blob:`` refs)."""
         ids = [r[0] for r in self.db.conn.execute(f"SELECT id FROM messages WHERE {where}", params)]
+        used: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
+            for sha, ref in self.db.conn.execute(
+                    f"SELECT sha256, ref FROM message_attachments WHERE message_id IN ({marks})", chunk):
+                used.update(x for x in (sha, ref[5:] if ref and ref.startswith("blob:") else None) if x)
             self.db.conn.execute(f"DELETE FROM message_attachments WHERE message_id IN ({marks})", chunk)
             self.db.conn.execute(f"DELETE FROM platform_refs WHERE message_id IN ({marks})", chunk)
             self.db.conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
-        return len(ids)
+        return len(ids), used
 
-    def _take_orphans(self) -> list[str]:
-        """Delete the attachment rows no message refers to any more; return their SHA-256s."""
-        orphans = [
-            r[0] for r in self.db.conn.execute(
-                "SELECT sha256 FROM attachments WHERE sha256 NOT IN"
-                " (SELECT sha256 FROM message_attachments WHERE sha256 IS NOT NULL)"
-            )
-        ]
+    def _take_orphans(self, candidates: set[str]) -> list[str]:
+        """Delete the attachment rows no message refers to any more — neither stored for one nor waiting to be
+        read (``blob:<sha256>`` refs): those the deleted messages used, and any older than ``ORPHAN_GRACE``
+        (an upload is stored a moment before its message). Return their SHA-256s."""
+        unused = ("sha256 NOT IN (SELECT sha256 FROM message_attachments WHERE sha256 IS NOT NULL) AND 'blob:' ||"
+                  " sha256 NOT IN (SELECT ref FROM message_attachments WHERE ref LIKE 'blob:%')")
+        orphans = {r[0] for r in self.db.conn.execute(
+            f"SELECT sha256 FROM attachments WHERE created_at < ? AND {unused}", (self._clock() - ORPHAN_GRACE,))}
+        listed = sorted(candidates)
+        for start in range(0, len(listed), 500):
+            chunk = listed[start:start + 500]
+            orphans.update(r[0] for r in self.db.conn.execute(
+                f"SELECT sha256 FROM attachments WHERE sha256 IN ({','.join('?' * len(chunk))}) AND {unused}", chunk))
         self.db.conn.executemany("DELETE FROM attachments WHERE sha256 = ?", [(sha,) for sha in orphans])
-        return orphans
+        return sorted(orphans)
 
     def _unlink(self, shas: Sequence[str]) -> int:
         removed = 0
@@ -502,15 +513,16 @@ class SQLiteStore:
 
     async def forget(self, key: ConversationKey) -> ForgetReport:
         with self._tx():
-            n = self._delete_messages("conversation_id = ?", (str(key),))
+            n, used = self._delete_messages("conversation_id = ?", (str(key),))
             convs = self.db.conn.execute("DELETE FROM conversations WHERE id = ?", (str(key),)).rowcount
-            orphans = self._take_orphans()
+            orphans = self._take_orphans(used)
         self._conv_cache.pop(key, None)
         return ForgetReport(convs, n, await asyncio.to_thread(self._unlink, orphans))
 
     async def purge(self, older_than: float) -> ForgetReport:
         with self._tx():
-            n = self._delete_messages("created_at < ? AND state NOT IN ('received', 'answering')", (older_than,))
+            n, used = self._delete_messages("created_at < ? AND state NOT IN ('received', 'answering')",
+                                            (older_than,))
             gone = [
                 r[0] for r in self.db.conn.execute(
                     "SELECT id FROM conversations WHERE created_at < ? AND id NOT IN"
@@ -521,7 +533,7 @@ class SQLiteStore:
                 self.db.conn.execute("DELETE FROM conversations WHERE id = ?", (cid,))
             self.db.conn.execute("DELETE FROM events WHERE created_at < ?", (older_than,))
             self.db.conn.execute("DELETE FROM usage WHERE at < ?", (older_than,))
-            orphans = self._take_orphans()
+            orphans = self._take_orphans(used)
         self._conv_cache.clear()
         return ForgetReport(len(gone), n, await asyncio.to_thread(self._unlink, orphans))
 
