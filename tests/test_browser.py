@@ -384,10 +384,14 @@ async def test_a_question_answered_again_by_another_replica_shows_one_answer(tmp
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = await browser.new_page(locale="en-US")
+            posted: list[dict[str, str]] = []
+            page.on("request", lambda r: posted.append(r.headers) if r.url.endswith("/api/messages") else None)
             await page.goto(live.url + "/")
             await page.fill("#text", "is the kettle broken?")
             await page.press("#text", "Enter")
             await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_text(["echo: is the kettle broken?"])
+            # each message carries its own request id: a proxy passing it on again gets it stored once
+            assert len(posted) == 1 and re.fullmatch(r"[0-9a-f]{32}", posted[0].get("x-request-id", ""))
             (sid,) = list(live.web._sessions)
             (question,) = [m for m in await live.runtime.manager.store.transcript(ConversationKey("web", sid))
                            if m.role == "user"]

@@ -219,6 +219,12 @@
     return div;
   }
 
+  function requestId() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   function onEvent(event) {
     switch (event.type) {
       case "status":
@@ -333,6 +339,8 @@
     const xhr = new XMLHttpRequest();
     xhr.open("POST", api("/api/messages"));
     xhr.setRequestHeader("X-InternVL-Bot", "1");
+    // one id per message: a proxy that passes the request on again (a replica died) stores it once
+    xhr.setRequestHeader("X-Request-Id", requestId());
     if (session) xhr.setRequestHeader("X-InternVL-Bot-Session", session);
     if (files.length) {
       progress.hidden = false;
