@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,8 +36,10 @@ from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "internvl_bot_work"  # "work": messages are waiting; "cancel:<key>": stop the answer to <key>
+# "work": messages are waiting; "cancel:<id>:<key>": stop the answer to <key> if its message is not newer
+CHANNEL = "internvl_bot_work"
 CANCEL = "cancel:"
+HOLD_SECONDS = 5.0
 NOW = "extract(epoch from clock_timestamp())"
 
 
@@ -49,6 +52,13 @@ class _Lane:
     current_task: asyncio.Task[None] | None = None
     lost: bool = False
     queued: set[int] = field(default_factory=set)
+    # after a cancel: messages up to this id are not started while their canceller marks them (briefly)
+    hold_upto: int = 0
+    hold_until: float = 0.0
+
+    def hold(self, upto: int) -> None:
+        self.hold_upto = max(self.hold_upto, upto)
+        self.hold_until = time.monotonic() + HOLD_SECONDS
 
 
 class ClaimScheduler:
@@ -65,9 +75,14 @@ class ClaimScheduler:
         self._lanes: dict[ConversationKey, _Lane] = {}
         self._cancelling: set[int] = set()
         self._wake = asyncio.Event()
+        self.listening = asyncio.Event()  # set once notifications from the other replicas arrive
         self._submitted: dict[int, ConversationKey] = {}  # taken in here, not yet seen answered
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
+        #: called with (message id, state) when a message this replica took in was finished by another one
+        self.on_settled: Callable[[int, str], None] | None = None
+        #: the platforms this replica has adapters for (None: all); it claims no conversation of another
+        self.serves: Callable[[], set[str]] | None = None
         self.claimed = 0  # conversations claimed (metrics, tests)
         self.taken_over = 0  # of those, claims another replica had let expire
 
@@ -125,16 +140,21 @@ class ClaimScheduler:
             " reply_to, error, created_at, platform_ids, drafts, route FROM messages WHERE conversation_id = %s"
             " AND role = 'user' AND state IN ('received', 'answering') ORDER BY id", (str(key),))
             if current is None or m.id != current.id]
-        if not self._stop_current(key):
+        if lane is not None and waiting:
+            lane.hold(max(m.id for m in waiting))
+        if not self._stop_current(key) and waiting:
             with contextlib.suppress(Exception):  # the replica answering it, if another, stops too
-                await self.store.notify(CHANNEL, [f"{CANCEL}{key}"])
+                await self.store.notify(CHANNEL, [f"{CANCEL}{max(m.id for m in waiting)}:{key}"])
         return waiting
 
-    def _stop_current(self, key: ConversationKey) -> bool:
-        """Cancel the answer in progress on ``key`` here (as cancelled, not interrupted); False if none."""
+    def _stop_current(self, key: ConversationKey, upto: int | None = None) -> bool:
+        """Cancel the answer in progress on ``key`` here (as cancelled, not interrupted), if it answers a
+        message not newer than ``upto``; False if none."""
         lane = self._lanes.get(key)
         if lane is None or lane.current is None or lane.current_task is None or lane.current_task.done():
             return False
+        if upto is not None and lane.current.id > upto:
+            return False  # a message that came after the cancel
         self._cancelling.add(lane.current.id)
         lane.current_task.cancel()
         return True
@@ -142,7 +162,11 @@ class ClaimScheduler:
     def _heard(self, payload: str) -> None:
         if payload.startswith(CANCEL):
             with contextlib.suppress(ValueError):
-                self._stop_current(ConversationKey.parse(payload[len(CANCEL):]))
+                upto, key = payload[len(CANCEL):].split(":", 1)
+                lane = self._lanes.get(ConversationKey.parse(key))
+                if lane is not None:
+                    lane.hold(int(upto))
+                self._stop_current(ConversationKey.parse(key), int(upto))
             return
         self._wake.set()
 
@@ -169,7 +193,7 @@ class ClaimScheduler:
 
     def _ensure_started(self) -> None:
         if self._loop is None and not self._stopping:
-            self.store.listen(CHANNEL, self._heard)
+            self.store.listen(CHANNEL, self._heard, ready=self.listening)
             self._loop = asyncio.create_task(self._claim_forever(), name="claims")
 
     async def _tell_others(self) -> None:
@@ -183,12 +207,13 @@ class ClaimScheduler:
             if self._submitted:  # answered by another replica: no longer ours to count
                 asked = list(self._submitted)
                 with contextlib.suppress(Exception):
-                    still = {r[0] for r in await self.store._rows(
-                        "SELECT id FROM messages WHERE id = ANY(%s) AND state IN ('received', 'answering')",
-                        (asked,))}
+                    states = dict(await self.store._rows("SELECT id, state FROM messages WHERE id = ANY(%s)", (asked,)))
                     for mid in asked:  # only those asked about: others came in while the query ran
-                        if mid not in still:
+                        state = states.get(mid, "cancelled")  # gone: its conversation was deleted
+                        if state not in ("received", "answering"):
                             self._submitted.pop(mid, None)
+                            if self.on_settled is not None:
+                                self.on_settled(mid, state)
             if free > 0:
                 try:
                     for key, token, expired in await self._claim(free):
@@ -207,12 +232,15 @@ class ClaimScheduler:
     async def _claim(self, limit: int) -> list[tuple[ConversationKey, int, bool]]:
         """Claim up to ``limit`` conversations with waiting messages that nobody holds, fairly between users."""
         token = secrets.randbits(62)
+        platforms = sorted(self.serves()) if self.serves is not None else None
         # Fair between users across replicas: each user's oldest waiting conversation comes before anyone's
         # second, and a user whose conversations are being answered (on any replica) waits behind those
         # who have none — a user writing in fifty threads at once does not hold up everyone else.
         rows = await self.store._rows(
             "WITH waiting AS (SELECT DISTINCT ON (conversation_id) conversation_id, id AS first, sender_id"
-            " FROM messages WHERE role = 'user' AND state IN ('received', 'answering') ORDER BY conversation_id, id),"
+            " FROM messages WHERE role = 'user' AND state IN ('received', 'answering')"
+            " AND (%s::text[] IS NULL OR split_part(conversation_id, ':', 1) = ANY(%s::text[]))"
+            " ORDER BY conversation_id, id),"
             " busy AS (SELECT w.sender_id, count(*) AS n FROM waiting w JOIN claims k ON"
             f" k.conversation_id = w.conversation_id AND k.lease_until >= {NOW} GROUP BY w.sender_id),"
             " free AS (SELECT w.conversation_id, w.first, k.replica AS previous, row_number() OVER (PARTITION BY"
@@ -225,7 +253,7 @@ class ClaimScheduler:
             f" token = excluded.token, lease_until = excluded.lease_until WHERE claims.lease_until < {NOW}"
             " RETURNING conversation_id, (SELECT previous FROM free f WHERE f.conversation_id ="
             " claims.conversation_id) IS NOT NULL",
-            (limit, self.replica, token, self.lease))
+            (platforms, platforms, limit, self.replica, token, self.lease))
         return [(ConversationKey.parse(cid), token, bool(expired)) for cid, expired in rows]
 
     async def _renew(self, lane: _Lane) -> bool:
@@ -235,18 +263,30 @@ class ClaimScheduler:
         return renewed == 1
 
     async def _keep(self, lane: _Lane) -> None:
-        """Renew the lease a few times per lease while a message is answered; a lost claim stops it."""
+        """Renew the lease a few times per lease while a message is answered; a lost claim stops it, and so
+        does a database this replica cannot reach for most of a lease (another replica may be taking the
+        conversation over: two answers must not stream at once)."""
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                ok = await self._renew(lane)
+                ok = await asyncio.wait_for(self._renew(lane), timeout=self.lease / 3)
             except Exception as exc:
                 log.warning("renewing the claim on %s failed: %s", lane.key, exc)
-                continue
+                if time.monotonic() - renewed < 0.8 * self.lease:
+                    continue
+                ok = False
+            else:
+                renewed = time.monotonic()
+                current = lane.current
+                if ok and current is not None:  # a cancel whose NOTIFY was missed: the message says so too
+                    with contextlib.suppress(Exception):
+                        if (await self.store.message(current.id)).state not in ("received", "answering"):
+                            self._stop_current(lane.key, current.id)
             if not ok:
                 lane.lost = True
-                log.error("the claim on %s was lost (this replica paused past its lease): stopping its answer",
-                          lane.key)
+                log.error("the claim on %s was lost (this replica paused past its lease, or cannot reach the "
+                          "database): stopping its answer", lane.key)
                 if lane.current_task is not None:
                     lane.current_task.cancel()
                 return
@@ -264,6 +304,9 @@ class ClaimScheduler:
         try:
             while not self._stopping and not lane.lost:
                 msg = await self._next(lane)
+                if msg is not None and msg.id <= lane.hold_upto and time.monotonic() < lane.hold_until:
+                    await asyncio.sleep(0.05)  # cancelled a moment ago: its canceller is marking it
+                    continue
                 if msg is None or not await self._renew(lane):
                     break
                 self._submitted.pop(msg.id, None)

@@ -126,6 +126,9 @@ class ConversationManager:
         self._arrived: dict[int, float] = {}
         self._reported: OrderedDict[ConversationKey, int] = OrderedDict()
         self._accepting = True
+        if hasattr(self.scheduler, "on_settled"):  # replicas: a message taken in here may be answered elsewhere
+            self.scheduler.on_settled = self._settled_elsewhere
+            self.scheduler.serves = lambda: set(self._channels)
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -294,6 +297,10 @@ class ConversationManager:
             future = asyncio.get_running_loop().create_future()
             self._done[mid] = future
         return future
+
+    def _settled_elsewhere(self, mid: int, state: str) -> None:
+        self.desk.forget(mid)
+        self._resolve(mid, state)
 
     def _resolve(self, mid: int, state: str) -> None:
         self._arrived.pop(mid, None)

@@ -329,7 +329,8 @@ async def test_a_cancel_on_one_replica_stops_the_answer_on_another(postgres: Any
         mid = await store.add_message(key, NewMessage(role="user", text="a long question"))
         answering.submit(await store.message(mid))
         await asyncio.wait_for(started.wait(), 10)
-        assert await other.cancel(key) == [await store.message(mid)]  # waiting, as the caller sees it
+        await asyncio.wait_for(answering.listening.wait(), 10)
+        assert [m.id for m in await other.cancel(key)] == [mid]  # waiting, as the caller sees it
         await asyncio.wait_for(stopped.wait(), 10)
         assert seen == [True]
     finally:
