@@ -89,12 +89,16 @@ def open_store(settings: Settings) -> Store:
 
 def build_scheduler(settings: Settings, store: Store) -> Scheduler | None:
     """Claims in PostgreSQL when the store is shared by replicas; else the manager's in-process lanes."""
-    if settings.store.backend == "postgres" and type(store).__name__ == "PostgresStore":
-        from bot.claims import ClaimScheduler, replica_name
+    if settings.store.backend != "postgres":
+        return None
+    from bot.claims import ClaimScheduler, replica_name
+    from bot.store.postgres import PostgresStore
 
-        return ClaimScheduler(store, replica=replica_name(), parallel=settings.conversation.max_parallel_conversations,
-                              lease=settings.store.lease_seconds)
-    return None
+    if not isinstance(store, PostgresStore):
+        # replicas sharing work through anything else would each answer everyone's messages
+        raise ConfigError("store.backend is postgres but the store given is not PostgreSQL")
+    return ClaimScheduler(store, replica=replica_name(), parallel=settings.conversation.max_parallel_conversations,
+                          lease=settings.store.lease_seconds)
 
 
 def build_notifier(settings: Settings) -> Notifiers:

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from bot.errors import StartupError
+
 log = logging.getLogger(__name__)
 
 PART_CHARS = 1800  # ≤ 4 bytes per character in UTF-8: a part stays under 8,000 bytes with its header
@@ -46,7 +48,11 @@ class Bus:
         self._started = True
         ready = asyncio.Event()
         self._store.listen(self.channel, self._received, ready=ready)
-        await asyncio.wait_for(ready.wait(), timeout=30)
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=30)
+        except TimeoutError:
+            raise StartupError(f"cannot listen for the other replicas' events ({self.channel}): is the database "
+                               "reachable?") from None
 
     async def publish(self, event: dict[str, Any]) -> None:
         if not self.shared:

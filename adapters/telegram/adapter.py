@@ -372,7 +372,7 @@ class TelegramAdapter:
                 # replicas: Telegram allows one long poll per bot, so one replica polls (an advisory lock in
                 # PostgreSQL) and another takes over when it dies; updates it had not confirmed come again
                 # and are recognised as stored
-                self._poller = elect(f"internvl-bot telegram polling {self.me_id}", self._poll)
+                self._poller = elect(f"internvl-bot telegram polling {self.me_id}", self._lead_polling)
             else:
                 self._poller = asyncio.create_task(self._poll(), name="telegram polling")
         log.info("Telegram bot @%s ready (%s)", self.username, self.conf.mode)
@@ -411,6 +411,11 @@ class TelegramAdapter:
             log.warning("setting the command menu failed: %s", exc)
 
     # -- intake -----------------------------------------------------------------------------
+
+    async def _lead_polling(self) -> None:
+        """This replica polls now: first the albums a poller that stopped left half-collected."""
+        await self._flush_stashed_albums()
+        await self._poll()
 
     async def _poll(self) -> None:
         """Long polling whose offset advances only past updates that are stored."""

@@ -132,11 +132,11 @@ async def migrate(conn: AsyncConnection[Any]) -> list[str]:
     return applied
 
 
-# The server notices a replica whose machine vanished (no FIN) within about 25 s, and releases its lock.
-KEEPALIVES: dict[str, Any] = {
-    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-    "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
-}
+# TCP keepalives: a connection to a database that vanished (no FIN) is noticed within about 25 s.
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+# The same on the server's side, for the election's connection: the server notices a replica whose machine
+# vanished and releases its lock. (A pooler such as PgBouncer refuses ``options``: then it goes without.)
+SERVER_KEEPALIVES = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
 
 
 class PostgresStore:
@@ -159,11 +159,17 @@ class PostgresStore:
         return self._pool
 
     async def open(self) -> None:
+        # check=: a connection broken while idle in the pool (the database restarted) is replaced, not handed out
         pool = AsyncConnectionPool(self.url, min_size=self._min, max_size=self._max, open=False,
-                                   kwargs={"autocommit": True})
-        await pool.open(wait=True, timeout=30)
-        async with pool.connection() as conn:
-            await migrate(conn)
+                                   kwargs={"autocommit": True, **KEEPALIVES},
+                                   check=AsyncConnectionPool.check_connection)
+        try:
+            await pool.open(wait=True, timeout=30)
+            async with pool.connection() as conn:
+                await migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
         self._pool = pool
 
     async def close(self) -> None:
@@ -191,7 +197,7 @@ class PostgresStore:
         async def run() -> None:
             while True:
                 try:
-                    conn = await AsyncConnection.connect(self.url, autocommit=True)
+                    conn = await AsyncConnection.connect(self.url, autocommit=True, **KEEPALIVES)
                     async with conn:
                         await conn.execute(f'LISTEN "{channel}"')
                         if ready is not None:
@@ -216,12 +222,17 @@ class PostgresStore:
 
         async def run() -> None:
             waiting_logged = False
+            server_side = True
             while True:
                 try:
-                    conn = await AsyncConnection.connect(self.url, autocommit=True, **KEEPALIVES)
+                    conn = await AsyncConnection.connect(self.url, autocommit=True, **KEEPALIVES,
+                                                         **({"options": SERVER_KEEPALIVES} if server_side else {}))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if server_side:
+                        server_side = False  # a pooler in between may refuse the options: try without
+                        continue
                     log.warning("election %r: cannot connect (%s); trying again in %.0f s", name, exc, retry)
                     await asyncio.sleep(retry)
                     continue
