@@ -106,8 +106,8 @@ class ChatwootFetcher:
 
 
 ANSWER_MARK = "internvl_bot_answer_to"  # in an answer's content_attributes: the question's id in the store
-POSTED_BUCKET = "chatwoot:answered:"  # the stash: the Chatwoot message that answers a question not yet finished
-POSTING = "chatwoot:posting"  # stored before an answer is posted (see ChatwootSink._post_answer_once)
+POSTING = "chatwoot:posting"
+POSTED = "chatwoot:posted:"  # + the id of the Chatwoot message that answers a question not yet finished  # stored before an answer is posted (see ChatwootSink._post_answer_once)
 
 
 class ChatwootSink:
@@ -156,21 +156,15 @@ class ChatwootSink:
         """The answer, posted once even when this replica is killed between Chatwoot's reply and the store's
         commit: the answer carries the question's id in ``content_attributes``, and a mark is stored before
         posting. Chatwoot sends every message back to the bot's webhook; while the question is not stored as
-        answered, the replica receiving our answer notes it in the store. A replica taking the question over
-        that finds the posting mark looks for that note first. (Chatwoot's bot token cannot list messages.)"""
-        store = self.adapter.manager.store
-        bucket = f"{POSTED_BUCKET}{self.context.message_id}"
-        if POSTING in self.context.previous:
-            # Chatwoot sent our answer back to the bot as it does every message (any replica noted it)
-            posted = (await store.stashed(bucket)).get(bucket)
-            if posted:
-                await store.drop_stash(bucket)
-                log.info("the answer was posted before the replica stopped: not posted again")
-                return (posted[0][1],)
+        answered, the replica receiving our answer notes its id with the question (beside the mark, where a
+        replica taking the question over looks). Chatwoot's bot token cannot list messages to check."""
+        # Chatwoot sent our answer back to the bot as it does every message, and a replica noted it
+        posted = next((p[len(POSTED):] for p in self.context.previous if p.startswith(POSTED)), None)
+        if posted:
+            log.info("the answer was posted before the replica stopped: not posted again")
+            return (posted,)
         await self.context.remember((POSTING,))
-        ids = await self._post(text, attributes={ANSWER_MARK: self.context.message_id})
-        await store.drop_stash(bucket)  # in case Chatwoot's copy came back before this line
-        return ids
+        return await self._post(text, attributes={ANSWER_MARK: self.context.message_id})
 
     async def _post(self, text: str, *, files: list[FileReply] | None = None,
                     attributes: dict[str, Any] | None = None) -> tuple[str, ...]:
@@ -367,7 +361,8 @@ class ChatwootAdapter:
 
     async def _posted_answer(self, data: dict[str, Any], key: ConversationKey) -> bool:
         """Our own answer, back from Chatwoot: while its question is not yet stored as answered (the replica
-        that posted it may have died before the store's commit), note which Chatwoot message answers it."""
+        that posted it may have died before the store's commit), note with the question which Chatwoot
+        message answers it."""
         attributes = data.get("content_attributes")
         mark = attributes.get(ANSWER_MARK) if isinstance(attributes, dict) else None
         if not isinstance(mark, int) or isinstance(mark, bool) or mark <= 0:
@@ -379,7 +374,7 @@ class ChatwootAdapter:
             return False
         if question.key != key or question.state not in ("received", "answering"):
             return False
-        await store.stash(f"{POSTED_BUCKET}{mark}", "id", str(data.get("id")))
+        await store.set_drafts(mark, (POSTING, f"{POSTED}{data.get('id')}"))
         return True
 
     async def _status(self, event: str, data: dict[str, Any]) -> str:
