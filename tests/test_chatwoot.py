@@ -100,8 +100,7 @@ async def test_an_answer_a_killed_replica_posted_is_not_posted_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A replica killed between Chatwoot's reply and the store's commit: Chatwoot sends the marked answer
     back to the bot, which notes it with the question; the replica taking the question over finds the note and
-    does not post a
-    second answer. Without a note it posts (marked)."""
+    does not post a second answer. Without a note it posts (marked)."""
     import httpx
 
     from adapters.chatwoot import ANSWER_MARK, POSTED, POSTING, ChatwootSink
