@@ -94,6 +94,7 @@ _UPLOAD_REF = re.compile(r"[0-9a-f]{32}\Z")
 BUS_CHANNEL = "internvl_bot_web"
 FILE_BUCKET = "webfile:"  # the store's stash: one bucket per file a session can download
 FILES_KEPT = 20
+FILES_MAX_AGE = 86400.0  # a download link older than a day is not offered again (ask for a new export)
 _FILE_ID = re.compile(r"[0-9a-f]{32}\Z")
 
 #: Labels of the page itself; their texts are the ``ui_<name>`` entries of the catalogs (bot/locales).
@@ -272,12 +273,13 @@ class WebAdapter:
 
     async def keep_file(self, sid: str, reply: FileReply) -> str:
         """Keep a file the bot sends (an export) for the session's download link, in the store — any replica
-        serves the link — and only the newest ``FILES_KEPT`` of a session."""
+        serves the link — only the newest ``FILES_KEPT`` of a session, for ``FILES_MAX_AGE`` at most."""
         fid = uuid.uuid4().hex
         store = self.manager.store
         payload = json.dumps({"name": reply.filename, "mime": reply.mime,
                               "data": base64.b64encode(reply.data).decode("ascii")})
         await store.stash(f"{FILE_BUCKET}{sid}:{fid}", "file", payload)
+        await store.drop_stale_stash(FILE_BUCKET, time.time() - FILES_MAX_AGE)  # every session's old ones
         kept = list(await store.stashed(f"{FILE_BUCKET}{sid}:"))
         for bucket in kept[:-FILES_KEPT]:
             await store.drop_stash(bucket)

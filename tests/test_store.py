@@ -99,6 +99,18 @@ class StoreContract:
         await store.drop_stash("telegram:album:1")
         assert list(await store.stashed("telegram:")) == ["telegram:album:2"]
 
+    async def test_stale_stashes_are_dropped_by_age(self, store: Store, clock: list[float]) -> None:
+        clock[0] = 1000.0
+        await store.stash("web:file:a", "1", "old")
+        await store.stash("web:file:b", "1", "old")
+        await store.stash("other:c", "1", "old")
+        clock[0] = 5000.0
+        await store.stash("web:file:b", "2", "fresh")  # b has a fresh piece: kept whole
+        await store.stash("web:file:d", "1", "fresh")
+        assert await store.drop_stale_stash("web:file:", before=2000.0) == 1
+        assert sorted(await store.stashed("web:file:")) == ["web:file:b", "web:file:d"]
+        assert list(await store.stashed("other:")) == ["other:c"]  # another prefix: untouched
+
     async def test_attachment_ids_are_checked(self, store: Store) -> None:
         for bad in ("../../etc/passwd", "ABC", "a" * 63, "g" * 64, "A" * 64):
             with pytest.raises(ValueError, match="not a SHA-256"):

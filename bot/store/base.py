@@ -209,6 +209,10 @@ class Store(Protocol):
         """Every bucket whose name starts with ``prefix``: its items and payloads, in the order stored."""
         ...
     async def drop_stash(self, bucket: str) -> None: ...
+    async def drop_stale_stash(self, prefix: str, before: float) -> int:
+        """Drop the buckets whose name starts with ``prefix`` and whose newest piece was stashed before
+        ``before`` (pieces nobody came back for); how many."""
+        ...
     async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
         """Conversations in ``mode``: ``human`` ones oldest handoff first (who has waited longest), ``bot``
         ones with the newest activity first (only among recent messages)."""

@@ -39,6 +39,7 @@ class MemoryStore:
         self.refs: dict[tuple[str, str, str], int] = {}
         self.usage_rows: list[tuple[str, str, float, float]] = []
         self.stashes: dict[str, dict[str, str]] = {}
+        self.stash_at: dict[str, float] = {}  # bucket -> when its newest piece came
 
     async def open(self) -> None:
         return None
@@ -202,13 +203,22 @@ class MemoryStore:
         return sum(row[2] for row in rows), min((row[3] for row in rows), default=None)
 
     async def stash(self, bucket: str, item: str, payload: str) -> None:
-        self.stashes.setdefault(bucket, {}).setdefault(item, payload)
+        if item not in self.stashes.setdefault(bucket, {}):
+            self.stashes[bucket][item] = payload
+            self.stash_at[bucket] = self._clock()
 
     async def stashed(self, prefix: str) -> dict[str, list[tuple[str, str]]]:
         return {bucket: list(items.items()) for bucket, items in self.stashes.items() if bucket.startswith(prefix)}
 
     async def drop_stash(self, bucket: str) -> None:
         self.stashes.pop(bucket, None)
+        self.stash_at.pop(bucket, None)
+
+    async def drop_stale_stash(self, prefix: str, before: float) -> int:
+        stale = [b for b in self.stashes if b.startswith(prefix) and self.stash_at.get(b, 0.0) < before]
+        for bucket in stale:
+            await self.drop_stash(bucket)
+        return len(stale)
 
     async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
         last: dict[ConversationKey, StoredMessage] = {}

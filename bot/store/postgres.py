@@ -560,6 +560,13 @@ class PostgresStore:
     async def drop_stash(self, bucket: str) -> None:
         await self._run("DELETE FROM stash WHERE bucket = %s", (bucket,))
 
+    async def drop_stale_stash(self, prefix: str, before: float) -> int:
+        rows = await self._rows(
+            "WITH stale AS (SELECT bucket FROM stash WHERE starts_with(bucket, %s) GROUP BY bucket HAVING MAX(at) < %s),"
+            " gone AS (DELETE FROM stash s USING stale WHERE s.bucket = stale.bucket RETURNING s.bucket)"
+            " SELECT count(DISTINCT bucket) FROM gone", (prefix, before))
+        return int(rows[0][0]) if rows else 0
+
     async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
         if mode == "human":
             ids = [r[0] for r in await self._rows(

@@ -574,6 +574,15 @@ class SQLiteStore:
     async def drop_stash(self, bucket: str) -> None:
         self.db.conn.execute("DELETE FROM stash WHERE bucket = ?", (bucket,))
 
+    async def drop_stale_stash(self, prefix: str, before: float) -> int:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._tx():
+            stale = [r[0] for r in self.db.conn.execute(
+                "SELECT bucket FROM stash WHERE bucket LIKE ? ESCAPE '\\' GROUP BY bucket HAVING MAX(at) < ?",
+                (escaped, before))]
+            self.db.conn.executemany("DELETE FROM stash WHERE bucket = ?", [(b,) for b in stale])
+        return len(stale)
+
     async def list_conversations(self, *, mode: Mode, limit: int = 100) -> list[ConversationSummary]:
         if mode == "human":
             ids = [r[0] for r in self.db.conn.execute(
