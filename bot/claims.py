@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.scheduler import Handler
+from bot.scheduler import Handler, wind_down
 from bot.store import StoredMessage
 from bot.store.postgres import PostgresStore
 from bot.types import ConversationKey
@@ -179,15 +179,7 @@ class ClaimScheduler:
             self._loop = None
         running = [lane.current_task for lane in self._lanes.values()
                    if lane.current_task is not None and not lane.current_task.done()]
-        if running:
-            _, late = await asyncio.wait(running, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None and not lane.task.done()]
-        for task in lanes:
-            task.cancel()
-        await asyncio.gather(*lanes, return_exceptions=True)
+        await wind_down(running, [lane.task for lane in self._lanes.values() if lane.task is not None], grace)
 
     # -- claiming ---------------------------------------------------------------------------
 

@@ -121,6 +121,20 @@ class Scheduler(Protocol):
         ...
 
 
+async def wind_down(running: list[asyncio.Task[None]], lanes: list[asyncio.Task[None]], grace: float) -> None:
+    """A scheduler's stop: the messages being processed may finish within ``grace`` seconds, then what is
+    left of them and the lanes' tasks are cancelled."""
+    if running:
+        _, late = await asyncio.wait(running, timeout=grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    lanes = [task for task in lanes if not task.done()]
+    for task in lanes:
+        task.cancel()
+    await asyncio.gather(*lanes, return_exceptions=True)
+
+
 @dataclass(eq=False)
 class _Lane:
     key: ConversationKey
@@ -241,15 +255,7 @@ class LocalScheduler:
             for msg in lane.queue:
                 self._settle(msg.id)
             lane.queue.clear()
-        if running:
-            _, late = await asyncio.wait(running, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None and not lane.task.done()]
-        for task in lanes:
-            task.cancel()
-        await asyncio.gather(*lanes, return_exceptions=True)
+        await wind_down(running, [lane.task for lane in self._lanes.values() if lane.task is not None], grace)
         self._lanes.clear()
         for message_id in list(self._inflight):
             self._settle(message_id)
