@@ -224,6 +224,16 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     return 0
 
 
+def describe_store(settings: Settings) -> str:
+    """The store, for a log line: the SQLite file, or PostgreSQL's host, port and database (no password)."""
+    if settings.store.backend == "postgres":
+        from urllib.parse import urlsplit
+
+        url = urlsplit(settings.store.url)
+        return f"PostgreSQL {url.hostname}:{url.port or 5432}{url.path}"
+    return str(settings.store_path)
+
+
 async def check(settings: Settings) -> int:
     """``serve --check``: config, secrets, store, model and engine, then exit (nothing is served)."""
     settings.check_secrets()
@@ -231,10 +241,15 @@ async def check(settings: Settings) -> int:
         assert runtime.engine is not None
         assert runtime.store is not None
         await runtime.store.check()
-        print(f"ok: store {settings.store_path} is writable")
+        print(f"ok: store {describe_store(settings)} is writable")
         await runtime.engine.check()
         info = runtime.engine.info
         print(f"ok: engine {info.name} ready (context {info.context_length} tokens){' — DEMO MODEL' if info.demo else ''}")
+        web = getattr(settings.adapters, "web", None)
+        if web is not None and web.enabled:
+            from adapters.web import session_secret
+
+            session_secret(settings, web)  # with replicas, the shared one must be set
         enabled = ", ".join(name for name in settings.enabled_adapters() if name != "console") or "none"
         print(f"ok: adapters enabled: {enabled}")
         if os.environ.get(settings.server.operator_token_env):

@@ -334,3 +334,40 @@ async def test_the_web_chat_on_postgresql_answers_resets_and_exports(
         (file,) = [e for e in events if e["type"] == "file"]
         download = await client.get(file["url"])  # kept in the database: any replica serves it
         assert download.status_code == 200 and b"pump,12.50" in download.content
+
+
+def test_serve_check_on_postgresql_names_the_database_and_what_is_missing(
+        tmp_path: Any, postgres: Any) -> None:
+    """``serve --check`` with replicas: the database it reached (never its password), the missing shared web
+    secret in one line; an unreachable database is one line too, not a traceback."""
+    import subprocess
+    import sys
+
+    from bot.errors import StartupError
+    from bot.store.postgres import PostgresStore
+    from tests.replica_cluster import ROOT
+
+    url = postgres.database()
+    (tmp_path / "config.yaml").write_text(f"data_dir: {tmp_path / 'data'}\nengine:\n  kind: echo\n"
+                                          "store:\n  backend: postgres\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INTERNVL_BOT_DATABASE_URL": url,
+           "INTERNVL_BOT_WEB_SESSION_SECRET": "shared-by-the-replicas"}
+    env.pop("INTERNVL_BOT_CONFIG", None)
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    ok = check()
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert f"ok: store PostgreSQL 127.0.0.1:{postgres.port}/{url.rsplit('/', 1)[1]} is writable" in ok.stdout
+    assert "bot-test-password" not in ok.stdout + ok.stderr
+    del env["INTERNVL_BOT_WEB_SESSION_SECRET"]
+    missing = check()
+    assert missing.returncode == 2 and "set INTERNVL_BOT_WEB_SESSION_SECRET" in missing.stderr.splitlines()[-1]
+
+    async def unreachable() -> None:
+        await PostgresStore(url.replace(f":{postgres.port}/", ":1/"), open_timeout=1).open()
+
+    with pytest.raises(StartupError, match=r"cannot reach PostgreSQL at 127.0.0.1:1/"):
+        asyncio.run(unreachable())

@@ -22,8 +22,9 @@ from urllib.parse import unquote, urlsplit
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from bot.errors import StartupError
 from bot.logs import register_secret
 from bot.store.base import (
     ORPHAN_GRACE,
@@ -143,12 +144,13 @@ class PostgresStore:
     """See the module docstring. ``url``: ``postgresql://user:password@host:5432/db``."""
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, min_size: int = 2,
-                 max_size: int = 10) -> None:
+                 max_size: int = 10, open_timeout: float = 30.0) -> None:
         self.url = url
         with contextlib.suppress(ValueError):
             register_secret(unquote(urlsplit(url).password or "") or None)  # never in a log line
         self._clock = clock
         self._min, self._max = min_size, max_size
+        self._open_timeout = open_timeout
         self._pool: AsyncConnectionPool | None = None
         self._listeners: set[asyncio.Task[None]] = set()
 
@@ -164,9 +166,15 @@ class PostgresStore:
                                    kwargs={"autocommit": True, **KEEPALIVES},
                                    check=AsyncConnectionPool.check_connection)
         try:
-            await pool.open(wait=True, timeout=30)
+            await pool.open(wait=True, timeout=self._open_timeout)
             async with pool.connection() as conn:
                 await migrate(conn)
+        except PoolTimeout:
+            await pool.close()
+            where = urlsplit(self.url)
+            raise StartupError(f"store: cannot reach PostgreSQL at {where.hostname}:{where.port or 5432}{where.path} "
+                               f"within {self._open_timeout:.0f} s (is it running, and are the user and password "
+                               "right?)") from None
         except BaseException:
             await pool.close()
             raise
