@@ -231,6 +231,7 @@ async def test_replicas_poll_one_at_a_time_and_another_takes_over(
         first, second = contextlib.AsyncExitStack(), contextlib.AsyncExitStack()
         async with second:
             await first.enter_async_context(telegram(tmp_path / "a", monkeypatch, tg=tg, store={"backend": "postgres"}))
+            await tg.wait_for(lambda: tg.polling >= 1, 10)  # the first replica leads: it polls
             b = await second.enter_async_context(telegram(tmp_path / "b", monkeypatch, tg=tg,
                                                           store={"backend": "postgres", "lease_seconds": 3}))
             for n in range(3):
