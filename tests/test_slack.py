@@ -69,14 +69,16 @@ class Harness:
 @contextlib.asynccontextmanager
 async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = "socket",
                 engine: EchoEngine | None = None, fake: dict[str, Any] | None = None,
+                shared: FakeSlack | None = None, store: dict[str, Any] | None = None,
                 **conf: Any) -> AsyncIterator[Harness]:
-    async with FakeSlack(**(fake or {})) as fake_slack:
+    async with contextlib.AsyncExitStack() as stack:
+        fake_slack = shared or await stack.enter_async_context(FakeSlack(**(fake or {})))
         fake_slack.add_user(USER, name="ana", locale="en-US")
         monkeypatch.setenv("SLACK_BOT_TOKEN", fake_slack.bot_token)
         monkeypatch.setenv("SLACK_APP_TOKEN", fake_slack.app_token)
         monkeypatch.setenv("SLACK_SIGNING_SECRET", fake_slack.signing_secret)
         section = {"enabled": True, "mode": mode, "api_url": fake_slack.api_url, "update_interval": 0.5, **conf}
-        settings = make_settings(tmp_path, adapters={"slack": section})
+        settings = make_settings(tmp_path, adapters={"slack": section}, **({"store": store} if store else {}))
         async with Runtime(settings, engine=engine or EchoEngine(delay=0.005)) as runtime:
             assert runtime.manager is not None
             adapter = SlackAdapter(runtime.manager, runtime.settings, settings.adapters.slack)  # type: ignore[attr-defined]
@@ -93,10 +95,11 @@ async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = 
                     assert not serving.done()
                     await asyncio.sleep(0.01)
                 harness.url = f"http://127.0.0.1:{port}/slack/events"
+            connected = fake_slack.socket_connections
             await runtime.manager.start()
             await adapter.start()
             if mode == "socket":
-                await fake_slack.wait_for(lambda: fake_slack.socket_connections >= 1)
+                await fake_slack.wait_for(lambda: fake_slack.socket_connections > connected)
             try:
                 yield harness
             finally:
@@ -114,6 +117,26 @@ def mention(h: Harness, text: str, *, thread_ts: str | None = None, files: Any =
 
 
 # -- socket mode -------------------------------------------------------------------------------
+
+
+async def test_replicas_each_open_a_socket_and_answer_each_thread_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: Any) -> None:
+    """Two replicas on one PostgreSQL database, each with its own Socket Mode connection: Slack spreads the
+    events over both, and an event sent on both connections is still answered once, in its thread."""
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", postgres.database())
+    async with FakeSlack() as fake, \
+            slack(tmp_path / "a", monkeypatch, shared=fake, store={"backend": "postgres"}) as a, \
+            slack(tmp_path / "b", monkeypatch, shared=fake, store={"backend": "postgres"}):
+        assert fake.socket_connections == 2
+        asked = []
+        for n in range(8):
+            payload = mention(a, f"question {n}")
+            await fake.send_socket_event(payload, to="all" if n == 0 else "one")
+            asked.append((payload["event"]["channel"], payload["event"]["ts"], f"echo: question {n}"))
+        for channel, ts, expected in asked:
+            await a.answered(channel, ts, expected)
+        await asyncio.sleep(0.5)  # time for a second answer, were one coming
+        assert [a.texts(channel, ts) for channel, ts, _ in asked] == [[expected] for _, _, expected in asked]
 
 
 async def test_a_mention_with_an_image_streams_natively_into_its_thread(tmp_path: Path,
