@@ -109,6 +109,12 @@ class ClaimScheduler:
         running = 1 if lane is not None and lane.current is not None else 0
         return running + sum(1 for k in self._submitted.values() if k == key)
 
+    async def waiting(self, key: ConversationKey, besides: int) -> int:
+        """Messages of ``key`` waiting or being answered on any replica, ``besides`` aside."""
+        row = await self.store._one("SELECT count(*) FROM messages WHERE conversation_id = %s AND role = 'user'"
+                                    " AND state IN ('received', 'answering') AND id <> %s", (str(key), besides))
+        return int(row[0]) if row else 0
+
     @property
     def total(self) -> int:
         return len(self._submitted) + sum(1 for lane in self._lanes.values() if lane.current is not None)

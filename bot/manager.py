@@ -268,8 +268,8 @@ class ConversationManager:
                     continue  # the /reset itself, and what came after it (another replica's intake)
                 await self.store.finish(queued.id, "cancelled", error="cancelled by /reset")
                 self._resolve(queued.id, "cancelled")
-        elif self.scheduler.depth(message.key) >= self.conf.max_pending_per_conversation:
-            refusal = TooManyPending(count=self.scheduler.depth(message.key) + 1)
+        elif (depth := await self._depth(message.key, mid)) >= self.conf.max_pending_per_conversation:
+            refusal = TooManyPending(count=depth + 1)
         if refusal is not None:
             self._refuse(stored, channel, refusal)
             return Ticket(mid, future)
@@ -297,6 +297,11 @@ class ConversationManager:
             future = asyncio.get_running_loop().create_future()
             self._done[mid] = future
         return future
+
+    async def _depth(self, key: ConversationKey, mid: int) -> int:
+        """Messages of ``key`` waiting or being answered, ``mid`` aside: with replicas, on all of them."""
+        waiting = getattr(self.scheduler, "waiting", None)
+        return await waiting(key, mid) if waiting is not None else self.scheduler.depth(key)
 
     def _settled_elsewhere(self, mid: int, state: str) -> None:
         self.desk.forget(mid)

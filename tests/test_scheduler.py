@@ -337,3 +337,23 @@ async def test_a_cancel_on_one_replica_stops_the_answer_on_another(postgres: Any
         await answering.stop(0.1)
         await other.stop(0.1)
         await store.close()
+
+
+async def test_the_waiting_count_covers_every_replicas_intake(postgres: Any) -> None:
+    """conversation.max_pending_per_conversation counts what waits in the database, whichever replica took
+    it in, so a flood spread over replicas is refused as it would be by one."""
+    from bot.claims import ClaimScheduler
+    from bot.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres.database())
+    await store.open()
+    try:
+        key = ConversationKey("telegram", "42")
+        ids = [await store.add_message(key, NewMessage(role="user", text=f"{n}", sender_id="u")) for n in range(4)]
+        await store.set_state(ids[0], "answering")
+        await store.finish(ids[1], "answered", reply="done")
+        await store.add_message(ConversationKey("telegram", "7"), NewMessage(role="user", text="other chat"))
+        scheduler = ClaimScheduler(store, replica="one", parallel=2)  # took none of them in itself
+        assert await scheduler.waiting(key, besides=ids[3]) == 2  # ids[0] (answering) and ids[2]
+    finally:
+        await store.close()
