@@ -1,6 +1,6 @@
 """InternVL's documented reference preprocessing (model card ``load_image`` / ``load_video``), as
-written there, with torchvision's three transforms spelled out in torch (torchvision cannot be
-imported here). Used by the tests and ``bench/media.py`` to check our fast paths bit for bit."""
+written there, with torchvision's three transforms spelled out in torch (torchvision is not
+available beside torch 2.13.0). Used by the tests and ``bench/media.py`` to check our fast paths bit for bit."""
 
 from __future__ import annotations
 
