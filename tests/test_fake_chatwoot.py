@@ -29,8 +29,8 @@ from tests.fakes.chatwoot_api import (
     FakeChatwoot,
     load_payload,
     rails_json,
-    serve_asgi,
 )
+from tests.fakes.serving import serve_asgi
 
 SECRET = "cw-webhook-secret"
 TOKEN = "cw-bot-token"

@@ -29,7 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.slack_api import PAYLOAD_DIR, FakeSlack, Rate, SlackLimits, load_payload, serve_asgi
+from tests.fakes.serving import serve_asgi
+from tests.fakes.slack_api import PAYLOAD_DIR, FakeSlack, Rate, SlackLimits, load_payload
 
 CH = "C0GENERAL"
 USER = "U0USER1"

@@ -67,7 +67,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,13 +75,13 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+
+from tests.fakes.serving import serve_asgi, walk
 
 PAYLOAD_DIR = Path(__file__).resolve().parent.parent / "payloads" / "chatwoot"
 """Where the recorded webhook payloads live (``load_payload`` reads them)."""
@@ -256,48 +256,6 @@ class _Conversation:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (the test's loop owns the process) and without its 0.1 s
-    polling main loop: ``stop()`` starts the shutdown at once, which keeps short tests fast."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self._stopping = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def main_loop(self) -> None:
-        await self.on_tick(0)  # sets the default headers (Date) once
-        await self._stopping.wait()
-
-    def stop(self) -> None:
-        self.should_exit = True
-        self._stopping.set()
-
-
-@contextlib.asynccontextmanager
-async def serve_asgi(app: ASGIApp, *, host: str = "127.0.0.1", advertise: str | None = None
-                     ) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free port of ``host`` inside the running loop; yields its base URL,
-    naming the host ``advertise`` (e.g. ``localhost``) when given."""
-    server = _QuietServer(uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False,
-                                         lifespan="off", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # uvicorn offers a flag, not an event
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        await asyncio.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{advertise or host}:{port}"
-    finally:
-        server.stop()
-        await task
-
-
 def rails_json(payload: Any) -> bytes:
     """``payload.to_json`` as Rails writes it: compact, UTF-8, and ``<``, ``>``, ``&``, U+2028, U+2029
     escaped (``ActiveSupport.escape_html_entities_in_json``). Receivers must verify the raw bytes."""
@@ -348,16 +306,6 @@ def load_payload(name: str, **overrides: Any) -> dict[str, Any]:
             target = target.setdefault(part, {})
         target[leaf] = value
     return payload
-
-
-def _walk(obj: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(obj, dict):
-        yield obj
-        for value in obj.values():
-            yield from _walk(value)
-    elif isinstance(obj, list):
-        for value in obj:
-            yield from _walk(value)
 
 
 # ---------------------------------------------------------------------------------------------- the fake
@@ -1024,7 +972,7 @@ class FakeChatwoot:
         (serving ``files[attachment_id]``, or stand-in bytes of ``file_size``), and the conversation and the
         message exist here (with the payload's status), so REST calls and failure handling apply."""
         payload = load_payload(name, **overrides)
-        for obj in _walk(payload):
+        for obj in walk(payload):
             if obj.get("file_type") and isinstance(obj.get("data_url"), str) and obj["data_url"].startswith(
                     RECORDED_ORIGIN):
                 data = (files or {}).get(obj.get("id"))

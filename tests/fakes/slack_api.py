@@ -48,7 +48,7 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -57,13 +57,13 @@ from urllib.parse import parse_qsl, quote
 from zoneinfo import ZoneInfo
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
 from starlette.websockets import WebSocket, WebSocketState
+
+from tests.fakes.serving import serve_asgi, walk
 
 PAYLOAD_DIR = Path(__file__).resolve().parent.parent / "payloads" / "slack"
 """Where the recorded Events API payloads live (``load_payload`` reads them)."""
@@ -368,33 +368,6 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, (str, int)) and str(value).lower() in ("1", "true"))
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (the test owns the process)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serve_asgi(app: ASGIApp, *, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free port inside the running loop; yields its base URL."""
-    server = _QuietServer(uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False,
-                                         lifespan="off", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # uvicorn offers a flag, not an event
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        await asyncio.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 def sign_request(signing_secret: str, timestamp: int | str, body: bytes) -> str:
     """Slack's v0 request signature: ``v0=HMAC_SHA256(secret, "v0:{timestamp}:{body}")``, hex."""
     base = b"v0:" + str(timestamp).encode() + b":" + body
@@ -426,16 +399,6 @@ def _apply_overrides(payload: dict[str, Any], overrides: Mapping[str, Any]) -> N
             payload[key] = value
         else:
             payload["event"][key] = value
-
-
-def _walk(obj: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(obj, dict):
-        yield obj
-        for value in obj.values():
-            yield from _walk(value)
-    elif isinstance(obj, list):
-        for value in obj:
-            yield from _walk(value)
 
 
 def _rich_text(text: str) -> list[dict[str, Any]]:
@@ -876,11 +839,11 @@ class FakeSlack:
         """
         payload = json.loads((PAYLOAD_DIR / f"{name.removesuffix('.json')}.json").read_text())
         if fresh:
-            stamps = sorted({str(d[k]) for d in _walk(payload) for k in _TS_KEYS
+            stamps = sorted({str(d[k]) for d in walk(payload) for k in _TS_KEYS
                              if isinstance(d.get(k), str) and re.fullmatch(r"\d+\.\d+", d[k])})
             for old in stamps:
                 self._map.setdefault(f"ts:{old}", self.new_ts())
-            for d in _walk(payload):
+            for d in walk(payload):
                 for k in _TS_KEYS:
                     if isinstance(d.get(k), str) and f"ts:{d[k]}" in self._map:
                         d[k] = self._map[f"ts:{d[k]}"]
@@ -888,7 +851,7 @@ class FakeSlack:
                 payload["event_id"] = self._map.setdefault(f"ev:{payload['event_id']}", _new_id("Ev"))
             if "event_time" in payload:
                 payload["event_time"] = int(time.time())
-        templates = {d["id"]: d for d in _walk(payload) if "url_private" in d and isinstance(d.get("id"), str)}
+        templates = {d["id"]: d for d in walk(payload) if "url_private" in d and isinstance(d.get("id"), str)}
         for data_key, data in (files or {}).items():
             template = templates.get(data_key)
             if template is None:
@@ -899,7 +862,7 @@ class FakeSlack:
                                        filetype=template.get("filetype", ""), user=template.get("user"),
                                        title=template.get("title"))
                 self._map[f"file:{data_key}"] = hosted["id"]
-        for d in _walk(payload):  # every file object whose placeholder this fake hosts (now or before)
+        for d in walk(payload):  # every file object whose placeholder this fake hosts (now or before)
             key = f"file:{d.get('id')}"
             if "url_private" in d and key in self._map:
                 keep = {k: d[k] for k in ("original_w", "original_h") if k in d}

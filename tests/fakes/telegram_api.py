@@ -29,19 +29,20 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.serving import serve_asgi
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads" / "telegram"
 """Where the recorded update payloads live (``load_payload`` reads them)."""
@@ -776,27 +777,6 @@ def format_text(raw: str | None, parse_mode: str | None, entities: Any) -> tuple
 # ------------------------------------------------------------------------------------------ the server
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (the test's loop owns the process) and without its 0.1 s
-    polling main loop: ``stop()`` starts the shutdown at once, which keeps many short tests fast."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self._stopping = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def main_loop(self) -> None:
-        await self.on_tick(0)  # sets the default headers (Date) once
-        await self._stopping.wait()
-
-    def stop(self) -> None:
-        self.should_exit = True
-        self._stopping.set()
-
-
 Handler = Callable[[dict[str, Any], Request], Awaitable[Any]]
 
 
@@ -860,8 +840,7 @@ class FakeTelegram:
         self._windows: dict[Any, deque[float]] = {}
         self._closing = False
         self._event = asyncio.Event()
-        self._server: _QuietServer | None = None
-        self._serving: asyncio.Task[None] | None = None
+        self._serving: contextlib.AbstractAsyncContextManager[str] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._handlers: dict[str, tuple[str, Handler]] = {
@@ -886,17 +865,8 @@ class FakeTelegram:
             Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
             Route("/file/bot{token}/{path:path}", self._download, methods=["GET"]),
         ])
-        self._server = _QuietServer(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
-                                                   access_log=False, lifespan="off", timeout_graceful_shutdown=1))
-        self._serving = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._serving.done():
-                with contextlib.suppress(SystemExit):
-                    self._serving.result()
-                raise OSError("FakeTelegram: uvicorn failed to start")
-            await asyncio.sleep(0.005)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._serving = serve_asgi(app)
+        self.url = await self._serving.__aenter__()
         self.base_url = f"{self.url}/bot"
         self.base_file_url = f"{self.url}/file/bot"
         self._client = httpx.AsyncClient()
@@ -913,9 +883,8 @@ class FakeTelegram:
                 await self._worker
         if self._client:
             await self._client.aclose()
-        if self._server and self._serving:
-            self._server.stop()
-            await self._serving
+        if self._serving is not None:
+            await self._serving.__aexit__(None, None, None)
 
     # --------------------------------------------------------------------------------- waiting
 
