@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from PIL import Image
 from adapters.registry import AppSettings
 from bot.config import Settings
 from bot.demo_model import make_demo_model
+from tests.fakes.serving import free_port
 
 
 @pytest.fixture(scope="session")
@@ -58,16 +58,11 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def hf_server(demo_model: Path) -> Iterator[str]:
     """``transformers serve`` with the demo model, as a subprocess (see tests/hf_serve.py)."""
-    port = _free_port()
+    port = free_port()
     log = open(demo_model.parent / "hf-serve.log", "w")  # noqa: SIM115 — closed below
     proc = subprocess.Popen([sys.executable, "-m", "tests.hf_serve", str(demo_model), "--host", "127.0.0.1",
                              "--port", str(port), "--device", "cpu"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,

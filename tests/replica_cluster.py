@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.fakes.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
@@ -48,11 +49,6 @@ def browsers(**kwargs: Any) -> httpx.AsyncClient:
     """An HTTP client for many simulated browsers at once (no shared cookie jar)."""
     return httpx.AsyncClient(cookies=_NoCookies(), **kwargs)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 NGINX_CONF = """\

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,21 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from adapters.chatwoot import ChatwootAdapter
-from adapters.server import Service, _Server, build_app
+from adapters.server import Service, build_app
 from bot.engines import EchoEngine
 from bot.i18n import text as t
 from bot.runtime import Runtime
 from tests.conftest import image_bytes, make_settings
 from tests.fakes.chatwoot_api import FakeChatwoot
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.fakes.serving import free_port, serve_asgi
 
 
 @dataclass
@@ -55,7 +48,7 @@ async def chatwoot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, secret: s
             monkeypatch.setenv("CHATWOOT_WEBHOOK_SECRET", secret)
         else:
             monkeypatch.delenv("CHATWOOT_WEBHOOK_SECRET", raising=False)
-        port = _free_port()
+        port = free_port()
         settings = make_settings(tmp_path, adapters={"chatwoot": {"enabled": True, "base_url": cw.url,
                                                                   "persona": persona, **conf}})
         async with Runtime(settings, engine=engine or EchoEngine(delay=0.002)) as runtime:
@@ -63,23 +56,16 @@ async def chatwoot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, secret: s
             adapter = ChatwootAdapter(runtime.manager, runtime.settings, settings.adapters.chatwoot)  # type: ignore[attr-defined]
             service = Service(runtime.settings, runtime, [adapter])
             service.ready = True
-            server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port, log_config=None,
-                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1))
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                assert not serving.done()
-                await asyncio.sleep(0.01)
-            await runtime.manager.start()
-            await adapter.start()
-            cw.webhook_url = f"http://127.0.0.1:{port}/chatwoot/webhook"
-            try:
-                yield Harness(cw, runtime, adapter, cw.webhook_url)
-            finally:
-                adapter.stop_intake()
-                await runtime.manager.stop(2)
-                await adapter.close()
-                server.should_exit = True
-                await serving
+            async with serve_asgi(build_app(service), port=port):
+                await runtime.manager.start()
+                await adapter.start()
+                cw.webhook_url = f"http://127.0.0.1:{port}/chatwoot/webhook"
+                try:
+                    yield Harness(cw, runtime, adapter, cw.webhook_url)
+                finally:
+                    adapter.stop_intake()
+                    await runtime.manager.stop(2)
+                    await adapter.close()
 
 
 async def test_a_customer_is_answered_with_typing_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,25 +12,20 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from adapters.django_helpdesk import DjangoHelpdeskAdapter
-from adapters.server import Service, _Server, build_app
+from adapters.server import Service, build_app
 from bot.engines import EchoEngine
 from bot.i18n import text as t
 from bot.runtime import Runtime
 from tests.conftest import image_bytes, make_settings
+from tests.fakes.serving import free_port, serve_asgi
 from tests.helpdesk_peer import REOPENED, HelpdeskSite, helpdesk_site
 
 TOKEN = "hook-token-123"
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -62,7 +56,7 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def helpdesk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **conf: Any) -> AsyncIterator[Harness]:
-    port = _free_port()
+    port = free_port()
     hook = f"http://127.0.0.1:{port}/django-helpdesk/webhook?token={TOKEN}"
     async with helpdesk_site(tmp_path, new_ticket_webhook=hook, followup_webhook=hook) as site:
         monkeypatch.setenv("HELPDESK_API_USER", site.api_user)
@@ -76,22 +70,15 @@ async def helpdesk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **conf: Any)
                                             settings.adapters.django_helpdesk)  # type: ignore[attr-defined]
             service = Service(runtime.settings, runtime, [adapter])
             service.ready = True
-            server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port, log_config=None,
-                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1))
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                assert not serving.done()
-                await asyncio.sleep(0.01)
-            await runtime.manager.start()
-            await adapter.start()
-            try:
-                yield Harness(site, runtime, adapter, hook)
-            finally:
-                adapter.stop_intake()
-                await runtime.manager.stop(2)
-                await adapter.close()
-                server.should_exit = True
-                await serving
+            async with serve_asgi(build_app(service), port=port):
+                await runtime.manager.start()
+                await adapter.start()
+                try:
+                    yield Harness(site, runtime, adapter, hook)
+                finally:
+                    adapter.stop_intake()
+                    await runtime.manager.stop(2)
+                    await adapter.close()
 
 
 async def test_a_ticket_with_a_photo_and_a_follow_up_are_answered(tmp_path: Path,

@@ -17,15 +17,11 @@ import httpx
 import pytest
 
 from tests.conftest import image_bytes
+from tests.fakes.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADERS = {"X-InternVL-Bot": "1"}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Serve:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from adapters.server import Service, _Server, build_app
+from adapters.server import Service, build_app
 from adapters.slack.adapter import SlackAdapter
 from bot.engines import EchoEngine
 from bot.errors import StartupError
@@ -27,16 +25,12 @@ from bot.i18n import text as t
 from bot.runtime import Runtime
 from bot.types import ConversationKey
 from tests.conftest import ROOT, image_bytes, make_settings
+from tests.fakes.serving import serve_asgi
 from tests.fakes.slack_api import FakeSlack, SlackMessage
 
 CHANNEL = "C0GENERAL"
 USER = "U0USER1"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -83,18 +77,11 @@ async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = 
             assert runtime.manager is not None
             adapter = SlackAdapter(runtime.manager, runtime.settings, settings.adapters.slack)  # type: ignore[attr-defined]
             harness = Harness(fake_slack, runtime, adapter)
-            server = serving = None
             if mode == "http":
-                port = _free_port()
                 service = Service(runtime.settings, runtime, [adapter])
                 service.ready = True
-                server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port, log_config=None,
-                                                access_log=False, lifespan="off", timeout_graceful_shutdown=1))
-                serving = asyncio.create_task(server.serve())
-                while not server.started:
-                    assert not serving.done()
-                    await asyncio.sleep(0.01)
-                harness.url = f"http://127.0.0.1:{port}/slack/events"
+                base = await stack.enter_async_context(serve_asgi(build_app(service)))
+                harness.url = f"{base}/slack/events"
             connected = fake_slack.socket_connections
             await runtime.manager.start()
             await adapter.start()
@@ -106,9 +93,6 @@ async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = 
                 adapter.stop_intake()
                 await runtime.manager.stop(2)
                 await adapter.close()
-                if server is not None and serving is not None:
-                    server.should_exit = True
-                    await serving
 
 
 def mention(h: Harness, text: str, *, thread_ts: str | None = None, files: Any = None) -> dict[str, Any]:

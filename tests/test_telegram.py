@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,9 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from adapters.server import Service, _Server, build_app
+from adapters.server import Service, build_app
 from adapters.telegram import TelegramSettings
 from adapters.telegram.adapter import TelegramAdapter
 from bot.engines import EchoEngine
@@ -29,6 +27,7 @@ from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
 from tests.conftest import ROOT, image_bytes, make_settings
+from tests.fakes.serving import free_port, serve_asgi
 from tests.fakes.telegram_api import BotMessage, FakeTelegram, UserSpec, forum, group, private
 from tests.media_corpus import needs_ffmpeg
 
@@ -42,11 +41,6 @@ FORUM = forum()
 BOT_USERNAME = "internvl_test_bot"
 RECORDED_DM = 111111111  # the private chat of the recorded payloads (tests/payloads/telegram)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -83,7 +77,7 @@ async def telegram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str
             tg = await stack.enter_async_context(FakeTelegram(flood_control=flood, webhook_retry_delay=0.05))
         monkeypatch.setenv("TELEGRAM_BOT_TOKEN", tg.token)
         monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", "hook-secret_123")
-        port = _free_port()
+        port = free_port()
         section = {"enabled": True, "mode": mode, "base_url": tg.base_url, "base_file_url": tg.base_file_url,
                    "album_debounce": 0.3, "edit_interval": 0.3, "group_edit_interval": 1.0, "poll_timeout": 2, **conf}
         settings = make_settings(tmp_path, adapters={"telegram": section},
@@ -94,17 +88,10 @@ async def telegram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str
         assert runtime.manager is not None
         adapter = TelegramAdapter(runtime.manager, runtime.settings, settings.adapters.telegram)  # type: ignore[attr-defined]
         harness = Harness(tg, runtime, adapter)
-        server = None
         if mode == "webhook":
             service = Service(runtime.settings, runtime, [adapter])
             service.ready = True
-            server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=port, log_config=None,
-                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1))
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                assert not serving.done()
-                await asyncio.sleep(0.01)
-            harness.url = f"http://127.0.0.1:{port}"
+            harness.url = await stack.enter_async_context(serve_asgi(build_app(service), port=port))
         await runtime.manager.start()
         await adapter.start()
         try:
@@ -113,9 +100,6 @@ async def telegram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str
             adapter.stop_intake()
             await runtime.manager.stop(2)
             await adapter.close()
-            if server is not None:
-                server.should_exit = True
-                await serving
 
 
 def message(tg: FakeTelegram, chat: Any, user: UserSpec, text: str, **kw: Any) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -33,11 +34,11 @@ class QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app: ASGIApp, *, host: str = "127.0.0.1", advertise: str | None = None
+async def serve_asgi(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, advertise: str | None = None
                      ) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free port of ``host`` inside the running loop; yields its base URL,
-    naming the host ``advertise`` (e.g. ``localhost``) when given."""
-    server = QuietServer(uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False,
+    """Serve ``app`` with uvicorn on ``port`` (0: a free one) of ``host`` inside the running loop; yields its
+    base URL, naming the host ``advertise`` (e.g. ``localhost``) when given."""
+    server = QuietServer(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                         lifespan="off", timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve())
     while not server.started:  # uvicorn offers a flag, not an event
@@ -52,6 +53,13 @@ async def serve_asgi(app: ASGIApp, *, host: str = "127.0.0.1", advertise: str | 
     finally:
         server.stop()
         await task
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (for a server whose URL must be known before it starts)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def walk(obj: Any) -> Iterator[dict[str, Any]]:
