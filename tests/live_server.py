@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 
-from adapters.server import Service, _Server, build_app
+from adapters.server import Service, build_app
 from adapters.web import CSRF_HEADER, WebAdapter
 from bot.config import Settings
 from bot.engines import Engine
 from bot.runtime import Runtime
+from tests.fakes.serving import serve_asgi
 
 
 @dataclass
@@ -37,30 +37,21 @@ async def live_server(settings: Settings, engine: Engine | None = None) -> Async
         web = WebAdapter(runtime.manager, runtime.settings)
         web.demo = runtime.engine.info.demo
         service = Service(runtime.settings, runtime, [web])
-        server = _Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=0, log_config=None,
-                                        access_log=False, lifespan="off", timeout_graceful_shutdown=1))
         await runtime.manager.start()
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        await web.start()  # as serve does (with replicas, its events come through the database)
-        if service.inbox is not None:
-            await service.inbox.start()
-        service.ready = True
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield Live(f"http://127.0.0.1:{port}", runtime, web, service)
-        finally:
-            service.stopping = True
-            web.stop_intake()
-            await runtime.manager.stop(1)
-            web.close_streams()
+        async with serve_asgi(build_app(service)) as url:
+            await web.start()  # as serve does (with replicas, its events come through the database)
             if service.inbox is not None:
-                await service.inbox.close()
-            server.should_exit = True
-            await task
+                await service.inbox.start()
+            service.ready = True
+            try:
+                yield Live(url, runtime, web, service)
+            finally:
+                service.stopping = True
+                web.stop_intake()
+                await runtime.manager.stop(1)
+                web.close_streams()
+                if service.inbox is not None:
+                    await service.inbox.close()
 
 
 async def open_session(client: httpx.AsyncClient) -> None:
@@ -143,16 +134,5 @@ async def static_site(template: str) -> AsyncIterator[StaticSite]:
     async def index(request: Any) -> HTMLResponse:
         return HTMLResponse(site.page())
 
-    server = _Server(uvicorn.Config(Starlette(routes=[Route("/", index)]), host="localhost", port=0,
-                                    log_config=None, access_log=False, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    site.origin = f"http://localhost:{server.servers[0].sockets[0].getsockname()[1]}"
-    try:
+    async with serve_asgi(Starlette(routes=[Route("/", index)]), host="localhost") as site.origin:
         yield site
-    finally:
-        server.should_exit = True
-        await task

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -33,12 +32,13 @@ from adapters.helpdesk_api import (
     host_allowed,
     verify_callback,
 )
-from adapters.server import Service, _Server, build_app
+from adapters.server import Service, build_app
 from bot.engines import EchoEngine
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bot.i18n import text as t
 from bot.runtime import Runtime
 from tests.conftest import image_bytes, make_settings
+from tests.fakes.serving import serve_asgi
 
 SECRET = "api-secret-0123456789"
 
@@ -97,17 +97,6 @@ def receiver_app(receiver: Receiver, image: bytes) -> Starlette:
                              Route("/files/moved", moved), Route("/files/elsewhere", elsewhere)])
 
 
-async def _serve(app: Any) -> tuple[_Server, asyncio.Task[None], int]:
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
-                                    lifespan="off", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    return server, task, server.servers[0].sockets[0].getsockname()[1]
-
-
 @dataclass
 class Harness:
     url: str
@@ -151,14 +140,12 @@ class Harness:
 async def helpdesk_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, callback: bool = True,
                        **conf: Any) -> AsyncIterator[Harness]:
     receiver = Receiver()
-    rserver, rtask, rport = await _serve(receiver_app(receiver, image_bytes(640, 480, fmt="PNG")))
-    receiver.url = f"http://127.0.0.1:{rport}"
-    monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
-    section = {"enabled": True, "attachment_hosts": ["127.0.0.1"], **conf}
-    if callback:
-        section["callback_url"] = f"{receiver.url}/callback"
-    settings = make_settings(tmp_path, adapters={"helpdesk_api": section})
-    try:
+    async with serve_asgi(receiver_app(receiver, image_bytes(640, 480, fmt="PNG"))) as receiver.url:
+        monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
+        section = {"enabled": True, "attachment_hosts": ["127.0.0.1"], **conf}
+        if callback:
+            section["callback_url"] = f"{receiver.url}/callback"
+        settings = make_settings(tmp_path, adapters={"helpdesk_api": section})
         async with Runtime(settings, engine=EchoEngine(delay=0.001)) as runtime:
             assert runtime.manager is not None
             adapter = HelpdeskApiAdapter(runtime.manager, runtime.settings,
@@ -166,21 +153,16 @@ async def helpdesk_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, callb
             adapter.backoff = 0.05
             service = Service(runtime.settings, runtime, [adapter])
             service.ready = True
-            server, task, port = await _serve(build_app(service))
-            await runtime.manager.start()
-            await adapter.start()
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as client:
-                try:
-                    yield Harness(f"http://127.0.0.1:{port}", runtime, adapter, receiver, client)
-                finally:
-                    adapter.stop_intake()
-                    await runtime.manager.stop(2)
-                    await adapter.close()
-                    server.should_exit = True
-                    await task
-    finally:
-        rserver.should_exit = True
-        await rtask
+            async with serve_asgi(build_app(service)) as url:
+                await runtime.manager.start()
+                await adapter.start()
+                async with httpx.AsyncClient(base_url=url, timeout=15) as client:
+                    try:
+                        yield Harness(url, runtime, adapter, receiver, client)
+                    finally:
+                        adapter.stop_intake()
+                        await runtime.manager.stop(2)
+                        await adapter.close()
 
 
 async def test_a_message_is_answered_by_callback_and_by_polling_once(tmp_path: Path,

@@ -21,14 +21,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from adapters.server import _Server
+from tests.fakes.serving import serve_asgi
 from tests.helpdesk_peer import CLOSED, OPEN, REOPENED, RESOLVED, HelpdeskSite, helpdesk_site
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -73,19 +72,8 @@ class Receiver:
 async def receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     app = Starlette(routes=[Route("/hooks/{kind}", receiver.endpoint, methods=["POST"])])
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
-                                    lifespan="off", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    receiver.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    try:
+    async with serve_asgi(app) as receiver.url:
         yield receiver
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
