@@ -403,12 +403,26 @@ class ConversationManager:
         if was_cut(text):  # the marker is English: the language is the user's text's
             text = text.rsplit("\n[… cut:", 1)[0]
         lang = choose_language(
-            self.detector, text, pinned=conv.language, locale_hint=msg.locale, previous=conv.last_language,
+            self.detector, text, pinned=conv.language, locale_hint=await self._locale_of(msg),
+            previous=conv.last_language,
             default=self.conf.default_language, short_text_chars=self.conf.short_text_chars,
         )
         if lang != conv.last_language:
             await self.store.update_conversation(msg.key, last_language=lang)
         return lang
+
+    async def _locale_of(self, msg: StoredMessage) -> str | None:
+        """The locale the platform gave with the message, or the one its channel looks up now."""
+        if msg.locale or not msg.sender_id:
+            return msg.locale
+        lookup = self._channels[msg.key.platform].locale_of if msg.key.platform in self._channels else None
+        if lookup is None:
+            return None
+        try:
+            return await lookup(msg.sender_id)
+        except Exception as exc:  # a hint only: the text and the conversation decide without it
+            log.info("looking up the locale of %s failed: %s", msg.sender_id, exc)
+            return None
 
     def _wants_person(self, text: str, conv: Conversation, channel: Channel) -> str | None:
         """Why a message goes to a person: the user asked (``user``), or it names something the persona's

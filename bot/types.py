@@ -409,3 +409,6 @@ class Channel:
     policy: AccessPolicy = AccessPolicy()
     #: the platform itself puts people in front of a handed-off conversation (a helpdesk's agents)
     reaches_people: bool = False
+    #: the sender's locale, asked when the turn starts if the event did not carry it: a platform where it
+    #: costs a network call (Slack's users.info) stores the message first and looks it up after the ack
+    locale_of: Callable[[str], Awaitable[str | None]] | None = None

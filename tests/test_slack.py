@@ -247,6 +247,26 @@ async def test_signed_events_over_http_and_refused_ones_never_run(tmp_path: Path
                                                                                             refused["event"]["ts"])))
 
 
+async def test_nothing_network_bound_runs_before_the_ack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """users.info (rate-limited) and assistant.threads.setTitle are slow: the event is stored and acknowledged
+    at once (no redelivery from Slack's 3-second budget), the locale and title follow after the ack."""
+    async with slack(tmp_path, monkeypatch, mode="http") as h:
+        h.slack.add_user("U0SLOW", name="rui", locale="pt-BR")
+        h.slack.fail("users.info", status=429, retry_after=2, times=2)
+        h.slack.delay("assistant.threads.setTitle", 4.0)
+        dm = h.slack.dm_channel("U0SLOW")
+        thread = h.slack.new_ts()
+        question = h.slack.event_callback(h.slack.message_event(dm, "U0SLOW", "is the ack quick?",
+                                                                channel_type="im", thread_ts=thread))
+        delivery = await h.slack.deliver_event(h.url, question, timeout=3.0)
+        assert [a.status for a in delivery.attempts] == [200], delivery.attempts
+        assert delivery.attempts[0].elapsed < 1.0, delivery.attempts
+        await h.answered(dm, thread, "echo: is the ack quick?")
+        await h.slack.wait_for(lambda: bool(h.slack.titles), 15)
+        assert h.slack.titles[-1]["title"] == "is the ack quick?"
+        await h.slack.wait_for(lambda: h.adapter.cached_locale("U0SLOW") == "pt-BR", 15)
+
+
 async def test_recorded_payloads_through_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with slack(tmp_path, monkeypatch, mode="http") as h:
         first = h.slack.load_payload("mention_with_image", files={"F0IMAGE01": image_bytes(320, 240, fmt="PNG")})

@@ -99,6 +99,16 @@ class StoreContract:
         await store.drop_stash("telegram:album:1")
         assert list(await store.stashed("telegram:")) == ["telegram:album:2"]
 
+    async def test_dropping_the_pieces_read_keeps_a_piece_stashed_meanwhile(self, store: Store) -> None:
+        await store.stash("telegram:album:3", "301", "a")
+        await store.stash("telegram:album:3", "302", "b")
+        read = [item for item, _ in (await store.stashed("telegram:album:3"))["telegram:album:3"]]
+        await store.stash("telegram:album:3", "303", "late")  # arrives while the album is being handed over
+        await store.drop_stash("telegram:album:3", read)
+        assert await store.stashed("telegram:album:3") == {"telegram:album:3": [("303", "late")]}
+        await store.drop_stash("telegram:album:3", ["303"])
+        assert await store.stashed("telegram:album:3") == {}
+
     async def test_stale_stashes_are_dropped_by_age(self, store: Store, clock: list[float]) -> None:
         clock[0] = 1000.0
         await store.stash("web:file:a", "1", "old")

@@ -260,6 +260,50 @@ async def test_an_album_is_one_turn_with_its_caption(tmp_path: Path, monkeypatch
         assert tg.calls_to("getFile") and len(tg.calls_to("getFile")) == 3
 
 
+async def test_a_late_album_part_is_answered_not_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part that reaches the bot after the album was handed over joins as a follow-up turn, never vanishes."""
+    async with telegram(tmp_path, monkeypatch, engine=EchoEngine(context_length=32768)) as h:
+        tg = h.tg
+        photos = {f"FILE_ALBUM{i}_L": image_bytes(800, 600, color=(i * 40, 10, 10)) for i in (1, 2, 3)}
+        for name in ("album_1", "album_2"):
+            tg.push_update(tg.load_payload(name, files=photos))
+        await tg.wait_for(lambda: any("echo: which of these is the original?" in (m.text or "")
+                                      for m in h.shown(GROUP.id)), 15)
+        await h.idle()
+        tg.push_update(tg.load_payload("album_3", files=photos))  # long after the debounce
+        await tg.wait_for(lambda: len(h.shown(GROUP.id)) == 2, 15)
+        await h.idle()
+        first, late = h.shown(GROUP.id)
+        assert (first.text or "").count("[image") == 2
+        assert (late.text or "").count("[image") == 1, late.text
+        assert t("album_late_part", "en") in (late.text or "")
+        assert len(tg.calls_to("getFile")) == 3
+        stash = await h.runtime.manager.store.stashed("telegram:album:")  # type: ignore[union-attr]
+        assert not any(item.isdigit() for parts in stash.values() for item, _ in parts)
+
+
+async def test_a_store_error_during_polling_is_retried_not_confirmed(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite locked (or PostgreSQL away) while an update is stored: the offset does not move past it, the
+    update is handled again and answered once."""
+    async with telegram(tmp_path, monkeypatch) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        real = store.add_incoming
+        failures = []
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if len(failures) < 2:
+                failures.append(1)
+                raise sqlite3.OperationalError("database is locked")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "add_incoming", flaky)
+        message(h.tg, DM, ANA, "is my message kept when the disk hiccups?")
+        await h.answered(111, "echo: is my message kept when the disk hiccups?", timeout=20)
+        await h.idle()
+        assert len(failures) == 2 and h.texts(111) == ["echo: is my message kept when the disk hiccups?"]
+
+
 @needs_ffmpeg
 async def test_video_pdf_and_the_polite_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   videos: dict[str, Path]) -> None:

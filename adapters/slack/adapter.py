@@ -26,7 +26,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -338,7 +338,8 @@ class SlackAdapter:
         self.limiter = RateLimiter(self._rates)
         self.file_hosts = {h.lower() for h in conf.file_hosts} | {(urlsplit(conf.api_url).hostname or "").lower()}
         self.channel = Channel(PLATFORM, SlackFetcher(self), self._sink_for, conf.persona or None,
-                               command_prefixes=(conf.command_prefix, "/"), policy=conf.policy(settings.limits))
+                               command_prefixes=(conf.command_prefix, "/"), policy=conf.policy(settings.limits),
+                               locale_of=self.locale)
         manager.register(self.channel)
         if conf.support_channel:
             manager.add_notifier(_SupportChannel(self, conf.support_channel))
@@ -349,6 +350,7 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._locales: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._titled: OrderedDict[str, None] = OrderedDict()
+        self._extras: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _secret(env: str, what: str) -> str:
@@ -403,6 +405,9 @@ class SlackAdapter:
         self._accepting = False  # events are left unacknowledged: Slack delivers them again
 
     async def close(self) -> None:
+        for task in list(self._extras):
+            task.cancel()
+        await asyncio.gather(*self._extras, return_exceptions=True)
         if self._socket is not None:
             with contextlib.suppress(Exception):
                 await self._socket.close_async()
@@ -439,8 +444,22 @@ class SlackAdapter:
                     await self.manager.submit(incoming)
                 except ShuttingDown:
                     return
-                await self._title(incoming)
+                self._after_ack(self._enrich(incoming))
         await next()
+
+    def _after_ack(self, work: Coroutine[Any, Any, None]) -> None:
+        """Network-bound extras run beside the acknowledgement, never in front of it (Slack's 3 s budget)."""
+        task = asyncio.create_task(work)
+        self._extras.add(task)
+        task.add_done_callback(self._extras.discard)
+
+    async def _enrich(self, incoming: IncomingMessage) -> None:
+        """After the ack: the sender's locale for their next messages, and the assistant thread's title."""
+        try:
+            await self.locale(incoming.sender.id)
+            await self._title(incoming)
+        except Exception as exc:  # extras only: the message is stored and answered regardless
+            log.info("enriching a Slack message failed: %s", slack_error(exc) or exc)
 
     async def _incoming(self, body: dict[str, Any], event: dict[str, Any]) -> IncomingMessage | None:
         subtype = event.get("subtype")
@@ -472,8 +491,13 @@ class SlackAdapter:
         if attachments:
             route["files"] = "1"
         return IncomingMessage(key=key, sender=Sender(str(user), str(user)), text=text, attachments=attachments,
-                               locale=await self.locale(str(user)), event_id=f"{channel}:{ts}", message_id=ts,
+                               locale=self.cached_locale(str(user)), event_id=f"{channel}:{ts}", message_id=ts,
                                is_direct=direct, route=route, raw=body)
+
+    def cached_locale(self, user: str) -> str | None:
+        """The user's Slack locale if known, without a network call (intake stores before it asks Slack)."""
+        cached = self._locales.get(user)
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
 
     async def locale(self, user: str) -> str | None:
         """The user's Slack locale (``users.info`` with ``include_locale``), cached for a day."""

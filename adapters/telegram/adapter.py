@@ -27,8 +27,9 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -76,6 +77,7 @@ from bot.errors import (
 )
 from bot.logs import conversation_var, register_secret
 from bot.manager import ConversationManager
+from bot.store import is_store_error
 from bot.types import (
     Attachment,
     Channel,
@@ -98,6 +100,9 @@ BOT_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024
 MESSAGE_LIMIT = 4096
 ALLOWED_UPDATES = ["message", "callback_query"]
 ALBUM_BUCKET = "telegram:album:"
+ALBUM_DONE = "done:"  # the pieces of an album bucket that record what was handed over
+ALBUM_KEPT_S = 86_400.0  # an album bucket untouched this long is dropped (its late parts can no longer come)
+POISON_TRIES = 5  # an update failing this often for another reason than the store is skipped
 _UNSUPPORTED = "unsupported:"
 
 
@@ -414,6 +419,7 @@ class TelegramAdapter:
 
     async def _lead_polling(self) -> None:
         """This replica polls now: first the albums a poller that stopped left half-collected."""
+        await self.manager.store.drop_stale_stash(ALBUM_BUCKET, before=time.time() - ALBUM_KEPT_S)
         await self._flush_stashed_albums()
         await self._poll()
 
@@ -440,15 +446,35 @@ class TelegramAdapter:
                 backoff = min(backoff * 2, 30.0)
                 continue
             for update in updates:
-                try:
-                    await self._process(update)
-                except ShuttingDown:
+                if not await self._take(update):
                     return  # not confirmed: Telegram delivers it again to the next run
-                except asyncio.CancelledError:
-                    return
-                except Exception:
-                    log.exception("update %d could not be handled: skipped", update.update_id)
                 offset = update.update_id + 1
+
+    async def _take(self, update: Update) -> bool:
+        """Store one polled update before its offset is confirmed; False when intake stops first.
+
+        A store that fails (SQLite locked, PostgreSQL away) is retried with back-off for as long as it fails:
+        confirming the offset would lose the message. Any other error is a bug in handling this one update:
+        after a few tries it is logged and skipped, so one poisonous update cannot stop every chat.
+        """
+        delay, tries = 0.5, 0
+        while self._accepting:
+            try:
+                await self._process(update)
+                return True
+            except (ShuttingDown, asyncio.CancelledError):
+                return False
+            except Exception as exc:
+                tries += 1
+                if not is_store_error(exc) and tries >= POISON_TRIES:
+                    log.exception("update %d could not be handled %d times: skipped", update.update_id, tries)
+                    return True
+                log.warning("update %d not stored (%s: %s): retrying in %.1f s", update.update_id,
+                            type(exc).__name__, exc, delay)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        return False
 
     async def _process(self, update: Update) -> None:
         """Through the Application's handlers; returns once the update's message is stored (or ignored)."""
@@ -610,27 +636,54 @@ class TelegramAdapter:
             self._schedule_album(bucket)
 
     async def _flush_album(self, bucket: str) -> None:
-        """The parts of one album: one message, its caption (from whichever part had it) and every file."""
+        """The parts of one album: one message, its caption (from whichever part had it) and every file.
+
+        A part that arrives after the album was handed over (Telegram spreads an album's updates over
+        seconds; a redelivery comes later still) becomes a follow-up turn that says so. What was handed over
+        is remembered in the bucket (``done:`` pieces, purged with the bucket after a day), so a redelivered
+        part is not answered twice; only the pieces read here are dropped, never one stashed meanwhile.
+        """
         store = self.manager.store
         parts = (await store.stashed(bucket)).get(bucket, [])
-        if not parts:
+        done = [json.loads(payload) for item, payload in parts if item.startswith(ALBUM_DONE)]
+        handled = {i for marker in done for i in marker["items"]}
+        pending = sorted((item, payload) for item, payload in parts
+                         if not item.startswith(ALBUM_DONE) and item not in handled)
+        stale = [item for item, _ in parts if not item.startswith(ALBUM_DONE) and item in handled]
+        if not pending:
+            if stale:
+                await store.drop_stash(bucket, stale)
             return
-        updates = [Update.de_json(json.loads(payload), self.app.bot) for _, payload in sorted(parts)]
+        updates = [Update.de_json(json.loads(payload), self.app.bot) for _, payload in pending]
         messages = [u.message for u in updates if u is not None and u.message is not None]
-        if not messages:
-            await store.drop_stash(bucket)
-            return
+        marker: dict[str, Any] = {"items": [item for item, _ in pending]}
+        if messages:
+            marker["addressed"] = await self._submit_album(messages, updates[0], done)
+            if marker["addressed"] is None:
+                return  # shutting down: the stash stays, the next start finishes the album
+        await store.stash(bucket, f"{ALBUM_DONE}{pending[0][0]}", json.dumps(marker))
+        await store.drop_stash(bucket, [item for item, _ in pending] + stale)
+
+    async def _submit_album(self, messages: list[Message], update: Update | None,
+                            done: list[dict[str, Any]]) -> bool | None:
+        """Store the album's parts as one message; whether it was for the bot (None: shutting down)."""
         captioned = next((m for m in messages if m.caption), messages[0])
         addressed, text = self._addressed(captioned)
-        if addressed:
-            attachments = [a for m in messages for a in self.attachments(m)]
-            first = messages[0]
-            event_id = f"album:{first.chat.id}:{first.media_group_id}"
-            try:
-                await self.manager.submit(self._incoming(captioned, text, attachments, event_id, updates[0]))
-            except ShuttingDown:
-                return  # the stash stays: the next start finishes the album
-        await store.drop_stash(bucket)
+        first = messages[0]
+        event_id = f"album:{first.chat.id}:{first.media_group_id}"
+        if done:  # late parts of an album already handed over: addressed as the album was
+            addressed = addressed or any(marker.get("addressed") for marker in done)
+            lang = i18n.normalize_code(first.from_user.language_code if first.from_user else None) or "en"
+            text = " ".join(p for p in (i18n.text("album_late_part", lang), text) if p)
+            event_id = f"{event_id}:{first.message_id}"
+        if not addressed:
+            return False
+        attachments = [a for m in messages for a in self.attachments(m)]
+        try:
+            await self.manager.submit(self._incoming(captioned, text, attachments, event_id, update))
+        except ShuttingDown:
+            return None
+        return True
 
     # -- buttons ----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from bot.store.base import (
     StoredAttachment,
     StoredMessage,
     checked_sha256,
+    is_store_error,
     sha256_of,
 )
 from bot.store.memory import MemoryStore
@@ -24,5 +25,5 @@ from bot.store.sqlite import SQLiteStore, migrate
 
 __all__ = [
     "PENDING_STATES", "Conversation", "ConversationSummary", "ForgetReport", "Kind", "MemoryStore", "Mode", "NewMessage", "Role",
-    "SQLiteStore", "State", "Store", "StoredAttachment", "StoredMessage", "checked_sha256", "migrate", "sha256_of",
+    "SQLiteStore", "State", "Store", "StoredAttachment", "StoredMessage", "checked_sha256", "is_store_error", "migrate", "sha256_of",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -46,6 +47,17 @@ def checked_sha256(value: str) -> str:
 
 #: Seconds an unused attachment is kept: an upload is stored a moment before the message that refers to it.
 ORPHAN_GRACE = 3600.0
+
+
+
+# The errors a store raises when its database is unavailable for a moment (locked, restarting, unreachable):
+# an adapter retries what it was storing rather than confirming it. A store module adds its driver's errors.
+STORE_ERRORS: list[type[BaseException]] = [sqlite3.Error, OSError]
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Did ``exc`` come from the database being unavailable (worth retrying), rather than from a bug?"""
+    return isinstance(exc, tuple(STORE_ERRORS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +220,10 @@ class Store(Protocol):
     async def stashed(self, prefix: str) -> dict[str, list[tuple[str, str]]]:
         """Every bucket whose name starts with ``prefix``: its items and payloads, in the order stored."""
         ...
-    async def drop_stash(self, bucket: str) -> None: ...
+    async def drop_stash(self, bucket: str, items: Sequence[str] | None = None) -> None:
+        """Drop ``items`` of ``bucket`` (the pieces the caller read and handled), or the whole bucket: a
+        piece stashed after the caller read the bucket stays."""
+        ...
     async def drop_stale_stash(self, prefix: str, before: float) -> int:
         """Drop the buckets whose name starts with ``prefix`` and whose newest piece was stashed before
         ``before`` (pieces nobody came back for); how many."""

@@ -210,7 +210,13 @@ class MemoryStore:
     async def stashed(self, prefix: str) -> dict[str, list[tuple[str, str]]]:
         return {bucket: list(items.items()) for bucket, items in self.stashes.items() if bucket.startswith(prefix)}
 
-    async def drop_stash(self, bucket: str) -> None:
+    async def drop_stash(self, bucket: str, items: Sequence[str] | None = None) -> None:
+        if items is not None:
+            kept = self.stashes.get(bucket, {})
+            for item in items:
+                kept.pop(item, None)
+            if kept:
+                return
         self.stashes.pop(bucket, None)
         self.stash_at.pop(bucket, None)
 

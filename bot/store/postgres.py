@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -28,6 +29,7 @@ from bot.errors import StartupError
 from bot.logs import register_secret
 from bot.store.base import (
     ORPHAN_GRACE,
+    STORE_ERRORS,
     Conversation,
     ConversationSummary,
     ForgetReport,
@@ -41,6 +43,8 @@ from bot.store.base import (
     sha256_of,
 )
 from bot.types import NO_ROUTE, ConversationKey
+
+STORE_ERRORS.extend([psycopg.Error, PoolTimeout])
 
 log = logging.getLogger(__name__)
 
@@ -565,8 +569,11 @@ class PostgresStore:
             out.setdefault(bucket, []).append((item, payload))
         return out
 
-    async def drop_stash(self, bucket: str) -> None:
-        await self._run("DELETE FROM stash WHERE bucket = %s", (bucket,))
+    async def drop_stash(self, bucket: str, items: Sequence[str] | None = None) -> None:
+        if items is None:
+            await self._run("DELETE FROM stash WHERE bucket = %s", (bucket,))
+        else:
+            await self._run("DELETE FROM stash WHERE bucket = %s AND item = ANY(%s)", (bucket, list(items)))
 
     async def drop_stale_stash(self, prefix: str, before: float) -> int:
         rows = await self._rows(

@@ -571,8 +571,13 @@ class SQLiteStore:
             out.setdefault(bucket, []).append((item, payload))
         return out
 
-    async def drop_stash(self, bucket: str) -> None:
-        self.db.conn.execute("DELETE FROM stash WHERE bucket = ?", (bucket,))
+    async def drop_stash(self, bucket: str, items: Sequence[str] | None = None) -> None:
+        if items is None:
+            self.db.conn.execute("DELETE FROM stash WHERE bucket = ?", (bucket,))
+        else:
+            with self._tx():
+                self.db.conn.executemany("DELETE FROM stash WHERE bucket = ? AND item = ?",
+                                         [(bucket, item) for item in items])
 
     async def drop_stale_stash(self, prefix: str, before: float) -> int:
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
