@@ -253,26 +253,28 @@ class ConversationManager:
             lang = await self._language_for(stored)
             self.desk.hold(stored, channel, lang, lambda: self._resolve(mid, "held"))
             return Ticket(mid, future)
-        wants_human = bool(command and command[0] == "human") or (
-            not command and self._wants_person(message.text, conv, channel) is not None)
-        if (wants_human and self.desk.available(channel)) or (command and command[0] == "bot"):
-            await self.desk.switch_at_intake(mid, conv, "human" if wants_human else "bot")
+        # refusals first: a refused message changes nothing (a refused /human must not silence the bot)
         refusal: BotError | None = None
         try:
             await self.usage.admit_message(f"{message.key.platform}:{message.sender.id}", channel.policy.limits)
         except InputError as exc:
             refusal = exc
+        if refusal is None and not (command and command[0] == "reset") and (
+                depth := await self._depth(message.key, mid)) >= self.conf.max_pending_per_conversation:
+            refusal = TooManyPending(count=depth)
+        if refusal is not None:
+            self._refuse(stored, channel, refusal)
+            return Ticket(mid, future)
+        wants_human = bool(command and command[0] == "human") or (
+            not command and self._wants_person(message.text, conv, channel) is not None)
+        if (wants_human and self.desk.available(channel)) or (command and command[0] == "bot"):
+            await self.desk.switch_at_intake(mid, conv, "human" if wants_human else "bot")
         if command and command[0] == "reset":
             for queued in await self.scheduler.cancel(message.key):
                 if queued.id >= mid:
                     continue  # the /reset itself, and what came after it (another replica's intake)
                 await self.store.finish(queued.id, "cancelled", error="cancelled by /reset")
                 self._resolve(queued.id, "cancelled")
-        elif (depth := await self._depth(message.key, mid)) >= self.conf.max_pending_per_conversation:
-            refusal = TooManyPending(count=depth + 1)
-        if refusal is not None:
-            self._refuse(stored, channel, refusal)
-            return Ticket(mid, future)
         self.scheduler.submit(stored)
         return Ticket(mid, future)
 

@@ -82,6 +82,27 @@ class Bot:
         return await ticket.done if wait else None
 
 
+async def test_a_human_request_refused_at_intake_changes_nothing(tmp_path: Path) -> None:
+    """Over the pending limit, /human is refused like any message: the conversation stays with the bot (the
+    bot would otherwise go silent with nobody told), and the refusal counts what really waits."""
+    engine = EchoEngine(record=True, delay=0.3)
+    bot = Bot(tmp_path, MemoryStore(), engine)
+    bot.manager = ConversationManager(make_settings(tmp_path, conversation={"max_pending_per_conversation": 1}),
+                                      MemoryStore(), engine, notifier=bot.notifier)
+    bot.manager.register(Channel("web", bot.fetcher, bot.sink))
+    first = asyncio.ensure_future(bot.say("my printer shows E5", locale="en"))
+    await asyncio.sleep(0)
+    while not engine.calls:
+        await asyncio.sleep(0.01)
+    assert await bot.say("/human") == "failed"
+    assert await first == "answered"
+    conv = await bot.manager.store.conversation(KEY)
+    assert conv.mode == "bot" and bot.notifier.kinds() == []
+    refusal = bot.sinks[KEY].notices[-1]
+    assert refusal == text("too_many_pending", "en", count=1), refusal
+    assert await bot.say("what does E5 mean?") == "answered"
+
+
 async def test_human_command_hands_off_and_bot_stops_answering_until_bot(tmp_path: Path) -> None:
     bot = Bot(tmp_path, MemoryStore())
     await bot.say("my printer shows E5", locale="en")
