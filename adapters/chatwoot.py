@@ -130,6 +130,10 @@ class ChatwootSink:
             return None
         if isinstance(event, FileReply):
             return await self._post(event.caption, files=[event])
+        if isinstance(event, AnswerDone) and event.silent:
+            if self.typing:
+                self.typing = not await self._typing("off")
+            return None
         if isinstance(event, AnswerDone | Notice | HandoffUpdate):
             author = getattr(event, "author", "")
             text = f"**{author}:** {event.text}" if author else event.text

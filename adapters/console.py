@@ -62,6 +62,8 @@ class ConsoleSink:
                 self.out.write(BOT)
                 self.streaming = True
             self.out.write(event.text)
+        elif isinstance(event, AnswerDone) and event.silent:
+            pass  # cancelled before any text: nothing was written
         elif isinstance(event, AnswerDone):
             if not self.streaming:
                 self.out.write(BOT + event.text)

@@ -121,6 +121,8 @@ class HelpdeskSink:
         self.public = context.route.get("assist") != "1"
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
+        if isinstance(event, AnswerDone) and event.silent:
+            return None  # cancelled before any text: nothing to post
         if isinstance(event, FileReply):
             return await self.adapter.followup(self.ticket, event.caption or event.filename, public=self.public,
                                                files=[event])

@@ -291,8 +291,9 @@ class CallbackSink:
         self.count = 0
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
-        if not isinstance(event, AnswerDone | Notice | HandoffUpdate | FileReply):
-            return None  # streamed chunks and status: a callback per reply, not per token
+        if not isinstance(event, AnswerDone | Notice | HandoffUpdate | FileReply) or (
+                isinstance(event, AnswerDone) and event.silent):
+            return None  # streamed chunks, status, a turn cancelled before any text: a callback per reply
         self.count += 1
         # the same id when a turn is re-run after a restart, so receivers can drop what they have seen
         turn = f"m{self.context.message_id}" if self.context.message_id is not None else uuid.uuid4().hex

@@ -193,6 +193,8 @@ class WebSink:
             # answers the same question again, its partial answer gives way to the new one, not prefixes it.
             out = {"type": "chunk" if self._started else "partial", "text": event.text}
             self._started = True
+        elif isinstance(event, AnswerDone) and event.silent:
+            out = {"type": "stopped"}
         elif isinstance(event, AnswerDone):
             out = {"type": "done", "text": event.text, "html": render_markdown(event.text),
                    "interrupted": event.interrupted, "outcome": event.outcome}

@@ -493,11 +493,11 @@ class ConversationManager:
             if marker:
                 await relay.push(marker.rest())
         except asyncio.CancelledError:
-            if relay.streamed.strip():
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    async with asyncio.timeout(2):
-                        await relay.send(AnswerDone(relay.streamed.strip() + " " + i18n.text("cancelled", lang),
-                                                    outcome="interrupted"))
+            # the turn ends on its sink even before any text: a silent end stops typing and placeholders
+            stopped = relay.streamed.strip() + " " + i18n.text("cancelled", lang) if relay.streamed.strip() else ""
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(2):
+                    await relay.send(AnswerDone(stopped, outcome="interrupted"))
             raise
         except Exception:
             if relay.streamed.strip() and relay.error is None:

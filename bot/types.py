@@ -144,7 +144,8 @@ class AnswerDone:
 
     ``outcome``: ``done``; ``interrupted`` (``/reset``, shutdown: ``text`` ends with a "(stopped)" mark);
     ``failed`` (the model failed mid-answer: ``text`` is the partial answer, and a :class:`Notice` of kind
-    ``error`` follows on the same sink).
+    ``error`` follows on the same sink). An ``interrupted`` answer with no text (cancelled before its first
+    text) is :attr:`silent`: the sink shows nothing and only ends what it started (typing, a placeholder).
     """
 
     text: str
@@ -153,6 +154,11 @@ class AnswerDone:
     @property
     def interrupted(self) -> bool:
         return self.outcome != "done"
+
+    @property
+    def silent(self) -> bool:
+        """Stopped before any text: nothing to show; end typing and remove any placeholder."""
+        return self.outcome == "interrupted" and not self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +265,8 @@ class CollectingSink:
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
         self.events.append(event)
+        if isinstance(event, AnswerDone) and event.silent:
+            return None
         if isinstance(event, AnswerDone | Notice | HandoffUpdate | FileReply):
             self._count += 1
             return f"m{self._count}"
@@ -270,7 +278,7 @@ class CollectingSink:
 
     @property
     def answers(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, AnswerDone)]
+        return [e.text for e in self.events if isinstance(e, AnswerDone) and not e.silent]
 
     @property
     def notices(self) -> list[str]:
@@ -283,7 +291,8 @@ class CollectingSink:
     @property
     def texts(self) -> list[str]:
         """Everything a user would read, in order: notices and finished answers."""
-        return [e.text for e in self.events if isinstance(e, AnswerDone | Notice | HandoffUpdate)]
+        return [e.text for e in self.events if isinstance(e, AnswerDone | Notice | HandoffUpdate)
+                and not (isinstance(e, AnswerDone) and e.silent)]
 
 
 # ---------------------------------------------------------------------------------------------

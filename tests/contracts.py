@@ -68,6 +68,17 @@ class SinkContract:
         shown = await screen.visible()
         assert "Check the pump. (stopped)" in shown and "Check the pu" not in shown
 
+    async def test_a_turn_cancelled_before_its_first_text_leaves_nothing_behind(self, screen: Screen) -> None:
+        """/reset or a take-over before the model said anything: the turn still ends on its sink (typing
+        stops, a progress placeholder goes), and the user sees no empty or stray message."""
+        before = await screen.visible()
+        sink = screen.sink(self.context())
+        await sink.emit(Status("typing"))
+        await sink.emit(Status("progress", "Reading the photo…"))
+        assert platform_ids(await sink.emit(AnswerDone("", outcome="interrupted"))) == ()
+        shown = await screen.visible()
+        assert shown == before, shown
+
     async def test_a_failed_answer_keeps_its_partial_text_and_the_error_follows(self, screen: Screen) -> None:
         sink = screen.sink(self.context())
         await sink.emit(TextChunk("Half an answer"))

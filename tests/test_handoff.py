@@ -35,6 +35,7 @@ from bot.types import (
     MemoryFetcher,
     Sender,
     SinkContext,
+    TextChunk,
 )
 from tests.conftest import image_bytes, make_settings
 from tests.contracts import Desk, NotifierContract
@@ -101,6 +102,21 @@ async def test_a_human_request_refused_at_intake_changes_nothing(tmp_path: Path)
     refusal = bot.sinks[KEY].notices[-1]
     assert refusal == text("too_many_pending", "en", count=1), refusal
     assert await bot.say("what does E5 mean?") == "answered"
+
+
+async def test_a_turn_reset_before_its_first_text_still_ends_on_its_sink(tmp_path: Path) -> None:
+    """The sink learns the turn is over (typing stops at once, not after minutes of "typing…")."""
+    engine = EchoEngine(record=True, delay=2.0)
+    bot = Bot(tmp_path, MemoryStore(), engine)
+    first = asyncio.ensure_future(bot.say("my printer shows E5", locale="en"))
+    while not engine.calls:
+        await asyncio.sleep(0.01)
+    await bot.say("/reset")
+    assert await first == "cancelled"
+    events = bot.sinks[KEY].events
+    ends = [e for e in events if isinstance(e, AnswerDone)]
+    assert ends and ends[0].silent, events
+    assert not any(isinstance(e, TextChunk) for e in events)
 
 
 async def test_human_command_hands_off_and_bot_stops_answering_until_bot(tmp_path: Path) -> None:

@@ -235,3 +235,16 @@ async def test_typing_is_kept_alive_until_the_first_text() -> None:
     count = len(transport.statuses)
     await asyncio.sleep(0.05)
     assert len(transport.statuses) == count  # stopped once the answer showed
+
+
+async def test_typing_stops_when_the_turn_is_cancelled_before_its_first_text() -> None:
+    transport = MemoryTransport()
+    renderer = StreamingRenderer(transport, SinkContext(KEY), min_interval=0, typing_interval=0.01, keep_typing=60)
+    await renderer.emit(Status("typing"))
+    while len(transport.statuses) < 3:
+        await asyncio.sleep(0.005)
+    await renderer.emit(AnswerDone("", outcome="interrupted"))
+    assert renderer._typing is not None and (renderer._typing.cancelling() or renderer._typing.done())
+    sent = len(transport.statuses)
+    await asyncio.sleep(0.05)  # five typing intervals: none more is sent
+    assert len(transport.statuses) == sent and not transport.messages

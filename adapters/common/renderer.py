@@ -193,6 +193,8 @@ class StreamingRenderer:
         if isinstance(event, AnswerDone):
             self._cancel_timer()
             self._stop_typing()
+            if event.silent:
+                return await self._end_silently()
             self.answer = event.text
             self._closing = True
             async with self._lock:
@@ -217,6 +219,17 @@ class StreamingRenderer:
             return await self._standalone(text)
         if isinstance(event, FileReply):
             return await self.transport.file(event)
+        return None
+
+    async def _end_silently(self) -> PlatformIds:
+        """Cancelled before any text: typing stops (above) and a progress placeholder goes away."""
+        async with self._lock:
+            self.done = True
+            for part in self.parts:
+                if part.id:
+                    with contextlib.suppress(Exception):
+                        await self.transport.delete(part.id)
+            self.parts.clear()
         return None
 
     @staticmethod

@@ -247,6 +247,11 @@
         streaming.querySelector(".body").innerHTML = event.html;
         streaming = null;
         break;
+      case "stopped":
+        showStatus("");
+        if (streaming && !streaming.querySelector(".body").textContent) streaming.remove();
+        streaming = null;
+        break;
       case "notice":
         showStatus("");
         bubble("assistant", { html: event.html, text: event.text, who: event.author || "", replyTo: event.reply_to,
