@@ -139,15 +139,15 @@ async def test_a_mention_with_an_image_streams_natively_into_its_thread(tmp_path
         assert h.slack.downloads  # fetched with the bot token
 
 
-async def test_a_dm_with_a_pdf_is_answered_in_its_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_dm_with_a_pdf_is_answered_in_the_dm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_documents import invoice_pdf
 
     async with slack(tmp_path, monkeypatch) as h:
         payload = h.slack.load_payload("dm_with_pdf", files={"F0PDF0001": invoice_pdf(1)})
         await h.slack.send_socket_event(payload)
         event = payload["event"]
-        await h.slack.wait_for(lambda: any("[page-1:" in m.text and not m.streaming
-                                           for m in h.thread(event["channel"], event["ts"])), 20)
+        await h.slack.wait_for(lambda: any("[page-1:" in m.text and not m.streaming and m.thread_ts is None
+                                           for m in h.slack.messages(event["channel"])), 20)
 
 
 async def test_thread_follow_ups_and_what_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,10 +376,42 @@ async def test_handoff_tells_the_support_channel_and_operator_replies_reach_the_
         assert h.runtime.manager is not None
         await h.runtime.manager.operator_reply(ConversationKey("slack", CHANNEL, ts), "Hi, Ana here.", author="Ana")
         await h.answered(CHANNEL, ts, "**Ana:** Hi, Ana here.")
-        # the slash command runs the framework's commands too
+        # the slash command runs the framework's commands too, on the thread it is about: the user's latest
         await h.slack.send_slash_command("/internvl", "bot", CHANNEL, USER)
         await h.slack.wait_for(lambda: any(m.text.startswith("You are talking to the assistant")
-                                           for m in h.slack.messages(CHANNEL)))
+                                           for m in h.thread(CHANNEL, ts)))
+        store = h.runtime.store
+        assert store is not None
+        assert (await store.conversation(ConversationKey("slack", CHANNEL, ts))).mode == "bot"
+
+
+async def test_a_slash_command_names_its_thread_by_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, slash_command="/internvl", support_channel="C0SUPPORT") as h:
+        first, second = mention(h, "first question"), mention(h, "second question")
+        for payload in (first, second):
+            await h.slack.send_socket_event(payload)
+            await h.answered(CHANNEL, payload["event"]["ts"], f"echo: {payload['event']['text'].split('> ')[1]}")
+        ts = first["event"]["ts"]
+        link = f"https://fake.slack.com/archives/{CHANNEL}/p{ts.replace('.', '')}"
+        await h.slack.send_slash_command("/internvl", f"human {link}", CHANNEL, USER)
+        await h.slack.wait_for(lambda: len(h.thread(CHANNEL, ts)) == 2)
+        assert h.texts(CHANNEL, ts)[-1].startswith(t("handoff_started", "en")[:20])
+        assert len(h.thread(CHANNEL, second["event"]["ts"])) == 1
+
+
+async def test_top_level_direct_messages_are_one_conversation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a Telegram private chat: each DM remembers the last ones, answered at the top level; /reset
+    (here !reset) starts over."""
+    engine = EchoEngine(record=True, delay=0.005)
+    async with slack(tmp_path, monkeypatch, engine=engine, native_streaming=False) as h:
+        dm = h.slack.dm_channel(USER)
+        for text in ("my pump is a P-200", "what model is my pump?"):
+            await h.slack.send_socket_event(h.slack.event_callback(h.slack.message_event(dm, USER, text,
+                                                                                         channel_type="im")))
+            await h.slack.wait_for(lambda text=text: any(m.text == f"echo: {text}" and m.thread_ts is None
+                                                         for m in h.slack.messages(dm)))
+        assert [m.text for m in engine.calls[-1] if m.role == "user"] == ["my pump is a P-200",
+                                                                            "what model is my pump?"]
 
 
 def test_start_up_fails_closed_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

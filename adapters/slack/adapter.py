@@ -72,6 +72,8 @@ T = TypeVar("T")
 logging.getLogger("slack_bolt.AsyncApp").addFilter(lambda record: "will be unused" not in record.getMessage())
 
 PLATFORM = "slack"
+#: a message's link (``…/archives/C…/p1712345678123456``, or the ts itself) names the thread of a slash command
+THREAD_LINK = re.compile(r"<?(?:https?://\S+/archives/[A-Z0-9]+/)?p?(?P<sec>\d{10})\.?(?P<usec>\d{6})(?:\?\S*)?>?")
 EVENTS_PATH = "/slack/events"
 #: A streamed or posted message's Markdown stays under Slack's 12,000 characters for markdown text.
 MESSAGE_LIMIT = 11_500
@@ -351,6 +353,7 @@ class SlackAdapter:
         self._locales: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._titled: OrderedDict[str, None] = OrderedDict()
         self._extras: set[asyncio.Task[None]] = set()
+        self._latest_thread: OrderedDict[tuple[str, str], str] = OrderedDict()  # (channel, user) → thread
 
     @staticmethod
     def _secret(env: str, what: str) -> str:
@@ -470,11 +473,13 @@ class SlackAdapter:
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
         if not channel or not ts:
             return None
-        thread = str(event.get("thread_ts") or ts)
+        direct = event.get("channel_type") == "im"
+        # A top-level direct message continues the DM's one conversation (like a Telegram private chat); in a
+        # channel a message starts a thread. A thread (an assistant thread too) is its own conversation.
+        thread = str(event.get("thread_ts") or ("" if direct else ts))
         key = ConversationKey(PLATFORM, channel, thread)
         mention = f"<@{self.bot_user_id}>"
         text = str(event.get("text") or "")
-        direct = event.get("channel_type") == "im"
         # A channel message without a mention: only a follow-up in a thread the bot is part of.
         if not direct and event["type"] != "app_mention" and mention not in text and (
                 not event.get("thread_ts") or not await self.manager.store.transcript(key, limit=1)):
@@ -490,6 +495,10 @@ class SlackAdapter:
         route = {"team": team, "user": str(user), "channel_type": str(event.get("channel_type") or "channel")}
         if attachments:
             route["files"] = "1"
+        self._latest_thread[(channel, str(user))] = thread
+        self._latest_thread.move_to_end((channel, str(user)))
+        while len(self._latest_thread) > 10_000:
+            self._latest_thread.popitem(last=False)
         return IncomingMessage(key=key, sender=Sender(str(user), str(user)), text=text, attachments=attachments,
                                locale=self.cached_locale(str(user)), event_id=f"{channel}:{ts}", message_id=ts,
                                is_direct=direct, route=route, raw=body)
@@ -555,7 +564,13 @@ class SlackAdapter:
         channel, user = str(body.get("channel_id", "")), str(body.get("user_id", ""))
         if not channel or not user:
             return
-        key = ConversationKey(PLATFORM, channel, str(body.get("thread_ts") or ""))
+        # Slack sends no thread with a slash command: a thread's link (Copy link) in the text names it,
+        # else the command is about the user's latest conversation in this channel (a DM's is the DM's).
+        named = THREAD_LINK.search(words)
+        if named is not None:
+            words = (words[:named.start()] + words[named.end():]).strip() or "help"
+        thread = f"{named['sec']}.{named['usec']}" if named else self._latest_thread.get((channel, user), "")
+        key = ConversationKey(PLATFORM, channel, thread)
         route = {"team": str(body.get("team_id") or self.team_id), "user": user,
                  "channel_type": "im" if channel.startswith("D") else "channel"}
         with contextlib.suppress(ShuttingDown):
