@@ -161,6 +161,30 @@ def _public_url(settings: Settings, host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+async def _start_all(adapters: list[ServedAdapter], service: Service, server: uvicorn.Server,
+                     serving: asyncio.Task[None]) -> None:
+    """Start every adapter (then the inbox); when one fails, those already started and the HTTP server are
+    closed before the error goes on, so no half-started process is left polling or listening."""
+    started: list[ServedAdapter] = []
+    try:
+        for adapter in adapters:
+            started.append(adapter)  # a failed start may have begun (a socket, a poller): closed too
+            await adapter.start()
+        if service.inbox is not None:
+            await service.inbox.start()  # with replicas: news from the others reach this one's inbox pages
+    except BaseException:
+        service.stopping = True
+        for adapter in started:
+            adapter.stop_intake()
+        for adapter in reversed(started):
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+        raise
+
+
 async def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
     conf = settings.server
     host = host if host is not None else conf.host
@@ -169,57 +193,56 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Runtime(settings) as runtime:
-        assert runtime.manager is not None
-        assert runtime.engine is not None
-        settings = runtime.settings
-        adapters = registry.served(runtime)
-        service = Service(settings, runtime, adapters)
-        web = service.web
-        app = build_app(service)
-        server = _Server(uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-            proxy_headers=conf.proxy_headers, forwarded_allow_ips=conf.forwarded_allow_ips,
-            timeout_graceful_shutdown=5, server_header=False,
-        ))
-        # Old messages first: a message left pending by the last run is answered before newer ones, and an
-        # adapter that redelivers it during start-up finds it stored (and queued at most once).
-        resumed = await runtime.manager.start()
-        serving = asyncio.create_task(_run(server))
-        await _started(server, serving)
-        if serving.done():
-            error = serving.exception()
-            raise StartupError(f"server.port: cannot listen on {host}:{port} — is another process using it? ({error})")
-        for adapter in adapters:
-            await adapter.start()
-        if service.inbox is not None:
-            await service.inbox.start()  # with replicas: news from the others reach this one's inbox pages
-        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-        service.ready = True
-        url = _public_url(settings, host, bound)
-        if runtime.engine.info.demo:
-            print(DEMO_BANNER, file=sys.stderr, flush=True)
-        what = "web chat" if web is not None else "server (web chat disabled)"
-        print(f"internvl-bot: {what} at {url} — engine {runtime.engine.info.name}; "
-              f"{resumed} message(s) resumed; Ctrl+C stops", file=sys.stderr, flush=True)
-        log.info("serving on %s:%d", host, bound)
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        log.info("shutting down: finishing answers in progress (up to %.0f s)", conf.grace_seconds)
-        service.stopping = True
-        for adapter in adapters:
-            adapter.stop_intake()
-        await runtime.manager.stop(conf.grace_seconds)
-        for adapter in adapters:
-            await adapter.close()
-        if service.inbox is not None:
-            await service.inbox.close()  # ends the operators' event streams, so the server can stop
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await serving
-        stopper.cancel()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
+    try:
+        async with Runtime(settings) as runtime:
+            assert runtime.manager is not None
+            assert runtime.engine is not None
+            settings = runtime.settings
+            adapters = registry.served(runtime)
+            service = Service(settings, runtime, adapters)
+            web = service.web
+            app = build_app(service)
+            server = _Server(uvicorn.Config(
+                app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+                proxy_headers=conf.proxy_headers, forwarded_allow_ips=conf.forwarded_allow_ips,
+                timeout_graceful_shutdown=5, server_header=False,
+            ))
+            # Old messages first: a message left pending by the last run is answered before newer ones, and an
+            # adapter that redelivers it during start-up finds it stored (and queued at most once).
+            resumed = await runtime.manager.start()
+            serving = asyncio.create_task(_run(server))
+            await _started(server, serving)
+            if serving.done():
+                error = serving.exception()
+                raise StartupError(f"server.port: cannot listen on {host}:{port} — is another process using it? ({error})")
+            await _start_all(adapters, service, server, serving)
+            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+            service.ready = True
+            url = _public_url(settings, host, bound)
+            if runtime.engine.info.demo:
+                print(DEMO_BANNER, file=sys.stderr, flush=True)
+            what = "web chat" if web is not None else "server (web chat disabled)"
+            print(f"internvl-bot: {what} at {url} — engine {runtime.engine.info.name}; "
+                  f"{resumed} message(s) resumed; Ctrl+C stops", file=sys.stderr, flush=True)
+            log.info("serving on %s:%d", host, bound)
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("shutting down: finishing answers in progress (up to %.0f s)", conf.grace_seconds)
+            service.stopping = True
+            for adapter in adapters:
+                adapter.stop_intake()
+            await runtime.manager.stop(conf.grace_seconds)
+            for adapter in adapters:
+                await adapter.close()
+            if service.inbox is not None:
+                await service.inbox.close()  # ends the operators' event streams, so the server can stop
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await serving
+            stopper.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
 

@@ -549,3 +549,30 @@ async def test_a_recorded_button_press_is_answered(tmp_path: Path, monkeypatch: 
     async with telegram(tmp_path, monkeypatch, mode="webhook") as h:
         h.tg.push_update(h.tg.load_payload("callback"))
         await h.tg.wait_for(lambda: len(h.tg.answered_callbacks) == 1)
+
+
+async def test_an_adapter_failing_to_start_closes_those_already_started(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telegram starts polling, then Slack cannot reach its API: serve stops with the error, and Telegram's
+    polling and the HTTP server are closed (no half-started process left behind)."""
+    from adapters.server import serve
+
+    async with FakeTelegram() as tg:
+        monkeypatch.setenv("TELEGRAM_BOT_TOKEN", tg.token)
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
+        monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-test-token")
+        port, dead = free_port(), free_port()
+        settings = make_settings(tmp_path, engine={"kind": "echo"}, adapters={
+            "telegram": {"enabled": True, "base_url": tg.base_url, "base_file_url": tg.base_file_url,
+                         "poll_timeout": 2},
+            "slack": {"enabled": True, "api_url": f"http://127.0.0.1:{dead}/api/"}})
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whichever error Slack's client raises
+            await asyncio.wait_for(serve(settings, host="127.0.0.1", port=port), 60)
+        await tg.wait_for(lambda: tg.polling == 0, 10)
+        calls = len(tg.calls_to("getUpdates"))
+        await asyncio.sleep(0.5)
+        assert len(tg.calls_to("getUpdates")) == calls  # nobody polls any more
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # the HTTP server let go of its port
