@@ -480,3 +480,14 @@ async def test_kill_9_mid_answer_then_restart_answers_once_in_the_same_message(t
         finally:
             if first.poll() is None:
                 first.kill()
+
+
+async def test_every_web_api_call_shares_one_http_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        session = h.adapter.client.session
+        assert session is not None and not session.closed
+        payload = mention(h, "one session please")
+        await h.slack.send_socket_event(payload)
+        await h.answered(CHANNEL, payload["event"]["ts"], "echo: one session please")
+        assert h.adapter.client.session is session
+    assert session.closed

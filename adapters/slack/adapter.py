@@ -31,6 +31,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -326,7 +327,9 @@ class SlackAdapter:
         self.app_token = self._secret(conf.app_token_env, "the app-level token (xapp-…, connections:write)") \
             if conf.mode == "socket" else ""
         signing = self._secret(conf.signing_secret_env, "the app's Signing Secret") if conf.mode == "http" else None
-        self.client = client or AsyncWebClient(token=self.bot_token, base_url=conf.api_url)
+        # one aiohttp session for every Web API call (slack-sdk opens a new one per call without it)
+        self._session = aiohttp.ClientSession() if client is None else None
+        self.client = client or AsyncWebClient(token=self.bot_token, base_url=conf.api_url, session=self._session)
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
         self.app = AsyncApp(client=self.client, signing_secret=signing, process_before_response=False,
@@ -416,6 +419,8 @@ class SlackAdapter:
                 await self._socket.close_async()
         if self._own_http:
             await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def router(self) -> APIRouter | None:
         if self.conf.mode != "http":
