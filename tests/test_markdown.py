@@ -48,3 +48,13 @@ def test_slack_mrkdwn() -> None:
 
 def test_escape_raw_html_leaves_code_alone() -> None:
     assert escape_raw_html("a <b> `<c>`\n```\n<d>\n```") == "a \\<b> `<c>`\n```\n<d>\n```"
+
+
+def test_a_caption_is_cut_in_utf16_units_never_inside_a_pair() -> None:
+    from adapters.common.markdown import cut_utf16
+
+    emoji = "🔧" * 700  # 1,400 UTF-16 units in 700 code points
+    cut = cut_utf16(emoji, 1024)
+    assert utf16_len(cut) == 1024 and cut == "🔧" * 512
+    assert utf16_len(cut_utf16("a" + emoji, 1024)) == 1023  # the pair that would straddle the limit is left out
+    assert cut_utf16("short", 1024) == "short"

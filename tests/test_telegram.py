@@ -31,7 +31,8 @@ from tests.fakes.serving import free_port, serve_asgi
 from tests.fakes.telegram_api import BotMessage, FakeTelegram, UserSpec, forum, group, private
 from tests.media_corpus import needs_ffmpeg
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
+# PTB_TIMEDELTA is opted into by the adapter: a deprecation warning of PTB is a failure here
+pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
 
 ANA = UserSpec(111, "Ana", "ana_test")
 RUI = UserSpec(333, "Rui", "rui_test", language_code="pt")
@@ -355,6 +356,14 @@ async def test_markdown_becomes_entities_and_plain_text_when_refused(tmp_path: P
         await transport.edit(sent, "**bold** and more", final=True)
         assert h.texts(111)[-1] == "**bold** and more"
         await transport.edit(sent, "**bold** and more", final=False)  # unchanged: "not modified" is fine
+
+
+async def test_custom_emoji_keep_their_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with telegram(tmp_path, monkeypatch, drafts=False) as h:
+        message(h.tg, DM, ANA, "done ![👍](tg://emoji?id=5368324170671202286)")
+        await h.tg.wait_for(lambda: any(e.get("type") == "custom_emoji" for m in h.shown(111) for e in m.entities), 15)
+        [emoji] = [e for m in h.shown(111) for e in m.entities if e["type"] == "custom_emoji"]
+        assert emoji["custom_emoji_id"] == "5368324170671202286"
 
 
 async def test_a_long_answer_is_split_at_paragraphs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

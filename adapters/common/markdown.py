@@ -111,3 +111,11 @@ class SlackFormat:
 def utf16_len(text: str) -> int:
     """Length in UTF-16 code units (Telegram counts message length and entity offsets this way)."""
     return len(text.encode("utf-16-le")) // 2
+
+
+def cut_utf16(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` within ``limit`` UTF-16 code units, never half a surrogate pair."""
+    if utf16_len(text) <= limit:
+        return text
+    units = text.encode("utf-16-le")[:limit * 2]
+    return units.decode("utf-16-le", errors="ignore")

@@ -59,7 +59,7 @@ from telegram.ext import Application, ApplicationBuilder, CallbackQueryHandler, 
 
 from adapters.common.auth import SharedSecret
 from adapters.common.http import parse_json_object, read_body
-from adapters.common.markdown import TelegramFormat, utf16_len
+from adapters.common.markdown import TelegramFormat, cut_utf16, utf16_len
 from adapters.common.ratelimit import Rate, RateLimiter
 from adapters.common.renderer import MessageGone, StreamingRenderer
 from adapters.telegram import SECRET_TOKEN, TelegramSettings
@@ -97,6 +97,7 @@ WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 #: The cloud Bot API's getFile limit.
 BOT_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024
+CAPTION_LIMIT = 1024  # UTF-16 code units, as Telegram counts
 MESSAGE_LIMIT = 4096
 ALLOWED_UPDATES = ["message", "callback_query"]
 ALBUM_BUCKET = "telegram:album:"
@@ -131,8 +132,10 @@ def _not_modified(exc: BadRequest) -> bool:
 
 
 def _bad_formatting(exc: BadRequest) -> bool:
+    """Telegram refused the formatting (PTB has no type of its own for these: BadRequest and the API's words),
+    so the text goes again as plain text."""
     text = str(exc).lower()
-    return "parse entities" in text or "entit" in text or "too long" in text
+    return any(words in text for words in ("can't parse entities", "entities too long", "entity_", "message is too long"))
 
 
 def _gone(exc: BadRequest) -> bool:
@@ -215,8 +218,8 @@ class TelegramTransport:
         formatted = self._format.render(text)
         if not formatted.text.strip():
             return text, None
-        entities = [MessageEntity(e["type"], e["offset"], e["length"], url=e.get("url"), language=e.get("language"))
-                    for e in formatted.entities]
+        entities = [MessageEntity(e["type"], e["offset"], e["length"], url=e.get("url"), language=e.get("language"),
+                                  custom_emoji_id=e.get("custom_emoji_id")) for e in formatted.entities]
         return formatted.text, entities
 
     async def _call(self, fn: Callable[[], Awaitable[T]], *, repeatable: bool) -> T:
@@ -289,7 +292,7 @@ class TelegramTransport:
     async def file(self, reply: FileReply) -> str:
         bot = self.adapter.app.bot
         message = await self._call(lambda: bot.send_document(
-            self.chat_id, InputFile(reply.data, filename=reply.filename), caption=reply.caption[:1024] or None,
+            self.chat_id, InputFile(reply.data, filename=reply.filename), caption=cut_utf16(reply.caption, CAPTION_LIMIT) or None,
             message_thread_id=self.thread_id), repeatable=False)
         return str(message.message_id)
 
@@ -303,6 +306,9 @@ class TelegramAdapter:
                  application: Application | None = None) -> None:
         self.manager = manager
         self.settings = settings
+        # PTB's documented opt-in: durations (RetryAfter.retry_after, ...) as datetime.timedelta, the type
+        # PTB 23 will use; without it PTB warns on every 429. Read by PTB at each use, process-wide.
+        os.environ.setdefault("PTB_TIMEDELTA", "true")
         self.conf = conf
         token = os.environ.get(conf.token_env, "").strip()
         if not token:

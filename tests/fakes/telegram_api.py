@@ -1787,7 +1787,7 @@ class FakeTelegram:
             raise _bad("there is no caption in the message to edit")
         caption, entities = format_text(params.get("caption"), params.get("parse_mode"),
                                         params.get("caption_entities"))
-        if len(caption) > MAX_CAPTION_LENGTH:
+        if u16len(caption) > MAX_CAPTION_LENGTH:  # Telegram counts UTF-16 code units
             raise _bad("message caption is too long")
         markup = self._markup(params.get("reply_markup"))
         if caption == (message.caption or "") and markup == message.reply_markup and \
@@ -1859,7 +1859,7 @@ class FakeTelegram:
     def _caption(self, params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         caption, entities = format_text(params.get("caption"), params.get("parse_mode"),
                                         params.get("caption_entities"))
-        if len(caption) > MAX_CAPTION_LENGTH:
+        if u16len(caption) > MAX_CAPTION_LENGTH:  # Telegram counts UTF-16 code units
             raise _bad("message caption is too long")
         return caption, entities
 
