@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
+from cachetools import LRUCache
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
@@ -68,6 +68,8 @@ PLATFORM = "chatwoot"
 WEBHOOK_PATH = "/chatwoot/webhook"
 MAX_REDIRECTS = 5
 
+
+CACHE_SIZE = 10_000  # conversations remembered per cache (accounts, greetings)
 
 class ChatwootSettings(AdapterSection):
     """``adapters.chatwoot``: the assistant as a Chatwoot Agent Bot."""
@@ -218,8 +220,9 @@ class ChatwootAdapter:
                                conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
         manager.register(self.channel)
         self._accepting = False
-        self._accounts: dict[str, str] = {}  # conversation id -> account id, for events that do not say
-        self._greeted: OrderedDict[str, None] = OrderedDict()
+        # conversation id -> account id, for events that do not say; conversations greeted
+        self._accounts: LRUCache[str, str] = LRUCache(maxsize=CACHE_SIZE)
+        self._greeted: LRUCache[str, None] = LRUCache(maxsize=CACHE_SIZE)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -301,8 +304,6 @@ class ChatwootAdapter:
                 or str(key) in self._greeted:
             return "ignored: nothing to greet"
         self._greeted[str(key)] = None
-        while len(self._greeted) > 10_000:
-            self._greeted.popitem(last=False)
         info = data.get("event_info") if isinstance(data.get("event_info"), dict) else {}
         lang = i18n.normalize_code(str(info.get("widget_language") or info.get("browser_language") or ""))
         lang = lang if lang in i18n.UI_LANGUAGES else self.settings.conversation.default_language

@@ -158,12 +158,15 @@ def session_secret(settings: Settings, conf: WebSettings) -> bytes:
     return key
 
 
+MAX_IDLE_SESSIONS = 10_000  # sessions held here for a partial answer with no page open
+
 @dataclass(eq=False)
 class _Session:
     """The open pages (SSE streams) of one browser session on this replica, and the answer streaming now."""
 
     streams: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)
     partial: str = ""
+    touched: float = field(default_factory=time.monotonic)
 
     def publish(self, event: dict[str, Any]) -> None:
         for queue in self.streams:
@@ -267,10 +270,20 @@ class WebAdapter:
             session.partial += str(event.get("text", ""))
         elif kind == "partial":
             session.partial = str(event.get("text", ""))
-        elif kind == "done":
+        elif kind in ("done", "stopped"):
             session.partial = ""
+        session.touched = time.monotonic()
         session.publish(event)
         if not session.streams and not session.partial:
+            self._sessions.pop(sid, None)
+        elif len(self._sessions) > MAX_IDLE_SESSIONS:
+            self._drop_idle_sessions()
+
+    def _drop_idle_sessions(self) -> None:
+        """Sessions kept only for a partial answer no page is watching (an answer that never finished, its
+        replica gone): the oldest go first, down to half the bound. Open pages are never dropped."""
+        idle = sorted((s.touched, sid) for sid, s in self._sessions.items() if not s.streams)
+        for _, sid in idle[:max(0, len(self._sessions) - MAX_IDLE_SESSIONS // 2)]:
             self._sessions.pop(sid, None)
 
     async def keep_file(self, sid: str, reply: FileReply) -> str:

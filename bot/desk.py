@@ -16,6 +16,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 
+from cachetools import LRUCache
+
 from bot import i18n
 from bot.attachments import AttachmentResolver
 from bot.commands import with_prefix
@@ -50,7 +52,8 @@ class HandoffDesk:
         self.deliver = deliver
         self.settle = settle  # tells whoever waits on a message that it reached its final state
         self.default_language = default_language
-        self._changed: dict[int, bool] = {}  # message id -> did /human or /bot change the mode?
+        # message id -> did /human or /bot change the mode? (settled ones are popped; bounded for the rest)
+        self._changed: LRUCache[int, bool] = LRUCache(maxsize=10_000)
         self._background: set[asyncio.Task[None]] = set()
         self._waiting: OrderedDict[ConversationKey, None] = OrderedDict()
 

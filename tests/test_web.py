@@ -289,6 +289,27 @@ async def test_a_failure_mid_answer_leaves_no_stale_partial(tmp_path: Path) -> N
         assert history["partial"] == ""  # a reload does not replay the broken answer as if it streamed on
 
 
+async def test_answers_that_never_finish_do_not_grow_memory(tmp_path: Path) -> None:
+    """Partial answers whose replica died (no "done" ever comes) and no page watches are bounded; a session
+    with an open page is never dropped, and a stopped turn leaves no partial behind."""
+    from adapters.web import MAX_IDLE_SESSIONS, WebAdapter
+    from bot.manager import ConversationManager
+    from bot.store import MemoryStore
+
+    settings = make_settings(tmp_path)
+    web = WebAdapter(ConversationManager(settings, MemoryStore(), EchoEngine()), settings)
+    watched: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    web.session("open-page").streams.add(watched)
+    web._apply({"sid": "open-page", "event": {"type": "chunk", "text": "half"}})
+    for i in range(MAX_IDLE_SESSIONS + 50):
+        web._apply({"sid": f"gone-{i}", "event": {"type": "chunk", "text": "an answer that never ends"}})
+    assert len(web._sessions) <= MAX_IDLE_SESSIONS + 1
+    assert "open-page" in web._sessions and f"gone-{MAX_IDLE_SESSIONS + 49}" in web._sessions
+    web._apply({"sid": "stopped", "event": {"type": "chunk", "text": "x"}})
+    web._apply({"sid": "stopped", "event": {"type": "stopped"}})
+    assert "stopped" not in web._sessions
+
+
 class TestWebSink(SinkContract):
     @pytest.fixture
     def screen(self, tmp_path: Path) -> Screen:
