@@ -78,6 +78,12 @@ class DjangoHelpdeskSettings(AdapterSection):
     webhook_token_env: str = Field("HELPDESK_WEBHOOK_TOKEN", description="environment variable with the webhook token")
     agent_assist_queues: IdList = Field(default_factory=list, description="queue slugs where drafts go to staff")
     handoff_assignee: int = Field(0, ge=0, description="user id a handed-off ticket is assigned to; 0 = nobody")
+    integration_users: list[int] = Field(
+        default_factory=list,
+        description="user ids of integration accounts (a website form, a portal) that file tickets through the "
+                    "REST API on customers' behalf: their public follow-ups are the customer's. Empty: a new "
+                    "ticket's first follow-up counts as the customer's when its author is neither the bot, nor "
+                    "the ticket's assignee, and the ticket has a submitter e-mail")
     attachment_extensions: list[str] = Field(
         default_factory=lambda: list(HELPDESK_DEFAULT_EXTENSIONS),
         description="the extensions the helpdesk accepts (its HELPDESK_VALID_EXTENSIONS); an export with another "
@@ -246,6 +252,18 @@ class DjangoHelpdeskAdapter:
         log.debug("django-helpdesk webhook: %s", outcome)
         return Response(status_code=200)
 
+    def _on_customers_behalf(self, ticket: dict[str, Any], followup: dict[str, Any], new: bool) -> bool:
+        """A follow-up with a (staff) author that still speaks for the customer: an integration account's (the
+        REST API is staff-only, so a form or portal filing tickets for customers writes as staff)."""
+        author = followup.get("user")
+        if author == self.bot_user or not followup.get("public", True):
+            return False
+        if self.conf.integration_users:
+            return author in self.conf.integration_users
+        assignee = ticket.get("assigned_to")
+        assignee = assignee.get("id") if isinstance(assignee, dict) else assignee
+        return new and bool(ticket.get("submitter_email")) and author != assignee
+
     async def handle(self, data: dict[str, Any]) -> str:
         ticket = data.get("ticket")
         if not isinstance(ticket, dict) or not isinstance(ticket.get("id"), int):
@@ -258,7 +276,7 @@ class DjangoHelpdeskAdapter:
             return "ignored: no follow-up"
         key = ConversationKey(PLATFORM, str(ticket["id"]))
         queue = str(data.get("queue_slug") or "")
-        if followup.get("user") is not None:
+        if followup.get("user") is not None and not self._on_customers_behalf(ticket, followup, new):
             # staff or the bot itself; a staff's private "/bot" gives the ticket back to the assistant
             if followup.get("user") != self.bot_user and not followup.get("public") and \
                     str(followup.get("comment") or "").strip() == "/bot":

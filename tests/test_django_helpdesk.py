@@ -98,6 +98,23 @@ async def test_a_ticket_with_a_photo_and_a_follow_up_are_answered(tmp_path: Path
         assert len(await h.bot_followups(ticket)) == 2
 
 
+async def test_a_ticket_filed_through_the_api_on_a_customers_behalf_is_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A website form or portal files tickets through the staff-only REST API: the first follow-up's author
+    is that integration account, the customer is the submitter. The customer gets the answer; a follow-up the
+    integration account writes later is still staff's (not answered)."""
+    async with helpdesk(tmp_path, monkeypatch) as h:
+        created = await h.site.api("POST", "/api/tickets/", user="agent", json={
+            "queue": h.site.queues["support"], "title": "Grinder jams", "priority": 3,
+            "description": "Beans get stuck after a minute.", "submitter_email": "buyer@example.com"})
+        ticket = int(created["id"])
+        answers = await h.until(lambda: h.bot_followups(ticket))
+        assert "Grinder jams" in answers[0]["comment"] and answers[0]["public"] is True
+        await h.site.staff_followup(ticket, "Agent note: replacement sent.", public=True)
+        await h.idle()
+        assert len(await h.bot_followups(ticket)) == 1
+
+
 async def test_handoff_reopens_for_staff_with_a_note_and_slash_bot_gives_it_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with helpdesk(tmp_path, monkeypatch) as h:
