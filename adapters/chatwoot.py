@@ -300,6 +300,9 @@ class ChatwootAdapter:
             return "ignored: no conversation yet"
         inbox = str(conversation.get("inbox_id") or (data.get("inbox") or {}).get("id") or "")
         key = self._key(account, conversation["id"])
+        contact = data.get("contact") if isinstance(data.get("contact"), dict) else {}
+        if not self.channel.policy.allows(str(contact.get("id", "")), {str(account)}):
+            return "ignored: not allowed"
         if inbox in self.assist or conversation.get("status") != "pending" or conversation.get("messages") \
                 or str(key) in self._greeted:
             return "ignored: nothing to greet"

@@ -388,10 +388,14 @@ class AccessPolicy:
     limits: UsageLimits = UsageLimits()
 
     def admits(self, message: IncomingMessage) -> bool:
-        user = message.sender.id
         chats = {message.key.chat}
         if team := message.route.get("team"):
             chats.add(team)
+        return self.allows(message.sender.id, chats)
+
+    def allows(self, user: str, chats: set[str]) -> bool:
+        """Is ``user``, in any of ``chats`` (a chat, its team or workspace), served? Also for what the bot
+        says unasked (a greeting when a panel or widget opens)."""
         if user in self.deny_users or chats & self.deny_chats:
             return False
         if self.allow_users and user not in self.allow_users:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from adapters.server import Service, build_app
 from bot.engines import EchoEngine
 from bot.i18n import text as t
 from bot.runtime import Runtime
+from bot.types import AccessPolicy
 from tests.conftest import image_bytes, make_settings
 from tests.fakes.chatwoot_api import FakeChatwoot
 from tests.fakes.serving import free_port, serve_asgi
@@ -238,6 +239,20 @@ async def test_the_widget_greets_once_in_the_customers_language(tmp_path: Path,
         await h.cw.widget_opened(conv, locale="de")  # the conversation has messages now: no greeting
         await h.idle()
         assert len(h.cw.public_replies(conv)) == 2
+
+
+async def test_the_widget_greets_only_whom_the_policy_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        denied = h.cw.conversation(contact={"name": "Blocked"})
+        contact = h.cw._conv(denied).contact["id"]
+        h.adapter.channel = replace(h.adapter.channel, policy=AccessPolicy(deny_users=frozenset({str(contact)})))
+        h.runtime.manager.register(h.adapter.channel)  # type: ignore[union-attr]
+        await h.cw.widget_opened(denied)
+        served = h.cw.conversation()
+        await h.cw.widget_opened(served)
+        await h.cw.wait_for(lambda: len(h.cw.public_replies(served)) == 1)
+        await h.idle()
+        assert h.cw.public_replies(denied) == []
 
 
 async def test_recorded_events_that_are_not_for_the_bot_get_200_and_nothing_else(

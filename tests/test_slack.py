@@ -491,3 +491,17 @@ async def test_every_web_api_call_shares_one_http_session(tmp_path: Path, monkey
         await h.answered(CHANNEL, payload["event"]["ts"], "echo: one session please")
         assert h.adapter.client.session is session
     assert session.closed
+
+
+async def test_the_assistant_panel_greets_only_whom_the_policy_serves(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, deny_users=["U0NO"]) as h:
+        for user in ("U0NO", "U0YES"):
+            h.slack.add_user(user, name=user.lower())
+        denied, served = h.slack.new_ts(), h.slack.new_ts()
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.assistant_thread_started(
+            h.slack.dm_channel("U0NO"), "U0NO", denied)))
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.assistant_thread_started(
+            h.slack.dm_channel("U0YES"), "U0YES", served)))
+        await h.slack.wait_for(lambda: bool(h.texts(h.slack.dm_channel("U0YES"), served)))
+        assert h.texts(h.slack.dm_channel("U0NO"), denied) == []

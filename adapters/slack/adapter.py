@@ -548,6 +548,10 @@ class SlackAdapter:
         channel, ts, user = thread.get("channel_id"), thread.get("thread_ts"), thread.get("user_id")
         if not channel or not ts:
             return
+        team = str(body.get("team_id") or self.team_id)
+        if not self.channel.policy.allows(str(user or ""), {str(channel), team}):
+            log.info("assistant thread of %s in %s not greeted: not allowed by adapters.slack", user, channel)
+            return
         lang = i18n.normalize_code(await self.locale(str(user))) if user else None
         lang = lang if lang in i18n.UI_LANGUAGES else self.settings.conversation.default_language
         conv = await self.manager.store.conversation(ConversationKey(PLATFORM, str(channel), str(ts)))
