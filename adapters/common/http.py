@@ -10,6 +10,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from itertools import chain, compress
+from operator import not_
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -38,7 +40,8 @@ from bot.types import Attachment
 
 log = logging.getLogger(__name__)
 
-#: Deepest JSON nesting accepted (the standard parser recurses; 5,000 ``[`` would overflow it).
+#: Deepest JSON nesting accepted, checked on the parsed object (bodies nested far deeper stop the standard
+#: parser's own recursion guard first: a 400 as well).
 MAX_JSON_DEPTH = 64
 
 
@@ -49,26 +52,23 @@ class BadRequest(HTTPException):
         super().__init__(status_code=status_code, detail=detail)
 
 
-def _depth_ok(raw: str, limit: int = MAX_JSON_DEPTH) -> bool:
+_CONTAINERS = frozenset((dict, list))
+
+
+def _too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether parsed JSON nests more than ``limit`` containers deep: one level at a time, each level's values
+    gathered and sorted by C-level iterators (``map``/``compress``), never a Python loop per value."""
+    level = [data] if type(data) in _CONTAINERS else []
     depth = 0
-    in_string = escaped = False
-    for ch in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif ch in "]}":
-            depth -= 1
-    return True
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        is_dict = list(map(dict.__instancecheck__, level))
+        values = list(chain(chain.from_iterable(map(dict.values, compress(level, is_dict))),
+                            chain.from_iterable(compress(level, map(not_, is_dict)))))
+        level = list(compress(values, map(_CONTAINERS.__contains__, map(type, values))))
+    return False
 
 
 def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
@@ -80,12 +80,16 @@ def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
         raw = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(f"{what} is not UTF-8 text") from None
-    if not _depth_ok(raw):
-        raise BadRequest(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    too_deep = BadRequest(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         data = json.loads(raw)
+    except RecursionError:  # the C parser's own guard, far deeper than MAX_JSON_DEPTH
+        raise too_deep from None
     except ValueError as exc:
         raise BadRequest(f"{what} is not valid JSON ({exc})") from None
+    # Fewer openers than the limit cannot nest past it: large bodies are mostly one long string.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _too_deep(data):
+        raise too_deep
     if not isinstance(data, dict):
         raise BadRequest(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
