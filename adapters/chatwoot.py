@@ -1,10 +1,11 @@
 """Chatwoot as an Agent Bot: the assistant answers customers first and hands conversations to agents.
 
-Chatwoot POSTs every event of the bot's inboxes to ``POST /chatwoot/webhook`` (signed since Chatwoot 4.13:
+Chatwoot POSTs every event of the bot's inboxes to ``POST /chatwoot/webhook``, signed (since Chatwoot 4.13:
 ``X-Chatwoot-Signature: sha256=HMAC(secret, "{timestamp}.{body}")``; unsigned, wrong or stale requests get
-401 when a secret is configured). It waits 5 s and treats anything but a 2xx as the bot failing — the
-conversation then opens to humans — so the webhook verifies, stores the customer's message and answers 200
-at once, also for the events it ignores; the answer follows in the background. A redelivery (Chatwoot retries
+401). Without the secret the adapter does not start, unless ``insecure_unsigned`` (a lab) says otherwise.
+Chatwoot waits 5 s and treats anything but a 2xx as the bot failing — the conversation then opens to humans —
+so the webhook verifies, stores the customer's message and answers 200 at once, also for the events it
+ignores; the answer follows in the background. A redelivery (Chatwoot retries
 429/500 with the same ``X-Chatwoot-Delivery``) is the same message (the store remembers its id).
 
 The bot answers only ``incoming``, non-private messages of conversations that are ``pending`` (while an agent
@@ -79,7 +80,9 @@ class ChatwootSettings(AdapterSection):
     base_url: str = Field("", description="the Chatwoot installation, e.g. https://chatwoot.example.com")
     bot_token_env: str = Field("CHATWOOT_BOT_TOKEN", description="environment variable with the agent bot's token")
     webhook_secret_env: str = Field(
-        "CHATWOOT_WEBHOOK_SECRET", description="environment variable with the agent bot's secret; verify when set")
+        "CHATWOOT_WEBHOOK_SECRET", description="environment variable with the agent bot's secret (required)")
+    insecure_unsigned: bool = Field(
+        False, description="a lab only: without the secret, accept unsigned webhooks (anyone can post events)")
     agent_assist_inboxes: IdList = Field(default_factory=list,
                                          description="inbox ids where drafts go to agents as private notes")
 
@@ -200,13 +203,7 @@ class ChatwootAdapter:
             raise StartupError(f"adapters.chatwoot: set the environment variable {conf.bot_token_env} to the agent "
                                "bot's access token, or set adapters.chatwoot.enabled: false")
         register_secret(self.token)
-        secret = os.environ.get(conf.webhook_secret_env, "")
-        register_secret(secret)
-        if not secret:
-            log.warning("adapters.chatwoot: %s is not set, so webhooks are accepted unsigned (Chatwoot before 4.13 "
-                        "does not sign); set it to the agent bot's secret", conf.webhook_secret_env)
-        self.verify = SignedBody(conf.webhook_secret_env, signature_header="X-Chatwoot-Signature",
-                                 timestamp_header="X-Chatwoot-Timestamp", optional=True)
+        self.verify = self._verifier(conf)
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
         self.assist = {str(i) for i in conf.agent_assist_inboxes}
@@ -217,6 +214,24 @@ class ChatwootAdapter:
         self._accounts: dict[str, str] = {}  # conversation id -> account id, for events that do not say
         self._greeted: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def _verifier(conf: ChatwootSettings) -> SignedBody:
+        """Fail closed: webhooks are signed with the agent bot's secret, or start-up stops — unless a lab says
+        ``insecure_unsigned: true``, and then every start says so loudly."""
+        secret = os.environ.get(conf.webhook_secret_env, "")
+        register_secret(secret)
+        if not secret and not conf.insecure_unsigned:
+            raise StartupError(
+                f"adapters.chatwoot: set the environment variable {conf.webhook_secret_env} to the agent bot's secret "
+                "(Chatwoot ≥ 4.13 shows it with the bot's token) so webhooks are verified; for a lab with an older, "
+                "unsigning Chatwoot only, set adapters.chatwoot.insecure_unsigned: true")
+        if not secret:
+            log.warning("adapters.chatwoot.insecure_unsigned is true and %s is not set: UNSIGNED WEBHOOKS ARE "
+                        "ACCEPTED, anyone who reaches %s can post events as Chatwoot (a lab only; set the secret)",
+                        conf.webhook_secret_env, WEBHOOK_PATH)
+        return SignedBody(conf.webhook_secret_env, signature_header="X-Chatwoot-Signature",
+                          timestamp_header="X-Chatwoot-Timestamp", optional=conf.insecure_unsigned)
 
     # -- life cycle -------------------------------------------------------------------------
 

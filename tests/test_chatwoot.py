@@ -17,6 +17,7 @@ import pytest
 from adapters.chatwoot import ChatwootAdapter
 from adapters.server import Service, build_app
 from bot.engines import EchoEngine
+from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
 from tests.conftest import image_bytes, make_settings
@@ -160,11 +161,21 @@ async def test_bad_signatures_are_refused_and_never_processed(tmp_path: Path, mo
         assert h.runtime.store is not None and await h.runtime.store.last_message_id() == 0
 
 
-async def test_without_a_secret_unsigned_events_are_accepted_with_a_warning(
+async def test_without_a_secret_start_up_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: no webhook secret, no Chatwoot adapter (anyone could post events and flip handoffs)."""
+    with pytest.raises(StartupError) as err:
+        async with chatwoot(tmp_path, monkeypatch, secret=None):
+            pass
+    message = str(err.value)
+    assert "CHATWOOT_WEBHOOK_SECRET" in message and "adapters.chatwoot.insecure_unsigned" in message
+
+
+async def test_insecure_unsigned_accepts_unsigned_events_with_a_loud_warning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    async with chatwoot(tmp_path, monkeypatch, secret=None) as h:
-        assert any("CHATWOOT_WEBHOOK_SECRET is not set" in r.getMessage() for r in caplog.records)
+    async with chatwoot(tmp_path, monkeypatch, secret=None, insecure_unsigned=True) as h:
+        [warning] = [r for r in caplog.records if "insecure_unsigned" in r.getMessage()]
+        assert warning.levelno == logging.WARNING and "CHATWOOT_WEBHOOK_SECRET" in warning.getMessage()
         conv = h.cw.conversation()
         await h.cw.customer_message(conv, "older Chatwoot here")
         await h.replied(conv, "echo: older Chatwoot here")
