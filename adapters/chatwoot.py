@@ -5,8 +5,10 @@ Chatwoot POSTs every event of the bot's inboxes to ``POST /chatwoot/webhook``, s
 401). Without the secret the adapter does not start, unless ``insecure_unsigned`` (a lab) says otherwise.
 Chatwoot waits 5 s and treats anything but a 2xx as the bot failing — the conversation then opens to humans —
 so the webhook verifies, stores the customer's message and answers 200 at once, also for the events it
-ignores; the answer follows in the background. A redelivery (Chatwoot retries
-429/500 with the same ``X-Chatwoot-Delivery``) is the same message (the store remembers its id).
+ignores; the answer follows in the background. A redelivery (Chatwoot retries 429/500 with the same
+``X-Chatwoot-Delivery``) is the same message (the store remembers its id). A signed request, or a delivery id,
+that was accepted (2xx) before is answered 200 and not run again (a captured status change replayed within
+its five fresh minutes flips nothing); one that failed runs again when it comes back.
 
 The bot answers only ``incoming``, non-private messages of conversations that are ``pending`` (while an agent
 has a conversation ``open``, messages keep arriving: the bot stays silent). A status change back to
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
@@ -231,7 +233,8 @@ class ChatwootAdapter:
                         "ACCEPTED, anyone who reaches %s can post events as Chatwoot (a lab only; set the secret)",
                         conf.webhook_secret_env, WEBHOOK_PATH)
         return SignedBody(conf.webhook_secret_env, signature_header="X-Chatwoot-Signature",
-                          timestamp_header="X-Chatwoot-Timestamp", optional=conf.insecure_unsigned)
+                          timestamp_header="X-Chatwoot-Timestamp", delivery_header="X-Chatwoot-Delivery",
+                          optional=conf.insecure_unsigned)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -248,24 +251,28 @@ class ChatwootAdapter:
             await self.http.aclose()
 
     def router(self) -> APIRouter:
-        async def webhook(body: bytes = Depends(self.verify)) -> Response:
-            """Verified by the signature dependency; stored, then 200 at once (the answer follows)."""
-            if not self._accepting:
-                return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
-            try:
-                data = parse_json_object(body, what="the event")
-            except BadRequest:
-                return Response(status_code=200)  # nothing usable; an error would open the conversation
-            try:
-                outcome = await self.handle(data)
-            except ShuttingDown:
-                return JSONResponse({"error": "restarting"}, status_code=500)  # Chatwoot retries a 500
-            log.debug("chatwoot %s: %s", data.get("event"), outcome)
-            return Response(status_code=200)
+        async def webhook(request: Request) -> Response:
+            """Verified, run once per signed request and delivery id (a repeat of an accepted one: 200, nothing
+            done); stored, then 200 at once (the answer follows)."""
+            return await self.verify.once(request, self._webhook)
 
         r = APIRouter()
         r.add_api_route(WEBHOOK_PATH, webhook, methods=["POST"], include_in_schema=False)
         return r
+
+    async def _webhook(self, body: bytes) -> Response:
+        if not self._accepting:
+            return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
+        try:
+            data = parse_json_object(body, what="the event")
+        except BadRequest:
+            return Response(status_code=200)  # nothing usable; an error would open the conversation
+        try:
+            outcome = await self.handle(data)
+        except ShuttingDown:
+            return JSONResponse({"error": "restarting"}, status_code=500)  # Chatwoot retries a 500
+        log.debug("chatwoot %s: %s", data.get("event"), outcome)
+        return Response(status_code=200)
 
     # -- REST -------------------------------------------------------------------------------
 

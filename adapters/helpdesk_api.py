@@ -5,7 +5,9 @@ Every request is signed like the framework's own webhooks, with the secret in th
 ``secret_env`` (``HELPDESK_API_SECRET``): headers ``X-InternVL-Bot-Timestamp: <unix seconds>`` and
 ``X-InternVL-Bot-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<signed>")>``, where ``<signed>`` is
 the raw body of a POST and the request target (path and query, as sent: ``/api/helpdesk/v1/conversations/c1/
-messages?after=3``) of a GET. Unsigned, wrong or stale (> 5 min) requests get 401.
+messages?after=3``) of a GET. Unsigned, wrong or stale (> 5 min) requests get 401. A mode change whose
+signature was accepted before (the same signed request sent again) gets ``200 {"replayed": true}`` and does
+nothing; a message needs no such memory (its ``message_id`` makes a repeat a duplicate).
 
 - ``POST /api/helpdesk/v1/messages``: a customer's message (``conversation_id``, ``message_id``, ``text``,
   ``customer``, ``attachments`` by URL — fetched only from ``attachment_hosts`` — or inline as base64;
@@ -366,7 +368,9 @@ class HelpdeskApiAdapter:
                         summary="The assistant's replies after a cursor")
         r.add_api_route("/conversations/{conversation_id}/mode", self.change_mode, methods=["POST"],
                         response_model=ModeResult, responses={**_ERRORS}, openapi_extra={**_body(ModeChange), **_SIGNED},
-                        summary="Agents take the conversation or give it back")
+                        summary="Agents take the conversation or give it back",
+                        description='The same signed request again (a replay within its 5 minutes) answers 200 '
+                                    '`{"replayed": true}` and changes nothing.')
         return r
 
     # -- requests ---------------------------------------------------------------------------
@@ -389,6 +393,7 @@ class HelpdeskApiAdapter:
         return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
 
     async def post_message(self, request: Request) -> Response:
+        # no replay memory here: the same message_id again is the same message (a retry), answered once
         body = await self.verify(request)
         if not self._accepting:
             return self._restarting()
@@ -461,7 +466,9 @@ class HelpdeskApiAdapter:
                         author=row.sender_name, created_at=row.created_at)
 
     async def change_mode(self, request: Request, conversation_id: Identifier) -> Response:
-        body = await self.verify(request)
+        return await self.verify.once(request, lambda body: self._change_mode(body, conversation_id))
+
+    async def _change_mode(self, body: bytes, conversation_id: str) -> Response:
         try:
             change = ModeChange.model_validate_json(body)
         except ValidationError as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.chatwoot import ChatwootAdapter
@@ -20,6 +21,7 @@ from bot.engines import EchoEngine
 from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
+from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.fakes.chatwoot_api import FakeChatwoot
 from tests.fakes.serving import free_port, serve_asgi
@@ -134,6 +136,44 @@ async def test_a_redelivered_event_is_answered_once(tmp_path: Path, monkeypatch:
         await h.replied(conv, "echo: hello")
         await h.idle()
         assert h.cw.public_replies(conv) == ["echo: hello"]
+
+
+async def test_a_replayed_signed_status_change_is_answered_200_and_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone who captured a signed ``conversation_status_changed`` cannot flip the handoff back with it
+    within the five minutes its signature is fresh: 200 (an error would open the conversation), nothing done."""
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        key = ConversationKey("chatwoot", str(h.cw.account_id), str(conv))
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        await h.cw.customer_message(conv, "hello")
+        await h.replied(conv, "echo: hello")
+        await h.cw.set_status(conv, "open")
+        [opened] = [d for d in h.cw.deliveries if d.event == "conversation_status_changed"]
+        assert (await store.conversation(key)).mode == "human"
+        await h.cw.set_status(conv, "pending")
+        assert (await store.conversation(key)).mode == "bot"
+        async with httpx.AsyncClient() as client:
+            replay = await client.post(h.url, content=opened.body, headers=opened.headers)
+            # the same delivery id signed anew is the same event too (Chatwoot's retries reuse it)
+            again = await h.cw.deliver(opened.event, opened.payload, delivery_id=opened.delivery_id, retries=False)
+        assert replay.status_code == 200 and again[-1].status == 200
+        assert (await store.conversation(key)).mode == "bot"
+
+
+async def test_a_request_that_failed_is_processed_when_it_comes_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only accepted (2xx) requests are remembered: one answered 5xx (restarting) counts when it comes again."""
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        h.adapter.stop_intake()
+        event = h.cw.load_payload("message_created_incoming", conversation__id=conv, content="hello")
+        [refused] = await h.cw.deliver("message_created", event, retries=False)
+        assert refused.status == 503
+        await h.adapter.start()
+        async with httpx.AsyncClient() as client:
+            assert (await client.post(h.url, content=refused.body, headers=refused.headers)).status_code == 200
+        await h.replied(conv, "echo: hello")
 
 
 async def test_an_image_behind_a_cross_host_redirect_without_leaking_the_token(

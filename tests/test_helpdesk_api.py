@@ -204,6 +204,24 @@ async def test_unsigned_wrong_and_stale_requests_are_refused(tmp_path: Path, mon
         assert h.runtime.store is not None and await h.runtime.store.last_message_id() == 0
 
 
+async def test_a_replayed_signed_request_is_answered_and_does_nothing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A captured signed request sent again while its signature is fresh (5 minutes) is not run again: a
+    replayed "human" cannot take the conversation back from the bot after agents gave it back."""
+    async with helpdesk_api(tmp_path, monkeypatch) as h:
+        path, signed_at = f"{PREFIX}/conversations/T-1/mode", time.time()
+        taken = await h.post(path, {"mode": "human", "by": "Marta"}, timestamp=signed_at)
+        assert taken.json()["changed"] is True
+        assert (await h.post(path, {"mode": "bot", "by": "Marta"})).json()["mode"] == "bot"
+        replay = await h.post(path, {"mode": "human", "by": "Marta"}, timestamp=signed_at)
+        assert replay.status_code == 200 and replay.json()["replayed"] is True
+        assert (await h.poll("T-1"))["mode"] == "bot"
+        # a message sent again is a duplicate by its message_id (a helpdesk's retry may resend the same bytes)
+        message = {"conversation_id": "T-2", "message_id": "m-1", "text": "hi", "customer": {"id": "c"}}
+        assert (await h.post(f"{PREFIX}/messages", message, timestamp=signed_at)).json()["duplicate"] is False
+        assert (await h.post(f"{PREFIX}/messages", message, timestamp=signed_at)).json()["duplicate"] is True
+
+
 async def test_bad_bodies_get_4xx_that_say_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with helpdesk_api(tmp_path, monkeypatch) as h:
         path = f"{PREFIX}/messages"
