@@ -19,8 +19,9 @@ agents. In agent-assist inboxes the bot answers agents instead: every draft is a
 public, and the conversation's status does not matter.
 
 Attachments are fetched from their ``data_url``, which redirects to storage (often another host): redirects are
-followed, the bot's token is sent to Chatwoot's own host only, and the size is checked from ``file_size``
-before any download. The bot token cannot list messages: history comes from the framework's store.
+followed within Chatwoot's own host and ``attachment_hosts``, to public addresses only (unless
+``allow_private_networks`` lists them), the bot's token is sent to Chatwoot's own host only, and the size is
+checked from ``file_size`` before any download. The bot token cannot list messages: history comes from the framework's store.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pydantic import Field
 
 from adapters.common.auth import SignedBody
 from adapters.common.http import BadRequest, download, parse_json_object
+from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed
 from bot import i18n
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
@@ -87,6 +89,12 @@ class ChatwootSettings(AdapterSection):
         False, description="a lab only: without the secret, accept unsigned webhooks (anyone can post events)")
     agent_assist_inboxes: IdList = Field(default_factory=list,
                                          description="inbox ids where drafts go to agents as private notes")
+    attachment_hosts: list[str] = Field(
+        default_factory=list, description="hosts besides base_url's that data_url may redirect to: the storage "
+                                          "(*.s3.amazonaws.com, storage.googleapis.com; *.example.com allowed)")
+    allow_private_networks: NetworkList = Field(
+        default_factory=list, description="networks attachments may come from although not public (a Chatwoot "
+                                          "on the company network: 10.0.0.0/8); empty = public addresses only")
 
 
 def _host(url: str) -> str:
@@ -95,7 +103,9 @@ def _host(url: str) -> str:
 
 
 class ChatwootFetcher:
-    """Attachment bytes from ``data_url``: redirects followed by hand, the token sent to Chatwoot only."""
+    """Attachment bytes from ``data_url``: only from Chatwoot's host and ``attachment_hosts`` (every redirect
+    hop too), never from a non-public address outside ``allow_private_networks``; the token sent to Chatwoot
+    only."""
 
     def __init__(self, adapter: ChatwootAdapter) -> None:
         self.adapter = adapter
@@ -105,9 +115,11 @@ class ChatwootFetcher:
         if attachment.size is not None and attachment.size > limit:
             raise FileTooLarge(name=name, size=attachment.size, limit=limit)
         home = _host(self.adapter.base_url)
+        storage = self.adapter.conf.attachment_hosts
         return await download(self.adapter.http, attachment.ref, name=name, limit=limit, max_redirects=MAX_REDIRECTS,
+                              allowed=lambda url: _host(url) == home or host_allowed(url, storage),
                               headers_for=lambda url: {"api_access_token": self.adapter.token}
-                              if _host(url) == home else {})
+                              if _host(url) == home else {}, guard=self.adapter.guard)
 
 
 ANSWER_MARK = "internvl_bot_answer_to"  # in an answer's content_attributes: the question's id in the store
@@ -206,6 +218,7 @@ class ChatwootAdapter:
                                "bot's access token, or set adapters.chatwoot.enabled: false")
         register_secret(self.token)
         self.verify = self._verifier(conf)
+        self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.chatwoot.allow_private_networks")
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
         self.assist = {str(i) for i in conf.agent_assist_inboxes}

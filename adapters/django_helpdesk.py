@@ -31,6 +31,7 @@ from pydantic import Field
 
 from adapters.common.auth import SharedSecret
 from adapters.common.http import BadRequest, download, parse_json_object, read_body
+from adapters.common.urlguard import NetworkList, UrlGuard
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
 from bot.logs import conversation_var, register_secret
@@ -82,6 +83,9 @@ class DjangoHelpdeskSettings(AdapterSection):
         default_factory=lambda: list(HELPDESK_DEFAULT_EXTENSIONS),
         description="the extensions the helpdesk accepts (its HELPDESK_VALID_EXTENSIONS); an export with another "
                     "extension is attached as <name>.txt")
+    allow_private_networks: NetworkList = Field(
+        default_factory=list, description="networks attachments may come from although not public (a helpdesk "
+                                          "on the company network: 10.0.0.0/8); empty = public addresses only")
 
 
 def safe_comment(text: str) -> str:
@@ -97,7 +101,8 @@ _TAG_CLOSERS = re.compile(r"%(?=\})")
 
 
 class HelpdeskFetcher:
-    """Attachment files, only from the helpdesk's own host."""
+    """Attachment files, only from the helpdesk's own host, and from a non-public address only when
+    ``allow_private_networks`` lists it."""
 
     def __init__(self, adapter: DjangoHelpdeskAdapter) -> None:
         self.adapter = adapter
@@ -109,7 +114,7 @@ class HelpdeskFetcher:
         url = urljoin(self.adapter.base_url + "/", attachment.ref)
         home = urlsplit(self.adapter.base_url).netloc
         return await download(self.adapter.http, url, name=name, limit=limit, auth=self.adapter.auth,
-                              allowed=lambda url: urlsplit(url).netloc == home)
+                              allowed=lambda url: urlsplit(url).netloc == home, guard=self.adapter.guard)
 
 
 class HelpdeskSink:
@@ -158,6 +163,7 @@ class DjangoHelpdeskAdapter:
         register_secret(values["password_env"])
         register_secret(values["webhook_token_env"])
         self.auth = httpx.BasicAuth(self.username, values["password_env"])
+        self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.django_helpdesk.allow_private_networks")
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         self._own_http = http is None
         self.assist = {str(q) for q in conf.agent_assist_queues}

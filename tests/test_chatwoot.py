@@ -176,15 +176,59 @@ async def test_a_request_that_failed_is_processed_when_it_comes_again(
         await h.replied(conv, "echo: hello")
 
 
+#: The fake's app is on 127.0.0.1 and its storage on localhost: both private, allowed for the tests.
+LOCAL = {"attachment_hosts": ["localhost"], "allow_private_networks": ["127.0.0.0/8", "::1/128"]}
+
+
 async def test_an_image_behind_a_cross_host_redirect_without_leaking_the_token(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with chatwoot(tmp_path, monkeypatch, engine=EchoEngine(context_length=32768)) as h:
+    async with chatwoot(tmp_path, monkeypatch, engine=EchoEngine(context_length=32768), **LOCAL) as h:
         conv = h.cw.conversation()
         photo = h.cw.attachment(image_bytes(640, 480), filename="receipt.jpg")
         await h.cw.customer_message(conv, "What does this receipt say?", attachments=[photo])
         await h.cw.wait_for(lambda: any("[image 1: 640x480" in r for r in h.cw.public_replies(conv)), 15)
         storage = [d for d in h.cw.downloads if d.get("server") == "storage"]
         assert storage and not any(d.get("api_access_token") or d.get("authorization") for d in storage)
+
+
+async def test_attachments_only_from_chatwoot_and_its_storage_hosts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``data_url`` and every redirect from it stay on Chatwoot's host and ``attachment_hosts``: storage on a
+    host not listed, or a data_url elsewhere, is refused with one warning, and the customer hears so."""
+    caplog.set_level(logging.WARNING)
+    async with chatwoot(tmp_path, monkeypatch, allow_private_networks=["127.0.0.0/8", "::1/128"]) as h:
+        conv = h.cw.conversation()
+        photo = h.cw.attachment(image_bytes(64, 48), filename="receipt.jpg")
+        elsewhere = h.cw.attachment(image_bytes(64, 48), filename="other.jpg") | {
+            "data_url": "http://files.evil.example/rails/active_storage/blobs/redirect/x/other.jpg"}
+        await h.cw.customer_message(conv, "a file", attachments=[photo])
+        await h.cw.wait_for(lambda: bool(h.cw.public_replies(conv)), 15)
+        await h.cw.customer_message(conv, "another", attachments=[elsewhere])
+        await h.cw.wait_for(lambda: len(h.cw.public_replies(conv)) == 2, 15)
+        await h.idle()
+        unavailable = t("attachment_unavailable", "en", name="{}").split("{}")[0]
+        assert h.cw.public_replies(conv) and all(r.startswith(unavailable) for r in h.cw.public_replies(conv))
+        assert [d["server"] for d in h.cw.downloads] == ["app"]  # the redirect to storage was not followed
+        refused = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert len(refused) == 2 and any("http://localhost" in m for m in refused)
+        assert any("http://files.evil.example" in m for m in refused)
+        assert not any("X-Amz" in m or "/rails/" in m for m in refused)  # hosts only, never paths or queries
+
+
+async def test_attachments_from_private_addresses_need_allow_private_networks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with chatwoot(tmp_path, monkeypatch, attachment_hosts=["localhost"]) as h:
+        conv = h.cw.conversation()
+        photo = h.cw.attachment(image_bytes(64, 48), filename="receipt.jpg")
+        await h.cw.customer_message(conv, "a photo", attachments=[photo])
+        await h.cw.wait_for(lambda: bool(h.cw.public_replies(conv)), 15)
+        await h.idle()
+        assert h.cw.public_replies(conv) == [t("attachment_unavailable", "en", name="image-501")]
+        assert h.cw.downloads == []  # not even the first hop
+        [refused] = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert "127.0.0.1" in refused and "loopback" in refused
+        assert "adapters.chatwoot.allow_private_networks" in refused
 
 
 @pytest.mark.parametrize("how", ["unsigned", "wrong", "stale"])

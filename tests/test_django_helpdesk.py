@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,8 @@ async def helpdesk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **conf: Any)
         monkeypatch.setenv("HELPDESK_API_USER", site.api_user)
         monkeypatch.setenv("HELPDESK_API_PASSWORD", site.api_password)
         monkeypatch.setenv("HELPDESK_WEBHOOK_TOKEN", TOKEN)
-        settings = make_settings(tmp_path, adapters={"django_helpdesk": {"enabled": True, "base_url": site.url,
-                                                                         **conf}})
+        section = {"enabled": True, "base_url": site.url, "allow_private_networks": ["127.0.0.0/8"], **conf}
+        settings = make_settings(tmp_path, adapters={"django_helpdesk": section})
         async with Runtime(settings, engine=EchoEngine(context_length=32768)) as runtime:
             assert runtime.manager is not None
             adapter = DjangoHelpdeskAdapter(runtime.manager, runtime.settings,
@@ -96,6 +97,20 @@ async def test_a_ticket_with_a_photo_and_a_follow_up_are_answered(tmp_path: Path
         await h.idle()
         # staff's and the bot's own follow-ups are not answered: exactly two answers
         assert len(await h.bot_followups(ticket)) == 2
+
+
+async def test_attachments_from_a_private_address_need_allow_private_networks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The site runs on 127.0.0.1: unless the operator lists that network, its files are not fetched (a
+    webhook names the file; the address check refuses loopback, private and metadata addresses)."""
+    caplog.set_level(logging.WARNING)
+    async with helpdesk(tmp_path, monkeypatch, allow_private_networks=[]) as h:
+        photo = ("kettle.png", image_bytes(64, 48, fmt="PNG"), "image/png")
+        ticket = await h.site.customer_ticket("Kettle", "It clicks.", attachment=photo)
+        [answer] = await h.until(lambda: h.bot_followups(ticket))
+        assert "kettle.png" in answer["comment"] and "[image" not in answer["comment"]
+        [refused] = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert "loopback" in refused and "adapters.django_helpdesk.allow_private_networks" in refused
 
 
 async def test_handoff_reopens_for_staff_with_a_note_and_slash_bot_gives_it_back(

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Receiver:
 
     url: str = ""
     callbacks: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
     fail: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -85,16 +87,23 @@ def receiver_app(receiver: Receiver, image: bytes) -> Starlette:
         return Response(status_code=status)
 
     async def photo(request: Request) -> Response:
+        receiver.downloads.append(request.url.path)
         return Response(image, media_type="image/png")
 
     async def moved(request: Request) -> Response:
+        receiver.downloads.append(request.url.path)
         return RedirectResponse(f"{receiver.url}/files/photo.png", status_code=302)
+
+    async def metadata(request: Request) -> Response:
+        receiver.downloads.append(request.url.path)
+        return RedirectResponse("http://169.254.169.254/latest/meta-data/iam/security-credentials/", status_code=302)
 
     async def elsewhere(request: Request) -> Response:
         return RedirectResponse(receiver.url.replace("127.0.0.1", "localhost") + "/files/photo.png", status_code=302)
 
     return Starlette(routes=[Route("/callback", callback, methods=["POST"]), Route("/files/photo.png", photo),
-                             Route("/files/moved", moved), Route("/files/elsewhere", elsewhere)])
+                             Route("/files/moved", moved), Route("/files/elsewhere", elsewhere),
+                             Route("/files/metadata", metadata)])
 
 
 @dataclass
@@ -142,7 +151,8 @@ async def helpdesk_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, callb
     receiver = Receiver()
     async with serve_asgi(receiver_app(receiver, image_bytes(640, 480, fmt="PNG"))) as receiver.url:
         monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
-        section = {"enabled": True, "attachment_hosts": ["127.0.0.1"], **conf}
+        section = {"enabled": True, "attachment_hosts": ["127.0.0.1"],
+                   "allow_private_networks": ["127.0.0.0/8", "::1/128"], **conf}
         if callback:
             section["callback_url"] = f"{receiver.url}/callback"
         settings = make_settings(tmp_path, adapters={"helpdesk_api": section})
@@ -262,6 +272,26 @@ async def test_a_redirect_off_the_allowed_hosts_is_not_followed(tmp_path: Path,
         await h.message("T-4", "look", attachments=[{"url": f"{h.receiver.url}/files/elsewhere", "filename": "a.png"}])
         [reply] = await h.receiver.wait_for(1)
         assert "a.png" in reply["text"] and not reply["text"].startswith("[image")
+
+
+async def test_urls_that_resolve_to_private_or_metadata_addresses_are_not_fetched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """On an allowed host is not enough: the addresses the host resolves to, at every hop, must be public
+    unless ``allow_private_networks`` lists them (a redirect to cloud metadata is refused either way)."""
+    caplog.set_level(logging.WARNING)
+    async with helpdesk_api(tmp_path, monkeypatch, attachment_hosts=["127.0.0.1", "169.254.169.254"],
+                            allow_private_networks=["127.0.0.1/32"]) as h:
+        await h.message("T-4", "look", attachments=[{"url": f"{h.receiver.url}/files/metadata", "filename": "a.png"}])
+        [reply] = await h.receiver.wait_for(1)
+        assert "a.png" in reply["text"] and not reply["text"].startswith("[image")
+        assert h.receiver.downloads == ["/files/metadata"]
+        [refused] = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert "169.254.169.254" in refused and "cloud metadata" in refused and "/latest/" not in refused
+    async with helpdesk_api(tmp_path / "private", monkeypatch, allow_private_networks=[]) as h:
+        await h.message("T-5", "look", attachments=[{"url": f"{h.receiver.url}/files/photo.png", "filename": "b.png"}])
+        [reply] = await h.receiver.wait_for(1)
+        assert "b.png" in reply["text"] and h.receiver.downloads == []
+        assert any("adapters.helpdesk_api.allow_private_networks" in r.getMessage() for r in caplog.records)
 
 
 async def test_callbacks_are_retried_with_the_same_delivery_id_and_polling_survives_a_dead_receiver(

@@ -25,6 +25,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from adapters.common.urlguard import UrlGuard, UrlRefused, where
 from bot import i18n
 from bot.errors import (
     AttachmentUnavailable,
@@ -209,16 +210,17 @@ async def download(http: httpx.AsyncClient, url: str, *, name: str, limit: int,
                    allowed: Callable[[str], bool] = lambda url: True,
                    headers_for: Callable[[str], dict[str, str]] = lambda url: {},
                    auth: httpx.Auth | None = None, max_redirects: int = 5,
-                   refuse: Callable[[httpx.Response], str | None] = lambda response: None) -> bytes:
+                   refuse: Callable[[httpx.Response], str | None] = lambda response: None,
+                   guard: UrlGuard | None = None) -> bytes:
     """A platform's file, streamed and counted: FileTooLarge past ``limit`` bytes (the real count, never a
     header's word), AttachmentUnavailable for anything else that goes wrong. Redirects are followed by hand,
-    each hop checked with ``allowed`` and given only the headers ``headers_for`` grants it (a token goes to
-    the platform's own host, never to the storage it redirects to). ``refuse``: a reason to reject a 200
-    (a login page served instead of the file)."""
+    each hop checked with ``allowed`` (and, with a ``guard``, the addresses its host resolves to) and given
+    only the headers ``headers_for`` grants it (a token goes to the platform's own host, never to the storage
+    it redirects to). ``refuse``: a reason to reject a 200 (a login page served instead of the file). A hop
+    refused is one warning, naming the host only (a presigned URL's query is a credential)."""
     try:
         for _ in range(max_redirects + 1):
-            if urlsplit(url).scheme not in ("http", "https") or not allowed(url):
-                raise AttachmentUnavailable(f"not fetched from {url[:80]}", name=name)
+            await _check_hop(url, name, allowed, guard)
             async with http.stream("GET", url, headers=headers_for(url), auth=auth or httpx.USE_CLIENT_DEFAULT) \
                     as response:
                 if response.is_redirect:
@@ -238,6 +240,17 @@ async def download(http: httpx.AsyncClient, url: str, *, name: str, limit: int,
     except httpx.HTTPError as exc:
         raise AttachmentUnavailable(str(exc), name=name) from None
     raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+
+
+async def _check_hop(url: str, name: str, allowed: Callable[[str], bool], guard: UrlGuard | None) -> None:
+    try:
+        if urlsplit(url).scheme not in ("http", "https") or not allowed(url):
+            raise UrlRefused(f"{where(url)} is not a host this adapter fetches from")
+        if guard is not None:
+            await guard.check(url)
+    except (UrlRefused, ValueError) as exc:  # ValueError: a URL urlsplit cannot read (a bad port)
+        log.warning("attachment %r not fetched: %s", name, exc)
+        raise AttachmentUnavailable(f"{name} not fetched: {exc}", name=name) from None
 
 
 class StoredFiles:
