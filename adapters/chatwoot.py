@@ -41,7 +41,7 @@ from pydantic import Field
 
 from adapters.common.auth import SignedBody
 from adapters.common.http import BadRequest, download, parse_json_object
-from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed
+from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot import i18n
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
@@ -212,6 +212,7 @@ class ChatwootAdapter:
         if not conf.base_url:
             raise StartupError("adapters.chatwoot: set base_url to your Chatwoot (https://chatwoot.example.com)")
         self.base_url = conf.base_url.rstrip("/")
+        require_https(self.base_url, "adapters.chatwoot.base_url", "the agent bot's access token (api_access_token)")
         self.token = os.environ.get(conf.bot_token_env, "").strip()
         if not self.token:
             raise StartupError(f"adapters.chatwoot: set the environment variable {conf.bot_token_env} to the agent "

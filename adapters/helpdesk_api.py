@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from adapters.common.auth import SignedBody, same
 from adapters.common.http import BadRequest, StoredFiles, download
-from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed
+from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -327,8 +327,12 @@ class HelpdeskApiAdapter:
             raise StartupError(f"adapters.helpdesk_api: set the environment variable {conf.secret_env} to the secret "
                                "that signs requests and callbacks, or set adapters.helpdesk_api.enabled: false")
         register_secret(self.secret)
-        if conf.callback_url and urlsplit(conf.callback_url).scheme not in ("http", "https"):
+        callback = urlsplit(conf.callback_url)
+        if conf.callback_url and callback.scheme not in ("http", "https"):
             raise StartupError("adapters.helpdesk_api.callback_url: an http(s) URL")
+        if callback.username or callback.password:  # httpx sends a URL's user:password as HTTP Basic
+            require_https(conf.callback_url, "adapters.helpdesk_api.callback_url", "the user and password in it")
+            register_secret(callback.password)
         self.verify = SignedBody(conf.secret_env, signature_header=SIGNATURE_HEADER,
                                  timestamp_header=TIMESTAMP_HEADER, max_bytes=conf.max_request_bytes)
         self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.helpdesk_api.allow_private_networks")

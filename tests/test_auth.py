@@ -29,6 +29,10 @@ def _app() -> FastAPI:
     async def query() -> dict[str, bool]:
         return {"ok": True}
 
+    @app.post("/query-or-bearer", dependencies=[Depends(SharedSecret("T_SECRET", query="token", bearer=True))])
+    async def query_or_bearer() -> dict[str, bool]:
+        return {"ok": True}
+
     signed = SignedBody("T_HMAC", signature_header="X-Sig", timestamp_header="X-Ts")
 
     @app.post("/signed")
@@ -80,6 +84,16 @@ async def test_shared_secret_in_a_header_or_the_query(client: httpx.AsyncClient)
     assert (await client.post("/header", headers={"X-Secret": "shared-secret"})).status_code == 200
     assert (await client.post("/query", params={"token": "wrong"})).status_code == 401
     assert (await client.post("/query", params={"token": "shared-secret"})).status_code == 200
+
+
+async def test_a_query_token_may_come_in_a_bearer_header_instead(client: httpx.AsyncClient) -> None:
+    """Proxies log query strings; the same secret as ``Authorization: Bearer`` stays out of their logs."""
+    assert (await client.post("/query-or-bearer", headers={"Authorization": "Bearer shared-secret"})).json() == {
+        "ok": True}
+    assert (await client.post("/query-or-bearer", params={"token": "shared-secret"})).status_code == 200
+    assert (await client.post("/query-or-bearer", headers={"Authorization": "Bearer wrong"})).status_code == 401
+    assert (await client.post("/query-or-bearer", headers={"Authorization": "Basic shared-secret"})).status_code == 401
+    assert (await client.post("/query", headers={"Authorization": "Bearer shared-secret"})).status_code == 401
 
 
 async def test_hmac_signed_bodies(client: httpx.AsyncClient) -> None:

@@ -265,6 +265,16 @@ async def test_insecure_unsigned_accepts_unsigned_events_with_a_loud_warning(
         await h.replied(conv, "echo: older Chatwoot here")
 
 
+@pytest.mark.parametrize("base_url", ["http://chatwoot.example.com", "http://192.168.1.20:3000"])
+async def test_the_bot_token_over_plain_http_to_another_host_stops_start_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: str) -> None:
+    """``api_access_token`` goes with every REST call: over http it must stay on this machine (loopback)."""
+    with pytest.raises(StartupError) as err:
+        async with chatwoot(tmp_path, monkeypatch, base_url=base_url):
+            pass
+    assert "adapters.chatwoot.base_url" in str(err.value) and "https" in str(err.value)
+
+
 async def test_handoff_opens_the_conversation_and_pending_gives_it_back(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     async with chatwoot(tmp_path, monkeypatch) as h:

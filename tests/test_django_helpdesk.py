@@ -17,6 +17,7 @@ import pytest
 from adapters.django_helpdesk import DjangoHelpdeskAdapter
 from adapters.server import Service, build_app
 from bot.engines import EchoEngine
+from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
 from tests.conftest import image_bytes, make_settings
@@ -162,10 +163,36 @@ async def test_the_webhook_needs_its_token_and_a_redelivery_is_answered_once(
         async with httpx.AsyncClient() as client:
             assert (await client.post(url, json=payload)).status_code == 401
             assert (await client.post(url + "?token=wrong", json=payload)).status_code == 401
+            assert (await client.post(url, json=payload, headers={"Authorization": "Bearer wrong"})).status_code == 401
+            # the token in a header instead of the URL (a proxy that adds it: query strings end up in access logs)
+            bearer = await client.post(url, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert bearer.status_code == 200
             assert (await client.post(h.hook, json=payload)).status_code == 200  # a redelivery
             assert (await client.post(h.hook, content=b"{")).status_code == 400
         await h.idle()
         assert len(await h.bot_followups(ticket)) == 1
+
+
+async def test_basic_auth_over_plain_http_to_another_host_stops_start_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API user's password goes with every REST call: over http it must stay on this machine."""
+    monkeypatch.setenv("HELPDESK_API_USER", "bot")
+    monkeypatch.setenv("HELPDESK_API_PASSWORD", "pw-123456")
+    monkeypatch.setenv("HELPDESK_WEBHOOK_TOKEN", TOKEN)
+    for base_url, refused in (("http://helpdesk.example.com", True), ("http://10.0.0.5:8000", True),
+                              ("https://helpdesk.example.com", False), ("http://127.0.0.1:8000", False),
+                              ("http://localhost:8000", False)):
+        settings = make_settings(tmp_path, adapters={"django_helpdesk": {"enabled": True, "base_url": base_url}})
+        async with Runtime(settings, engine=EchoEngine()) as runtime:
+            assert runtime.manager is not None
+            conf = settings.adapters.django_helpdesk  # type: ignore[attr-defined]
+            if not refused:
+                await DjangoHelpdeskAdapter(runtime.manager, runtime.settings, conf).close()
+                continue
+            with pytest.raises(StartupError) as err:
+                DjangoHelpdeskAdapter(runtime.manager, runtime.settings, conf)
+            assert "adapters.django_helpdesk.base_url" in str(err.value) and "https" in str(err.value)
+            assert "pw-123456" not in str(err.value)
 
 
 async def _has(h: Harness, ticket: int, text: str) -> bool:

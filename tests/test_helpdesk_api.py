@@ -35,6 +35,7 @@ from adapters.helpdesk_api import (
 )
 from adapters.server import Service, build_app
 from bot.engines import EchoEngine
+from bot.errors import StartupError
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bot.i18n import text as t
 from bot.runtime import Runtime
@@ -368,6 +369,26 @@ async def test_the_openapi_schema_documents_the_api(tmp_path: Path, monkeypatch:
         assert "202" in post["responses"] and "401" in post["responses"]
         assert f"{PREFIX}/conversations/{{conversation_id}}/messages" in schema["paths"]
         assert f"{PREFIX}/conversations/{{conversation_id}}/mode" in schema["paths"]
+
+
+@pytest.mark.parametrize(("callback_url", "refused"), [
+    ("http://bot:s3cret-pw@helpdesk.example.com/hooks", True), ("http://bot:s3cret-pw@10.1.2.3/hooks", True),
+    ("https://bot:s3cret-pw@helpdesk.example.com/hooks", False), ("http://bot:s3cret-pw@127.0.0.1:9/hooks", False),
+    ("http://helpdesk.example.com/hooks", False),  # signed, not authenticated: the secret never travels
+])
+async def test_callback_credentials_over_plain_http_to_another_host_stop_start_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, callback_url: str, refused: bool) -> None:
+    monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
+    settings = make_settings(tmp_path, adapters={"helpdesk_api": {"enabled": True, "callback_url": callback_url}})
+    async with Runtime(settings, engine=EchoEngine()) as runtime:
+        assert runtime.manager is not None
+        conf = settings.adapters.helpdesk_api  # type: ignore[attr-defined]
+        if not refused:
+            await HelpdeskApiAdapter(runtime.manager, runtime.settings, conf).close()
+            return
+        with pytest.raises(StartupError) as err:
+            HelpdeskApiAdapter(runtime.manager, runtime.settings, conf)
+        assert "adapters.helpdesk_api.callback_url" in str(err.value) and "s3cret-pw" not in str(err.value)
 
 
 def test_allowed_hosts() -> None:

@@ -54,13 +54,16 @@ class BearerAuth:
 
 class SharedSecret:
     """A secret the platform sends back verbatim: in a header (Telegram's secret token) or in the query
-    (django-helpdesk's webhook URL ``?token=``). ``optional``: accept everything when no secret is set."""
+    (django-helpdesk's webhook URL ``?token=``). ``bearer``: also as ``Authorization: Bearer <secret>``, which
+    access logs do not record (they record query strings). ``optional``: accept everything when no secret is
+    set."""
 
-    def __init__(self, env: str, *, header: str | None = None, query: str | None = None,
+    def __init__(self, env: str, *, header: str | None = None, query: str | None = None, bearer: bool = False,
                  optional: bool = False, status_code: int = 401) -> None:
         self.env = env
         self.header = header
         self.query = query
+        self.bearer = bearer
         self.optional = optional
         self.status_code = status_code
 
@@ -70,7 +73,9 @@ class SharedSecret:
             if self.optional:
                 return
             raise HTTPException(404, f"this webhook is disabled: set {self.env}")
+        authorization = request.headers.get("authorization", "") if self.bearer else ""
         given = (request.headers.get(self.header, "") if self.header else "") or \
+            (authorization[7:] if authorization.startswith("Bearer ") else "") or \
             (request.query_params.get(self.query, "") if self.query else "")
         if not given or not same(given, secret):
             raise HTTPException(self.status_code, "bad or missing webhook secret")

@@ -11,6 +11,9 @@ Two checks, both on every redirect hop (see :func:`adapters.common.http.download
 
 The HTTP client resolves the name again when it connects; the address check narrows what a webhook can make
 the bot fetch, the name check is what pins it to the operator's hosts.
+
+And where credentials may go: :func:`require_https` stops start-up when a password or token would travel over
+plain http to another machine.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
+
+from bot.errors import StartupError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -113,3 +118,24 @@ class UrlGuard:
             if reason:
                 raise UrlRefused(f"{host} ({address}) is {reason} (list its network in {self.setting} "
                                  "to allow it)")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` (``*.localhost``) or a loopback address: this machine, without resolving anything."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_https(url: str, key: str, what: str) -> None:
+    """Fail closed at start-up: ``what`` (a password, a token) is sent with every request to ``url``, so a
+    plain ``http`` URL is refused unless it is this machine. The message names ``key`` and the host only."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise StartupError(f"{key}: {what} would travel unencrypted to {host or '?'} over http; use an https URL "
+                           "(http is accepted only for this machine: localhost, 127.0.0.1, ::1)")
