@@ -1,11 +1,14 @@
 """Chatwoot as an Agent Bot: the assistant answers customers first and hands conversations to agents.
 
-Chatwoot POSTs every event of the bot's inboxes to ``POST /chatwoot/webhook`` (signed since Chatwoot 4.13:
+Chatwoot POSTs every event of the bot's inboxes to ``POST /chatwoot/webhook``, signed (since Chatwoot 4.13:
 ``X-Chatwoot-Signature: sha256=HMAC(secret, "{timestamp}.{body}")``; unsigned, wrong or stale requests get
-401 when a secret is configured). It waits 5 s and treats anything but a 2xx as the bot failing — the
-conversation then opens to humans — so the webhook verifies, stores the customer's message and answers 200
-at once, also for the events it ignores; the answer follows in the background. A redelivery (Chatwoot retries
-429/500 with the same ``X-Chatwoot-Delivery``) is the same message (the store remembers its id).
+401). Without the secret the adapter does not start, unless ``insecure_unsigned`` (a lab) says otherwise.
+Chatwoot waits 5 s and treats anything but a 2xx as the bot failing — the conversation then opens to humans —
+so the webhook verifies, stores the customer's message and answers 200 at once, also for the events it
+ignores; the answer follows in the background. A redelivery (Chatwoot retries 429/500 with the same
+``X-Chatwoot-Delivery``) is the same message (the store remembers its id). A signed request, or a delivery id,
+that was accepted (2xx) before is answered 200 and not run again (a captured status change replayed within
+its five fresh minutes flips nothing); one that failed runs again when it comes back.
 
 The bot answers only ``incoming``, non-private messages of conversations that are ``pending`` (while an agent
 has a conversation ``open``, messages keep arriving: the bot stays silent). A status change back to
@@ -16,8 +19,9 @@ agents. In agent-assist inboxes the bot answers agents instead: every draft is a
 public, and the conversation's status does not matter.
 
 Attachments are fetched from their ``data_url``, which redirects to storage (often another host): redirects are
-followed, the bot's token is sent to Chatwoot's own host only, and the size is checked from ``file_size``
-before any download. The bot token cannot list messages: history comes from the framework's store.
+followed within Chatwoot's own host and ``attachment_hosts``, to public addresses only (unless
+``allow_private_networks`` lists them), the bot's token is sent to Chatwoot's own host only, and the size is
+checked from ``file_size`` before any download. The bot token cannot list messages: history comes from the framework's store.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from urllib.parse import urlsplit
 
 import httpx
 from cachetools import LRUCache
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from adapters.common.auth import SignedBody
 from adapters.common.http import BadRequest, download, parse_json_object
+from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot import i18n
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
@@ -81,9 +86,17 @@ class ChatwootSettings(AdapterSection):
     base_url: str = Field("", description="the Chatwoot installation, e.g. https://chatwoot.example.com")
     bot_token_env: str = Field("CHATWOOT_BOT_TOKEN", description="environment variable with the agent bot's token")
     webhook_secret_env: str = Field(
-        "CHATWOOT_WEBHOOK_SECRET", description="environment variable with the agent bot's secret; verify when set")
+        "CHATWOOT_WEBHOOK_SECRET", description="environment variable with the agent bot's secret (required)")
+    insecure_unsigned: bool = Field(
+        False, description="a lab only: without the secret, accept unsigned webhooks (anyone can post events)")
     agent_assist_inboxes: IdList = Field(default_factory=list,
                                          description="inbox ids where drafts go to agents as private notes")
+    attachment_hosts: list[str] = Field(
+        default_factory=list, description="hosts besides base_url's that data_url may redirect to: the storage "
+                                          "(*.s3.amazonaws.com, storage.googleapis.com; *.example.com allowed)")
+    allow_private_networks: NetworkList = Field(
+        default_factory=list, description="networks attachments may come from although not public (a Chatwoot "
+                                          "on the company network: 10.0.0.0/8); empty = public addresses only")
 
 
 def _host(url: str) -> str:
@@ -92,7 +105,9 @@ def _host(url: str) -> str:
 
 
 class ChatwootFetcher:
-    """Attachment bytes from ``data_url``: redirects followed by hand, the token sent to Chatwoot only."""
+    """Attachment bytes from ``data_url``: only from Chatwoot's host and ``attachment_hosts`` (every redirect
+    hop too), never from a non-public address outside ``allow_private_networks``; the token sent to Chatwoot
+    only."""
 
     def __init__(self, adapter: ChatwootAdapter) -> None:
         self.adapter = adapter
@@ -102,9 +117,11 @@ class ChatwootFetcher:
         if attachment.size is not None and attachment.size > limit:
             raise FileTooLarge(name=name, size=attachment.size, limit=limit)
         home = _host(self.adapter.base_url)
+        storage = self.adapter.conf.attachment_hosts
         return await download(self.adapter.http, attachment.ref, name=name, limit=limit, max_redirects=MAX_REDIRECTS,
+                              allowed=lambda url: _host(url) == home or host_allowed(url, storage),
                               headers_for=lambda url: {"api_access_token": self.adapter.token}
-                              if _host(url) == home else {})
+                              if _host(url) == home else {}, guard=self.adapter.guard)
 
 
 ANSWER_MARK = "internvl_bot_answer_to"  # in an answer's content_attributes: the question's id in the store
@@ -201,18 +218,14 @@ class ChatwootAdapter:
         if not conf.base_url:
             raise StartupError("adapters.chatwoot: set base_url to your Chatwoot (https://chatwoot.example.com)")
         self.base_url = conf.base_url.rstrip("/")
+        require_https(self.base_url, "adapters.chatwoot.base_url", "the agent bot's access token (api_access_token)")
         self.token = os.environ.get(conf.bot_token_env, "").strip()
         if not self.token:
             raise StartupError(f"adapters.chatwoot: set the environment variable {conf.bot_token_env} to the agent "
                                "bot's access token, or set adapters.chatwoot.enabled: false")
         register_secret(self.token)
-        secret = os.environ.get(conf.webhook_secret_env, "")
-        register_secret(secret)
-        if not secret:
-            log.warning("adapters.chatwoot: %s is not set, so webhooks are accepted unsigned (Chatwoot before 4.13 "
-                        "does not sign); set it to the agent bot's secret", conf.webhook_secret_env)
-        self.verify = SignedBody(conf.webhook_secret_env, signature_header="X-Chatwoot-Signature",
-                                 timestamp_header="X-Chatwoot-Timestamp", optional=True)
+        self.verify = self._verifier(conf)
+        self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.chatwoot.allow_private_networks")
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
         self.assist = {str(i) for i in conf.agent_assist_inboxes}
@@ -224,6 +237,25 @@ class ChatwootAdapter:
         self._accounts: LRUCache[str, str] = LRUCache(maxsize=CACHE_SIZE)
         self._greeted: LRUCache[str, None] = LRUCache(maxsize=CACHE_SIZE)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def _verifier(conf: ChatwootSettings) -> SignedBody:
+        """Fail closed: webhooks are signed with the agent bot's secret, or start-up stops — unless a lab says
+        ``insecure_unsigned: true``, and then every start says so loudly."""
+        secret = os.environ.get(conf.webhook_secret_env, "")
+        register_secret(secret)
+        if not secret and not conf.insecure_unsigned:
+            raise StartupError(
+                f"adapters.chatwoot: set the environment variable {conf.webhook_secret_env} to the agent bot's secret "
+                "(Chatwoot ≥ 4.13 shows it with the bot's token) so webhooks are verified; for a lab with an older, "
+                "unsigning Chatwoot only, set adapters.chatwoot.insecure_unsigned: true")
+        if not secret:
+            log.warning("adapters.chatwoot.insecure_unsigned is true and %s is not set: UNSIGNED WEBHOOKS ARE "
+                        "ACCEPTED, anyone who reaches %s can post events as Chatwoot (a lab only; set the secret)",
+                        conf.webhook_secret_env, WEBHOOK_PATH)
+        return SignedBody(conf.webhook_secret_env, signature_header="X-Chatwoot-Signature",
+                          timestamp_header="X-Chatwoot-Timestamp", delivery_header="X-Chatwoot-Delivery",
+                          optional=conf.insecure_unsigned)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -240,24 +272,28 @@ class ChatwootAdapter:
             await self.http.aclose()
 
     def router(self) -> APIRouter:
-        async def webhook(body: bytes = Depends(self.verify)) -> Response:
-            """Verified by the signature dependency; stored, then 200 at once (the answer follows)."""
-            if not self._accepting:
-                return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
-            try:
-                data = parse_json_object(body, what="the event")
-            except BadRequest:
-                return Response(status_code=200)  # nothing usable; an error would open the conversation
-            try:
-                outcome = await self.handle(data)
-            except ShuttingDown:
-                return JSONResponse({"error": "restarting"}, status_code=500)  # Chatwoot retries a 500
-            log.debug("chatwoot %s: %s", data.get("event"), outcome)
-            return Response(status_code=200)
+        async def webhook(request: Request) -> Response:
+            """Verified, run once per signed request and delivery id (a repeat of an accepted one: 200, nothing
+            done); stored, then 200 at once (the answer follows)."""
+            return await self.verify.once(request, self._webhook)
 
         r = APIRouter()
         r.add_api_route(WEBHOOK_PATH, webhook, methods=["POST"], include_in_schema=False)
         return r
+
+    async def _webhook(self, body: bytes) -> Response:
+        if not self._accepting:
+            return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
+        try:
+            data = parse_json_object(body, what="the event")
+        except BadRequest:
+            return Response(status_code=200)  # nothing usable; an error would open the conversation
+        try:
+            outcome = await self.handle(data)
+        except ShuttingDown:
+            return JSONResponse({"error": "restarting"}, status_code=500)  # Chatwoot retries a 500
+        log.debug("chatwoot %s: %s", data.get("event"), outcome)
+        return Response(status_code=200)
 
     # -- REST -------------------------------------------------------------------------------
 

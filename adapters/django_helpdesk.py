@@ -4,8 +4,8 @@ django-helpdesk POSTs a webhook for every new ticket and every new follow-up (en
 ``HELPDESK_NEW_TICKET_WEBHOOK_URLS`` and ``HELPDESK_FOLLOWUP_WEBHOOK_URLS`` on the helpdesk's side), unsigned,
 synchronously, with a 3 s timeout: a slow receiver blocks the helpdesk, and the bot's own follow-up fires the
 follow-up webhook back at the bot during the very request that creates it. So ``POST
-/django-helpdesk/webhook?token=…`` checks the token (the URL carries it; it never reaches a log), stores the
-customer's message and answers at once; the answer is written in the background through the helpdesk's REST
+/django-helpdesk/webhook?token=…`` checks the token (the URL carries it, or ``Authorization: Bearer`` when a
+proxy adds it; it never reaches the bot's log), stores the customer's message and answers at once; the answer is written in the background through the helpdesk's REST
 API (staff-only, Basic auth), as a follow-up.
 
 Answered: every new ticket a customer filed (the web form, e-mail), and follow-ups that are public and have no
@@ -31,6 +31,7 @@ from pydantic import Field
 
 from adapters.common.auth import SharedSecret
 from adapters.common.http import BadRequest, download, parse_json_object, read_body
+from adapters.common.urlguard import NetworkList, UrlGuard, require_https
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
 from bot.logs import conversation_var, register_secret
@@ -88,6 +89,9 @@ class DjangoHelpdeskSettings(AdapterSection):
         default_factory=lambda: list(HELPDESK_DEFAULT_EXTENSIONS),
         description="the extensions the helpdesk accepts (its HELPDESK_VALID_EXTENSIONS); an export with another "
                     "extension is attached as <name>.txt")
+    allow_private_networks: NetworkList = Field(
+        default_factory=list, description="networks attachments may come from although not public (a helpdesk "
+                                          "on the company network: 10.0.0.0/8); empty = public addresses only")
 
 
 def safe_comment(text: str) -> str:
@@ -103,7 +107,8 @@ _TAG_CLOSERS = re.compile(r"%(?=\})")
 
 
 class HelpdeskFetcher:
-    """Attachment files, only from the helpdesk's own host."""
+    """Attachment files, only from the helpdesk's own host, and from a non-public address only when
+    ``allow_private_networks`` lists it."""
 
     def __init__(self, adapter: DjangoHelpdeskAdapter) -> None:
         self.adapter = adapter
@@ -115,7 +120,7 @@ class HelpdeskFetcher:
         url = urljoin(self.adapter.base_url + "/", attachment.ref)
         home = urlsplit(self.adapter.base_url).netloc
         return await download(self.adapter.http, url, name=name, limit=limit, auth=self.adapter.auth,
-                              allowed=lambda url: urlsplit(url).netloc == home)
+                              allowed=lambda url: urlsplit(url).netloc == home, guard=self.adapter.guard)
 
 
 class HelpdeskSink:
@@ -155,6 +160,7 @@ class DjangoHelpdeskAdapter:
         if not conf.base_url:
             raise StartupError("adapters.django_helpdesk: set base_url to the helpdesk's site root")
         self.base_url = conf.base_url.rstrip("/")
+        require_https(self.base_url, "adapters.django_helpdesk.base_url", "the API user's password (HTTP Basic)")
         values = {}
         for field_name, what in conf.secrets.items():
             env = getattr(conf, field_name)
@@ -166,6 +172,7 @@ class DjangoHelpdeskAdapter:
         register_secret(values["password_env"])
         register_secret(values["webhook_token_env"])
         self.auth = httpx.BasicAuth(self.username, values["password_env"])
+        self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.django_helpdesk.allow_private_networks")
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         self._own_http = http is None
         self.assist = {str(q) for q in conf.agent_assist_queues}
@@ -190,7 +197,7 @@ class DjangoHelpdeskAdapter:
     def router(self) -> APIRouter:
         r = APIRouter()
         r.add_api_route(WEBHOOK_PATH, self.webhook, methods=["POST"], include_in_schema=False,
-                        dependencies=[Depends(SharedSecret(self.conf.webhook_token_env, query="token"))])
+                        dependencies=[Depends(SharedSecret(self.conf.webhook_token_env, query="token", bearer=True))])
         return r
 
     # -- REST -------------------------------------------------------------------------------

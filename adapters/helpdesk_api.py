@@ -5,12 +5,14 @@ Every request is signed like the framework's own webhooks, with the secret in th
 ``secret_env`` (``HELPDESK_API_SECRET``): headers ``X-InternVL-Bot-Timestamp: <unix seconds>`` and
 ``X-InternVL-Bot-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<signed>")>``, where ``<signed>`` is
 the raw body of a POST and the request target (path and query, as sent: ``/api/helpdesk/v1/conversations/c1/
-messages?after=3``) of a GET. Unsigned, wrong or stale (> 5 min) requests get 401.
+messages?after=3``) of a GET. Unsigned, wrong or stale (> 5 min) requests get 401. A mode change whose
+signature was accepted before (the same signed request sent again) gets ``200 {"replayed": true}`` and does
+nothing; a message needs no such memory (its ``message_id`` makes a repeat a duplicate).
 
 - ``POST /api/helpdesk/v1/messages``: a customer's message (``conversation_id``, ``message_id``, ``text``,
-  ``customer``, ``attachments`` by URL — fetched only from ``attachment_hosts`` — or inline as base64;
-  ``assist: true`` makes every answer a private draft for agents). Stored before the 202; the same
-  ``message_id`` again (a retry) is the same message, answered once.
+  ``customer``, ``attachments`` by URL — fetched only from ``attachment_hosts``, from non-public addresses only
+  within ``allow_private_networks`` — or inline as base64; ``assist: true`` makes every answer a private draft
+  for agents). Stored before the 202; the same ``message_id`` again (a retry) is the same message, answered once.
 - ``GET /api/helpdesk/v1/conversations/{conversation_id}/messages?after=<id>``: the assistant's replies after
   a cursor, and whether the bot or a person has the conversation.
 - ``POST /api/helpdesk/v1/conversations/{conversation_id}/mode``: agents take the conversation (``human``:
@@ -28,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import fnmatch
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from adapters.common.auth import SignedBody, same
 from adapters.common.http import BadRequest, StoredFiles, download
+from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -94,6 +96,9 @@ class HelpdeskApiSettings(AdapterSection):
     attachment_hosts: list[str] = Field(
         default_factory=list, description="hosts attachment URLs may come from (*.example.com allowed); "
                                           "empty = attachments only inline")
+    allow_private_networks: NetworkList = Field(
+        default_factory=list, description="networks attachment URLs may reach although not public (a file "
+                                          "server on the company network: 10.0.0.0/8); empty = public addresses only")
     max_request_bytes: int = Field(25_000_000, ge=10_000, description="largest request body (inline files count)")
     max_files_per_message: int = Field(10, ge=0, le=50)
 
@@ -249,14 +254,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # -- attachments ------------------------------------------------------------------------------------------------
 
 
-def host_allowed(url: str, hosts: list[str]) -> bool:
-    """An http(s) URL on one of ``hosts`` (``*.example.com`` matches its subdomains)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    return parts.scheme in ("http", "https") and bool(host) and any(
-        fnmatch.fnmatchcase(host, pattern.lower()) for pattern in hosts)
-
-
 class ApiFetcher:
     """``url:<url>`` attachments from the configured hosts (redirects followed only within them);
     ``blob:<sha256>`` inline files, kept in the store before the message was."""
@@ -274,7 +271,8 @@ class ApiFetcher:
         if attachment.size is not None and attachment.size > limit:
             raise FileTooLarge(name=name, size=attachment.size, limit=limit)
         return await download(self.adapter.http, ref, name=name, limit=limit, max_redirects=MAX_REDIRECTS,
-                              allowed=lambda url: host_allowed(url, self.adapter.conf.attachment_hosts))
+                              allowed=lambda url: host_allowed(url, self.adapter.conf.attachment_hosts),
+                              guard=self.adapter.guard)
 
 
 # -- replies ----------------------------------------------------------------------------------------------------
@@ -330,10 +328,15 @@ class HelpdeskApiAdapter:
             raise StartupError(f"adapters.helpdesk_api: set the environment variable {conf.secret_env} to the secret "
                                "that signs requests and callbacks, or set adapters.helpdesk_api.enabled: false")
         register_secret(self.secret)
-        if conf.callback_url and urlsplit(conf.callback_url).scheme not in ("http", "https"):
+        callback = urlsplit(conf.callback_url)
+        if conf.callback_url and callback.scheme not in ("http", "https"):
             raise StartupError("adapters.helpdesk_api.callback_url: an http(s) URL")
+        if callback.username or callback.password:  # httpx sends a URL's user:password as HTTP Basic
+            require_https(conf.callback_url, "adapters.helpdesk_api.callback_url", "the user and password in it")
+            register_secret(callback.password)
         self.verify = SignedBody(conf.secret_env, signature_header=SIGNATURE_HEADER,
                                  timestamp_header=TIMESTAMP_HEADER, max_bytes=conf.max_request_bytes)
+        self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.helpdesk_api.allow_private_networks")
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
         self.uploads = StoredFiles(manager.store)
@@ -367,7 +370,9 @@ class HelpdeskApiAdapter:
                         summary="The assistant's replies after a cursor")
         r.add_api_route("/conversations/{conversation_id}/mode", self.change_mode, methods=["POST"],
                         response_model=ModeResult, responses={**_ERRORS}, openapi_extra={**_body(ModeChange), **_SIGNED},
-                        summary="Agents take the conversation or give it back")
+                        summary="Agents take the conversation or give it back",
+                        description='The same signed request again (a replay within its 5 minutes) answers 200 '
+                                    '`{"replayed": true}` and changes nothing.')
         return r
 
     # -- requests ---------------------------------------------------------------------------
@@ -390,6 +395,7 @@ class HelpdeskApiAdapter:
         return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
 
     async def post_message(self, request: Request) -> Response:
+        # no replay memory here: the same message_id again is the same message (a retry), answered once
         body = await self.verify(request)
         if not self._accepting:
             return self._restarting()
@@ -462,7 +468,9 @@ class HelpdeskApiAdapter:
                         author=row.sender_name, created_at=row.created_at)
 
     async def change_mode(self, request: Request, conversation_id: Identifier) -> Response:
-        body = await self.verify(request)
+        return await self.verify.once(request, lambda body: self._change_mode(body, conversation_id))
+
+    async def _change_mode(self, body: bytes, conversation_id: str) -> Response:
         try:
             change = ModeChange.model_validate_json(body)
         except ValidationError as exc:

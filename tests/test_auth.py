@@ -6,9 +6,9 @@ import time
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request, Response
 
-from adapters.common.auth import BearerAuth, SharedSecret, SignedBody
+from adapters.common.auth import BearerAuth, ReplayMemory, SharedSecret, SignedBody
 from adapters.common.http import install_error_handlers
 from bot.handoff import sign
 
@@ -29,11 +29,27 @@ def _app() -> FastAPI:
     async def query() -> dict[str, bool]:
         return {"ok": True}
 
+    @app.post("/query-or-bearer", dependencies=[Depends(SharedSecret("T_SECRET", query="token", bearer=True))])
+    async def query_or_bearer() -> dict[str, bool]:
+        return {"ok": True}
+
     signed = SignedBody("T_HMAC", signature_header="X-Sig", timestamp_header="X-Ts")
 
     @app.post("/signed")
     async def signed_route(body: bytes = Depends(signed)) -> dict[str, int]:
         return {"bytes": len(body)}
+
+    once = SignedBody("T_HMAC", signature_header="X-Sig", timestamp_header="X-Ts", delivery_header="X-Delivery")
+    handled: list[bytes] = []
+    app.state.handled = handled
+
+    async def handle(body: bytes) -> Response:
+        handled.append(body)
+        return Response(status_code=500 if b"fail" in body else 204)
+
+    @app.post("/once")
+    async def once_route(request: Request) -> Response:
+        return await once.once(request, handle)
 
     optional = SignedBody("T_HMAC_UNSET", signature_header="X-Sig", timestamp_header="X-Ts", optional=True)
 
@@ -70,6 +86,16 @@ async def test_shared_secret_in_a_header_or_the_query(client: httpx.AsyncClient)
     assert (await client.post("/query", params={"token": "shared-secret"})).status_code == 200
 
 
+async def test_a_query_token_may_come_in_a_bearer_header_instead(client: httpx.AsyncClient) -> None:
+    """Proxies log query strings; the same secret as ``Authorization: Bearer`` stays out of their logs."""
+    assert (await client.post("/query-or-bearer", headers={"Authorization": "Bearer shared-secret"})).json() == {
+        "ok": True}
+    assert (await client.post("/query-or-bearer", params={"token": "shared-secret"})).status_code == 200
+    assert (await client.post("/query-or-bearer", headers={"Authorization": "Bearer wrong"})).status_code == 401
+    assert (await client.post("/query-or-bearer", headers={"Authorization": "Basic shared-secret"})).status_code == 401
+    assert (await client.post("/query", headers={"Authorization": "Bearer shared-secret"})).status_code == 401
+
+
 async def test_hmac_signed_bodies(client: httpx.AsyncClient) -> None:
     body = b'{"hello": "world"}'
     now = str(int(time.time()))
@@ -85,3 +111,56 @@ async def test_hmac_signed_bodies(client: httpx.AsyncClient) -> None:
     assert (await client.post("/signed", content=body, headers={"X-Ts": "soon", "X-Sig": "x"})).status_code == 401
     # a platform whose older versions do not sign: accepted when no secret is configured
     assert (await client.post("/optional", content=body)).json() == {"bytes": len(body)}
+
+
+def _signed(body: bytes, at: float | None = None, key: bytes = b"hmac-key", **extra: str) -> dict[str, str]:
+    ts = str(int(at if at is not None else time.time()))
+    return {"X-Ts": ts, "X-Sig": sign(key, ts, body), **extra}
+
+
+async def test_a_signed_request_is_run_once_and_a_replay_gets_200_with_nothing_done(
+        client: httpx.AsyncClient) -> None:
+    handled = client._transport.app.state.handled  # type: ignore[attr-defined]
+    body = b'{"mode": "human"}'
+    headers = _signed(body)
+    assert (await client.post("/once", content=body, headers=headers)).status_code == 204
+    replay = await client.post("/once", content=body, headers=headers)
+    assert replay.status_code == 200 and replay.json()["replayed"] is True
+    assert handled == [body]
+    # the same delivery id, signed anew (a platform's retry of a request already accepted): also done
+    again = await client.post("/once", content=body, headers=_signed(body, time.time() + 1, **{"X-Delivery": "d1"}))
+    assert again.status_code == 204
+    retry = await client.post("/once", content=body, headers=_signed(body, time.time() + 2, **{"X-Delivery": "d1"}))
+    assert retry.json()["replayed"] is True and len(handled) == 2
+    # refused requests are not remembered: a bad signature then the right one
+    fresh = b'{"mode": "bot"}'
+    assert (await client.post("/once", content=fresh, headers=_signed(fresh, key=b"nope"))).status_code == 401
+    assert (await client.post("/once", content=fresh, headers=_signed(fresh))).status_code == 204
+
+
+async def test_a_request_answered_5xx_is_run_again_when_retried(client: httpx.AsyncClient) -> None:
+    handled = client._transport.app.state.handled  # type: ignore[attr-defined]
+    body = b'{"fail": true}'
+    headers = _signed(body, **{"X-Delivery": "d2"})
+    assert (await client.post("/once", content=body, headers=headers)).status_code == 500
+    assert (await client.post("/once", content=body, headers=headers)).status_code == 500
+    assert (await client.post("/once", content=body, headers=_signed(body, time.time() + 1,
+                                                                     **{"X-Delivery": "d2"}))).status_code == 500
+    assert len(handled) == 3
+
+
+def test_the_replay_memory_is_bounded_and_forgets_after_the_window() -> None:
+    memory = ReplayMemory(max_entries=3)
+    assert memory.claim(("a",), expires=100.0, now=0.0)
+    assert not memory.claim(("a",), expires=100.0, now=1.0)  # in flight or accepted: a repeat
+    memory.settle(("a",), accepted=True)
+    assert not memory.claim(("a", "b"), expires=100.0, now=2.0)
+    assert memory.claim(("b",), expires=100.0, now=2.0)
+    memory.settle(("b",), accepted=False)  # failed: forgotten
+    assert memory.claim(("b",), expires=100.0, now=3.0)
+    memory.settle(("b",), accepted=True)
+    assert memory.claim(("a",), expires=300.0, now=101.0)  # the window is over: a stale signature is a 401 anyway
+    for key in "cdef":
+        assert memory.claim((key,), expires=300.0, now=102.0)
+        memory.settle((key,), accepted=True)
+    assert len(memory) == 3

@@ -97,3 +97,10 @@ def test_replicas_bench_runs_small() -> None:
                            "msgs_per_s_1"}
     assert (result["replicas"], result["lost"], result["duplicates"], result["order_violations"]) == ("3", "0", "0", "0")
     assert 0 < float(result["failover_s"]) < 3 + 5
+
+
+def test_json_body_runs_small() -> None:
+    run = subprocess.run([sys.executable, "bench/json_body.py", "--rounds", "1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert set(_result(run.stdout)) == {"json_5mb_ms", "json_5mb_objects_ms"}

@@ -12,14 +12,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.chatwoot import ChatwootAdapter
 from adapters.server import Service, build_app
 from bot.engines import EchoEngine
+from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
-from bot.types import AccessPolicy
+from bot.types import AccessPolicy, ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.fakes.chatwoot_api import FakeChatwoot
 from tests.fakes.serving import free_port, serve_asgi
@@ -136,15 +138,97 @@ async def test_a_redelivered_event_is_answered_once(tmp_path: Path, monkeypatch:
         assert h.cw.public_replies(conv) == ["echo: hello"]
 
 
+async def test_a_replayed_signed_status_change_is_answered_200_and_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone who captured a signed ``conversation_status_changed`` cannot flip the handoff back with it
+    within the five minutes its signature is fresh: 200 (an error would open the conversation), nothing done."""
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        key = ConversationKey("chatwoot", str(h.cw.account_id), str(conv))
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        await h.cw.customer_message(conv, "hello")
+        await h.replied(conv, "echo: hello")
+        await h.cw.set_status(conv, "open")
+        [opened] = [d for d in h.cw.deliveries if d.event == "conversation_status_changed"]
+        assert (await store.conversation(key)).mode == "human"
+        await h.cw.set_status(conv, "pending")
+        assert (await store.conversation(key)).mode == "bot"
+        async with httpx.AsyncClient() as client:
+            replay = await client.post(h.url, content=opened.body, headers=opened.headers)
+            # the same delivery id signed anew is the same event too (Chatwoot's retries reuse it)
+            again = await h.cw.deliver(opened.event, opened.payload, delivery_id=opened.delivery_id, retries=False)
+        assert replay.status_code == 200 and again[-1].status == 200
+        assert (await store.conversation(key)).mode == "bot"
+
+
+async def test_a_request_that_failed_is_processed_when_it_comes_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only accepted (2xx) requests are remembered: one answered 5xx (restarting) counts when it comes again."""
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation()
+        h.adapter.stop_intake()
+        event = h.cw.load_payload("message_created_incoming", conversation__id=conv, content="hello")
+        [refused] = await h.cw.deliver("message_created", event, retries=False)
+        assert refused.status == 503
+        await h.adapter.start()
+        async with httpx.AsyncClient() as client:
+            assert (await client.post(h.url, content=refused.body, headers=refused.headers)).status_code == 200
+        await h.replied(conv, "echo: hello")
+
+
+#: The fake's app is on 127.0.0.1 and its storage on localhost: both private, allowed for the tests.
+LOCAL = {"attachment_hosts": ["localhost"], "allow_private_networks": ["127.0.0.0/8", "::1/128"]}
+
+
 async def test_an_image_behind_a_cross_host_redirect_without_leaking_the_token(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with chatwoot(tmp_path, monkeypatch, engine=EchoEngine(context_length=32768)) as h:
+    async with chatwoot(tmp_path, monkeypatch, engine=EchoEngine(context_length=32768), **LOCAL) as h:
         conv = h.cw.conversation()
         photo = h.cw.attachment(image_bytes(640, 480), filename="receipt.jpg")
         await h.cw.customer_message(conv, "What does this receipt say?", attachments=[photo])
         await h.cw.wait_for(lambda: any("[image 1: 640x480" in r for r in h.cw.public_replies(conv)), 15)
         storage = [d for d in h.cw.downloads if d.get("server") == "storage"]
         assert storage and not any(d.get("api_access_token") or d.get("authorization") for d in storage)
+
+
+async def test_attachments_only_from_chatwoot_and_its_storage_hosts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``data_url`` and every redirect from it stay on Chatwoot's host and ``attachment_hosts``: storage on a
+    host not listed, or a data_url elsewhere, is refused with one warning, and the customer hears so."""
+    caplog.set_level(logging.WARNING)
+    async with chatwoot(tmp_path, monkeypatch, allow_private_networks=["127.0.0.0/8", "::1/128"]) as h:
+        conv = h.cw.conversation()
+        photo = h.cw.attachment(image_bytes(64, 48), filename="receipt.jpg")
+        elsewhere = h.cw.attachment(image_bytes(64, 48), filename="other.jpg") | {
+            "data_url": "http://files.evil.example/rails/active_storage/blobs/redirect/x/other.jpg"}
+        await h.cw.customer_message(conv, "a file", attachments=[photo])
+        await h.cw.wait_for(lambda: bool(h.cw.public_replies(conv)), 15)
+        await h.cw.customer_message(conv, "another", attachments=[elsewhere])
+        await h.cw.wait_for(lambda: len(h.cw.public_replies(conv)) == 2, 15)
+        await h.idle()
+        unavailable = t("attachment_unavailable", "en", name="{}").split("{}")[0]
+        assert h.cw.public_replies(conv) and all(r.startswith(unavailable) for r in h.cw.public_replies(conv))
+        assert [d["server"] for d in h.cw.downloads] == ["app"]  # the redirect to storage was not followed
+        refused = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert len(refused) == 2 and any("http://localhost" in m for m in refused)
+        assert any("http://files.evil.example" in m for m in refused)
+        assert not any("X-Amz" in m or "/rails/" in m for m in refused)  # hosts only, never paths or queries
+
+
+async def test_attachments_from_private_addresses_need_allow_private_networks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with chatwoot(tmp_path, monkeypatch, attachment_hosts=["localhost"]) as h:
+        conv = h.cw.conversation()
+        photo = h.cw.attachment(image_bytes(64, 48), filename="receipt.jpg")
+        await h.cw.customer_message(conv, "a photo", attachments=[photo])
+        await h.cw.wait_for(lambda: bool(h.cw.public_replies(conv)), 15)
+        await h.idle()
+        assert h.cw.public_replies(conv) == [t("attachment_unavailable", "en", name="image-501")]
+        assert h.cw.downloads == []  # not even the first hop
+        [refused] = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert "127.0.0.1" in refused and "loopback" in refused
+        assert "adapters.chatwoot.allow_private_networks" in refused
 
 
 @pytest.mark.parametrize("how", ["unsigned", "wrong", "stale"])
@@ -161,14 +245,34 @@ async def test_bad_signatures_are_refused_and_never_processed(tmp_path: Path, mo
         assert h.runtime.store is not None and await h.runtime.store.last_message_id() == 0
 
 
-async def test_without_a_secret_unsigned_events_are_accepted_with_a_warning(
+async def test_without_a_secret_start_up_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: no webhook secret, no Chatwoot adapter (anyone could post events and flip handoffs)."""
+    with pytest.raises(StartupError) as err:
+        async with chatwoot(tmp_path, monkeypatch, secret=None):
+            pass
+    message = str(err.value)
+    assert "CHATWOOT_WEBHOOK_SECRET" in message and "adapters.chatwoot.insecure_unsigned" in message
+
+
+async def test_insecure_unsigned_accepts_unsigned_events_with_a_loud_warning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    async with chatwoot(tmp_path, monkeypatch, secret=None) as h:
-        assert any("CHATWOOT_WEBHOOK_SECRET is not set" in r.getMessage() for r in caplog.records)
+    async with chatwoot(tmp_path, monkeypatch, secret=None, insecure_unsigned=True) as h:
+        [warning] = [r for r in caplog.records if "insecure_unsigned" in r.getMessage()]
+        assert warning.levelno == logging.WARNING and "CHATWOOT_WEBHOOK_SECRET" in warning.getMessage()
         conv = h.cw.conversation()
         await h.cw.customer_message(conv, "older Chatwoot here")
         await h.replied(conv, "echo: older Chatwoot here")
+
+
+@pytest.mark.parametrize("base_url", ["http://chatwoot.example.com", "http://192.168.1.20:3000"])
+async def test_the_bot_token_over_plain_http_to_another_host_stops_start_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: str) -> None:
+    """``api_access_token`` goes with every REST call: over http it must stay on this machine (loopback)."""
+    with pytest.raises(StartupError) as err:
+        async with chatwoot(tmp_path, monkeypatch, base_url=base_url):
+            pass
+    assert "adapters.chatwoot.base_url" in str(err.value) and "https" in str(err.value)
 
 
 async def test_handoff_opens_the_conversation_and_pending_gives_it_back(tmp_path: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from adapters.django_helpdesk import DjangoHelpdeskAdapter
 from adapters.server import Service, build_app
 from bot.engines import EchoEngine
+from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
 from tests.conftest import image_bytes, make_settings
@@ -62,8 +64,8 @@ async def helpdesk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **conf: Any)
         monkeypatch.setenv("HELPDESK_API_USER", site.api_user)
         monkeypatch.setenv("HELPDESK_API_PASSWORD", site.api_password)
         monkeypatch.setenv("HELPDESK_WEBHOOK_TOKEN", TOKEN)
-        settings = make_settings(tmp_path, adapters={"django_helpdesk": {"enabled": True, "base_url": site.url,
-                                                                         **conf}})
+        section = {"enabled": True, "base_url": site.url, "allow_private_networks": ["127.0.0.0/8"], **conf}
+        settings = make_settings(tmp_path, adapters={"django_helpdesk": section})
         async with Runtime(settings, engine=EchoEngine(context_length=32768)) as runtime:
             assert runtime.manager is not None
             adapter = DjangoHelpdeskAdapter(runtime.manager, runtime.settings,
@@ -115,6 +117,20 @@ async def test_a_ticket_filed_through_the_api_on_a_customers_behalf_is_answered(
         assert len(await h.bot_followups(ticket)) == 1
 
 
+async def test_attachments_from_a_private_address_need_allow_private_networks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The site runs on 127.0.0.1: unless the operator lists that network, its files are not fetched (a
+    webhook names the file; the address check refuses loopback, private and metadata addresses)."""
+    caplog.set_level(logging.WARNING)
+    async with helpdesk(tmp_path, monkeypatch, allow_private_networks=[]) as h:
+        photo = ("kettle.png", image_bytes(64, 48, fmt="PNG"), "image/png")
+        ticket = await h.site.customer_ticket("Kettle", "It clicks.", attachment=photo)
+        [answer] = await h.until(lambda: h.bot_followups(ticket))
+        assert "kettle.png" in answer["comment"] and "[image" not in answer["comment"]
+        [refused] = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert "loopback" in refused and "adapters.django_helpdesk.allow_private_networks" in refused
+
+
 async def test_handoff_reopens_for_staff_with_a_note_and_slash_bot_gives_it_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with helpdesk(tmp_path, monkeypatch) as h:
@@ -164,10 +180,36 @@ async def test_the_webhook_needs_its_token_and_a_redelivery_is_answered_once(
         async with httpx.AsyncClient() as client:
             assert (await client.post(url, json=payload)).status_code == 401
             assert (await client.post(url + "?token=wrong", json=payload)).status_code == 401
+            assert (await client.post(url, json=payload, headers={"Authorization": "Bearer wrong"})).status_code == 401
+            # the token in a header instead of the URL (a proxy that adds it: query strings end up in access logs)
+            bearer = await client.post(url, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert bearer.status_code == 200
             assert (await client.post(h.hook, json=payload)).status_code == 200  # a redelivery
             assert (await client.post(h.hook, content=b"{")).status_code == 400
         await h.idle()
         assert len(await h.bot_followups(ticket)) == 1
+
+
+async def test_basic_auth_over_plain_http_to_another_host_stops_start_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API user's password goes with every REST call: over http it must stay on this machine."""
+    monkeypatch.setenv("HELPDESK_API_USER", "bot")
+    monkeypatch.setenv("HELPDESK_API_PASSWORD", "pw-123456")
+    monkeypatch.setenv("HELPDESK_WEBHOOK_TOKEN", TOKEN)
+    for base_url, refused in (("http://helpdesk.example.com", True), ("http://10.0.0.5:8000", True),
+                              ("https://helpdesk.example.com", False), ("http://127.0.0.1:8000", False),
+                              ("http://localhost:8000", False)):
+        settings = make_settings(tmp_path, adapters={"django_helpdesk": {"enabled": True, "base_url": base_url}})
+        async with Runtime(settings, engine=EchoEngine()) as runtime:
+            assert runtime.manager is not None
+            conf = settings.adapters.django_helpdesk  # type: ignore[attr-defined]
+            if not refused:
+                await DjangoHelpdeskAdapter(runtime.manager, runtime.settings, conf).close()
+                continue
+            with pytest.raises(StartupError) as err:
+                DjangoHelpdeskAdapter(runtime.manager, runtime.settings, conf)
+            assert "adapters.django_helpdesk.base_url" in str(err.value) and "https" in str(err.value)
+            assert "pw-123456" not in str(err.value)
 
 
 async def _has(h: Harness, ticket: int, text: str) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from adapters.helpdesk_api import (
 )
 from adapters.server import Service, build_app
 from bot.engines import EchoEngine
+from bot.errors import StartupError
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bot.i18n import text as t
 from bot.runtime import Runtime
@@ -49,6 +51,7 @@ class Receiver:
 
     url: str = ""
     callbacks: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
     fail: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -85,16 +88,23 @@ def receiver_app(receiver: Receiver, image: bytes) -> Starlette:
         return Response(status_code=status)
 
     async def photo(request: Request) -> Response:
+        receiver.downloads.append(request.url.path)
         return Response(image, media_type="image/png")
 
     async def moved(request: Request) -> Response:
+        receiver.downloads.append(request.url.path)
         return RedirectResponse(f"{receiver.url}/files/photo.png", status_code=302)
+
+    async def metadata(request: Request) -> Response:
+        receiver.downloads.append(request.url.path)
+        return RedirectResponse("http://169.254.169.254/latest/meta-data/iam/security-credentials/", status_code=302)
 
     async def elsewhere(request: Request) -> Response:
         return RedirectResponse(receiver.url.replace("127.0.0.1", "localhost") + "/files/photo.png", status_code=302)
 
     return Starlette(routes=[Route("/callback", callback, methods=["POST"]), Route("/files/photo.png", photo),
-                             Route("/files/moved", moved), Route("/files/elsewhere", elsewhere)])
+                             Route("/files/moved", moved), Route("/files/elsewhere", elsewhere),
+                             Route("/files/metadata", metadata)])
 
 
 @dataclass
@@ -142,7 +152,8 @@ async def helpdesk_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, callb
     receiver = Receiver()
     async with serve_asgi(receiver_app(receiver, image_bytes(640, 480, fmt="PNG"))) as receiver.url:
         monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
-        section = {"enabled": True, "attachment_hosts": ["127.0.0.1"], **conf}
+        section = {"enabled": True, "attachment_hosts": ["127.0.0.1"],
+                   "allow_private_networks": ["127.0.0.0/8", "::1/128"], **conf}
         if callback:
             section["callback_url"] = f"{receiver.url}/callback"
         settings = make_settings(tmp_path, adapters={"helpdesk_api": section})
@@ -204,6 +215,24 @@ async def test_unsigned_wrong_and_stale_requests_are_refused(tmp_path: Path, mon
         assert h.runtime.store is not None and await h.runtime.store.last_message_id() == 0
 
 
+async def test_a_replayed_signed_request_is_answered_and_does_nothing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A captured signed request sent again while its signature is fresh (5 minutes) is not run again: a
+    replayed "human" cannot take the conversation back from the bot after agents gave it back."""
+    async with helpdesk_api(tmp_path, monkeypatch) as h:
+        path, signed_at = f"{PREFIX}/conversations/T-1/mode", time.time()
+        taken = await h.post(path, {"mode": "human", "by": "Marta"}, timestamp=signed_at)
+        assert taken.json()["changed"] is True
+        assert (await h.post(path, {"mode": "bot", "by": "Marta"})).json()["mode"] == "bot"
+        replay = await h.post(path, {"mode": "human", "by": "Marta"}, timestamp=signed_at)
+        assert replay.status_code == 200 and replay.json()["replayed"] is True
+        assert (await h.poll("T-1"))["mode"] == "bot"
+        # a message sent again is a duplicate by its message_id (a helpdesk's retry may resend the same bytes)
+        message = {"conversation_id": "T-2", "message_id": "m-1", "text": "hi", "customer": {"id": "c"}}
+        assert (await h.post(f"{PREFIX}/messages", message, timestamp=signed_at)).json()["duplicate"] is False
+        assert (await h.post(f"{PREFIX}/messages", message, timestamp=signed_at)).json()["duplicate"] is True
+
+
 async def test_bad_bodies_get_4xx_that_say_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with helpdesk_api(tmp_path, monkeypatch) as h:
         path = f"{PREFIX}/messages"
@@ -244,6 +273,26 @@ async def test_a_redirect_off_the_allowed_hosts_is_not_followed(tmp_path: Path,
         await h.message("T-4", "look", attachments=[{"url": f"{h.receiver.url}/files/elsewhere", "filename": "a.png"}])
         [reply] = await h.receiver.wait_for(1)
         assert "a.png" in reply["text"] and not reply["text"].startswith("[image")
+
+
+async def test_urls_that_resolve_to_private_or_metadata_addresses_are_not_fetched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """On an allowed host is not enough: the addresses the host resolves to, at every hop, must be public
+    unless ``allow_private_networks`` lists them (a redirect to cloud metadata is refused either way)."""
+    caplog.set_level(logging.WARNING)
+    async with helpdesk_api(tmp_path, monkeypatch, attachment_hosts=["127.0.0.1", "169.254.169.254"],
+                            allow_private_networks=["127.0.0.1/32"]) as h:
+        await h.message("T-4", "look", attachments=[{"url": f"{h.receiver.url}/files/metadata", "filename": "a.png"}])
+        [reply] = await h.receiver.wait_for(1)
+        assert "a.png" in reply["text"] and not reply["text"].startswith("[image")
+        assert h.receiver.downloads == ["/files/metadata"]
+        [refused] = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert "169.254.169.254" in refused and "cloud metadata" in refused and "/latest/" not in refused
+    async with helpdesk_api(tmp_path / "private", monkeypatch, allow_private_networks=[]) as h:
+        await h.message("T-5", "look", attachments=[{"url": f"{h.receiver.url}/files/photo.png", "filename": "b.png"}])
+        [reply] = await h.receiver.wait_for(1)
+        assert "b.png" in reply["text"] and h.receiver.downloads == []
+        assert any("adapters.helpdesk_api.allow_private_networks" in r.getMessage() for r in caplog.records)
 
 
 async def test_callbacks_are_retried_with_the_same_delivery_id_and_polling_survives_a_dead_receiver(
@@ -320,6 +369,26 @@ async def test_the_openapi_schema_documents_the_api(tmp_path: Path, monkeypatch:
         assert "202" in post["responses"] and "401" in post["responses"]
         assert f"{PREFIX}/conversations/{{conversation_id}}/messages" in schema["paths"]
         assert f"{PREFIX}/conversations/{{conversation_id}}/mode" in schema["paths"]
+
+
+@pytest.mark.parametrize(("callback_url", "refused"), [
+    ("http://bot:s3cret-pw@helpdesk.example.com/hooks", True), ("http://bot:s3cret-pw@10.1.2.3/hooks", True),
+    ("https://bot:s3cret-pw@helpdesk.example.com/hooks", False), ("http://bot:s3cret-pw@127.0.0.1:9/hooks", False),
+    ("http://helpdesk.example.com/hooks", False),  # signed, not authenticated: the secret never travels
+])
+async def test_callback_credentials_over_plain_http_to_another_host_stop_start_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, callback_url: str, refused: bool) -> None:
+    monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
+    settings = make_settings(tmp_path, adapters={"helpdesk_api": {"enabled": True, "callback_url": callback_url}})
+    async with Runtime(settings, engine=EchoEngine()) as runtime:
+        assert runtime.manager is not None
+        conf = settings.adapters.helpdesk_api  # type: ignore[attr-defined]
+        if not refused:
+            await HelpdeskApiAdapter(runtime.manager, runtime.settings, conf).close()
+            return
+        with pytest.raises(StartupError) as err:
+            HelpdeskApiAdapter(runtime.manager, runtime.settings, conf)
+        assert "adapters.helpdesk_api.callback_url" in str(err.value) and "s3cret-pw" not in str(err.value)
 
 
 def test_allowed_hosts() -> None:

@@ -11,6 +11,7 @@ from adapters.common.markdown import (
     SlackFormat,
     TelegramFormat,
     escape_raw_html,
+    escape_slack,
     utf16_len,
 )
 
@@ -44,6 +45,20 @@ def test_telegram_gets_entities_in_utf16_units_and_raw_html_as_text() -> None:
 def test_slack_mrkdwn() -> None:
     out = SlackFormat().render("**bold** and [link](https://x.y)")
     assert out.text == "*bold* and <https://x.y|link>"
+
+
+def test_slack_text_is_escaped_but_the_links_the_conversion_makes_are_not() -> None:
+    out = SlackFormat().render("ping <!channel> <@U1> & [the <docs>](https://x.y/?a=1&b=2)\n> quoted")
+    assert out.text == ("ping &lt;!channel&gt; &lt;@U1&gt; &amp; <https://x.y/?a=1&amp;b=2|the &lt;docs&gt;>\n"
+                        "> quoted")
+
+
+def test_escape_slack() -> None:
+    assert escape_slack("a <!here> &amp; b & c &lt; d > e") == "a &lt;!here&gt; &amp; b &amp; c &lt; d &gt; e"
+    assert escape_slack("> quote\n>> nested > mid\n  > indented") == "> quote\n>> nested &gt; mid\n  > indented"
+    assert escape_slack("> not markdown here", quotes=False) == "&gt; not markdown here"
+    assert escape_slack("> y", line_start=False) == "&gt; y"  # a streamed chunk in the middle of a line
+    assert escape_slack("x\n> y", line_start=False) == "x\n> y"
 
 
 def test_escape_raw_html_leaves_code_alone() -> None:

@@ -414,6 +414,35 @@ async def test_top_level_direct_messages_are_one_conversation(tmp_path: Path, mo
                                                                             "what model is my pump?"]
 
 
+#: What a user typed (Slack already sends a literal "&" as "&amp;") and what may ping a whole channel.
+PINGS = "tell <!channel> and <@U0OTHER> and <!subteam^S1|team> &amp; x > y"
+ESCAPED = "tell &lt;!channel&gt; and &lt;@U0OTHER&gt; and &lt;!subteam^S1|team&gt; &amp; x &gt; y"
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_mentions_in_user_and_model_text_reach_slack_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   native: bool) -> None:
+    """``<!channel>``, ``<@U…>`` and friends written by a user or the model are shown, not parsed: Slack's
+    control characters ``&``, ``<``, ``>`` in text the bot sends are escaped (entities already escaped are
+    not escaped twice), streamed or posted; a quote marker at a line's start stays Markdown."""
+    async with slack(tmp_path, monkeypatch, native_streaming=native) as h:
+        payload = mention(h, f"{PINGS}\n> quoted")
+        await h.slack.send_socket_event(payload)
+        answer = await h.answered(CHANNEL, payload["event"]["ts"], f"echo: {ESCAPED}\n> quoted")
+        assert all("<!" not in text and "<@" not in text for text in answer.history)
+
+
+async def test_the_support_channel_notice_escapes_what_the_user_wrote(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, support_channel="C0SUPPORT") as h:
+        payload = mention(h, f"I want to talk to a person, {PINGS}")
+        await h.slack.send_socket_event(payload)
+        await h.slack.wait_for(lambda: bool(h.slack.messages("C0SUPPORT")))
+        notice = h.slack.messages("C0SUPPORT")[0].text
+        assert ESCAPED in notice and "<!" not in notice and "<@" not in notice
+        assert f"/archives/{CHANNEL}/p{payload['event']['ts'].replace('.', '')}" in notice
+
+
 def test_start_up_fails_closed_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(variable, raising=False)

@@ -104,6 +104,20 @@ async def test_access_token_gates_the_page_and_the_api(tmp_path: Path, monkeypat
         assert (await client.get("/api/history")).status_code == 401  # a new token logs old cookies out
 
 
+async def test_the_access_token_works_from_a_header_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy (or a script) can send the token as ``Authorization: Bearer``, keeping it out of URLs, which
+    access logs record."""
+    monkeypatch.setenv("INTERNVL_BOT_WEB_ACCESS_TOKEN", "let-me-in")
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, \
+            live.client(headers={"Authorization": "Bearer let-me-in"}) as client:
+        assert (await client.get("/")).status_code == 200
+        response, events = await exchange(live, client, "hello")
+        assert response.status_code == 202 and events[-1]["text"] == "echo: hello"
+    async with live_server(make_settings(tmp_path / "b"), EchoEngine()) as live, \
+            live.client(headers={"Authorization": "Bearer wrong"}) as client:
+        assert (await client.get("/")).status_code == 401
+
+
 async def test_too_large_upload_gets_a_polite_answer_in_the_users_language(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, media={"max_file_bytes": 50_000})
     async with live_server(settings, EchoEngine()) as live, live.client() as client:

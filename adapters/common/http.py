@@ -10,6 +10,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from itertools import chain, compress
+from operator import not_
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -23,6 +25,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from adapters.common.urlguard import UrlGuard, UrlRefused, where
 from bot import i18n
 from bot.errors import (
     AttachmentUnavailable,
@@ -38,7 +41,8 @@ from bot.types import Attachment
 
 log = logging.getLogger(__name__)
 
-#: Deepest JSON nesting accepted (the standard parser recurses; 5,000 ``[`` would overflow it).
+#: Deepest JSON nesting accepted, checked on the parsed object (bodies nested far deeper stop the standard
+#: parser's own recursion guard first: a 400 as well).
 MAX_JSON_DEPTH = 64
 
 
@@ -49,26 +53,23 @@ class BadRequest(HTTPException):
         super().__init__(status_code=status_code, detail=detail)
 
 
-def _depth_ok(raw: str, limit: int = MAX_JSON_DEPTH) -> bool:
+_CONTAINERS = frozenset((dict, list))
+
+
+def _too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether parsed JSON nests more than ``limit`` containers deep: one level at a time, each level's values
+    gathered and sorted by C-level iterators (``map``/``compress``), never a Python loop per value."""
+    level = [data] if type(data) in _CONTAINERS else []
     depth = 0
-    in_string = escaped = False
-    for ch in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif ch in "]}":
-            depth -= 1
-    return True
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        is_dict = list(map(dict.__instancecheck__, level))
+        values = list(chain(chain.from_iterable(map(dict.values, compress(level, is_dict))),
+                            chain.from_iterable(compress(level, map(not_, is_dict)))))
+        level = list(compress(values, map(_CONTAINERS.__contains__, map(type, values))))
+    return False
 
 
 def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
@@ -80,12 +81,16 @@ def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
         raw = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(f"{what} is not UTF-8 text") from None
-    if not _depth_ok(raw):
-        raise BadRequest(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    too_deep = BadRequest(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         data = json.loads(raw)
+    except RecursionError:  # the C parser's own guard, far deeper than MAX_JSON_DEPTH
+        raise too_deep from None
     except ValueError as exc:
         raise BadRequest(f"{what} is not valid JSON ({exc})") from None
+    # Fewer openers than the limit cannot nest past it: large bodies are mostly one long string.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _too_deep(data):
+        raise too_deep
     if not isinstance(data, dict):
         raise BadRequest(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
@@ -205,16 +210,17 @@ async def download(http: httpx.AsyncClient, url: str, *, name: str, limit: int,
                    allowed: Callable[[str], bool] = lambda url: True,
                    headers_for: Callable[[str], dict[str, str]] = lambda url: {},
                    auth: httpx.Auth | None = None, max_redirects: int = 5,
-                   refuse: Callable[[httpx.Response], str | None] = lambda response: None) -> bytes:
+                   refuse: Callable[[httpx.Response], str | None] = lambda response: None,
+                   guard: UrlGuard | None = None) -> bytes:
     """A platform's file, streamed and counted: FileTooLarge past ``limit`` bytes (the real count, never a
     header's word), AttachmentUnavailable for anything else that goes wrong. Redirects are followed by hand,
-    each hop checked with ``allowed`` and given only the headers ``headers_for`` grants it (a token goes to
-    the platform's own host, never to the storage it redirects to). ``refuse``: a reason to reject a 200
-    (a login page served instead of the file)."""
+    each hop checked with ``allowed`` (and, with a ``guard``, the addresses its host resolves to) and given
+    only the headers ``headers_for`` grants it (a token goes to the platform's own host, never to the storage
+    it redirects to). ``refuse``: a reason to reject a 200 (a login page served instead of the file). A hop
+    refused is one warning, naming the host only (a presigned URL's query is a credential)."""
     try:
         for _ in range(max_redirects + 1):
-            if urlsplit(url).scheme not in ("http", "https") or not allowed(url):
-                raise AttachmentUnavailable(f"not fetched from {url[:80]}", name=name)
+            await _check_hop(url, name, allowed, guard)
             async with http.stream("GET", url, headers=headers_for(url), auth=auth or httpx.USE_CLIENT_DEFAULT) \
                     as response:
                 if response.is_redirect:
@@ -234,6 +240,17 @@ async def download(http: httpx.AsyncClient, url: str, *, name: str, limit: int,
     except httpx.HTTPError as exc:
         raise AttachmentUnavailable(str(exc), name=name) from None
     raise AttachmentUnavailable(f"too many redirects for {name}", name=name)
+
+
+async def _check_hop(url: str, name: str, allowed: Callable[[str], bool], guard: UrlGuard | None) -> None:
+    try:
+        if urlsplit(url).scheme not in ("http", "https") or not allowed(url):
+            raise UrlRefused(f"{where(url)} is not a host this adapter fetches from")
+        if guard is not None:
+            await guard.check(url)
+    except (UrlRefused, ValueError) as exc:  # ValueError: a URL urlsplit cannot read (a bad port)
+        log.warning("attachment %r not fetched: %s", name, exc)
+        raise AttachmentUnavailable(f"{name} not fetched: {exc}", name=name) from None
 
 
 class StoredFiles:

@@ -25,6 +25,27 @@ def escape_raw_html(markdown: str) -> str:
     return "".join(part if i % 2 else _TAG_START.sub(r"\\<", part) for i, part in enumerate(parts))
 
 
+#: Slack's control characters (``&``, ``<``, ``>``), except an entity already escaped; and the quote markers at
+#: a line's start, which are Markdown (a ``>`` alone starts nothing in Slack).
+_SLACK_SPECIAL = re.compile(r"(?P<quote>^ {0,3}(?:> ?)+)|(?P<char>&(?!(?:amp|lt|gt);)|<|>)", re.M)
+_SLACK_ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def escape_slack(text: str, *, quotes: bool = True, line_start: bool = True) -> str:
+    """``text`` with Slack's control characters escaped, so ``<!channel>`` or ``<@U…>`` that a user or the
+    model wrote is shown, never parsed (no ping, no link). ``&amp;``, ``&lt;`` and ``&gt;`` stay as they are
+    (Slack sends a user's ``&`` as ``&amp;``); with ``quotes``, so do ``>`` quote markers at line starts.
+    ``line_start=False``: ``text`` continues a line (a streamed chunk), so its first character starts none."""
+    def entity(match: re.Match[str]) -> str:
+        quote = match.group("quote")
+        if quote is not None:
+            keep = quotes and (line_start or match.start() > 0)
+            return quote if keep else quote.replace(">", "&gt;")
+        return _SLACK_ENTITY[match.group("char")]
+
+    return _SLACK_SPECIAL.sub(entity, text)
+
+
 @dataclass(frozen=True, slots=True)
 class Formatted:
     """A message ready for a platform: its text and, where the platform uses them, entities or a parse mode."""
@@ -94,13 +115,15 @@ def _entity_dict(entity: Any) -> dict[str, Any]:
 
 
 class SlackFormat:
-    """Markdown to Slack ``mrkdwn`` (``*bold*``, ``<url|text>``), via markdown-to-mrkdwn."""
+    """Markdown to Slack ``mrkdwn`` (``*bold*``, ``<url|text>``), via markdown-to-mrkdwn. The text is escaped
+    first (:func:`escape_slack`): only the links the conversion makes are Slack syntax."""
 
     name = "slack"
 
     def render(self, markdown: str) -> Formatted:
         from markdown_to_mrkdwn import SlackMarkdownConverter
 
+        markdown = escape_slack(markdown)
         try:
             text = SlackMarkdownConverter().convert(markdown)
         except Exception:

@@ -42,7 +42,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.common.http import download
-from adapters.common.markdown import SlackFormat
+from adapters.common.markdown import SlackFormat, escape_slack
 from adapters.common.ratelimit import Rate, RateLimiter
 from adapters.common.renderer import MessageGone, StreamingRenderer
 from adapters.slack import SlackSettings
@@ -154,11 +154,12 @@ class SlackTransport:
         self._format = SlackFormat()
 
     def measure(self, text: str) -> int:
-        return len(text)
+        return len(escape_slack(text))  # what Slack counts: the text as sent
 
     def _body(self, text: str, final: bool) -> dict[str, Any]:
-        # Finished text as Markdown, which Slack renders itself; a streaming preview as mrkdwn text.
-        return {"markdown_text": text} if final else {"text": self._format.render(text).text}
+        # Finished text as Markdown, which Slack renders itself; a streaming preview as mrkdwn text. Both
+        # escaped: a "<!channel>" the user or the model wrote is shown, not sent as a mention.
+        return {"markdown_text": escape_slack(text)} if final else {"text": self._format.render(text).text}
 
     async def send(self, text: str, *, final: bool, closing: bool = False) -> str:
         response = await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel,
@@ -197,7 +198,8 @@ class SlackTransport:
     async def file(self, reply: FileReply) -> str:
         response = await self.adapter.call("files_upload_v2", key="m:files.upload", channel=self.channel,
                                            thread_ts=self.thread_ts, filename=reply.filename, content=reply.data,
-                                           title=reply.filename, initial_comment=reply.caption or None)
+                                           title=reply.filename,
+                                           initial_comment=escape_slack(reply.caption) if reply.caption else None)
         files = response.get("files") or [response.get("file") or {}]
         return str(files[0].get("id", "")) if files else ""
 
@@ -218,7 +220,7 @@ class SlackStreamSink:
         self.native = True
         self.ts: str | None = None
         self.ids: list[str] = []
-        self.sent = ""  # text appended to the current streamed message
+        self.sent = ""  # text appended to the current streamed message, as sent (escaped)
         self.total = ""  # all text streamed natively
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
@@ -243,7 +245,8 @@ class SlackStreamSink:
                 await self._fall_back()
         return await self.renderer.emit(event)
 
-    async def _append(self, text: str) -> None:
+    async def _append(self, raw: str) -> None:
+        text = escape_slack(raw, line_start=not self.total or self.total.endswith("\n"))
         if self.ts is not None and len(self.sent) + len(text) > MESSAGE_LIMIT:
             await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
             self.ts, self.sent = None, ""
@@ -258,7 +261,7 @@ class SlackStreamSink:
         else:
             await self.adapter.call("chat.appendStream", channel=self.channel, ts=self.ts, chunks=chunks)
         self.sent += text
-        self.total += text
+        self.total += raw
 
     async def _finish(self, event: AnswerDone) -> PlatformIds:
         assert self.ts is not None
@@ -266,8 +269,9 @@ class SlackStreamSink:
         streamed = self.total.strip()
         if final == streamed:
             await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
-        elif final.startswith(streamed) and len(self.sent) + len(final) - len(streamed) <= MESSAGE_LIMIT:
-            rest = final[len(streamed):]
+        elif final.startswith(streamed) and \
+                len(self.sent) + len(rest := escape_slack(final[len(streamed):], line_start=not streamed)) \
+                <= MESSAGE_LIMIT:
             await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts,
                                     chunks=[{"type": "markdown_text", "text": rest}])
         else:  # the final text differs from what streamed (a failure notice, a cut): set it
@@ -302,9 +306,11 @@ class _SupportChannel:
             return
         try:
             key = ConversationKey.parse(event.conversation)
-            link = self.adapter.permalink(key) if key.platform == PLATFORM else f"`{event.conversation}`"
+            link = self.adapter.permalink(key) if key.platform == PLATFORM else f"`{escape_slack(event.conversation)}`"
+            # the framework's own link stays Slack syntax; what the user wrote is escaped
             text = i18n.text("handoff_support_notice", self.adapter.settings.conversation.default_language,
-                             user=event.user or "?", link=link, text=event.text[:500])
+                             user=escape_slack(event.user or "?", quotes=False), link=link,
+                             text=escape_slack(event.text[:500], quotes=False))
             await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel, text=text)
         except Exception:
             log.exception("telling the support channel about %s failed", event.conversation)
