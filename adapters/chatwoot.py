@@ -226,7 +226,9 @@ class ChatwootAdapter:
         register_secret(self.token)
         self.verify = self._verifier(conf)
         self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.chatwoot.allow_private_networks")
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
+        # a reply that hangs past 10 s counts as failed (the outbox sends it again); uploads may write longer
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0, write=30.0),
+                                              follow_redirects=False)
         self._own_http = http is None
         self.assist = {str(i) for i in conf.agent_assist_inboxes}
         self.channel = Channel(PLATFORM, ChatwootFetcher(self), lambda context: ChatwootSink(self, context),
@@ -404,9 +406,9 @@ class ChatwootAdapter:
         return "stored"
 
     async def _posted_answer(self, data: dict[str, Any], key: ConversationKey) -> bool:
-        """Our own answer, back from Chatwoot: while its question is not yet stored as answered (the replica
-        that posted it may have died before the store's commit), note with the question which Chatwoot
-        message answers it."""
+        """Our own answer, back from Chatwoot: note with the question which Chatwoot message answers it, so
+        the answer is not posted twice — by a replica taking over from one that died before the store's
+        commit, or by the outbox sending again an answer whose first send timed out after Chatwoot took it."""
         attributes = data.get("content_attributes")
         mark = attributes.get(ANSWER_MARK) if isinstance(attributes, dict) else None
         if not isinstance(mark, int) or isinstance(mark, bool) or mark <= 0:
@@ -416,7 +418,8 @@ class ChatwootAdapter:
             question = await store.message(mark)
         except KeyError:
             return False
-        if question.key != key or question.state not in ("received", "answering"):
+        # "answered": stored before Chatwoot took it (the outbox sends it again, and must see it arrived)
+        if question.key != key or question.state not in ("received", "answering", "answered"):
             return False
         await store.set_drafts(mark, (POSTING, f"{POSTED}{data.get('id')}"))
         return True

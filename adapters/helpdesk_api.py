@@ -27,7 +27,6 @@ The routes and their JSON shapes are in the served OpenAPI schema (``/openapi.js
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -92,7 +91,8 @@ class HelpdeskApiSettings(AdapterSection):
     persona: str = "support"
     secret_env: str = Field("HELPDESK_API_SECRET", description="environment variable with the HMAC secret")
     callback_url: str = Field("", description="where replies are POSTed, signed; empty = polling only")
-    callback_attempts: int = Field(5, ge=1, le=20, description="tries per callback (back-off 1, 2, 4… s)")
+    callback_attempts: int = Field(5, ge=1, le=20, description="accepted for older configs; a callback that "
+                                   "fails is now sent again by the outbox until conversation.delivery_deadline_seconds")
     attachment_hosts: list[str] = Field(
         default_factory=list, description="hosts attachment URLs may come from (*.example.com allowed); "
                                           "empty = attachments only inline")
@@ -293,9 +293,12 @@ class CallbackSink:
                 isinstance(event, AnswerDone) and event.silent):
             return None  # streamed chunks, status, a turn cancelled before any text: a callback per reply
         self.count += 1
-        # the same id when a turn is re-run after a restart, so receivers can drop what they have seen
-        turn = f"m{self.context.message_id}" if self.context.message_id is not None else uuid.uuid4().hex
-        delivery = f"{turn}-{self.count}"
+        # the same id when a turn is re-run after a restart or the outbox sends it again, so receivers can drop
+        # what they have seen: the turn's own, or the stored reply's, with the event's place in it
+        context = self.context
+        turn = (f"m{context.message_id}" if context.message_id is not None
+                else f"r{context.reply_row}" if context.reply_row is not None else uuid.uuid4().hex)
+        delivery = f"{turn}-{self.count}" if not isinstance(event, AnswerDone) else f"{turn}-answer"
         payload = ApiCallback(
             id=delivery, type="answer", conversation_id=self.context.key.chat, in_reply_to=self.context.reply_to,
             text="", private=self.private, language=self.context.language, at=time.time())
@@ -483,36 +486,31 @@ class HelpdeskApiAdapter:
     # -- callbacks --------------------------------------------------------------------------
 
     async def callback(self, payload: ApiCallback) -> None:
-        """POST one reply to ``callback_url``, signed, retried with back-off; never raises."""
+        """POST one reply to ``callback_url``, signed, once. A 429, a 5xx or a network error raises (the
+        outbox sends it again later, with the same delivery id, never holding the conversation); a refusal
+        (another 4xx) is logged and not retried. Polling has every reply either way."""
         if not self.conf.callback_url:
             return
         body = json.dumps(payload.model_dump(exclude_none=True), ensure_ascii=False, separators=(",", ":")).encode()
-        for attempt in range(1, self.conf.callback_attempts + 1):
-            timestamp = str(int(time.time()))
-            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp, DELIVERY_HEADER: payload.id,
-                       SIGNATURE_HEADER: sign(self.secret.encode(), timestamp, body)}
-            try:
-                response = await self.http.post(self.conf.callback_url, content=body, headers=headers)
-                if response.is_success:
-                    self.callbacks_delivered += 1
-                    return
-                if response.status_code < 500 and response.status_code != 429:
-                    log.error("helpdesk callback %s refused: HTTP %d", payload.id, response.status_code)
-                    self.callbacks_failed += 1
-                    return
-                reason = f"HTTP {response.status_code}"
-                retry_after = response.headers.get("retry-after", "")
-                delay = float(retry_after) if retry_after.isdigit() else self.backoff * 2 ** (attempt - 1)
-            except httpx.HTTPError as exc:
-                reason = type(exc).__name__
-                delay = self.backoff * 2 ** (attempt - 1)
-            if attempt < self.conf.callback_attempts:
-                log.warning("helpdesk callback %s: %s (attempt %d/%d), retrying in %.1f s", payload.id, reason,
-                            attempt, self.conf.callback_attempts, delay)
-                await asyncio.sleep(min(delay, 60.0))
+        timestamp = str(int(time.time()))
+        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp, DELIVERY_HEADER: payload.id,
+                   SIGNATURE_HEADER: sign(self.secret.encode(), timestamp, body)}
+        try:
+            response = await self.http.post(self.conf.callback_url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            self.callbacks_failed += 1
+            log.warning("helpdesk callback %s: %s (sent again later)", payload.id, type(exc).__name__)
+            raise
+        if response.is_success:
+            self.callbacks_delivered += 1
+            return
         self.callbacks_failed += 1
-        log.error("helpdesk callback %s not delivered after %d attempts (the reply can be polled)", payload.id,
-                  self.conf.callback_attempts)
+        if response.status_code < 500 and response.status_code != 429:
+            log.error("helpdesk callback %s refused: HTTP %d (not sent again; the reply can be polled)", payload.id,
+                      response.status_code)
+            return
+        log.warning("helpdesk callback %s: HTTP %d (sent again later)", payload.id, response.status_code)
+        response.raise_for_status()
 
 
 def verify_callback(secret: str, headers: Mapping[str, str], body: bytes, *, max_age: float = 300) -> bool:

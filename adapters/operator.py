@@ -54,7 +54,7 @@ TICKET_SECONDS = 600
 HEARTBEAT_SECONDS = 15.0
 #: Labels of the page; their texts are the ``op_<name>`` entries of the catalogs (bot/locales).
 UI_KEYS = ("title", "token", "name", "sign_in", "bad_token", "waiting", "active", "none_waiting", "pick", "reply",
-           "send", "take", "give_back", "waited", "sign_out", "with_person", "with_bot")
+           "send", "take", "give_back", "waited", "sign_out", "with_person", "with_bot", "not_delivered")
 #: Images shown inline in a transcript; anything else is offered as a download.
 INLINE_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 

@@ -74,8 +74,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                     await slack.send_socket_event(payload)
 
                 def answers(channel: str, ts: str, want: str) -> list[object]:
-                    return [m for m in slack.messages(channel, ts)
-                            if m.ts != ts and not m.deleted and m.text.strip() == want and not m.streaming]
+                    # a channel's question is answered in its thread; a DM's at the DM's top level (one
+                    # conversation per DM, like a Telegram private chat)
+                    shown = slack.messages(channel) if channel.startswith("D") else slack.messages(channel, ts)
+                    return [m for m in shown if m.ts != ts and not m.deleted and m.text.strip() == want
+                            and not m.streaming and (m.thread_ts is None) == channel.startswith("D")]
 
                 with contextlib.suppress(TimeoutError):  # what never came is counted as lost below
                     await slack.wait_for(lambda: all(answers(c, ts, w) for c, ts, _, w in asked), args.timeout)
@@ -88,7 +91,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                     duplicates += max(0, len(found) - 1)
                     seen = [c.time for c in slack.calls if c.status == 200
                             and c.method in ("chat.startStream", "chat.postMessage")
-                            and c.params.get("channel") == channel and c.params.get("thread_ts") == ts]
+                            and c.params.get("channel") == channel
+                            and c.params.get("thread_ts") == (None if channel.startswith("D") else ts)]
                     if seen:
                         ttfv.append((min(seen) - at) * 1000)
                 unhandled = max(0, slack.served_429 - adapter.limiter.honoured)

@@ -148,6 +148,9 @@ class ConversationSettings(Section):
     short_text_chars: int = Field(24, ge=0)
     max_message_chars: int = Field(16000, ge=1)
     max_pending_per_conversation: int = Field(20, ge=1)
+    delivery_deadline_seconds: float = Field(
+        3600.0, gt=0, description="how long a reply the platform did not take is sent again before it is given "
+                                  "up (the operator inbox shows it as not delivered)")
     max_parallel_conversations: int = Field(64, ge=1)
     history_token_budget: int = Field(0, ge=0, description="0 = context length minus max_new_tokens")
 

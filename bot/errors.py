@@ -6,7 +6,10 @@ the user's language, so errors never carry English prose into a Portuguese conve
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import httpx
 
 
 class BotError(Exception):
@@ -170,3 +173,20 @@ class UsageLimitReached(InputError):
         super().__init__(f"{user_key}: limit {limit}, wait {wait:.0f} s", limit=limit, wait=wait)
         self.user_key = user_key
         self.wait = wait
+
+
+def default_retry_after(exc: BaseException) -> float | None:
+    """Seconds to wait before sending to a platform again when ``exc`` passes (HTTP 429 or 5xx, a timeout, a
+    network error); None when sending again would fail the same way. An adapter whose SDK raises its own
+    errors gives its own (``Channel.retry_after``)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        if status == 429 or status >= 500:
+            try:
+                return max(0.0, float(exc.response.headers.get("Retry-After", "0")))
+            except ValueError:
+                return 0.0
+        return None
+    if isinstance(exc, httpx.TransportError | OSError | asyncio.TimeoutError):
+        return 0.0
+    return None

@@ -44,6 +44,7 @@ from bot.language import LanguageDetector, choose_language
 from bot.limits import UsageGuard
 from bot.logs import conversation_var
 from bot.metrics import Metrics
+from bot.outbox import NOT_DELIVERED, Outbox
 from bot.personas import Persona, load_personas
 from bot.phrases import asks_for_human
 from bot.prompting import PromptBuilder
@@ -121,6 +122,7 @@ class ConversationManager:
         self.desk = HandoffDesk(store, self.notifiers, self.metrics, self.resolver, self.scheduler, self._deliver,
                                 self.conf.default_language, settle=self._resolve)
         self.commands = Commands(settings, store, self.personas, self.persona_for, self._on_reset)
+        self.outbox = Outbox(store, self.channel, self.metrics, deadline=self.conf.delivery_deadline_seconds)
         self._channels: dict[str, Channel] = {}
         self._done: dict[int, asyncio.Future[str]] = {}
         self._arrived: dict[int, float] = {}
@@ -176,6 +178,7 @@ class ConversationManager:
         if self.settings.store.retention_days and self._housekeeping is None:
             await self._purge()
             self._housekeeping = asyncio.create_task(self._purge_forever())
+        self.outbox.start(getattr(self.store, "elect", None))  # with replicas: one replica delivers
         return resumed
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -188,6 +191,7 @@ class ConversationManager:
             self._housekeeping.cancel()
             self._housekeeping = None
         await self.scheduler.stop(grace)
+        await self.outbox.stop()
         background = list(self.desk.background)
         if background:
             _, late = await asyncio.wait(background, timeout=max(grace, 1.0))
@@ -328,7 +332,7 @@ class ConversationManager:
                               previous=msg.drafts, record=record, route=msg.route, language=lang)
         sink = MeteredSink(channel.sink_for(context), self.metrics, msg.key.platform,
                            self._arrived.get(msg.id) or time.monotonic())
-        return Turn(msg, channel, lang, Relay(sink), self.store)
+        return Turn(msg, channel, lang, Relay(sink), self.store, context=context)
 
     async def _process(self, msg: StoredMessage) -> None:
         conversation_var.set(str(msg.key))
@@ -486,8 +490,9 @@ class ConversationManager:
                 async for raw in self.engine.stream(prompt.messages, generation):
                     chunk = strip_controls(raw)
                     await relay.push(marker.feed(chunk) if marker else chunk)
-                    if relay.error is not None:
-                        raise relay.error  # the platform is gone: stop generating for it
+                    if relay.error is not None and turn.channel.retry_after(relay.error) is None:
+                        raise relay.error  # the platform refused for good: stop generating for it
+                    # (a platform down for a while: the answer is finished and kept for the outbox)
             finally:
                 self._engine_gate.release()
             if marker:
@@ -505,8 +510,8 @@ class ConversationManager:
                     await relay.send(AnswerDone(relay.streamed.strip(), outcome="failed"))
             raise
         answer = relay.streamed.strip() or i18n.text("empty_answer", lang)
-        ids = platform_ids(await relay.send(AnswerDone(answer)))
-        await self.store.finish(msg.id, "answered", reply=answer, reply_platform_ids=ids)
+        if not await self._deliver_final(turn, AnswerDone(answer)):
+            return  # kept in the outbox (stored as answered): the lane is free, the outbox sends it
         turn.finished = True
         if marker and marker.found:
             await self.desk.model_gave_up(turn)
@@ -532,6 +537,31 @@ class ConversationManager:
         """A person's answer in a handed-off conversation: stored and sent to the user as theirs."""
         return await self.desk.operator_reply(key, text, author=author)
 
+    async def _deliver_final(self, turn: Turn, event: AnswerDone) -> bool:
+        """The turn's final answer: sent now, or — the platform failing for a while, or earlier replies of the
+        conversation still waiting — stored as the answer and kept in the outbox. True when it was sent."""
+        msg = turn.msg
+        held_back = self.outbox.maybe_waiting(msg.key) and await self.outbox.waiting(msg.key)
+        error: BaseException | None = None
+        if not held_back:
+            try:
+                ids = platform_ids(await turn.relay.send(event))
+            except Exception as exc:
+                if turn.channel.retry_after(exc) is None:
+                    raise
+                error = exc
+            else:
+                await self.store.finish(msg.id, "answered", reply=event.text, reply_platform_ids=ids)
+                return True
+        drafts = (await self.store.message(msg.id)).drafts  # what the failed attempt left: completed, not doubled
+        row = await self.store.finish(msg.id, "answered", reply=event.text)
+        assert row is not None
+        context = replace(turn.context or SinkContext(msg.key), previous=drafts, record=None)
+        wait = (turn.channel.retry_after(error) or 0.0) if error is not None else 0.0
+        await self.outbox.keep(msg.key, event, row=row, context=context, error=error, wait=wait)
+        turn.finished = True
+        return False
+
     async def _deliver(self, key: ConversationKey, event: ReplyEvent) -> int:
         """Send an event to a conversation outside any turn and store it as a notice; its message id."""
         channel = self.channel(key.platform)
@@ -542,17 +572,26 @@ class ConversationManager:
                 break
         conv = await self.store.conversation(key)
         lang = conv.language or conv.last_language or self.conf.default_language
-        sink = MeteredSink(channel.sink_for(SinkContext(key=key, route=route, language=lang)), self.metrics,
-                           key.platform, time.monotonic())
-        ids: tuple[str, ...] = ()
-        try:
-            ids = platform_ids(await sink.emit(event))
-        except Exception:
-            log.exception("delivering %s to %s failed", type(event).__name__, key)
         text = getattr(event, "text", "")
         author = getattr(event, "author", "") or ""
-        return await self.store.add_message(key, NewMessage(
-            role="assistant", text=text, kind="notice", state="answered", sender_name=author, platform_ids=ids))
+        row = await self.store.add_message(key, NewMessage(  # stored first: an operator's words are never lost
+            role="assistant", text=text, kind="notice", state="answered", sender_name=author))
+        context = SinkContext(key=key, route=route, language=lang, reply_row=row)
+        if self.outbox.maybe_waiting(key) and await self.outbox.waiting(key):
+            await self.outbox.keep(key, event, row=row, context=context)  # in order, behind earlier replies
+            return row
+        sink = MeteredSink(channel.sink_for(context), self.metrics, key.platform, time.monotonic())
+        try:
+            await self.store.set_platform_ids(row, platform_ids(await sink.emit(event)))
+        except Exception as exc:
+            wait = channel.retry_after(exc)
+            if wait is not None:
+                await self.outbox.keep(key, event, row=row, context=context, error=exc, wait=wait)
+            else:
+                log.error("delivering %s to %s failed for good: %s", type(event).__name__, key, exc)
+                await self.store.set_state(row, "failed", error=f"{NOT_DELIVERED}: {type(exc).__name__}: {exc}"[:500])
+                self.metrics.delivery_failed.labels(key.platform).inc()
+        return row
 
     async def regenerate(self, key: ConversationKey, answer_platform_id: str, *, sender: Sender,
                          event_id: str | None = None, locale: str | None = None) -> Ticket | None:

@@ -37,6 +37,12 @@ class Metrics:
         self.handoffs = Counter("internvl_bot_handoffs_total", "Conversations handed to a human",
                                 ["adapter"], registry=r)
         self.queue_depth = Gauge("internvl_bot_queue_depth", "Messages queued or being answered", registry=r)
+        self.delivery_failed = Counter("internvl_bot_delivery_failed_total",
+                                       "Replies given up after the delivery deadline (or refused for good)",
+                                       ["adapter"], registry=r)
+        self.redelivered = Counter("internvl_bot_redelivered_total",
+                                   "Replies delivered by the outbox after a failed first send", ["adapter"],
+                                   registry=r)
         self.held_messages = Counter("internvl_bot_held_messages_total",
                                      "Messages kept for a person (conversation handed off), not answered by the bot",
                                      registry=r)

@@ -58,9 +58,11 @@ class Relay:
 
     async def push(self, text: str) -> None:
         """A chunk of the answer, from the engine loop. Never waits for a platform."""
-        if not text or self.error is not None:
+        if not text:
             return
-        self.streamed += text
+        self.streamed += text  # the whole answer, also when the sink failed (the outbox may send it later)
+        if self.error is not None:
+            return
         self.chunks_in += 1
         if self.immediate and not self._items and (self._pump is None or self._pump.done()):
             with contextlib.suppress(Exception):

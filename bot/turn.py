@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from bot.relay import Relay
 from bot.store import NewMessage, Store, StoredMessage
-from bot.types import Channel, Notice, ReplyEvent, platform_ids
+from bot.types import Channel, Notice, ReplyEvent, SinkContext, platform_ids
 
 
 @dataclass(eq=False)
@@ -18,6 +18,7 @@ class Turn:
     relay: Relay
     store: Store
     finished: bool = False
+    context: SinkContext | None = None  # how its sink was built (the outbox builds another the same way)
 
     async def say(self, event: ReplyEvent) -> tuple[str, ...]:
         """Send ``event`` (in order, after any text streamed so far); the platform ids it got."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from bot.errors import AttachmentUnavailable, FileTooLarge
+from bot.errors import AttachmentUnavailable, FileTooLarge, default_retry_after
 
 #: The empty route (shared: most messages have none).
 NO_ROUTE: Mapping[str, str] = MappingProxyType({})
@@ -247,6 +247,12 @@ class SinkContext:
     record: Callable[[Sequence[str]], Awaitable[None]] | None = None
     route: Mapping[str, str] = field(default_factory=lambda: NO_ROUTE)
     language: str = "en"
+    #: for an event outside any turn (an operator's reply, a notice): its own row in the store, the same
+    #: when the outbox sends it again (a platform that recognises repeats keys on it)
+    reply_row: int | None = None
+    #: the outbox sends this event again after a send that failed: a platform whose API can find an earlier
+    #: copy (the first send may have arrived although its answer did not) looks before posting
+    resend: bool = False
 
     async def remember(self, ids: Sequence[str]) -> None:
         """Record the platform messages created so far (no-op when nobody listens)."""
@@ -425,3 +431,6 @@ class Channel:
     #: the sender's locale, asked when the turn starts if the event did not carry it: a platform where it
     #: costs a network call (Slack's users.info) stores the message first and looks it up after the ack
     locale_of: Callable[[str], Awaitable[str | None]] | None = None
+    #: seconds to wait before sending again after a send failed with this error (a 429, a 5xx, a timeout),
+    #: or None when it would fail again: what the outbox retries (bot/outbox.py)
+    retry_after: Callable[[BaseException], float | None] = default_retry_after

@@ -56,11 +56,12 @@ class LoggingSink(CollectingSink):
         self.key = key
         self.log = log
         self.fail_on_chunk = fail_on_chunk
+        self.failure: BaseException = ConnectionError("platform down")
         self.chunk_seen = asyncio.Event()
 
     async def emit(self, event: ReplyEvent) -> str | None:
-        if self.fail_on_chunk and isinstance(event, TextChunk):
-            raise ConnectionError("platform down")
+        if self.fail_on_chunk and isinstance(event, TextChunk | AnswerDone):
+            raise self.failure
         if isinstance(event, TextChunk):
             self.chunk_seen.set()
         self.log.append((self.key.chat, event))
@@ -78,6 +79,7 @@ class Harness:
         self.sinks: dict[str, LoggingSink] = {}
         self.log: list[tuple[str, ReplyEvent]] = []
         self.broken_sinks: set[str] = set()
+        self.failure: BaseException = ConnectionError("platform down")
         self.manager.register(Channel(platform, self.fetcher, self._sink))
         self._events = 0
 
@@ -87,6 +89,7 @@ class Harness:
             self.sinks[key.chat] = LoggingSink(key, self.log)
         sink = self.sinks[key.chat]
         sink.fail_on_chunk = key.chat in self.broken_sinks
+        sink.failure = self.failure
         return sink
 
     def key(self, chat: str) -> ConversationKey:
@@ -426,12 +429,39 @@ async def test_engine_failure_is_polite_and_the_worker_survives(harness: Callabl
     assert await h.ask("c1", "a normal question") == "answered"
 
 
-async def test_broken_platform_sink_fails_the_message_not_the_worker(harness: Callable[..., Harness]) -> None:
+async def test_a_sink_refusing_for_good_fails_the_message_not_the_worker(harness: Callable[..., Harness]) -> None:
     h = harness()
     h.broken_sinks.add("c1")
+    h.failure = ValueError("the platform refuses this message")  # not something that passes
     assert await h.ask("c1", "hello") == "failed"
     h.broken_sinks.clear()
     assert await h.ask("c1", "hello again") == "answered"
+
+
+async def test_a_platform_down_for_a_while_gets_every_answer_in_order_when_back(
+        harness: Callable[..., Harness]) -> None:
+    """The platform fails (a network error) while answers are produced: each is stored and kept, the
+    conversation's lane is free meanwhile, and when the platform answers again they arrive in order —
+    a newer answer waits behind older kept ones even though its own send would work."""
+    h = harness()
+    await h.manager.start()
+    try:
+        h.broken_sinks.add("c1")
+        assert await h.ask("c1", "first") == "answered"  # stored; kept for the platform
+        assert await h.ask("c1", "second") == "answered"
+        assert [e.text for c, e in h.log if c == "c1" and isinstance(e, AnswerDone)] == []
+        h.broken_sinks.clear()
+        assert await h.ask("c1", "third") == "answered"
+        await h.manager.outbox.deliver_due()
+        for _ in range(200):
+            if len([e for c, e in h.log if c == "c1" and isinstance(e, AnswerDone)]) == 3:
+                break
+            await asyncio.sleep(0.05)
+        finals = [e.text for c, e in h.log if c == "c1" and isinstance(e, AnswerDone)]
+        assert finals == ["echo: first", "echo: second", "echo: third"], finals
+        assert not await h.manager.outbox.waiting(h.key("c1"))
+    finally:
+        await h.manager.stop(1)
 
 
 async def test_missing_attachment_bytes(harness: Callable[..., Harness]) -> None:

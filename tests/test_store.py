@@ -99,6 +99,18 @@ class StoreContract:
         await store.drop_stash("telegram:album:1")
         assert list(await store.stashed("telegram:")) == ["telegram:album:2"]
 
+    async def test_a_reply_delivered_later_is_found_by_its_platform_ids(self, store: Store) -> None:
+        key = ConversationKey("telegram", "42")
+        question = await store.add_message(key, NewMessage(role="user", text="q", platform_message_id="7"))
+        reply = await store.finish(question, "answered", reply="a long answer")
+        assert reply is not None
+        assert await store.find_by_platform_id("telegram", "42", "901") is None
+        await store.set_platform_ids(reply, ["901", "902"])
+        for pid in ("901", "902"):
+            found = await store.find_by_platform_id("telegram", "42", pid)
+            assert found is not None and found.id == reply, pid
+        assert (await store.message(reply)).platform_ids == ("901", "902")
+
     async def test_dropping_the_pieces_read_keeps_a_piece_stashed_meanwhile(self, store: Store) -> None:
         await store.stash("telegram:album:3", "301", "a")
         await store.stash("telegram:album:3", "302", "b")

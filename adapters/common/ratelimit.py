@@ -81,9 +81,16 @@ class RateLimiter:
             self._paused[key] = max(self._paused.get(key, 0.0), until)
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]], *,
-                   retry_after: Callable[[BaseException], float | None], attempts: int = 8) -> T:
+                   retry_after: Callable[[BaseException], float | None], attempts: int = 8,
+                   limited: Callable[[BaseException], float | None] | None = None, network_attempts: int = 2) -> T:
         """``await fn()`` within the limits of ``key``. When it raises and ``retry_after(exc)`` gives a
-        number of seconds (a 429), wait that long and call again, up to ``attempts`` times in all."""
+        number of seconds (a 429), wait that long and call again, up to ``attempts`` times in all.
+
+        With ``limited`` (which says which errors are the platform's rate limits), other errors that
+        ``retry_after`` retries (a network error, a 5xx) are tried ``network_attempts`` times at most: a
+        platform that is down is left to the outbox (bot/outbox.py) rather than waited for here, where
+        the turn's reply (and the previews ahead of it) would wait too."""
+        network = 0
         for attempt in range(1, attempts + 1):
             await self.acquire(key)
             try:
@@ -92,6 +99,10 @@ class RateLimiter:
                 wait = retry_after(exc)
                 if wait is None or attempt == attempts:
                     raise
+                if limited is not None and limited(exc) is None:
+                    network += 1
+                    if network >= network_attempts:
+                        raise
                 self.honoured += 1
                 log.info("rate limited on %s: waiting %.1f s as the platform asked (attempt %d)", key, wait,
                          attempt)

@@ -128,9 +128,13 @@ def split_text(text: str, limit: int, measure: Measure = len) -> list[str]:
     margin = 8  # room for closing a code fence
     while measure(reopen + rest) > limit:
         body = reopen + rest
-        cut = _cut(body[:_window(body, limit - margin, measure)])
+        window = _window(body, limit - margin, measure)
+        cut = _cut(body[:window])
         if cut <= len(reopen):
-            cut = _window(body, limit - margin, measure)
+            if window <= len(reopen):  # the fence's opening line alone fills a piece: it is not reopened
+                reopen = ""
+                continue
+            cut = window
         piece = body[:cut].rstrip()
         fence = _open_fence(piece)
         if fence is not None:
@@ -181,6 +185,8 @@ class StreamingRenderer:
         #: progress goes to the platform's status line (Slack's assistant status), not a placeholder message
         self.progress_as_status = progress_as_status
         self._typing: asyncio.Task[None] | None = None
+        self.previews_off = False  # set when a preview failed: the platform gets the final text only
+        self._status_call: asyncio.Task[None] | None = None
         self._closing = False  # rendering the finished answer: its last message gets the platform's buttons
 
     # -- ReplySink ------------------------------------------------------------------------
@@ -240,6 +246,8 @@ class StreamingRenderer:
     # -- streaming ------------------------------------------------------------------------
 
     async def _maybe_flush(self) -> None:
+        if self.previews_off:
+            return
         due = self._last_write + self.min_interval
         if self.clock() >= due:
             async with self._lock:
@@ -251,7 +259,7 @@ class StreamingRenderer:
     async def _flush_at(self, due: float) -> None:
         await asyncio.sleep(max(0.0, due - self.clock()))
         async with self._lock:
-            if not self.done:
+            if not self.done and not self.previews_off:
                 await self._render(self.answer, final=False)
 
     def _cancel_timer(self) -> None:
@@ -259,13 +267,24 @@ class StreamingRenderer:
             self._timer.cancel()
         self._timer = None
 
+    def _cosmetic(self, status: Status) -> None:
+        """A status or typing call, never awaited in front of the answer's text: one in flight at a time, a
+        newer one while it runs is dropped (a platform's status bucket is small and shared)."""
+        if self._status_call is not None and not self._status_call.done():
+            return
+
+        async def call() -> None:
+            with contextlib.suppress(Exception):
+                await self.transport.status(status)
+
+        self._status_call = asyncio.create_task(call())
+
     async def _status(self, status: Status) -> None:
         now = self.clock()
         if status.kind == "progress" and status.text and self.progress_as_status:
             if not self.answer and now >= self._last_typing + self.min_interval:
                 self._last_typing = now
-                with contextlib.suppress(Exception):
-                    await self.transport.status(status)
+                self._cosmetic(status)
             return
         if status.kind == "progress" and status.text and not self.answer:
             self.placeholder = status.text
@@ -276,8 +295,7 @@ class StreamingRenderer:
             return
         if now >= self._last_typing + self.typing_interval:
             self._last_typing = now
-            with contextlib.suppress(Exception):
-                await self.transport.status(status)
+            self._cosmetic(status)
         if self.keep_typing and status.kind == "typing" and self._typing is None:
             self._typing = asyncio.create_task(self._typing_until_text(status))
 
@@ -295,6 +313,8 @@ class StreamingRenderer:
     def _stop_typing(self) -> None:
         if self._typing is not None and not self._typing.done():
             self._typing.cancel()
+        if self._status_call is not None and not self._status_call.done():
+            self._status_call.cancel()  # a status landing after the answer would show "thinking" again
 
     async def _render(self, text: str, *, final: bool) -> None:
         """Bring the platform to ``text``: finished pieces formatted, the growing one as a preview."""
@@ -353,8 +373,10 @@ class StreamingRenderer:
             raise
         except Exception as exc:
             if final:
-                raise  # the finished text must arrive; the relay fails the turn and the user is told
-            log.info("a streaming update was skipped: %s", exc)
+                raise  # the finished text must arrive: sent again by the outbox, or the user is told
+            # a platform failing (down, hanging) gets no more previews this turn: only the final text
+            self.previews_off = True
+            log.info("a streaming update failed (%s): no more previews for this answer", exc)
 
     async def _standalone(self, text: str) -> tuple[str, ...]:
         """A complete message (a notice, an error), split under the limit, formatted."""

@@ -73,6 +73,7 @@ T = TypeVar("T")
 logging.getLogger("slack_bolt.AsyncApp").addFilter(lambda record: "will be unused" not in record.getMessage())
 
 PLATFORM = "slack"
+ANSWER_EVENT = "internvl_bot_answer"  # message metadata on answers: which question (store id) they answer
 #: a message's link (``…/archives/C…/p1712345678123456``, or the ts itself) names the thread of a slash command
 THREAD_LINK = re.compile(r"<?(?:https?://\S+/archives/[A-Z0-9]+/)?p?(?P<sec>\d{10})\.?(?P<usec>\d{6})(?:\?\S*)?>?")
 EVENTS_PATH = "/slack/events"
@@ -83,11 +84,11 @@ TIERS: dict[str, Rate] = {
     "chat.update": (50, 60), "chat.delete": (50, 60), "chat.startStream": (20, 60), "chat.stopStream": (20, 60),
     "chat.appendStream": (100, 60), "assistant.threads.setStatus": (100, 60),
     "assistant.threads.setSuggestedPrompts": (100, 60), "assistant.threads.setTitle": (100, 60),
-    "users.info": (100, 60), "files.upload": (20, 60),
+    "users.info": (100, 60), "files.upload": (20, 60), "conversations.replies": (50, 60),
 }
 #: Methods whose call can be repeated after a network error without showing anything twice.
 REPEATABLE = {"chat.update", "chat.delete", "assistant.threads.setStatus", "assistant.threads.setSuggestedPrompts",
-              "assistant.threads.setTitle", "users.info"}
+              "assistant.threads.setTitle", "users.info", "conversations.replies"}
 _STREAM_GONE = {"message_not_in_streaming_state", "message_not_found", "streaming_state_conflict",
                 "invalid_stream", "stream_expired"}
 
@@ -152,6 +153,7 @@ class SlackTransport:
         self.channel = context.key.chat
         self.thread_ts = context.key.thread or None
         self._format = SlackFormat()
+        self._looked = False
 
     def measure(self, text: str) -> int:
         return len(escape_slack(text))  # what Slack counts: the text as sent
@@ -162,9 +164,39 @@ class SlackTransport:
         return {"markdown_text": escape_slack(text)} if final else {"text": self._format.render(text).text}
 
     async def send(self, text: str, *, final: bool, closing: bool = False) -> str:
+        if self.context.resend and not self._looked:
+            self._looked = True
+            earlier = await self._earlier_copy()
+            if earlier is not None:  # the failed send had arrived: finish that message, post no second one
+                await self.edit(earlier, text, final=final, closing=closing)
+                return earlier
         response = await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel,
-                                           thread_ts=self.thread_ts, unfurl_links=False, **self._body(text, final))
+                                           thread_ts=self.thread_ts, unfurl_links=False, metadata=self._mark(),
+                                           **self._body(text, final))
         return str(response["ts"])
+
+    def _mark(self) -> dict[str, Any] | None:
+        """Message metadata naming the question an answer belongs to, so a resend can find it."""
+        if self.context.message_id is None:
+            return None
+        return {"event_type": ANSWER_EVENT, "event_payload": {"question": str(self.context.message_id)}}
+
+    async def _earlier_copy(self) -> str | None:
+        """Our message for this question in the thread, if an earlier send reached Slack (top-level DMs have
+        no thread to look in: there a send whose answer was lost can still arrive twice)."""
+        mark = self._mark()
+        if mark is None or not self.thread_ts:
+            return None
+        try:
+            found = await self.adapter.call("conversations.replies", channel=self.channel, ts=self.thread_ts,
+                                            include_all_metadata=True, limit=200)
+        except SlackApiError as exc:
+            log.info("looking for an earlier copy of the answer failed (%s): posting it", slack_error(exc))
+            return None
+        for message in reversed(found.get("messages") or []):
+            if message.get("bot_id") and (message.get("metadata") or {}) == mark:
+                return str(message["ts"])
+        return None
 
     async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None:
         try:
@@ -335,7 +367,10 @@ class SlackAdapter:
         signing = self._secret(conf.signing_secret_env, "the app's Signing Secret") if conf.mode == "http" else None
         # one aiohttp session for every Web API call (slack-sdk opens a new one per call without it)
         self._session = aiohttp.ClientSession() if client is None else None
-        self.client = client or AsyncWebClient(token=self.bot_token, base_url=conf.api_url, session=self._session)
+        # a send that hangs past 10 s counts as failed: the outbox sends it again (a hung platform is not waited
+        # for by the conversation); uploads have the same budget per request
+        self.client = client or AsyncWebClient(token=self.bot_token, base_url=conf.api_url, session=self._session,
+                                               timeout=10)
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
         self.app = AsyncApp(client=self.client, signing_secret=signing, process_before_response=False,
@@ -350,7 +385,7 @@ class SlackAdapter:
         self.file_hosts = {h.lower() for h in conf.file_hosts} | {(urlsplit(conf.api_url).hostname or "").lower()}
         self.channel = Channel(PLATFORM, SlackFetcher(self), self._sink_for, conf.persona or None,
                                command_prefixes=(conf.command_prefix, "/"), policy=conf.policy(settings.limits),
-                               locale_of=self.locale)
+                               locale_of=self.locale, retry_after=retry_after_or_network)
         manager.register(self.channel)
         if conf.support_channel:
             manager.add_notifier(_SupportChannel(self, conf.support_channel))
@@ -384,7 +419,7 @@ class SlackAdapter:
         attribute = method if method.startswith("files_") else method.replace(".", "_")
         fn: Callable[..., Awaitable[Any]] = getattr(self.client, attribute)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return await self.limiter.call(key or f"m:{method}", lambda: fn(**kwargs),
+        return await self.limiter.call(key or f"m:{method}", lambda: fn(**kwargs), limited=retry_after,
                                        retry_after=retry_after_or_network if method in REPEATABLE else retry_after)
 
     def renderer(self, context: SinkContext) -> StreamingRenderer:
@@ -393,7 +428,7 @@ class SlackAdapter:
 
     def _sink_for(self, context: SinkContext) -> StreamingRenderer | SlackStreamSink:
         native = (self.conf.native_streaming and context.key.thread and context.route.get("team")
-                  and context.route.get("user") and not context.previous)
+                  and context.route.get("user") and not context.previous and not context.resend)
         return SlackStreamSink(self, context) if native else self.renderer(context)
 
     def permalink(self, key: ConversationKey) -> str:

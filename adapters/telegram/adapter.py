@@ -223,7 +223,7 @@ class TelegramTransport:
         return formatted.text, entities
 
     async def _call(self, fn: Callable[[], Awaitable[T]], *, repeatable: bool) -> T:
-        return await self.adapter.limiter.call(self._key, fn,
+        return await self.adapter.limiter.call(self._key, fn, limited=retry_after,
                                                retry_after=retry_after_or_network if repeatable else retry_after)
 
     async def send(self, text: str, *, final: bool, closing: bool = False) -> str:
@@ -331,6 +331,7 @@ class TelegramAdapter:
         self.app.add_handler(TypeHandler(Update, self._on_update))
         self.limiter = RateLimiter(self._rates, overall=[(30, 1)])
         self.channel = Channel(PLATFORM, TelegramFetcher(self), self._sink_for, conf.persona or None,
+                               retry_after=retry_after_or_network,
                                policy=conf.policy(settings.limits))
         manager.register(self.channel)
         self.me_id = 0
@@ -344,7 +345,7 @@ class TelegramAdapter:
     def _application(self, token: str) -> Application:
         builder: ApplicationBuilder = (Application.builder().token(token).base_url(self.conf.base_url)
                                        .base_file_url(self.conf.base_file_url).updater(None)
-                                       .connect_timeout(10).read_timeout(30).write_timeout(30).pool_timeout(10)
+                                       .connect_timeout(5).read_timeout(10).write_timeout(30).pool_timeout(10)
                                        .get_updates_read_timeout(self.conf.poll_timeout + 10))
         return builder.build()
 

@@ -80,12 +80,19 @@
   function bubble(m) {
     const div = document.createElement("div");
     const person = m.role === "assistant" && m.author;
-    div.className = "msg " + (person ? "person" : m.role) + (m.state === "held" ? " held" : "");
+    div.className = "msg " + (person ? "person" : m.role) + (m.state === "held" ? " held" : "") +
+      (m.undelivered ? " undelivered" : "");
     if (person) {
       const who = document.createElement("span");
       who.className = "who";
       who.textContent = m.author;
       div.append(who);
+    }
+    if (m.undelivered) {
+      const flag = document.createElement("span");
+      flag.className = "undelivered-flag";
+      flag.textContent = t("not_delivered");
+      div.append(flag);
     }
     div.append(document.createTextNode(m.text));
     const images = (m.files || []).filter((f) => f.sha256 && (f.mime || "").startsWith("image/"));

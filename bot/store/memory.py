@@ -87,6 +87,14 @@ class MemoryStore:
     async def set_state(self, message_id: int, state: State, *, error: str | None = None) -> None:
         self.messages[message_id] = replace(self.messages[message_id], state=state, error=error)
 
+    async def set_platform_ids(self, message_id: int, ids: Sequence[str]) -> None:
+        msg = self.messages.get(message_id)
+        if msg is None or not ids:
+            return
+        self.messages[message_id] = replace(msg, platform_message_id=ids[0], platform_ids=tuple(ids))
+        for pid in ids:
+            self.refs[(msg.key.platform, msg.key.chat, pid)] = message_id
+
     async def set_drafts(self, message_id: int, ids: Sequence[str]) -> None:
         self.messages[message_id] = replace(self.messages[message_id], drafts=tuple(ids))
 

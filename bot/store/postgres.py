@@ -382,6 +382,16 @@ class PostgresStore:
         await self._run("UPDATE messages SET state = %s, error = %s, updated_at = %s WHERE id = %s",
                         (state, error, self._clock(), message_id))
 
+    async def set_platform_ids(self, message_id: int, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                "UPDATE messages SET platform_message_id = %s, platform_ids = %s, updated_at = %s WHERE id = %s"
+                " RETURNING conversation_id", (ids[0], _json(tuple(ids)), self._clock(), message_id))).fetchone()
+            if row is not None and len(ids) > 1:
+                await self._refer(conn, ConversationKey.parse(row[0]), ids[1:], message_id)
+
     async def set_drafts(self, message_id: int, ids: Sequence[str]) -> None:
         await self._run("UPDATE messages SET drafts = %s, updated_at = %s WHERE id = %s",
                         (_json(tuple(ids)), self._clock(), message_id))

@@ -321,6 +321,16 @@ class SQLiteStore:
             (state, error, self._clock(), message_id),
         )
 
+    async def set_platform_ids(self, message_id: int, ids: Sequence[str]) -> None:
+        with self._tx():
+            row = self.db.conn.execute("SELECT conversation_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None or not ids:
+                return
+            self.db.conn.execute(
+                "UPDATE messages SET platform_message_id = ?, platform_ids = ?, updated_at = ? WHERE id = ?",
+                (ids[0], _dump(tuple(ids)), self._clock(), message_id))
+            self._refer(ConversationKey.parse(row[0]), ids[1:], message_id)
+
     async def set_drafts(self, message_id: int, ids: Sequence[str]) -> None:
         self.db.conn.execute("UPDATE messages SET drafts = ?, updated_at = ? WHERE id = ?",
                              (_dump(tuple(ids)), self._clock(), message_id))

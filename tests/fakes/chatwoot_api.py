@@ -1035,6 +1035,11 @@ class FakeChatwoot:
         """The next ``times`` answers to matching requests come ``seconds`` late (the effect happens first)."""
         self._delays.append(_Delay(method_path_or_name, seconds, times))
 
+    def heal(self) -> None:
+        """Every fault and delay not yet served is dropped: the API answers normally again."""
+        self._faults.clear()
+        self._delays.clear()
+
     @staticmethod
     def _matches(spec: str, name: str, method: str, path: str) -> bool:
         return spec in ("*", name, name.split(".", 1)[-1], path, f"{method} {path}")

@@ -1151,6 +1151,11 @@ class FakeSlack:
         """Answer the next ``times`` calls of ``method`` only after ``seconds``."""
         self._delays.setdefault(method, []).append([seconds, times])
 
+    def heal(self) -> None:
+        """Every fault and delay not yet served is dropped: the Web API answers normally again."""
+        self._faults.clear()
+        self._delays.clear()
+
     def expire_streams(self) -> None:
         """Every open stream stops accepting appends: appendStream / stopStream then answer
         ``message_not_in_streaming_state``; chat.update works again."""

@@ -1294,6 +1294,11 @@ class FakeTelegram:
         (a message is sent even if the client gives up waiting), as with a slow network."""
         self._delays.append(_Delay(method, seconds, times))
 
+    def heal(self) -> None:
+        """Every fault and delay not yet served is dropped: the API answers normally again."""
+        self._faults.clear()
+        self._delays.clear()
+
     def duplicate_next(self, times: int = 1) -> None:
         """The next ``times`` updates are delivered twice, as Telegram does when a delivery's answer got
         lost: by webhook, POSTed again after a 2xx; by getUpdates, returned once more after the offset

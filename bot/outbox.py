@@ -1,0 +1,316 @@
+"""What could not reach a platform is kept and sent again: the durable outbox.
+
+A turn sends its final answer (and an operator's reply, a notice) straight away through its sink, as
+before: nothing more is written on the happy path, where the pending message itself is the record (a
+process killed before the platform's reply answers the message again after a restart). When a send fails
+for a reason that passes — the platform answers 429 or 5xx, times out, cannot be reached — the reply is
+stored as the message's answer, and the event is kept here (the store's stash, under ``outbox:``), so:
+
+- the turn ends at once: the conversation's lane and the engine are free for the next message;
+- the event is sent again with back-off, honouring the platform's Retry-After, across restarts and (with
+  PostgreSQL) replicas — one replica delivers (an election), the others keep what they fail to send;
+- in order per conversation: a newer reply of a conversation with replies waiting goes behind them;
+- a platform that is down is probed by one send at a time (the oldest waiting), not hammered by every
+  conversation; when it answers, the rest follow at once;
+- each retry builds the sink with the platform messages the failed attempt left (``previous``), so a
+  half-streamed message is completed, not left beside a second answer, and adapters whose platform lets
+  them recognise an earlier send (Chatwoot's answer mark, the helpdesk API's delivery ids) do not double it;
+- after ``deadline`` seconds (an hour by default) a reply is given up: the stored answer is marked
+  ``failed`` with ``not delivered`` (the operator inbox shows it in red), ``delivery_failed`` counts it on
+  /metrics, and the user is sent a short note asking them to ask again (tried once more, for as long).
+
+Streaming previews are never kept: only what the user must finally read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot import i18n
+from bot.metrics import Metrics
+from bot.store import NewMessage, Store
+from bot.types import (
+    AnswerDone,
+    Channel,
+    ConversationKey,
+    FileReply,
+    HandoffUpdate,
+    Notice,
+    ReplyEvent,
+    SinkContext,
+    platform_ids,
+)
+
+log = logging.getLogger(__name__)
+
+BUCKET = "outbox:"
+#: seconds between two probes of a platform that is down (doubling from the first, up to this)
+MAX_BACKOFF = 5.0
+ATTEMPT_TIMEOUT = 15.0  # seconds one send may take before it counts as failed (the platform hangs)
+FIRST_BACKOFF = 0.5
+NOT_DELIVERED = "not delivered"
+
+
+def encode(event: ReplyEvent) -> dict[str, Any]:
+    if isinstance(event, AnswerDone):
+        return {"type": "answer", "text": event.text, "outcome": event.outcome}
+    if isinstance(event, HandoffUpdate):
+        return {"type": "handoff", "state": event.state, "mode": event.mode, "text": event.text,
+                "by": event.by, "reason": event.reason}
+    if isinstance(event, Notice):
+        return {"type": "notice", "text": event.text, "kind": event.kind, "author": event.author}
+    if isinstance(event, FileReply):
+        return {"type": "file", "filename": event.filename, "mime": event.mime, "caption": event.caption,
+                "data": base64.b64encode(event.data).decode("ascii")}
+    raise TypeError(f"{type(event).__name__} is not kept in the outbox")
+
+
+def decode(data: dict[str, Any]) -> ReplyEvent:
+    kind = data["type"]
+    if kind == "answer":
+        return AnswerDone(data["text"], outcome=data.get("outcome", "done"))
+    if kind == "handoff":
+        return HandoffUpdate(data["state"], data["mode"], data["text"], by=data.get("by", ""),
+                             reason=data.get("reason", ""))
+    if kind == "notice":
+        return Notice(data["text"], kind=data.get("kind", "info"), author=data.get("author", ""))
+    return FileReply(data["filename"], data["mime"], base64.b64decode(data["data"]), caption=data.get("caption", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """One kept event: its stash bucket and item (the stored reply's id, then the attempt)."""
+
+    bucket: str
+    item: str
+    row: int
+    attempt: int
+    data: dict[str, Any]
+
+    @property
+    def key(self) -> ConversationKey:
+        return ConversationKey.parse(self.data["key"])
+
+    @property
+    def due(self) -> float:
+        return float(self.data["next_at"])
+
+
+class Outbox:
+    """See the module docstring. One per conversation manager; :meth:`start` runs its delivery loop."""
+
+    def __init__(self, store: Store, channel_of: Callable[[str], Channel], metrics: Metrics, *,
+                 deadline: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.channel_of = channel_of
+        self.metrics = metrics
+        self.deadline = deadline
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._round = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._down: dict[str, float] = {}  # platform -> when to probe it again
+        self._backoff: dict[str, float] = {}
+        self._keys: set[str] = set()  # conversations with replies kept here (by this process)
+        self.delivered = 0
+
+    # -- keeping ----------------------------------------------------------------------------
+
+    @staticmethod
+    def bucket(key: ConversationKey) -> str:
+        return f"{BUCKET}{key.platform}:{key}"
+
+    async def keep(self, key: ConversationKey, event: ReplyEvent, *, row: int, context: SinkContext,
+                   error: BaseException | None = None, wait: float = 0.0, deadline: float | None = None,
+                   last_try: bool = False) -> None:
+        """Keep ``event`` (stored as message ``row``) to send again; the first retry after ``wait`` s."""
+        now = self.clock()
+        data = {"key": str(key), "event": encode(event), "route": dict(context.route),
+                "language": context.language, "message_id": context.message_id, "reply_to": context.reply_to,
+                "reply_row": context.reply_row,
+                "previous": list(context.previous), "created": now, "next_at": now + wait,
+                "deadline": now + (deadline if deadline is not None else self.deadline),
+                "error": _describe(error), "last_try": last_try}
+        await self.store.stash(self.bucket(key), _item(row, 0), json.dumps(data))
+        self._keys.add(str(key))
+        log.warning("%s for %s not delivered (%s): kept, sent again when %s answers", type(event).__name__, key,
+                    data["error"] or "waiting behind earlier replies", key.platform)
+        self._wake.set()
+
+    def maybe_waiting(self, key: ConversationKey) -> bool:
+        """Cheap first check (no store read on the happy path): may replies of ``key`` be waiting?"""
+        return str(key) in self._keys
+
+    async def waiting(self, key: ConversationKey) -> bool:
+        """Are replies of this conversation waiting? (A newer one then goes behind them.)"""
+        found = bool((await self.store.stashed(self.bucket(key))).get(self.bucket(key)))
+        if not found:
+            self._keys.discard(str(key))
+        return found
+
+    # -- delivering -------------------------------------------------------------------------
+
+    def start(self, elect: Callable[[str, Callable[[], Awaitable[None]]], asyncio.Task[None]] | None = None) -> None:
+        """Deliver in the background (with replicas: on the one replica the election picks)."""
+        if self._task is None:
+            self._task = elect("internvl-bot outbox", self.run) if elect else asyncio.create_task(
+                self.run(), name="outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                wait = await self.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store away: try again soon, never stop delivering
+                log.warning("the outbox could not be read (%s): trying again", exc)
+                wait = MAX_BACKOFF
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):  # (wait_for can swallow a cancel on 3.11)
+                    await self._wake.wait()
+
+    async def deliver_due(self) -> float:
+        """One round: each conversation's oldest waiting event, in order, while its platform answers.
+        Returns the seconds until the next one is due. One round at a time (never two sends of one event)."""
+        async with self._round:
+            return await self._deliver_round()
+
+    async def _deliver_round(self) -> float:
+        queues = _queues(await self.store.stashed(BUCKET))
+        self._keys = {str(entries[0].key) for entries in queues.values() if entries}
+        by_platform: dict[str, list[list[Waiting]]] = {}
+        for entries in queues.values():
+            if entries:
+                by_platform.setdefault(entries[0].key.platform, []).append(entries)
+        # platforms side by side: one that hangs does not hold the others' deliveries
+        waits = await asyncio.gather(*(self._deliver_platform(q) for q in by_platform.values()))
+        return min(waits, default=60.0)
+
+    async def _deliver_platform(self, queues: list[list[Waiting]]) -> float:
+        now = self.clock()
+        next_due = 60.0
+        for entries in queues:
+            for entry in entries:
+                platform = entry.key.platform
+                # past its deadline an event gets its last try now, whatever the platform's probe schedule
+                due = entry.due if now >= entry.data["deadline"] else max(entry.due, self._down.get(platform, 0.0))
+                if due > now:
+                    next_due = min(next_due, due - now)
+                    break  # in order: nothing after it goes first
+                if not await self._attempt(entry):
+                    next_due = min(next_due, max(0.05, max(self._down.get(platform, now), entry.due) - now))
+                    break
+                now = self.clock()
+        return next_due
+
+    async def _attempt(self, entry: Waiting) -> bool:
+        """Send one kept event; True when it is settled (delivered or given up)."""
+        key, data = entry.key, entry.data
+        event = decode(data["event"])
+        try:
+            channel = self.channel_of(key.platform)
+        except Exception:
+            return False  # this replica does not serve that platform (yet): left for one that does
+        previous = tuple(data.get("previous") or ())
+        if data.get("message_id") is not None:  # what the platform told us since (an echo of an earlier send)
+            with contextlib.suppress(KeyError):
+                noted = (await self.store.message(int(data["message_id"]))).drafts
+                previous = tuple(dict.fromkeys(previous + tuple(noted)))
+        context = SinkContext(key=key, reply_to=data.get("reply_to"), message_id=data.get("message_id"),
+                              previous=previous, route=data.get("route") or {},
+                              language=data.get("language") or "en", reply_row=data.get("reply_row"), resend=True)
+        try:
+            async with asyncio.timeout(ATTEMPT_TIMEOUT):  # a platform that hangs: the next probe, not forever
+                ids = platform_ids(await channel.sink_for(context).emit(event))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await self._failed(entry, channel, exc)
+        await self.store.set_platform_ids(entry.row, ids)
+        await self.store.drop_stash(entry.bucket, [entry.item])
+        self._down.pop(key.platform, None)
+        self._backoff.pop(key.platform, None)
+        self.delivered += 1
+        self.metrics.redelivered.labels(key.platform).inc()
+        log.info("%s for %s delivered after %.1f s", type(event).__name__, key, self.clock() - data["created"])
+        return True
+
+    async def _failed(self, entry: Waiting, channel: Channel, exc: BaseException) -> bool:
+        data, platform = entry.data, entry.key.platform
+        wait = channel.retry_after(exc)
+        now = self.clock()
+        if wait is None or now >= data["deadline"]:
+            await self._give_up(entry, exc if wait is None else None)
+            return True
+        backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
+        self._backoff[platform] = backoff
+        self._down[platform] = now + max(wait, backoff)
+        data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc)}
+        # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
+        await self.store.stash(entry.bucket, _item(entry.row, entry.attempt + 1), json.dumps(data))
+        await self.store.drop_stash(entry.bucket, [entry.item])
+        log.info("%s still unreachable (%s): next try in %.1f s", platform, data["error"], max(wait, backoff))
+        return False
+
+    async def _give_up(self, entry: Waiting, permanent: BaseException | None) -> None:
+        data, key = entry.data, entry.key
+        why = _describe(permanent) if permanent is not None else f"still failing after {self.deadline:g} s"
+        await self.store.drop_stash(entry.bucket, [entry.item])
+        await self.store.set_state(entry.row, "failed", error=f"{NOT_DELIVERED}: {data.get('error') or why}"[:500])
+        self.metrics.delivery_failed.labels(key.platform).inc()
+        log.error("a reply for %s was not delivered (%s): given up; the operator inbox shows it", key, why)
+        if permanent is None and not data.get("last_try"):
+            note = Notice(i18n.text("delivery_failed", data.get("language") or "en"), kind="error")
+            row = await self.store.add_message(key, _notice_row(note))
+            context = SinkContext(key=key, route=data.get("route") or {}, language=data.get("language") or "en")
+            await self.keep(key, note, row=row, context=context, last_try=True)
+
+
+def _notice_row(note: Notice) -> NewMessage:
+    return NewMessage(role="assistant", text=note.text, kind="notice", state="answered")
+
+
+def _item(row: int, attempt: int) -> str:
+    return f"{row:012d}.{attempt:04d}"
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+
+
+def _queues(stashed: dict[str, list[tuple[str, str]]]) -> dict[str, list[Waiting]]:
+    """Per conversation, its kept events in order (a row kept twice by a crash mid-retry: the newest)."""
+    out: dict[str, list[Waiting]] = {}
+    for bucket, items in stashed.items():
+        latest: dict[int, Waiting] = {}
+        for item, payload in items:
+            row_text, _, attempt_text = item.partition(".")
+            try:
+                row, attempt = int(row_text), int(attempt_text or 0)
+                data = json.loads(payload)
+            except ValueError:
+                log.error("outbox item %s/%s is not readable: left alone", bucket, item)
+                continue
+            known = latest.get(row)
+            if known is None or attempt > known.attempt:
+                latest[row] = Waiting(bucket, item, row, attempt, data)
+        out[bucket] = [latest[row] for row in sorted(latest)]
+    return out

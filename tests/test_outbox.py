@@ -1,0 +1,181 @@
+"""The durable outbox (bot/outbox.py): what a platform did not take is kept, sent again in order, never
+doubled, and given up only after the deadline — with the operator and /metrics told."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.engines import EchoEngine
+from bot.manager import ConversationManager
+from bot.outbox import NOT_DELIVERED, decode, encode
+from bot.store import MemoryStore, SQLiteStore, Store
+from bot.types import (
+    AnswerDone,
+    Channel,
+    CollectingSink,
+    ConversationKey,
+    FileReply,
+    HandoffUpdate,
+    IncomingMessage,
+    MemoryFetcher,
+    Notice,
+    ReplyEvent,
+    Sender,
+    SinkContext,
+)
+from tests.conftest import make_settings
+
+KEY = ConversationKey("flaky", "c1")
+
+
+class Platform:
+    """A platform that can be down (503, like a Slack or Chatwoot edge) and shows what reached the user."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.refuse = False
+        self.shown: list[str] = []
+        self.contexts: list[SinkContext] = []
+        self.attempts = 0
+
+    def sink_for(self, context: SinkContext) -> Sink:
+        self.contexts.append(context)
+        return Sink(self)
+
+
+class Sink(CollectingSink):
+    def __init__(self, platform: Platform) -> None:
+        super().__init__()
+        self.platform = platform
+
+    async def emit(self, event: ReplyEvent) -> str | None:
+        if isinstance(event, AnswerDone | Notice):
+            self.platform.attempts += 1
+            if self.platform.refuse:
+                raise ValueError("the platform refuses this message for good")
+            if self.platform.down:
+                request = httpx.Request("POST", "http://127.0.0.1/api")
+                raise httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
+            self.platform.shown.append(event.text)
+        return await super().emit(event)
+
+
+def manager(tmp_path: Path, store: Store, platform: Platform, **conversation: object) -> ConversationManager:
+    m = ConversationManager(make_settings(tmp_path, conversation=conversation), store, EchoEngine(delay=0.001))
+    m.register(Channel("flaky", MemoryFetcher(), platform.sink_for))
+    return m
+
+
+async def ask(m: ConversationManager, text: str, n: int) -> str:
+    ticket = await m.submit(IncomingMessage(KEY, Sender("u1", "Ana"), text, event_id=f"e{n}"))
+    assert ticket is not None
+    return await asyncio.wait_for(ticket.done, 10)
+
+
+def test_every_kept_event_survives_encoding() -> None:
+    for event in (AnswerDone("the answer"), AnswerDone("half (stopped)", outcome="interrupted"),
+                  Notice("**Ana:** hello", kind="info", author="Ana"),
+                  HandoffUpdate("requested", "human", "A person will answer.", by="user", reason="user"),
+                  FileReply("t.csv", "text/csv", b"a,b\n1,2\n", caption="your table")):
+        assert decode(encode(event)) == event
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_answers_kept_while_the_platform_is_down_arrive_once_in_order_after_a_restart(
+        tmp_path: Path, kind: str) -> None:
+    """Down: answers are stored and kept; the process restarts; the platform is back: each answer arrives
+    once, in order, and the store knows the platform ids it got."""
+    store: Store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "bot.db")
+    await store.open()
+    platform = Platform()
+    platform.down = True
+    first = manager(tmp_path, store, platform)
+    await first.start()
+    assert [await ask(first, f"question {i}", i) for i in range(3)] == ["answered"] * 3
+    assert platform.shown == []
+    await first.stop(1)
+    platform.down = False
+    second = manager(tmp_path, store, platform)
+    await second.start()  # a new process: the kept answers are still there
+    try:
+        await second.outbox.deliver_due()
+        assert platform.shown == ["echo: question 0", "echo: question 1", "echo: question 2"]
+        await second.outbox.deliver_due()
+        assert len(platform.shown) == 3  # nothing twice
+        assert not await second.outbox.waiting(KEY)
+        answers = [m for m in await store.transcript(KEY) if m.role == "assistant"]
+        assert all(m.platform_ids for m in answers) and all(m.state == "answered" for m in answers)
+    finally:
+        await second.stop(1)
+        await store.close()
+
+
+async def test_a_platform_that_stays_down_past_the_deadline_is_given_up_and_everyone_is_told(
+        tmp_path: Path) -> None:
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform, delivery_deadline_seconds=0.2)
+    await m.start()
+    try:
+        assert await ask(m, "will this arrive?", 1) == "answered"
+        await asyncio.sleep(0.3)
+        await m.outbox.deliver_due()
+        [answer] = [r for r in await store.transcript(KEY) if r.role == "assistant" and r.kind == "chat"]
+        assert answer.state == "failed" and (answer.error or "").startswith(NOT_DELIVERED)
+        assert m.metrics.delivery_failed.labels("flaky")._value.get() == 1
+        platform.down = False  # the user is told, once the platform answers (the outbox probes it again)
+        for _ in range(200):
+            if platform.shown:
+                break
+            await asyncio.sleep(0.05)
+        assert platform.shown == [await _text(m, "delivery_failed")]
+    finally:
+        await m.stop(1)
+
+
+async def test_a_refusal_for_good_is_not_retried(tmp_path: Path) -> None:
+    store = MemoryStore()
+    platform = Platform()
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    try:
+        row = await m.operator_reply(KEY, "Hi, this is Ana.", author="Ana")
+        assert platform.shown == ["**Ana:** Hi, this is Ana."] or platform.shown == ["Hi, this is Ana."]
+        platform.refuse = True
+        row = await m.operator_reply(KEY, "Are you there?", author="Ana")
+        stored = await store.message(row)
+        assert stored.state == "failed" and (stored.error or "").startswith(NOT_DELIVERED)
+        assert platform.attempts == 2 and not await m.outbox.waiting(KEY)
+    finally:
+        await m.stop(1)
+
+
+async def test_an_operator_reply_while_the_platform_is_down_is_kept_not_reported_delivered(
+        tmp_path: Path) -> None:
+    store = MemoryStore()
+    platform = Platform()
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    try:
+        platform.down = True
+        row = await m.operator_reply(KEY, "We are on it.", author="Ana")
+        assert (await store.message(row)).platform_ids == ()  # not shown to the user (yet)
+        assert await m.outbox.waiting(KEY)
+        platform.down = False
+        await m.outbox.deliver_due()
+        assert any("We are on it." in text for text in platform.shown)
+        assert (await store.message(row)).platform_ids
+        assert platform.contexts[-1].reply_row == row  # the same identity when sent again
+    finally:
+        await m.stop(1)
+
+
+async def _text(m: ConversationManager, key: str) -> str:
+    from bot.i18n import text
+
+    return text(key, "en")
