@@ -231,7 +231,7 @@ async def watch(platforms: list[Platform], until: float, burst_over: asyncio.Eve
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
-    per = args.questions // 3
+    per = [args.questions // 3 + (i < args.questions % 3) for i in range(3)]  # 200: 67, 67, 66
     with tempfile.TemporaryDirectory() as tmp:
         async with contextlib.AsyncExitStack() as stack:
             platforms = [await stack.enter_async_context(make(str(Path(tmp) / make.__name__), args.word_delay))
@@ -241,7 +241,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             watcher = asyncio.create_task(watch(platforms, time.monotonic() + args.seconds + args.timeout,
                                                 burst_over))
             recovered_task = asyncio.create_task(outage(platforms, start, args.outage))
-            await asyncio.gather(*(burst(p, per, args.seconds) for p in platforms))
+            await asyncio.gather(*(burst(p, n, args.seconds) for p, n in zip(platforms, per, strict=True)))
             recovered = await recovered_task
             burst_over.set()
             await watcher

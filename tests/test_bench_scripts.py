@@ -67,6 +67,17 @@ def test_slack_burst_runs_small() -> None:
     assert (result["threads"], result["lost"], result["duplicates"], result["unhandled_429"]) == ("5", "0", "0", "0")
 
 
+def test_outage_runs_small_and_loses_nothing() -> None:
+    """Telegram, Slack and Chatwoot down mid-burst (short): every question answered (duplicates and the delay
+    after the recovery are figures, reported by the full run in README)."""
+    run = subprocess.run([sys.executable, "bench/outage.py", "--questions", "12", "--seconds", "6", "--outage", "3",
+                          "--timeout", "90"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = _result(run.stdout)
+    assert set(result) == {"questions", "lost", "duplicates", "max_delay_after_recovery_s"}
+    assert (result["questions"], result["lost"]) == ("12", "0")
+
+
 def test_hostile_media_stays_under_a_gigabyte_and_gives_memory_back() -> None:
     """Eight 6000x6000 1-bit PNGs (35 KB uploaded, 864 MB decoded) in one message, then three such messages
     at once: every turn answered, the rest of the images left out with a note, peak RSS of the single
