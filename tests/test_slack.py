@@ -515,6 +515,7 @@ async def test_every_web_api_call_shares_one_http_session(tmp_path: Path, monkey
     async with slack(tmp_path, monkeypatch) as h:
         session = h.adapter.client.session
         assert session is not None and not session.closed
+        assert session.timeout.total == 10  # slack-sdk's own timeout does not apply to a session given to it
         payload = mention(h, "one session please")
         await h.slack.send_socket_event(payload)
         await h.answered(CHANNEL, payload["event"]["ts"], "echo: one session please")

@@ -73,6 +73,7 @@ T = TypeVar("T")
 logging.getLogger("slack_bolt.AsyncApp").addFilter(lambda record: "will be unused" not in record.getMessage())
 
 PLATFORM = "slack"
+SEND_TIMEOUT = 10.0  # seconds one Web API call may take (uploads included)
 ANSWER_EVENT = "internvl_bot_answer"  # message metadata on answers: which question (store id) they answer
 #: a message's link (``…/archives/C…/p1712345678123456``, or the ts itself) names the thread of a slash command
 THREAD_LINK = re.compile(r"<?(?:https?://\S+/archives/[A-Z0-9]+/)?p?(?P<sec>\d{10})\.?(?P<usec>\d{6})(?:\?\S*)?>?")
@@ -365,12 +366,13 @@ class SlackAdapter:
         self.app_token = self._secret(conf.app_token_env, "the app-level token (xapp-…, connections:write)") \
             if conf.mode == "socket" else ""
         signing = self._secret(conf.signing_secret_env, "the app's Signing Secret") if conf.mode == "http" else None
-        # one aiohttp session for every Web API call (slack-sdk opens a new one per call without it)
-        self._session = aiohttp.ClientSession() if client is None else None
-        # a send that hangs past 10 s counts as failed: the outbox sends it again (a hung platform is not waited
-        # for by the conversation); uploads have the same budget per request
+        # one aiohttp session for every Web API call (slack-sdk opens a new one per call without it). A send that
+        # hangs past SEND_TIMEOUT counts as failed and the outbox sends it again. slack-sdk applies its own
+        # `timeout` only to sessions it opens itself, so the shared session carries it.
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT)) \
+            if client is None else None
         self.client = client or AsyncWebClient(token=self.bot_token, base_url=conf.api_url, session=self._session,
-                                               timeout=10)
+                                               timeout=int(SEND_TIMEOUT))
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self._own_http = http is None
         self.app = AsyncApp(client=self.client, signing_secret=signing, process_before_response=False,
