@@ -67,6 +67,18 @@ class Platform:
     asked: list[Asked] = field(default_factory=list)
 
 
+def switch(methods: tuple[str, ...], fail: Callable[[str], None],
+           delay: Callable[[str, float], None]) -> Callable[[float], None]:
+    """A platform's ``down``: every method answers 503 (seconds 0), or hangs that many seconds."""
+    def down(seconds: float) -> None:
+        for method in methods:
+            if seconds:
+                delay(method, seconds)
+            else:
+                fail(method)
+    return down
+
+
 def settings(tmp: str, adapters: dict[str, Any]) -> AppSettings:
     return AppSettings(data_dir=tmp, engine={"generation": {"max_new_tokens": 32}},
                        conversation={"delivery_deadline_seconds": 600},
@@ -96,13 +108,8 @@ async def telegram(tmp: str, word_delay: float) -> AsyncIterator[Platform]:
             def shown(q: Asked) -> int:
                 return sum(1 for m in tg.chat(q.where) if not m.deleted and m.text == q.want)
 
-            def down(seconds: float) -> None:
-                for method in methods:
-                    if seconds:
-                        tg.delay(method, seconds, times=FOREVER)
-                    else:
-                        tg.fail(method, 503, times=FOREVER)
-
+            down = switch(methods, lambda m: tg.fail(m, 503, times=FOREVER),
+                          lambda m, s: tg.delay(m, s, times=FOREVER))
             try:
                 yield Platform("telegram", ask, shown, down, tg.heal)
             finally:
@@ -138,13 +145,8 @@ async def slack(tmp: str, word_delay: float) -> AsyncIterator[Platform]:
                 return sum(1 for m in fake.messages(channel, ts)
                            if m.ts != ts and not m.deleted and not m.streaming and m.text.strip() == q.want)
 
-            def down(seconds: float) -> None:
-                for method in methods:
-                    if seconds:
-                        fake.delay(method, seconds, times=FOREVER)
-                    else:
-                        fake.fail(method, status=503, times=FOREVER)
-
+            down = switch(methods, lambda m: fake.fail(m, status=503, times=FOREVER),
+                          lambda m, s: fake.delay(m, s, times=FOREVER))
             try:
                 yield Platform("slack", ask, shown, down, fake.heal)
             finally:
@@ -179,12 +181,8 @@ async def chatwoot(tmp: str, word_delay: float) -> AsyncIterator[Platform]:
                 def shown(q: Asked) -> int:
                     return cw.public_replies(q.where).count(q.want)
 
-                def down(seconds: float) -> None:
-                    if seconds:
-                        cw.delay("*", seconds, times=FOREVER)
-                    else:
-                        cw.fail("*", status=503, times=FOREVER)
-
+                down = switch(("*",), lambda m: cw.fail(m, status=503, times=FOREVER),
+                              lambda m, s: cw.delay(m, s, times=FOREVER))
                 try:
                     yield Platform("chatwoot", ask, shown, down, cw.heal)
                 finally:
