@@ -92,8 +92,14 @@ class OperatorInbox:
     # -- the notifier -----------------------------------------------------------------------
 
     async def notify(self, event: HandoffEvent) -> None:
-        await self.bus.publish({"type": "handoff", "kind": event.kind, "conversation": event.conversation,
-                      "platform": event.platform, "by": event.by, "reason": event.reason})
+        """To every open inbox page. Never raises into the conversation: a page that missed it (the database
+        passing events between replicas is away) sees the conversation in the list when it reloads."""
+        try:
+            await self.bus.publish({"type": "handoff", "kind": event.kind, "conversation": event.conversation,
+                                    "platform": event.platform, "by": event.by, "reason": event.reason})
+        except Exception as exc:
+            log.error("operator inbox: the live update about %s did not reach the open pages: %s (the pages show "
+                      "it when they reload; check the database)", event.conversation, type(exc).__name__)
 
     def _deliver(self, event: dict[str, Any]) -> None:
         """To the inbox pages open on this replica (events from every replica come through the bus)."""

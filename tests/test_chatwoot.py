@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -21,8 +22,9 @@ from bot.engines import EchoEngine
 from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
-from bot.types import AccessPolicy, ConversationKey
+from bot.types import AccessPolicy, Attachment, ConversationKey, MediaFetcher
 from tests.conftest import image_bytes, make_settings
+from tests.contracts import Chat, FetcherContract, FileSource, PlatformContract, Screen, SinkContract
 from tests.fakes.chatwoot_api import FakeChatwoot
 from tests.fakes.serving import free_port, serve_asgi
 
@@ -44,8 +46,10 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def chatwoot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, secret: str | None = "cw-webhook-secret",
-                   engine: EchoEngine | None = None, persona: str = "support", **conf: Any) -> AsyncIterator[Harness]:
-    async with FakeChatwoot(secret=secret) as cw:
+                   engine: EchoEngine | None = None, persona: str = "support", shared: FakeChatwoot | None = None,
+                   conversation: dict[str, Any] | None = None, **conf: Any) -> AsyncIterator[Harness]:
+    async with contextlib.AsyncExitStack() as stack:
+        cw = shared or await stack.enter_async_context(FakeChatwoot(secret=secret))
         monkeypatch.setenv("CHATWOOT_BOT_TOKEN", cw.bot_token)
         if secret:
             monkeypatch.setenv("CHATWOOT_WEBHOOK_SECRET", secret)
@@ -53,7 +57,8 @@ async def chatwoot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, secret: s
             monkeypatch.delenv("CHATWOOT_WEBHOOK_SECRET", raising=False)
         port = free_port()
         settings = make_settings(tmp_path, adapters={"chatwoot": {"enabled": True, "base_url": cw.url,
-                                                                  "persona": persona, **conf}})
+                                                                  "persona": persona, **conf}},
+                                 conversation=conversation or {})
         async with Runtime(settings, engine=engine or EchoEngine(delay=0.002)) as runtime:
             assert runtime.manager is not None
             adapter = ChatwootAdapter(runtime.manager, runtime.settings, settings.adapters.chatwoot)  # type: ignore[attr-defined]
@@ -369,3 +374,103 @@ async def test_recorded_events_that_are_not_for_the_bot_get_200_and_nothing_else
             assert deliveries[-1].status == 200, name
         await h.idle()
         assert h.runtime.store is not None and await h.runtime.store.last_message_id() == 0
+
+
+# -- the platform contract --------------------------------------------------------------------------
+
+
+class ChatwootChat(Chat):
+    """One website-widget conversation of a customer, by signed webhooks (retried as Chatwoot's job does)."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cw: FakeChatwoot) -> None:
+        self.tmp_path, self.monkeypatch, self.cw = tmp_path, monkeypatch, cw
+        self.engine = EchoEngine(delay=0.002)
+        self.stack = contextlib.AsyncExitStack()
+        self.harness: Harness | None = None
+        self.conv = cw.conversation()
+
+    async def start(self) -> None:
+        self.harness = await self.stack.enter_async_context(chatwoot(
+            self.tmp_path, self.monkeypatch, engine=self.engine, shared=self.cw,
+            conversation={"max_pending_per_conversation": 1}))
+
+    async def restart(self) -> None:
+        await self.stack.aclose()
+        self.stack = contextlib.AsyncExitStack()
+        await self.start()
+
+    @property
+    def store(self) -> Any:
+        assert self.harness is not None and self.harness.runtime.manager is not None
+        return self.harness.runtime.manager.store
+
+    async def say(self, text: str) -> dict[str, Any]:
+        return await self.cw.customer_message(self.conv, text)
+
+    async def redeliver(self, delivery: dict[str, Any]) -> None:
+        await self.cw.deliver("message_created", delivery)  # signed anew, a new delivery id: the job run again
+
+    def seen(self) -> list[str]:
+        return self.cw.public_replies(self.conv)
+
+    def outage(self, down: bool) -> None:
+        if down:
+            self.cw.fail("*", status=503, times=10**6)
+        else:
+            self.cw.heal()
+
+    async def idle(self) -> None:
+        assert self.harness is not None
+        await self.harness.idle()
+
+
+class TestChatwootPlatform(PlatformContract):
+    @pytest.fixture
+    async def chat(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ChatwootChat]:
+        async with FakeChatwoot(secret="cw-webhook-secret") as cw:
+            chat = ChatwootChat(tmp_path, monkeypatch, cw)
+            await chat.start()
+            try:
+                yield chat
+            finally:
+                await chat.stack.aclose()
+
+
+@pytest.fixture
+async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    async with chatwoot(tmp_path, monkeypatch, **LOCAL) as h:
+        yield h
+
+
+class TestChatwootSink(SinkContract):
+    @pytest.fixture
+    def screen(self, running: Harness) -> Screen:
+        conv = running.cw.conversation()
+
+        def outgoing() -> list[dict[str, Any]]:
+            return [m for m in running.cw.messages(conv) if m["message_type"] == "outgoing" and not m["private"]]
+
+        async def visible() -> list[str]:
+            await running.idle()
+            return [m["content"] for m in outgoing() if m["content"]]
+
+        async def files() -> list[str]:
+            return [unquote(a["data_url"].rsplit("/", 1)[-1]) for m in outgoing() for a in m["attachments"]]
+
+        key = ConversationKey("chatwoot", str(running.cw.account_id), str(conv))
+        return Screen(running.adapter.channel.sink_for, visible, files, key)
+
+
+class TestChatwootFetcher(FetcherContract):
+    @pytest.fixture
+    def files(self, running: Harness) -> FileSource:
+        async def add(data: bytes, name: str) -> tuple[MediaFetcher, Attachment]:
+            obj = running.cw.attachment(data, file_type="file", filename=name, mime="application/octet-stream")
+            return running.adapter.channel.fetcher, Attachment(obj["data_url"], name)
+
+        async def missing() -> tuple[MediaFetcher, Attachment]:
+            obj = running.cw.attachment(b"x", file_type="file", filename="gone.pdf", mime="application/pdf")
+            return running.adapter.channel.fetcher, Attachment(obj["data_url"].replace("/redirect/", "/redirect/0"),
+                                                               "gone.pdf")
+
+        return FileSource(add, missing)

@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 
 from adapters.web import CSRF_HEADER
 from bot.engines import EchoEngine
+from bot.handoff import Notifier
 from bot.i18n import text
 from tests.conftest import image_bytes, make_settings
+from tests.contracts import Desk, NotifierContract
 from tests.live_server import exchange, live_server, open_session, post
 
 TOKEN = "op-token-123"
@@ -206,3 +208,46 @@ async def test_fuzzed_requests_to_the_web_and_operator_apis_never_get_a_5xx(
         return
     assert response.status_code < 500, (method, path, body, response.text[:300])
     statuses.append(response.status_code)
+
+
+class TestOperatorInbox(NotifierContract):
+    """Handoff events reach the operators' open inbox pages (its live event stream), in order."""
+
+    @pytest.fixture
+    async def desk(self, tmp_path: Path, operator_token: str) -> AsyncIterator[Desk]:
+        async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client(headers=AUTH) as op:
+            inbox = live.service.inbox
+            assert inbox is not None
+            ticket = (await op.post("/api/operator/tickets")).json()["ticket"]
+            updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            listening = asyncio.create_task(_events(op, ticket, updates))
+            while not inbox._streams:  # the page is connected
+                await asyncio.sleep(0.01)
+            seen: list[str] = []
+
+            async def received() -> list[str]:
+                marker = {"type": "marker", "n": len(seen)}
+                await inbox.bus.publish(marker)  # the stream keeps order: what came before it has arrived
+                while (event := await asyncio.wait_for(updates.get(), 10)) != marker:
+                    if event.get("type") == "handoff":
+                        seen.append(event["kind"])
+                return seen
+
+            async def broken() -> Notifier:
+                class Away:  # the database passing events between replicas
+                    async def notify(self, channel: str, payloads: Any) -> None:
+                        raise ConnectionError("the database went away")
+
+                    def listen(self, *args: Any, **kwargs: Any) -> None:
+                        return None
+
+                from adapters.operator import OperatorInbox
+
+                other = OperatorInbox(live.runtime.manager, live.runtime.settings)  # type: ignore[arg-type]
+                other.bus._store, other.bus.shared = Away(), True
+                return other
+
+            try:
+                yield Desk(inbox, received, broken)
+            finally:
+                listening.cancel()

@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,21 @@ from adapters.server import Service, build_app
 from adapters.slack.adapter import SlackAdapter
 from bot.engines import EchoEngine
 from bot.errors import StartupError
+from bot.handoff import Notifier
 from bot.i18n import text as t
 from bot.runtime import Runtime
-from bot.types import ConversationKey
+from bot.types import Attachment, ConversationKey, MediaFetcher
 from tests.conftest import ROOT, image_bytes, make_settings
+from tests.contracts import (
+    Chat,
+    Desk,
+    FetcherContract,
+    FileSource,
+    NotifierContract,
+    PlatformContract,
+    Screen,
+    SinkContract,
+)
 from tests.fakes.serving import serve_asgi
 from tests.fakes.slack_api import FakeSlack, SlackMessage
 
@@ -64,7 +75,7 @@ class Harness:
 async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = "socket",
                 engine: EchoEngine | None = None, fake: dict[str, Any] | None = None,
                 shared: FakeSlack | None = None, store: dict[str, Any] | None = None,
-                **conf: Any) -> AsyncIterator[Harness]:
+                conversation: dict[str, Any] | None = None, **conf: Any) -> AsyncIterator[Harness]:
     async with contextlib.AsyncExitStack() as stack:
         fake_slack = shared or await stack.enter_async_context(FakeSlack(**(fake or {})))
         fake_slack.add_user(USER, name="ana", locale="en-US")
@@ -72,7 +83,8 @@ async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = 
         monkeypatch.setenv("SLACK_APP_TOKEN", fake_slack.app_token)
         monkeypatch.setenv("SLACK_SIGNING_SECRET", fake_slack.signing_secret)
         section = {"enabled": True, "mode": mode, "api_url": fake_slack.api_url, "update_interval": 0.5, **conf}
-        settings = make_settings(tmp_path, adapters={"slack": section}, **({"store": store} if store else {}))
+        settings = make_settings(tmp_path, adapters={"slack": section}, conversation=conversation or {},
+                                 **({"store": store} if store else {}))
         async with Runtime(settings, engine=engine or EchoEngine(delay=0.005)) as runtime:
             assert runtime.manager is not None
             adapter = SlackAdapter(runtime.manager, runtime.settings, settings.adapters.slack)  # type: ignore[attr-defined]
@@ -535,3 +547,146 @@ async def test_the_assistant_panel_greets_only_whom_the_policy_serves(tmp_path: 
             h.slack.dm_channel("U0YES"), "U0YES", served)))
         await h.slack.wait_for(lambda: bool(h.texts(h.slack.dm_channel("U0YES"), served)))
         assert h.texts(h.slack.dm_channel("U0NO"), denied) == []
+
+
+# -- the platform contract --------------------------------------------------------------------------
+
+
+class SlackChat(Chat):
+    """Ana's direct messages with the app (one conversation, like a Telegram private chat), over Socket Mode."""
+
+    #: every Web API method the bot calls for an answer
+    METHODS = ("chat.postMessage", "chat.update", "chat.delete", "chat.startStream", "chat.appendStream",
+               "chat.stopStream", "assistant.threads.setStatus", "conversations.replies", "users.info")
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeSlack) -> None:
+        self.tmp_path, self.monkeypatch, self.fake = tmp_path, monkeypatch, fake
+        self.engine = EchoEngine(delay=0.005)
+        self.stack = contextlib.AsyncExitStack()
+        self.harness: Harness | None = None
+        self.dm = ""
+
+    async def start(self) -> None:
+        self.harness = await self.stack.enter_async_context(slack(
+            self.tmp_path, self.monkeypatch, engine=self.engine, shared=self.fake,
+            conversation={"max_pending_per_conversation": 1}))
+        self.dm = self.fake.dm_channel(USER)
+
+    async def restart(self) -> None:
+        await self.stack.aclose()
+        self.stack = contextlib.AsyncExitStack()
+        await self.start()
+
+    @property
+    def store(self) -> Any:
+        assert self.harness is not None and self.harness.runtime.manager is not None
+        return self.harness.runtime.manager.store
+
+    def command(self, name: str) -> str:
+        return f"!{name}"  # Slack's clients keep "/…" for slash commands
+
+    async def say(self, text: str) -> dict[str, Any]:
+        payload = self.fake.event_callback(self.fake.message_event(self.dm, USER, text, channel_type="im"))
+        await self.fake.send_socket_event(payload)
+        return payload
+
+    async def redeliver(self, delivery: dict[str, Any]) -> None:
+        await self.fake.send_socket_event(delivery, retry_attempt=1, retry_reason="timeout")
+
+    def seen(self) -> list[str]:
+        return [m.text.strip() for m in self.fake.messages(self.dm) if not m.deleted and not m.streaming]
+
+    def outage(self, down: bool) -> None:
+        if down:
+            for method in self.METHODS:
+                self.fake.fail(method, status=503, times=10**6)
+        else:
+            self.fake.heal()
+
+    async def idle(self) -> None:
+        assert self.harness is not None
+        await self.harness.idle()
+
+
+class TestSlackPlatform(PlatformContract):
+    @pytest.fixture
+    async def chat(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackChat]:
+        async with FakeSlack(socket_ack_timeout=0.5) as fake:
+            fake.add_user(USER, name="ana", locale="en-US")
+            chat = SlackChat(tmp_path, monkeypatch, fake)
+            await chat.start()
+            try:
+                yield chat
+            finally:
+                await chat.stack.aclose()
+
+
+@pytest.fixture
+async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    async with slack(tmp_path, monkeypatch, support_channel="C0SUPPORT") as h:
+        yield h
+
+
+class TestSlackSink(SinkContract):
+    """Ana's DM, with native streaming (chat.startStream / appendStream / stopStream)."""
+
+    @pytest.fixture
+    def screen(self, running: Harness) -> Screen:
+        dm = running.slack.dm_channel(USER)
+
+        async def visible() -> list[str]:
+            await running.idle()
+            return [m.text.strip() for m in running.slack.messages(dm) if not m.deleted and not m.streaming]
+
+        async def files() -> list[str]:
+            return [u["filename"] for u in running.slack.uploads if u.get("channel") in (dm, None)]
+
+        return Screen(running.adapter.channel.sink_for, visible, files, ConversationKey("slack", dm))
+
+
+class TestSlackFetcher(FetcherContract):
+    @pytest.fixture
+    def files(self, running: Harness) -> FileSource:
+        def attachment(obj: dict[str, Any]) -> Attachment:
+            return Attachment(obj["url_private_download"], obj["name"], obj["mimetype"])
+
+        async def add(data: bytes, name: str) -> tuple[MediaFetcher, Attachment]:
+            return running.adapter.channel.fetcher, attachment(running.slack.add_file(
+                data, name=name, mimetype="application/octet-stream"))
+
+        async def missing() -> tuple[MediaFetcher, Attachment]:
+            gone = attachment(running.slack.add_file(b"x", name="gone.pdf", mimetype="application/pdf"))
+            return running.adapter.channel.fetcher, replace(gone, ref=gone.ref.replace("-F", "-F0GONE"))
+
+        return FileSource(add, missing)
+
+
+class TestSlackSupportChannel(NotifierContract):
+    """The support channel: one post per request, what follows in its thread."""
+
+    @pytest.fixture
+    def desk(self, running: Harness) -> Desk:
+        assert running.runtime.manager is not None
+        [notifier] = [n for n in running.runtime.manager.notifiers.notifiers if type(n).__name__ == "_SupportChannel"]
+
+        async def received() -> list[str]:
+            posts = running.slack.messages("C0SUPPORT")
+            kinds = []
+            for post in posts:
+                if "asked to talk to a person" in post.text:
+                    kinds.append("requested")
+                elif "my printer shows E5" in post.text or "I want a person" in post.text:
+                    kinds.append("message")
+                elif t("op_with_bot", "en") in post.text:
+                    kinds.append("returned")
+                elif t("op_with_person", "en") in post.text:
+                    kinds.append("taken")
+            threads = {p.thread_ts for p in posts if p.thread_ts}
+            assert threads <= {posts[0].ts}, "what follows a request goes into its post's thread"
+            return kinds
+
+        async def broken() -> Notifier:
+            running.slack.fail("chat.postMessage", status=500, times=10**6)
+            return notifier  # type: ignore[no-any-return]
+
+        return Desk(notifier, received, broken)

@@ -26,7 +26,9 @@ from bot.engines import EchoEngine
 from bot.errors import StartupError
 from bot.i18n import text as t
 from bot.runtime import Runtime
+from bot.types import Attachment, ConversationKey, MediaFetcher
 from tests.conftest import ROOT, image_bytes, make_settings
+from tests.contracts import Chat, FetcherContract, FileSource, PlatformContract, Screen, SinkContract
 from tests.fakes.serving import free_port, serve_asgi
 from tests.fakes.telegram_api import BotMessage, FakeTelegram, UserSpec, forum, group, private
 from tests.media_corpus import needs_ffmpeg
@@ -71,7 +73,7 @@ class Harness:
 async def telegram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = "polling",
                    engine: EchoEngine | None = None, flood: bool = False, tg: FakeTelegram | None = None,
                    max_new_tokens: int = 512, store: dict[str, Any] | None = None,
-                   **conf: Any) -> AsyncIterator[Harness]:
+                   conversation: dict[str, Any] | None = None, **conf: Any) -> AsyncIterator[Harness]:
     """A running Telegram adapter (and, in webhook mode, the service's HTTP server) against the fake."""
     async with contextlib.AsyncExitStack() as stack:
         if tg is None:
@@ -83,8 +85,8 @@ async def telegram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str
                    "album_debounce": 0.3, "edit_interval": 0.3, "group_edit_interval": 1.0, "poll_timeout": 2, **conf}
         settings = make_settings(tmp_path, adapters={"telegram": section},
                                  server={"public_url": f"http://127.0.0.1:{port}"},
-                                 engine={"generation": {"max_new_tokens": max_new_tokens}}, **(
-                                     {"store": store} if store else {}))
+                                 engine={"generation": {"max_new_tokens": max_new_tokens}},
+                                 conversation=conversation or {}, **({"store": store} if store else {}))
         runtime = await stack.enter_async_context(Runtime(settings, engine=engine or EchoEngine(delay=0.005)))
         assert runtime.manager is not None
         adapter = TelegramAdapter(runtime.manager, runtime.settings, settings.adapters.telegram)  # type: ignore[attr-defined]
@@ -585,3 +587,116 @@ async def test_an_adapter_failing_to_start_closes_those_already_started(tmp_path
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", port))  # the HTTP server let go of its port
+
+
+# -- the platform contract --------------------------------------------------------------------------
+
+
+class TelegramChat(Chat):
+    """Ana's private chat with the bot, by polling (webhook mode shares the same intake after the request)."""
+
+    METHODS = ("*",)  # every Bot API method, getUpdates included: nothing comes in while Telegram is down
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tg: FakeTelegram) -> None:
+        self.tmp_path, self.monkeypatch, self.tg = tmp_path, monkeypatch, tg
+        self.engine = EchoEngine(delay=0.005)
+        self.stack = contextlib.AsyncExitStack()
+        self.harness: Harness | None = None
+
+    async def start(self) -> None:
+        self.harness = await self.stack.enter_async_context(telegram(
+            self.tmp_path, self.monkeypatch, engine=self.engine, tg=self.tg,
+            conversation={"max_pending_per_conversation": 1}))
+
+    async def restart(self) -> None:
+        await self.stack.aclose()
+        self.stack = contextlib.AsyncExitStack()
+        await self.start()
+
+    @property
+    def store(self) -> Any:
+        assert self.harness is not None and self.harness.runtime.manager is not None
+        return self.harness.runtime.manager.store
+
+    async def say(self, text: str) -> dict[str, Any]:
+        update = self.tg.user_message(DM, ANA, text=text)
+        return {**update, "update_id": self.tg.push_update(update)}
+
+    async def redeliver(self, delivery: dict[str, Any]) -> None:
+        self.tg.redeliver(delivery)
+
+    def seen(self) -> list[str]:
+        return [m.text or "" for m in self.tg.chat(DM.id) if not m.deleted]
+
+    def outage(self, down: bool) -> None:
+        if down:
+            self.tg.fail("*", 503, times=10**6)
+        else:
+            self.tg.heal()
+
+    async def idle(self) -> None:
+        assert self.harness is not None
+        await self.harness.idle()
+        await self.tg.wait_for(lambda: not self.tg.pending_updates, 15)
+
+
+class TestTelegramPlatform(PlatformContract):
+    @pytest.fixture
+    async def chat(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TelegramChat]:
+        async with FakeTelegram(webhook_retry_delay=0.05) as tg:
+            chat = TelegramChat(tmp_path, monkeypatch, tg)
+            await chat.start()
+            try:
+                yield chat
+            finally:
+                await chat.stack.aclose()
+
+    async def test_a_late_album_part_is_answered_not_dropped(self, chat: TelegramChat) -> None:
+        """A part reaching the bot after its album was handed over: a follow-up turn that says so."""
+        tg = chat.tg
+        for n in (1, 2):
+            tg.push_update(tg.user_message(DM, ANA, photo=image_bytes(64, 48), media_group_id="album-7",
+                                           caption="which one is the original?" if n == 1 else None))
+        await tg.wait_for(lambda: any("echo: which one is the original?" in t for t in chat.seen()), 15)
+        await chat.idle()
+        tg.push_update(tg.user_message(DM, ANA, photo=image_bytes(64, 48), media_group_id="album-7"))
+        await tg.wait_for(lambda: len(chat.seen()) == 2, 15)
+        await chat.idle()
+        first, late = chat.seen()
+        assert first.count("[image") == 2 and late.count("[image") == 1, chat.seen()
+        assert t("album_late_part", "en") in late
+
+
+@pytest.fixture
+async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    async with telegram(tmp_path, monkeypatch) as h:
+        message(h.tg, DM, ANA, "hello")  # the chat exists: Ana wrote first
+        await h.answered(DM.id, "echo: hello")
+        await h.idle()
+        yield h
+
+
+class TestTelegramSink(SinkContract):
+    @pytest.fixture
+    def screen(self, running: Harness) -> Screen:
+        async def visible() -> list[str]:
+            await running.idle()
+            return running.texts(DM.id)
+
+        async def files() -> list[str]:
+            return [m.document.filename for m in running.shown(DM.id) if m.document is not None]
+
+        return Screen(running.adapter.channel.sink_for, visible, files, ConversationKey("telegram", str(DM.id)))
+
+
+class TestTelegramFetcher(FetcherContract):
+    @pytest.fixture
+    def files(self, running: Harness) -> FileSource:
+        async def add(data: bytes, name: str) -> tuple[MediaFetcher, Attachment]:
+            file_id, _ = running.tg.add_file(data, path_hint=f"documents/{name}")
+            return running.adapter.channel.fetcher, Attachment(ref=file_id, filename=name)
+
+        async def missing() -> tuple[MediaFetcher, Attachment]:
+            return running.adapter.channel.fetcher, Attachment(ref="BQACAgQAAxkBAAIBgone", filename="gone.pdf")
+
+        return FileSource(add, missing)

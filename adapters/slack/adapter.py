@@ -326,7 +326,9 @@ class SlackStreamSink:
 
 
 class _SupportChannel:
-    """A handoff notifier: each request for a person is posted to a Slack channel with a link to the thread."""
+    """A handoff notifier: each request for a person is posted to a Slack channel with a link to the thread;
+    what follows (the user writing while they wait, a person taking it, the assistant back) goes into the
+    thread of that post, so the support team reads one conversation per thread."""
 
     reaches_people = True
 
@@ -334,19 +336,43 @@ class _SupportChannel:
         self.adapter = adapter
         self.channel = channel
 
+    def _bucket(self, conversation: str) -> str:
+        return f"slack:support:{conversation}"
+
     async def notify(self, event: HandoffEvent) -> None:
-        if event.kind != "requested":
-            return
         try:
-            key = ConversationKey.parse(event.conversation)
-            link = self.adapter.permalink(key) if key.platform == PLATFORM else f"`{escape_slack(event.conversation)}`"
+            text = self._text(event)
+            store = self.adapter.manager.store
+            posts = (await store.stashed(self._bucket(event.conversation))).get(self._bucket(event.conversation), [])
+            thread = posts[-1][1] if posts and event.kind != "requested" else None
+            if thread is None and event.kind != "requested":
+                text = f"{self._link(event)}\n{text}"  # its request was never posted here (or the post is gone)
+            response = await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel,
+                                               text=text, thread_ts=thread)
+            if event.kind == "requested" and response.get("ts"):
+                await store.drop_stash(self._bucket(event.conversation))
+                await store.stash(self._bucket(event.conversation), "post", str(response["ts"]))
+            elif event.kind == "returned":
+                await store.drop_stash(self._bucket(event.conversation))
+        except Exception as exc:
+            log.error("telling the Slack support channel %s about %s failed: %s (check the bot is a member of it "
+                      "and has chat:write)", self.channel, event.conversation, slack_error(exc) or type(exc).__name__)
+
+    def _link(self, event: HandoffEvent) -> str:
+        key = ConversationKey.parse(event.conversation)
+        return self.adapter.permalink(key) if key.platform == PLATFORM else f"`{escape_slack(event.conversation)}`"
+
+    def _text(self, event: HandoffEvent) -> str:
+        language = self.adapter.settings.conversation.default_language
+        user = escape_slack(event.user or "?", quotes=False)
+        if event.kind == "requested":
             # the framework's own link stays Slack syntax; what the user wrote is escaped
-            text = i18n.text("handoff_support_notice", self.adapter.settings.conversation.default_language,
-                             user=escape_slack(event.user or "?", quotes=False), link=link,
+            return i18n.text("handoff_support_notice", language, user=user, link=self._link(event),
                              text=escape_slack(event.text[:500], quotes=False))
-            await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel, text=text)
-        except Exception:
-            log.exception("telling the support channel about %s failed", event.conversation)
+        if event.kind == "message":
+            return f"*{user}*\n> {escape_slack(event.text[:500], quotes=False)}"
+        where = i18n.text("op_with_person" if event.kind == "taken" else "op_with_bot", language)
+        return f"{escape_slack(event.by or '?', quotes=False)} → {where}"
 
     async def close(self) -> None:
         return None

@@ -1305,6 +1305,12 @@ class FakeTelegram:
         confirmed it (same update_id)."""
         self._duplicates += times
 
+    def redeliver(self, update: dict[str, Any]) -> None:
+        """Return an update (with its update_id) from getUpdates once more, whatever the offset, as Telegram
+        does when a confirmation was lost."""
+        self._resend.append(copy.deepcopy(update))
+        self._bump()
+
     def _take(self, items: list[Any], method: str) -> Any:
         for item in items:
             if item.method == method or (item.method == "*" and method != "download"):
