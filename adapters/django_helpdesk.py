@@ -14,14 +14,25 @@ request, the persona's policy, the model saying it cannot help) answers the cust
 ticket (and assigns it when ``handoff_assignee`` is set) and adds an internal note saying why; while staff
 have it the bot stays silent, until a staff member writes ``/bot`` as a private follow-up (or the operator API
 gives it back). In agent-assist queues every draft is a private follow-up for staff, nothing public.
+
+django-helpdesk posts each webhook once (``requests.post``, no retry, whatever the answer): a webhook the bot
+refused (restarting: 503; its database failing: 500) or never got would lose the customer's message. So a
+catch-up sweep reads the newest follow-ups through the REST API (the last page or pages, never the whole
+history) at start and every ``catch_up_seconds``, and hands every follow-up newer than its high-water mark to
+the same :meth:`DjangoHelpdeskAdapter.handle` as the webhook. The store drops what the webhook already stored
+(event id ``followup:<id>``), so nothing is answered twice; the mark lives in the store's stash, so a restart
+resumes where the last sweep stopped, and the very first sweep only sets it (old tickets are history, not
+questions).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -35,6 +46,7 @@ from adapters.common.urlguard import NetworkList, UrlGuard, require_https
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
 from bot.logs import conversation_var, register_secret
+from bot.store import is_store_error
 from bot.types import (
     AnswerDone,
     Attachment,
@@ -51,10 +63,11 @@ from bot.types import (
 )
 
 if TYPE_CHECKING:
-    from bot.manager import ConversationManager
+    from bot.manager import ConversationManager, Ticket
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLATFORM = "django_helpdesk"
 WEBHOOK_PATH = "/django-helpdesk/webhook"
@@ -62,6 +75,13 @@ REOPENED = 2
 # django-helpdesk 2.6's default HELPDESK_VALID_EXTENSIONS: a file with another extension makes the REST call fail
 # with a 500 after the follow-up itself was saved
 HELPDESK_DEFAULT_EXTENSIONS = (".txt", ".asc", ".pdf", ".doc", ".docx", ".odt", ".jpg", ".png", ".eml")
+#: Stash buckets (each followed by the base URL: another helpdesk has other ids): the newest follow-up id the
+#: catch-up sweep has handed on, and queue id -> slug as webhooks told it (the REST API gives only the id).
+MARK_BUCKET = "django_helpdesk:catch_up:"
+QUEUE_BUCKET = "django_helpdesk:queues:"
+CATCH_UP_PAGE = 100  # follow-ups a sweep reads per request
+CATCH_UP_PAGES = 10  # pages one sweep reads back at most: a longer backlog is logged, its oldest part skipped
+CATCH_UP_TURN_WAIT = 300.0  # seconds a sweep waits for a ticket's answer before it hands on the next message there
 
 
 class DjangoHelpdeskSettings(AdapterSection):
@@ -92,6 +112,12 @@ class DjangoHelpdeskSettings(AdapterSection):
     allow_private_networks: NetworkList = Field(
         default_factory=list, description="networks attachments may come from although not public (a helpdesk "
                                           "on the company network: 10.0.0.0/8); empty = public addresses only")
+    catch_up_seconds: float = Field(
+        60.0, ge=0,
+        description="django-helpdesk sends each webhook once, never again: a follow-up whose webhook the bot "
+                    "missed (down, restarting, its database failing) is found by a sweep of the newest follow-ups "
+                    "through the REST API, at start and then every this many seconds, and answered once; the "
+                    "first start only notes where the helpdesk is (older tickets are not answered); 0 = no sweep")
 
 
 def safe_comment(text: str) -> str:
@@ -181,16 +207,31 @@ class DjangoHelpdeskAdapter:
         manager.register(self.channel)
         self.bot_user: int | None = None
         self._accepting = False
+        shown = _without_credentials(self.base_url)
+        self.mark_bucket = f"{MARK_BUCKET}{shown}"
+        self.queue_bucket = f"{QUEUE_BUCKET}{shown}"
+        self._queues: dict[int, str] = {}  # queue id -> slug
+        self._queues_loaded = False
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_lock = asyncio.Lock()
+        self.sweeps = 0  # sweeps finished (whatever their outcome): tests wait on it
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._accepting = True
+        if self.conf.catch_up_seconds and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._catch_up_loop(), name="django-helpdesk catch-up")
 
     def stop_intake(self) -> None:
         self._accepting = False
 
     async def close(self) -> None:
+        self._accepting = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         if self._own_http:
             await self.http.aclose()
 
@@ -246,7 +287,8 @@ class DjangoHelpdeskAdapter:
     # -- webhook ----------------------------------------------------------------------------
 
     async def webhook(self, request: Request) -> Response:
-        """A new ticket or follow-up: stored (if it is a customer's), then 200 at once."""
+        """A new ticket or follow-up: stored (if it is a customer's), then 200 at once. django-helpdesk never
+        sends it again: what is refused here is the catch-up sweep's to find."""
         if not self._accepting:
             return JSONResponse({"error": "restarting"}, status_code=503)
         try:
@@ -256,8 +298,31 @@ class DjangoHelpdeskAdapter:
             return JSONResponse({"error": exc.detail}, status_code=400)
         except ShuttingDown:
             return JSONResponse({"error": "restarting"}, status_code=503)
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
+            later = (f"the catch-up sweep answers it within {self.conf.catch_up_seconds:g} s"
+                     if self.conf.catch_up_seconds else "unanswered: adapters.django_helpdesk.catch_up_seconds is 0")
+            log.error("django-helpdesk webhook not stored (the store failed: %s): answered 500; %s",
+                      _describe(exc), later)
+            return JSONResponse({"error": "not stored"}, status_code=500)
         log.debug("django-helpdesk webhook: %s", outcome)
+        await self._learn_queue(data)
         return Response(status_code=200)
+
+    async def _learn_queue(self, data: dict[str, Any]) -> None:
+        """Remember the queue's slug for its id (the sweep sees only ids; agent-assist queues are slugs)."""
+        queue, slug = data["ticket"].get("queue"), data.get("queue_slug")
+        if not isinstance(queue, int) or not isinstance(slug, str) or not slug or self._queues.get(queue) == slug:
+            return
+        self._queues[queue] = slug
+        try:
+            await self.manager.store.drop_stash(self.queue_bucket, [str(queue)])
+            await self.manager.store.stash(self.queue_bucket, str(queue), slug)
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
+            log.debug("queue %d's slug not kept (%s): known until the next restart", queue, _describe(exc))
 
     def _on_customers_behalf(self, ticket: dict[str, Any], followup: dict[str, Any], new: bool) -> bool:
         """A follow-up with a (staff) author that still speaks for the customer: an integration account's (the
@@ -271,7 +336,13 @@ class DjangoHelpdeskAdapter:
         assignee = assignee.get("id") if isinstance(assignee, dict) else assignee
         return new and bool(ticket.get("submitter_email")) and author != assignee
 
-    async def handle(self, data: dict[str, Any]) -> str:
+    async def handle(self, data: dict[str, Any], *, catch_up: bool = False) -> str:
+        """One webhook's payload (``{"ticket": …, "queue_slug": …, "followup_id": …}``; no ``followup_id``: a new
+        ticket, its first follow-up): the customer's message submitted, staff's ``/bot`` a give-back. The
+        catch-up sweep (``catch_up``) never replays a give-back: staff may have taken the ticket again since."""
+        return (await self._handle(data, catch_up=catch_up))[0]
+
+    async def _handle(self, data: dict[str, Any], *, catch_up: bool = False) -> tuple[str, Ticket | None]:
         ticket = data.get("ticket")
         if not isinstance(ticket, dict) or not isinstance(ticket.get("id"), int):
             raise BadRequest("a django-helpdesk webhook has a ticket with an id")
@@ -280,18 +351,18 @@ class DjangoHelpdeskAdapter:
         followup = followups[0] if new and followups else next(
             (f for f in followups if f.get("id") == data.get("followup_id")), None)
         if followup is None:
-            return "ignored: no follow-up"
+            return "ignored: no follow-up", None
         key = ConversationKey(PLATFORM, str(ticket["id"]))
         queue = str(data.get("queue_slug") or "")
         if followup.get("user") is not None and not self._on_customers_behalf(ticket, followup, new):
             # staff or the bot itself; a staff's private "/bot" gives the ticket back to the assistant
-            if followup.get("user") != self.bot_user and not followup.get("public") and \
+            if not catch_up and followup.get("user") != self.bot_user and not followup.get("public") and \
                     str(followup.get("comment") or "").strip() == "/bot":
                 await self.manager.hand_back(key, by="staff")
-                return "given back"
-            return "ignored: staff"
+                return "given back", None
+            return "ignored: staff", None
         if not followup.get("public", True):
-            return "ignored: private"
+            return "ignored: private", None
         comment = str(followup.get("comment") or "").strip()
         text = f"{ticket.get('title', '')}\n\n{comment}".strip() if new else comment
         attachments = tuple(
@@ -299,14 +370,224 @@ class DjangoHelpdeskAdapter:
                        a.get("size") if isinstance(a.get("size"), int) else None)
             for a in followup.get("followupattachment_set") or [] if isinstance(a, dict) and a.get("file"))
         route = {"queue": queue}
-        if queue in self.assist:
+        if queue in self.assist or (not queue and self.assist):
+            # a queue the sweep knows only by id (no webhook named its slug yet): drafts stay private
             route["assist"] = "1"
         conversation_var.set(str(key))
         email = str(ticket.get("submitter_email") or "customer")
-        await self.manager.submit(IncomingMessage(
+        submitted = await self.manager.submit(IncomingMessage(
             key=key, sender=Sender(email, email), text=text, attachments=attachments,
             event_id=f"followup:{followup.get('id')}", message_id=str(followup.get("id")), route=route, raw=data))
-        return "stored"
+        return ("stored", submitted) if submitted is not None else ("not for the bot (a duplicate, or the policy)", None)
+
+    # -- catch-up sweep -------------------------------------------------------------------
+
+    async def _catch_up_loop(self) -> None:
+        while self._accepting:
+            await self.catch_up()
+            self.sweeps += 1
+            await asyncio.sleep(self.conf.catch_up_seconds)
+
+    async def catch_up(self) -> int:
+        """One sweep: the follow-ups newer than the high-water mark, each handed to :meth:`handle` as its webhook
+        would have been, in order; the mark moves past each one handled. Returns how many were handed on. A
+        failure is one log line (what, where, the fix) and ends the sweep where it stood: the next one goes on
+        from there. Never raises (but a cancel)."""
+        async with self._sweep_lock:
+            try:
+                return await self._sweep()
+            except _SweepFailed as failed:
+                if isinstance(failed.error, ShuttingDown):
+                    return 0  # stopping: the next start goes on from the mark
+                log.warning("django-helpdesk catch-up: %s failed (%s): %s", failed.part, _describe(failed.error),
+                            self._fix(failed.error))
+            except Exception as exc:  # the sweep never stops the adapter: one line, the next sweep tries again
+                log.error("django-helpdesk catch-up failed (%s): %s", _describe(exc), self._fix(exc))
+            return 0
+
+    async def _sweep(self) -> int:
+        store = self.manager.store
+        items = (await _step("reading the high-water mark from the store", store.stashed(self.mark_bucket))
+                 ).get(self.mark_bucket, [])
+        mark = max((int(item) for item, _ in items if item.isdigit()), default=None)
+        if not self._queues_loaded:
+            known = await _step("reading the queues' slugs from the store", store.stashed(self.queue_bucket))
+            for item, slug in known.get(self.queue_bucket, []):
+                if item.isdigit():
+                    self._queues.setdefault(int(item), slug)
+            self._queues_loaded = True
+        followups = await self._newest(mark)
+        newest = max((f["id"] for f in followups), default=0)
+        if mark is None:  # the first sweep ever: from here on (the helpdesk's past is not a question to us)
+            await self._move_mark(newest, items)
+            log.info("django-helpdesk catch-up starts after follow-up %d (older ones are not answered)", newest)
+            return 0
+        if newest < mark:  # ids are never reused: another database behind the same base_url
+            log.warning("django-helpdesk catch-up: the newest follow-up (%d) is older than where the last sweep "
+                        "stopped (%d): a new helpdesk database? Going on after %d", newest, mark, newest)
+            await self._move_mark(newest, items)
+            return 0
+        handed, start = 0, mark
+        failed: _SweepFailed | None = None
+        tickets: dict[int, dict[str, Any] | None] = {}
+        turns: dict[int, Ticket] = {}  # ticket id -> the turn this sweep started there last
+        for followup in sorted((f for f in followups if f["id"] > mark), key=lambda f: f["id"]):
+            if not self._accepting:
+                break
+            try:
+                if self._maybe_customers(followup):
+                    handed += await self._hand_on(followup, tickets, turns)
+            except _SweepFailed as exc:
+                failed = exc
+                break
+            mark = followup["id"]
+        if mark != start:
+            await self._move_mark(mark, items)
+        if failed is not None:
+            raise failed
+        return handed
+
+    async def _newest(self, mark: int | None) -> list[dict[str, Any]]:
+        """The last page of follow-ups (oldest first), and earlier pages until one reaches back to ``mark``."""
+        url = f"{self.base_url}/api/followups/"
+        page = await self._get(url, {"page": "last", "page_size": CATCH_UP_PAGE})
+        found = _followups(page)
+        number = max(1, -(-int(page.get("count") or 0) // CATCH_UP_PAGE))
+        last = number
+        while mark is not None and number > 1 and all(f["id"] > mark for f in found):
+            if last - number + 1 >= CATCH_UP_PAGES:
+                log.warning("django-helpdesk catch-up: more than %d follow-ups since follow-up %d; only the newest "
+                            "are looked at (the bot was away long: read the older tickets yourself)",
+                            CATCH_UP_PAGE * CATCH_UP_PAGES, mark)
+                break
+            number -= 1
+            found = _followups(await self._get(url, {"page": number, "page_size": CATCH_UP_PAGE})) + found
+        return found
+
+    def _maybe_customers(self, followup: dict[str, Any]) -> bool:
+        """Could :meth:`handle` answer this follow-up? (Saves reading the ticket of every staff note.)"""
+        if not followup.get("public", True):
+            return False  # private: never the customer's (and a staff /bot is not replayed)
+        author = followup.get("user")
+        if author is None:
+            return True
+        if author == self.bot_user:
+            return False
+        return author in self.conf.integration_users if self.conf.integration_users else True
+
+    async def _hand_on(self, followup: dict[str, Any], tickets: dict[int, dict[str, Any] | None],
+                       turns: dict[int, Ticket]) -> int:
+        ticket_id = followup["ticket"]
+        if ticket_id not in tickets:
+            try:
+                tickets[ticket_id] = await self._get(f"{self.base_url}/api/tickets/{ticket_id}/", {})
+            except _SweepFailed as failed:
+                if not (isinstance(failed.error, httpx.HTTPStatusError) and failed.error.response.status_code == 404):
+                    raise
+                tickets[ticket_id] = None  # deleted since (or out of the API user's reach)
+        ticket = tickets[ticket_id]
+        if ticket is None:
+            return 0
+        first = next((f.get("id") for f in ticket.get("followup_set") or [] if isinstance(f, dict)), None)
+        queue = ticket.get("queue")
+        data: dict[str, Any] = {"ticket": ticket, "queue_slug": self._queues.get(queue, "") if isinstance(queue, int)
+                                else ""}
+        if first != followup["id"]:
+            data["followup_id"] = followup["id"]
+        if ticket_id in turns:
+            # the customer wrote these one after the other, not at once: each waits for the answer before it (as
+            # its webhook would have), else the next would meet conversation.max_pending_per_conversation
+            await asyncio.wait([turns.pop(ticket_id).done], timeout=CATCH_UP_TURN_WAIT)
+        try:
+            outcome, turn = await self._handle(data, catch_up=True)
+        except BadRequest as exc:
+            log.warning("django-helpdesk catch-up: follow-up %d skipped (%s)", followup["id"], exc.detail)
+            return 0
+        except Exception as exc:
+            raise _SweepFailed(f"storing follow-up {followup['id']} of ticket {ticket_id}", exc) from None
+        log.debug("django-helpdesk catch-up, follow-up %d: %s", followup["id"], outcome)
+        if turn is None:
+            return 0
+        turns[ticket_id] = turn
+        return 1
+
+    async def _get(self, url: str, params: dict[str, Any]) -> dict[str, Any]:
+        async def get() -> dict[str, Any]:
+            response = await self.http.get(url, params=params, auth=self.auth)
+            response.raise_for_status()
+            body = response.json()
+            if not isinstance(body, dict):
+                raise ValueError("the answer is not a JSON object")
+            return body
+
+        shown = _without_credentials(url) + (f"?{httpx.QueryParams(params)}" if params else "")
+        return await _step(f"GET {shown}", get())
+
+    async def _move_mark(self, mark: int, old: list[tuple[str, str]]) -> None:
+        """The new mark first, then the old ones go (a crash between leaves both: the higher one counts)."""
+        store = self.manager.store
+        await _step("saving the high-water mark in the store", store.stash(self.mark_bucket, f"{mark:012d}", ""))
+        stale = [item for item, _ in old if item != f"{mark:012d}"]
+        if stale:
+            await _step("saving the high-water mark in the store", store.drop_stash(self.mark_bucket, stale))
+
+    def _fix(self, error: BaseException) -> str:
+        again = f"tried again in {self.conf.catch_up_seconds:g} s"
+        if isinstance(error, httpx.HTTPStatusError):
+            status = error.response.status_code
+            if status in (401, 403):
+                return (f"the helpdesk refuses the API user: set {self.conf.username_env} and {self.conf.password_env} "
+                        f"to a staff user's name and password ({again})")
+            if status == 404:
+                return f"no REST API there: check adapters.django_helpdesk.base_url (the site root) ({again})"
+            return f"the helpdesk answered HTTP {status}; {again}"
+        if isinstance(error, httpx.HTTPError):
+            return f"the helpdesk cannot be reached: check adapters.django_helpdesk.base_url and the network; {again}"
+        if isinstance(error, ShuttingDown):
+            return "the bot is stopping"
+        if is_store_error(error):
+            return f"the bot's database failed; {again}"
+        return f"unexpected: please report it; {again}"
+
+
+class _SweepFailed(Exception):
+    """A step of the catch-up sweep failed: ``part`` says which (and the URL)."""
+
+    def __init__(self, part: str, error: BaseException) -> None:
+        super().__init__(part)
+        self.part = part
+        self.error = error
+
+
+async def _step(part: str, work: Awaitable[T]) -> T:
+    """``await work``, any failure but a cancel raised as :class:`_SweepFailed` naming ``part``."""
+    try:
+        return await work
+    except _SweepFailed:
+        raise
+    except Exception as exc:
+        raise _SweepFailed(part, exc) from None
+
+
+def _followups(page: dict[str, Any]) -> list[dict[str, Any]]:
+    results = page.get("results")
+    return [f for f in results if isinstance(f, dict) and isinstance(f.get("id"), int)
+            and isinstance(f.get("ticket"), int)] if isinstance(results, list) else []
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    if isinstance(exc, httpx.HTTPStatusError):
+        text = f"HTTP {exc.response.status_code}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` (logs and stash names never carry it)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def build(runtime: Runtime, conf: DjangoHelpdeskSettings) -> DjangoHelpdeskAdapter:
