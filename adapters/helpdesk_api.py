@@ -12,7 +12,8 @@ nothing; a message needs no such memory (its ``message_id`` makes a repeat a dup
 - ``POST /api/helpdesk/v1/messages``: a customer's message (``conversation_id``, ``message_id``, ``text``,
   ``customer``, ``attachments`` by URL — fetched only from ``attachment_hosts``, from non-public addresses only
   within ``allow_private_networks`` — or inline as base64; ``assist: true`` makes every answer a private draft
-  for agents). Stored before the 202; the same ``message_id`` again (a retry) is the same message, answered once.
+  for agents). Stored before the 202 (the store failing: 503 with ``Retry-After``, send it again); the same
+  ``message_id`` again (a retry) is the same message, answered once.
 - ``GET /api/helpdesk/v1/conversations/{conversation_id}/messages?after=<id>``: the assistant's replies after
   a cursor, and whether the bot or a person has the conversation.
 - ``POST /api/helpdesk/v1/conversations/{conversation_id}/mode``: agents take the conversation (``human``:
@@ -50,7 +51,7 @@ from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bot.logs import conversation_var, register_secret
-from bot.store import StoredMessage
+from bot.store import StoredMessage, is_store_error
 from bot.types import (
     AnswerDone,
     Attachment,
@@ -78,6 +79,8 @@ DELIVERY_HEADER = "X-InternVL-Bot-Delivery"
 MAX_REDIRECTS = 5
 #: How many stored messages of a conversation polling looks at (the newest ones).
 POLL_WINDOW = 500
+#: Retry-After (seconds) of a 503 for a message the store failed to take: a database blip, not a restart.
+STORE_RETRY_AFTER = 1
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
 
@@ -247,7 +250,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ApiError, "description": "unsigned, wrong or stale signature"},
     413: {"model": ApiError, "description": "the body or an inline file is too large"},
     400: {"model": ApiError, "description": "the JSON or the path does not fit the schema (details say where)"},
-    503: {"model": ApiError, "description": "the service is restarting; retry after Retry-After seconds"},
+    503: {"model": ApiError, "description": "the service is restarting, or its database failed for a moment: the "
+                                           "message was not taken; retry after Retry-After seconds"},
 }
 
 
@@ -413,19 +417,27 @@ class HelpdeskApiAdapter:
                 return JSONResponse({"error": f"attachments[{i}].url is not on an allowed host (attachment_hosts)"},
                                     status_code=400)
         key = ConversationKey(PLATFORM, message.conversation_id)
-        attachments = await self._attachments(message)
         conversation_var.set(str(key))
         route = {"assist": "1"} if message.assist else {}
         customer = message.customer
         try:
+            attachments = await self._attachments(message)
             ticket = await self.manager.submit(IncomingMessage(
                 key=key, sender=Sender(customer.id, customer.name or customer.email or customer.id),
                 text=message.text, attachments=attachments, locale=message.language,
                 event_id=f"{message.conversation_id}/{message.message_id}", message_id=message.message_id,
                 is_direct=True, route=route, raw={"conversation_id": message.conversation_id}))
+            conv = await self.manager.store.conversation(key)
         except ShuttingDown:
             return self._restarting()
-        conv = await self.manager.store.conversation(key)
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
+            # not confirmed: the helpdesk sends it again (the same message_id: answered once, whatever got stored)
+            log.error("helpdesk API message %s of %s not stored (the store failed: %s): answered 503",
+                      message.message_id, message.conversation_id, _describe(exc))
+            return JSONResponse({"error": "not stored: the bot's database failed; send it again"}, status_code=503,
+                                headers={"Retry-After": str(STORE_RETRY_AFTER)})
         return JSONResponse(Accepted(conversation_id=message.conversation_id, message_id=message.message_id,
                                      duplicate=ticket is None, held=conv.mode == "human").model_dump(),
                             status_code=202)
@@ -511,6 +523,11 @@ class HelpdeskApiAdapter:
             return
         log.warning("helpdesk callback %s: HTTP %d (sent again later)", payload.id, response.status_code)
         response.raise_for_status()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def verify_callback(secret: str, headers: Mapping[str, str], body: bytes, *, max_age: float = 300) -> bool:

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,10 +25,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from adapters.common.http import StoredFiles
 from adapters.helpdesk_api import (
     DELIVERY_HEADER,
     PREFIX,
+    ApiFetcher,
     ApiMessage,
+    CallbackSink,
     HelpdeskApiAdapter,
     _inline_schema,
     host_allowed,
@@ -38,9 +42,13 @@ from bot.engines import EchoEngine
 from bot.errors import StartupError
 from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bot.i18n import text as t
+from bot.manager import ConversationManager
+from bot.outbox import BUCKET as OUTBOX
 from bot.runtime import Runtime
-from bot.types import ConversationKey
+from bot.store import MemoryStore, Store
+from bot.types import Attachment, ConversationKey
 from tests.conftest import image_bytes, make_settings
+from tests.contracts import Chat, FetcherContract, FileSource, PlatformContract, Screen, SinkContract
 from tests.fakes.serving import serve_asgi
 
 SECRET = "api-secret-0123456789"
@@ -48,12 +56,15 @@ SECRET = "api-secret-0123456789"
 
 @dataclass
 class Receiver:
-    """The other helpdesk: receives callbacks (``fail`` answers the next ones with 500) and serves files."""
+    """The other helpdesk: receives callbacks (``fail`` answers the next ones with 500; ``down`` all with 503)
+    and serves files (a photo, and ``blobs`` by name under ``/blobs/``)."""
 
     url: str = ""
     callbacks: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     downloads: list[str] = field(default_factory=list)
     fail: int = 0
+    down: bool = False
+    blobs: dict[str, bytes] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def payloads(self) -> list[dict[str, Any]]:
@@ -81,7 +92,7 @@ def receiver_app(receiver: Receiver, image: bytes) -> Starlette:
     async def callback(request: Request) -> Response:
         body = await request.body()
         headers = {k.lower(): v for k, v in request.headers.items()}
-        status = 500 if receiver.fail > 0 else 200
+        status = 503 if receiver.down else 500 if receiver.fail > 0 else 200
         receiver.fail -= 1
         headers["status"] = str(status)
         receiver.callbacks.append((headers, body))
@@ -103,9 +114,13 @@ def receiver_app(receiver: Receiver, image: bytes) -> Starlette:
     async def elsewhere(request: Request) -> Response:
         return RedirectResponse(receiver.url.replace("127.0.0.1", "localhost") + "/files/photo.png", status_code=302)
 
+    async def blob(request: Request) -> Response:
+        data = receiver.blobs.get(request.path_params["name"])
+        return Response(data) if data is not None else Response(status_code=404)
+
     return Starlette(routes=[Route("/callback", callback, methods=["POST"]), Route("/files/photo.png", photo),
                              Route("/files/moved", moved), Route("/files/elsewhere", elsewhere),
-                             Route("/files/metadata", metadata)])
+                             Route("/files/metadata", metadata), Route("/blobs/{name}", blob)])
 
 
 @dataclass
@@ -148,33 +163,48 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def helpdesk_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, callback: bool = True,
-                       **conf: Any) -> AsyncIterator[Harness]:
+async def receiving(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Receiver]:
+    """The other helpdesk's side, served; the secret in the environment."""
     receiver = Receiver()
     async with serve_asgi(receiver_app(receiver, image_bytes(640, 480, fmt="PNG"))) as receiver.url:
         monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
-        section = {"enabled": True, "attachment_hosts": ["127.0.0.1"],
-                   "allow_private_networks": ["127.0.0.0/8", "::1/128"], **conf}
-        if callback:
-            section["callback_url"] = f"{receiver.url}/callback"
-        settings = make_settings(tmp_path, adapters={"helpdesk_api": section})
-        async with Runtime(settings, engine=EchoEngine(delay=0.001)) as runtime:
-            assert runtime.manager is not None
-            adapter = HelpdeskApiAdapter(runtime.manager, runtime.settings,
-                                         settings.adapters.helpdesk_api)  # type: ignore[attr-defined]
-            adapter.backoff = 0.05
-            service = Service(runtime.settings, runtime, [adapter])
-            service.ready = True
-            async with serve_asgi(build_app(service)) as url:
-                await runtime.manager.start()
-                await adapter.start()
-                async with httpx.AsyncClient(base_url=url, timeout=15) as client:
-                    try:
-                        yield Harness(url, runtime, adapter, receiver, client)
-                    finally:
-                        adapter.stop_intake()
-                        await runtime.manager.stop(2)
-                        await adapter.close()
+        yield receiver
+
+
+@contextlib.asynccontextmanager
+async def api_bot(tmp_path: Path, receiver: Receiver, *, callback: bool = True, engine: EchoEngine | None = None,
+                  settings: dict[str, Any] | None = None, **conf: Any) -> AsyncIterator[Harness]:
+    """The bot's side: a Runtime (its store under ``tmp_path``: the next one finds it), the adapter and the
+    framework's server; stopped as ``serve`` stops it."""
+    section = {"enabled": True, "attachment_hosts": ["127.0.0.1"],
+               "allow_private_networks": ["127.0.0.0/8", "::1/128"], **conf}
+    if callback:
+        section["callback_url"] = f"{receiver.url}/callback"
+    built = make_settings(tmp_path, adapters={"helpdesk_api": section}, **(settings or {}))
+    async with Runtime(built, engine=engine or EchoEngine(delay=0.001)) as runtime:
+        assert runtime.manager is not None
+        adapter = HelpdeskApiAdapter(runtime.manager, runtime.settings,
+                                     built.adapters.helpdesk_api)  # type: ignore[attr-defined]
+        adapter.backoff = 0.05
+        service = Service(runtime.settings, runtime, [adapter])
+        service.ready = True
+        async with serve_asgi(build_app(service)) as url:
+            await runtime.manager.start()
+            await adapter.start()
+            async with httpx.AsyncClient(base_url=url, timeout=15) as client:
+                try:
+                    yield Harness(url, runtime, adapter, receiver, client)
+                finally:
+                    adapter.stop_intake()
+                    await runtime.manager.stop(2)
+                    await adapter.close()
+
+
+@contextlib.asynccontextmanager
+async def helpdesk_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, callback: bool = True,
+                       **conf: Any) -> AsyncIterator[Harness]:
+    async with receiving(monkeypatch) as receiver, api_bot(tmp_path, receiver, callback=callback, **conf) as h:
+        yield h
 
 
 async def test_a_message_is_answered_by_callback_and_by_polling_once(tmp_path: Path,
@@ -401,6 +431,213 @@ def test_allowed_hosts() -> None:
     assert not host_allowed("ftp://files.example.com/a.png", hosts)
     assert not host_allowed("https://user@evil.net/?files.example.com", hosts)
     assert not host_allowed("file:///etc/passwd", hosts)
+
+
+# -- the platform contract ---------------------------------------------------------------------------------------
+
+
+class HelpdeskApiChat(Chat):
+    """One conversation of the other helpdesk: ``say`` is its signed POST of the customer's message, sent again
+    on a 5xx or a network error as a real integration does (after ``Retry-After``); ``seen()`` is the public
+    answers, notices and handoff texts its callback receiver accepted for the conversation, in order, counted
+    once per delivery id (the API's word for "the same delivery"; a second delivery of the same text counts
+    twice). ``outage`` makes the receiver answer 503; ``restart`` replaces the bot on the same store."""
+
+    conversation = "T-contract"
+
+    def __init__(self, tmp_path: Path, receiver: Receiver) -> None:
+        self.tmp_path = tmp_path
+        self.receiver = receiver
+        self.engine = EchoEngine(context_length=32768)
+        self.bot: Harness | None = None
+        self.sent = 0
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def start(self) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        self.bot = await self._stack.enter_async_context(api_bot(
+            self.tmp_path, self.receiver, engine=self.engine,
+            settings={"conversation": {"max_pending_per_conversation": 1}}))
+
+    async def stop(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = self.bot = None
+
+    @property
+    def store(self) -> Store:
+        assert self.bot is not None and self.bot.runtime.store is not None, "the bot is not running"
+        return self.bot.runtime.store
+
+    async def say(self, text: str) -> dict[str, Any]:
+        self.sent += 1
+        message = {"conversation_id": self.conversation, "message_id": f"c-{self.sent}", "text": text,
+                   "customer": {"id": "cust-1", "name": "Ana"}}
+        await self.send(message)
+        return message
+
+    async def send(self, message: dict[str, Any], attempts: int = 10) -> httpx.Response:
+        """POST ``message``, signed afresh each time, until it is taken (2xx) or refused (4xx)."""
+        for _ in range(attempts):
+            assert self.bot is not None, "the bot is not running"
+            try:
+                response = await self.bot.post(f"{PREFIX}/messages", message)
+            except httpx.TransportError:
+                await asyncio.sleep(0.2)
+                continue
+            if response.status_code < 500:
+                assert response.status_code == 202, response.text
+                return response
+            await asyncio.sleep(float(response.headers.get("Retry-After", "0.2")))
+        raise AssertionError(f"the message was never taken: {message}")
+
+    async def redeliver(self, delivery: Any) -> None:
+        await self.send(delivery)
+
+    def seen(self) -> list[str]:
+        texts, deliveries = [], set()
+        for headers, body in self.receiver.callbacks:
+            payload = json.loads(body)
+            delivery = headers[DELIVERY_HEADER.lower()]
+            if headers.get("status") != "200" or delivery in deliveries or payload["private"] or \
+                    payload["conversation_id"] != self.conversation or payload["type"] == "file":
+                continue
+            deliveries.add(delivery)
+            texts.append(payload["text"])
+        return texts
+
+    def outage(self, down: bool) -> None:
+        self.receiver.down = down
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def idle(self) -> None:
+        assert self.bot is not None and self.bot.runtime.manager is not None
+        manager = self.bot.runtime.manager
+        async with asyncio.timeout(30):
+            while True:
+                await manager.idle()
+                if not await self.store.stashed(OUTBOX):
+                    break
+                await asyncio.sleep(0.05)
+
+
+class TestHelpdeskApiPlatform(PlatformContract):
+    @pytest.fixture
+    async def chat(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HelpdeskApiChat]:
+        async with receiving(monkeypatch) as receiver:
+            chat = HelpdeskApiChat(tmp_path, receiver)
+            await chat.start()
+            try:
+                yield chat
+            finally:
+                await chat.stop()
+
+
+async def test_a_store_error_answers_503_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The message is not confirmed (the helpdesk sends it again after Retry-After), and the log has one line
+    saying so: no traceback, no 500."""
+    caplog.set_level(logging.WARNING)
+    async with helpdesk_api(tmp_path, monkeypatch) as h:
+        store = h.runtime.store
+        assert store is not None
+        real = store.add_incoming
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(store, "add_incoming", broken)
+        refused = await h.message("T-20", "is it stored", message_id="s-1")
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1" and refused.json()["error"]
+        monkeypatch.setattr(store, "add_incoming", real)
+        taken = await h.message("T-20", "is it stored", message_id="s-1")
+        assert taken.status_code == 202 and taken.json()["duplicate"] is False
+        [answer] = await h.receiver.wait_for(1)
+        assert answer["text"] == "echo: is it stored"
+    [line] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "s-1" in line.getMessage() and "database is locked" in line.getMessage() and "503" in line.getMessage()
+    assert line.exc_info is None
+
+
+async def test_seen_counts_each_delivery_once_and_each_different_delivery(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract's ``seen()`` is an honest count: a retried delivery (the same delivery id) once, the same
+    text in a second delivery twice."""
+    async with receiving(monkeypatch) as receiver:
+        chat = HelpdeskApiChat(tmp_path, receiver)
+        await chat.start()
+        try:
+            await chat.say("same words")
+            await chat.wait_seen("echo: same words")
+            await chat.say("same words")
+            async with asyncio.timeout(15):
+                while len(chat.seen()) < 2:
+                    await asyncio.sleep(0.05)
+            await chat.idle()
+            headers, body = receiver.callbacks[0]
+            receiver.callbacks.append((headers, body))  # a retry of the first delivery
+            assert chat.seen() == ["echo: same words", "echo: same words"]
+        finally:
+            await chat.stop()
+
+
+# -- the reply sink and the file fetcher --------------------------------------------------------------------------
+
+
+def _api_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> HelpdeskApiAdapter:
+    monkeypatch.setenv("HELPDESK_API_SECRET", SECRET)
+    settings = make_settings(tmp_path, adapters={"helpdesk_api": {
+        "enabled": True, "callback_url": f"{receiver.url}/callback", "attachment_hosts": ["127.0.0.1"],
+        "allow_private_networks": ["127.0.0.0/8"]}})
+    return HelpdeskApiAdapter(ConversationManager(settings, MemoryStore(), EchoEngine()), settings,
+                              settings.adapters.helpdesk_api)  # type: ignore[attr-defined]
+
+
+class TestCallbackSink(SinkContract):
+    """Each reply as a signed callback: what the other helpdesk accepted, once per delivery id."""
+
+    @pytest.fixture
+    async def screen(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Screen]:
+        async with receiving(monkeypatch) as receiver:
+            adapter = _api_adapter(tmp_path, monkeypatch, receiver)
+
+            async def visible() -> list[str]:
+                return [p["text"] for p in receiver.payloads() if p["type"] != "file"]
+
+            async def files() -> list[str]:
+                return [p["file"]["filename"] for p in receiver.payloads() if p["type"] == "file"]
+
+            yield Screen(lambda context: CallbackSink(adapter, context), visible, files)
+            await adapter.close()
+
+
+class TestApiFetcher(FetcherContract):
+    """Attachments by URL (from the allowed hosts) and inline ones (kept in the store)."""
+
+    @pytest.fixture(params=["url", "inline"])
+    async def files(self, request: pytest.FixtureRequest, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FileSource]:
+        async with receiving(monkeypatch) as receiver:
+            adapter = _api_adapter(tmp_path, monkeypatch, receiver)
+            fetcher = ApiFetcher(adapter)
+
+            async def add(data: bytes, name: str) -> tuple[ApiFetcher, Attachment]:
+                if request.param == "url":
+                    receiver.blobs[name] = data
+                    return fetcher, Attachment(f"url:{receiver.url}/blobs/{name}", name)
+                sha = await adapter.manager.store.save_blob(data)
+                return fetcher, Attachment(StoredFiles.ref(sha), name, size=len(data))
+
+            async def missing() -> tuple[ApiFetcher, Attachment]:
+                if request.param == "url":
+                    return fetcher, Attachment(f"url:{receiver.url}/blobs/gone.png", "gone.png")
+                return fetcher, Attachment(StoredFiles.ref("0" * 64), "gone.png")
+
+            yield FileSource(add, missing)
+            await adapter.close()
 
 
 # -- fuzzing ------------------------------------------------------------------------------------------------------
