@@ -190,3 +190,14 @@ def default_retry_after(exc: BaseException) -> float | None:
     if isinstance(exc, httpx.TransportError | OSError | asyncio.TimeoutError):
         return 0.0
     return None
+
+
+def default_may_have_arrived(exc: BaseException) -> bool:
+    """Whether a send that failed with ``exc`` may still have reached the platform (the request went out and
+    its answer was lost: a time-out, a connection dropped): then a retry first looks for the earlier copy
+    where the platform can tell. False when the platform answered that it did not take it (429, 503) or no
+    connection was made. An adapter whose SDK raises its own errors gives its own
+    (``Channel.may_have_arrived``)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code not in (429, 503)
+    return not isinstance(exc, httpx.ConnectError | ConnectionRefusedError)

@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 
 #: Per-conversation memory kept in the process (what was already said about images left out of the context).
 _REMEMBERED_CONVERSATIONS = 4096
+LOCALE_WAIT = 1.0  # seconds a turn waits for the platform to say the sender's locale
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,9 +425,16 @@ class ConversationManager:
         lookup = self._channels[msg.key.platform].locale_of if msg.key.platform in self._channels else None
         if lookup is None:
             return None
+        task = asyncio.ensure_future(lookup(msg.sender_id))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an error after we stopped waiting
         try:
-            return await lookup(msg.sender_id)
-        except Exception as exc:  # a hint only: the text and the conversation decide without it
+            # a hint only: a platform slow to say (rate-limited after an outage) does not hold the turn; the
+            # lookup goes on and its answer is there for the user's next message
+            return await asyncio.wait_for(asyncio.shield(task), LOCALE_WAIT)
+        except TimeoutError:
+            log.info("the locale of %s is not known yet: the text decides the language", msg.sender_id)
+            return None
+        except Exception as exc:  # the text and the conversation decide without it
             log.info("looking up the locale of %s failed: %s", msg.sender_id, exc)
             return None
 

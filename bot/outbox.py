@@ -10,8 +10,9 @@ stored as the message's answer, and the event is kept here (the store's stash, u
 - the event is sent again with back-off, honouring the platform's Retry-After, across restarts and (with
   PostgreSQL) replicas — one replica delivers (an election), the others keep what they fail to send;
 - in order per conversation: a newer reply of a conversation with replies waiting goes behind them;
-- a platform that is down is probed by one send at a time (the oldest waiting), not hammered by every
-  conversation; when it answers, the rest follow at once;
+- a platform that is down is probed by one send every back-off period (the oldest waiting; a new probe
+  goes even while an earlier one hangs, so a recovery is seen within the period, not after a time-out),
+  not hammered by every conversation; when it answers, the rest follow at once, side by side;
 - each retry builds the sink with the platform messages the failed attempt left (``previous``), so a
   half-streamed message is completed, not left beside a second answer, and adapters whose platform lets
   them recognise an earlier send (Chatwoot's answer mark, the helpdesk API's delivery ids) do not double it;
@@ -53,9 +54,10 @@ log = logging.getLogger(__name__)
 
 BUCKET = "outbox:"
 #: seconds between two probes of a platform that is down (doubling from the first, up to this)
-MAX_BACKOFF = 5.0
+MAX_BACKOFF = 2.0
 ATTEMPT_TIMEOUT = 15.0  # seconds one send may take before it counts as failed (the platform hangs)
 FIRST_BACKOFF = 0.5
+PARALLEL = 8  # conversations of one platform delivered side by side once it answers
 NOT_DELIVERED = "not delivered"
 
 
@@ -120,6 +122,7 @@ class Outbox:
         self._down: dict[str, float] = {}  # platform -> when to probe it again
         self._backoff: dict[str, float] = {}
         self._keys: set[str] = set()  # conversations with replies kept here (by this process)
+        self._flying: dict[str, asyncio.Task[None]] = {}  # conversation -> its delivery in progress
         self.delivered = 0
 
     # -- keeping ----------------------------------------------------------------------------
@@ -138,12 +141,21 @@ class Outbox:
                 "reply_row": context.reply_row,
                 "previous": list(context.previous), "created": now, "next_at": now + wait,
                 "deadline": now + (deadline if deadline is not None else self.deadline),
-                "error": _describe(error), "last_try": last_try}
+                "error": _describe(error), "last_try": last_try, "maybe_sent": self._maybe_sent(key, error)}
         await self.store.stash(self.bucket(key), _item(row, 0), json.dumps(data))
         self._keys.add(str(key))
         log.warning("%s for %s not delivered (%s): kept, sent again when %s answers", type(event).__name__, key,
                     data["error"] or "waiting behind earlier replies", key.platform)
         self._wake.set()
+
+    def _maybe_sent(self, key: ConversationKey, error: BaseException | None) -> bool:
+        """May a send that failed with ``error`` have arrived all the same? (None: never sent.)"""
+        if error is None:
+            return False
+        try:
+            return self.channel_of(key.platform).may_have_arrived(error)
+        except Exception:
+            return True
 
     def maybe_waiting(self, key: ConversationKey) -> bool:
         """Cheap first check (no store read on the happy path): may replies of ``key`` be waiting?"""
@@ -165,16 +177,17 @@ class Outbox:
                 self.run(), name="outbox")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, *self._flying.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
 
     async def run(self) -> None:
         while True:
             self._wake.clear()
             try:
-                wait = await self.deliver_due()
+                wait = await self._launch()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store away: try again soon, never stop delivering
@@ -185,38 +198,74 @@ class Outbox:
                     await self._wake.wait()
 
     async def deliver_due(self) -> float:
-        """One round: each conversation's oldest waiting event, in order, while its platform answers.
-        Returns the seconds until the next one is due. One round at a time (never two sends of one event)."""
-        async with self._round:
-            return await self._deliver_round()
+        """Deliver what is due now and wait until it is settled (the loop does the same without waiting).
+        Returns the seconds until the next one is due."""
+        while True:
+            wait = await self._launch()
+            if not self._flying:
+                return wait
+            await asyncio.gather(*self._flying.values(), return_exceptions=True)
 
-    async def _deliver_round(self) -> float:
-        queues = _queues(await self.store.stashed(BUCKET))
-        self._keys = {str(entries[0].key) for entries in queues.values() if entries}
-        by_platform: dict[str, list[list[Waiting]]] = {}
-        for entries in queues.values():
-            if entries:
-                by_platform.setdefault(entries[0].key.platform, []).append(entries)
-        # platforms side by side: one that hangs does not hold the others' deliveries
-        waits = await asyncio.gather(*(self._deliver_platform(q) for q in by_platform.values()))
-        return min(waits, default=60.0)
+    async def _launch(self) -> float:
+        """Start delivering each conversation whose oldest kept event is due and whose platform may answer:
+        every such conversation of a platform that answers (up to PARALLEL at a time), one probe of a
+        platform that does not. Returns the seconds until something is due again."""
+        async with self._round:  # one reading of the stash at a time; a conversation in flight is never started twice
+            queues = _queues(await self.store.stashed(BUCKET))
+            self._keys = {str(entries[0].key) for entries in queues.values() if entries}
+            now = self.clock()
+            next_due = 60.0
+            by_platform: dict[str, list[list[Waiting]]] = {}
+            for entries in queues.values():
+                if entries and str(entries[0].key) not in self._flying:
+                    by_platform.setdefault(entries[0].key.platform, []).append(entries)
+            for platform, waiting in by_platform.items():
+                due: list[list[Waiting]] = []
+                for entries in waiting:
+                    head = entries[0]
+                    if now >= head.data["deadline"]:
+                        self._fly(entries)  # past its deadline: its last try now, whatever the probe schedule
+                    elif head.due > now:
+                        next_due = min(next_due, head.due - now)
+                    else:
+                        due.append(entries)
+                if not due:
+                    continue
+                if platform not in self._backoff:  # it answers: everything due, side by side
+                    flying = sum(1 for key in self._flying if key.startswith(f"{platform}:"))
+                    for entries in due[:max(0, PARALLEL - flying)]:
+                        self._fly(entries)
+                    continue
+                probe_at = self._down.get(platform, 0.0)
+                if probe_at > now:
+                    next_due = min(next_due, probe_at - now)
+                    continue
+                # one probe; the next one after the back-off even while this one hangs (it may never answer)
+                self._fly(due[0])
+                self._down[platform] = now + self._backoff[platform]
+                next_due = min(next_due, self._backoff[platform])
+            return max(0.05, next_due)
 
-    async def _deliver_platform(self, queues: list[list[Waiting]]) -> float:
-        now = self.clock()
-        next_due = 60.0
-        for entries in queues:
+    def _fly(self, entries: list[Waiting]) -> None:
+        key = str(entries[0].key)
+        self._flying[key] = asyncio.create_task(self._deliver_queue(key, entries), name=f"outbox {key}")
+
+    async def _deliver_queue(self, key: str, entries: list[Waiting]) -> None:
+        """One conversation's kept events, in order, until one is not due or fails."""
+        try:
             for entry in entries:
-                platform = entry.key.platform
-                # past its deadline an event gets its last try now, whatever the platform's probe schedule
-                due = entry.due if now >= entry.data["deadline"] else max(entry.due, self._down.get(platform, 0.0))
-                if due > now:
-                    next_due = min(next_due, due - now)
+                now = self.clock()
+                if entry.due > now and now < entry.data["deadline"]:
                     break  # in order: nothing after it goes first
                 if not await self._attempt(entry):
-                    next_due = min(next_due, max(0.05, max(self._down.get(platform, now), entry.due) - now))
                     break
-                now = self.clock()
-        return next_due
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store away mid-delivery: the next round reads it again
+            log.warning("delivering the kept replies of %s stopped (%s): trying again", key, exc)
+        finally:
+            self._flying.pop(key, None)
+            self._wake.set()
 
     async def _attempt(self, entry: Waiting) -> bool:
         """Send one kept event; True when it is settled (delivered or given up)."""
@@ -233,7 +282,8 @@ class Outbox:
                 previous = tuple(dict.fromkeys(previous + tuple(noted)))
         context = SinkContext(key=key, reply_to=data.get("reply_to"), message_id=data.get("message_id"),
                               previous=previous, route=data.get("route") or {},
-                              language=data.get("language") or "en", reply_row=data.get("reply_row"), resend=True)
+                              language=data.get("language") or "en", reply_row=data.get("reply_row"),
+                              resend=bool(data.get("maybe_sent", True)))
         try:
             async with asyncio.timeout(ATTEMPT_TIMEOUT):  # a platform that hangs: the next probe, not forever
                 ids = platform_ids(await channel.sink_for(context).emit(event))
@@ -260,7 +310,8 @@ class Outbox:
         backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
         self._backoff[platform] = backoff
         self._down[platform] = now + max(wait, backoff)
-        data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc)}
+        data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc),
+                "maybe_sent": bool(data.get("maybe_sent", True)) or channel.may_have_arrived(exc)}
         # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
         await self.store.stash(entry.bucket, _item(entry.row, entry.attempt + 1), json.dumps(data))
         await self.store.drop_stash(entry.bucket, [entry.item])

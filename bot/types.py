@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from bot.errors import AttachmentUnavailable, FileTooLarge, default_retry_after
+from bot.errors import AttachmentUnavailable, FileTooLarge, default_may_have_arrived, default_retry_after
 
 #: The empty route (shared: most messages have none).
 NO_ROUTE: Mapping[str, str] = MappingProxyType({})
@@ -434,3 +434,6 @@ class Channel:
     #: seconds to wait before sending again after a send failed with this error (a 429, a 5xx, a timeout),
     #: or None when it would fail again: what the outbox retries (bot/outbox.py)
     retry_after: Callable[[BaseException], float | None] = default_retry_after
+    #: whether a send that failed with this error may have reached the platform all the same (the outbox then
+    #: sends again with ``SinkContext.resend``, for adapters that look for an earlier copy first)
+    may_have_arrived: Callable[[BaseException], bool] = default_may_have_arrived

@@ -572,11 +572,6 @@ class TestHelpdeskSink(SinkContract):
         yield Screen(lambda context: HelpdeskSink(adapter, replace(context, key=key)), visible, files)
         await adapter.close()
 
-    @pytest.mark.xfail(strict=True, reason="django-helpdesk refuses .csv by default (HELPDESK_VALID_EXTENSIONS): "
-                                           "the customer gets tables.csv.txt (test_exports_arrive_as_attachments_…)")
-    async def test_a_file_reaches_the_user(self, screen: Screen) -> None:
-        await super().test_a_file_reaches_the_user(screen)
-
 
 @pytest.mark.asyncio(loop_scope="class")
 class TestHelpdeskFetcher(FetcherContract):

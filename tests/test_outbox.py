@@ -179,3 +179,40 @@ async def _text(m: ConversationManager, key: str) -> str:
     from bot.i18n import text
 
     return text(key, "en")
+
+
+@pytest.mark.parametrize(("failure", "looks_first"), [("503", False), ("timeout", True)])
+async def test_a_retry_looks_for_an_earlier_copy_only_when_one_may_have_arrived(
+        tmp_path: Path, failure: str, looks_first: bool) -> None:
+    """A 503 says the platform did not take it: sent again as is. A time-out may have delivered it: the
+    retry is marked ``resend`` (Slack then looks in the thread for the answer's mark before posting)."""
+    store = MemoryStore()
+    platform = Platform()
+
+    class Timing(Sink):
+        async def emit(self, event: ReplyEvent) -> str | None:
+            if isinstance(event, AnswerDone) and failure == "timeout" and platform.down:
+                platform.attempts += 1
+                raise httpx.ReadTimeout("no answer in 10 s")
+            return await super().emit(event)
+
+    m = ConversationManager(make_settings(tmp_path), store, EchoEngine(delay=0.001))
+    def sink_for(context: SinkContext) -> Timing:
+        platform.contexts.append(context)
+        return Timing(platform)
+
+    m.register(Channel("flaky", MemoryFetcher(), sink_for))
+    platform.down = True
+    await m.start()
+    try:
+        assert await ask(m, "is it there?", 1) == "answered"
+        assert platform.shown == []
+        platform.down = False
+        async with asyncio.timeout(10):  # the outbox's own loop sends it after its back-off
+            while not platform.shown:
+                await asyncio.sleep(0.05)
+        await m.outbox.deliver_due()
+        assert platform.shown == ["echo: is it there?"]
+        assert platform.contexts[-1].resend is looks_first
+    finally:
+        await m.stop(1)

@@ -102,3 +102,39 @@ async def test_capacity_can_be_asked_without_waiting() -> None:
     assert limiter.has_capacity("k") and not limiter.has_capacity("k", 2)
     limiter.pause("k", 3600)
     assert not limiter.has_capacity("k")
+
+
+async def test_calls_on_a_busy_key_take_turns_between_parties() -> None:
+    """One user's ten replies queued on a channel, then another user's one: it goes right after the call that
+    already held the line (third), not eleventh."""
+    limiter = RateLimiter(lambda key: [(1, 0.02)])
+    order: list[str] = []
+
+    async def post(party: str, n: int) -> None:
+        await limiter.call("chan:C1", lambda: asyncio.sleep(0), retry_after=_retry_after, party=party)
+        order.append(f"{party}{n}")
+
+    ana = [asyncio.create_task(post("ana", n)) for n in range(10)]
+    await asyncio.sleep(0)
+    rui = asyncio.create_task(post("rui", 0))
+    await asyncio.gather(*ana, rui)
+    assert order[:4] == ["ana0", "ana1", "rui0", "ana2"], order
+    assert sorted(order) == sorted([f"ana{n}" for n in range(10)] + ["rui0"])
+    assert not limiter._turns  # nothing left behind for a key nobody waits on
+
+
+async def test_a_cancelled_call_passes_its_turn_on() -> None:
+    limiter = RateLimiter(lambda key: [(1, 3600)])
+    await limiter.acquire("chan:C1", "ana")  # the bucket is now empty for an hour
+    held = asyncio.create_task(limiter.acquire("chan:C1", "ana"))  # has the turn, waits for the bucket
+    waiting = asyncio.create_task(limiter.acquire("chan:C1", "rui"))  # waits for the turn
+    await asyncio.sleep(0.01)
+    assert list(limiter._turns["chan:C1"].queues) == ["rui"]
+    held.cancel()
+    await asyncio.gather(held, return_exceptions=True)
+    await asyncio.sleep(0.01)
+    turns = limiter._turns["chan:C1"]
+    assert turns.busy and not turns.queues  # rui has the turn now (and waits for the bucket)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert "chan:C1" not in limiter._turns

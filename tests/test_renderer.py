@@ -46,6 +46,17 @@ async def test_edits_are_throttled_and_the_final_text_always_arrives() -> None:
     assert transport.calls.count("send") == 1 and message.edits == 1  # first text, then the final edit only
 
 
+async def test_without_a_budget_for_previews_only_the_finished_text_is_written() -> None:
+    """A burst spent the platform's edit budget: no previews, the answer arrives as one message, once."""
+    transport = MemoryTransport()
+    transport.budget = False
+    renderer = StreamingRenderer(transport, SinkContext(KEY), min_interval=0)
+    ids = await _stream(renderer, [f"word{i} " for i in range(20)])
+    [message] = transport.messages.values()
+    assert ids == (message.id,) and message.final and message.edits == 0
+    assert transport.calls == ["send"]
+
+
 async def test_unchanged_text_is_not_edited_again() -> None:
     transport = MemoryTransport()
     renderer = StreamingRenderer(transport, SinkContext(KEY), min_interval=0)

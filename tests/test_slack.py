@@ -690,3 +690,31 @@ class TestSlackSupportChannel(NotifierContract):
             return notifier  # type: ignore[no-any-return]
 
         return Desk(notifier, received, broken)
+
+
+async def test_a_busy_channel_posts_answers_fairly_between_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ana starts ten threads in a channel; the engine answers faster than the channel takes posts (about one
+    a second), so her answers queue at the channel. Then Rui asks: the engine serves him at once, and his
+    answer does not wait behind all of Ana's queued ones: the channel's posts take turns between users."""
+    engine = EchoEngine(max_concurrency=1, record=True)
+    async with slack(tmp_path, monkeypatch, engine=engine, native_streaming=False,
+                     fake={"rate_limits": True}) as h:
+        h.slack.add_user("U0RUI", name="rui", locale="pt-BR")
+        threads = []
+        for n in range(10):
+            payload = mention(h, f"question {n} from Ana")
+            await h.slack.send_socket_event(payload)
+            threads.append(payload["event"]["ts"])
+        await h.slack.wait_for(lambda: len(engine.calls) == 10, 30)  # all ten generated
+        waiting = [ts for ts in threads if not h.thread(CHANNEL, ts)]
+        assert len(waiting) >= 4, "the channel was not busy: nothing to be fair about"
+        rui = h.slack.event_callback(h.slack.app_mention(CHANNEL, "U0RUI", f"<@{h.slack.bot_user_id}> one from Rui"))
+        await h.slack.send_socket_event(rui)
+        threads.append(rui["event"]["ts"])
+        for ts in threads:
+            await h.slack.wait_for(lambda ts=ts: any(not m.streaming and m.text.startswith("echo:")
+                                                     for m in h.thread(CHANNEL, ts)), 60)
+        await h.idle()
+        first_post = {ts: float(h.thread(CHANNEL, ts)[0].ts) for ts in threads}
+        ahead = [ts for ts in waiting if first_post[ts] < first_post[rui["event"]["ts"]]]
+        assert len(ahead) <= 2, f"{len(ahead)} of Ana's {len(waiting)} queued answers went before Rui's"

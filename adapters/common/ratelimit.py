@@ -3,6 +3,10 @@
 :class:`RateLimiter` puts every call of a chat (or channel) through that chat's leaky buckets and the
 overall one (``aiolimiter``), and when the platform still answers "too many requests" it pauses that
 chat for the time the platform asked and tries again — the call is not dropped and not made twice.
+
+Calls waiting on one key may name their ``party`` (the user a reply is for): they then take turns between
+parties, round-robin, instead of first come first served, so one user's ten threads in a channel do not
+put another user's single answer behind all of theirs (the engine already served that user fairly).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -21,6 +25,49 @@ T = TypeVar("T")
 
 #: (calls, seconds): at most ``calls`` in any ``seconds`` (a leaky bucket that allows that burst).
 Rate = tuple[float, float]
+
+
+class _Turns:
+    """Who of the callers waiting on one key goes next: one at a time, round-robin between parties."""
+
+    def __init__(self) -> None:
+        self.queues: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
+        self.busy = False
+
+    async def enter(self, party: str) -> None:
+        if not self.busy:
+            self.busy = True
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queues.setdefault(party, deque()).append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.leave(party)  # the turn was handed to us as we were cancelled: pass it on
+            else:
+                queue = self.queues.get(party)
+                if queue is not None and future in queue:
+                    queue.remove(future)
+                    if not queue:
+                        del self.queues[party]
+            raise
+
+    def leave(self, party: str) -> None:
+        """``party``'s call has gone: the turn passes to the next party's oldest call (``party`` last)."""
+        if len(self.queues) > 1 and next(iter(self.queues)) == party:
+            self.queues.move_to_end(party)
+        while self.queues:
+            party, queue = next(iter(self.queues.items()))
+            future = queue.popleft()
+            if queue:
+                self.queues.move_to_end(party)  # its next call goes after the other parties' next ones
+            else:
+                del self.queues[party]
+            if not future.done():
+                future.set_result(None)
+                return
+        self.busy = False
 
 
 class RateLimiter:
@@ -37,6 +84,7 @@ class RateLimiter:
         self._keys: OrderedDict[str, list[AsyncLimiter]] = OrderedDict()
         self._paused: dict[str, float] = {}
         self._paused_all = 0.0
+        self._turns: dict[str, _Turns] = {}
         self.max_keys = max_keys
         self.max_wait = max_wait
         self.honoured = 0  # 429s answered by waiting and trying again
@@ -52,8 +100,23 @@ class RateLimiter:
             self._keys.move_to_end(key)
         return found
 
-    async def acquire(self, key: str) -> None:
-        """Wait until a call for ``key`` is allowed."""
+    async def acquire(self, key: str, party: str | None = None) -> None:
+        """Wait until a call for ``key`` is allowed (taking turns with other parties' calls, given ``party``)."""
+        if party is None:
+            await self._acquire(key)
+            return
+        turns = self._turns.get(key)
+        if turns is None:
+            turns = self._turns[key] = _Turns()
+        await turns.enter(party)
+        try:
+            await self._acquire(key)
+        finally:
+            turns.leave(party)
+            if not turns.busy and not turns.queues:
+                self._turns.pop(key, None)
+
+    async def _acquire(self, key: str) -> None:
         while True:
             until = max(self._paused.get(key, 0.0), self._paused_all)
             delay = until - time.monotonic()
@@ -82,17 +145,19 @@ class RateLimiter:
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]], *,
                    retry_after: Callable[[BaseException], float | None], attempts: int = 8,
-                   limited: Callable[[BaseException], float | None] | None = None, network_attempts: int = 2) -> T:
+                   limited: Callable[[BaseException], float | None] | None = None, network_attempts: int = 2,
+                   party: str | None = None) -> T:
         """``await fn()`` within the limits of ``key``. When it raises and ``retry_after(exc)`` gives a
         number of seconds (a 429), wait that long and call again, up to ``attempts`` times in all.
 
         With ``limited`` (which says which errors are the platform's rate limits), other errors that
         ``retry_after`` retries (a network error, a 5xx) are tried ``network_attempts`` times at most: a
         platform that is down is left to the outbox (bot/outbox.py) rather than waited for here, where
-        the turn's reply (and the previews ahead of it) would wait too."""
+        the turn's reply (and the previews ahead of it) would wait too. ``party``: whose call it is, for
+        turns between parties on a busy key (the module docstring)."""
         network = 0
         for attempt in range(1, attempts + 1):
-            await self.acquire(key)
+            await self.acquire(key, party)
             try:
                 return await fn()
             except Exception as exc:

@@ -47,6 +47,9 @@ class MessageTransport(Protocol):
     formatted) or a preview while it streams (plain text is fine); ``closing`` marks the last message of a
     finished answer (where a platform puts its buttons). ``preview`` shows a draft without creating a
     message (Telegram's ``sendMessageDraft``); transports without drafts set ``supports_preview`` False.
+    ``previews_affordable()`` says whether the platform's budget allows previews now: when it does not
+    (a small per-workspace edit budget spent by a burst), only the finished text is written, so that it
+    does not wait behind previews for the budget.
     ``edit`` of an unchanged text must not fail; ``edit`` of a message the platform no longer has raises
     :class:`MessageGone` (the renderer then sends it anew).
     """
@@ -55,6 +58,7 @@ class MessageTransport(Protocol):
     supports_preview: bool
 
     def measure(self, text: str) -> int: ...
+    def previews_affordable(self) -> bool: ...
     async def send(self, text: str, *, final: bool, closing: bool = False) -> str: ...
     async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None: ...
     async def delete(self, message_id: str) -> None: ...
@@ -246,7 +250,7 @@ class StreamingRenderer:
     # -- streaming ------------------------------------------------------------------------
 
     async def _maybe_flush(self) -> None:
-        if self.previews_off:
+        if self.previews_off or not self.transport.previews_affordable():
             return
         due = self._last_write + self.min_interval
         if self.clock() >= due:
@@ -259,7 +263,7 @@ class StreamingRenderer:
     async def _flush_at(self, due: float) -> None:
         await asyncio.sleep(max(0.0, due - self.clock()))
         async with self._lock:
-            if not self.done and not self.previews_off:
+            if not self.done and not self.previews_off and self.transport.previews_affordable():
                 await self._render(self.answer, final=False)
 
     def _cancel_timer(self) -> None:
@@ -420,9 +424,13 @@ class MemoryTransport:
         self.calls: list[str] = []
         self.failures: dict[str, list[BaseException]] = {}
         self._ids = 0
+        self.budget = True  # what previews_affordable() answers
 
     def measure(self, text: str) -> int:
         return self._measure(text)
+
+    def previews_affordable(self) -> bool:
+        return self.budget
 
     def fail_on(self, method: str, error: BaseException, times: int = 1) -> None:
         self.failures.setdefault(method, []).extend([error] * times)

@@ -87,11 +87,20 @@ TIERS: dict[str, Rate] = {
     "assistant.threads.setSuggestedPrompts": (100, 60), "assistant.threads.setTitle": (100, 60),
     "users.info": (100, 60), "files.upload": (20, 60), "conversations.replies": (50, 60),
 }
+PREVIEW_RESERVE = 15  # chat.update calls kept for finished texts (see SlackTransport.previews_affordable)
 #: Methods whose call can be repeated after a network error without showing anything twice.
 REPEATABLE = {"chat.update", "chat.delete", "assistant.threads.setStatus", "assistant.threads.setSuggestedPrompts",
               "assistant.threads.setTitle", "users.info", "conversations.replies"}
 _STREAM_GONE = {"message_not_in_streaming_state", "message_not_found", "streaming_state_conflict",
                 "invalid_stream", "stream_expired"}
+
+
+def may_have_arrived(exc: BaseException) -> bool:
+    """Whether a Web API call that failed with ``exc`` may have been carried out all the same: not when Slack
+    answered 429 or 503 (it did not take it), nor when no connection was made."""
+    if isinstance(exc, SlackApiError):
+        return exc.response.status_code not in (429, 503)
+    return not isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
 
 
 def slack_error(exc: BaseException) -> str:
@@ -152,12 +161,18 @@ class SlackTransport:
         self.adapter = adapter
         self.context = context
         self.channel = context.key.chat
+        self.party = context.route.get("user")  # whose reply: turns between users on a busy channel
         self.thread_ts = context.key.thread or None
         self._format = SlackFormat()
         self._looked = False
 
     def measure(self, text: str) -> int:
         return len(escape_slack(text))  # what Slack counts: the text as sent
+
+    def previews_affordable(self) -> bool:
+        # chat.update's budget is per workspace (about 50 a minute): previews may use it while a good part is
+        # left, so that a burst's finished texts (one update each) never wait behind other answers' previews
+        return self.adapter.limiter.has_capacity("m:chat.update", PREVIEW_RESERVE)
 
     def _body(self, text: str, final: bool) -> dict[str, Any]:
         # Finished text as Markdown, which Slack renders itself; a streaming preview as mrkdwn text. Both
@@ -171,9 +186,9 @@ class SlackTransport:
             if earlier is not None:  # the failed send had arrived: finish that message, post no second one
                 await self.edit(earlier, text, final=final, closing=closing)
                 return earlier
-        response = await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel,
-                                           thread_ts=self.thread_ts, unfurl_links=False, metadata=self._mark(),
-                                           **self._body(text, final))
+        response = await self.adapter.call("chat.postMessage", party=self.party, key=f"chan:{self.channel}",
+                                           channel=self.channel, thread_ts=self.thread_ts, unfurl_links=False,
+                                           metadata=self._mark(), **self._body(text, final))
         return str(response["ts"])
 
     def _mark(self) -> dict[str, Any] | None:
@@ -189,8 +204,8 @@ class SlackTransport:
         if mark is None or not self.thread_ts:
             return None
         try:
-            found = await self.adapter.call("conversations.replies", channel=self.channel, ts=self.thread_ts,
-                                            include_all_metadata=True, limit=200)
+            found = await self.adapter.call("conversations.replies", party=self.party, channel=self.channel,
+                                            ts=self.thread_ts, include_all_metadata=True, limit=200)
         except SlackApiError as exc:
             log.info("looking for an earlier copy of the answer failed (%s): posting it", slack_error(exc))
             return None
@@ -201,7 +216,8 @@ class SlackTransport:
 
     async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None:
         try:
-            await self.adapter.call("chat.update", channel=self.channel, ts=message_id, **self._body(text, final))
+            await self.adapter.call("chat.update", party=self.party, channel=self.channel, ts=message_id,
+                                    **self._body(text, final))
         except SlackApiError as exc:
             error = slack_error(exc)
             if error == "message_not_found":
@@ -210,12 +226,13 @@ class SlackTransport:
                 raise
             # A stream a killed process left open: close it, then the text can be set.
             with contextlib.suppress(SlackApiError):
-                await self.adapter.call("chat.stopStream", channel=self.channel, ts=message_id)
-            await self.adapter.call("chat.update", channel=self.channel, ts=message_id, **self._body(text, final))
+                await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=message_id)
+            await self.adapter.call("chat.update", party=self.party, channel=self.channel, ts=message_id,
+                                    **self._body(text, final))
 
     async def delete(self, message_id: str) -> None:
         with contextlib.suppress(SlackApiError):
-            await self.adapter.call("chat.delete", channel=self.channel, ts=message_id)
+            await self.adapter.call("chat.delete", party=self.party, channel=self.channel, ts=message_id)
 
     async def preview(self, text: str) -> None:
         raise NotImplementedError("Slack has no drafts")
@@ -225,8 +242,8 @@ class SlackTransport:
             return
         text = status.text or i18n.text("status_looking" if self.context.route.get("files") else "status_thinking",
                                         self.context.language)
-        await self.adapter.call("assistant.threads.setStatus", channel_id=self.channel, thread_ts=self.thread_ts,
-                                status=text[:100])
+        await self.adapter.call("assistant.threads.setStatus", party=self.party, channel_id=self.channel,
+                                thread_ts=self.thread_ts, status=text[:100])
 
     async def file(self, reply: FileReply) -> str:
         response = await self.adapter.call("files_upload_v2", key="m:files.upload", channel=self.channel,
@@ -249,6 +266,7 @@ class SlackStreamSink:
         self.thread_ts = context.key.thread
         self.team = context.route.get("team", "")
         self.user = context.route.get("user", "")
+        self.party = self.user or None
         self.renderer = adapter.renderer(context)
         self.native = True
         self.ts: str | None = None
@@ -258,7 +276,8 @@ class SlackStreamSink:
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
         if isinstance(event, TextChunk):
-            if self.native and self.ts is None and not self.adapter.limiter.has_capacity("m:chat.startStream", 2):
+            if self.native and self.ts is None and not (self.adapter.limiter.has_capacity("m:chat.startStream", 2)
+                                                        and self.adapter.limiter.has_capacity("m:chat.stopStream", 2)):
                 # Starting and stopping a stream come from a small per-workspace budget: when it is spent,
                 # posting now shows the answer sooner than waiting for a stream.
                 await self._fall_back()
@@ -281,18 +300,19 @@ class SlackStreamSink:
     async def _append(self, raw: str) -> None:
         text = escape_slack(raw, line_start=not self.total or self.total.endswith("\n"))
         if self.ts is not None and len(self.sent) + len(text) > MESSAGE_LIMIT:
-            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
+            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts)
             self.ts, self.sent = None, ""
         chunks = [{"type": "markdown_text", "text": text}]
         if self.ts is None:
             response = await self.adapter.call(
-                "chat.startStream", channel=self.channel, thread_ts=self.thread_ts, recipient_team_id=self.team,
-                recipient_user_id=self.user, chunks=chunks)
+                "chat.startStream", party=self.party, channel=self.channel, thread_ts=self.thread_ts,
+                recipient_team_id=self.team, recipient_user_id=self.user, chunks=chunks)
             self.ts = str(response["ts"])
             self.ids.append(self.ts)
             await self.context.remember(self.ids)
         else:
-            await self.adapter.call("chat.appendStream", channel=self.channel, ts=self.ts, chunks=chunks)
+            await self.adapter.call("chat.appendStream", party=self.party, channel=self.channel, ts=self.ts,
+                                    chunks=chunks)
         self.sent += text
         self.total += raw
 
@@ -301,14 +321,14 @@ class SlackStreamSink:
         final = event.text
         streamed = self.total.strip()
         if final == streamed:
-            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
+            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts)
         elif final.startswith(streamed) and \
                 len(self.sent) + len(rest := escape_slack(final[len(streamed):], line_start=not streamed)) \
                 <= MESSAGE_LIMIT:
-            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts,
+            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts,
                                     chunks=[{"type": "markdown_text", "text": rest}])
         else:  # the final text differs from what streamed (a failure notice, a cut): set it
-            await self.adapter.call("chat.stopStream", channel=self.channel, ts=self.ts)
+            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts)
             await self._fall_back()
             return await self.renderer.emit(event)
         return tuple(self.ids)
@@ -413,7 +433,8 @@ class SlackAdapter:
         self.file_hosts = {h.lower() for h in conf.file_hosts} | {(urlsplit(conf.api_url).hostname or "").lower()}
         self.channel = Channel(PLATFORM, SlackFetcher(self), self._sink_for, conf.persona or None,
                                command_prefixes=(conf.command_prefix, "/"), policy=conf.policy(settings.limits),
-                               locale_of=self.locale, retry_after=retry_after_or_network)
+                               locale_of=self.locale, retry_after=retry_after_or_network,
+                               may_have_arrived=may_have_arrived)
         manager.register(self.channel)
         if conf.support_channel:
             manager.add_notifier(_SupportChannel(self, conf.support_channel))
@@ -442,13 +463,15 @@ class SlackAdapter:
             return [(3, 3)]  # chat.postMessage: about one a second per channel, short bursts allowed
         return [TIERS.get(key.removeprefix("m:"), (100, 60))]
 
-    async def call(self, method: str, *, key: str | None = None, **kwargs: Any) -> Any:
-        """One Web API call through the rate limiter; a 429 is waited out and the call made again."""
+    async def call(self, method: str, *, key: str | None = None, party: str | None = None, **kwargs: Any) -> Any:
+        """One Web API call through the rate limiter; a 429 is waited out and the call made again. ``party``:
+        the user the call is for (calls waiting on a busy key take turns between users)."""
         attribute = method if method.startswith("files_") else method.replace(".", "_")
         fn: Callable[..., Awaitable[Any]] = getattr(self.client, attribute)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return await self.limiter.call(key or f"m:{method}", lambda: fn(**kwargs), limited=retry_after,
-                                       retry_after=retry_after_or_network if method in REPEATABLE else retry_after)
+                                       retry_after=retry_after_or_network if method in REPEATABLE else retry_after,
+                                       party=party)
 
     def renderer(self, context: SinkContext) -> StreamingRenderer:
         return StreamingRenderer(SlackTransport(self, context), context, min_interval=self.conf.update_interval,

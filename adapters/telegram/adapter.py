@@ -54,6 +54,7 @@ from telegram.error import (
     NetworkError,
     RetryAfter,
     TelegramError,
+    TimedOut,
 )
 from telegram.ext import Application, ApplicationBuilder, CallbackQueryHandler, ContextTypes, TypeHandler
 
@@ -90,6 +91,9 @@ from bot.types import (
 )
 
 log = logging.getLogger(__name__)
+
+POLL_GRACE = 5  # seconds a long poll may take beyond its timeout before it counts as hanging
+POLL_MAX_BACKOFF = 4.0  # seconds between two getUpdates while they fail at once (5xx, refused)
 T = TypeVar("T")
 
 PLATFORM = "telegram"
@@ -202,6 +206,9 @@ class TelegramTransport:
 
     def measure(self, text: str) -> int:
         return utf16_len(text)
+
+    def previews_affordable(self) -> bool:
+        return True  # drafts in private chats; a group's edits wait in its own bucket, no one else's
 
     def _buttons(self) -> InlineKeyboardMarkup | None:
         if not self.adapter.conf.buttons:
@@ -346,7 +353,10 @@ class TelegramAdapter:
         builder: ApplicationBuilder = (Application.builder().token(token).base_url(self.conf.base_url)
                                        .base_file_url(self.conf.base_file_url).updater(None)
                                        .connect_timeout(5).read_timeout(10).write_timeout(30).pool_timeout(10)
-                                       .get_updates_read_timeout(self.conf.poll_timeout + 10))
+                                       # Telegram answers a long poll within its timeout: a poll that hangs
+                                       # past it (Telegram down) is given up soon, and the next one sees the
+                                       # recovery
+                                       .get_updates_read_timeout(self.conf.poll_timeout + POLL_GRACE))
         return builder.build()
 
     @staticmethod
@@ -447,10 +457,16 @@ class TelegramAdapter:
             except InvalidToken:
                 log.error("Telegram refuses the bot token in %s: polling stopped", self.conf.token_env)
                 return
+            except TimedOut:
+                # it has waited a whole poll already: ask again at once (nothing is hammered)
+                log.warning("getUpdates timed out (Telegram did not answer within %d s): asking again",
+                            self.conf.poll_timeout + POLL_GRACE)
+                continue
             except (Conflict, NetworkError, TelegramError) as exc:
                 log.warning("getUpdates failed (%s): retrying in %.0f s", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                # short: while Telegram is down nothing comes in, and its recovery is seen within this
+                backoff = min(backoff * 2, POLL_MAX_BACKOFF)
                 continue
             for update in updates:
                 if not await self._take(update):
