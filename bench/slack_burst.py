@@ -9,7 +9,7 @@ of its answer in the thread (the chat.startStream that carries it, or a posted m
 end: questions without an answer (lost), answered more than once (duplicates), and 429s that were not
 waited out and retried (unhandled_429).
 
-    python bench/slack_burst.py [--threads 30] [--dms 10]
+    python bench/slack_burst.py [--threads 30] [--dms 10] [--slots 8]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             settings = AppSettings(data_dir=tmp, engine={"generation": {"max_new_tokens": 64}},
                                    adapters={"web": {"enabled": False},
                                              "slack": {"enabled": True, "api_url": slack.api_url}})
-            async with Runtime(settings, engine=EchoEngine(max_concurrency=8, delay=args.word_delay)) as runtime:
+            async with Runtime(settings, engine=EchoEngine(max_concurrency=args.slots, delay=args.word_delay)) as runtime:
                 assert runtime.manager is not None
                 adapter = SlackAdapter(runtime.manager, runtime.settings, settings.adapters.slack)  # type: ignore[attr-defined]
                 await runtime.manager.start()
@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=30, help="threads started in one channel")
     parser.add_argument("--dms", type=int, default=10)
     parser.add_argument("--word-delay", type=float, default=0.05, help="echo engine: seconds per word")
+    parser.add_argument("--slots", type=int, default=8,
+                        help="echo engine: generations at a time (as many as questions: only Slack's side is timed)")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     r = asyncio.run(run(args))
