@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -40,12 +39,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from adapters.common.auth import SignedBody
+from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, download, parse_json_object
 from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot import i18n
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
-from bot.logs import conversation_var, register_secret
+from bot.logs import conversation_var
 from bot.types import (
     AnswerDone,
     Attachment,
@@ -65,7 +65,6 @@ from bot.types import (
 
 if TYPE_CHECKING:
     from bot.manager import ConversationManager
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -205,47 +204,36 @@ class ChatwootSink:
         return (str(message_id),) if message_id is not None else ()
 
 
-class ChatwootAdapter:
+class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
     """See the module docstring. Built by ``serve`` when ``adapters.chatwoot.enabled``."""
 
     name = PLATFORM
 
     def __init__(self, manager: ConversationManager, settings: Settings, conf: ChatwootSettings, *,
                  http: httpx.AsyncClient | None = None) -> None:
-        self.manager = manager
-        self.settings = settings
-        self.conf = conf
-        if not conf.base_url:
-            raise StartupError("adapters.chatwoot: set base_url to your Chatwoot (https://chatwoot.example.com)")
-        self.base_url = conf.base_url.rstrip("/")
+        super().__init__(manager, settings, conf)
+        self.base_url = self.setting(conf.base_url, "base_url", "your Chatwoot (https://chatwoot.example.com)")
+        self.base_url = self.base_url.rstrip("/")
         require_https(self.base_url, "adapters.chatwoot.base_url", "the agent bot's access token (api_access_token)")
-        self.token = os.environ.get(conf.bot_token_env, "").strip()
-        if not self.token:
-            raise StartupError(f"adapters.chatwoot: set the environment variable {conf.bot_token_env} to the agent "
-                               "bot's access token, or set adapters.chatwoot.enabled: false")
-        register_secret(self.token)
+        self.token = self.secret(conf.bot_token_env, "the agent bot's access token")
         self.verify = self._verifier(conf)
         self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.chatwoot.allow_private_networks")
         # a reply that hangs past 10 s counts as failed (the outbox sends it again); uploads may write longer
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0, write=30.0),
-                                              follow_redirects=False)
-        self._own_http = http is None
+        self.http = self.http_client(http, timeout=httpx.Timeout(10.0, connect=5.0, write=30.0),
+                                     follow_redirects=False)
         self.assist = {str(i) for i in conf.agent_assist_inboxes}
         self.channel = Channel(PLATFORM, ChatwootFetcher(self), lambda context: ChatwootSink(self, context),
                                conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
         manager.register(self.channel)
-        self._accepting = False
         # conversation id -> account id, for events that do not say; conversations greeted
         self._accounts: LRUCache[str, str] = LRUCache(maxsize=CACHE_SIZE)
         self._greeted: LRUCache[str, None] = LRUCache(maxsize=CACHE_SIZE)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @staticmethod
-    def _verifier(conf: ChatwootSettings) -> SignedBody:
+    def _verifier(self, conf: ChatwootSettings) -> SignedBody:
         """Fail closed: webhooks are signed with the agent bot's secret, or start-up stops — unless a lab says
         ``insecure_unsigned: true``, and then every start says so loudly."""
-        secret = os.environ.get(conf.webhook_secret_env, "")
-        register_secret(secret)
+        secret = self.secret(conf.webhook_secret_env, "the agent bot's secret", required=False)
         if not secret and not conf.insecure_unsigned:
             raise StartupError(
                 f"adapters.chatwoot: set the environment variable {conf.webhook_secret_env} to the agent bot's secret "
@@ -261,17 +249,10 @@ class ChatwootAdapter:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._accepting = True
-
-    def stop_intake(self) -> None:
-        self._accepting = False
-
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        if self._own_http:
-            await self.http.aclose()
+        await super().close()
 
     def router(self) -> APIRouter:
         async def webhook(request: Request) -> Response:
@@ -284,8 +265,8 @@ class ChatwootAdapter:
         return r
 
     async def _webhook(self, body: bytes) -> Response:
-        if not self._accepting:
-            return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
+        if not self.accepting:
+            return self.restarting(500)  # Chatwoot's job retries a 500 (and a 429), never a 503
         try:
             data = parse_json_object(body, what="the event")
         except BadRequest:
@@ -440,10 +421,7 @@ class ChatwootAdapter:
         return f"mode for {status}"
 
 
-def build(runtime: Runtime, conf: ChatwootSettings) -> ChatwootAdapter:
-    """``serve``'s constructor (see adapters/registry.py)."""
-    assert runtime.manager is not None
-    return ChatwootAdapter(runtime.manager, runtime.settings, conf)
+build = ChatwootAdapter.build
 
 
 __all__ = ["ChatwootAdapter", "ChatwootSettings", "build"]

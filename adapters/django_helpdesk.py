@@ -41,11 +41,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from adapters.common.auth import SharedSecret
+from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, download, parse_json_object, read_body
 from adapters.common.urlguard import NetworkList, UrlGuard, require_https
 from bot.config import AdapterSection, IdList, Settings
-from bot.errors import FileTooLarge, ShuttingDown, StartupError
-from bot.logs import conversation_var, register_secret
+from bot.errors import FileTooLarge, ShuttingDown
+from bot.logs import conversation_var
 from bot.store import is_store_error
 from bot.types import (
     AnswerDone,
@@ -64,7 +65,6 @@ from bot.types import (
 
 if TYPE_CHECKING:
     from bot.manager import ConversationManager, Ticket
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,40 +173,26 @@ class HelpdeskSink:
         return None
 
 
-class DjangoHelpdeskAdapter:
+class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
     """See the module docstring. Built by ``serve`` when ``adapters.django_helpdesk.enabled``."""
 
     name = PLATFORM
 
     def __init__(self, manager: ConversationManager, settings: Settings, conf: DjangoHelpdeskSettings, *,
                  http: httpx.AsyncClient | None = None) -> None:
-        self.manager = manager
-        self.settings = settings
-        self.conf = conf
-        if not conf.base_url:
-            raise StartupError("adapters.django_helpdesk: set base_url to the helpdesk's site root")
-        self.base_url = conf.base_url.rstrip("/")
+        super().__init__(manager, settings, conf)
+        self.base_url = self.setting(conf.base_url, "base_url", "the helpdesk's site root").rstrip("/")
         require_https(self.base_url, "adapters.django_helpdesk.base_url", "the API user's password (HTTP Basic)")
-        values = {}
-        for field_name, what in conf.secrets.items():
-            env = getattr(conf, field_name)
-            values[field_name] = os.environ.get(env, "")
-            if not values[field_name]:
-                raise StartupError(f"adapters.django_helpdesk: set the environment variable {env} to {what}, or set "
-                                   "adapters.django_helpdesk.enabled: false")
+        values = {field_name: self.secret(getattr(conf, field_name), what) for field_name, what in conf.secrets.items()}
         self.username = values["username_env"]
-        register_secret(values["password_env"])
-        register_secret(values["webhook_token_env"])
         self.auth = httpx.BasicAuth(self.username, values["password_env"])
         self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.django_helpdesk.allow_private_networks")
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
-        self._own_http = http is None
+        self.http = self.http_client(http, timeout=httpx.Timeout(30.0, connect=10.0))
         self.assist = {str(q) for q in conf.agent_assist_queues}
         self.channel = Channel(PLATFORM, HelpdeskFetcher(self), lambda context: HelpdeskSink(self, context),
                                conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
         manager.register(self.channel)
         self.bot_user: int | None = None
-        self._accepting = False
         shown = _without_credentials(self.base_url)
         self.mark_bucket = f"{MARK_BUCKET}{shown}"
         self.queue_bucket = f"{QUEUE_BUCKET}{shown}"
@@ -219,21 +205,17 @@ class DjangoHelpdeskAdapter:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._accepting = True
+        await super().start()
         if self.conf.catch_up_seconds and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._catch_up_loop(), name="django-helpdesk catch-up")
 
-    def stop_intake(self) -> None:
-        self._accepting = False
-
     async def close(self) -> None:
-        self._accepting = False
+        self.accepting = False
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
-        if self._own_http:
-            await self.http.aclose()
+        await super().close()
 
     def router(self) -> APIRouter:
         r = APIRouter()
@@ -289,8 +271,8 @@ class DjangoHelpdeskAdapter:
     async def webhook(self, request: Request) -> Response:
         """A new ticket or follow-up: stored (if it is a customer's), then 200 at once. django-helpdesk never
         sends it again: what is refused here is the catch-up sweep's to find."""
-        if not self._accepting:
-            return JSONResponse({"error": "restarting"}, status_code=503)
+        if not self.accepting:
+            return self.restarting()
         try:
             data = parse_json_object(await read_body(request, max_bytes=5_000_000), what="the webhook")
             outcome = await self.handle(data)
@@ -383,7 +365,7 @@ class DjangoHelpdeskAdapter:
     # -- catch-up sweep -------------------------------------------------------------------
 
     async def _catch_up_loop(self) -> None:
-        while self._accepting:
+        while self.accepting:
             await self.catch_up()
             self.sweeps += 1
             await asyncio.sleep(self.conf.catch_up_seconds)
@@ -432,7 +414,7 @@ class DjangoHelpdeskAdapter:
         tickets: dict[int, dict[str, Any] | None] = {}
         turns: dict[int, Ticket] = {}  # ticket id -> the turn this sweep started there last
         for followup in sorted((f for f in followups if f["id"] > mark), key=lambda f: f["id"]):
-            if not self._accepting:
+            if not self.accepting:
                 break
             try:
                 if self._maybe_customers(followup):
@@ -590,10 +572,7 @@ def _without_credentials(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def build(runtime: Runtime, conf: DjangoHelpdeskSettings) -> DjangoHelpdeskAdapter:
-    """``serve``'s constructor (see adapters/registry.py)."""
-    assert runtime.manager is not None
-    return DjangoHelpdeskAdapter(runtime.manager, runtime.settings, conf)
+build = DjangoHelpdeskAdapter.build
 
 
 __all__ = ["DjangoHelpdeskAdapter", "DjangoHelpdeskSettings", "build", "safe_comment"]

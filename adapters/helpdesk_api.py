@@ -32,7 +32,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.common.auth import SignedBody, same
+from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, StoredFiles, download
 from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot.config import AdapterSection, Settings
@@ -69,7 +69,6 @@ from bot.types import (
 
 if TYPE_CHECKING:
     from bot.manager import ConversationManager
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -320,21 +319,15 @@ class CallbackSink:
         return (delivery,)
 
 
-class HelpdeskApiAdapter:
+class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
     """See the module docstring. Built by ``serve`` when ``adapters.helpdesk_api.enabled``."""
 
     name = PLATFORM
 
     def __init__(self, manager: ConversationManager, settings: Settings, conf: HelpdeskApiSettings, *,
                  http: httpx.AsyncClient | None = None) -> None:
-        self.manager = manager
-        self.settings = settings
-        self.conf = conf
-        self.secret = os.environ.get(conf.secret_env, "")
-        if not self.secret:
-            raise StartupError(f"adapters.helpdesk_api: set the environment variable {conf.secret_env} to the secret "
-                               "that signs requests and callbacks, or set adapters.helpdesk_api.enabled: false")
-        register_secret(self.secret)
+        super().__init__(manager, settings, conf)
+        self.signing_secret = self.secret(conf.secret_env, "the secret that signs requests and callbacks")
         callback = urlsplit(conf.callback_url)
         if conf.callback_url and callback.scheme not in ("http", "https"):
             raise StartupError("adapters.helpdesk_api.callback_url: an http(s) URL")
@@ -344,28 +337,16 @@ class HelpdeskApiAdapter:
         self.verify = SignedBody(conf.secret_env, signature_header=SIGNATURE_HEADER,
                                  timestamp_header=TIMESTAMP_HEADER, max_bytes=conf.max_request_bytes)
         self.guard = UrlGuard(conf.allow_private_networks, setting="adapters.helpdesk_api.allow_private_networks")
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
-        self._own_http = http is None
+        self.http = self.http_client(http, timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self.uploads = StoredFiles(manager.store)
         self.backoff = 1.0
         self.channel = Channel(PLATFORM, ApiFetcher(self), lambda context: CallbackSink(self, context),
                                conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
         manager.register(self.channel)
-        self._accepting = False
         self.callbacks_delivered = 0
         self.callbacks_failed = 0
 
     # -- life cycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._accepting = True
-
-    def stop_intake(self) -> None:
-        self._accepting = False
-
-    async def close(self) -> None:
-        if self._own_http:
-            await self.http.aclose()
 
     def router(self) -> APIRouter:
         r = APIRouter(prefix=PREFIX, tags=["helpdesk API"])
@@ -389,7 +370,7 @@ class HelpdeskApiAdapter:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         timestamp = request.headers.get(TIMESTAMP_HEADER, "")
         signature = request.headers.get(SIGNATURE_HEADER, "")
-        if not signature or not timestamp or not self.verify.verify(self.secret, timestamp, target.encode(),
+        if not signature or not timestamp or not self.verify.verify(self.signing_secret, timestamp, target.encode(),
                                                                     signature):
             raise HTTPException(401, "missing, wrong or stale signature")
 
@@ -398,14 +379,11 @@ class HelpdeskApiAdapter:
         details = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors(include_url=False)]
         return JSONResponse({"error": "the JSON does not fit the schema", "details": details}, status_code=400)
 
-    def _restarting(self) -> JSONResponse:
-        return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
-
     async def post_message(self, request: Request) -> Response:
         # no replay memory here: the same message_id again is the same message (a retry), answered once
         body = await self.verify(request)
-        if not self._accepting:
-            return self._restarting()
+        if not self.accepting:
+            return self.restarting()
         try:
             message = ApiMessage.model_validate_json(body)
         except ValidationError as exc:
@@ -429,7 +407,7 @@ class HelpdeskApiAdapter:
                 is_direct=True, route=route, raw={"conversation_id": message.conversation_id}))
             conv = await self.manager.store.conversation(key)
         except ShuttingDown:
-            return self._restarting()
+            return self.restarting()
         except Exception as exc:
             if not is_store_error(exc):
                 raise
@@ -506,7 +484,7 @@ class HelpdeskApiAdapter:
         body = json.dumps(payload.model_dump(exclude_none=True), ensure_ascii=False, separators=(",", ":")).encode()
         timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp, DELIVERY_HEADER: payload.id,
-                   SIGNATURE_HEADER: sign(self.secret.encode(), timestamp, body)}
+                   SIGNATURE_HEADER: sign(self.signing_secret.encode(), timestamp, body)}
         try:
             response = await self.http.post(self.conf.callback_url, content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -541,10 +519,7 @@ def verify_callback(secret: str, headers: Mapping[str, str], body: bytes, *, max
     return fresh and same(sign(secret.encode(), timestamp, body), signature)
 
 
-def build(runtime: Runtime, conf: HelpdeskApiSettings) -> HelpdeskApiAdapter:
-    """``serve``'s constructor (see adapters/registry.py)."""
-    assert runtime.manager is not None
-    return HelpdeskApiAdapter(runtime.manager, runtime.settings, conf)
+build = HelpdeskApiAdapter.build
 
 
 __all__ = ["ApiMessage", "HelpdeskApiAdapter", "HelpdeskApiSettings", "build", "host_allowed", "verify_callback"]

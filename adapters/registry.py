@@ -1,9 +1,10 @@
 """The adapters this framework knows: their settings sections and how ``serve`` builds each one.
 
 Adding an adapter is one module (or package) in ``adapters/`` with a settings class (an
-:class:`~bot.config.AdapterSection`, validated with ``extra="forbid"`` like every section) and a
-``build(runtime, settings)`` function, plus one line in :data:`ADAPTERS`. The core never imports this:
-the settings model with every adapter's section (:class:`AppSettings`) is made here.
+:class:`~bot.config.AdapterSection`, validated with ``extra="forbid"`` like every section) and an adapter
+class on :class:`~adapters.common.base.PlatformAdapter` (its ``build`` is what ``serve`` calls), plus one
+line in :data:`ADAPTERS`. The core never imports this: the settings model with every adapter's section
+(:class:`AppSettings`) is made here.
 """
 
 from __future__ import annotations
@@ -17,13 +18,6 @@ from typing import Any, Protocol, cast
 from fastapi import APIRouter
 from pydantic import create_model
 
-from adapters.chatwoot import ChatwootSettings
-from adapters.console import ConsoleSettings
-from adapters.django_helpdesk import DjangoHelpdeskSettings
-from adapters.helpdesk_api import HelpdeskApiSettings
-from adapters.slack import SlackSettings
-from adapters.telegram import TelegramSettings
-from adapters.web import WebSettings
 from bot.config import AdapterSection, AdaptersSettings, Settings, load_settings
 from bot.runtime import Runtime
 
@@ -40,29 +34,42 @@ class ServedAdapter(Protocol):
     async def close(self) -> None: ...
 
 
+def _load(path: str) -> Any:
+    """``"package.module:Name"`` (or ``"package.module:Class.method"``)."""
+    module, _, attribute = path.partition(":")
+    found: Any = importlib.import_module(module)
+    for name in attribute.split("."):
+        found = getattr(found, name)
+    return found
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     """One adapter: its name (the config section ``adapters.<name>`` and the platform of its conversations),
-    its settings class, and ``"module:function"`` building it for ``serve`` (None: not served, the console)."""
+    ``"module:Class"`` of its settings, and ``"module:callable"`` building it for ``serve`` (None: not
+    served, the console). A settings module stays light: the platform's SDK is imported by ``build``."""
 
     name: str
-    settings: type[AdapterSection]
+    settings_path: str
     build: str | None = None
+
+    @property
+    def settings(self) -> type[AdapterSection]:
+        return cast(type[AdapterSection], _load(self.settings_path))
 
     def builder(self) -> Callable[[Runtime, Any], ServedAdapter]:
         assert self.build is not None
-        module, _, function = self.build.partition(":")
-        return cast(Callable[[Runtime, Any], ServedAdapter], getattr(importlib.import_module(module), function))
+        return cast(Callable[[Runtime, Any], ServedAdapter], _load(self.build))
 
 
 ADAPTERS: tuple[AdapterSpec, ...] = (
-    AdapterSpec("console", ConsoleSettings),
-    AdapterSpec("web", WebSettings, "adapters.web:build"),
-    AdapterSpec("telegram", TelegramSettings, "adapters.telegram:build"),
-    AdapterSpec("slack", SlackSettings, "adapters.slack:build"),
-    AdapterSpec("chatwoot", ChatwootSettings, "adapters.chatwoot:build"),
-    AdapterSpec("django_helpdesk", DjangoHelpdeskSettings, "adapters.django_helpdesk:build"),
-    AdapterSpec("helpdesk_api", HelpdeskApiSettings, "adapters.helpdesk_api:build"),
+    AdapterSpec("console", "adapters.console:ConsoleSettings"),
+    AdapterSpec("web", "adapters.web:WebSettings", "adapters.web:build"),
+    AdapterSpec("telegram", "adapters.telegram:TelegramSettings", "adapters.telegram:build"),
+    AdapterSpec("slack", "adapters.slack:SlackSettings", "adapters.slack:build"),
+    AdapterSpec("chatwoot", "adapters.chatwoot:ChatwootSettings", "adapters.chatwoot:build"),
+    AdapterSpec("django_helpdesk", "adapters.django_helpdesk:DjangoHelpdeskSettings", "adapters.django_helpdesk:build"),
+    AdapterSpec("helpdesk_api", "adapters.helpdesk_api:HelpdeskApiSettings", "adapters.helpdesk_api:build"),
 )
 
 AppAdaptersSettings = create_model(  # type: ignore[call-overload]

@@ -39,6 +39,7 @@ from pydantic import Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from adapters.common.base import PlatformAdapter
 from adapters.common.bus import Bus
 from adapters.common.http import (
     BadRequest,
@@ -217,16 +218,14 @@ class WebSink:
         return None
 
 
-class WebAdapter:
+class WebAdapter(PlatformAdapter[WebSettings]):
     """The web chat. ``router()`` gives the routes to mount on the server's app."""
 
     name = PLATFORM
 
     def __init__(self, manager: ConversationManager, settings: Settings, conf: WebSettings | None = None, *,
                  prefix: str = "") -> None:
-        self.manager = manager
-        self.settings = settings
-        self.conf = conf or getattr(settings.adapters, "web", None) or WebSettings()
+        super().__init__(manager, settings, conf or getattr(settings.adapters, "web", None) or WebSettings())
         self.prefix = prefix
         self.uploads = settings.data_path / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
@@ -236,7 +235,7 @@ class WebAdapter:
         self._tickets = URLSafeTimedSerializer(secret, salt="internvl-bot web ticket")
         self._sessions: dict[str, _Session] = {}
         self.bus = Bus(manager.store, BUS_CHANNEL, self._apply)
-        self._accepting = True
+        self.accepting = True  # browsers come to the server: it takes messages as soon as it is built
         self.demo = False
         self.channel = Channel(PLATFORM, self.fetcher, self._sink_for, self.conf.persona or None,
                                policy=self.conf.policy(settings.limits))
@@ -377,10 +376,7 @@ class WebAdapter:
 
     async def close(self) -> None:
         self.close_streams()
-
-    def stop_intake(self) -> None:
-        """Shutdown, step 1: new messages are refused with a polite 'restarting' answer."""
-        self._accepting = False
+        await super().close()
 
     def close_streams(self) -> None:
         """Shutdown, last step: end every SSE stream (browsers reconnect to the next process)."""
@@ -513,7 +509,7 @@ class WebAdapter:
         lang = self._language(request)
         if request.headers.get(CSRF_HEADER) != "1":
             return JSONResponse({"error": f"missing {CSRF_HEADER} header"}, status_code=403)
-        if not self._accepting:
+        if not self.accepting:
             return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
         conversation_var.set(f"{PLATFORM}:{sid}")
         limit = self.settings.media.max_file_bytes
@@ -677,10 +673,9 @@ class WebAdapter:
 
 
 def build(runtime: Runtime, conf: WebSettings) -> WebAdapter:
-    """``serve``'s constructor (see adapters/registry.py)."""
-    assert runtime.manager is not None
+    """``serve``'s constructor (see adapters/registry.py): the page says when the model is the demo one."""
+    web = WebAdapter.build(runtime, conf)
     assert runtime.engine is not None
-    web = WebAdapter(runtime.manager, runtime.settings, conf)
     web.demo = runtime.engine.info.demo
     return web
 

@@ -209,7 +209,7 @@ async def test_an_unacknowledged_event_is_redelivered_and_answered_once(tmp_path
         payload = mention(h, "are you there?")
         envelope = await h.slack.send_socket_event(payload)
         await h.slack.wait_for(lambda: len(h.slack.deliveries(envelope)) >= 2)  # Slack tried again
-        h.adapter._accepting = True  # the next process takes it
+        h.adapter.accepting = True  # the next process takes it
         await h.answered(CHANNEL, payload["event"]["ts"], "echo: are you there?")
         await h.slack.wait_for(lambda: h.slack.acked(envelope), 10)
         await h.idle()

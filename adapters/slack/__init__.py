@@ -47,11 +47,10 @@ class SlackSettings(AdapterSection):
 
 
 def build(runtime: Runtime, conf: SlackSettings) -> SlackAdapter:
-    """``serve``'s constructor (see adapters/registry.py)."""
+    """``serve``'s constructor (see adapters/registry.py); the SDKs load only when Slack is enabled."""
     from adapters.slack.adapter import SlackAdapter
 
-    assert runtime.manager is not None
-    return SlackAdapter(runtime.manager, runtime.settings, conf)
+    return SlackAdapter.build(runtime, conf)
 
 
 __all__ = ["SlackSettings", "build"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import time
 from collections import OrderedDict
@@ -41,6 +40,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.common.base import PlatformAdapter
 from adapters.common.http import download
 from adapters.common.markdown import SlackFormat, escape_slack
 from adapters.common.ratelimit import Rate, RateLimiter
@@ -48,9 +48,9 @@ from adapters.common.renderer import MessageGone, StreamingRenderer
 from adapters.slack import SlackSettings
 from bot import i18n
 from bot.config import Settings
-from bot.errors import FileHostRefused, FileTooLarge, ShuttingDown, StartupError
+from bot.errors import FileHostRefused, FileTooLarge, ShuttingDown
 from bot.handoff import HandoffEvent
-from bot.logs import conversation_var, register_secret
+from bot.logs import conversation_var
 from bot.manager import ConversationManager
 from bot.types import (
     AnswerDone,
@@ -398,20 +398,18 @@ class _SupportChannel:
         return None
 
 
-class SlackAdapter:
+class SlackAdapter(PlatformAdapter[SlackSettings]):
     """See the module docstring. Built by ``serve`` when ``adapters.slack.enabled``."""
 
     name = PLATFORM
 
     def __init__(self, manager: ConversationManager, settings: Settings, conf: SlackSettings, *,
                  client: AsyncWebClient | None = None, http: httpx.AsyncClient | None = None) -> None:
-        self.manager = manager
-        self.settings = settings
-        self.conf = conf
-        self.bot_token = self._secret(conf.bot_token_env, "the Bot User OAuth Token (xoxb-…)")
-        self.app_token = self._secret(conf.app_token_env, "the app-level token (xapp-…, connections:write)") \
+        super().__init__(manager, settings, conf)
+        self.bot_token = self.secret(conf.bot_token_env, "the Bot User OAuth Token (xoxb-…)")
+        self.app_token = self.secret(conf.app_token_env, "the app-level token (xapp-…, connections:write)") \
             if conf.mode == "socket" else ""
-        signing = self._secret(conf.signing_secret_env, "the app's Signing Secret") if conf.mode == "http" else None
+        signing = self.secret(conf.signing_secret_env, "the app's Signing Secret") if conf.mode == "http" else None
         # one aiohttp session for every Web API call (slack-sdk opens a new one per call without it). A send that
         # hangs past SEND_TIMEOUT counts as failed and the outbox sends it again. slack-sdk applies its own
         # `timeout` only to sessions it opens itself, so the shared session carries it.
@@ -419,8 +417,7 @@ class SlackAdapter:
             if client is None else None
         self.client = client or AsyncWebClient(token=self.bot_token, base_url=conf.api_url, session=self._session,
                                                timeout=int(SEND_TIMEOUT))
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
-        self._own_http = http is None
+        self.http = self.http_client(http, timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self.app = AsyncApp(client=self.client, signing_secret=signing, process_before_response=False,
                             request_verification_enabled=conf.mode == "http")
         self.app.middleware(self._store_first)
@@ -441,21 +438,11 @@ class SlackAdapter:
         self.bot_user_id = ""
         self.team_id = ""
         self.workspace_url = ""
-        self._accepting = False
         self._socket: AsyncSocketModeHandler | None = None
         self._locales: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._titled: OrderedDict[str, None] = OrderedDict()
         self._extras: set[asyncio.Task[None]] = set()
         self._latest_thread: OrderedDict[tuple[str, str], str] = OrderedDict()  # (channel, user) → thread
-
-    @staticmethod
-    def _secret(env: str, what: str) -> str:
-        value = os.environ.get(env, "").strip()
-        if not value:
-            raise StartupError(f"adapters.slack: set the environment variable {env} to {what}, or set "
-                               "adapters.slack.enabled: false")
-        register_secret(value)
-        return value
 
     @staticmethod
     def _rates(key: str) -> Sequence[Rate]:
@@ -493,14 +480,11 @@ class SlackAdapter:
         auth = await self.client.auth_test()
         self.bot_user_id, self.team_id = str(auth.get("user_id", "")), str(auth.get("team_id", ""))
         self.workspace_url = str(auth.get("url", ""))
-        self._accepting = True
+        await super().start()
         if self.conf.mode == "socket":
             self._socket = AsyncSocketModeHandler(self.app, self.app_token, web_client=self.client)
             await self._socket.connect_async()
         log.info("Slack app ready as %s in %s (%s mode)", self.bot_user_id, self.team_id, self.conf.mode)
-
-    def stop_intake(self) -> None:
-        self._accepting = False  # events are left unacknowledged: Slack delivers them again
 
     async def close(self) -> None:
         for task in list(self._extras):
@@ -509,10 +493,9 @@ class SlackAdapter:
         if self._socket is not None:
             with contextlib.suppress(Exception):
                 await self._socket.close_async()
-        if self._own_http:
-            await self.http.aclose()
         if self._session is not None:
             await self._session.close()
+        await super().close()
 
     def router(self) -> APIRouter | None:
         if self.conf.mode != "http":
@@ -535,8 +518,8 @@ class SlackAdapter:
     async def _store_first(self, body: dict[str, Any], next: Callable[[], Awaitable[None]]) -> None:
         event = body.get("event") if body.get("type") == "event_callback" else None
         if isinstance(event, dict) and event.get("type") in ("message", "app_mention"):
-            if not self._accepting:
-                return  # not acknowledged: Slack delivers it again (to the next process)
+            if not self.accepting:  # intake stopped: not acknowledged, Slack delivers it again to the next process
+                return
             incoming = await self._incoming(body, event)
             if incoming is not None:
                 conversation_var.set(str(incoming.key))

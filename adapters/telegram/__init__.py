@@ -51,11 +51,10 @@ class TelegramSettings(AdapterSection):
 
 
 def build(runtime: Runtime, conf: TelegramSettings) -> TelegramAdapter:
-    """``serve``'s constructor (see adapters/registry.py)."""
+    """``serve``'s constructor (see adapters/registry.py); PTB loads only when Telegram is enabled."""
     from adapters.telegram.adapter import TelegramAdapter
 
-    assert runtime.manager is not None and runtime.store is not None  # noqa: PT018
-    return TelegramAdapter(runtime.manager, runtime.settings, conf)
+    return TelegramAdapter.build(runtime, conf)
 
 
 __all__: list[Any] = ["SECRET_TOKEN", "TelegramSettings", "build"]

@@ -59,6 +59,7 @@ from telegram.error import (
 from telegram.ext import Application, ApplicationBuilder, CallbackQueryHandler, ContextTypes, TypeHandler
 
 from adapters.common.auth import SharedSecret
+from adapters.common.base import PlatformAdapter
 from adapters.common.http import parse_json_object, read_body
 from adapters.common.markdown import TelegramFormat, cut_utf16, utf16_len
 from adapters.common.ratelimit import Rate, RateLimiter
@@ -76,7 +77,7 @@ from bot.errors import (
     StartupError,
     StickerNotSupported,
 )
-from bot.logs import conversation_var, register_secret
+from bot.logs import conversation_var
 from bot.manager import ConversationManager
 from bot.store import is_store_error
 from bot.types import (
@@ -304,34 +305,27 @@ class TelegramTransport:
         return str(message.message_id)
 
 
-class TelegramAdapter:
+class TelegramAdapter(PlatformAdapter[TelegramSettings]):
     """See the module docstring. Built by ``serve`` when ``adapters.telegram.enabled``."""
 
     name = PLATFORM
 
     def __init__(self, manager: ConversationManager, settings: Settings, conf: TelegramSettings, *,
                  application: Application | None = None) -> None:
-        self.manager = manager
-        self.settings = settings
+        super().__init__(manager, settings, conf)
         # PTB's documented opt-in: durations (RetryAfter.retry_after, ...) as datetime.timedelta, the type
         # PTB 23 will use; without it PTB warns on every 429. Read by PTB at each use, process-wide.
         os.environ.setdefault("PTB_TIMEDELTA", "true")
-        self.conf = conf
-        token = os.environ.get(conf.token_env, "").strip()
-        if not token:
-            raise StartupError(f"adapters.telegram: set the environment variable {conf.token_env} to the bot token "
-                               "from @BotFather, or set adapters.telegram.enabled: false")
-        register_secret(token)
+        token = self.secret(conf.token_env, "the bot token from @BotFather")
         self.webhook_secret = ""
         if conf.mode == "webhook":
-            self.webhook_secret = os.environ.get(conf.webhook_secret_env, "")
+            self.webhook_secret = self.secret(conf.webhook_secret_env, "Telegram's secret token", required=False)
             if not SECRET_TOKEN.match(self.webhook_secret):
                 raise StartupError(f"adapters.telegram: webhook mode needs {conf.webhook_secret_env} set to 1-256 "
                                    "characters of A-Z, a-z, 0-9, _ and - (Telegram's secret token)")
             if not settings.server.public_url:
                 raise StartupError("adapters.telegram: webhook mode needs server.public_url (the https URL Telegram "
                                    "reaches this service at)")
-            register_secret(self.webhook_secret)
         self.app = application or self._application(token)
         # One group: the first handler that matches an update runs (buttons first, then everything else).
         self.app.add_handler(CallbackQueryHandler(self._on_callback))
@@ -343,7 +337,6 @@ class TelegramAdapter:
         manager.register(self.channel)
         self.me_id = 0
         self.username = ""
-        self._accepting = False
         self._poller: asyncio.Task[None] | None = None
         self._albums: dict[str, asyncio.TimerHandle] = {}
         self._album_tasks: set[asyncio.Task[None]] = set()
@@ -381,7 +374,7 @@ class TelegramAdapter:
         self.me_id, self.username = me.id, (me.username or "").lower()
         await self.app.start()
         await self._set_commands()
-        self._accepting = True
+        await super().start()
         await self._flush_stashed_albums()
         if self.conf.mode == "webhook":
             url = self.settings.server.public_url.rstrip("/") + WEBHOOK_PATH
@@ -400,7 +393,7 @@ class TelegramAdapter:
         log.info("Telegram bot @%s ready (%s)", self.username, self.conf.mode)
 
     def stop_intake(self) -> None:
-        self._accepting = False
+        super().stop_intake()
         if self._poller is not None:
             self._poller.cancel()  # a long poll in flight confirms nothing
 
@@ -417,6 +410,7 @@ class TelegramAdapter:
                 await self.app.stop()
         with contextlib.suppress(Exception):
             await self.app.shutdown()
+        await super().close()
 
     async def _set_commands(self) -> None:
         """The command menu, in every language the framework speaks (Telegram picks by the user's language)."""
@@ -444,7 +438,7 @@ class TelegramAdapter:
         """Long polling whose offset advances only past updates that are stored."""
         offset: int | None = None
         backoff = 1.0
-        while self._accepting:
+        while self.accepting:
             try:
                 updates = await self.app.bot.get_updates(offset=offset, timeout=self.conf.poll_timeout,
                                                          allowed_updates=ALLOWED_UPDATES)
@@ -481,7 +475,7 @@ class TelegramAdapter:
         after a few tries it is logged and skipped, so one poisonous update cannot stop every chat.
         """
         delay, tries = 0.5, 0
-        while self._accepting:
+        while self.accepting:
             try:
                 await self._process(update)
                 return True
@@ -518,8 +512,8 @@ class TelegramAdapter:
 
     async def webhook(self, request: Request) -> Response:
         """``POST /telegram/webhook``: verified by the secret header (the route's dependency), stored, 200."""
-        if not self._accepting:
-            return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
+        if not self.accepting:
+            return self.restarting()
         data = parse_json_object(await read_body(request, max_bytes=2_000_000), what="the update")
         try:
             update = Update.de_json(data, self.app.bot)
@@ -530,7 +524,7 @@ class TelegramAdapter:
         try:
             await self._process(update)
         except ShuttingDown:
-            return JSONResponse({"error": "restarting"}, status_code=503, headers={"Retry-After": "5"})
+            return self.restarting()
         except Exception:
             log.exception("update %d could not be handled", update.update_id)
             return JSONResponse({"error": "not handled"}, status_code=500)

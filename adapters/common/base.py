@@ -1,0 +1,107 @@
+"""What every platform adapter shares, written once.
+
+A platform adapter subclasses :class:`PlatformAdapter`: it gets the manager, the settings and its own
+section; :meth:`~PlatformAdapter.secret` reads a secret from the environment variable its settings name
+(a missing one stops start-up with one line naming the variable and how to turn the adapter off; the
+value never reaches a log); :meth:`~PlatformAdapter.http_client` gives it one HTTP client it closes on
+:meth:`~PlatformAdapter.close`; ``accepting`` is False until :meth:`~PlatformAdapter.start` and after
+:meth:`~PlatformAdapter.stop_intake` (webhooks answer :meth:`~PlatformAdapter.restarting`, a 503 the
+platform retries); :meth:`~PlatformAdapter.build` is what ``serve`` calls (adapters/registry.py).
+
+An adapter only writes what is its platform's own: how events become
+:class:`~bot.types.IncomingMessage` and how replies are rendered. The README's "Add your own platform"
+shows a whole one in about 60 lines (tested in tests/test_adapter_base.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import httpx
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from bot.config import AdapterSection, Settings
+from bot.errors import StartupError
+from bot.logs import register_secret
+
+if TYPE_CHECKING:
+    from bot.manager import ConversationManager
+    from bot.runtime import Runtime
+
+Conf = TypeVar("Conf", bound=AdapterSection)
+Self = TypeVar("Self", bound="PlatformAdapter[Any]")
+
+
+class PlatformAdapter(Generic[Conf]):
+    """See the module docstring. Subclasses set ``name`` (the config section ``adapters.<name>`` and the
+    platform of their conversations) and call ``super().__init__`` first."""
+
+    name: ClassVar[str]
+
+    def __init__(self, manager: ConversationManager, settings: Settings, conf: Conf) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.conf = conf
+        self.accepting = False
+        self._clients: list[httpx.AsyncClient] = []
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def secret(self, env: str, what: str, *, required: bool = True) -> str:
+        """The secret in the environment variable ``env`` (``what`` says what it is, for the error); never
+        logged from here on. Missing and ``required``: start-up stops with one line saying what to set."""
+        value = os.environ.get(env, "").strip()
+        if not value and required:
+            raise StartupError(f"adapters.{self.name}: set the environment variable {env} to {what}, or set "
+                               f"adapters.{self.name}.enabled: false")
+        if value:
+            register_secret(value)
+        return value
+
+    def setting(self, value: str, key: str, what: str) -> str:
+        """A setting that must be given (``key`` under ``adapters.<name>``); start-up stops without it."""
+        if not value:
+            raise StartupError(f"adapters.{self.name}: set {key} to {what}")
+        return value
+
+    def http_client(self, given: httpx.AsyncClient | None = None, **options: Any) -> httpx.AsyncClient:
+        """``given`` (a test's, left open), or a new client with ``options`` that :meth:`close` closes."""
+        if given is not None:
+            return given
+        client = httpx.AsyncClient(**options)
+        self._clients.append(client)
+        return client
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.accepting = True
+
+    def stop_intake(self) -> None:
+        self.accepting = False
+
+    async def close(self) -> None:
+        self.accepting = False
+        for client in self._clients:
+            await client.aclose()
+        self._clients.clear()
+
+    def router(self) -> APIRouter | None:
+        return None
+
+    @staticmethod
+    def restarting(status: int = 503) -> JSONResponse:
+        """What a webhook answers while intake is off: a status the platform delivers again after (503 by
+        default; Chatwoot retries only 429 and 500)."""
+        return JSONResponse({"error": "restarting"}, status_code=status, headers={"Retry-After": "1"})
+
+    @classmethod
+    def build(cls: type[Self], runtime: Runtime, conf: Any) -> Self:
+        """``serve``'s constructor (adapters/registry.py)."""
+        assert runtime.manager is not None
+        return cls(runtime.manager, runtime.settings, conf)
+
+
+__all__ = ["PlatformAdapter"]
