@@ -42,14 +42,14 @@ from adapters.common.auth import SignedBody
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, download, parse_json_object
 from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
-from bot import i18n
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
-from bot.logs import conversation_var
+from bot.l10n import i18n
+from bot.ops.logs import conversation_var
+from bot.seams import Channel
 from bot.types import (
     AnswerDone,
     Attachment,
-    Channel,
     ConversationKey,
     FileReply,
     HandoffUpdate,
@@ -64,7 +64,7 @@ from bot.types import (
 )
 
 if TYPE_CHECKING:
-    from bot.manager import ConversationManager
+    from bot.conversation.manager import ConversationManager
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from bot import __version__
 from bot.config import Settings
 from bot.errors import StartupError
-from bot.logs import setup_logging
+from bot.ops.logs import setup_logging
 from bot.runtime import DEMO_BANNER, Runtime, open_store
 from bot.types import ConversationKey
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "make-demo-model":
             setup_logging("WARNING")
-            from bot.demo_model import make_demo_model
+            from bot.engines.demo_model import make_demo_model
 
             path = make_demo_model(args.directory, seed=args.seed)
             print(f"demo model written to {path} (random weights: its answers are noise)")

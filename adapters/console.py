@@ -15,16 +15,15 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from bot import i18n
 from bot.config import AdapterSection
-from bot.manager import ConversationManager
+from bot.conversation.manager import ConversationManager
+from bot.errors import AttachmentUnavailable, FileTooLarge
+from bot.l10n import i18n
+from bot.seams import AccessPolicy, Channel
 from bot.types import (
-    AccessPolicy,
     AnswerDone,
     Attachment,
-    Channel,
     ConversationKey,
-    FileFetcher,
     FileReply,
     HandoffUpdate,
     IncomingMessage,
@@ -39,6 +38,27 @@ from bot.types import (
 PLATFORM = "console"
 PROMPT = "you> "
 BOT = "bot> "
+
+
+class FileFetcher:
+    """:class:`~bot.seams.MediaFetcher` for local paths: what ``/image PATH`` and ``/file PATH`` attach."""
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        return await asyncio.to_thread(self._read, attachment, limit)
+
+    @staticmethod
+    def _read(attachment: Attachment, limit: int) -> bytes:
+        path = Path(attachment.ref).expanduser()
+        name = attachment.filename or path.name
+        try:
+            size = path.stat().st_size
+            if size > limit:
+                raise FileTooLarge(name=name, size=size, limit=limit)
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise AttachmentUnavailable(f"no such file: {path}", name=name) from None
+        except OSError as exc:
+            raise AttachmentUnavailable(str(exc), name=name) from None
 
 
 class ConsoleSettings(AdapterSection):

@@ -46,12 +46,12 @@ from adapters.common.http import BadRequest, download, parse_json_object, read_b
 from adapters.common.urlguard import NetworkList, UrlGuard, require_https
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown
-from bot.logs import conversation_var
+from bot.ops.logs import conversation_var
+from bot.seams import Channel
 from bot.store import is_store_error
 from bot.types import (
     AnswerDone,
     Attachment,
-    Channel,
     ConversationKey,
     FileReply,
     HandoffUpdate,
@@ -64,7 +64,7 @@ from bot.types import (
 )
 
 if TYPE_CHECKING:
-    from bot.manager import ConversationManager, Ticket
+    from bot.conversation.manager import ConversationManager, Ticket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

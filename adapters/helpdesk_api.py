@@ -49,13 +49,13 @@ from adapters.common.http import BadRequest, StoredFiles, download
 from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
-from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from bot.logs import conversation_var, register_secret
+from bot.handoff.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from bot.ops.logs import conversation_var, register_secret
+from bot.seams import Channel
 from bot.store import StoredMessage, is_store_error
 from bot.types import (
     AnswerDone,
     Attachment,
-    Channel,
     ConversationKey,
     FileReply,
     HandoffUpdate,
@@ -68,7 +68,7 @@ from bot.types import (
 )
 
 if TYPE_CHECKING:
-    from bot.manager import ConversationManager
+    from bot.conversation.manager import ConversationManager
 
 log = logging.getLogger(__name__)
 

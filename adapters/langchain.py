@@ -35,7 +35,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from bot.config import GenerationSettings
 from bot.engines.base import ChatMessage, Engine, ImagePart, message_cost
-from bot.media import decode_pixels
+from bot.media.images import decode_pixels
 from bot.store import NewMessage, Store
 from bot.types import ConversationKey
 

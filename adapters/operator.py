@@ -37,22 +37,21 @@ from adapters.common.auth import BearerAuth
 from adapters.common.bus import Bus
 from adapters.common.http import BadRequest, event_stream, preferred_language, read_json_object, text_field
 from adapters.common.transcript import transcript_json
-from bot import i18n
-from bot.handoff import HandoffEvent
-from bot.media import sniff
+from bot.l10n import i18n
+from bot.media.images import sniff
 from bot.store import ConversationSummary, checked_sha256
-from bot.types import ConversationKey
+from bot.types import ConversationKey, HandoffEvent
 
 if TYPE_CHECKING:
     from bot.config import Settings
-    from bot.manager import ConversationManager
+    from bot.conversation.manager import ConversationManager
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "web_static"
 TICKET_SECONDS = 600
 HEARTBEAT_SECONDS = 15.0
-#: Labels of the page; their texts are the ``op_<name>`` entries of the catalogs (bot/locales).
+#: Labels of the page; their texts are the ``op_<name>`` entries of the catalogs (bot/l10n/locales).
 UI_KEYS = ("title", "token", "name", "sign_in", "bad_token", "waiting", "active", "none_waiting", "pick", "reply",
            "send", "take", "give_back", "waited", "sign_out", "with_person", "with_bot", "not_delivered")
 #: Images shown inline in a transcript; anything else is offered as a download.

@@ -54,18 +54,18 @@ from adapters.common.http import (
 )
 from adapters.common.markdown import HtmlFormat
 from adapters.common.transcript import transcript_json
-from bot import i18n
 from bot.config import AdapterSection, Settings
+from bot.conversation.manager import ConversationManager
 from bot.errors import ShuttingDown, StartupError
-from bot.logs import conversation_var, register_secret
-from bot.manager import ConversationManager
-from bot.media import sniff
+from bot.l10n import i18n
+from bot.media.images import sniff
+from bot.ops.logs import conversation_var, register_secret
 from bot.runtime import Runtime
+from bot.seams import Channel
 from bot.types import (
     NO_ROUTE,
     AnswerDone,
     Attachment,
-    Channel,
     ConversationKey,
     FileReply,
     HandoffUpdate,
@@ -98,7 +98,7 @@ FILES_KEPT = 20
 FILES_MAX_AGE = 86400.0  # a download link older than a day is not offered again (ask for a new export)
 _FILE_ID = re.compile(r"[0-9a-f]{32}\Z")
 
-#: Labels of the page itself; their texts are the ``ui_<name>`` entries of the catalogs (bot/locales).
+#: Labels of the page itself; their texts are the ``ui_<name>`` entries of the catalogs (bot/l10n/locales).
 UI_KEYS = ("send", "attach", "placeholder", "human", "reset", "persona", "language", "waiting", "back", "auto",
            "uploading", "you", "bot", "reconnecting", "demo", "title", "delete", "delete_confirm", "too_many",
            "too_big")

@@ -34,16 +34,12 @@ sys.path.insert(0, str(ROOT))
 from bench.lib.rawstream import stream_chat  # noqa: E402
 from bench.lib.timing import TimingSink  # noqa: E402
 from bot.config import OpenAIHTTPSettings, Settings  # noqa: E402
+from bot.conversation.manager import ConversationManager  # noqa: E402
 from bot.engines.openai_http import OpenAIHTTPEngine  # noqa: E402
-from bot.manager import ConversationManager  # noqa: E402
+from bot.seams import Channel  # noqa: E402
 from bot.store import SQLiteStore  # noqa: E402
-from bot.types import (  # noqa: E402
-    Channel,
-    ConversationKey,
-    IncomingMessage,
-    MemoryFetcher,
-    Sender,
-)
+from bot.testing import MemoryFetcher  # noqa: E402
+from bot.types import ConversationKey, IncomingMessage, Sender  # noqa: E402
 
 
 def photo(seed: int) -> bytes:
@@ -54,7 +50,7 @@ def photo(seed: int) -> bytes:
 
 
 def start_hf_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from bot.demo_model import make_demo_model
+    from bot.engines.demo_model import make_demo_model
 
     model = make_demo_model(folder / "demo")
     with socket.socket() as s:

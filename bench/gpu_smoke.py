@@ -43,19 +43,14 @@ sys.path.insert(0, str(ROOT))
 from bench.lib.rawstream import stream_chat  # noqa: E402
 from bench.lib.timing import TimingSink  # noqa: E402
 from bot.config import LMDeploySettings, OpenAIHTTPSettings, Settings  # noqa: E402
+from bot.conversation.manager import ConversationManager  # noqa: E402
 from bot.engines import Engine  # noqa: E402
 from bot.engines.lmdeploy import LMDeployEngine  # noqa: E402
 from bot.engines.openai_http import OpenAIHTTPEngine  # noqa: E402
-from bot.manager import ConversationManager  # noqa: E402
+from bot.seams import Channel  # noqa: E402
 from bot.store import MemoryStore  # noqa: E402
-from bot.types import (  # noqa: E402
-    Attachment,
-    Channel,
-    ConversationKey,
-    IncomingMessage,
-    MemoryFetcher,
-    Sender,
-)
+from bot.testing import MemoryFetcher  # noqa: E402
+from bot.types import Attachment, ConversationKey, IncomingMessage, Sender  # noqa: E402
 
 # -- inputs -------------------------------------------------------------------------------------------
 

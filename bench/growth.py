@@ -27,10 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import Settings
+from bot.conversation.manager import ConversationManager
 from bot.engines import EchoEngine
-from bot.manager import ConversationManager
+from bot.seams import Channel
 from bot.store import NewMessage, SQLiteStore
-from bot.types import Channel, CollectingSink, ConversationKey, IncomingMessage, MemoryFetcher, Sender
+from bot.testing import CollectingSink, MemoryFetcher
+from bot.types import ConversationKey, IncomingMessage, Sender
 
 QUESTION = "My dishwasher shows error E15 and does not drain after the cycle; what should I check first?"
 ANSWER = ("E15 usually means water in the base pan, which the leak sensor sees. Switch the machine off, tilt it "

@@ -23,17 +23,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import Settings
+from bot.conversation.manager import ConversationManager
 from bot.engines import EchoEngine
-from bot.manager import ConversationManager
+from bot.seams import Channel
 from bot.store import SQLiteStore
-from bot.types import (
-    Channel,
-    CollectingSink,
-    ConversationKey,
-    IncomingMessage,
-    MemoryFetcher,
-    Sender,
-)
+from bot.testing import CollectingSink, MemoryFetcher
+from bot.types import ConversationKey, IncomingMessage, Sender
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.media import PixelCache, decode_pixels, preprocess, preprocess_many
+from bot.media.images import PixelCache, decode_pixels, preprocess, preprocess_many
 from tests import reference_internvl as ref
 
 MAX_PIXELS = 100_000_000
@@ -178,7 +178,7 @@ def bench_cached(repeat: int, results: dict[str, str]) -> None:
 def bench_video(repeat: int, results: dict[str, str]) -> None:
     import decord
 
-    from bot.video import reference_indices, sample_frames_fast
+    from bot.media.video import reference_indices, sample_frames_fast
     from tests.media_corpus import FFMPEG, ffmpeg
 
     if FFMPEG is None:
@@ -216,7 +216,7 @@ def bench_video(repeat: int, results: dict[str, str]) -> None:
 
 
 def bench_pdf(repeat: int, results: dict[str, str]) -> None:
-    from bot.documents import read_pdf
+    from bot.media.documents import read_pdf
     from tests.test_documents import invoice_pdf
 
     data = invoice_pdf(20)

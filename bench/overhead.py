@@ -20,18 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import Settings
+from bot.conversation.manager import ConversationManager
 from bot.engines import ChatMessage, EchoEngine
-from bot.manager import ConversationManager
+from bot.seams import Channel
 from bot.store import SQLiteStore
-from bot.types import (
-    AnswerDone,
-    Channel,
-    ConversationKey,
-    IncomingMessage,
-    MemoryFetcher,
-    Sender,
-    SinkContext,
-)
+from bot.testing import MemoryFetcher
+from bot.types import AnswerDone, ConversationKey, IncomingMessage, Sender, SinkContext
 
 QUESTIONS = [
     "My dishwasher shows error E15 and does not drain, what should I check?",

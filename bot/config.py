@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
-from bot.types import AccessPolicy, UsageLimits
+from bot.seams import AccessPolicy, UsageLimits
 
 ENV_PREFIX = "INTERNVL_BOT_"
 CONFIG_ENV = "INTERNVL_BOT_CONFIG"

@@ -1,6 +1,6 @@
 """Error classes. One root; each subclass carries its data and a key for a message safe to show users.
 
-The text a user sees is looked up in :mod:`bot.i18n` by ``user_key`` and rendered with ``params`` in
+The text a user sees is looked up in :mod:`bot.l10n.i18n` by ``user_key`` and rendered with ``params`` in
 the user's language, so errors never carry English prose into a Portuguese conversation.
 """
 

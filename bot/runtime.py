@@ -7,11 +7,12 @@ import os
 from types import TracebackType
 
 from bot.config import ConfigError, Settings
+from bot.conversation.manager import ConversationManager
 from bot.engines import Engine, build_engine
-from bot.handoff import LogNotifier, Notifier, Notifiers, WebhookNotifier
-from bot.manager import ConversationManager
-from bot.metrics import Metrics
-from bot.scheduler import Scheduler
+from bot.handoff.notifiers import LogNotifier, Notifiers, WebhookNotifier
+from bot.ops.metrics import Metrics
+from bot.scheduling.scheduler import Scheduler
+from bot.seams import Notifier
 from bot.store import SQLiteStore, Store
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Runtime:
 def open_store(settings: Settings) -> Store:
     """``store.backend``: the SQLite file (one process), or PostgreSQL (several replicas share it)."""
     if settings.store.backend == "postgres":
-        from bot.store.postgres import PostgresStore
+        from bot.store.postgres.store import PostgresStore
 
         if not settings.store.url:
             raise ConfigError(f"store.backend is postgres: set the environment variable {settings.store.url_env} "
@@ -91,8 +92,8 @@ def build_scheduler(settings: Settings, store: Store) -> Scheduler | None:
     """Claims in PostgreSQL when the store is shared by replicas; else the manager's in-process lanes."""
     if settings.store.backend != "postgres":
         return None
-    from bot.claims import ClaimScheduler, replica_name
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.claims import ClaimScheduler, replica_name
+    from bot.store.postgres.store import PostgresStore
 
     if not isinstance(store, PostgresStore):
         # replicas sharing work through anything else would each answer everyone's messages

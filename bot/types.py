@@ -1,24 +1,21 @@
-"""The framework's own value types and the seams between adapters and the core.
+"""The framework's own value types: what travels between adapters and the core.
 
 Adapters translate platform events into :class:`IncomingMessage` and render :data:`ReplyEvent`
 values back; nothing platform-specific travels below ``adapters/`` except the opaque ``raw`` payload
-and the ``route`` an adapter stores with a message to answer it after a restart.
-Each seam is a small :class:`typing.Protocol` with a real in-memory implementation in this module,
-which doubles as the test double.
+and the ``route`` an adapter stores with a message to answer it after a restart. The seams (the
+Protocols adapters and stores implement) are in :mod:`bot.seams`, the in-memory doubles in
+:mod:`bot.testing`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
+import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, runtime_checkable
-
-from bot.errors import AttachmentUnavailable, FileTooLarge, default_may_have_arrived, default_retry_after
+from typing import Any, Literal
 
 #: The empty route (shared: most messages have none).
 NO_ROUTE: Mapping[str, str] = MappingProxyType({})
@@ -213,21 +210,6 @@ def platform_ids(value: PlatformIds) -> tuple[str, ...]:
     return tuple(str(v) for v in value if v)
 
 
-@runtime_checkable
-class ReplySink(Protocol):
-    """Receives the reply events of one turn, in order, and renders them on the platform.
-
-    ``emit`` returns the platform id(s) of the message(s) it created for :class:`AnswerDone`,
-    :class:`Notice`, :class:`HandoffUpdate` and :class:`FileReply` (an answer may span several platform
-    messages), so the store can find them again (edits, reactions, a restart).
-
-    A sink whose ``emit`` never waits for I/O (it only hands events to in-process queues) may set a
-    class attribute ``immediate = True``: the core then calls it inline instead of through a buffer.
-    """
-
-    async def emit(self, event: ReplyEvent) -> PlatformIds: ...
-
-
 @dataclass(frozen=True, slots=True)
 class SinkContext:
     """What an adapter gets to build the sink of one turn.
@@ -260,180 +242,22 @@ class SinkContext:
             await self.record(tuple(ids))
 
 
-class CollectingSink:
-    """In-memory :class:`ReplySink`: records every event. Used by tests, the bench and scripts."""
-
-    immediate = True
-
-    def __init__(self) -> None:
-        self.events: list[ReplyEvent] = []
-        self._count = 0
-
-    async def emit(self, event: ReplyEvent) -> PlatformIds:
-        self.events.append(event)
-        if isinstance(event, AnswerDone) and event.silent:
-            return None
-        if isinstance(event, AnswerDone | Notice | HandoffUpdate | FileReply):
-            self._count += 1
-            return f"m{self._count}"
-        return None
-
-    @property
-    def files(self) -> list[FileReply]:
-        return [e for e in self.events if isinstance(e, FileReply)]
-
-    @property
-    def answers(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, AnswerDone) and not e.silent]
-
-    @property
-    def notices(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, Notice | HandoffUpdate)]
-
-    @property
-    def streamed(self) -> str:
-        return "".join(e.text for e in self.events if isinstance(e, TextChunk))
-
-    @property
-    def texts(self) -> list[str]:
-        """Everything a user would read, in order: notices and finished answers."""
-        return [e.text for e in self.events if isinstance(e, AnswerDone | Notice | HandoffUpdate)
-                and not (isinstance(e, AnswerDone) and e.silent)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Media fetching: adapters know how to download their platform's files.
-
-
-@runtime_checkable
-class MediaFetcher(Protocol):
-    """Downloads an attachment's bytes from the platform. ``limit`` is the byte cap to enforce: a file
-    over it raises :class:`bot.errors.FileTooLarge` (before downloading, where the size is known); a file
-    the platform cannot deliver raises :class:`bot.errors.AttachmentUnavailable`."""
-
-    async def fetch(self, attachment: Attachment, limit: int) -> bytes: ...
-
-
-class MemoryFetcher:
-    """In-memory :class:`MediaFetcher` keyed by ``Attachment.ref``."""
-
-    def __init__(self, files: dict[str, bytes] | None = None) -> None:
-        self.files: dict[str, bytes] = dict(files or {})
-        self.calls = 0
-
-    def add(self, data: bytes, filename: str = "", mime: str = "") -> Attachment:
-        ref = f"mem:{hashlib.sha256(data).hexdigest()[:16]}:{len(self.files)}"
-        self.files[ref] = data
-        return Attachment(ref=ref, filename=filename, mime=mime, size=len(data))
-
-    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
-        self.calls += 1
-        try:
-            data = self.files[attachment.ref]
-        except KeyError:
-            raise AttachmentUnavailable(f"no file for ref {attachment.ref}", name=attachment.filename) from None
-        if len(data) > limit:
-            raise FileTooLarge(name=attachment.filename, size=len(data), limit=limit)
-        return data
-
-
-class FileFetcher:
-    """:class:`MediaFetcher` for local paths (the console adapter)."""
-
-    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
-        return await asyncio.to_thread(self._read, attachment, limit)
-
-    @staticmethod
-    def _read(attachment: Attachment, limit: int) -> bytes:
-        path = Path(attachment.ref).expanduser()
-        name = attachment.filename or path.name
-        try:
-            size = path.stat().st_size
-            if size > limit:
-                raise FileTooLarge(name=name, size=size, limit=limit)
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise AttachmentUnavailable(f"no such file: {path}", name=name) from None
-        except OSError as exc:
-            raise AttachmentUnavailable(str(exc), name=name) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Access: who may use an adapter, and how much.
-
-
 @dataclass(frozen=True, slots=True)
-class UsageLimits:
-    """Per-user limits; 0 means unlimited. ``exempt``: user ids the limits never apply to."""
+class HandoffEvent:
+    """``requested``: the user asked for a person; ``message``: the user wrote while waiting;
+    ``taken``: an operator took the conversation over from the bot (``by`` is who);
+    ``returned``: the conversation is back with the bot (``by`` is "user" or the operator's name)."""
 
-    messages_per_minute: int = 0
-    messages_per_day: int = 0
-    images_per_day: int = 0
-    video_seconds_per_day: float = 0
-    exempt: frozenset[str] = frozenset()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.messages_per_minute or self.messages_per_day or self.images_per_day
-                    or self.video_seconds_per_day)
-
-
-@dataclass(frozen=True, slots=True)
-class AccessPolicy:
-    """Who an adapter serves: allowlists (empty = everyone) and denylists of users and chats, and limits.
-
-    Ids are the platform's own (Telegram user/chat ids, Slack user/channel/team ids, helpdesk inboxes),
-    compared as strings with :attr:`Sender.id` and :attr:`ConversationKey.chat` (and, for a team or
-    workspace, the ``team`` entry of the message's ``route``).
-    """
-
-    allow_users: frozenset[str] = frozenset()
-    deny_users: frozenset[str] = frozenset()
-    allow_chats: frozenset[str] = frozenset()
-    deny_chats: frozenset[str] = frozenset()
-    limits: UsageLimits = UsageLimits()
-
-    def admits(self, message: IncomingMessage) -> bool:
-        chats = {message.key.chat}
-        if team := message.route.get("team"):
-            chats.add(team)
-        return self.allows(message.sender.id, chats)
-
-    def allows(self, user: str, chats: set[str]) -> bool:
-        """Is ``user``, in any of ``chats`` (a chat, its team or workspace), served? Also for what the bot
-        says unasked (a greeting when a panel or widget opens)."""
-        if user in self.deny_users or chats & self.deny_chats:
-            return False
-        if self.allow_users and user not in self.allow_users:
-            return False
-        return not (self.allow_chats and not chats & self.allow_chats)
-
-
-@dataclass(frozen=True)
-class Channel:
-    """What an adapter registers with the conversation manager for its platform.
-
-    ``sink_for(context)`` builds the sink that renders one turn's replies. Registering a channel is what
-    lets the manager answer messages left pending by a restart. ``command_prefixes``: what starts a
-    command on this platform (Slack intercepts ``/…`` in its composer, so its adapter adds ``!``); the
-    first is the one shown in help texts. ``reaches_people``: a handoff on this platform reaches people even
-    without a notifier that does (a helpdesk: its agents see the conversation).
-    """
-
+    kind: Literal["requested", "message", "taken", "returned"]
+    conversation: str
     platform: str
-    fetcher: MediaFetcher
-    sink_for: Callable[[SinkContext], ReplySink]
-    persona: str | None = None
-    command_prefixes: tuple[str, ...] = ("/",)
-    policy: AccessPolicy = AccessPolicy()
-    #: the platform itself puts people in front of a handed-off conversation (a helpdesk's agents)
-    reaches_people: bool = False
-    #: the sender's locale, asked when the turn starts if the event did not carry it: a platform where it
-    #: costs a network call (Slack's users.info) stores the message first and looks it up after the ack
-    locale_of: Callable[[str], Awaitable[str | None]] | None = None
-    #: seconds to wait before sending again after a send failed with this error (a 429, a 5xx, a timeout),
-    #: or None when it would fail again: what the outbox retries (bot/outbox.py)
-    retry_after: Callable[[BaseException], float | None] = default_retry_after
-    #: whether a send that failed with this error may have reached the platform all the same (the outbox then
-    #: sends again with ``SinkContext.resend``, for adapters that look for an earlier copy first)
-    may_have_arrived: Callable[[BaseException], bool] = default_may_have_arrived
+    language: str
+    text: str = ""
+    user: str = ""
+    by: str = ""
+    transcript: list[dict[str, str]] = field(default_factory=list)
+    reason: str = ""  # requested: "user", "policy: <keyword>", "model"
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()

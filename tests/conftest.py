@@ -17,7 +17,7 @@ from PIL import Image
 
 from adapters.registry import AppSettings
 from bot.config import Settings
-from bot.demo_model import make_demo_model
+from bot.engines.demo_model import make_demo_model
 from tests.fakes.serving import free_port
 
 

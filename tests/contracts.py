@@ -4,7 +4,7 @@ see, through the implementation's own output.
 
 - :class:`SinkContract` — a :class:`~bot.types.ReplySink`. Fixture ``screen``: a :class:`Screen`.
 - :class:`FetcherContract` — a :class:`~bot.types.MediaFetcher`. Fixture ``files``: a :class:`FileSource`.
-- :class:`NotifierContract` — a :class:`~bot.handoff.Notifier`. Fixture ``desk``: a :class:`Desk`.
+- :class:`NotifierContract` — a :class:`~bot.handoff.notifiers.Notifier`. Fixture ``desk``: a :class:`Desk`.
 - :class:`PlatformContract` — a platform adapter end to end, through the platform's own delivery (its fake's
   polling, socket or signed webhooks; the helpdesk's own calls). Fixture ``chat``: a :class:`Chat`.
 """
@@ -22,18 +22,17 @@ import pytest
 
 from bot.engines import EchoEngine
 from bot.errors import AttachmentUnavailable, FileTooLarge
-from bot.handoff import HandoffEvent, Notifier
-from bot.i18n import text
+from bot.l10n.i18n import text
+from bot.seams import MediaFetcher, Notifier, ReplySink
 from bot.store import Store
 from bot.types import (
     AnswerDone,
     Attachment,
     ConversationKey,
     FileReply,
+    HandoffEvent,
     HandoffUpdate,
-    MediaFetcher,
     Notice,
-    ReplySink,
     SinkContext,
     Status,
     TextChunk,

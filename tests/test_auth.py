@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from adapters.common.auth import BearerAuth, ReplayMemory, SharedSecret, SignedBody
 from adapters.common.http import install_error_handlers
-from bot.handoff import sign
+from bot.handoff.notifiers import sign
 
 
 def _app() -> FastAPI:

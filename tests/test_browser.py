@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.engines import EchoEngine
-from bot.i18n import text
+from bot.l10n.i18n import text
 from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.live_server import live_server, static_site

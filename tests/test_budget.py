@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.budget import Item, item_tokens, plan
-from bot.media import tile_count
+from bot.media.budget import Item, item_tokens, plan
+from bot.media.images import tile_count
 
 PHOTO = (4032, 3024)  # 13 tiles at max_num 12 = 3330 tokens
 

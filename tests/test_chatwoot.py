@@ -20,9 +20,10 @@ from adapters.chatwoot import ChatwootAdapter
 from adapters.server import Service, build_app
 from bot.engines import EchoEngine
 from bot.errors import StartupError
-from bot.i18n import text as t
+from bot.l10n.i18n import text as t
 from bot.runtime import Runtime
-from bot.types import AccessPolicy, Attachment, ConversationKey, MediaFetcher
+from bot.seams import AccessPolicy, MediaFetcher
+from bot.types import Attachment, ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.contracts import Chat, FetcherContract, FileSource, PlatformContract, Screen, SinkContract
 from tests.fakes.chatwoot_api import FakeChatwoot

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from adapters.console import ConsoleAdapter, locale_hint
+from bot.conversation.manager import ConversationManager
 from bot.engines import EchoEngine
-from bot.manager import ConversationManager
 from bot.store import SQLiteStore
 from tests.conftest import image_bytes, make_settings
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from fpdf import FPDF
 
-from bot.documents import read_pdf
+from bot.conversation.tables import markdown_tables, to_csv, to_json
 from bot.errors import EncryptedDocument, UnreadableDocument
-from bot.media import grid_for, tile_count
-from bot.tables import markdown_tables, to_csv, to_json
+from bot.media.documents import read_pdf
+from bot.media.images import grid_for, tile_count
 
 
 def invoice_pdf(pages: int = 1, encrypt: bool = False) -> bytes:

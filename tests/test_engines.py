@@ -14,7 +14,7 @@ from bot.config import GenerationSettings, TransformersSettings
 from bot.engines import ChatMessage, EchoEngine, Engine, ImagePart, message_cost
 from bot.engines.transformers import TransformersEngine
 from bot.errors import ModelLoadError
-from bot.media import tile_count
+from bot.media.images import tile_count
 
 GEN = GenerationSettings(max_new_tokens=12, temperature=0.0)
 PHOTO = Image.new("RGB", (1000, 700), (10, 200, 30))

@@ -13,26 +13,25 @@ from typing import ClassVar
 
 import pytest
 
+from bot.conversation.manager import ConversationManager
 from bot.engines import EchoEngine
-from bot.handoff import (
+from bot.handoff.notifiers import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    HandoffEvent,
     LogNotifier,
     Notifiers,
     WebhookNotifier,
     verify,
 )
-from bot.i18n import text
-from bot.manager import ConversationManager
+from bot.l10n.i18n import text
+from bot.seams import Channel
 from bot.store import MemoryStore, SQLiteStore, Store
+from bot.testing import CollectingSink, MemoryFetcher
 from bot.types import (
     AnswerDone,
-    Channel,
-    CollectingSink,
     ConversationKey,
+    HandoffEvent,
     IncomingMessage,
-    MemoryFetcher,
     Sender,
     SinkContext,
     TextChunk,
@@ -289,11 +288,11 @@ async def test_an_unreachable_webhook_never_blocks_the_conversation(tmp_path: Pa
 class TestLogNotifier(NotifierContract):
     @pytest.fixture
     def desk(self, caplog: pytest.LogCaptureFixture) -> Desk:
-        caplog.set_level(logging.INFO, logger="bot.handoff")
+        caplog.set_level(logging.INFO, logger="bot.handoff.notifiers")
 
         async def received() -> list[str]:
             return [r.getMessage().split(":")[0].removeprefix("handoff ") for r in caplog.records
-                    if r.name == "bot.handoff"]
+                    if r.name == "bot.handoff.notifiers"]
 
         async def broken() -> LogNotifier:
             return LogNotifier()
@@ -391,7 +390,7 @@ async def test_a_platform_moving_the_conversation_is_followed_silently(tmp_path:
 
 
 def test_the_marker_filter_never_shows_half_a_marker() -> None:
-    from bot.relay import MarkerFilter
+    from bot.conversation.relay import MarkerFilter
 
     f = MarkerFilter("[handoff]")
     shown = "".join(f.feed(c) for c in ["Sorry, I can't ", "[hand", "off", "]\nbye", " [ok]"]) + f.rest()

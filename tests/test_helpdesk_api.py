@@ -38,12 +38,12 @@ from adapters.helpdesk_api import (
     verify_callback,
 )
 from adapters.server import Service, build_app
+from bot.conversation.manager import ConversationManager
+from bot.conversation.outbox import BUCKET as OUTBOX
 from bot.engines import EchoEngine
 from bot.errors import StartupError
-from bot.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from bot.i18n import text as t
-from bot.manager import ConversationManager
-from bot.outbox import BUCKET as OUTBOX
+from bot.handoff.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from bot.l10n.i18n import text as t
 from bot.runtime import Runtime
 from bot.store import MemoryStore, Store
 from bot.types import Attachment, ConversationKey

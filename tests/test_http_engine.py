@@ -21,8 +21,8 @@ from bot.engines import Engine, build_engine
 from bot.engines.base import ChatMessage, ImagePart, VideoPart
 from bot.engines.openai_http import OpenAIHTTPEngine
 from bot.errors import EngineError, EngineUnavailable, StartupError
-from bot.i18n import text
-from bot.media import IMAGE_SIZE, decode_pixels, grid_for
+from bot.l10n.i18n import text
+from bot.media.images import IMAGE_SIZE, decode_pixels, grid_for
 from bot.store import MemoryStore
 from tests.conftest import image_bytes, make_settings
 from tests.fake_lmdeploy import MODEL, FakeLMDeploy, fake_lmdeploy
@@ -193,8 +193,10 @@ async def test_429_waits_as_long_as_retry_after_says(fake: FakeLMDeploy) -> None
 
 
 async def test_exhausted_retries_tell_the_user_the_model_is_busy(fake: FakeLMDeploy, tmp_path: Path) -> None:
-    from bot.manager import ConversationManager
-    from bot.types import Channel, CollectingSink, ConversationKey, IncomingMessage, MemoryFetcher, Sender
+    from bot.conversation.manager import ConversationManager
+    from bot.seams import Channel
+    from bot.testing import CollectingSink, MemoryFetcher
+    from bot.types import ConversationKey, IncomingMessage, Sender
 
     engine = await started(fake.url, retries=2)
     fake.script.extend(["500"] * 3)

@@ -8,7 +8,7 @@ import string
 import pytest
 from babel.messages.pofile import read_po
 
-from bot import i18n
+from bot.l10n import i18n
 
 
 def test_locale_codes_normalise() -> None:
@@ -22,7 +22,7 @@ def _fields(template: str) -> set[str]:
 
 
 def _catalog(lang: str) -> dict[str, list[str]]:
-    root = i18n.resources.files("bot") / "locales" / lang / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
+    root = i18n.resources.files("bot.l10n") / "locales" / lang / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
     with root.open("rb") as handle:
         catalog = read_po(handle, locale=lang)
     out: dict[str, list[str]] = {}

@@ -19,11 +19,13 @@ from PIL import Image
 
 from adapters.langchain import InternVLChatModel, as_chat_model, as_message_history
 from bot.config import OpenAIHTTPSettings
+from bot.conversation.manager import ConversationManager
 from bot.engines import EchoEngine
 from bot.engines.openai_http import OpenAIHTTPEngine
-from bot.manager import ConversationManager
+from bot.seams import Channel
 from bot.store import SQLiteStore
-from bot.types import Channel, CollectingSink, ConversationKey, IncomingMessage, MemoryFetcher, Sender
+from bot.testing import CollectingSink, MemoryFetcher
+from bot.types import ConversationKey, IncomingMessage, Sender
 from tests.conftest import image_bytes, make_settings
 
 

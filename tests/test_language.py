@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.language import LanguageDetector, choose_language
+from bot.l10n.language import LanguageDetector, choose_language
 
 LANGS = ["en", "pt", "es", "fr", "de", "zh", "ru", "ja", "it", "nl", "pl", "uk"]
 

@@ -9,13 +9,15 @@ import pytest
 from PIL import Image
 
 from bot.config import GenerationSettings, LMDeploySettings
+from bot.conversation.manager import ConversationManager
 from bot.engines import Engine, build_engine
 from bot.engines.base import ChatMessage, ImagePart, VideoPart
 from bot.engines.lmdeploy import LMDeployEngine
 from bot.errors import EngineError, ModelLoadError, PromptTooLong
-from bot.manager import ConversationManager
+from bot.seams import Channel
 from bot.store import MemoryStore
-from bot.types import Channel, CollectingSink, ConversationKey, IncomingMessage, MemoryFetcher, Sender
+from bot.testing import CollectingSink, MemoryFetcher
+from bot.types import ConversationKey, IncomingMessage, Sender
 from tests import fake_lmdeploy_module as fake
 from tests.conftest import make_settings
 from tests.test_engines import EngineContract

@@ -7,7 +7,7 @@ import logging
 import httpx
 import pytest
 
-from bot.logs import conversation_var, register_secret, setup_logging
+from bot.ops.logs import conversation_var, register_secret, setup_logging
 
 TOKEN = "123456789:AAF-secret-token_value-abcdefghijklmn"
 

@@ -20,27 +20,24 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot import i18n
 from bot.config import Settings
+from bot.conversation.manager import ConversationManager, Ticket, parse_command
 from bot.engines import EchoEngine, Engine, message_cost
-from bot.manager import ConversationManager, Ticket, parse_command
+from bot.l10n import i18n
+from bot.seams import AccessPolicy, Channel, UsageLimits
 from bot.store import MemoryStore, NewMessage, SQLiteStore, Store
+from bot.testing import CollectingSink, MemoryFetcher
 from bot.types import (
-    AccessPolicy,
     AnswerDone,
-    Channel,
-    CollectingSink,
     ConversationKey,
     HandoffUpdate,
     IncomingMessage,
-    MemoryFetcher,
     Notice,
     ReplyEvent,
     Sender,
     SinkContext,
     Status,
     TextChunk,
-    UsageLimits,
     cut_text,
 )
 from tests.conftest import GatedEngine, image_bytes, make_settings
@@ -482,9 +479,11 @@ CRASHING_RUN = textwrap.dedent(
     import asyncio, sys
     from bot.config import Settings
     from bot.engines import EchoEngine
-    from bot.manager import ConversationManager
+    from bot.conversation.manager import ConversationManager
     from bot.store import SQLiteStore
-    from bot.types import Channel, CollectingSink, ConversationKey, IncomingMessage, MemoryFetcher, Sender
+    from bot.seams import Channel
+    from bot.testing import CollectingSink, MemoryFetcher
+    from bot.types import ConversationKey, IncomingMessage, Sender
 
     async def main():
         settings = Settings(data_dir=sys.argv[1])
@@ -1010,7 +1009,7 @@ async def test_images_past_the_turns_pixel_cap_are_left_out_and_the_user_told(
 
 
 async def test_the_shared_pixel_budget_waits_and_never_fails() -> None:
-    from bot.media import PixelBudget, PixelLease
+    from bot.media.images import PixelBudget, PixelLease
 
     budget = PixelBudget(10)
     first = PixelLease(budget, 100)

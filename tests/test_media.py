@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import ImageTooLarge, UnreadableImage
-from bot.media import decode_image, decode_pixels, decode_text, grid_for, sniff, tile_count
+from bot.media.images import decode_image, decode_pixels, decode_text, grid_for, sniff, tile_count
 from tests.conftest import image_bytes
 
 
@@ -106,7 +106,7 @@ def test_tile_count_matches_the_checkpoint_image_processor(demo_model: Path) -> 
 
 # -- InternVL preprocessing, bit for bit against the reference -------------------------------
 
-from bot.media import dynamic_tiles, image_pixels, pixel_values  # noqa: E402
+from bot.media.images import dynamic_tiles, image_pixels, pixel_values  # noqa: E402
 from tests import reference_internvl as ref  # noqa: E402
 
 
@@ -152,7 +152,7 @@ def test_array_input_equals_the_reference(width: int, height: int) -> None:
 
 
 def test_jpeg_bytes_through_preprocess_equal_the_reference() -> None:
-    from bot.media import preprocess
+    from bot.media.images import preprocess
 
     buffer = io.BytesIO()
     _photo(2000, 1500, seed=2).save(buffer, "JPEG", quality=88)
@@ -178,7 +178,7 @@ def torch_equal(a: object, b: object) -> bool:
 
 
 def test_caches_are_bounded_by_bytes_and_keep_the_recent() -> None:
-    from bot.media import ByteLRU, PixelCache
+    from bot.media.images import ByteLRU, PixelCache
 
     lru = ByteLRU(max_bytes=3000)
     for k in range(5):
@@ -196,7 +196,7 @@ def test_caches_are_bounded_by_bytes_and_keep_the_recent() -> None:
 
 
 def test_an_unreadable_image_is_named_not_shown_as_a_buffer(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="bot.media")
+    caplog.set_level(logging.INFO, logger="bot.media.images")
     with pytest.raises(UnreadableImage) as raised:
         decode_pixels(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, name="kettle.png", max_pixels=10**6)
     shown = str(raised.value) + " ".join(r.getMessage() for r in caplog.records)

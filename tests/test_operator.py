@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from adapters.web import CSRF_HEADER
 from bot.engines import EchoEngine
-from bot.handoff import Notifier
-from bot.i18n import text
+from bot.l10n.i18n import text
+from bot.seams import Notifier
 from tests.conftest import image_bytes, make_settings
 from tests.contracts import Desk, NotifierContract
 from tests.live_server import exchange, live_server, open_session, post

@@ -1,4 +1,4 @@
-"""The durable outbox (bot/outbox.py): what a platform did not take is kept, sent again in order, never
+"""The durable outbox (bot/conversation/outbox.py): what a platform did not take is kept, sent again in order, never
 doubled, and given up only after the deadline — with the operator and /metrics told."""
 
 from __future__ import annotations
@@ -9,19 +9,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.conversation.manager import ConversationManager
+from bot.conversation.outbox import NOT_DELIVERED, decode, encode
 from bot.engines import EchoEngine
-from bot.manager import ConversationManager
-from bot.outbox import NOT_DELIVERED, decode, encode
+from bot.seams import Channel
 from bot.store import MemoryStore, SQLiteStore, Store
+from bot.testing import CollectingSink, MemoryFetcher
 from bot.types import (
     AnswerDone,
-    Channel,
-    CollectingSink,
     ConversationKey,
     FileReply,
     HandoffUpdate,
     IncomingMessage,
-    MemoryFetcher,
     Notice,
     ReplyEvent,
     Sender,
@@ -176,7 +175,7 @@ async def test_an_operator_reply_while_the_platform_is_down_is_kept_not_reported
 
 
 async def _text(m: ConversationManager, key: str) -> str:
-    from bot.i18n import text
+    from bot.l10n.i18n import text
 
     return text(key, "en")
 

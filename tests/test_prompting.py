@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from bot.attachments import AttachmentResolver
+from bot.conversation.prompting import PromptBuilder
 from bot.engines import ChatMessage, EchoEngine
-from bot.prompting import PromptBuilder
+from bot.media.attachments import AttachmentResolver
 from bot.store import MemoryStore, NewMessage, SQLiteStore, Store
 from bot.types import ConversationKey
 from tests.conftest import make_settings

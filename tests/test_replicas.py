@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 async def test_events_reach_every_replica_in_order_whatever_their_size(postgres: Any) -> None:
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.store import PostgresStore
 
     url = postgres.database()
     stores = [PostgresStore(url), PostgresStore(url)]
@@ -63,7 +63,7 @@ async def test_without_a_shared_store_events_are_handed_over_directly() -> None:
 
 
 async def test_one_replica_leads_at_a_time_and_another_takes_over(postgres: Any) -> None:
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.store import PostgresStore
 
     url = postgres.database()
     stores = [PostgresStore(url), PostgresStore(url)]
@@ -119,7 +119,7 @@ async def test_migrate_copies_a_sqlite_store_into_postgresql_idempotently(
         tmp_path: Any, postgres: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from adapters.cli import main
     from bot.store import NewMessage, SQLiteStore
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.store import PostgresStore
     from bot.types import Attachment, ConversationKey
 
     data = tmp_path / "data"
@@ -315,7 +315,7 @@ async def test_the_web_chat_on_postgresql_answers_resets_and_exports(
     """One replica on PostgreSQL through the real entry point: answers stream, /reset starts afresh (the
     command itself is not swept away with what it resets), an exported file downloads."""
     from bot.engines import EchoEngine
-    from bot.i18n import text as t
+    from bot.l10n.i18n import text as t
     from tests.conftest import make_settings
     from tests.live_server import exchange, live_server, open_session
 
@@ -344,7 +344,7 @@ def test_serve_check_on_postgresql_names_the_database_and_what_is_missing(
     import sys
 
     from bot.errors import StartupError
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.store import PostgresStore
     from tests.replica_cluster import ROOT
 
     url = postgres.database()

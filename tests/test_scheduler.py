@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.scheduler import FairGate, LocalScheduler, Scheduler
+from bot.scheduling.scheduler import FairGate, LocalScheduler, Scheduler
 from bot.store import NewMessage, StoredMessage
 from bot.types import ConversationKey
 
@@ -173,8 +173,8 @@ class TestClaimScheduler(SchedulerContract):
 
     @pytest.fixture
     async def make(self, postgres: Any) -> AsyncIterator[Callable[[int], Scheduler]]:
-        from bot.claims import ClaimScheduler
-        from bot.store.postgres import PostgresStore
+        from bot.store.postgres.claims import ClaimScheduler
+        from bot.store.postgres.store import PostgresStore
 
         self.store = PostgresStore(postgres.database())
         await self.store.open()
@@ -231,8 +231,8 @@ class TestClaimScheduler(SchedulerContract):
 async def test_two_replicas_share_the_work_one_conversation_each_in_order(postgres: Any) -> None:
     """Two claim schedulers on one database: each conversation is worked on by one replica at a time, in
     order; the work spreads over both."""
-    from bot.claims import ClaimScheduler
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.claims import ClaimScheduler
+    from bot.store.postgres.store import PostgresStore
 
     store = PostgresStore(postgres.database())
     await store.open()
@@ -275,8 +275,8 @@ async def test_two_replicas_share_the_work_one_conversation_each_in_order(postgr
 async def test_claims_are_fair_between_users_across_replicas(postgres: Any) -> None:
     """Ana writes in five conversations, then Bea and Caio in one each: the first replica to claim two takes
     Ana's oldest and Bea's, the next takes Caio's before Ana's second (Ana is being answered already)."""
-    from bot.claims import ClaimScheduler
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.claims import ClaimScheduler
+    from bot.store.postgres.store import PostgresStore
 
     store = PostgresStore(postgres.database())
     await store.open()
@@ -299,8 +299,8 @@ async def test_claims_are_fair_between_users_across_replicas(postgres: Any) -> N
 async def test_a_cancel_on_one_replica_stops_the_answer_on_another(postgres: Any) -> None:
     """/reset (or a person taking over) reaches whichever replica it reaches; the answer in progress stops on
     the replica producing it, as cancelled (not as interrupted by a shutdown)."""
-    from bot.claims import ClaimScheduler
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.claims import ClaimScheduler
+    from bot.store.postgres.store import PostgresStore
 
     store = PostgresStore(postgres.database())
     await store.open()
@@ -342,8 +342,8 @@ async def test_a_cancel_on_one_replica_stops_the_answer_on_another(postgres: Any
 async def test_the_waiting_count_covers_every_replicas_intake(postgres: Any) -> None:
     """conversation.max_pending_per_conversation counts what waits in the database, whichever replica took
     it in, so a flood spread over replicas is refused as it would be by one."""
-    from bot.claims import ClaimScheduler
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.claims import ClaimScheduler
+    from bot.store.postgres.store import PostgresStore
 
     store = PostgresStore(postgres.database())
     await store.open()

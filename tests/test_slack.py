@@ -21,10 +21,10 @@ from adapters.server import Service, build_app
 from adapters.slack.adapter import SlackAdapter
 from bot.engines import EchoEngine
 from bot.errors import StartupError
-from bot.handoff import Notifier
-from bot.i18n import text as t
+from bot.l10n.i18n import text as t
 from bot.runtime import Runtime
-from bot.types import Attachment, ConversationKey, MediaFetcher
+from bot.seams import MediaFetcher, Notifier
+from bot.types import Attachment, ConversationKey
 from tests.conftest import ROOT, image_bytes, make_settings
 from tests.contracts import (
     Chat,

@@ -383,7 +383,7 @@ class TestPostgresStore(StoreContract):
 
     @pytest.fixture
     async def store(self, postgres: Any, clock: list[float]) -> Store:
-        from bot.store.postgres import PostgresStore
+        from bot.store.postgres.store import PostgresStore
 
         s = PostgresStore(postgres.database(), clock=lambda: clock[0])
         await s.open()
@@ -392,7 +392,7 @@ class TestPostgresStore(StoreContract):
 
 
 async def test_replicas_starting_at_once_migrate_once(postgres: Any) -> None:
-    from bot.store.postgres import MIGRATIONS, PostgresStore
+    from bot.store.postgres.store import MIGRATIONS, PostgresStore
 
     url = postgres.database()
     stores = [PostgresStore(url) for _ in range(4)]

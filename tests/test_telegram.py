@@ -24,9 +24,10 @@ from adapters.telegram import TelegramSettings
 from adapters.telegram.adapter import TelegramAdapter
 from bot.engines import EchoEngine
 from bot.errors import StartupError
-from bot.i18n import text as t
+from bot.l10n.i18n import text as t
 from bot.runtime import Runtime
-from bot.types import Attachment, ConversationKey, MediaFetcher
+from bot.seams import MediaFetcher
+from bot.types import Attachment, ConversationKey
 from tests.conftest import ROOT, image_bytes, make_settings
 from tests.contracts import Chat, FetcherContract, FileSource, PlatformContract, Screen, SinkContract
 from tests.fakes.serving import free_port, serve_asgi

@@ -6,18 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.types import (
-    AccessPolicy,
-    Attachment,
-    CollectingSink,
-    ConversationKey,
-    FileFetcher,
-    IncomingMessage,
-    MemoryFetcher,
-    Sender,
-    SinkContext,
-    platform_ids,
-)
+from adapters.console import FileFetcher
+from bot.seams import AccessPolicy
+from bot.testing import CollectingSink, MemoryFetcher
+from bot.types import Attachment, ConversationKey, IncomingMessage, Sender, SinkContext, platform_ids
 from tests.contracts import FetcherContract, FileSource, Screen, SinkContract
 
 

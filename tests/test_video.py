@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bot.errors import UnreadableVideo, VideoTooLong
-from bot.video import fast_indices, reference_indices, sample_frames, sample_frames_fast
+from bot.media.video import fast_indices, reference_indices, sample_frames, sample_frames_fast
 from tests import reference_internvl as ref
 
 

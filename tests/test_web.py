@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.web import COOKIE, render_markdown
 from bot.engines import EchoEngine
-from bot.i18n import text
+from bot.l10n.i18n import text
 from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.contracts import FetcherContract, FileSource, Screen, SinkContract
@@ -307,7 +307,7 @@ async def test_answers_that_never_finish_do_not_grow_memory(tmp_path: Path) -> N
     """Partial answers whose replica died (no "done" ever comes) and no page watches are bounded; a session
     with an open page is never dropped, and a stopped turn leaves no partial behind."""
     from adapters.web import MAX_IDLE_SESSIONS, WebAdapter
-    from bot.manager import ConversationManager
+    from bot.conversation.manager import ConversationManager
     from bot.store import MemoryStore
 
     settings = make_settings(tmp_path)
@@ -328,7 +328,7 @@ class TestWebSink(SinkContract):
     @pytest.fixture
     def screen(self, tmp_path: Path) -> Screen:
         from adapters.web import WebAdapter
-        from bot.manager import ConversationManager
+        from bot.conversation.manager import ConversationManager
         from bot.store import MemoryStore
 
         settings = make_settings(tmp_path)

@@ -15,7 +15,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from adapters.common.http import read_body
-from bot.handoff import sign
+from bot.handoff.notifiers import sign
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from fastapi.responses import JSONResponse
 
 from bot.config import AdapterSection, Settings
 from bot.errors import StartupError
-from bot.logs import register_secret
+from bot.ops.logs import register_secret
 
 if TYPE_CHECKING:
-    from bot.manager import ConversationManager
+    from bot.conversation.manager import ConversationManager
     from bot.runtime import Runtime
 
 Conf = TypeVar("Conf", bound=AdapterSection)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.errors import StartupError
+from bot.seams import EventPassing
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ class Bus:
     def __init__(self, store: Any, channel: str, deliver: Callable[[dict[str, Any]], None]) -> None:
         self.channel = channel
         self.deliver = deliver
-        notify, listen = getattr(store, "notify", None), getattr(store, "listen", None)
-        self.shared = callable(notify) and callable(listen)
+        self.shared = isinstance(store, EventPassing)
         self._store = store
         self._parts: OrderedDict[str, list[str | None]] = OrderedDict()
         self._started = False

@@ -26,7 +26,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from adapters.common.urlguard import UrlGuard, UrlRefused, where
-from bot import i18n
 from bot.errors import (
     AttachmentUnavailable,
     BotError,
@@ -36,6 +35,7 @@ from bot.errors import (
     NoSuchConversation,
     ShuttingDown,
 )
+from bot.l10n import i18n
 from bot.store import Store
 from bot.types import Attachment
 

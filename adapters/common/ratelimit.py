@@ -152,7 +152,7 @@ class RateLimiter:
 
         With ``limited`` (which says which errors are the platform's rate limits), other errors that
         ``retry_after`` retries (a network error, a 5xx) are tried ``network_attempts`` times at most: a
-        platform that is down is left to the outbox (bot/outbox.py) rather than waited for here, where
+        platform that is down is left to the outbox (bot/conversation/outbox.py) rather than waited for here, where
         the turn's reply (and the previews ahead of it) would wait too. ``party``: whose call it is, for
         turns between parties on a busy key (the module docstring)."""
         network = 0

@@ -23,7 +23,7 @@ def message_json(row: StoredMessage) -> dict[str, Any]:
         "reply_to": row.reply_to, "at": row.created_at,
         # a page's button (New conversation, Talk to a person) sent it: the page shows what it did, not a bubble
         "button": row.route.get("via") == "button",
-        # the outbox gave it up (bot/outbox.py): the operator sees it was never shown to the user
+        # the outbox gave it up (bot/conversation/outbox.py): the operator sees it was never shown to the user
         "undelivered": row.state == "failed" and (row.error or "").startswith("not delivered"),
     }
 

@@ -46,18 +46,18 @@ from adapters.common.markdown import SlackFormat, escape_slack
 from adapters.common.ratelimit import Rate, RateLimiter
 from adapters.common.renderer import MessageGone, StreamingRenderer
 from adapters.slack import SlackSettings
-from bot import i18n
 from bot.config import Settings
+from bot.conversation.manager import ConversationManager
 from bot.errors import FileHostRefused, FileTooLarge, ShuttingDown
-from bot.handoff import HandoffEvent
-from bot.logs import conversation_var
-from bot.manager import ConversationManager
+from bot.l10n import i18n
+from bot.ops.logs import conversation_var
+from bot.seams import Channel
 from bot.types import (
     AnswerDone,
     Attachment,
-    Channel,
     ConversationKey,
     FileReply,
+    HandoffEvent,
     IncomingMessage,
     PlatformIds,
     ReplyEvent,

@@ -65,9 +65,9 @@ from adapters.common.markdown import TelegramFormat, cut_utf16, utf16_len
 from adapters.common.ratelimit import Rate, RateLimiter
 from adapters.common.renderer import MessageGone, StreamingRenderer
 from adapters.telegram import SECRET_TOKEN, TelegramSettings
-from bot import i18n
-from bot.commands import COMMANDS
 from bot.config import Settings
+from bot.conversation.commands import COMMANDS
+from bot.conversation.manager import ConversationManager
 from bot.errors import (
     AttachmentUnavailable,
     AudioNotSupported,
@@ -77,19 +77,11 @@ from bot.errors import (
     StartupError,
     StickerNotSupported,
 )
-from bot.logs import conversation_var
-from bot.manager import ConversationManager
+from bot.l10n import i18n
+from bot.ops.logs import conversation_var
+from bot.seams import Channel, Elector
 from bot.store import is_store_error
-from bot.types import (
-    Attachment,
-    Channel,
-    ConversationKey,
-    FileReply,
-    IncomingMessage,
-    Sender,
-    SinkContext,
-    Status,
-)
+from bot.types import Attachment, ConversationKey, FileReply, IncomingMessage, Sender, SinkContext, Status
 
 log = logging.getLogger(__name__)
 
@@ -382,12 +374,12 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
             log.info("Telegram webhook set to %s", url)
         else:
             await self.app.bot.delete_webhook(drop_pending_updates=False)
-            elect = getattr(self.manager.store, "elect", None)
-            if callable(elect):
+            store = self.manager.store
+            if isinstance(store, Elector):
                 # replicas: Telegram allows one long poll per bot, so one replica polls (an advisory lock in
                 # PostgreSQL) and another takes over when it dies; updates it had not confirmed come again
                 # and are recognised as stored
-                self._poller = elect(f"internvl-bot telegram polling {self.me_id}", self._lead_polling)
+                self._poller = store.elect(f"internvl-bot telegram polling {self.me_id}", self._lead_polling)
             else:
                 self._poller = asyncio.create_task(self._poll(), name="telegram polling")
         log.info("Telegram bot @%s ready (%s)", self.username, self.conf.mode)

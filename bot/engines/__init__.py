@@ -38,7 +38,7 @@ def build_engine(settings: Settings) -> Engine:
     path = eng.transformers.model
     if not path:
         path = demo_model_path(settings)
-        from bot.demo_model import is_demo_model, make_demo_model
+        from bot.engines.demo_model import is_demo_model, make_demo_model
 
         if not is_demo_model(path):
             log.warning("no model configured: building the random demo model in %s", path)

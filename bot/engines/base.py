@@ -73,9 +73,10 @@ MESSAGE_OVERHEAD = 5
 
 @runtime_checkable
 class Engine(Protocol):
-    """A model that answers a conversation as a stream of text chunks."""
+    """A model that answers a conversation as a stream of text chunks, ``max_concurrency`` at a time."""
 
     info: EngineInfo
+    max_concurrency: int
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from bot.config import GenerationSettings
 from bot.engines.base import ChatMessage, EngineInfo, LimitedEngine
-from bot.media import tile_count
+from bot.media.images import tile_count
 
 
 class EchoEngine(LimitedEngine):

@@ -29,7 +29,7 @@ from PIL import Image
 from bot.config import GenerationSettings, LMDeploySettings
 from bot.engines.base import ChatMessage, EngineInfo, ImagePart, LimitedEngine, layout, neutralize
 from bot.errors import EngineError, ModelLoadError, PromptTooLong
-from bot.media import tile_count
+from bot.media.images import tile_count
 
 log = logging.getLogger(__name__)
 

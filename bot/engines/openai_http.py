@@ -60,7 +60,7 @@ from bot.engines.base import (
     neutralize,
 )
 from bot.errors import EngineError, EngineUnavailable, StartupError
-from bot.media import IMAGE_SIZE, grid_for, tile_count
+from bot.media.images import IMAGE_SIZE, grid_for, tile_count
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import GenerationSettings, TransformersSettings
-from bot.demo_model import is_demo_model
 from bot.engines.base import ChatMessage, EngineInfo, ImagePart, LimitedEngine, interleaved
+from bot.engines.demo_model import is_demo_model
 from bot.errors import EngineError, ModelLoadError, PromptTooLong
-from bot.media import IMAGENET_MEAN, IMAGENET_STD, PixelCache, map_images, tile_count
+from bot.media.images import IMAGENET_MEAN, IMAGENET_STD, PixelCache, map_images, tile_count
 
 log = logging.getLogger(__name__)
 

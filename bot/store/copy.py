@@ -92,7 +92,7 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, files: Path, url: str) -> C
     """See the module docstring. ``files``: the SQLite store's attachments directory."""
     from psycopg.types.json import Jsonb
 
-    from bot.store.postgres import PostgresStore
+    from bot.store.postgres.store import PostgresStore
 
     source = await asyncio.to_thread(_open_read_only, sqlite_path)
     target = PostgresStore(url)

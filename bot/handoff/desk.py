@@ -18,16 +18,17 @@ from collections.abc import Awaitable, Callable, Coroutine
 
 from cachetools import LRUCache
 
-from bot import i18n
-from bot.attachments import AttachmentResolver
-from bot.commands import with_prefix
-from bot.handoff import HandoffEvent, Notifiers
-from bot.logs import conversation_var
-from bot.metrics import Metrics
-from bot.scheduler import Scheduler
+from bot.conversation.commands import with_prefix
+from bot.conversation.turn import Turn
+from bot.handoff.notifiers import Notifiers
+from bot.l10n import i18n
+from bot.media.attachments import AttachmentResolver
+from bot.ops.logs import conversation_var
+from bot.ops.metrics import Metrics
+from bot.scheduling.scheduler import Scheduler
+from bot.seams import Channel
 from bot.store import Conversation, Store, StoredMessage
-from bot.turn import Turn
-from bot.types import Channel, ConversationKey, HandoffUpdate, Notice, ReplyEvent, strip_controls
+from bot.types import ConversationKey, HandoffEvent, HandoffUpdate, Notice, ReplyEvent, strip_controls
 
 log = logging.getLogger(__name__)
 

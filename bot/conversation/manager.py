@@ -2,12 +2,12 @@
 
 - intake (:meth:`ConversationManager.submit`): bots and unlisted users are dropped, per-user limits
   checked, the message and its platform event id stored in one transaction (a redelivery is answered
-  once), the handoff mode switched, and the message handed to the :class:`~bot.scheduler.Scheduler`;
+  once), the handoff mode switched, and the message handed to the :class:`~bot.scheduling.scheduler.Scheduler`;
 - the scheduler: one message at a time per conversation, in arrival order, conversations in parallel,
   places handed out fairly between users;
-- processing (:meth:`_process`): the answer language, then a command (:mod:`bot.commands`), a handoff
-  (:mod:`bot.desk`) or an answer: attachments (:mod:`bot.attachments`), the prompt that fits
-  (:mod:`bot.prompting`), the engine's stream relayed to the adapter's sink (:mod:`bot.relay`) — the
+- processing (:meth:`_process`): the answer language, then a command (:mod:`bot.conversation.commands`), a handoff
+  (:mod:`bot.handoff.desk`) or an answer: attachments (:mod:`bot.media.attachments`), the prompt that fits
+  (:mod:`bot.conversation.prompting`), the engine's stream relayed to the adapter's sink (:mod:`bot.conversation.relay`) — the
   engine never waits for a platform, and every turn ends on the sink that streamed it;
 - start-up: messages a previous run left unanswered are resumed first, with the platform messages that
   run had already created, before adapters take new ones.
@@ -23,11 +23,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bot import i18n
-from bot.attachments import PIXEL_LEASE, AttachmentResolver
-from bot.commands import COMMANDS, Commands, parse_command, with_prefix
 from bot.config import ConfigError, Settings
-from bot.desk import HandoffDesk
+from bot.conversation.commands import COMMANDS, Commands, parse_command, with_prefix
+from bot.conversation.limits import UsageGuard
+from bot.conversation.outbox import NOT_DELIVERED, Outbox
+from bot.conversation.prompting import PromptBuilder
+from bot.conversation.relay import MarkerFilter, MeteredSink, Relay
+from bot.conversation.turn import Turn
 from bot.engines.base import ChatMessage, Engine
 from bot.errors import (
     BotError,
@@ -39,22 +41,20 @@ from bot.errors import (
     ShuttingDown,
     TooManyPending,
 )
-from bot.handoff import LogNotifier, Notifier, Notifiers
-from bot.language import LanguageDetector, choose_language
-from bot.limits import UsageGuard
-from bot.logs import conversation_var
-from bot.metrics import Metrics
-from bot.outbox import NOT_DELIVERED, Outbox
-from bot.personas import Persona, load_personas
-from bot.phrases import asks_for_human
-from bot.prompting import PromptBuilder
-from bot.relay import MarkerFilter, MeteredSink, Relay
-from bot.scheduler import FairGate, LocalScheduler, Scheduler
+from bot.handoff.desk import HandoffDesk
+from bot.handoff.notifiers import LogNotifier, Notifiers
+from bot.handoff.phrases import asks_for_human
+from bot.l10n import i18n
+from bot.l10n.language import LanguageDetector, choose_language
+from bot.l10n.personas import Persona, load_personas
+from bot.media.attachments import PIXEL_LEASE, AttachmentResolver
+from bot.ops.logs import conversation_var
+from bot.ops.metrics import Metrics
+from bot.scheduling.scheduler import FairGate, LocalScheduler, Scheduler
+from bot.seams import Channel, Elector, Notifier, SharedScheduling
 from bot.store import Conversation, ForgetReport, NewMessage, Store, StoredAttachment, StoredMessage
-from bot.turn import Turn
 from bot.types import (
     AnswerDone,
-    Channel,
     ConversationKey,
     IncomingMessage,
     Notice,
@@ -115,7 +115,7 @@ class ConversationManager:
         self.scheduler.bind(self._process)
         self.metrics.track_queue(lambda: self.scheduler.total)
         # The model's own places, handed out fairly between users (the engine's semaphore never queues).
-        slots = getattr(engine, "max_concurrency", None) or settings.engine.max_concurrency
+        slots = engine.max_concurrency or settings.engine.max_concurrency
         self._engine_gate = FairGate(max(1, int(slots)))
         self.resolver = AttachmentResolver(settings, store, engine)
         self.prompts = PromptBuilder(store, engine, resolver=self.resolver)
@@ -129,9 +129,11 @@ class ConversationManager:
         self._arrived: dict[int, float] = {}
         self._reported: OrderedDict[ConversationKey, int] = OrderedDict()
         self._accepting = True
-        if hasattr(self.scheduler, "on_settled"):  # replicas: a message taken in here may be answered elsewhere
-            self.scheduler.on_settled = self._settled_elsewhere
-            self.scheduler.serves = lambda: set(self._channels)
+        # replicas: a message taken in here may be answered elsewhere (checked once, here)
+        self._shared = self.scheduler if isinstance(self.scheduler, SharedScheduling) else None
+        if self._shared is not None:
+            self._shared.on_settled = self._settled_elsewhere
+            self._shared.serves = lambda: set(self._channels)
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -179,7 +181,8 @@ class ConversationManager:
         if self.settings.store.retention_days and self._housekeeping is None:
             await self._purge()
             self._housekeeping = asyncio.create_task(self._purge_forever())
-        self.outbox.start(getattr(self.store, "elect", None))  # with replicas: one replica delivers
+        # with replicas (a store that elects): one replica delivers
+        self.outbox.start(self.store.elect if isinstance(self.store, Elector) else None)
         return resumed
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -307,8 +310,7 @@ class ConversationManager:
 
     async def _depth(self, key: ConversationKey, mid: int) -> int:
         """Messages of ``key`` waiting or being answered, ``mid`` aside: with replicas, on all of them."""
-        waiting = getattr(self.scheduler, "waiting", None)
-        return await waiting(key, mid) if waiting is not None else self.scheduler.depth(key)
+        return await self._shared.waiting(key, mid) if self._shared is not None else self.scheduler.depth(key)
 
     def _settled_elsewhere(self, mid: int, state: str) -> None:
         self.desk.forget(mid)

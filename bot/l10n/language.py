@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from bot.i18n import normalize_code
+from bot.l10n.i18n import normalize_code
 
 _URL = re.compile(r"https?://\S+|<[^>]+>|@\w+|/\w+|`[^`]*`")
 

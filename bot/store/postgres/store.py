@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bot.errors import StartupError
-from bot.logs import register_secret
+from bot.ops.logs import register_secret
 from bot.store.base import (
     ORPHAN_GRACE,
     STORE_ERRORS,
@@ -42,6 +42,7 @@ from bot.store.base import (
     checked_sha256,
     sha256_of,
 )
+from bot.store.postgres.queue import ClaimQueries
 from bot.types import NO_ROUTE, ConversationKey
 
 STORE_ERRORS.extend([psycopg.Error, PoolTimeout])
@@ -144,7 +145,7 @@ KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalive
 SERVER_KEEPALIVES = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
 
 
-class PostgresStore:
+class PostgresStore(ClaimQueries):
     """See the module docstring. ``url``: ``postgresql://user:password@host:5432/db``."""
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, min_size: int = 2,

@@ -18,18 +18,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from bot.metrics import Metrics
-from bot.types import (
-    AnswerDone,
-    FileReply,
-    HandoffUpdate,
-    Notice,
-    PlatformIds,
-    ReplyEvent,
-    ReplySink,
-    Status,
-    TextChunk,
-)
+from bot.ops.metrics import Metrics
+from bot.seams import ImmediateSink, ReplySink
+from bot.types import AnswerDone, FileReply, HandoffUpdate, Notice, PlatformIds, ReplyEvent, Status, TextChunk
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +37,7 @@ class Relay:
 
     def __init__(self, sink: ReplySink) -> None:
         self.sink = sink
-        self.immediate = bool(getattr(sink, "immediate", False))
+        self.immediate = isinstance(sink, ImmediateSink) and bool(sink.immediate)
         self._items: deque[_Item] = deque()
         self._pump: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
@@ -172,7 +163,7 @@ class MeteredSink:
 
     def __init__(self, sink: ReplySink, metrics: Metrics, adapter: str, arrived: float) -> None:
         self.sink = sink
-        self.immediate = bool(getattr(sink, "immediate", False))
+        self.immediate = isinstance(sink, ImmediateSink) and bool(sink.immediate)
         self.metrics = metrics
         self.adapter = adapter
         self.arrived = arrived

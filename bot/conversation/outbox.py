@@ -35,12 +35,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot import i18n
-from bot.metrics import Metrics
+from bot.l10n import i18n
+from bot.ops.metrics import Metrics
+from bot.seams import Channel
 from bot.store import NewMessage, Store
 from bot.types import (
     AnswerDone,
-    Channel,
     ConversationKey,
     FileReply,
     HandoffUpdate,

@@ -16,12 +16,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from bot import i18n
 from bot.config import Settings
-from bot.documents import Document, read_pdf
 from bot.engines.base import ChatMessage, Engine, ImagePart, VideoPart
 from bot.errors import AttachmentUnavailable, InputError, UnsupportedFile
-from bot.media import (
+from bot.l10n import i18n
+from bot.media.documents import Document, read_pdf
+from bot.media.images import (
     MAX_TEXT_FILE_CHARS,
     ByteLRU,
     MediaKind,
@@ -34,9 +34,10 @@ from bot.media import (
     sniff,
     tune_allocator,
 )
+from bot.media.video import sample_frames, sample_frames_fast
+from bot.seams import Channel
 from bot.store import Store, StoredAttachment, StoredMessage
-from bot.types import Channel, Notice, ReplyEvent, Status
-from bot.video import sample_frames, sample_frames_fast
+from bot.types import Notice, ReplyEvent, Status
 
 if TYPE_CHECKING:
     import numpy as np

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.media import tile_count
+from bot.media.images import tile_count
 
 #: The max_num values an item steps down through.
 STEPS = (40, 24, 12, 6, 4, 2, 1)

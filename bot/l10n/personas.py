@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from bot.errors import ConfigError
-from bot.i18n import ANSWER_IN, LANGUAGE_NAMES
+from bot.l10n.i18n import ANSWER_IN, LANGUAGE_NAMES
 
 log = logging.getLogger(__name__)
 

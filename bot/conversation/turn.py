@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.relay import Relay
+from bot.conversation.relay import Relay
+from bot.seams import Channel
 from bot.store import NewMessage, Store, StoredMessage
-from bot.types import Channel, Notice, ReplyEvent, SinkContext, platform_ids
+from bot.types import Notice, ReplyEvent, SinkContext, platform_ids
 
 
 @dataclass(eq=False)

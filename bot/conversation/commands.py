@@ -8,13 +8,14 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 
-from bot import i18n
 from bot.config import Settings
-from bot.personas import Persona
+from bot.conversation.tables import markdown_tables, to_csv, to_json
+from bot.conversation.turn import Turn
+from bot.l10n import i18n
+from bot.l10n.personas import Persona
+from bot.seams import Channel
 from bot.store import Conversation, Store
-from bot.tables import markdown_tables, to_csv, to_json
-from bot.turn import Turn
-from bot.types import Channel, FileReply, Notice
+from bot.types import FileReply, Notice
 
 log = logging.getLogger(__name__)
 

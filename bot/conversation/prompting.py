@@ -12,10 +12,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
-from bot.attachments import AttachmentResolver
-from bot.budget import Item, plan
 from bot.engines.base import ChatMessage, Engine, ImagePart, message_cost
 from bot.errors import PromptTooLong
+from bot.media.attachments import AttachmentResolver
+from bot.media.budget import Item, plan
 from bot.store import Conversation, Store, StoredMessage
 from bot.types import ConversationKey
 

@@ -19,56 +19,20 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol, runtime_checkable
 
 import httpx
+
+from bot.seams import Notifier
+from bot.types import HandoffEvent
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-InternVL-Bot-Signature"
 TIMESTAMP_HEADER = "X-InternVL-Bot-Timestamp"
-
-
-@dataclass(frozen=True, slots=True)
-class HandoffEvent:
-    """``requested``: the user asked for a person; ``message``: the user wrote while waiting;
-    ``taken``: an operator took the conversation over from the bot (``by`` is who);
-    ``returned``: the conversation is back with the bot (``by`` is "user" or the operator's name)."""
-
-    kind: Literal["requested", "message", "taken", "returned"]
-    conversation: str
-    platform: str
-    language: str
-    text: str = ""
-    user: str = ""
-    by: str = ""
-    transcript: list[dict[str, str]] = field(default_factory=list)
-    reason: str = ""  # requested: "user", "policy: <keyword>", "model"
-    at: float = field(default_factory=time.time)
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
-
-
-@runtime_checkable
-class Notifier(Protocol):
-    """Tells people about handoff events. ``notify`` never blocks the conversation for long (deliveries
-    that can be slow run in the background) and never raises for a delivery failure.
-
-    ``reaches_people``: True when the events reach a person who can answer (a helpdesk, a webhook, an
-    operator inbox); a log line does not.
-    """
-
-    reaches_people: bool
-
-    async def notify(self, event: HandoffEvent) -> None: ...
-    async def close(self) -> None: ...
 
 
 class LogNotifier:
@@ -196,7 +160,7 @@ class Notifiers:
 
     @property
     def reaches_people(self) -> bool:
-        return any(getattr(n, "reaches_people", False) for n in self.notifiers)
+        return any(n.reaches_people for n in self.notifiers)
 
     async def notify(self, event: HandoffEvent) -> None:
         for notifier in self.notifiers:

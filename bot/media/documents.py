@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bot.errors import EncryptedDocument, UnreadableDocument
-from bot.media import IMAGE_SIZE, grid_for
+from bot.media.images import IMAGE_SIZE, grid_for
 
 log = logging.getLogger(__name__)
 

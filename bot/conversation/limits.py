@@ -12,8 +12,8 @@ import weakref
 from collections.abc import Callable
 
 from bot.errors import UsageLimitReached
+from bot.seams import UsageLimits
 from bot.store import Store
-from bot.types import UsageLimits
 
 MINUTE = 60.0
 DAY = 86400.0

@@ -1,6 +1,6 @@
 """The framework's own texts in the user's language: gettext catalogs read with Babel.
 
-Every text lives in ``bot/locales/<lang>/LC_MESSAGES/internvl_bot.po`` under a key (the msgid), with
+Every text lives in ``bot/l10n/locales/<lang>/LC_MESSAGES/internvl_bot.po`` under a key (the msgid), with
 ``{name}`` parameters. Messages that depend on a number have plural forms (``msgid_plural``) chosen by
 the catalog's ``Plural-Forms`` rule, which Babel derives from CLDR: "1 message", "3 messages";
 "1 сообщение", "3 сообщения", "5 сообщений". The number that picks the form is the ``count`` parameter.
@@ -57,7 +57,7 @@ ANSWER_IN = "Always answer in {name} ({native}), the user's language, unless the
 
 def catalog_languages() -> tuple[str, ...]:
     """Languages with a catalog: the framework's texts are translated into these."""
-    root = resources.files("bot") / "locales"
+    root = resources.files("bot.l10n") / "locales"
     return tuple(sorted(entry.name for entry in root.iterdir()
                         if (entry / "LC_MESSAGES" / f"{DOMAIN}.po").is_file()))
 
@@ -70,7 +70,7 @@ UI_LANGUAGES: tuple[str, ...] = catalog_languages()
 def _read_catalog(lang: str) -> tuple[gettext.GNUTranslations, frozenset[str], frozenset[str]]:
     """One language's catalog as standard gettext translations (plural rule included), plus its keys
     and which of them are plural."""
-    source = resources.files("bot") / "locales" / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
+    source = resources.files("bot.l10n") / "locales" / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
     with source.open("rb") as handle:
         catalog = read_po(handle, locale=lang, domain=DOMAIN)
     buffer = io.BytesIO()

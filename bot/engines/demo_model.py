@@ -49,8 +49,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 def _corpus() -> list[str]:
     """Multilingual training text for the tokenizer: the framework's own texts and personas."""
-    from bot.i18n import all_texts
-    from bot.personas import load_personas
+    from bot.l10n.i18n import all_texts
+    from bot.l10n.personas import load_personas
 
     lines = all_texts()
     for persona in load_personas().values():

@@ -1,4 +1,4 @@
-"""The :class:`~bot.scheduler.Scheduler` for several replicas on one PostgreSQL: claims with leases.
+"""The :class:`~bot.scheduling.scheduler.Scheduler` for several replicas on one PostgreSQL: claims with leases.
 
 The queue is the messages table itself: a user's message waiting for an answer is ``received`` or
 ``answering``. A replica works on a *conversation*, never on a message alone: it claims the conversation
@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.scheduler import Handler, wind_down
+from bot.scheduling.scheduler import Handler, wind_down
 from bot.store import StoredMessage
-from bot.store.postgres import PostgresStore
+from bot.store.postgres.store import PostgresStore
 from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 CHANNEL = "internvl_bot_work"
 CANCEL = "cancel:"
 HOLD_SECONDS = 5.0
-NOW = "extract(epoch from clock_timestamp())"
 
 
 @dataclass(eq=False)
@@ -111,9 +110,7 @@ class ClaimScheduler:
 
     async def waiting(self, key: ConversationKey, besides: int) -> int:
         """Messages of ``key`` waiting or being answered on any replica, ``besides`` aside."""
-        row = await self.store._one("SELECT count(*) FROM messages WHERE conversation_id = %s AND role = 'user'"
-                                    " AND state IN ('received', 'answering') AND id <> %s", (str(key), besides))
-        return int(row[0]) if row else 0
+        return await self.store.count_waiting(key, besides)
 
     @property
     def total(self) -> int:
@@ -126,9 +123,7 @@ class ClaimScheduler:
         """Until no message waits in the database and this replica works on none (tests, scripts)."""
         self._ensure_started()
         while True:
-            row = await self.store._one("SELECT EXISTS (SELECT 1 FROM messages WHERE role = 'user'"
-                                        " AND state IN ('received', 'answering'))")
-            if not (row and row[0]) and not self._lanes:
+            if not await self.store.any_waiting() and not self._lanes:
                 self._submitted.clear()
                 return
             await asyncio.sleep(0.05)
@@ -141,11 +136,7 @@ class ClaimScheduler:
         caller holds them); a replica working on it elsewhere sees them no longer waiting."""
         lane = self._lanes.get(key)
         current = lane.current if lane is not None else None
-        waiting = [m for m in await self.store._messages(
-            "SELECT id, conversation_id, role, kind, text, state, sender_id, sender_name, locale, platform_message_id,"
-            " reply_to, error, created_at, platform_ids, drafts, route FROM messages WHERE conversation_id = %s"
-            " AND role = 'user' AND state IN ('received', 'answering') ORDER BY id", (str(key),))
-            if current is None or m.id != current.id]
+        waiting = [m for m in await self.store.waiting_messages(key) if current is None or m.id != current.id]
         if lane is not None and waiting:
             lane.hold(max(m.id for m in waiting))
         if not self._stop_current(key) and waiting:
@@ -205,7 +196,7 @@ class ClaimScheduler:
             if self._submitted:  # answered by another replica: no longer ours to count
                 asked = list(self._submitted)
                 with contextlib.suppress(Exception):
-                    states = dict(await self.store._rows("SELECT id, state FROM messages WHERE id = ANY(%s)", (asked,)))
+                    states = await self.store.message_states(asked)
                     for mid in asked:  # only those asked about: others came in while the query ran
                         state = states.get(mid, "cancelled")  # gone: its conversation was deleted
                         if state not in ("received", "answering"):
@@ -231,34 +222,14 @@ class ClaimScheduler:
         """Claim up to ``limit`` conversations with waiting messages that nobody holds, fairly between users."""
         token = secrets.randbits(62)
         platforms = sorted(self.serves()) if self.serves is not None else None
-        # Fair between users across replicas: each user's oldest waiting conversation comes before anyone's
-        # second, and a user whose conversations are being answered (on any replica) waits behind those
-        # who have none — a user writing in fifty threads at once does not hold up everyone else.
-        rows = await self.store._rows(
-            "WITH waiting AS (SELECT DISTINCT ON (conversation_id) conversation_id, id AS first, sender_id"
-            " FROM messages WHERE role = 'user' AND state IN ('received', 'answering')"
-            " AND (%s::text[] IS NULL OR split_part(conversation_id, ':', 1) = ANY(%s::text[]))"
-            " ORDER BY conversation_id, id),"
-            " busy AS (SELECT w.sender_id, count(*) AS n FROM waiting w JOIN claims k ON"
-            f" k.conversation_id = w.conversation_id AND k.lease_until >= {NOW} GROUP BY w.sender_id),"
-            " free AS (SELECT w.conversation_id, w.first, k.replica AS previous, row_number() OVER (PARTITION BY"
-            " w.sender_id ORDER BY w.first) + COALESCE(b.n, 0) AS turn FROM waiting w"
-            " LEFT JOIN claims k ON k.conversation_id = w.conversation_id"
-            " LEFT JOIN busy b ON b.sender_id IS NOT DISTINCT FROM w.sender_id"
-            f" WHERE k.conversation_id IS NULL OR k.lease_until < {NOW} ORDER BY turn, w.first LIMIT %s)"
-            f" INSERT INTO claims (conversation_id, replica, token, lease_until) SELECT conversation_id, %s, %s,"
-            f" {NOW} + %s FROM free ON CONFLICT (conversation_id) DO UPDATE SET replica = excluded.replica,"
-            f" token = excluded.token, lease_until = excluded.lease_until WHERE claims.lease_until < {NOW}"
-            " RETURNING conversation_id, (SELECT previous FROM free f WHERE f.conversation_id ="
-            " claims.conversation_id) IS NOT NULL",
-            (platforms, platforms, limit, self.replica, token, self.lease))
+        # fair between users across replicas (see ClaimQueries.claim): a user writing in fifty threads at once
+        # does not hold up everyone else
+        rows = await self.store.claim(limit=limit, replica=self.replica, token=token, lease=self.lease,
+                                      platforms=platforms)
         return [(ConversationKey.parse(cid), token, bool(expired)) for cid, expired in rows]
 
     async def _renew(self, lane: _Lane) -> bool:
-        renewed = await self.store._run(
-            f"UPDATE claims SET lease_until = {NOW} + %s WHERE conversation_id = %s AND token = %s",
-            (self.lease, str(lane.key), lane.token))
-        return renewed == 1
+        return await self.store.renew_claim(lane.key, lane.token, self.lease)
 
     async def _keep(self, lane: _Lane) -> None:
         """Renew the lease a few times per lease while a message is answered; a lost claim stops it, and so
@@ -290,10 +261,7 @@ class ClaimScheduler:
                 return
 
     async def _next(self, lane: _Lane) -> StoredMessage | None:
-        rows = await self.store._messages(
-            "SELECT id, conversation_id, role, kind, text, state, sender_id, sender_name, locale, platform_message_id,"
-            " reply_to, error, created_at, platform_ids, drafts, route FROM messages WHERE conversation_id = %s"
-            " AND role = 'user' AND state IN ('received', 'answering') ORDER BY id LIMIT 1", (str(lane.key),))
+        rows = await self.store.waiting_messages(lane.key, limit=1)
         return rows[0] if rows else None
 
     async def _drain(self, lane: _Lane) -> None:
@@ -327,8 +295,7 @@ class ClaimScheduler:
         finally:
             keeper.cancel()
             with contextlib.suppress(Exception):
-                await self.store._run("DELETE FROM claims WHERE conversation_id = %s AND token = %s",
-                                      (str(lane.key), lane.token))
+                await self.store.release_claim(lane.key, lane.token)
             if self._lanes.get(lane.key) is lane:
                 del self._lanes[lane.key]
             self._wake.set()

@@ -1,0 +1,1 @@
+"""The user's language: message catalogs (``locales``), language detection, personas."""
