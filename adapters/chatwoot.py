@@ -41,6 +41,7 @@ from pydantic import Field
 from adapters.common.auth import SignedBody
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, download, parse_json_object
+from adapters.common.sink import Message, PostingSink
 from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
@@ -55,12 +56,8 @@ from bot.types import (
     HandoffUpdate,
     IncomingMessage,
     Notice,
-    PlatformIds,
-    ReplyEvent,
     Sender,
     SinkContext,
-    Status,
-    TextChunk,
 )
 
 if TYPE_CHECKING:
@@ -128,45 +125,32 @@ POSTING = "chatwoot:posting"
 POSTED = "chatwoot:posted:"  # + the id of the Chatwoot message that answers a question not yet finished  # stored before an answer is posted (see ChatwootSink._post_answer_once)
 
 
-class ChatwootSink:
+class ChatwootSink(PostingSink):
     """One turn's replies as Chatwoot messages: typing while the model works, the answer posted whole when
     done (Chatwoot shows messages, not edits), private notes in agent-assist inboxes."""
 
     def __init__(self, adapter: ChatwootAdapter, context: SinkContext) -> None:
+        super().__init__(context)
         self.adapter = adapter
-        self.context = context
         self.conversation = context.key.thread
         self.private = context.route.get("assist") == "1"
-        self.typing = False
 
-    async def emit(self, event: ReplyEvent) -> PlatformIds:
-        if isinstance(event, Status):
-            if not self.typing and not self.private:
-                self.typing = await self._typing("on")
-            return None
-        if isinstance(event, TextChunk):
-            return None
-        if isinstance(event, FileReply):
-            return await self._post(event.caption, files=[event])
-        if isinstance(event, AnswerDone) and event.silent:
-            if self.typing:
-                self.typing = not await self._typing("off")
-            return None
-        if isinstance(event, AnswerDone | Notice | HandoffUpdate):
-            author = getattr(event, "author", "")
-            text = f"**{author}:** {event.text}" if author else event.text
-            if isinstance(event, AnswerDone) and self.context.message_id is not None:
-                ids = await self._post_answer_once(text)
-            else:
-                ids = await self._post(text)
-            if isinstance(event, HandoffUpdate) and event.state == "requested" and not self.private:
-                await self.adapter.toggle_status(self.context, "open")
-            if self.typing:
-                self.typing = not await self._typing("off")
-            return ids
-        return None
+    async def post(self, text: str, event: Message) -> tuple[str, ...]:
+        if isinstance(event, AnswerDone) and self.context.message_id is not None:
+            return await self._post_answer_once(text)
+        return await self._post(text)
 
-    async def _typing(self, status: str) -> bool:
+    async def file(self, reply: FileReply) -> tuple[str, ...]:
+        return await self._post(reply.caption, files=[reply])
+
+    async def handed_off(self, event: HandoffUpdate) -> None:
+        if not self.private:
+            await self.adapter.toggle_status(self.context, "open")
+
+    async def typing(self, on: bool) -> bool:
+        if self.private and on:
+            return False  # agents see notes, not a typing customer-side
+        status = "on" if on else "off"
         try:
             await self.adapter.api("POST", self.context, "toggle_typing_status", json={"typing_status": status})
             return True

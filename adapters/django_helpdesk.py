@@ -43,6 +43,7 @@ from pydantic import Field
 from adapters.common.auth import SharedSecret
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, download, parse_json_object, read_body
+from adapters.common.sink import Message, PostingSink
 from adapters.common.urlguard import NetworkList, UrlGuard, require_https
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown
@@ -50,15 +51,11 @@ from bot.ops.logs import conversation_var
 from bot.seams import Channel
 from bot.store import is_store_error
 from bot.types import (
-    AnswerDone,
     Attachment,
     ConversationKey,
     FileReply,
     HandoffUpdate,
     IncomingMessage,
-    Notice,
-    PlatformIds,
-    ReplyEvent,
     Sender,
     SinkContext,
 )
@@ -149,28 +146,27 @@ class HelpdeskFetcher:
                               allowed=lambda url: urlsplit(url).netloc == home, guard=self.adapter.guard)
 
 
-class HelpdeskSink:
+class HelpdeskSink(PostingSink):
     """One turn's replies as follow-ups of the ticket (private ones in agent-assist queues)."""
 
+    author_format = "{author}: {text}"
+
     def __init__(self, adapter: DjangoHelpdeskAdapter, context: SinkContext) -> None:
+        super().__init__(context)
         self.adapter = adapter
         self.ticket = context.key.chat
         self.public = context.route.get("assist") != "1"
 
-    async def emit(self, event: ReplyEvent) -> PlatformIds:
-        if isinstance(event, AnswerDone) and event.silent:
-            return None  # cancelled before any text: nothing to post
-        if isinstance(event, FileReply):
-            return await self.adapter.followup(self.ticket, event.caption or event.filename, public=self.public,
-                                               files=[event])
-        if isinstance(event, AnswerDone | Notice | HandoffUpdate):
-            author = getattr(event, "author", "")
-            text = f"{author}: {event.text}" if author else event.text
-            ids = await self.adapter.followup(self.ticket, text, public=self.public)
-            if isinstance(event, HandoffUpdate) and event.state == "requested" and self.public:
-                await self.adapter.hand_to_staff(self.ticket, event.reason or "user")
-            return ids
-        return None
+    async def post(self, text: str, event: Message) -> tuple[str, ...]:
+        return await self.adapter.followup(self.ticket, text, public=self.public)
+
+    async def file(self, reply: FileReply) -> tuple[str, ...]:
+        return await self.adapter.followup(self.ticket, reply.caption or reply.filename, public=self.public,
+                                           files=[reply])
+
+    async def handed_off(self, event: HandoffUpdate) -> None:
+        if self.public:
+            await self.adapter.hand_to_staff(self.ticket, event.reason or "user")
 
 
 class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from adapters.common.auth import SignedBody, same
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, StoredFiles, download
+from adapters.common.sink import Message, PostingSink
 from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
@@ -61,8 +62,6 @@ from bot.types import (
     HandoffUpdate,
     IncomingMessage,
     Notice,
-    PlatformIds,
-    ReplyEvent,
     Sender,
     SinkContext,
 )
@@ -281,42 +280,45 @@ class ApiFetcher:
 # -- replies ----------------------------------------------------------------------------------------------------
 
 
-class CallbackSink:
+class CallbackSink(PostingSink):
     """One turn's replies as signed callbacks (when ``callback_url`` is set; polling sees them either way).
     A receiver that is down does not fail the turn: the answer is stored and can be polled."""
 
     def __init__(self, adapter: HelpdeskApiAdapter, context: SinkContext) -> None:
+        super().__init__(context)
         self.adapter = adapter
-        self.context = context
         self.private = context.route.get("assist") == "1"
         self.count = 0
 
-    async def emit(self, event: ReplyEvent) -> PlatformIds:
-        if not isinstance(event, AnswerDone | Notice | HandoffUpdate | FileReply) or (
-                isinstance(event, AnswerDone) and event.silent):
-            return None  # streamed chunks, status, a turn cancelled before any text: a callback per reply
+    def _payload(self, answer: bool) -> ApiCallback:
+        """A callback with the same id when a turn is re-run after a restart or the outbox sends it again, so
+        receivers can drop what they have seen: the turn's own, or the stored reply's, with the event's place."""
         self.count += 1
-        # the same id when a turn is re-run after a restart or the outbox sends it again, so receivers can drop
-        # what they have seen: the turn's own, or the stored reply's, with the event's place in it
         context = self.context
         turn = (f"m{context.message_id}" if context.message_id is not None
                 else f"r{context.reply_row}" if context.reply_row is not None else uuid.uuid4().hex)
-        delivery = f"{turn}-{self.count}" if not isinstance(event, AnswerDone) else f"{turn}-answer"
-        payload = ApiCallback(
-            id=delivery, type="answer", conversation_id=self.context.key.chat, in_reply_to=self.context.reply_to,
-            text="", private=self.private, language=self.context.language, at=time.time())
-        if isinstance(event, FileReply):
-            payload.type, payload.text = "file", event.caption
-            payload.file = {"filename": event.filename, "mime_type": event.mime, "size": len(event.data),
-                            "data": base64.b64encode(event.data).decode()}
-        elif isinstance(event, HandoffUpdate):
+        return ApiCallback(id=f"{turn}-answer" if answer else f"{turn}-{self.count}", type="answer",
+                           conversation_id=context.key.chat, in_reply_to=context.reply_to, text="",
+                           private=self.private, language=context.language, at=time.time())
+
+    async def post(self, text: str, event: Message) -> tuple[str, ...]:
+        payload = self._payload(isinstance(event, AnswerDone))
+        if isinstance(event, HandoffUpdate):
             payload.type, payload.text = "handoff", event.text
             payload.handoff = {"state": event.state, "reason": event.reason}
         else:
             payload.type = "answer" if isinstance(event, AnswerDone) else "notice"
-            payload.text, payload.author = event.text, getattr(event, "author", "")
+            payload.text, payload.author = event.text, event.author if isinstance(event, Notice) else ""
         await self.adapter.callback(payload)
-        return (delivery,)
+        return (payload.id,)
+
+    async def file(self, reply: FileReply) -> tuple[str, ...]:
+        payload = self._payload(False)
+        payload.type, payload.text = "file", reply.caption
+        payload.file = {"filename": reply.filename, "mime_type": reply.mime, "size": len(reply.data),
+                        "data": base64.b64encode(reply.data).decode()}
+        await self.adapter.callback(payload)
+        return (payload.id,)
 
 
 class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
