@@ -28,6 +28,31 @@ log = logging.getLogger(__name__)
 Handler = Callable[[StoredMessage], Awaitable[None]]
 
 
+class Lane(Protocol):
+    """What a scheduler's lane (one conversation) shows of the message it is answering."""
+
+    current: StoredMessage | None
+    current_task: asyncio.Task[None] | None
+
+
+async def answer_in_lane(lane: Lane, msg: StoredMessage, handler: Handler) -> None:
+    """Answer ``msg`` as ``lane``'s current task: a failure is logged (the message's state says so), a cancel
+    of this message alone (/reset, a take-over) ends it; a cancel of the lane itself goes on up."""
+    lane.current = msg
+    lane.current_task = asyncio.create_task(handler(msg), name=f"message {msg.id}")
+    try:
+        await lane.current_task
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the lane itself is being stopped
+    except Exception:
+        log.exception("processing message %d failed", msg.id)
+    finally:
+        lane.current = None
+        lane.current_task = None
+
+
 class FairGate:
     """``capacity`` slots, handed out round-robin between users when there are more takers than slots."""
 
@@ -225,20 +250,10 @@ class LocalScheduler:
                     if not lane.queue or lane.queue[0] is not msg:
                         continue  # cancelled while waiting for a place
                     lane.queue.popleft()
-                    lane.current = msg
-                    lane.current_task = asyncio.create_task(self._handler(msg), name=f"message {msg.id}")
                     try:
-                        await lane.current_task
-                    except asyncio.CancelledError:
-                        task = asyncio.current_task()
-                        if task is not None and task.cancelling():
-                            raise  # the lane itself is being stopped
-                    except Exception:
-                        log.exception("processing message %d failed", msg.id)
+                        await answer_in_lane(lane, msg, self._handler)
                     finally:
                         self._cancelling.discard(msg.id)
-                        lane.current = None
-                        lane.current_task = None
                         self._settle(msg.id)
                 finally:
                     self._gate.release()

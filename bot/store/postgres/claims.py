@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.scheduling.scheduler import Handler, wind_down
+from bot.scheduling.scheduler import Handler, answer_in_lane, wind_down
 from bot.store import StoredMessage
 from bot.store.postgres.store import PostgresStore
 from bot.types import ConversationKey
@@ -276,20 +276,10 @@ class ClaimScheduler:
                 if msg is None or not await self._renew(lane):
                     break
                 self._submitted.pop(msg.id, None)
-                lane.current = msg
-                lane.current_task = asyncio.create_task(self._handler(msg), name=f"message {msg.id}")
                 try:
-                    await lane.current_task
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                except Exception:
-                    log.exception("processing message %d failed", msg.id)
+                    await answer_in_lane(lane, msg, self._handler)
                 finally:
                     self._cancelling.discard(msg.id)
-                    lane.current = None
-                    lane.current_task = None
                 if (await self.store.message(msg.id)).state in ("received", "answering"):
                     break  # not finished (stopping, or stopped): leave it for whoever claims next
         finally:
