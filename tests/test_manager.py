@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from bot.config import Settings
-from bot.conversation.manager import ConversationManager, Ticket, parse_command
+from bot.conversation.commands import parse_command
+from bot.conversation.manager import ConversationManager, Ticket
 from bot.engines import EchoEngine, Engine, message_cost
 from bot.l10n import i18n
 from bot.seams import AccessPolicy, Channel, UsageLimits

@@ -1,8 +1,9 @@
 """The conversation manager: every adapter's messages go through here. It wires the parts:
 
-- intake (:meth:`ConversationManager.submit`): bots and unlisted users are dropped, per-user limits
-  checked, the message and its platform event id stored in one transaction (a redelivery is answered
-  once), the handoff mode switched, and the message handed to the :class:`~bot.scheduling.scheduler.Scheduler`;
+- intake (:meth:`ConversationManager.submit`): the chain of steps in :mod:`bot.conversation.intake` —
+  bots and unlisted users dropped, the message and its platform event id stored in one transaction (a
+  redelivery is answered once), held for a person, per-user and pending limits, the handoff mode switched,
+  ``/reset``, and the message handed to the :class:`~bot.scheduling.scheduler.Scheduler`;
 - the scheduler: one message at a time per conversation, in arrival order, conversations in parallel,
   places handed out fairly between users;
 - processing (:meth:`_process`): the answer language, then a command (:mod:`bot.conversation.commands`), a handoff
@@ -25,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from bot.config import ConfigError, Settings
 from bot.conversation.commands import COMMANDS, Commands, parse_command, with_prefix
+from bot.conversation.intake import STEPS, Arrival
 from bot.conversation.limits import UsageGuard
 from bot.conversation.outbox import NOT_DELIVERED, Outbox
 from bot.conversation.prompting import PromptBuilder
@@ -39,7 +41,6 @@ from bot.errors import (
     NoSuchChannel,
     NoSuchConversation,
     ShuttingDown,
-    TooManyPending,
 )
 from bot.handoff.desk import HandoffDesk
 from bot.handoff.notifiers import LogNotifier, Notifiers
@@ -52,7 +53,7 @@ from bot.ops.logs import conversation_var
 from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import FairGate, LocalScheduler, Scheduler
 from bot.seams import Channel, Elector, Notifier, SharedScheduling
-from bot.store import Conversation, ForgetReport, NewMessage, Store, StoredAttachment, StoredMessage
+from bot.store import Conversation, ForgetReport, NewMessage, Store, StoredMessage
 from bot.types import (
     AnswerDone,
     ConversationKey,
@@ -62,7 +63,6 @@ from bot.types import (
     Sender,
     SinkContext,
     Status,
-    cut_text,
     platform_ids,
     strip_controls,
     was_cut,
@@ -121,7 +121,7 @@ class ConversationManager:
         self.prompts = PromptBuilder(store, engine, resolver=self.resolver)
         self.usage = UsageGuard(store)
         self.desk = HandoffDesk(store, self.notifiers, self.metrics, self.resolver, self.scheduler, self._deliver,
-                                self.conf.default_language, settle=self._resolve)
+                                self.conf.default_language, settle=self.settle)
         self.commands = Commands(settings, store, self.personas, self.persona_for, self._on_reset)
         self.outbox = Outbox(store, self.channel, self.metrics, deadline=self.conf.delivery_deadline_seconds)
         self._channels: dict[str, Channel] = {}
@@ -220,103 +220,49 @@ class ConversationManager:
         produced in the background and rendered by the channel's sink; ``Ticket.done`` resolves when the
         message reaches its final state. Raises :class:`ShuttingDown` while the service stops.
         """
-        channel = self.channel(message.key.platform)
+        arrival = Arrival(message, self.channel(message.key.platform))
         if not self._accepting:
             raise ShuttingDown("the conversation manager is shutting down")
-        if message.sender.is_bot:
-            log.debug("message from the bot %s ignored", message.sender.id)
-            return None
-        if not channel.policy.admits(message):
-            log.info("message from %s in %s ignored: not allowed by adapters.%s", message.sender.id, message.key.chat,
-                     message.key.platform)
-            return None
-        if len(message.text) > self.conf.max_message_chars:
-            # refused when its turn comes; the store keeps at most the limit (a 19 MB paste is not history)
-            message = replace(message, text=cut_text(message.text, self.conf.max_message_chars))
-        command = parse_command(message.text, channel.command_prefixes)
-        conv = await self.store.conversation(message.key)
-        held = conv.mode == "human" and not command
-        new = NewMessage(
-            role="user", text=message.text, kind="command" if command else "chat",
-            state="held" if held else "received", attachments=message.attachments, sender_id=message.sender.id,
-            sender_name=message.sender.name, locale=message.locale, platform_message_id=message.message_id,
-            event_id=message.event_id, route=message.route,
-        )
-        mid = await self.store.add_incoming(message.key, new)
-        if mid is None:
-            log.info("duplicate event %s from %s ignored", message.event_id, message.key.platform)
-            return None
-        self.metrics.messages_in.labels(message.key.platform).inc()
-        stored = StoredMessage(
-            id=mid, key=message.key, role="user", kind=new.kind, text=message.text, state=new.state,
-            attachments=tuple(StoredAttachment(i, a.ref, a.filename, a.mime, a.size)
-                              for i, a in enumerate(message.attachments)),
-            sender_id=message.sender.id, sender_name=message.sender.name, locale=message.locale,
-            platform_message_id=message.message_id, route=message.route,
-        )
-        future = self._future(mid)
-        self._arrived[mid] = time.monotonic()
-        if held:
-            self._arrived.pop(mid, None)
-            lang = await self._language_for(stored)
-            self.desk.hold(stored, channel, lang, lambda: self._resolve(mid, "held"))
-            return Ticket(mid, future)
-        # refusals first: a refused message changes nothing (a refused /human must not silence the bot)
-        refusal: BotError | None = None
-        try:
-            await self.usage.admit_message(f"{message.key.platform}:{message.sender.id}", channel.policy.limits)
-        except InputError as exc:
-            refusal = exc
-        if refusal is None and not (command and command[0] == "reset") and (
-                depth := await self._depth(message.key, mid)) >= self.conf.max_pending_per_conversation:
-            refusal = TooManyPending(count=depth)
-        if refusal is not None:
-            self._refuse(stored, channel, refusal)
-            return Ticket(mid, future)
-        wants_human = bool(command and command[0] == "human") or (
-            not command and self._wants_person(message.text, conv, channel) is not None)
-        if (wants_human and self.desk.available(channel)) or (command and command[0] == "bot"):
-            await self.desk.switch_at_intake(mid, conv, "human" if wants_human else "bot")
-        if command and command[0] == "reset":
-            for queued in await self.scheduler.cancel(message.key):
-                if queued.id >= mid:
-                    continue  # the /reset itself, and what came after it (another replica's intake)
-                await self.store.finish(queued.id, "cancelled", error="cancelled by /reset")
-                self._resolve(queued.id, "cancelled")
-        self.scheduler.submit(stored)
-        return Ticket(mid, future)
+        for step in STEPS:
+            if not await step(self, arrival):
+                break
+        if arrival.stored is None:
+            return None  # not for the bot, or a duplicate
+        return Ticket(arrival.stored.id, self._done[arrival.stored.id])
 
-    def _refuse(self, msg: StoredMessage, channel: Channel, exc: BotError) -> None:
+    def track(self, mid: int, arrived: float) -> None:
+        """A stored message is followed until it settles (its ticket's future, how long it waited)."""
+        if mid not in self._done:
+            self._done[mid] = asyncio.get_running_loop().create_future()
+        self._arrived[mid] = arrived
+
+    def untrack_arrival(self, mid: int) -> None:
+        self._arrived.pop(mid, None)
+
+    def refuse(self, msg: StoredMessage, channel: Channel, exc: BotError) -> None:
         """Answer a message refused at intake (too many waiting, a usage limit) without queueing it."""
 
         async def refuse() -> None:
             conversation_var.set(str(msg.key))
-            lang = await self._language_for(msg)
+            lang = await self.language_for(msg)
             turn = self._turn(msg, channel, lang)
             try:
                 await self._fail(turn, exc)
             finally:
                 await turn.relay.close()
-                self._resolve(msg.id, "failed")
+                self.settle(msg.id, "failed")
 
         self.desk.spawn(refuse())
 
-    def _future(self, mid: int) -> asyncio.Future[str]:
-        future = self._done.get(mid)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._done[mid] = future
-        return future
-
-    async def _depth(self, key: ConversationKey, mid: int) -> int:
+    async def depth(self, key: ConversationKey, mid: int) -> int:
         """Messages of ``key`` waiting or being answered, ``mid`` aside: with replicas, on all of them."""
         return await self._shared.waiting(key, mid) if self._shared is not None else self.scheduler.depth(key)
 
     def _settled_elsewhere(self, mid: int, state: str) -> None:
         self.desk.forget(mid)
-        self._resolve(mid, state)
+        self.settle(mid, state)
 
-    def _resolve(self, mid: int, state: str) -> None:
+    def settle(self, mid: int, state: str) -> None:
         self._arrived.pop(mid, None)
         future = self._done.pop(mid, None)
         if future is not None and not future.done():
@@ -343,13 +289,13 @@ class ConversationManager:
         state = "failed"
         turn: Turn | None = None
         try:
-            lang = await self._language_for(msg)
+            lang = await self.language_for(msg)
             await self.store.set_state(msg.id, "answering")
             turn = self._turn(msg, channel, lang)
             command = parse_command(msg.text, channel.command_prefixes) if msg.kind == "command" else None
             reason = "user" if command and command[0] == "human" else None
             if not command:
-                reason = self._wants_person(msg.text, await self.store.conversation(msg.key), channel)
+                reason = self.wants_person(msg.text, await self.store.conversation(msg.key), channel)
             if reason is not None:
                 await self.desk.request(turn, reason)
             elif command and command[0] == "bot":
@@ -377,7 +323,7 @@ class ConversationManager:
             if turn is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await turn.relay.close()
-            self._resolve(msg.id, state)
+            self.settle(msg.id, state)
 
     async def _cancelled(self, msg: StoredMessage, turn: Turn | None) -> str:
         """``/reset`` or an operator's take-over cancelled this message; or the service is stopping."""
@@ -406,7 +352,7 @@ class ConversationManager:
         await turn.reply(Notice(text, kind="error"), kind="notice", state="failed",
                          error=f"{type(exc).__name__}: {exc}"[:500])
 
-    async def _language_for(self, msg: StoredMessage) -> str:
+    async def language_for(self, msg: StoredMessage) -> str:
         conv = await self.store.conversation(msg.key)
         text = "" if msg.kind == "command" else msg.text
         if was_cut(text):  # the marker is English: the language is the user's text's
@@ -440,7 +386,7 @@ class ConversationManager:
             log.info("looking up the locale of %s failed: %s", msg.sender_id, exc)
             return None
 
-    def _wants_person(self, text: str, conv: Conversation, channel: Channel) -> str | None:
+    def wants_person(self, text: str, conv: Conversation, channel: Channel) -> str | None:
         """Why a message goes to a person: the user asked (``user``), or it names something the persona's
         policy sends to a person (``policy: <keyword>``); None when it is for the assistant."""
         if asks_for_human(text):
@@ -631,7 +577,7 @@ class ConversationManager:
     async def forget(self, key: ConversationKey) -> ForgetReport:
         """Delete a conversation for good: what is being answered stops, its messages and files go."""
         for queued in await self.scheduler.cancel(key):
-            self._resolve(queued.id, "cancelled")
+            self.settle(queued.id, "cancelled")
         report = await self.store.forget(key)
         self.prompts.forget(key)
         self._reported.pop(key, None)
@@ -653,4 +599,4 @@ class ConversationManager:
             await self._purge()
 
 
-__all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Ticket", "parse_command"]
+__all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Ticket"]
