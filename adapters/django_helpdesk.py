@@ -61,7 +61,7 @@ from bot.types import (
 )
 
 if TYPE_CHECKING:
-    from bot.conversation.manager import ConversationManager, Ticket
+    from bot.conversation.manager import ConversationManager, Receipt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -320,7 +320,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         catch-up sweep (``catch_up``) never replays a give-back: staff may have taken the ticket again since."""
         return (await self._handle(data, catch_up=catch_up))[0]
 
-    async def _handle(self, data: dict[str, Any], *, catch_up: bool = False) -> tuple[str, Ticket | None]:
+    async def _handle(self, data: dict[str, Any], *, catch_up: bool = False) -> tuple[str, Receipt | None]:
         ticket = data.get("ticket")
         if not isinstance(ticket, dict) or not isinstance(ticket.get("id"), int):
             raise BadRequest("a django-helpdesk webhook has a ticket with an id")
@@ -408,7 +408,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         handed, start = 0, mark
         failed: _SweepFailed | None = None
         tickets: dict[int, dict[str, Any] | None] = {}
-        turns: dict[int, Ticket] = {}  # ticket id -> the turn this sweep started there last
+        turns: dict[int, Receipt] = {}  # ticket id -> the turn this sweep started there last
         for followup in sorted((f for f in followups if f["id"] > mark), key=lambda f: f["id"]):
             if not self.accepting:
                 break
@@ -454,7 +454,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         return author in self.conf.integration_users if self.conf.integration_users else True
 
     async def _hand_on(self, followup: dict[str, Any], tickets: dict[int, dict[str, Any] | None],
-                       turns: dict[int, Ticket]) -> int:
+                       turns: dict[int, Receipt]) -> int:
         ticket_id = followup["ticket"]
         if ticket_id not in tickets:
             try:

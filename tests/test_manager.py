@@ -22,7 +22,7 @@ from PIL import Image
 
 from bot.config import Settings
 from bot.conversation.commands import parse_command
-from bot.conversation.manager import ConversationManager, Ticket
+from bot.conversation.manager import ConversationManager, Receipt
 from bot.engines import EchoEngine, Engine, message_cost
 from bot.l10n import i18n
 from bot.seams import AccessPolicy, Channel, UsageLimits
@@ -94,7 +94,7 @@ class Harness:
         return ConversationKey(self.platform, chat)
 
     async def say(self, chat: str, text: str = "", *, files: tuple[tuple[bytes, str], ...] = (),
-                  locale: str | None = None, event_id: str | None = None) -> Ticket | None:
+                  locale: str | None = None, event_id: str | None = None) -> Receipt | None:
         attachments = tuple(self.fetcher.add(data, name) for data, name in files)
         return await self.manager.submit(
             IncomingMessage(self.key(chat), Sender("u1", "Ana"), text, attachments, locale=locale, event_id=event_id)
@@ -861,7 +861,7 @@ async def test_allow_and_deny_lists_are_enforced_by_the_core(tmp_path: Path) -> 
     policy = AccessPolicy(allow_users=frozenset({"alice", "bob"}), deny_chats=frozenset({"banned"}))
     manager.register(Channel("test", MemoryFetcher(), lambda c: sink, policy=policy))
 
-    async def say(user: str, chat: str) -> Ticket | None:
+    async def say(user: str, chat: str) -> Receipt | None:
         return await manager.submit(IncomingMessage(ConversationKey("test", chat), Sender(user), "hi"))
 
     assert await say("mallory", "c1") is None

@@ -76,7 +76,7 @@ LOCALE_WAIT = 1.0  # seconds a turn waits for the platform to say the sender's l
 
 
 @dataclass(frozen=True, slots=True)
-class Ticket:
+class Receipt:
     """Returned by :meth:`ConversationManager.submit`; ``done`` resolves to the message's final state."""
 
     message_id: int
@@ -212,12 +212,12 @@ class ConversationManager:
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def submit(self, message: IncomingMessage) -> Ticket | None:
+    async def submit(self, message: IncomingMessage) -> Receipt | None:
         """Store ``message`` and queue it for an answer. None when it is not for the bot: a duplicate event
         (a platform's retry or redelivery), a message from a bot, or a sender the adapter's policy excludes.
 
         Returns once the message is stored (adapters acknowledge the platform after that); the answer is
-        produced in the background and rendered by the channel's sink; ``Ticket.done`` resolves when the
+        produced in the background and rendered by the channel's sink; ``Receipt.done`` resolves when the
         message reaches its final state. Raises :class:`ShuttingDown` while the service stops.
         """
         arrival = Arrival(message, self.channel(message.key.platform))
@@ -228,10 +228,10 @@ class ConversationManager:
                 break
         if arrival.stored is None:
             return None  # not for the bot, or a duplicate
-        return Ticket(arrival.stored.id, self._done[arrival.stored.id])
+        return Receipt(arrival.stored.id, self._done[arrival.stored.id])
 
     def track(self, mid: int, arrived: float) -> None:
-        """A stored message is followed until it settles (its ticket's future, how long it waited)."""
+        """A stored message is followed until it settles (its receipt's future, how long it waited)."""
         if mid not in self._done:
             self._done[mid] = asyncio.get_running_loop().create_future()
         self._arrived[mid] = arrived
@@ -550,7 +550,7 @@ class ConversationManager:
         return row
 
     async def regenerate(self, key: ConversationKey, answer_platform_id: str, *, sender: Sender,
-                         event_id: str | None = None, locale: str | None = None) -> Ticket | None:
+                         event_id: str | None = None, locale: str | None = None) -> Receipt | None:
         """Answer a question again (a "Regenerate" button under the answer the platform knows as
         ``answer_platform_id``): the old question and answer leave the context and the question is asked
         anew. Raises :class:`NoSuchConversation` when that answer is no longer in the context."""
@@ -561,14 +561,14 @@ class ConversationManager:
         question = await self.store.message(answer.reply_to)
         if question.id < conv.context_start or question.state != "answered" or question.kind != "chat":
             raise NoSuchConversation(f"the question of {answer_platform_id} is no longer in the context of {key}")
-        ticket = await self.submit(IncomingMessage(
+        receipt = await self.submit(IncomingMessage(
             key, sender, question.text, tuple(a.as_attachment() for a in question.attachments),
             locale=locale or question.locale, event_id=event_id, message_id=question.platform_message_id,
             route=question.route))
-        if ticket is not None:
+        if receipt is not None:
             await self.store.set_state(question.id, "superseded")
             self.prompts.forget(key)
-        return ticket
+        return receipt
 
     async def set_mode(self, key: ConversationKey, mode: str, *, by: str) -> bool:
         """The platform itself moved the conversation to a person or back (see :meth:`HandoffDesk.set_mode`)."""
@@ -599,4 +599,4 @@ class ConversationManager:
             await self._purge()
 
 
-__all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Ticket"]
+__all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Receipt"]
