@@ -4,6 +4,7 @@ the protocol-faithful Slack of tests/fakes/slack_api.py. Assertions are on what 
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextlib
 import os
 import signal
@@ -233,6 +234,23 @@ async def test_the_assistant_panel_greets_suggests_and_titles(tmp_path: Path, mo
 
 
 # -- the Events API over HTTP -------------------------------------------------------------------
+
+
+async def test_while_restarting_slack_gets_a_503_it_retries_not_an_unhandled_404(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Intake stopped (a deploy): the event is not acknowledged with bolt's "unhandled request" 404 but with a
+    503 Slack sends again; and no filter on bolt's own loggers hides its warnings."""
+    caplog.set_level(logging.WARNING)
+    async with slack(tmp_path, monkeypatch, mode="http") as h:
+        h.adapter.stop_intake()
+        payload = mention(h, "are you restarting?")
+        response = await h.slack.post_event(h.url, payload)
+        assert response.status_code == 503 and response.headers.get("retry-after") == "1"
+        h.adapter.accepting = True
+        assert (await h.slack.post_event(h.url, payload, retry_num=1, retry_reason="http_error")).status_code == 200
+        await h.answered(CHANNEL, payload["event"]["ts"], "echo: are you restarting?")
+    assert not any("unhandled" in r.getMessage().lower() for r in caplog.records), caplog.text
+    assert not any(logging.getLogger(name).filters for name in ("slack_bolt", "slack_bolt.AsyncApp"))
 
 
 async def test_signed_events_over_http_and_refused_ones_never_run(tmp_path: Path,

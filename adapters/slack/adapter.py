@@ -34,9 +34,11 @@ import aiohttp
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from slack_bolt import BoltResponse
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -69,10 +71,22 @@ from bot.types import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# bolt reads $SLACK_BOT_TOKEN by itself and warns that it goes unused beside our client: it is the same token.
-logging.getLogger("slack_bolt.AsyncApp").addFilter(lambda record: "will be unused" not in record.getMessage())
+
+
+class _SameToken(logging.Filter):
+    """bolt reads $SLACK_BOT_TOKEN by itself and warns that it goes unused beside the client we give it (the
+    same token, in the client). On this app's own logger only, that one message; every other bolt warning
+    shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+BOLT_LOG = logging.getLogger("adapters.slack.bolt")
+BOLT_LOG.addFilter(_SameToken())
 
 PLATFORM = "slack"
+RESTARTING = BoltResponse(status=503, body={"error": "restarting"}, headers={"Retry-After": "1"})
 SEND_TIMEOUT = 10.0  # seconds one Web API call may take (uploads included)
 ANSWER_EVENT = "internvl_bot_answer"  # message metadata on answers: which question (store id) they answer
 #: a message's link (``…/archives/C…/p1712345678123456``, or the ts itself) names the thread of a slash command
@@ -186,7 +200,7 @@ class SlackTransport:
             if earlier is not None:  # the failed send had arrived: finish that message, post no second one
                 await self.edit(earlier, text, final=final, closing=closing)
                 return earlier
-        response = await self.adapter.call("chat.postMessage", party=self.party, key=f"chan:{self.channel}",
+        response = await self.adapter.call(self.adapter.client.chat_postMessage, party=self.party, key=f"chan:{self.channel}",
                                            channel=self.channel, thread_ts=self.thread_ts, unfurl_links=False,
                                            metadata=self._mark(), **self._body(text, final))
         return str(response["ts"])
@@ -204,7 +218,7 @@ class SlackTransport:
         if mark is None or not self.thread_ts:
             return None
         try:
-            found = await self.adapter.call("conversations.replies", party=self.party, channel=self.channel,
+            found = await self.adapter.call(self.adapter.client.conversations_replies, party=self.party, channel=self.channel,
                                             ts=self.thread_ts, include_all_metadata=True, limit=200)
         except SlackApiError as exc:
             log.info("looking for an earlier copy of the answer failed (%s): posting it", slack_error(exc))
@@ -216,7 +230,7 @@ class SlackTransport:
 
     async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None:
         try:
-            await self.adapter.call("chat.update", party=self.party, channel=self.channel, ts=message_id,
+            await self.adapter.call(self.adapter.client.chat_update, party=self.party, channel=self.channel, ts=message_id,
                                     **self._body(text, final))
         except SlackApiError as exc:
             error = slack_error(exc)
@@ -226,13 +240,13 @@ class SlackTransport:
                 raise
             # A stream a killed process left open: close it, then the text can be set.
             with contextlib.suppress(SlackApiError):
-                await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=message_id)
-            await self.adapter.call("chat.update", party=self.party, channel=self.channel, ts=message_id,
+                await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=message_id)
+            await self.adapter.call(self.adapter.client.chat_update, party=self.party, channel=self.channel, ts=message_id,
                                     **self._body(text, final))
 
     async def delete(self, message_id: str) -> None:
         with contextlib.suppress(SlackApiError):
-            await self.adapter.call("chat.delete", party=self.party, channel=self.channel, ts=message_id)
+            await self.adapter.call(self.adapter.client.chat_delete, party=self.party, channel=self.channel, ts=message_id)
 
     async def preview(self, text: str) -> None:
         raise NotImplementedError("Slack has no drafts")
@@ -242,11 +256,11 @@ class SlackTransport:
             return
         text = status.text or i18n.text("status_looking" if self.context.route.get("files") else "status_thinking",
                                         self.context.language)
-        await self.adapter.call("assistant.threads.setStatus", party=self.party, channel_id=self.channel,
+        await self.adapter.call(self.adapter.client.assistant_threads_setStatus, party=self.party, channel_id=self.channel,
                                 thread_ts=self.thread_ts, status=text[:100])
 
     async def file(self, reply: FileReply) -> str:
-        response = await self.adapter.call("files_upload_v2", key="m:files.upload", channel=self.channel,
+        response = await self.adapter.call(self.adapter.client.files_upload_v2, key="m:files.upload", channel=self.channel,
                                            thread_ts=self.thread_ts, filename=reply.filename, content=reply.data,
                                            title=reply.filename,
                                            initial_comment=escape_slack(reply.caption) if reply.caption else None)
@@ -300,18 +314,18 @@ class SlackStreamSink:
     async def _append(self, raw: str) -> None:
         text = escape_slack(raw, line_start=not self.total or self.total.endswith("\n"))
         if self.ts is not None and len(self.sent) + len(text) > MESSAGE_LIMIT:
-            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts)
+            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts)
             self.ts, self.sent = None, ""
         chunks = [{"type": "markdown_text", "text": text}]
         if self.ts is None:
             response = await self.adapter.call(
-                "chat.startStream", party=self.party, channel=self.channel, thread_ts=self.thread_ts,
+                self.adapter.client.chat_startStream, party=self.party, channel=self.channel, thread_ts=self.thread_ts,
                 recipient_team_id=self.team, recipient_user_id=self.user, chunks=chunks)
             self.ts = str(response["ts"])
             self.ids.append(self.ts)
             await self.context.remember(self.ids)
         else:
-            await self.adapter.call("chat.appendStream", party=self.party, channel=self.channel, ts=self.ts,
+            await self.adapter.call(self.adapter.client.chat_appendStream, party=self.party, channel=self.channel, ts=self.ts,
                                     chunks=chunks)
         self.sent += text
         self.total += raw
@@ -321,14 +335,14 @@ class SlackStreamSink:
         final = event.text
         streamed = self.total.strip()
         if final == streamed:
-            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts)
+            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts)
         elif final.startswith(streamed) and \
                 len(self.sent) + len(rest := escape_slack(final[len(streamed):], line_start=not streamed)) \
                 <= MESSAGE_LIMIT:
-            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts,
+            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts,
                                     chunks=[{"type": "markdown_text", "text": rest}])
         else:  # the final text differs from what streamed (a failure notice, a cut): set it
-            await self.adapter.call("chat.stopStream", party=self.party, channel=self.channel, ts=self.ts)
+            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts)
             await self._fall_back()
             return await self.renderer.emit(event)
         return tuple(self.ids)
@@ -367,7 +381,7 @@ class _SupportChannel:
             thread = posts[-1][1] if posts and event.kind != "requested" else None
             if thread is None and event.kind != "requested":
                 text = f"{self._link(event)}\n{text}"  # its request was never posted here (or the post is gone)
-            response = await self.adapter.call("chat.postMessage", key=f"chan:{self.channel}", channel=self.channel,
+            response = await self.adapter.call(self.adapter.client.chat_postMessage, key=f"chan:{self.channel}", channel=self.channel,
                                                text=text, thread_ts=thread)
             if event.kind == "requested" and response.get("ts"):
                 await store.drop_stash(self._bucket(event.conversation))
@@ -419,7 +433,7 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
                                                timeout=int(SEND_TIMEOUT))
         self.http = self.http_client(http, timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
         self.app = AsyncApp(client=self.client, signing_secret=signing, process_before_response=False,
-                            request_verification_enabled=conf.mode == "http")
+                            request_verification_enabled=conf.mode == "http", logger=BOLT_LOG)
         self.app.middleware(self._store_first)
         for event in ("message", "app_mention", "assistant_thread_context_changed", "file_shared", "reaction_added"):
             self.app.event(event)(self._acknowledge)
@@ -450,11 +464,15 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
             return [(3, 3)]  # chat.postMessage: about one a second per channel, short bursts allowed
         return [TIERS.get(key.removeprefix("m:"), (100, 60))]
 
-    async def call(self, method: str, *, key: str | None = None, party: str | None = None, **kwargs: Any) -> Any:
-        """One Web API call through the rate limiter; a 429 is waited out and the call made again. ``party``:
-        the user the call is for (calls waiting on a busy key take turns between users)."""
-        attribute = method if method.startswith("files_") else method.replace(".", "_")
-        fn: Callable[..., Awaitable[Any]] = getattr(self.client, attribute)
+    async def call(self, fn: Callable[..., Awaitable[Any]], *, key: str | None = None, party: str | None = None,
+                   **kwargs: Any) -> Any:
+        """One Web API call (a method of ``self.client``) through the rate limiter; a 429 is waited out and the
+        call made again. ``party``: the user the call is for (calls waiting on a busy key take turns).
+
+        Not slack-sdk's RetryHandlers: a 429 pauses only its method's (or channel's) bucket here, for every
+        caller at once, and a network error or a 5xx is never retried inside the call for a post (it may have
+        arrived: the outbox decides, looking for the earlier copy first) — a retry handler would repeat it."""
+        method = "files.upload" if fn.__name__ == "files_upload_v2" else fn.__name__.replace("_", ".")
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return await self.limiter.call(key or f"m:{method}", lambda: fn(**kwargs), limited=retry_after,
                                        retry_after=retry_after_or_network if method in REPEATABLE else retry_after,
@@ -515,20 +533,23 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
     async def _acknowledge(self, **_: Any) -> None:
         """Listeners exist so bolt acknowledges every event; messages were stored by the middleware."""
 
-    async def _store_first(self, body: dict[str, Any], next: Callable[[], Awaitable[None]]) -> None:
+    async def _store_first(self, body: dict[str, Any], next: Callable[[], Awaitable[None]]) -> BoltResponse | None:
+        """bolt middleware: a message is stored before bolt acknowledges it. While intake is off, a 503
+        (Events API: Slack retries; Socket Mode: no ack, Slack delivers it again) — not bolt's "unhandled"."""
         event = body.get("event") if body.get("type") == "event_callback" else None
         if isinstance(event, dict) and event.get("type") in ("message", "app_mention"):
-            if not self.accepting:  # intake stopped: not acknowledged, Slack delivers it again to the next process
-                return
+            if not self.accepting:
+                return RESTARTING
             incoming = await self._incoming(body, event)
             if incoming is not None:
                 conversation_var.set(str(incoming.key))
                 try:
                     await self.manager.submit(incoming)
                 except ShuttingDown:
-                    return
+                    return RESTARTING
                 self._after_ack(self._enrich(incoming))
         await next()
+        return None
 
     def _after_ack(self, work: Coroutine[Any, Any, None]) -> None:
         """Network-bound extras run beside the acknowledgement, never in front of it (Slack's 3 s budget)."""
@@ -595,7 +616,7 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
             return cached[1]
         locale: str | None = None
         try:
-            info = await self.call("users.info", user=user, include_locale=True)
+            info = await self.call(self.client.users_info, user=user, include_locale=True)
             locale = (info.get("user") or {}).get("locale")
         except Exception as exc:
             log.info("users.info for %s failed: %s", user, exc)
@@ -615,7 +636,7 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
             self._titled.popitem(last=False)
         title = " ".join(incoming.text.split())[:60] or "…"
         with contextlib.suppress(Exception):
-            await self.call("assistant.threads.setTitle", channel_id=key.chat, thread_ts=key.thread, title=title)
+            await self.call(self.client.assistant_threads_setTitle, channel_id=key.chat, thread_ts=key.thread, title=title)
 
     async def _assistant_thread_started(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """A user opened the assistant panel: the persona's greeting and suggested prompts."""
@@ -632,11 +653,11 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         conv = await self.manager.store.conversation(ConversationKey(PLATFORM, str(channel), str(ts)))
         persona = self.manager.persona_for(conv, self.channel)
         try:
-            await self.call("chat.postMessage", key=f"chan:{channel}", channel=channel, thread_ts=ts,
+            await self.call(self.client.chat_postMessage, key=f"chan:{channel}", channel=channel, thread_ts=ts,
                             markdown_text=persona.greeting_for(lang))
             suggestions = persona.suggestions_for(lang)
             if self.conf.suggested_prompts and suggestions:
-                await self.call("assistant.threads.setSuggestedPrompts", channel_id=channel, thread_ts=ts,
+                await self.call(self.client.assistant_threads_setSuggestedPrompts, channel_id=channel, thread_ts=ts,
                                 prompts=[{"title": s[:75], "message": s} for s in suggestions[:4]])
         except SlackApiError as exc:
             log.warning("greeting a new assistant thread failed: %s", slack_error(exc) or exc)
