@@ -1,1 +1,1 @@
-"""Built-in personas, as YAML data files. Loaded by :mod:`bot.personas`."""
+"""Built-in personas, as YAML data files. Loaded by :mod:`bot.l10n.personas`."""

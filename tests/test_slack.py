@@ -4,8 +4,8 @@ the protocol-faithful Slack of tests/fakes/slack_api.py. Assertions are on what 
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
