@@ -56,7 +56,14 @@ from telegram.error import (
     TelegramError,
     TimedOut,
 )
-from telegram.ext import Application, ApplicationBuilder, CallbackQueryHandler, ContextTypes, TypeHandler
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
 from adapters.common.auth import SharedSecret
 from adapters.common.base import PlatformAdapter
@@ -321,7 +328,12 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         self.app = application or self._application(token)
         # One group: the first handler that matches an update runs (buttons first, then everything else).
         self.app.add_handler(CallbackQueryHandler(self._on_callback))
-        self.app.add_handler(TypeHandler(Update, self._on_update))
+        # new messages only: edits, channel posts and other update kinds are not for the bot
+        self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
+        self.app.add_error_handler(self._on_error)
+        # Not PTB's AIORateLimiter: it retries every call the same way after a RetryAfter, and cannot tell a
+        # repeatable call (an edit, a chat action) from one that may have arrived (a sendMessage that timed
+        # out): those go to the outbox, never repeated here. Its per-chat buckets are the same as ours.
         self.limiter = RateLimiter(self._rates, overall=[(30, 1)])
         self.channel = Channel(PLATFORM, TelegramFetcher(self), self._sink_for, conf.persona or None,
                                retry_after=retry_after_or_network,
@@ -496,11 +508,16 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         if error is not None:
             raise error
 
-    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        try:
-            await self.handle_message(update)
-        except Exception as exc:  # kept for _process: PTB would only log it
-            self._stored[update.update_id] = exc
+    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self.handle_message(update)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """PTB's error handler: what a handler raised is kept for :meth:`_process` (polling does not move the
+        offset past it, the webhook answers 500); PTB alone would only log it."""
+        if isinstance(update, Update) and update.update_id in self._stored:
+            self._stored[update.update_id] = context.error
+        else:
+            log.error("a Telegram update could not be handled: %s", context.error)
 
     async def webhook(self, request: Request) -> Response:
         """``POST /telegram/webhook``: verified by the secret header (the route's dependency), stored, 200."""
@@ -718,11 +735,8 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
                     is_direct=message.chat.type == ChatType.PRIVATE, route={"chat_type": str(message.chat.type)}))
         except NoSuchConversation:
             answer_text = i18n.text("regenerate_gone", lang)
-        except ShuttingDown as exc:
-            self._stored[update.update_id] = exc
-        except Exception as exc:
-            self._stored[update.update_id] = exc
-        with contextlib.suppress(TelegramError):
-            await self.limiter.call(f"cb:{message.chat.id}", lambda: query.answer(answer_text),
-                                    retry_after=retry_after_or_network)
+        finally:  # the button stops spinning whatever happened; an error goes on to _on_error
+            with contextlib.suppress(TelegramError):
+                await self.limiter.call(f"cb:{message.chat.id}", lambda: query.answer(answer_text),
+                                        retry_after=retry_after_or_network)
 
