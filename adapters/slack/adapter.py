@@ -24,7 +24,6 @@ import contextlib
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
+from cachetools import LRUCache, TTLCache
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from slack_bolt import BoltResponse
@@ -86,6 +86,9 @@ BOLT_LOG = logging.getLogger("adapters.slack.bolt")
 BOLT_LOG.addFilter(_SameToken())
 
 PLATFORM = "slack"
+CACHE_SIZE = 10_000  # users' locales, titled threads, users' latest threads: each bounded
+LOCALE_TTL = 86_400.0  # seconds a user's Slack locale is kept
+_UNKNOWN = object()
 RESTARTING = BoltResponse(status=503, body={"error": "restarting"}, headers={"Retry-After": "1"})
 SEND_TIMEOUT = 10.0  # seconds one Web API call may take (uploads included)
 ANSWER_EVENT = "internvl_bot_answer"  # message metadata on answers: which question (store id) they answer
@@ -453,10 +456,10 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         self.team_id = ""
         self.workspace_url = ""
         self._socket: AsyncSocketModeHandler | None = None
-        self._locales: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
-        self._titled: OrderedDict[str, None] = OrderedDict()
+        self._locales: TTLCache[str, str | None] = TTLCache(maxsize=CACHE_SIZE, ttl=LOCALE_TTL)  # a day
+        self._titled: LRUCache[str, None] = LRUCache(maxsize=CACHE_SIZE)
         self._extras: set[asyncio.Task[None]] = set()
-        self._latest_thread: OrderedDict[tuple[str, str], str] = OrderedDict()  # (channel, user) → thread
+        self._latest_thread: LRUCache[tuple[str, str], str] = LRUCache(maxsize=CACHE_SIZE)  # (channel, user) → thread
 
     @staticmethod
     def _rates(key: str) -> Sequence[Rate]:
@@ -597,33 +600,26 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         if attachments:
             route["files"] = "1"
         self._latest_thread[(channel, str(user))] = thread
-        self._latest_thread.move_to_end((channel, str(user)))
-        while len(self._latest_thread) > 10_000:
-            self._latest_thread.popitem(last=False)
         return IncomingMessage(key=key, sender=Sender(str(user), str(user)), text=text, attachments=attachments,
                                locale=self.cached_locale(str(user)), event_id=f"{channel}:{ts}", message_id=ts,
                                is_direct=direct, route=route, raw=body)
 
     def cached_locale(self, user: str) -> str | None:
         """The user's Slack locale if known, without a network call (intake stores before it asks Slack)."""
-        cached = self._locales.get(user)
-        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+        return self._locales.get(user)
 
     async def locale(self, user: str) -> str | None:
         """The user's Slack locale (``users.info`` with ``include_locale``), cached for a day."""
-        cached = self._locales.get(user)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        cached = self._locales.get(user, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached  # type: ignore[return-value]
         locale: str | None = None
         try:
             info = await self.call(self.client.users_info, user=user, include_locale=True)
             locale = (info.get("user") or {}).get("locale")
         except Exception as exc:
             log.info("users.info for %s failed: %s", user, exc)
-        self._locales[user] = (time.monotonic() + 86400, locale)
-        self._locales.move_to_end(user)
-        while len(self._locales) > 10_000:
-            self._locales.popitem(last=False)
+        self._locales[user] = locale
         return locale
 
     async def _title(self, incoming: IncomingMessage) -> None:
@@ -632,8 +628,6 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         if not incoming.is_direct or key.thread == (incoming.message_id or "") or str(key) in self._titled:
             return
         self._titled[str(key)] = None
-        while len(self._titled) > 10_000:
-            self._titled.popitem(last=False)
         title = " ".join(incoming.text.split())[:60] or "…"
         with contextlib.suppress(Exception):
             await self.call(self.client.assistant_threads_setTitle, channel_id=key.chat, thread_ts=key.thread, title=title)

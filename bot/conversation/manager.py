@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+
+from cachetools import LRUCache
 
 from bot.config import ConfigError, Settings
 from bot.conversation.commands import COMMANDS, Commands, parse_command, with_prefix
@@ -127,7 +128,7 @@ class ConversationManager:
         self._channels: dict[str, Channel] = {}
         self._done: dict[int, asyncio.Future[str]] = {}
         self._arrived: dict[int, float] = {}
-        self._reported: OrderedDict[ConversationKey, int] = OrderedDict()
+        self._reported: LRUCache[ConversationKey, int] = LRUCache(maxsize=_REMEMBERED_CONVERSATIONS)
         self._accepting = True
         # replicas: a message taken in here may be answered elsewhere (checked once, here)
         self._shared = self.scheduler if isinstance(self.scheduler, SharedScheduling) else None
@@ -475,9 +476,6 @@ class ConversationManager:
     def _remember_reported(self, key: ConversationKey, reported: int) -> None:
         if reported:
             self._reported[key] = reported
-            self._reported.move_to_end(key)
-            while len(self._reported) > _REMEMBERED_CONVERSATIONS:
-                self._reported.popitem(last=False)
 
     # -- operators ------------------------------------------------------------------------
 
