@@ -218,6 +218,14 @@ class WebSink:
         return None
 
 
+class _Refused(Exception):
+    """A request answered early with ``response`` (a polite refusal in the user's language)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 class WebAdapter(PlatformAdapter[WebSettings]):
     """The web chat. ``router()`` gives the routes to mount on the server's app."""
 
@@ -512,53 +520,10 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         if not self.accepting:
             return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
         conversation_var.set(f"{PLATFORM}:{sid}")
-        limit = self.settings.media.max_file_bytes
-        most = self.conf.max_files_per_message
-        max_body = limit * most + 1_000_000
-        length = int(request.headers.get("content-length") or 0) if (
-            request.headers.get("content-length") or "").isdigit() else 0
-        if length > max_body:
-            return self._refuse(413, i18n.text("files_too_large_total", lang, size_mb=_mb(length),
-                                               limit_mb=_mb(max_body - 1_000_000)), f"body of {length} bytes")
         try:
-            # Counted here rather than by the parser, so the user hears how many they sent.
-            form = await read_form(request, max_files=1000, max_fields=20,
-                                   max_part_size=self.settings.conversation.max_message_chars * 4 + 1024)
-        except MultiPartException as exc:
-            key = "text_not_utf8" if "not valid" in exc.message else "upload_malformed"
-            return self._refuse(400, i18n.text(key, lang), f"malformed form: {exc.message}")
-        except Exception as exc:
-            return self._refuse(400, i18n.text("upload_malformed", lang), f"malformed form: {exc}")
-        attachments: list[Attachment] = []
-        try:
-            text_part = form.get("text")
-            if isinstance(text_part, UploadFile):
-                return self._refuse(400, i18n.text("upload_malformed", lang), "'text' sent as a file")
-            text = str(text_part or "")
-            # a page's button (New conversation, Talk to a person…) sends its command: no bubble for it
-            button = form.get("action") == "1" and text.startswith("/")
-            uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
-            if text_part is None and not uploads:  # the page always sends "text": the body was cut short
-                return self._refuse(400, i18n.text("upload_malformed", lang), "no text field and no file")
-            if len(uploads) > most:
-                return self._refuse(413, i18n.text("too_many_files", lang, count=len(uploads), limit=most),
-                                    f"{len(uploads)} files")
-            for item in uploads:
-                try:
-                    saved = await save_upload(item, self.uploads, limit)
-                except UploadTooLarge as big:
-                    return self._refuse(413, i18n.text("file_too_large", lang, name=big.name, size_mb=_mb(big.size),
-                                                       limit_mb=_mb(limit)), f"{big.name}: {big.size} bytes")
-                # into the store before the message is: whichever replica answers reads it from there
-                try:
-                    data = await asyncio.to_thread(saved.path.read_bytes)
-                finally:
-                    saved.path.unlink(missing_ok=True)
-                sha = await self.manager.store.save_blob(data, saved.mime)
-                attachments.append(Attachment(ref=StoredFiles.ref(sha), filename=saved.filename, mime=saved.mime,
-                                              size=saved.size))
-        finally:
-            await form.close()
+            text, button, attachments = await self._message_form(request, lang)
+        except _Refused as refused:
+            return refused.response
         request_id = request.headers.get("x-request-id") or ""
         message = IncomingMessage(
             key=ConversationKey(PLATFORM, sid), sender=Sender(sid, "web user"), text=text,
@@ -570,13 +535,64 @@ class WebAdapter(PlatformAdapter[WebSettings]):
             route={"via": "button"} if button else NO_ROUTE,
         )
         try:
-            ticket = await self.manager.submit(message)
+            receipt = await self.manager.submit(message)
         except ShuttingDown:
             return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
-        if ticket is None:  # a retry of a request already stored (its answer was lost on the way)
+        if receipt is None:  # a retry of a request already stored (its answer was lost on the way)
             stored = await self.manager.store.find_by_platform_id(PLATFORM, sid, message.message_id or "")
             return JSONResponse({"duplicate": True, "id": stored.id if stored else None}, status_code=200)
-        return JSONResponse({"id": ticket.message_id}, status_code=202)
+        return JSONResponse({"id": receipt.message_id}, status_code=202)
+
+    async def _message_form(self, request: Request, lang: str) -> tuple[str, bool, list[Attachment]]:
+        """The form's text, whether a page's button sent it, and its files (stored); :class:`_Refused` with
+        the polite answer when the body is too big, malformed or has too many or too large files."""
+        limit = self.settings.media.max_file_bytes
+        most = self.conf.max_files_per_message
+        max_body = limit * most + 1_000_000
+        declared = request.headers.get("content-length") or ""
+        length = int(declared) if declared.isdigit() else 0
+        if length > max_body:
+            raise _Refused(self._refuse(413, i18n.text("files_too_large_total", lang, size_mb=_mb(length),
+                                                       limit_mb=_mb(max_body - 1_000_000)), f"body of {length} bytes"))
+        try:
+            # Counted here rather than by the parser, so the user hears how many they sent.
+            form = await read_form(request, max_files=1000, max_fields=20,
+                                   max_part_size=self.settings.conversation.max_message_chars * 4 + 1024)
+        except MultiPartException as exc:
+            key = "text_not_utf8" if "not valid" in exc.message else "upload_malformed"
+            raise _Refused(self._refuse(400, i18n.text(key, lang), f"malformed form: {exc.message}")) from None
+        except Exception as exc:
+            raise _Refused(self._refuse(400, i18n.text("upload_malformed", lang), f"malformed form: {exc}")) from None
+        try:
+            text_part = form.get("text")
+            if isinstance(text_part, UploadFile):
+                raise _Refused(self._refuse(400, i18n.text("upload_malformed", lang), "'text' sent as a file"))
+            text = str(text_part or "")
+            uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+            if text_part is None and not uploads:  # the page always sends "text": the body was cut short
+                raise _Refused(self._refuse(400, i18n.text("upload_malformed", lang), "no text field and no file"))
+            if len(uploads) > most:
+                raise _Refused(self._refuse(413, i18n.text("too_many_files", lang, count=len(uploads), limit=most),
+                                            f"{len(uploads)} files"))
+            attachments = [await self._store_upload(item, lang, limit) for item in uploads]
+            # a page's button (New conversation, Talk to a person…) sends its command: no bubble for it
+            return text, form.get("action") == "1" and text.startswith("/"), attachments
+        finally:
+            await form.close()
+
+    async def _store_upload(self, item: UploadFile, lang: str, limit: int) -> Attachment:
+        """One uploaded file, into the store before the message is: whichever replica answers reads it there."""
+        try:
+            saved = await save_upload(item, self.uploads, limit)
+        except UploadTooLarge as big:
+            raise _Refused(self._refuse(413, i18n.text("file_too_large", lang, name=big.name, size_mb=_mb(big.size),
+                                                       limit_mb=_mb(limit)), f"{big.name}: {big.size} bytes")) from None
+        try:
+            data = await asyncio.to_thread(saved.path.read_bytes)
+        finally:
+            saved.path.unlink(missing_ok=True)
+        sha = await self.manager.store.save_blob(data, saved.mime)
+        return Attachment(ref=StoredFiles.ref(sha), filename=saved.filename, mime=saved.mime, size=saved.size)
 
     async def delete_conversation(self, request: Request) -> Response:
         """"Delete this conversation": its messages and files go for good; the page starts afresh."""
