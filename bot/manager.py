@@ -165,6 +165,11 @@ class ConversationManager:
         ones; a message already queued or being processed is never queued twice.
         """
         self._accepting = True
+        if not self.detector.ready:
+            # Built here, before the first message (a resumed one included), never inside a turn. lingua holds
+            # the GIL while it builds (a second or two), so the loop waits either way; the thread keeps a
+            # build that one day releases it from stalling the loop.
+            await asyncio.to_thread(self.detector.warm)
         resumed = 0
         for msg in await self.store.pending():
             if msg.key.platform not in self._channels:

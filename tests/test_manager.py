@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 from bot import i18n
 from bot.config import Settings
 from bot.engines import EchoEngine, Engine, message_cost
+from bot.language import LanguageDetector
 from bot.manager import ConversationManager, Ticket, parse_command
 from bot.store import MemoryStore, NewMessage, SQLiteStore, Store
 from bot.types import (
@@ -771,6 +773,42 @@ async def test_resumed_messages_come_before_new_ones_and_are_never_queued_twice(
     assert await asyncio.wait_for(newer.done, 10) == "answered"
     assert h.sinks["c1"].answers == ["echo: left by the last run", "echo: a newer message"]
     await store.close()
+
+
+class WatchedDetector(LanguageDetector):
+    """Notes where it was built and whether it was built when each text came."""
+
+    def __init__(self, languages: list[str]) -> None:
+        super().__init__(languages)
+        self.warmed_in: list[str] = []
+        self.ready_at_detect: list[bool] = []
+
+    def warm(self) -> None:
+        self.warmed_in.append(threading.current_thread().name)
+        super().warm()
+
+    def detect(self, text: str) -> tuple[str | None, float]:
+        self.ready_at_detect.append(self.ready)
+        return super().detect(text)
+
+
+async def test_start_builds_the_language_detector_before_any_turn(tmp_path: Path) -> None:
+    store = MemoryStore()
+    key = ConversationKey("test", "c1")
+    assert await store.add_incoming(key, NewMessage(role="user", text="Das hat der letzte Lauf liegen lassen, "
+                                                                      "bitte beantworten.")) is not None
+    settings = make_settings(tmp_path)
+    h = Harness(settings, store, EchoEngine(record=True))
+    detector = WatchedDetector(settings.conversation.languages)
+    h.manager.detector = detector
+    assert not detector.ready
+    assert await h.manager.start() == 1
+    assert detector.ready
+    assert detector.warmed_in and detector.warmed_in[0] != threading.current_thread().name  # off the loop's thread
+    assert await h.ask("c1", "Und noch eine Frage zum Kühlschrank, der nicht mehr kühlt?") == "answered"
+    await h.manager.idle()
+    assert detector.ready_at_detect == [True, True]  # the resumed message and the new one
+    await h.manager.stop()
 
 
 async def test_a_failure_mid_answer_ends_on_the_sink_that_streamed(harness: Callable[..., Harness]) -> None:
