@@ -247,7 +247,7 @@ class ConversationManager:
         if mid is None:
             log.info("duplicate event %s from %s ignored", message.event_id, message.key.platform)
             return None
-        self.metrics.messages_in.labels(message.key.platform).inc()
+        self.metrics.adapter(message.key.platform).messages_in.inc()
         stored = StoredMessage(
             id=mid, key=message.key, role="user", kind=new.kind, text=message.text, state=new.state,
             attachments=tuple(StoredAttachment(i, a.ref, a.filename, a.mime, a.size)
@@ -595,7 +595,7 @@ class ConversationManager:
             else:
                 log.error("delivering %s to %s failed for good: %s", type(event).__name__, key, exc)
                 await self.store.set_state(row, "failed", error=f"{NOT_DELIVERED}: {type(exc).__name__}: {exc}"[:500])
-                self.metrics.delivery_failed.labels(key.platform).inc()
+                self.metrics.adapter(key.platform).delivery_failed.inc()
         return row
 
     async def regenerate(self, key: ConversationKey, answer_platform_id: str, *, sender: Sender,

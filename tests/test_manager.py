@@ -775,6 +775,33 @@ async def test_resumed_messages_come_before_new_ones_and_are_never_queued_twice(
     await store.close()
 
 
+async def test_metrics_count_every_turn_without_looking_labels_up(harness: Callable[..., Harness],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    h = harness()
+    assert await h.ask("c1", "first question") == "answered"
+    looked_up: list[tuple[str, ...]] = []
+    labels = MetricWrapperBase.labels
+
+    def counting(self: MetricWrapperBase, *values: str, **named: str) -> MetricWrapperBase:
+        looked_up.append(values)
+        return labels(self, *values, **named)
+
+    monkeypatch.setattr(MetricWrapperBase, "labels", counting)
+    for text in ("second question", "third question"):
+        assert await h.ask("c2", text) == "answered"
+    assert looked_up == []  # bound at the first message of the adapter, never looked up again
+    body = h.manager.metrics.render().decode()
+    assert 'internvl_bot_messages_in_total{adapter="test"} 3.0' in body
+    assert 'internvl_bot_messages_out_total{adapter="test",kind="answer"} 3.0' in body
+    assert 'internvl_bot_time_to_first_token_seconds_count{adapter="test"} 3.0' in body
+    assert 'internvl_bot_answer_seconds_count{adapter="test"} 3.0' in body
+    assert 'kind="error"' not in body and 'kind="file"' not in body  # a series shows once it has happened
+    assert await h.ask("c1", "") == "failed"  # an empty message: refused with an error notice
+    assert 'internvl_bot_messages_out_total{adapter="test",kind="error"} 1.0' in h.manager.metrics.render().decode()
+
+
 class WatchedDetector(LanguageDetector):
     """Notes where it was built and whether it was built when each text came."""
 
