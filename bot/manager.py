@@ -345,8 +345,10 @@ class ConversationManager:
         state = "failed"
         turn: Turn | None = None
         try:
-            lang = await self._language_for(msg)
-            await self.store.set_state(msg.id, "answering")
+            lang, conv = await self._choose_language(msg)
+            # the turn's first write: answering, and the language if it changed, in one transaction
+            await self.store.start_answering(msg.id, msg.key, **({"last_language": lang}
+                                                                 if lang != conv.last_language else {}))
             turn = self._turn(msg, channel, lang)
             command = parse_command(msg.text, channel.command_prefixes) if msg.kind == "command" else None
             reason = "user" if command and command[0] == "human" else None
@@ -409,6 +411,13 @@ class ConversationManager:
                          error=f"{type(exc).__name__}: {exc}"[:500])
 
     async def _language_for(self, msg: StoredMessage) -> str:
+        lang, conv = await self._choose_language(msg)
+        if lang != conv.last_language:
+            await self.store.update_conversation(msg.key, last_language=lang)
+        return lang
+
+    async def _choose_language(self, msg: StoredMessage) -> tuple[str, Conversation]:
+        """The answer language of ``msg`` and its conversation as read (nothing is stored)."""
         conv = await self.store.conversation(msg.key)
         text = "" if msg.kind == "command" else msg.text
         if was_cut(text):  # the marker is English: the language is the user's text's
@@ -418,9 +427,7 @@ class ConversationManager:
             previous=conv.last_language,
             default=self.conf.default_language, short_text_chars=self.conf.short_text_chars,
         )
-        if lang != conv.last_language:
-            await self.store.update_conversation(msg.key, last_language=lang)
-        return lang
+        return lang, conv
 
     async def _locale_of(self, msg: StoredMessage) -> str | None:
         """The locale the platform gave with the message, or the one its channel looks up now."""

@@ -252,6 +252,9 @@ class SQLiteStore:
         return self._conversation(key)
 
     async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation:
+        return self._update_conversation(key, fields)
+
+    def _update_conversation(self, key: ConversationKey, fields: dict[str, object]) -> Conversation:
         conv = replace(self._conversation(key), **fields)  # type: ignore[arg-type]
         self.db.conn.execute(
             "UPDATE conversations SET persona = ?, language = ?, last_language = ?, context_start = ?,"
@@ -321,6 +324,21 @@ class SQLiteStore:
             (state, error, self._clock(), message_id),
         )
 
+    async def start_answering(self, message_id: int, key: ConversationKey, **fields: object) -> Conversation:
+        if not fields:
+            conv = self._conversation(key)
+            await self.set_state(message_id, "answering")
+            return conv
+        try:
+            with self._tx():  # one commit for both
+                conv = self._update_conversation(key, fields)
+                self.db.conn.execute("UPDATE messages SET state = 'answering', error = NULL, updated_at = ?"
+                                     " WHERE id = ?", (self._clock(), message_id))
+        except BaseException:
+            self._conv_cache.pop(key, None)  # rolled back: what the cache took is read again
+            raise
+        return conv
+
     async def set_platform_ids(self, message_id: int, ids: Sequence[str]) -> None:
         with self._tx():
             row = self.db.conn.execute("SELECT conversation_id FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -338,17 +356,15 @@ class SQLiteStore:
     async def finish(self, message_id: int, state: State, *, reply: str | None = None, kind: Kind = "chat",
                      reply_platform_ids: Sequence[str] = (), error: str | None = None) -> int | None:
         with self._tx():
-            self.db.conn.execute(
-                "UPDATE messages SET state = ?, error = ?, drafts = NULL, updated_at = ? WHERE id = ?",
+            rows = self.db.conn.execute(  # RETURNING: no second statement to find the conversation
+                "UPDATE messages SET state = ?, error = ?, drafts = NULL, updated_at = ? WHERE id = ?"
+                " RETURNING conversation_id",
                 (state, error, self._clock(), message_id),
-            )
+            ).fetchall()
             if reply is None:
                 return None
-            row = self.db.conn.execute(
-                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
             return self._insert_message(
-                ConversationKey.parse(row[0]),
+                ConversationKey.parse(rows[0][0]),
                 NewMessage(role="assistant", text=reply, kind=kind, state="answered",
                            platform_ids=tuple(reply_platform_ids), reply_to=message_id),
             )
