@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,31 @@ class TestSQLiteStore(StoreContract):
         await store.open()
         assert (await store.conversation(KEY)).last_language is None
         assert (await store.message(mid)).state == "received"
+
+    async def test_checkpoints_run_in_a_thread_of_their_own(self, tmp_path: Path) -> None:
+        from bot.store.sqlite import CHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_COMMITS
+
+        store = SQLiteStore(tmp_path / "c.sqlite3")
+        await store.open()
+        threads: list[int] = []
+        checkpoint = store._checkpoint
+
+        def watched() -> None:
+            threads.append(threading.get_ident())
+            checkpoint()
+
+        store._checkpoint = watched  # type: ignore[method-assign]
+        for i in range(CHECKPOINT_COMMITS + 1):
+            assert await store.add_incoming(KEY, NewMessage(role="user", text=f"m{i}", event_id=str(i))) is not None
+        assert store._checkpointing is not None
+        await asyncio.wrap_future(store._checkpointing)
+        assert store.checkpoints == 1 and len(threads) == 1 and threads[0] != threading.get_ident()
+        # SQLite's own checkpoint, inside a commit on the event loop, is only the backstop
+        assert store.db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == CHECKPOINT_BACKSTOP_PAGES
+        await store.close()
+        assert not (tmp_path / "c.sqlite3-wal").exists()  # the last connection closed took the WAL away
+        conn = sqlite3.connect(tmp_path / "c.sqlite3")
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == CHECKPOINT_COMMITS + 1
 
     async def test_wal_mode_and_named_migrations(self, tmp_path: Path) -> None:
         store = SQLiteStore(tmp_path / "x.sqlite3")
