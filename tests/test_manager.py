@@ -819,6 +819,25 @@ class WatchedDetector(LanguageDetector):
         return super().detect(text)
 
 
+async def test_the_first_start_moves_start_up_out_of_the_collectors_way(harness: Callable[..., Harness],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from bot import manager as manager_module
+
+    collected: list[int] = []
+    collect = gc.collect
+    monkeypatch.setattr(manager_module, "_frozen", False)
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(generation) or collect(generation))
+    frozen = gc.get_freeze_count()
+    h = harness()
+    await h.manager.start()
+    assert collected == [2] and gc.get_freeze_count() > frozen  # start-up's garbage went first
+    await harness().manager.start()
+    assert collected == [2]  # once per process
+    await h.manager.stop()
+
+
 async def test_start_builds_the_language_detector_before_any_turn(tmp_path: Path) -> None:
     store = MemoryStore()
     key = ConversationKey("test", "c1")
