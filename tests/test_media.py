@@ -192,6 +192,24 @@ def test_fast_mode_is_torchs_resize_cut_into_tiles(width: int, height: int, max_
     assert torch_equal(image_pixels(image, fast=True, max_num=max_num), expected)
 
 
+def test_the_allocator_maps_decoded_images_and_keeps_smaller_blocks_in_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot import media
+
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, option: int, value: int) -> int:
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(media, "_libc", lambda: Libc())
+    media.tune_allocator()
+    # a 12 MP photo (36 MB decoded) is mapped, returned when freed; resize bands, Pillow's 16 MB blocks and tiles
+    # are reused from the heap, not mapped and faulted in anew each time; free heap tops go back past 1 MB
+    assert calls == [(-3, 32 << 20), (-1, 1 << 20)]
+    assert 4032 * 3024 * 3 > media.MMAP_THRESHOLD > 16 << 20
+
+
 def torch_equal(a: object, b: object) -> bool:
     import torch
 
