@@ -182,9 +182,9 @@ class ConversationManager:
         """
         self._accepting = True
         if not self.detector.ready:
-            # Built here, before the first message (a resumed one included), never inside a turn. lingua holds
-            # the GIL while it builds (a second or two), so the loop waits either way; the thread keeps a
-            # build that one day releases it from stalling the loop.
+            # Built here, before the first message (a resumed one included), never inside a turn. In a thread,
+            # though lingua holds the GIL while it builds: the loop still waits the second or two, before any
+            # adapter takes messages.
             await asyncio.to_thread(self.detector.warm)
         _freeze_start_up()
         resumed = 0
