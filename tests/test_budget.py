@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.media.budget import Item, item_tokens, plan
+from bot.media.budget import Item, Plan, item_tokens, plan
 from bot.media.images import tile_count
 
 PHOTO = (4032, 3024)  # 13 tiles at max_num 12 = 3330 tokens
@@ -66,3 +66,8 @@ def test_fixed_frames_are_not_reduced() -> None:
     result = plan([*frames, Item("p", *PHOTO, want=12)], 8 * 258 + 3000)
     assert all(result.tiles[f"f{i}"] == 1 for i in range(8))
     assert result.tiles["p"] < 12
+
+
+def test_nothing_to_plan_fits_any_room_left() -> None:
+    assert plan([], 1000) == plan([], 0) == Plan()
+    assert not plan([], -1).fits  # no room at all: as with items

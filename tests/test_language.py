@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.l10n.language import LanguageDetector, choose_language
 
@@ -61,3 +63,101 @@ def test_pinned_language_wins(detector: LanguageDetector) -> None:
 
 def test_urls_and_commands_do_not_count_as_language(detector: LanguageDetector) -> None:
     assert detector.detect("https://example.com/foo/bar /help")[0] is None
+
+
+# -- detection only where it can change the answer ----------------------------------------------
+
+def always_detecting(detector: LanguageDetector, text: str, *, pinned: str | None, locale_hint: str | None,
+                     previous: str | None, default: str = "en", short_text_chars: int = 24) -> str:
+    """The rule order of the module docstring, detecting every text (what choose_language did before it
+    learned to skip detection): the reference the shortcut must agree with."""
+    from bot.l10n.i18n import normalize_code
+    from bot.l10n.language import letters
+
+    if pinned:
+        return pinned
+    code, confidence = detector.detect(text)
+    if code and letters(text) >= short_text_chars and confidence >= 0.5:
+        return code
+    if code and confidence >= 0.9 and code in ("zh", "ja", "ko", "ru", "uk", "ar", "hi"):
+        return code
+    hint = normalize_code(locale_hint)
+    if hint and hint in detector.codes:
+        return hint
+    if previous:
+        return previous
+    if code and confidence >= 0.6:
+        return code
+    return default
+
+
+class CountingDetector(LanguageDetector):
+    def __init__(self, languages: list[str]) -> None:
+        super().__init__(languages)
+        self.calls = 0
+
+    def detect(self, text: str) -> tuple[str | None, float]:
+        self.calls += 1
+        return super().detect(text)
+
+
+SHORT_TEXTS = ["ok", "OK!", "Danke!", "Olá", "¿Qué?", "ça va", "straße", "thx 👍", "E21?", "", "  ", "ok 2",
+               "这是什么", "これは何", "Да", "Привіт", "ＯＫ", "x²", "ok да", "Hallo 你好"]
+
+
+@pytest.mark.parametrize("text", SHORT_TEXTS)
+@pytest.mark.parametrize(("hint", "previous"), [("pt-BR", None), (None, "de"), ("xx", "fr"), ("xx", None),
+                                                (None, None), ("en", "ru")])
+def test_skipping_detection_changes_no_answer(detector: LanguageDetector, text: str, hint: str | None,
+                                              previous: str | None) -> None:
+    expected = always_detecting(detector, text, pinned=None, locale_hint=hint, previous=previous)
+    assert choose(detector, text, locale_hint=hint, previous=previous) == expected
+
+
+LATIN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZàáâãäçèéêëìíîïñòóôõöùúûüýÿßœæøåłąęćńśźżčřšžğış"
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.text(alphabet=st.sampled_from(LATIN + " .,!?'-0123456789"), max_size=40),
+       st.sampled_from([("pt", None), (None, "de"), ("es-MX", "it"), (None, "nl")]))
+def test_short_latin_texts_agree_with_detecting_every_time(text: str, context: tuple[str | None, str | None]) -> None:
+    # The shortcut rests on lingua never naming a language of another script for Latin letters (which would
+    # win even for a short text); this asks lingua itself, for short texts of every shape.
+    hint, previous = context
+    detector = LanguageDetector(LANGS)
+    expected = always_detecting(detector, text, pinned=None, locale_hint=hint, previous=previous)
+    assert choose(detector, text, locale_hint=hint, previous=previous) == expected
+
+
+def test_short_latin_text_is_not_detected_when_the_locale_or_conversation_decides() -> None:
+    detector = CountingDetector(LANGS)
+    assert choose(detector, "ok", locale_hint="pt-BR") == "pt"
+    assert choose(detector, "Danke!", previous="de") == "de"
+    assert detector.calls == 0
+    assert choose(detector, "ok") == "en"  # nothing else decides: lingua is asked
+    assert detector.calls == 1
+
+
+def test_short_text_in_another_script_and_long_text_are_detected() -> None:
+    detector = CountingDetector(LANGS)
+    assert choose(detector, "这是什么", locale_hint="en") == "zh"
+    assert choose(detector, "Meine Waschmaschine bleibt mitten im Programm stehen.", locale_hint="en") == "de"
+    assert detector.calls == 2
+
+
+def test_the_same_text_is_detected_once() -> None:
+    detector = LanguageDetector(LANGS)
+    text = "Der Kühlschrank wird nicht mehr kalt, was kann ich tun?"
+    first = detector.detect(text)
+    assert detector.detect(text) == first == ("de", pytest.approx(first[1]))
+    info = detector._confidence.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+
+
+def test_the_detector_is_built_when_warmed_not_when_made() -> None:
+    detector = LanguageDetector(LANGS)
+    assert not detector.ready
+    detector.warm()
+    assert detector.ready
+    with pytest.raises(ValueError, match="unknown language code 'xx'"):
+        LanguageDetector(["en", "xx"])

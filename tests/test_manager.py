@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from bot.conversation.commands import parse_command
 from bot.conversation.manager import ConversationManager, Receipt
 from bot.engines import EchoEngine, Engine, message_cost
 from bot.l10n import i18n
+from bot.l10n.language import LanguageDetector
 from bot.seams import AccessPolicy, Channel, UsageLimits
 from bot.store import MemoryStore, NewMessage, SQLiteStore, Store
 from bot.testing import CollectingSink, MemoryFetcher
@@ -771,6 +773,88 @@ async def test_resumed_messages_come_before_new_ones_and_are_never_queued_twice(
     assert await asyncio.wait_for(newer.done, 10) == "answered"
     assert h.sinks["c1"].answers == ["echo: left by the last run", "echo: a newer message"]
     await store.close()
+
+
+async def test_metrics_count_every_turn_without_looking_labels_up(harness: Callable[..., Harness],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    h = harness()
+    assert await h.ask("c1", "first question") == "answered"
+    looked_up: list[tuple[str, ...]] = []
+    labels = MetricWrapperBase.labels
+
+    def counting(self: MetricWrapperBase, *values: str, **named: str) -> MetricWrapperBase:
+        looked_up.append(values)
+        return labels(self, *values, **named)
+
+    monkeypatch.setattr(MetricWrapperBase, "labels", counting)
+    for text in ("second question", "third question"):
+        assert await h.ask("c2", text) == "answered"
+    assert looked_up == []  # bound at the first message of the adapter, never looked up again
+    body = h.manager.metrics.render().decode()
+    assert 'internvl_bot_messages_in_total{adapter="test"} 3.0' in body
+    assert 'internvl_bot_messages_out_total{adapter="test",kind="answer"} 3.0' in body
+    assert 'internvl_bot_time_to_first_token_seconds_count{adapter="test"} 3.0' in body
+    assert 'internvl_bot_answer_seconds_count{adapter="test"} 3.0' in body
+    assert 'kind="error"' not in body and 'kind="file"' not in body  # a series shows once it has happened
+    assert await h.ask("c1", "") == "failed"  # an empty message: refused with an error notice
+    assert 'internvl_bot_messages_out_total{adapter="test",kind="error"} 1.0' in h.manager.metrics.render().decode()
+
+
+class WatchedDetector(LanguageDetector):
+    """Notes where it was built and whether it was built when each text came."""
+
+    def __init__(self, languages: list[str]) -> None:
+        super().__init__(languages)
+        self.warmed_in: list[str] = []
+        self.ready_at_detect: list[bool] = []
+
+    def warm(self) -> None:
+        self.warmed_in.append(threading.current_thread().name)
+        super().warm()
+
+    def detect(self, text: str) -> tuple[str | None, float]:
+        self.ready_at_detect.append(self.ready)
+        return super().detect(text)
+
+
+async def test_the_first_start_moves_start_up_out_of_the_collectors_way(harness: Callable[..., Harness],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from bot.conversation import manager as manager_module
+
+    collected: list[int] = []
+    collect = gc.collect
+    monkeypatch.setattr(manager_module, "_frozen", False)
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(generation) or collect(generation))
+    frozen = gc.get_freeze_count()
+    h = harness()
+    await h.manager.start()
+    assert collected == [2] and gc.get_freeze_count() > frozen  # start-up's garbage went first
+    await harness().manager.start()
+    assert collected == [2]  # once per process
+    await h.manager.stop()
+
+
+async def test_start_builds_the_language_detector_before_any_turn(tmp_path: Path) -> None:
+    store = MemoryStore()
+    key = ConversationKey("test", "c1")
+    assert await store.add_incoming(key, NewMessage(role="user", text="Das hat der letzte Lauf liegen lassen, "
+                                                                      "bitte beantworten.")) is not None
+    settings = make_settings(tmp_path)
+    h = Harness(settings, store, EchoEngine(record=True))
+    detector = WatchedDetector(settings.conversation.languages)
+    h.manager.detector = detector
+    assert not detector.ready
+    assert await h.manager.start() == 1
+    assert detector.ready
+    assert detector.warmed_in and detector.warmed_in[0] != threading.current_thread().name  # off the loop's thread
+    assert await h.ask("c1", "Und noch eine Frage zum Kühlschrank, der nicht mehr kühlt?") == "answered"
+    await h.manager.idle()
+    assert detector.ready_at_detect == [True, True]  # the resumed message and the new one
+    await h.manager.stop()
 
 
 async def test_a_failure_mid_answer_ends_on_the_sink_that_streamed(harness: Callable[..., Harness]) -> None:

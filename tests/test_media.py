@@ -169,6 +169,47 @@ def test_fast_mode_is_within_two_levels() -> None:
     assert float((fast - exact).abs().max()) <= 2 / 255 / min(ref.IMAGENET_STD) + 1e-6
 
 
+@pytest.mark.parametrize(("width", "height", "max_num"), [(1500, 1000, 6), (900, 3000, 12), (640, 480, 1)])
+def test_fast_mode_is_torchs_resize_cut_into_tiles(width: int, height: int, max_num: int) -> None:
+    import torch
+
+    from bot.media.images import grid_for
+
+    image = np.asarray(_photo(width, height, seed=9))
+    cols, rows = grid_for(width, height, max_num=max_num)
+    source = torch.from_numpy(image).permute(2, 0, 1)[None]  # channels-last, as the fast path hands it over
+
+    def resized(w: int, h: int) -> torch.Tensor:
+        return torch.nn.functional.interpolate(source, size=(h, w), mode="bicubic", antialias=True)[0]
+
+    grid = resized(448 * cols, 448 * rows)
+    tiles = [grid[:, r * 448:(r + 1) * 448, c * 448:(c + 1) * 448] for r in range(rows) for c in range(cols)]
+    if len(tiles) > 1:
+        tiles.append(resized(448, 448))
+    mean = torch.tensor(ref.IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(ref.IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    expected = torch.stack([(t.to(torch.float32).div(255) - mean) / std for t in tiles])
+    assert torch_equal(image_pixels(image, fast=True, max_num=max_num), expected)
+
+
+def test_the_allocator_maps_decoded_images_and_keeps_smaller_blocks_in_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.media import images as media
+
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, option: int, value: int) -> int:
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(media, "_libc", lambda: Libc())
+    media.tune_allocator()
+    # a 12 MP photo (36 MB decoded) is mapped, returned when freed; resize bands, Pillow's 16 MB blocks and tiles
+    # are reused from the heap, not mapped and faulted in anew each time; free heap tops go back past 1 MB
+    assert calls == [(-3, 32 << 20), (-1, 1 << 20)]
+    assert 4032 * 3024 * 3 > media.MMAP_THRESHOLD > 16 << 20
+
+
 def torch_equal(a: object, b: object) -> bool:
     import torch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,20 @@ class StoreContract:
         conv = await store.conversation(KEY)
         assert (conv.persona, conv.language) == ("tutor", "pt")
 
+    async def test_a_turn_starts_answering_and_updates_its_conversation_at_once(self, store: Store) -> None:
+        await store.update_conversation(KEY, persona="tutor")
+        mid = await store.add_message(KEY, NewMessage(role="user", text="hola"))
+        conv = await store.start_answering(mid, KEY, last_language="es")
+        assert (conv.persona, conv.last_language) == ("tutor", "es")
+        assert (await store.conversation(KEY)).last_language == "es"
+        assert (await store.message(mid)).state == "answering"
+        assert [m.id for m in await store.pending()] == [mid]  # still to be answered after a crash
+        later = await store.add_message(KEY, NewMessage(role="user", text="y otra"))
+        assert await store.start_answering(later, KEY) == await store.conversation(KEY)  # nothing else changes
+        assert (await store.message(later)).state == "answering"
+        new = await store.add_message(OTHER, NewMessage(role="user", text="first of a new conversation"))
+        assert (await store.start_answering(new, OTHER, last_language="en")).last_language == "en"
+
     async def test_message_lifecycle_and_reply(self, store: Store) -> None:
         mid = await store.add_message(KEY, NewMessage(role="user", text="hello", sender_id="u", locale="pt-BR",
                                                       platform_message_id="p1"))
@@ -282,6 +297,56 @@ class TestSQLiteStore(StoreContract):
         await s.open()
         yield s
         await s.close()
+
+    async def test_a_turn_commits_twice_its_answer_once(self, store: SQLiteStore) -> None:
+        # what a turn writes: its start (state and language) in one commit, its end (state and answer) in one
+        statements: list[str] = []
+        mid = await store.add_incoming(KEY, NewMessage(role="user", text="hola"))
+        assert mid is not None
+        store.db.conn.set_trace_callback(statements.append)
+        await store.start_answering(mid, KEY, last_language="es")
+        assert await store.finish(mid, "answered", reply="¡hola!") is not None
+        store.db.conn.set_trace_callback(None)
+        assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "UPDATE", "COMMIT",
+                                                      "BEGIN", "UPDATE", "INSERT", "COMMIT"]
+
+    async def test_a_turn_start_that_fails_changes_nothing(self, store: SQLiteStore) -> None:
+        mid = await store.add_message(KEY, NewMessage(role="user", text="hola"))
+        store.db.conn.execute("CREATE TRIGGER refuse BEFORE UPDATE OF state ON messages"
+                              " BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
+        with pytest.raises(sqlite3.IntegrityError, match="disk gone"):
+            await store.start_answering(mid, KEY, last_language="es")
+        assert (await store.conversation(KEY)).last_language is None  # rolled back, and not kept in memory
+        store.db.conn.execute("DROP TRIGGER refuse")
+        await store.close()
+        await store.open()
+        assert (await store.conversation(KEY)).last_language is None
+        assert (await store.message(mid)).state == "received"
+
+    async def test_checkpoints_run_in_a_thread_of_their_own(self, tmp_path: Path) -> None:
+        from bot.store.sqlite import CHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_COMMITS
+
+        store = SQLiteStore(tmp_path / "c.sqlite3")
+        await store.open()
+        threads: list[int] = []
+        checkpoint = store._checkpoint
+
+        def watched() -> None:
+            threads.append(threading.get_ident())
+            checkpoint()
+
+        store._checkpoint = watched  # type: ignore[method-assign]
+        for i in range(CHECKPOINT_COMMITS + 1):
+            assert await store.add_incoming(KEY, NewMessage(role="user", text=f"m{i}", event_id=str(i))) is not None
+        assert store._checkpointing is not None
+        await asyncio.wrap_future(store._checkpointing)
+        assert store.checkpoints == 1 and len(threads) == 1 and threads[0] != threading.get_ident()
+        # SQLite's own checkpoint, inside a commit on the event loop, is only the backstop
+        assert store.db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == CHECKPOINT_BACKSTOP_PAGES
+        await store.close()
+        assert not (tmp_path / "c.sqlite3-wal").exists()  # the last connection closed took the WAL away
+        conn = sqlite3.connect(tmp_path / "c.sqlite3")
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == CHECKPOINT_COMMITS + 1
 
     async def test_wal_mode_and_named_migrations(self, tmp_path: Path) -> None:
         store = SQLiteStore(tmp_path / "x.sqlite3")

@@ -82,7 +82,7 @@ async def store(m: ConversationManager, a: Arrival) -> bool:
     if mid is None:
         log.info("duplicate event %s from %s ignored", message.event_id, message.key.platform)
         return False
-    m.metrics.messages_in.labels(message.key.platform).inc()
+    m.metrics.adapter(message.key.platform).messages_in.inc()
     a.stored = StoredMessage(
         id=mid, key=message.key, role="user", kind=new.kind, text=message.text, state=new.state,
         attachments=tuple(StoredAttachment(i, att.ref, att.filename, att.mime, att.size)

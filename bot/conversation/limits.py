@@ -55,8 +55,9 @@ class UsageGuard:
 
     async def admit_media(self, user: str, limits: UsageLimits, *, images: int, video_seconds: float) -> None:
         """The same for the images and video seconds of one message, once they are known."""
-        if user in limits.exempt:
-            return
+        counted = (images and limits.images_per_day) or (video_seconds and limits.video_seconds_per_day)
+        if not counted or user in limits.exempt:
+            return  # nothing to check or count (most messages: text only)
         async with self._lock(user):
             if images and limits.images_per_day:
                 await self._check(user, "image", images, limits.images_per_day, DAY, "images_limited_day")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -74,6 +75,21 @@ log = logging.getLogger(__name__)
 #: Per-conversation memory kept in the process (what was already said about images left out of the context).
 _REMEMBERED_CONVERSATIONS = 4096
 LOCALE_WAIT = 1.0  # seconds a turn waits for the platform to say the sender's locale
+
+
+_frozen = False
+
+
+def _freeze_start_up() -> None:
+    """Once per process, at the first start: what start-up left alive (modules, the model, the language
+    detector, settings) is moved out of the cycle collector's way. A full collection otherwise walks all of it
+    while every conversation waits: about 100 ms with torch and transformers imported (250,000 objects)."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()  # start-up's garbage first: what is frozen is never collected
+    gc.freeze()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +185,12 @@ class ConversationManager:
         ones; a message already queued or being processed is never queued twice.
         """
         self._accepting = True
+        if not self.detector.ready:
+            # Built here, before the first message (a resumed one included), never inside a turn. In a thread,
+            # though lingua holds the GIL while it builds: the loop still waits the second or two, before any
+            # adapter takes messages.
+            await asyncio.to_thread(self.detector.warm)
+        _freeze_start_up()
         resumed = 0
         for msg in await self.store.pending():
             if msg.key.platform not in self._channels:
@@ -290,8 +312,10 @@ class ConversationManager:
         state = "failed"
         turn: Turn | None = None
         try:
-            lang = await self.language_for(msg)
-            await self.store.set_state(msg.id, "answering")
+            lang, conv = await self._choose_language(msg)
+            # the turn's first write: answering, and the language if it changed, in one transaction
+            await self.store.start_answering(msg.id, msg.key, **({"last_language": lang}
+                                                                 if lang != conv.last_language else {}))
             turn = self._turn(msg, channel, lang)
             command = parse_command(msg.text, channel.command_prefixes) if msg.kind == "command" else None
             reason = "user" if command and command[0] == "human" else None
@@ -354,6 +378,13 @@ class ConversationManager:
                          error=f"{type(exc).__name__}: {exc}"[:500])
 
     async def language_for(self, msg: StoredMessage) -> str:
+        lang, conv = await self._choose_language(msg)
+        if lang != conv.last_language:
+            await self.store.update_conversation(msg.key, last_language=lang)
+        return lang
+
+    async def _choose_language(self, msg: StoredMessage) -> tuple[str, Conversation]:
+        """The answer language of ``msg`` and its conversation as read (nothing is stored)."""
         conv = await self.store.conversation(msg.key)
         text = "" if msg.kind == "command" else msg.text
         if was_cut(text):  # the marker is English: the language is the user's text's
@@ -363,9 +394,7 @@ class ConversationManager:
             previous=conv.last_language,
             default=self.conf.default_language, short_text_chars=self.conf.short_text_chars,
         )
-        if lang != conv.last_language:
-            await self.store.update_conversation(msg.key, last_language=lang)
-        return lang
+        return lang, conv
 
     async def _locale_of(self, msg: StoredMessage) -> str | None:
         """The locale the platform gave with the message, or the one its channel looks up now."""
@@ -544,7 +573,7 @@ class ConversationManager:
             else:
                 log.error("delivering %s to %s failed for good: %s", type(event).__name__, key, exc)
                 await self.store.set_state(row, "failed", error=f"{NOT_DELIVERED}: {type(exc).__name__}: {exc}"[:500])
-                self.metrics.delivery_failed.labels(key.platform).inc()
+                self.metrics.adapter(key.platform).delivery_failed.inc()
         return row
 
     async def regenerate(self, key: ConversationKey, answer_platform_id: str, *, sender: Sender,

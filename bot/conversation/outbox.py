@@ -296,7 +296,7 @@ class Outbox:
         self._down.pop(key.platform, None)
         self._backoff.pop(key.platform, None)
         self.delivered += 1
-        self.metrics.redelivered.labels(key.platform).inc()
+        self.metrics.adapter(key.platform).redelivered.inc()
         log.info("%s for %s delivered after %.1f s", type(event).__name__, key, self.clock() - data["created"])
         return True
 
@@ -323,7 +323,7 @@ class Outbox:
         why = _describe(permanent) if permanent is not None else f"still failing after {self.deadline:g} s"
         await self.store.drop_stash(entry.bucket, [entry.item])
         await self.store.set_state(entry.row, "failed", error=f"{NOT_DELIVERED}: {data.get('error') or why}"[:500])
-        self.metrics.delivery_failed.labels(key.platform).inc()
+        self.metrics.adapter(key.platform).delivery_failed.inc()
         log.error("a reply for %s was not delivered (%s): given up; the operator inbox shows it", key, why)
         if permanent is None and not data.get("last_try"):
             note = Notice(i18n.text("delivery_failed", data.get("language") or "en"), kind="error")

@@ -164,7 +164,7 @@ class MeteredSink:
     def __init__(self, sink: ReplySink, metrics: Metrics, adapter: str, arrived: float) -> None:
         self.sink = sink
         self.immediate = isinstance(sink, ImmediateSink) and bool(sink.immediate)
-        self.metrics = metrics
+        self.metrics = metrics.adapter(adapter)
         self.adapter = adapter
         self.arrived = arrived
         self.first = True
@@ -172,18 +172,18 @@ class MeteredSink:
     async def emit(self, event: ReplyEvent) -> PlatformIds:
         result = await self.sink.emit(event)
         m = self.metrics
-        if isinstance(event, TextChunk) and self.first:
-            self.first = False
-            m.ttft_seconds.labels(self.adapter).observe(time.monotonic() - self.arrived)
+        if isinstance(event, TextChunk):
+            if self.first:
+                self.first = False
+                m.ttft_seconds.observe(time.monotonic() - self.arrived)
         elif isinstance(event, AnswerDone):
-            m.messages_out.labels(self.adapter, "answer").inc()
+            m.answers_out.inc()
             if event.outcome == "done":
-                m.answer_seconds.labels(self.adapter).observe(time.monotonic() - self.arrived)
+                m.answer_seconds.observe(time.monotonic() - self.arrived)
         elif isinstance(event, Notice | HandoffUpdate):
-            kind = "error" if isinstance(event, Notice) and event.kind == "error" else "notice"
-            m.messages_out.labels(self.adapter, kind).inc()
+            (m.errors_out if isinstance(event, Notice) and event.kind == "error" else m.notices_out).inc()
         elif isinstance(event, FileReply):
-            m.messages_out.labels(self.adapter, "file").inc()
+            m.files_out.inc()
         return result
 
 

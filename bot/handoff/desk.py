@@ -144,7 +144,7 @@ class HandoffDesk:
         await self.notifiers.notify(HandoffEvent(
             "requested", str(msg.key), msg.key.platform, lang, text=msg.text, user=msg.sender_name or msg.sender_id,
             transcript=transcript, reason=reason))
-        self.metrics.handoffs.labels(msg.key.platform).inc()
+        self.metrics.adapter(msg.key.platform).handoffs.inc()
 
     async def model_gave_up(self, turn: Turn) -> None:
         """The model ended its (already delivered) answer saying a person is needed: the conversation goes to
@@ -221,7 +221,7 @@ class HandoffDesk:
             self.settle(queued.id, "held")
         lang = self._language(conv)
         await self.notifiers.notify(HandoffEvent("taken", str(key), key.platform, lang, by=by))
-        self.metrics.handoffs.labels(key.platform).inc()
+        self.metrics.adapter(key.platform).handoffs.inc()
         await self.deliver(key, HandoffUpdate("taken", "human", i18n.text("handoff_taken", lang, name=by), by=by,
                                               reason="operator"))
         return True

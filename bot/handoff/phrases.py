@@ -6,6 +6,7 @@ A request is a short message that matches one of these patterns; "is this human 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 #: Per language.
 _HUMAN_REQUESTS: dict[str, str] = {
@@ -32,6 +33,12 @@ def asks_for_human(text: str) -> bool:
     text = text.strip()
     if not text or len(text) > 200:
         return False
+    return _asks(text)
+
+
+@lru_cache(maxsize=4096)
+def _asks(text: str) -> bool:
+    # remembered: a message is asked at intake and again when its turn comes (one pattern per language)
     return bool(_HUMAN_RE.search(text))
 
 

@@ -18,11 +18,10 @@ from bot.l10n.i18n import normalize_code
 _URL = re.compile(r"https?://\S+|<[^>]+>|@\w+|/\w+|`[^`]*`")
 
 
-@lru_cache(maxsize=8)
-def _lingua_detector(codes: tuple[str, ...]) -> Any:
-    """One lingua detector per language set, shared: building one takes about a second and ~300 MB
-    for a dozen languages, and a built detector is immutable and safe to share between threads."""
-    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+def _lingua_languages(codes: tuple[str, ...]) -> tuple[Any, ...]:
+    """The lingua languages of ``codes`` (at least two: lingua needs two candidates); ValueError for an
+    unknown code. Cheap: nothing is built."""
+    from lingua import IsoCode639_1, Language
 
     wanted = []
     for code in codes:
@@ -34,25 +33,59 @@ def _lingua_detector(codes: tuple[str, ...]) -> Any:
         raise ValueError("at least one language is needed for detection")
     if len(wanted) == 1:  # lingua needs two candidates
         wanted.append(Language.SPANISH if wanted[0] == Language.ENGLISH else Language.ENGLISH)
+    return tuple(wanted)
+
+
+@lru_cache(maxsize=8)
+def _lingua_detector(codes: tuple[str, ...]) -> Any:
+    """One lingua detector per language set, shared: building one takes one to two seconds and ~300 MB
+    for a dozen languages, and a built detector is immutable and safe to share between threads."""
+    from lingua import LanguageDetectorBuilder
+
     # Preloaded models: lazily loaded ones make every call about ten times slower.
-    return LanguageDetectorBuilder.from_languages(*wanted).with_preloaded_language_models().build()
+    return LanguageDetectorBuilder.from_languages(*_lingua_languages(codes)).with_preloaded_language_models().build()
 
 
 class LanguageDetector:
-    """Detects the language of a text among a configured set, with lingua (about 0.1 ms a message)."""
+    """Detects the language of a text among a configured set, with lingua (0.1-0.5 ms a message).
+
+    Building lingua's detector takes one to two seconds: :meth:`warm` does it (the conversation manager
+    calls it when it starts, before any message is processed); a detector never warmed builds it on its
+    first :meth:`detect`. Results are remembered by text (:attr:`REMEMBERED` texts): the same text is
+    never detected twice.
+    """
 
     #: Characters looked at; more adds time, not accuracy.
     SAMPLE = 1000
+    #: Distinct texts whose result is kept ("ok", "thanks", a greeting, a question asked again).
+    REMEMBERED = 4096
 
     def __init__(self, languages: Iterable[str]) -> None:
         self.codes: list[str] = list(languages)
-        self._detector = _lingua_detector(tuple(self.codes))
+        self._key = tuple(self.codes)
+        _lingua_languages(self._key)  # an unknown code fails here, not at the first message
+        self._detector: Any = None
+        self._confidence = lru_cache(maxsize=self.REMEMBERED)(self._compute)
+
+    @property
+    def ready(self) -> bool:
+        """True once lingua's detector is built (:meth:`warm`, or a first :meth:`detect`)."""
+        return self._detector is not None
+
+    def warm(self) -> None:
+        """Build lingua's detector now (blocking: one to two seconds the first time in a process)."""
+        if self._detector is None:
+            self._detector = _lingua_detector(self._key)
 
     def detect(self, text: str) -> tuple[str | None, float]:
         """Return (code, confidence); code is None when the text has no letters."""
         cleaned = _URL.sub(" ", text[: self.SAMPLE * 2])[: self.SAMPLE]
         if not any(ch.isalpha() for ch in cleaned):
             return None, 0.0
+        return self._confidence(cleaned)
+
+    def _compute(self, cleaned: str) -> tuple[str | None, float]:
+        self.warm()
         values = self._detector.compute_language_confidence_values(cleaned)
         if not values:
             return None, 0.0
@@ -64,7 +97,14 @@ class LanguageDetector:
 
 
 def letters(text: str) -> int:
-    return sum(1 for ch in _URL.sub(" ", text) if ch.isalpha())
+    return sum(map(str.isalpha, _URL.sub(" ", text)))
+
+
+#: Languages told by their script: a short text in one of them still decides the answer's language.
+SCRIPT_LANGUAGES = ("zh", "ja", "ko", "ru", "uk", "ar", "hi")
+#: A letter outside the Latin script (ASCII, Latin-1 and the Latin Extended blocks): none of
+#: :data:`SCRIPT_LANGUAGES` is written with Latin letters.
+_NOT_LATIN = re.compile(r"[^\W\d_A-Za-z\u00AA\u00BA\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F\u1E00-\u1EFF]")
 
 
 def choose_language(
@@ -77,17 +117,26 @@ def choose_language(
     default: str,
     short_text_chars: int,
 ) -> str:
-    """Pick the answer language for one message. See the module docstring for the order."""
+    """Pick the answer language for one message. See the module docstring for the order.
+
+    Detection runs only when its result can matter: a short text in Latin letters ("ok", "Danke!")
+    is answered in the locale's or the conversation's language whatever lingua says, so when there is
+    one, nothing is detected.
+    """
     if pinned:
         return pinned
-    code, confidence = detector.detect(text)
-    if code and letters(text) >= short_text_chars and confidence >= 0.5:
-        return code
-    if code and confidence >= 0.9 and code in ("zh", "ja", "ko", "ru", "uk", "ar", "hi"):
-        return code
     hint = normalize_code(locale_hint)
-    if hint and hint in detector.codes:
-        return hint
+    known_hint = hint if hint and hint in detector.codes else None
+    short = letters(text) < short_text_chars
+    if short and (known_hint or previous) and not _NOT_LATIN.search(text):
+        return known_hint or previous or default  # one of the first two: detection cannot change it
+    code, confidence = detector.detect(text)
+    if code and not short and confidence >= 0.5:
+        return code
+    if code and confidence >= 0.9 and code in SCRIPT_LANGUAGES:
+        return code
+    if known_hint:
+        return known_hint
     if previous:
         return previous
     if code and confidence >= 0.6:

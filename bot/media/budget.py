@@ -56,6 +56,8 @@ def _lower(max_num: int) -> int:
 
 def plan(items: Sequence[Item], budget: int, *, tokens_per_tile: int = 256) -> Plan:
     """Choose ``max_num`` per item so that the items' tokens fit ``budget``, newest content first."""
+    if not items and budget >= 0:
+        return Plan()  # a prompt without images (most of them): nothing to plan
     result = Plan(tiles={item.key: item.want for item in items})
 
     def total() -> int:

@@ -228,16 +228,27 @@ def _grey_to_rgb(im: Image.Image) -> np.ndarray:
     return rgb
 
 
+#: Blocks from this size up are mmapped (returned to the system when freed): glibc's own ceiling for its
+#: moving threshold. A decoded photo of 11 MP and up is one such block.
+MMAP_THRESHOLD = 32 << 20
+#: Free memory past this at the top of a heap goes back to the system at once.
+TRIM_THRESHOLD = 1 << 20
+
+
 def tune_allocator() -> None:
     """Let memory freed after a large decode go back to the system (glibc only; elsewhere nothing).
 
-    glibc raises its mmap threshold after the first large free, so later 16 MB blocks (Pillow's) and large
-    arrays land in heap arenas that are never returned: a server that once decoded a few huge images keeps
-    that memory. A fixed threshold keeps blocks of 1 MB and up mmapped, returned to the system when freed."""
+    glibc raises its mmap threshold after the first large free and its trim threshold with it, so memory
+    freed in heap arenas stays with the process: a server that once decoded a few huge images keeps it.
+    Fixed thresholds stop that: decoded images of 32 MB and up are mmapped and unmapped when freed, free heap
+    tops are trimmed past 1 MB, and :func:`give_back_memory` returns the rest after a large turn. Below 32 MB
+    (Pillow's 16 MB blocks, resize bands, tiles) blocks stay in the heap and are reused: with a 1 MB
+    threshold every one of them was a fresh mapping, page-faulted and zeroed on each use (12 MP photo,
+    exact tiles: 176 ms instead of 149)."""
     libc = _libc()
     if libc is not None:
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed (it also stops the dynamic raising)
-        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD: fixed (it also stops the dynamic raising)
+        libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
 
 
 def give_back_memory() -> None:
@@ -442,6 +453,11 @@ def _normalise_into(out: np.ndarray, tiles: np.ndarray, mean: Sequence[float], s
     ufuncs release the GIL (a lookup table with ``np.take`` holds it), so bands and album images run
     in parallel threads."""
     out.transpose(0, 2, 3, 1)[...] = tiles  # uint8 -> float32 is exact
+    _normalise(out, mean, std)
+
+
+def _normalise(out: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> None:
+    """In place, on float32 NCHW values 0-255: see :func:`_normalise_into`."""
     np.divide(out, np.float32(255), out=out)
     np.subtract(out, np.asarray(mean, dtype=np.float32)[:, None, None], out=out)
     np.divide(out, np.asarray(std, dtype=np.float32)[:, None, None], out=out)
@@ -461,14 +477,16 @@ def pixel_values(tiles: Sequence[Image.Image], *, mean: Sequence[float] = IMAGEN
 
 
 def _resize_fast(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """torch's antialiased bicubic on uint8, channels-last: within a couple of levels of PIL's, ~5x faster."""
+    """torch's antialiased bicubic on uint8, channels-last: within a couple of levels of PIL's, ~5x faster.
+    Returns 3 x H x W planes, as torch lays its result out (an H x W x 3 view of them is strided: every
+    copy out of it gathers bytes one at a time)."""
     import torch
 
     with warnings.catch_warnings():  # read-only source: torch only reads it
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
     out = torch.nn.functional.interpolate(tensor, size=(size[1], size[0]), mode="bicubic", antialias=True)
-    return out[0].permute(1, 2, 0).numpy()
+    return out[0].numpy()
 
 
 def _horizontal_first(width: int, height: int, size: tuple[int, int]) -> bool:
@@ -507,26 +525,23 @@ def _resize_exact_many(image: Image.Image | np.ndarray, sizes: Sequence[tuple[in
     for horizontal, members in two_pass.items():
         if not members:
             continue
-        # First pass, shared: bands of rows (horizontal first) or of columns (vertical first).
+        # First pass, shared: bands of rows (horizontal first) or of columns (vertical first), each pasted
+        # into its place by the thread that made it (Pillow lets the GIL go while pasting). The middle images
+        # are not cleared first: the bands cover them.
         spans = _bands(height if horizontal else width, _workers())
+        middles = [Image.new("RGB", (sizes[i][0], height) if horizontal else (width, sizes[i][1]), None)
+                   for i in members]
 
-        def first(span: tuple[int, int], members: list[int] = members, horizontal: bool = horizontal) -> list:
+        def first(span: tuple[int, int], members: list[int] = members, horizontal: bool = horizontal,
+                  middles: list[Image.Image] = middles) -> None:
             a, b = span
             part = band_image(a, b, horizontal)
-            return [
-                part.resize((sizes[i][0], b - a) if horizontal else (b - a, sizes[i][1]), Image.Resampling.BICUBIC)
-                for i in members
-            ]
+            for i, middle in zip(members, middles, strict=True):
+                piece = part.resize((sizes[i][0], b - a) if horizontal else (b - a, sizes[i][1]),
+                                    Image.Resampling.BICUBIC)
+                middle.paste(piece, (0, a) if horizontal else (a, 0))
 
-        pieces = list(pool.map(first, spans))
-        middles = []
-        for k, i in enumerate(members):
-            mid_size = (sizes[i][0], height) if horizontal else (width, sizes[i][1])
-            middle = Image.new("RGB", mid_size)
-            for (a, _), parts in zip(spans, pieces, strict=True):
-                middle.paste(parts[k], (0, a) if horizontal else (a, 0))
-            middles.append(middle)
-        del pieces
+        list(pool.map(first, spans))
         # Second pass, per size, in bands across the other axis, straight into numpy.
         jobs = []
         for k, i in enumerate(members):
@@ -574,18 +589,32 @@ def image_pixels(image: Image.Image | np.ndarray, *, max_num: int = 12, min_num:
         sizes.append((image_size, image_size))
     if fast:
         array = image if isinstance(image, np.ndarray) else np.asarray(image)
-        resized = [_resize_fast(array, size) for size in sizes]
+        planes = [_resize_fast(array, size) for size in sizes]  # 3 x H x W
+
+        def tile(k: int) -> np.ndarray:
+            if k == blocks:
+                return planes[1]
+            r, c = divmod(k, cols)
+            return planes[0][:, r * image_size:(r + 1) * image_size, c * image_size:(c + 1) * image_size]
     else:
-        resized = _resize_exact_many(image, sizes)
-    grid = resized[0]
-    tiles = [grid.reshape(rows, image_size, cols, image_size, 3).swapaxes(1, 2).reshape(blocks, image_size,
-                                                                                         image_size, 3)]
-    if len(resized) > 1:
-        tiles.append(resized[1][None])
-    stacked = tiles[0] if len(tiles) == 1 else np.concatenate(tiles)
-    out = np.empty((stacked.shape[0], 3, image_size, image_size), dtype=np.float32)
-    spans = _bands(stacked.shape[0], _workers())
-    list(_executor().map(lambda ab: _normalise_into(out[ab[0]:ab[1]], stacked[ab[0]:ab[1]], mean, std), spans))
+        resized = _resize_exact_many(image, sizes)  # H x W x 3
+
+        def tile(k: int) -> np.ndarray:
+            if k == blocks:
+                return resized[1].transpose(2, 0, 1)
+            r, c = divmod(k, cols)
+            return resized[0][r * image_size:(r + 1) * image_size, c * image_size:(c + 1) * image_size].transpose(2, 0, 1)
+
+    # Each tile goes straight from the resized image into its place in the output (uint8 -> float32 is exact),
+    # then is normalised there: no stack of uint8 tiles in between.
+    out = np.empty((len(sizes) - 1 + blocks, 3, image_size, image_size), dtype=np.float32)
+
+    def fill(span: tuple[int, int]) -> None:
+        for k in range(*span):
+            out[k] = tile(k)
+        _normalise(out[span[0]:span[1]], mean, std)
+
+    list(_executor().map(fill, _bands(out.shape[0], _workers())))
     return torch.from_numpy(out)
 
 

@@ -7,6 +7,7 @@ exposes :meth:`Metrics.render` at ``/metrics``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -46,9 +47,67 @@ class Metrics:
         self.held_messages = Counter("internvl_bot_held_messages_total",
                                      "Messages kept for a person (conversation handed off), not answered by the bot",
                                      registry=r)
+        self._adapters: dict[str, AdapterMetrics] = {}
+
+    def adapter(self, name: str) -> AdapterMetrics:
+        """The series of one adapter, bound once (see :class:`AdapterMetrics`)."""
+        found = self._adapters.get(name)
+        if found is None:
+            found = self._adapters[name] = AdapterMetrics(self, name)
+        return found
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class AdapterMetrics:
+    """One adapter's labelled series, each bound on its first use and kept: a message costs no ``labels()``
+    lookup (a lock, a check of the values and a dict lookup every call). Bound on first use, not up front,
+    so ``/metrics`` lists a series once it has happened, as before."""
+
+    def __init__(self, metrics: Metrics, adapter: str) -> None:
+        self._metrics = metrics
+        self.adapter = adapter
+
+    @cached_property
+    def messages_in(self) -> Counter:
+        return self._metrics.messages_in.labels(self.adapter)
+
+    @cached_property
+    def answers_out(self) -> Counter:
+        return self._metrics.messages_out.labels(self.adapter, "answer")
+
+    @cached_property
+    def notices_out(self) -> Counter:
+        return self._metrics.messages_out.labels(self.adapter, "notice")
+
+    @cached_property
+    def errors_out(self) -> Counter:
+        return self._metrics.messages_out.labels(self.adapter, "error")
+
+    @cached_property
+    def files_out(self) -> Counter:
+        return self._metrics.messages_out.labels(self.adapter, "file")
+
+    @cached_property
+    def ttft_seconds(self) -> Histogram:
+        return self._metrics.ttft_seconds.labels(self.adapter)
+
+    @cached_property
+    def answer_seconds(self) -> Histogram:
+        return self._metrics.answer_seconds.labels(self.adapter)
+
+    @cached_property
+    def handoffs(self) -> Counter:
+        return self._metrics.handoffs.labels(self.adapter)
+
+    @cached_property
+    def delivery_failed(self) -> Counter:
+        return self._metrics.delivery_failed.labels(self.adapter)
+
+    @cached_property
+    def redelivered(self) -> Counter:
+        return self._metrics.redelivered.labels(self.adapter)

@@ -87,6 +87,11 @@ class MemoryStore:
     async def set_state(self, message_id: int, state: State, *, error: str | None = None) -> None:
         self.messages[message_id] = replace(self.messages[message_id], state=state, error=error)
 
+    async def start_answering(self, message_id: int, key: ConversationKey, **fields: object) -> Conversation:
+        conv = await self.update_conversation(key, **fields) if fields else await self.conversation(key)
+        await self.set_state(message_id, "answering")
+        return conv
+
     async def set_platform_ids(self, message_id: int, ids: Sequence[str]) -> None:
         msg = self.messages.get(message_id)
         if msg is None or not ids:

@@ -3,18 +3,22 @@
 Attachment bytes live under ``<files_dir>/ab/cd/<sha256>``; hashing, writing and reading them run in a
 thread (a file can be 20 MB). Database calls are synchronous inside the async methods: each is one short
 transaction on a local file (tens of microseconds in WAL mode), cheaper than a thread hop, with one
-connection.
+connection. Checkpoints — copying the WAL back into the database file, with two fsyncs — run in a thread
+of their own on a second connection, not inside whichever commit crosses SQLite's threshold (that took up
+to 10 ms on the event loop every thousand pages).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,10 +40,17 @@ from bot.store.base import (
 )
 from bot.types import NO_ROUTE, ConversationKey
 
+log = logging.getLogger(__name__)
+
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 #: Conversations kept in memory (their rows are read at most once per cache miss).
 CONVERSATION_CACHE = 4096
+#: Transactions committed between two checkpoints in the checkpoint thread (a turn commits about three
+#: times and writes 15-20 pages: about SQLite's own 1,000 pages).
+CHECKPOINT_COMMITS = 150
+#: WAL pages past which SQLite checkpoints inside a commit itself: only if the thread falls far behind.
+CHECKPOINT_BACKSTOP_PAGES = 20_000
 
 
 def migration(fn: Migration) -> Migration:
@@ -191,6 +202,11 @@ class SQLiteStore:
         self._clock = clock
         self._db: sqlite_utils.Database | None = None
         self._conv_cache: OrderedDict[ConversationKey, Conversation] = OrderedDict()
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpointing: Future[None] | None = None
+        self._commits = 0
+        self.checkpoints = 0  # run by the thread (tests)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -208,16 +224,46 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         migrate(db)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_BACKSTOP_PAGES}")
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
         self._db = db
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            running, self._checkpointing = self._checkpointing, None
+            if running is not None:
+                await asyncio.wrap_future(running)
+            self._checkpointer.shutdown()
+            self._checkpointer = None
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()  # before the main one: the last connection to close removes the WAL
+            self._checkpoint_conn = None
         if self._db is not None:
             self._db.conn.close()
             self._db = None
         self._conv_cache.clear()
 
     def _tx(self) -> _Tx:
-        return _Tx(self.db.conn)
+        return _Tx(self.db.conn, self._committed)
+
+    def _committed(self) -> None:
+        """Every :data:`CHECKPOINT_COMMITS` transactions, a checkpoint in the thread (one at a time)."""
+        self._commits += 1
+        if self._commits < CHECKPOINT_COMMITS or self._checkpointer is None or (
+                self._checkpointing is not None and not self._checkpointing.done()):
+            return
+        self._commits = 0
+        self._checkpointing = self._checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # PASSIVE: readers and writers go on meanwhile; what they still use is copied next time
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error as exc:  # SQLite's own checkpoint (the backstop) takes over
+            log.warning("checkpointing %s failed: %s", self.path, exc)
 
     # -- conversations --------------------------------------------------------------------
 
@@ -252,6 +298,9 @@ class SQLiteStore:
         return self._conversation(key)
 
     async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation:
+        return self._update_conversation(key, fields)
+
+    def _update_conversation(self, key: ConversationKey, fields: dict[str, object]) -> Conversation:
         conv = replace(self._conversation(key), **fields)  # type: ignore[arg-type]
         self.db.conn.execute(
             "UPDATE conversations SET persona = ?, language = ?, last_language = ?, context_start = ?,"
@@ -321,6 +370,21 @@ class SQLiteStore:
             (state, error, self._clock(), message_id),
         )
 
+    async def start_answering(self, message_id: int, key: ConversationKey, **fields: object) -> Conversation:
+        if not fields:
+            conv = self._conversation(key)
+            await self.set_state(message_id, "answering")
+            return conv
+        try:
+            with self._tx():  # one commit for both
+                conv = self._update_conversation(key, fields)
+                self.db.conn.execute("UPDATE messages SET state = 'answering', error = NULL, updated_at = ?"
+                                     " WHERE id = ?", (self._clock(), message_id))
+        except BaseException:
+            self._conv_cache.pop(key, None)  # rolled back: what the cache took is read again
+            raise
+        return conv
+
     async def set_platform_ids(self, message_id: int, ids: Sequence[str]) -> None:
         with self._tx():
             row = self.db.conn.execute("SELECT conversation_id FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -338,17 +402,15 @@ class SQLiteStore:
     async def finish(self, message_id: int, state: State, *, reply: str | None = None, kind: Kind = "chat",
                      reply_platform_ids: Sequence[str] = (), error: str | None = None) -> int | None:
         with self._tx():
-            self.db.conn.execute(
-                "UPDATE messages SET state = ?, error = ?, drafts = NULL, updated_at = ? WHERE id = ?",
+            rows = self.db.conn.execute(  # RETURNING: no second statement to find the conversation
+                "UPDATE messages SET state = ?, error = ?, drafts = NULL, updated_at = ? WHERE id = ?"
+                " RETURNING conversation_id",
                 (state, error, self._clock(), message_id),
-            )
+            ).fetchall()
             if reply is None:
                 return None
-            row = self.db.conn.execute(
-                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
             return self._insert_message(
-                ConversationKey.parse(row[0]),
+                ConversationKey.parse(rows[0][0]),
                 NewMessage(role="assistant", text=reply, kind=kind, state="answered",
                            platform_ids=tuple(reply_platform_ids), reply_to=message_id),
             )
@@ -620,10 +682,12 @@ class SQLiteStore:
 
 
 class _Tx:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``) on an autocommit connection; re-entrant."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``) on an autocommit connection; re-entrant.
+    ``committed`` is called after each outermost commit."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, committed: Callable[[], None] | None = None) -> None:
         self.conn = conn
+        self.committed = committed
         self.outer = False
 
     def __enter__(self) -> _Tx:
@@ -636,6 +700,8 @@ class _Tx:
         if not self.outer:
             return
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self.committed is not None and not exc_type:
+            self.committed()
 
 
 __all__ = ["MIGRATIONS", "SQLiteStore", "migrate", "migration"]

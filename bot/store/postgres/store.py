@@ -316,14 +316,18 @@ class PostgresStore(ClaimQueries):
 
     async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation:
         async with self.pool.connection() as conn, conn.transaction():
-            await self._conversation(conn, key)
-            await conn.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (str(key),))
-            conv = replace(await self._conversation(conn, key), **fields)  # type: ignore[arg-type]
-            await conn.execute(
-                "UPDATE conversations SET persona = %s, language = %s, last_language = %s, context_start = %s,"
-                " mode = %s, handoff_at = %s, updated_at = %s WHERE id = %s",
-                (conv.persona, conv.language, conv.last_language, conv.context_start, conv.mode, conv.handoff_at,
-                 self._clock(), str(key)))
+            return await self._update_conversation(conn, key, fields)
+
+    async def _update_conversation(self, conn: AsyncConnection[Any], key: ConversationKey,
+                                   fields: dict[str, object]) -> Conversation:
+        await self._conversation(conn, key)
+        await conn.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (str(key),))
+        conv = replace(await self._conversation(conn, key), **fields)  # type: ignore[arg-type]
+        await conn.execute(
+            "UPDATE conversations SET persona = %s, language = %s, last_language = %s, context_start = %s,"
+            " mode = %s, handoff_at = %s, updated_at = %s WHERE id = %s",
+            (conv.persona, conv.language, conv.last_language, conv.context_start, conv.mode, conv.handoff_at,
+             self._clock(), str(key)))
         return conv
 
     # -- messages -------------------------------------------------------------------------
@@ -382,6 +386,13 @@ class PostgresStore(ClaimQueries):
     async def set_state(self, message_id: int, state: State, *, error: str | None = None) -> None:
         await self._run("UPDATE messages SET state = %s, error = %s, updated_at = %s WHERE id = %s",
                         (state, error, self._clock(), message_id))
+
+    async def start_answering(self, message_id: int, key: ConversationKey, **fields: object) -> Conversation:
+        async with self.pool.connection() as conn, conn.transaction():
+            conv = await (self._update_conversation(conn, key, fields) if fields else self._conversation(conn, key))
+            await conn.execute("UPDATE messages SET state = 'answering', error = NULL, updated_at = %s WHERE id = %s",
+                               (self._clock(), message_id))
+        return conv
 
     async def set_platform_ids(self, message_id: int, ids: Sequence[str]) -> None:
         if not ids:
