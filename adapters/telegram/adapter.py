@@ -352,8 +352,8 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
                                        .connect_timeout(5).read_timeout(10).write_timeout(30).pool_timeout(10)
                                        # Telegram answers a long poll within its timeout: a poll that hangs
                                        # past it (Telegram down) is given up soon, and the next one sees the
-                                       # recovery
-                                       .get_updates_read_timeout(self.conf.poll_timeout + POLL_GRACE))
+                                       # recovery. PTB adds the poll's own timeout to this one.
+                                       .get_updates_read_timeout(POLL_GRACE))
         return builder.build()
 
     @staticmethod

@@ -337,6 +337,9 @@
     $("send").disabled = true;
     const mine = button ? null : bubble("user", { text: message, files: files });
     if (mine) log.querySelectorAll(".msg.greeting .suggestions").forEach((el) => el.remove());
+    // a fresh conversation starts on the page before the request goes: its notice may come back over the
+    // event stream before this request's answer does, and must not be cleared with the old messages
+    if (button && message === "/reset") { log.textContent = ""; greet(); }
     const form = new FormData();
     form.append("text", message);
     if (button) form.append("action", "1");
@@ -365,7 +368,6 @@
       } else {
         if (files.length) showStatus("");
         try { if (mine) mine.dataset.id = String(JSON.parse(xhr.responseText).id); } catch (e) { /* duplicate */ }
-        if (button && message === "/reset") { log.textContent = ""; greet(); }
       }
     };
     xhr.onerror = () => {
