@@ -92,7 +92,7 @@ from bot.types import Attachment, ConversationKey, FileReply, IncomingMessage, S
 
 log = logging.getLogger(__name__)
 
-POLL_GRACE = 5  # seconds a long poll may take beyond its timeout before it counts as hanging
+POLL_GRACE = 2  # seconds a long poll may take beyond its timeout before it counts as hanging (then: asked again)
 POLL_MAX_BACKOFF = 4.0  # seconds between two getUpdates while they fail at once (5xx, refused)
 T = TypeVar("T")
 

@@ -56,6 +56,9 @@ BUCKET = "outbox:"
 #: seconds between two probes of a platform that is down (doubling from the first, up to this)
 MAX_BACKOFF = 2.0
 ATTEMPT_TIMEOUT = 15.0  # seconds one send may take before it counts as failed (the platform hangs)
+#: a probe of a platform that is down: what hangs this long is given up (the platform's own time-out is
+#: longer), so a recovery is not waited out behind a request sent just before it
+PROBE_TIMEOUT = 4.0
 FIRST_BACKOFF = 0.5
 PARALLEL = 8  # conversations of one platform delivered side by side once it answers
 NOT_DELIVERED = "not delivered"
@@ -121,6 +124,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._down: dict[str, float] = {}  # platform -> when to probe it again
         self._backoff: dict[str, float] = {}
+        self._up_at: dict[str, float] = {}  # platform -> when a send last went through
         self._keys: set[str] = set()  # conversations with replies kept here (by this process)
         self._flying: dict[str, asyncio.Task[None]] = {}  # conversation -> its delivery in progress
         self.delivered = 0
@@ -284,32 +288,38 @@ class Outbox:
                               previous=previous, route=data.get("route") or {},
                               language=data.get("language") or "en", reply_row=data.get("reply_row"),
                               resend=bool(data.get("maybe_sent", True)))
+        started = self.clock()
+        probe = key.platform in self._backoff
         try:
-            async with asyncio.timeout(ATTEMPT_TIMEOUT):  # a platform that hangs: the next probe, not forever
+            # a platform that hangs: the next probe, not forever
+            async with asyncio.timeout(PROBE_TIMEOUT if probe else ATTEMPT_TIMEOUT):
                 ids = platform_ids(await channel.sink_for(context).emit(event))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return await self._failed(entry, channel, exc)
+            return await self._failed(entry, channel, exc, started)
         await self.store.set_platform_ids(entry.row, ids)
         await self.store.drop_stash(entry.bucket, [entry.item])
         self._down.pop(key.platform, None)
         self._backoff.pop(key.platform, None)
+        self._up_at[key.platform] = self.clock()
         self.delivered += 1
         self.metrics.adapter(key.platform).redelivered.inc()
         log.info("%s for %s delivered after %.1f s", type(event).__name__, key, self.clock() - data["created"])
         return True
 
-    async def _failed(self, entry: Waiting, channel: Channel, exc: BaseException) -> bool:
+    async def _failed(self, entry: Waiting, channel: Channel, exc: BaseException, started: float) -> bool:
         data, platform = entry.data, entry.key.platform
         wait = channel.retry_after(exc)
         now = self.clock()
         if wait is None or now >= data["deadline"]:
             await self._give_up(entry, exc if wait is None else None)
             return True
-        backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
-        self._backoff[platform] = backoff
-        self._down[platform] = now + max(wait, backoff)
+        backoff = 0.0
+        if self._up_at.get(platform, 0.0) <= started:  # not a request that hung while the platform came back
+            backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
+            self._backoff[platform] = backoff
+            self._down[platform] = now + max(wait, backoff)
         data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc),
                 "maybe_sent": bool(data.get("maybe_sent", True)) or channel.may_have_arrived(exc)}
         # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
