@@ -31,7 +31,7 @@ from bot.conversation.commands import COMMANDS, Commands, parse_command, with_pr
 from bot.conversation.intake import STEPS, Arrival
 from bot.conversation.limits import UsageGuard
 from bot.conversation.outbox import NOT_DELIVERED, Outbox
-from bot.conversation.prompting import PromptBuilder
+from bot.conversation.prompting import Prompt, PromptBuilder
 from bot.conversation.relay import MarkerFilter, MeteredSink, Relay
 from bot.conversation.turn import Turn
 from bot.engines.base import ChatMessage, Engine
@@ -439,7 +439,9 @@ class ConversationManager:
             PIXEL_LEASE.reset(token)
             await self.resolver.release(lease)
 
-    async def _answer_with(self, turn: Turn) -> None:
+    async def _prompt(self, turn: Turn) -> tuple[Prompt, Persona]:
+        """The turn's prompt: its files resolved (and counted against the user's limits), its persona's
+        system prompt, the history that fits; what was left out is said in notes."""
         msg, lang, relay = turn.msg, turn.lang, turn.relay
         text = msg.text.strip()
         if not text and not msg.attachments:
@@ -458,8 +460,8 @@ class ConversationManager:
         system = ChatMessage("system", persona.system_prompt(lang))
         current = ChatMessage("user", "\n\n".join(p for p in (text, *resolved.texts) if p), tuple(resolved.images),
                               tuple(resolved.videos))
-        generation = self.settings.engine.generation
-        budget = (self.conf.history_token_budget or self.engine.info.context_length) - generation.max_new_tokens
+        budget = ((self.conf.history_token_budget or self.engine.info.context_length)
+                  - self.settings.engine.generation.max_new_tokens)
         prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
         if prompt.reduced:
             await turn.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
@@ -468,6 +470,12 @@ class ConversationManager:
         if prompt.dropped:
             await turn.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
         self._remember_reported(msg.key, prompt.reported)
+        return prompt, persona
+
+    async def _answer_with(self, turn: Turn) -> None:
+        msg, lang, relay = turn.msg, turn.lang, turn.relay
+        prompt, persona = await self._prompt(turn)
+        generation = self.settings.engine.generation
 
         marker = MarkerFilter(persona.handoff_marker) if persona.handoff_marker else None
         try:
