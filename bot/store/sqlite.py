@@ -193,7 +193,13 @@ def _dump(value: Sequence[str] | Mapping[str, str]) -> str | None:
 
 
 class SQLiteStore:
-    """The default store. See the module docstring."""
+    """The default store. See the module docstring.
+
+    One class over 350 lines on purpose: it is the whole ``Store`` contract for one backend (about thirty
+    methods, each a few statements), and they share one connection, its transactions and the conversation
+    cache; split by topic, a turn's statements (the message, its conversation, its attachments) would sit in
+    classes that must still share that state.
+    """
 
     def __init__(self, path: str | os.PathLike[str], files_dir: str | os.PathLike[str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:

@@ -146,7 +146,11 @@ SERVER_KEEPALIVES = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c t
 
 
 class PostgresStore(ClaimQueries):
-    """See the module docstring. ``url``: ``postgresql://user:password@host:5432/db``."""
+    """See the module docstring. ``url``: ``postgresql://user:password@host:5432/db``.
+
+    Over 350 lines on purpose, as :class:`~bot.store.sqlite.SQLiteStore`: the whole ``Store`` contract for one
+    backend, sharing one pool and its transactions (the claim scheduler's queries are apart, in ``queue``).
+    """
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, min_size: int = 2,
                  max_size: int = 10, open_timeout: float = 30.0) -> None:
