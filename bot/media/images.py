@@ -589,7 +589,9 @@ def image_pixels(image: Image.Image | np.ndarray, *, max_num: int = 12, min_num:
         sizes.append((image_size, image_size))
     if fast:
         array = image if isinstance(image, np.ndarray) else np.asarray(image)
-        planes = [_resize_fast(array, size) for size in sizes]  # 3 x H x W
+        # 3 x H x W each; the grid and the thumbnail at once (torch's uint8 antialiased resize runs on one
+        # core and lets the GIL go: 18 ms for both instead of 25 on two cores)
+        planes = list(_executor().map(lambda size: _resize_fast(array, size), sizes))
 
         def tile(k: int) -> np.ndarray:
             if k == blocks:
