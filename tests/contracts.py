@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,11 +218,59 @@ class Chat(abc.ABC):
     def command(self, name: str) -> str:
         return f"/{name}"
 
+    async def generating(self) -> None:
+        """Until the engine is generating the question just asked."""
+        async with asyncio.timeout(10):
+            while not self.engine.active:
+                await asyncio.sleep(0.02)
+
     async def wait_seen(self, expected: str, timeout: float = 30) -> None:  # noqa: ASYNC109
         """Until the user sees ``expected`` (polled: the fakes have no common event to wait on)."""
         async with asyncio.timeout(timeout):
             while expected not in self.seen():
                 await asyncio.sleep(0.05)
+
+
+class HarnessChat(Chat):
+    """A :class:`Chat` over a test file's harness: an async context manager (``open_harness()``) yielding an
+    object with ``runtime`` and ``idle()``; :meth:`restart` closes it and opens a new one on the same store."""
+
+    def __init__(self, engine: EchoEngine) -> None:
+        self.engine = engine
+        self.stack = contextlib.AsyncExitStack()
+        self.harness: Any = None
+
+    @abc.abstractmethod
+    def open_harness(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The test file's harness for this chat (its fake platform shared across restarts)."""
+
+    async def start(self) -> None:
+        self.harness = await self.stack.enter_async_context(self.open_harness())
+
+    async def restart(self) -> None:
+        await self.stack.aclose()
+        self.stack = contextlib.AsyncExitStack()
+        await self.start()
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+    @property
+    def store(self) -> Store:
+        return self.harness.runtime.manager.store  # type: ignore[no-any-return]
+
+    async def idle(self) -> None:
+        await self.harness.idle()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, chat: HarnessChat) -> AsyncIterator[HarnessChat]:
+        """``chat`` started, and closed after the test."""
+        await chat.start()
+        try:
+            yield chat
+        finally:
+            await chat.close()
 
 
 class PlatformContract:
@@ -282,9 +331,7 @@ class PlatformContract:
     async def test_a_turn_reset_before_its_first_text_leaves_only_the_reset_notice(self, chat: Chat) -> None:
         chat.engine.delay = 0.5
         await chat.say("describe the whole manual please")
-        async with asyncio.timeout(10):
-            while not chat.engine.active:
-                await asyncio.sleep(0.02)
+        await chat.generating()
         chat.engine.delay = 0.0
         await chat.say(chat.command("reset"))
         notice = text("reset_done", chat.language)
@@ -295,9 +342,7 @@ class PlatformContract:
     async def test_a_refused_human_request_leaves_the_conversation_with_the_bot(self, chat: Chat) -> None:
         chat.engine.delay = 0.3
         await chat.say("my printer shows E5")
-        async with asyncio.timeout(10):
-            while not chat.engine.active:
-                await asyncio.sleep(0.02)
+        await chat.generating()
         await chat.say(chat.command("human"))  # one message already waits: over the pending limit
         refusal = text("too_many_pending", chat.language, count=1)
         await chat.wait_seen(refusal)

@@ -25,7 +25,7 @@ from bot.runtime import Runtime
 from bot.seams import AccessPolicy, MediaFetcher
 from bot.types import Attachment, ConversationKey
 from tests.conftest import image_bytes, make_settings
-from tests.contracts import Chat, FetcherContract, FileSource, PlatformContract, Screen, SinkContract
+from tests.contracts import FetcherContract, FileSource, HarnessChat, PlatformContract, Screen, SinkContract
 from tests.fakes.chatwoot_api import FakeChatwoot
 from tests.fakes.serving import free_port, serve_asgi
 
@@ -380,30 +380,17 @@ async def test_recorded_events_that_are_not_for_the_bot_get_200_and_nothing_else
 # -- the platform contract --------------------------------------------------------------------------
 
 
-class ChatwootChat(Chat):
+class ChatwootChat(HarnessChat):
     """One website-widget conversation of a customer, by signed webhooks (retried as Chatwoot's job does)."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cw: FakeChatwoot) -> None:
+        super().__init__(EchoEngine(delay=0.002))
         self.tmp_path, self.monkeypatch, self.cw = tmp_path, monkeypatch, cw
-        self.engine = EchoEngine(delay=0.002)
-        self.stack = contextlib.AsyncExitStack()
-        self.harness: Harness | None = None
         self.conv = cw.conversation()
 
-    async def start(self) -> None:
-        self.harness = await self.stack.enter_async_context(chatwoot(
-            self.tmp_path, self.monkeypatch, engine=self.engine, shared=self.cw,
-            conversation={"max_pending_per_conversation": 1}))
-
-    async def restart(self) -> None:
-        await self.stack.aclose()
-        self.stack = contextlib.AsyncExitStack()
-        await self.start()
-
-    @property
-    def store(self) -> Any:
-        assert self.harness is not None and self.harness.runtime.manager is not None
-        return self.harness.runtime.manager.store
+    def open_harness(self) -> contextlib.AbstractAsyncContextManager[Harness]:
+        return chatwoot(self.tmp_path, self.monkeypatch, engine=self.engine, shared=self.cw,
+                        conversation={"max_pending_per_conversation": 1})
 
     async def say(self, text: str) -> dict[str, Any]:
         return await self.cw.customer_message(self.conv, text)
@@ -420,21 +407,14 @@ class ChatwootChat(Chat):
         else:
             self.cw.heal()
 
-    async def idle(self) -> None:
-        assert self.harness is not None
-        await self.harness.idle()
 
 
 class TestChatwootPlatform(PlatformContract):
     @pytest.fixture
     async def chat(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ChatwootChat]:
-        async with FakeChatwoot(secret="cw-webhook-secret") as cw:
-            chat = ChatwootChat(tmp_path, monkeypatch, cw)
-            await chat.start()
-            try:
-                yield chat
-            finally:
-                await chat.stack.aclose()
+        async with FakeChatwoot(secret="cw-webhook-secret") as cw, \
+                HarnessChat.running(ChatwootChat(tmp_path, monkeypatch, cw)) as chat:
+            yield chat  # type: ignore[misc]
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from bot.seams import MediaFetcher, Notifier
 from bot.types import Attachment, ConversationKey
 from tests.conftest import ROOT, image_bytes, make_settings
 from tests.contracts import (
-    Chat,
     Desk,
     FetcherContract,
     FileSource,
+    HarnessChat,
     NotifierContract,
     PlatformContract,
     Screen,
@@ -570,7 +570,7 @@ async def test_the_assistant_panel_greets_only_whom_the_policy_serves(tmp_path: 
 # -- the platform contract --------------------------------------------------------------------------
 
 
-class SlackChat(Chat):
+class SlackChat(HarnessChat):
     """Ana's direct messages with the app (one conversation, like a Telegram private chat), over Socket Mode."""
 
     #: every Web API method the bot calls for an answer
@@ -578,27 +578,13 @@ class SlackChat(Chat):
                "chat.stopStream", "assistant.threads.setStatus", "conversations.replies", "users.info")
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeSlack) -> None:
+        super().__init__(EchoEngine(delay=0.005))
         self.tmp_path, self.monkeypatch, self.fake = tmp_path, monkeypatch, fake
-        self.engine = EchoEngine(delay=0.005)
-        self.stack = contextlib.AsyncExitStack()
-        self.harness: Harness | None = None
-        self.dm = ""
+        self.dm = fake.dm_channel(USER)
 
-    async def start(self) -> None:
-        self.harness = await self.stack.enter_async_context(slack(
-            self.tmp_path, self.monkeypatch, engine=self.engine, shared=self.fake,
-            conversation={"max_pending_per_conversation": 1}))
-        self.dm = self.fake.dm_channel(USER)
-
-    async def restart(self) -> None:
-        await self.stack.aclose()
-        self.stack = contextlib.AsyncExitStack()
-        await self.start()
-
-    @property
-    def store(self) -> Any:
-        assert self.harness is not None and self.harness.runtime.manager is not None
-        return self.harness.runtime.manager.store
+    def open_harness(self) -> contextlib.AbstractAsyncContextManager[Harness]:
+        return slack(self.tmp_path, self.monkeypatch, engine=self.engine, shared=self.fake,
+                     conversation={"max_pending_per_conversation": 1})
 
     def command(self, name: str) -> str:
         return f"!{name}"  # Slack's clients keep "/…" for slash commands
@@ -621,9 +607,6 @@ class SlackChat(Chat):
         else:
             self.fake.heal()
 
-    async def idle(self) -> None:
-        assert self.harness is not None
-        await self.harness.idle()
 
 
 class TestSlackPlatform(PlatformContract):
@@ -631,12 +614,8 @@ class TestSlackPlatform(PlatformContract):
     async def chat(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackChat]:
         async with FakeSlack(socket_ack_timeout=0.5) as fake:
             fake.add_user(USER, name="ana", locale="en-US")
-            chat = SlackChat(tmp_path, monkeypatch, fake)
-            await chat.start()
-            try:
-                yield chat
-            finally:
-                await chat.stack.aclose()
+            async with HarnessChat.running(SlackChat(tmp_path, monkeypatch, fake)) as chat:
+                yield chat  # type: ignore[misc]
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from bot.runtime import Runtime
 from bot.seams import MediaFetcher
 from bot.types import Attachment, ConversationKey
 from tests.conftest import ROOT, image_bytes, make_settings
-from tests.contracts import Chat, FetcherContract, FileSource, PlatformContract, Screen, SinkContract
+from tests.contracts import FetcherContract, FileSource, HarnessChat, PlatformContract, Screen, SinkContract
 from tests.fakes.serving import free_port, serve_asgi
 from tests.fakes.telegram_api import BotMessage, FakeTelegram, UserSpec, forum, group, private
 from tests.media_corpus import needs_ffmpeg
@@ -284,28 +284,6 @@ async def test_a_late_album_part_is_answered_not_dropped(tmp_path: Path, monkeyp
         assert len(tg.calls_to("getFile")) == 3
         stash = await h.runtime.manager.store.stashed("telegram:album:")  # type: ignore[union-attr]
         assert not any(item.isdigit() for parts in stash.values() for item, _ in parts)
-
-
-async def test_a_store_error_during_polling_is_retried_not_confirmed(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite locked (or PostgreSQL away) while an update is stored: the offset does not move past it, the
-    update is handled again and answered once."""
-    async with telegram(tmp_path, monkeypatch) as h:
-        store = h.runtime.manager.store  # type: ignore[union-attr]
-        real = store.add_incoming
-        failures = []
-
-        async def flaky(*args: Any, **kwargs: Any) -> Any:
-            if len(failures) < 2:
-                failures.append(1)
-                raise sqlite3.OperationalError("database is locked")
-            return await real(*args, **kwargs)
-
-        monkeypatch.setattr(store, "add_incoming", flaky)
-        message(h.tg, DM, ANA, "is my message kept when the disk hiccups?")
-        await h.answered(111, "echo: is my message kept when the disk hiccups?", timeout=20)
-        await h.idle()
-        assert len(failures) == 2 and h.texts(111) == ["echo: is my message kept when the disk hiccups?"]
 
 
 @needs_ffmpeg
@@ -593,31 +571,16 @@ async def test_an_adapter_failing_to_start_closes_those_already_started(tmp_path
 # -- the platform contract --------------------------------------------------------------------------
 
 
-class TelegramChat(Chat):
+class TelegramChat(HarnessChat):
     """Ana's private chat with the bot, by polling (webhook mode shares the same intake after the request)."""
 
-    METHODS = ("*",)  # every Bot API method, getUpdates included: nothing comes in while Telegram is down
-
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tg: FakeTelegram) -> None:
+        super().__init__(EchoEngine(delay=0.005))
         self.tmp_path, self.monkeypatch, self.tg = tmp_path, monkeypatch, tg
-        self.engine = EchoEngine(delay=0.005)
-        self.stack = contextlib.AsyncExitStack()
-        self.harness: Harness | None = None
 
-    async def start(self) -> None:
-        self.harness = await self.stack.enter_async_context(telegram(
-            self.tmp_path, self.monkeypatch, engine=self.engine, tg=self.tg,
-            conversation={"max_pending_per_conversation": 1}))
-
-    async def restart(self) -> None:
-        await self.stack.aclose()
-        self.stack = contextlib.AsyncExitStack()
-        await self.start()
-
-    @property
-    def store(self) -> Any:
-        assert self.harness is not None and self.harness.runtime.manager is not None
-        return self.harness.runtime.manager.store
+    def open_harness(self) -> contextlib.AbstractAsyncContextManager[Harness]:
+        return telegram(self.tmp_path, self.monkeypatch, engine=self.engine, tg=self.tg,
+                        conversation={"max_pending_per_conversation": 1})
 
     async def say(self, text: str) -> dict[str, Any]:
         update = self.tg.user_message(DM, ANA, text=text)
@@ -636,21 +599,16 @@ class TelegramChat(Chat):
             self.tg.heal()
 
     async def idle(self) -> None:
-        assert self.harness is not None
-        await self.harness.idle()
+        await super().idle()
         await self.tg.wait_for(lambda: not self.tg.pending_updates, 15)
 
 
 class TestTelegramPlatform(PlatformContract):
     @pytest.fixture
     async def chat(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TelegramChat]:
-        async with FakeTelegram(webhook_retry_delay=0.05) as tg:
-            chat = TelegramChat(tmp_path, monkeypatch, tg)
-            await chat.start()
-            try:
-                yield chat
-            finally:
-                await chat.stack.aclose()
+        async with FakeTelegram(webhook_retry_delay=0.05) as tg, \
+                HarnessChat.running(TelegramChat(tmp_path, monkeypatch, tg)) as chat:
+            yield chat  # type: ignore[misc]
 
     async def test_a_late_album_part_is_answered_not_dropped(self, chat: TelegramChat) -> None:
         """A part reaching the bot after its album was handed over: a follow-up turn that says so."""
