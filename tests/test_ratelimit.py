@@ -129,12 +129,12 @@ async def test_a_cancelled_call_passes_its_turn_on() -> None:
     held = asyncio.create_task(limiter.acquire("chan:C1", "ana"))  # has the turn, waits for the bucket
     waiting = asyncio.create_task(limiter.acquire("chan:C1", "rui"))  # waits for the turn
     await asyncio.sleep(0.01)
-    assert list(limiter._turns["chan:C1"].queues) == ["rui"]
+    assert limiter._turns["chan:C1"].waiting == 1  # rui
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)
     await asyncio.sleep(0.01)
     turns = limiter._turns["chan:C1"]
-    assert turns.busy and not turns.queues  # rui has the turn now (and waits for the bucket)
+    assert turns.busy and not turns.waiting  # rui has the turn now (and waits for the bucket)
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
     assert "chan:C1" not in limiter._turns

@@ -14,60 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from aiolimiter import AsyncLimiter
+
+from bot.scheduling.scheduler import FairGate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: (calls, seconds): at most ``calls`` in any ``seconds`` (a leaky bucket that allows that burst).
 Rate = tuple[float, float]
-
-
-class _Turns:
-    """Who of the callers waiting on one key goes next: one at a time, round-robin between parties."""
-
-    def __init__(self) -> None:
-        self.queues: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
-        self.busy = False
-
-    async def enter(self, party: str) -> None:
-        if not self.busy:
-            self.busy = True
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.queues.setdefault(party, deque()).append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.leave(party)  # the turn was handed to us as we were cancelled: pass it on
-            else:
-                queue = self.queues.get(party)
-                if queue is not None and future in queue:
-                    queue.remove(future)
-                    if not queue:
-                        del self.queues[party]
-            raise
-
-    def leave(self, party: str) -> None:
-        """``party``'s call has gone: the turn passes to the next party's oldest call (``party`` last)."""
-        if len(self.queues) > 1 and next(iter(self.queues)) == party:
-            self.queues.move_to_end(party)
-        while self.queues:
-            party, queue = next(iter(self.queues.items()))
-            future = queue.popleft()
-            if queue:
-                self.queues.move_to_end(party)  # its next call goes after the other parties' next ones
-            else:
-                del self.queues[party]
-            if not future.done():
-                future.set_result(None)
-                return
-        self.busy = False
 
 
 class RateLimiter:
@@ -84,7 +43,7 @@ class RateLimiter:
         self._keys: OrderedDict[str, list[AsyncLimiter]] = OrderedDict()
         self._paused: dict[str, float] = {}
         self._paused_all = 0.0
-        self._turns: dict[str, _Turns] = {}
+        self._turns: dict[str, FairGate] = {}  # busy keys: one call at a time, round-robin between parties
         self.max_keys = max_keys
         self.max_wait = max_wait
         self.honoured = 0  # 429s answered by waiting and trying again
@@ -107,13 +66,13 @@ class RateLimiter:
             return
         turns = self._turns.get(key)
         if turns is None:
-            turns = self._turns[key] = _Turns()
-        await turns.enter(party)
+            turns = self._turns[key] = FairGate(1)
+        await turns.acquire(party)
         try:
             await self._acquire(key)
         finally:
-            turns.leave(party)
-            if not turns.busy and not turns.queues:
+            turns.release(party)
+            if not turns.busy and not turns.waiting:
                 self._turns.pop(key, None)
 
     async def _acquire(self, key: str) -> None:

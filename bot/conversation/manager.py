@@ -488,7 +488,7 @@ class ConversationManager:
                         raise relay.error  # the platform refused for good: stop generating for it
                     # (a platform down for a while: the answer is finished and kept for the outbox)
             finally:
-                self._engine_gate.release()
+                self._engine_gate.release(f"{msg.key.platform}:{msg.sender_id}")
             if marker:
                 await relay.push(marker.rest())
         except asyncio.CancelledError:

@@ -91,7 +91,10 @@ class FairGate:
                         del self._waiting[user]
             raise
 
-    def release(self) -> None:
+    def release(self, user: str | None = None) -> None:
+        """A slot is free again; ``user``, who had it, goes behind the other users waiting."""
+        if user is not None and len(self._waiting) > 1 and next(iter(self._waiting)) == user:
+            self._waiting.move_to_end(user)
         while self._waiting:
             user, queue = next(iter(self._waiting.items()))
             future = queue.popleft()
@@ -256,7 +259,7 @@ class LocalScheduler:
                         self._cancelling.discard(msg.id)
                         self._settle(msg.id)
                 finally:
-                    self._gate.release()
+                    self._gate.release(self._user_of(msg))
         finally:
             for msg in lane.queue:
                 self._settle(msg.id)
