@@ -526,8 +526,9 @@ def _resize_exact_many(image: Image.Image | np.ndarray, sizes: Sequence[tuple[in
         if not members:
             continue
         # First pass, shared: bands of rows (horizontal first) or of columns (vertical first), each pasted
-        # into its place by the thread that made it (Pillow lets the GIL go while pasting). The middle images
-        # are not cleared first: the bands cover them.
+        # into its place by the thread that made it (Pillow lets the GIL go while pasting) once its band of
+        # the source is freed (the peak stays where it was). The middle images are not cleared first: the
+        # bands cover them.
         spans = _bands(height if horizontal else width, _workers())
         middles = [Image.new("RGB", (sizes[i][0], height) if horizontal else (width, sizes[i][1]), None)
                    for i in members]
@@ -536,9 +537,10 @@ def _resize_exact_many(image: Image.Image | np.ndarray, sizes: Sequence[tuple[in
                   middles: list[Image.Image] = middles) -> None:
             a, b = span
             part = band_image(a, b, horizontal)
-            for i, middle in zip(members, middles, strict=True):
-                piece = part.resize((sizes[i][0], b - a) if horizontal else (b - a, sizes[i][1]),
-                                    Image.Resampling.BICUBIC)
+            pieces = [part.resize((sizes[i][0], b - a) if horizontal else (b - a, sizes[i][1]),
+                                  Image.Resampling.BICUBIC) for i in members]
+            del part
+            for piece, middle in zip(pieces, middles, strict=True):
                 middle.paste(piece, (0, a) if horizontal else (a, 0))
 
         list(pool.map(first, spans))
