@@ -607,7 +607,8 @@ def image_pixels(image: Image.Image | np.ndarray, *, max_num: int = 12, min_num:
             if k == blocks:
                 return resized[1].transpose(2, 0, 1)
             r, c = divmod(k, cols)
-            return resized[0][r * image_size:(r + 1) * image_size, c * image_size:(c + 1) * image_size].transpose(2, 0, 1)
+            cut = resized[0][r * image_size:(r + 1) * image_size, c * image_size:(c + 1) * image_size]
+            return cut.transpose(2, 0, 1)
 
     # Each tile goes straight from the resized image into its place in the output (uint8 -> float32 is exact),
     # then is normalised there: no stack of uint8 tiles in between.
