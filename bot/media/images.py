@@ -526,8 +526,9 @@ def _resize_exact_many(image: Image.Image | np.ndarray, sizes: Sequence[tuple[in
         if not members:
             continue
         # First pass, shared: bands of rows (horizontal first) or of columns (vertical first), each pasted
-        # into its place by the thread that made it (Pillow lets the GIL go while pasting). The middle images
-        # are not cleared first: the bands cover them.
+        # into its place by the thread that made it (Pillow lets the GIL go while pasting) once its band of
+        # the source is freed (the peak stays where it was). The middle images are not cleared first: the
+        # bands cover them.
         spans = _bands(height if horizontal else width, _workers())
         middles = [Image.new("RGB", (sizes[i][0], height) if horizontal else (width, sizes[i][1]), None)
                    for i in members]
@@ -536,9 +537,10 @@ def _resize_exact_many(image: Image.Image | np.ndarray, sizes: Sequence[tuple[in
                   middles: list[Image.Image] = middles) -> None:
             a, b = span
             part = band_image(a, b, horizontal)
-            for i, middle in zip(members, middles, strict=True):
-                piece = part.resize((sizes[i][0], b - a) if horizontal else (b - a, sizes[i][1]),
-                                    Image.Resampling.BICUBIC)
+            pieces = [part.resize((sizes[i][0], b - a) if horizontal else (b - a, sizes[i][1]),
+                                  Image.Resampling.BICUBIC) for i in members]
+            del part
+            for piece, middle in zip(pieces, middles, strict=True):
                 middle.paste(piece, (0, a) if horizontal else (a, 0))
 
         list(pool.map(first, spans))
@@ -605,7 +607,8 @@ def image_pixels(image: Image.Image | np.ndarray, *, max_num: int = 12, min_num:
             if k == blocks:
                 return resized[1].transpose(2, 0, 1)
             r, c = divmod(k, cols)
-            return resized[0][r * image_size:(r + 1) * image_size, c * image_size:(c + 1) * image_size].transpose(2, 0, 1)
+            cut = resized[0][r * image_size:(r + 1) * image_size, c * image_size:(c + 1) * image_size]
+            return cut.transpose(2, 0, 1)
 
     # Each tile goes straight from the resized image into its place in the output (uint8 -> float32 is exact),
     # then is normalised there: no stack of uint8 tiles in between.
