@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from adapters.common.sink import signed
 from bot.types import (
     AnswerDone,
     FileReply,
@@ -215,7 +216,7 @@ class StreamingRenderer:
             await self._status(event)
             return None
         if isinstance(event, Notice | HandoffUpdate):
-            text = self._notice_text(event)
+            text = signed(event)
             if isinstance(event, Notice) and event.kind == "error":
                 self._stop_typing()
             if isinstance(event, Notice) and event.kind == "error" and not self.answer and self.parts:
@@ -241,11 +242,6 @@ class StreamingRenderer:
                         await self.transport.delete(part.id)
             self.parts.clear()
         return None
-
-    @staticmethod
-    def _notice_text(event: Notice | HandoffUpdate) -> str:
-        author = getattr(event, "author", "")
-        return f"**{author}:** {event.text}" if author else event.text
 
     # -- streaming ------------------------------------------------------------------------
 

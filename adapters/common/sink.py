@@ -24,6 +24,12 @@ from bot.types import (
 Message = AnswerDone | Notice | HandoffUpdate
 
 
+def signed(event: Message, author_format: str = "**{author}:** {text}") -> str:
+    """The text of a message as shown: an operator's with their name (``author_format``)."""
+    author = event.author if isinstance(event, Notice) else ""
+    return author_format.format(author=author, text=event.text) if author else event.text
+
+
 class PostingSink:
     """See the module docstring. ``author_format`` renders an operator's message (``{author}``, ``{text}``)."""
 
@@ -52,8 +58,7 @@ class PostingSink:
         return None  # streamed text: the finished answer is posted whole
 
     def text_of(self, event: Message) -> str:
-        author = event.author if isinstance(event, Notice) else ""
-        return self.author_format.format(author=author, text=event.text) if author else event.text
+        return signed(event, self.author_format)
 
     async def _typing_off(self) -> None:
         if self.typing_shown:
@@ -77,4 +82,4 @@ class PostingSink:
         """A person was asked for (default: nothing more than the note)."""
 
 
-__all__ = ["Message", "PostingSink"]
+__all__ = ["Message", "PostingSink", "signed"]
