@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     from adapters.console import ConsoleAdapter
 
-    async with Runtime(settings) as runtime:
+    async with Runtime(settings, exclusive=True) as runtime:
         assert runtime.manager is not None
         if runtime.engine is not None and runtime.engine.info.demo:
             print(DEMO_BANNER, file=sys.stderr, flush=True)

@@ -194,7 +194,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Runtime(settings) as runtime:
+        async with Runtime(settings, exclusive=True) as runtime:
             assert runtime.manager is not None
             assert runtime.engine is not None
             settings = runtime.settings

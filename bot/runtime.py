@@ -14,6 +14,7 @@ from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import Scheduler
 from bot.seams import Notifier
 from bot.store import SQLiteStore, Store
+from bot.store.lock import DataDirLock
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,16 @@ DEMO_BANNER = (
 
 
 class Runtime:
-    """``async with Runtime(settings) as rt:`` opens the store, loads the engine, builds the manager."""
+    """``async with Runtime(settings) as rt:`` opens the store, loads the engine, builds the manager.
 
-    def __init__(self, settings: Settings, *, engine: Engine | None = None, store: Store | None = None) -> None:
+    ``exclusive``: this process serves the store (``serve``, ``chat``): with SQLite it holds the data
+    directory's lock (bot/store/lock.py) first, so a second one stops with one line instead of answering
+    the same messages twice."""
+
+    def __init__(self, settings: Settings, *, engine: Engine | None = None, store: Store | None = None,
+                 exclusive: bool = False) -> None:
         self.settings = settings
+        self._lock = DataDirLock(settings.data_path) if exclusive and settings.store.backend != "postgres" else None
         self.engine = engine
         self.store = store
         self.manager: ConversationManager | None = None
@@ -40,8 +47,14 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         settings = self.settings
-        self.store = self.store or open_store(settings)
-        await self.store.open()
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self.store = self.store or open_store(settings)
+            await self.store.open()
+        except BaseException:
+            self._release()
+            raise
         try:
             self.engine = self.engine or build_engine(settings)
             await self.engine.start()
@@ -59,8 +72,13 @@ class Runtime:
                                                metrics=self.metrics, scheduler=build_scheduler(settings, self.store))
         except BaseException:
             await self.store.close()
+            self._release()
             raise
         return self
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -72,8 +90,11 @@ class Runtime:
             if self.notifier is not None:
                 await self.notifier.close()
         finally:
-            if self.store is not None:
-                await self.store.close()
+            try:
+                if self.store is not None:
+                    await self.store.close()
+            finally:
+                self._release()
 
 
 def open_store(settings: Settings) -> Store:

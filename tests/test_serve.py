@@ -187,3 +187,33 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         run = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--port", str(port)], cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in run.stderr
+
+
+def test_one_instance_per_data_dir_and_a_crash_leaves_no_stale_lock(tmp_path: Path, serves: list[Serve]) -> None:
+    config = "engine:\n  kind: echo\n"
+    first = Serve(tmp_path, config)
+    serves.append(first)
+    first.start()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    second = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--port", str(free_port())],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"pid {first.proc.pid}" in lines[0] and str(tmp_path / "data") in lines[0]
+    assert "PostgreSQL" in lines[0] and "Several machines" in lines[0]
+    # the console would resume the same pending messages: refused too
+    chat = subprocess.run([sys.executable, "-m", "adapters.cli", "chat"], cwd=tmp_path, env=env, input="hi\n",
+                          capture_output=True, text=True, timeout=60)
+    assert chat.returncode == 2 and "already running on the data directory" in chat.stderr
+    # --check only reads: it runs beside the service
+    check = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert httpx.get(f"{first.url}/readyz", timeout=5).status_code == 200  # the first one goes on serving
+
+    first.kill()  # kill -9: the kernel drops the lock with the process
+    again = Serve(tmp_path, config, port=first.port)
+    serves.append(again)
+    again.start()
+    assert again.stop() == 0
