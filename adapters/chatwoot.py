@@ -207,7 +207,11 @@ class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
                                      follow_redirects=False)
         self.assist = {str(i) for i in conf.agent_assist_inboxes}
         self.channel = Channel(PLATFORM, ChatwootFetcher(self), lambda context: ChatwootSink(self, context),
-                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
+                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True,
+                               endpoint=self.base_url, endpoint_setting="adapters.chatwoot.base_url",
+                               # while an agent has it (open), Chatwoot's messages are not the bot's: only
+                               # an agent's "pending" gives it back, so /bot is not offered
+                               user_returns=False)
         manager.register(self.channel)
         # conversation id -> account id, for events that do not say; conversations greeted
         self._accounts: LRUCache[str, str] = LRUCache(maxsize=CACHE_SIZE)

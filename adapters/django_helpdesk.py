@@ -44,7 +44,7 @@ from adapters.common.auth import SharedSecret
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, download, parse_json_object, read_body
 from adapters.common.sink import Message, PostingSink
-from adapters.common.urlguard import NetworkList, UrlGuard, require_https
+from adapters.common.urlguard import NetworkList, UrlGuard, require_https, without_credentials
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown
 from bot.ops.logs import conversation_var
@@ -186,10 +186,12 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         self.http = self.http_client(http, timeout=httpx.Timeout(30.0, connect=10.0))
         self.assist = {str(q) for q in conf.agent_assist_queues}
         self.channel = Channel(PLATFORM, HelpdeskFetcher(self), lambda context: HelpdeskSink(self, context),
-                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
+                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True,
+                               endpoint=without_credentials(self.base_url),
+                               endpoint_setting="adapters.django_helpdesk.base_url")
         manager.register(self.channel)
         self.bot_user: int | None = None
-        shown = _without_credentials(self.base_url)
+        shown = without_credentials(self.base_url)
         self.mark_bucket = f"{MARK_BUCKET}{shown}"
         self.queue_bucket = f"{QUEUE_BUCKET}{shown}"
         self._queues: dict[int, str] = {}  # queue id -> slug
@@ -498,7 +500,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
                 raise ValueError("the answer is not a JSON object")
             return body
 
-        shown = _without_credentials(url) + (f"?{httpx.QueryParams(params)}" if params else "")
+        shown = without_credentials(url) + (f"?{httpx.QueryParams(params)}" if params else "")
         return await _step(f"GET {shown}", get())
 
     async def _move_mark(self, mark: int, old: list[tuple[str, str]]) -> None:
@@ -558,14 +560,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, httpx.HTTPStatusError):
         text = f"HTTP {exc.response.status_code}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without a ``user:password@`` (logs and stash names never carry it)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 build = DjangoHelpdeskAdapter.build

@@ -47,7 +47,7 @@ from adapters.common.auth import SignedBody, same
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, StoredFiles, download
 from adapters.common.sink import Message, PostingSink
-from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https
+from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https, without_credentials
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
 from bot.handoff.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -343,7 +343,9 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
         self.uploads = StoredFiles(manager.store)
         self.backoff = 1.0
         self.channel = Channel(PLATFORM, ApiFetcher(self), lambda context: CallbackSink(self, context),
-                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True)
+                               conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True,
+                               endpoint=without_credentials(conf.callback_url),
+                               endpoint_setting="adapters.helpdesk_api.callback_url")
         manager.register(self.channel)
         self.callbacks_delivered = 0
         self.callbacks_failed = 0

@@ -4,7 +4,8 @@ The ASGI app (FastAPI, served by uvicorn) hosts the web chat, the webhook routes
 need them, the operator API and the operations endpoints:
 
 - ``GET /healthz`` — liveness: the process answers.
-- ``GET /readyz`` — readiness: started, not shutting down, engine reachable, store writable (503 otherwise).
+- ``GET /readyz`` — readiness: started, not shutting down, engine reachable, store writable, and every
+  adapter's platform taking replies (503 otherwise, the JSON naming the part and the URL).
 - ``GET /metrics`` — Prometheus text format.
 - ``POST /api/operator/conversations/{key}/reply`` and ``.../return`` — a person answers a handed-off
   conversation, or gives it back to the bot (``Authorization: Bearer $INTERNVL_BOT_OPERATOR_TOKEN``).
@@ -115,6 +116,10 @@ def build_app(service: Service) -> FastAPI:
             await runtime.store.check()
         except Exception as exc:
             problems["store"] = f"{type(exc).__name__}: {exc}"[:300]
+        if runtime.manager is not None:
+            # a platform replies cannot reach (kept in the outbox meanwhile): this adapter is not ready
+            for platform, why in runtime.manager.outbox.troubles().items():
+                problems[f"adapters.{platform}"] = why[:300]
         if problems:
             return JSONResponse({"ready": False, "problems": problems}, status_code=503)
         return JSONResponse({"ready": True})

@@ -140,6 +140,13 @@ class Channel:
     #: whether a send that failed with this error may have reached the platform all the same (the outbox then
     #: sends again with ``SinkContext.resend``, for adapters that look for an earlier copy first)
     may_have_arrived: Callable[[BaseException], bool] = default_may_have_arrived
+    #: where replies go (a URL without credentials) and the setting that names it: what the one line says
+    #: when the platform cannot be reached (``https://chatwoot.example.com``, ``adapters.chatwoot.base_url``)
+    endpoint: str = ""
+    endpoint_setting: str = ""
+    #: the user can take a handed-off conversation back from people (``/bot``); not where the platform keeps
+    #: the user's messages from the bot while a person has it (Chatwoot), so the texts do not offer it there
+    user_returns: bool = True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -286,12 +286,16 @@ async def test_handoff_opens_the_conversation_and_pending_gives_it_back(tmp_path
     async with chatwoot(tmp_path, monkeypatch) as h:
         conv = h.cw.conversation(locale="pt-BR")
         await h.cw.customer_message(conv, "Quero falar com um atendente humano")
-        await h.replied(conv, t("handoff_started", "pt"))
+        # only an agent's "pending" gives it back in Chatwoot: the customer is not told to send /bot
+        said = t("handoff_started_no_return", "pt")
+        assert "/bot" not in said and said in t("handoff_started", "pt")
+        await h.replied(conv, said)
         await h.cw.wait_for(lambda: h.cw.status(conv) == "open")
+        await h.cw.customer_message(conv, "/bot")
         await h.cw.customer_message(conv, "alguém aí?")
         await h.cw.agent_message(conv, "Olá, sou a Ana.")
         await h.idle()
-        assert h.cw.bot_replies(conv) == [t("handoff_started", "pt")]  # silent while a person has it
+        assert h.cw.bot_replies(conv) == [said]  # silent while a person has it, /bot included
         await h.cw.set_status(conv, "pending")
         await h.cw.customer_message(conv, "e agora, o robô responde?")
         await h.replied(conv, "echo: e agora, o robô responde?")
@@ -455,3 +459,49 @@ class TestChatwootFetcher(FetcherContract):
                                                                "gone.pdf")
 
         return FileSource(add, missing)
+
+
+async def test_chatwoot_failing_is_one_line_naming_the_url_readyz_says_so_and_people_take_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with chatwoot(tmp_path, monkeypatch, conversation={"delivery_deadline_seconds": 1.5}) as h:
+        assert h.runtime.manager is not None
+        ready = h.url.replace("/chatwoot/webhook", "/readyz")
+        h.cw.fail("*", status=503, times=10**6)
+        conv = h.cw.conversation()
+        await h.cw.customer_message(conv, "is my order shipped?")
+        key = ConversationKey("chatwoot", str(h.cw.account_id), str(conv))
+        async with httpx.AsyncClient() as http:
+            async with asyncio.timeout(15):
+                while (await h.runtime.manager.store.conversation(key)).mode != "human":
+                    await asyncio.sleep(0.05)
+            answer = await http.get(ready)
+            assert answer.status_code == 503
+            assert h.cw.url in answer.json()["problems"]["adapters.chatwoot"]
+            h.cw.heal()
+            # the bot could not post its answer: the conversation is the agents' (open), the customer told so
+            said = t("handoff_started_no_return", "en")
+            await h.replied(conv, said)
+            await h.cw.wait_for(lambda: h.cw.status(conv) == "open")
+            assert (await http.get(ready)).status_code == 200
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("bot.")]
+    failing = [r.getMessage() for r in warnings if "cannot deliver replies" in r.getMessage()]
+    assert len(failing) == 1, [r.getMessage() for r in warnings]  # one line a minute, not one per retry
+    assert h.cw.url in failing[0] and "adapters.chatwoot.base_url" in failing[0] and "503" in failing[0]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_an_unreachable_chatwoot_is_named_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with chatwoot(tmp_path, monkeypatch, base_url=dead) as h:
+        conv = h.cw.conversation()
+        await h.cw.customer_message(conv, "hello?")
+        assert h.runtime.manager is not None
+        async with asyncio.timeout(15):
+            while "chatwoot" not in h.runtime.manager.outbox.troubles():
+                await asyncio.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "cannot deliver" in r.getMessage()]
+    assert len(lines) == 1 and dead in lines[0] and "ConnectError" in lines[0] and "adapters.chatwoot.base_url" in lines[0]
+    assert not any(r.exc_info for r in caplog.records)

@@ -448,7 +448,8 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         self.channel = Channel(PLATFORM, SlackFetcher(self), self._sink_for, conf.persona or None,
                                command_prefixes=(conf.command_prefix, "/"), policy=conf.policy(settings.limits),
                                locale_of=self.locale, retry_after=retry_after_or_network,
-                               may_have_arrived=may_have_arrived)
+                               may_have_arrived=may_have_arrived, endpoint=conf.api_url,
+                               endpoint_setting="adapters.slack.api_url")
         manager.register(self.channel)
         if conf.support_channel:
             manager.add_notifier(_SupportChannel(self, conf.support_channel))

@@ -336,8 +336,8 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         # out): those go to the outbox, never repeated here. Its per-chat buckets are the same as ours.
         self.limiter = RateLimiter(self._rates, overall=[(30, 1)])
         self.channel = Channel(PLATFORM, TelegramFetcher(self), self._sink_for, conf.persona or None,
-                               retry_after=retry_after_or_network,
-                               policy=conf.policy(settings.limits))
+                               retry_after=retry_after_or_network, policy=conf.policy(settings.limits),
+                               endpoint=self.conf.base_url, endpoint_setting="adapters.telegram.base_url")
         manager.register(self.channel)
         self.me_id = 0
         self.username = ""

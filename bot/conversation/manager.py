@@ -44,7 +44,7 @@ from bot.errors import (
     NoSuchConversation,
     ShuttingDown,
 )
-from bot.handoff.desk import HandoffDesk
+from bot.handoff.desk import HandoffDesk, say
 from bot.handoff.notifiers import LogNotifier, Notifiers
 from bot.handoff.phrases import asks_for_human
 from bot.l10n import i18n
@@ -59,6 +59,7 @@ from bot.store import Conversation, ForgetReport, NewMessage, Store, StoredMessa
 from bot.types import (
     AnswerDone,
     ConversationKey,
+    HandoffUpdate,
     IncomingMessage,
     Notice,
     ReplyEvent,
@@ -140,7 +141,8 @@ class ConversationManager:
         self.desk = HandoffDesk(store, self.notifiers, self.metrics, self.resolver, self.scheduler, self._deliver,
                                 self.conf.default_language, settle=self.settle)
         self.commands = Commands(settings, store, self.personas, self.persona_for, self._on_reset)
-        self.outbox = Outbox(store, self.channel, self.metrics, deadline=self.conf.delivery_deadline_seconds)
+        self.outbox = Outbox(store, self.channel, self.metrics, deadline=self.conf.delivery_deadline_seconds,
+                             undeliverable=self._undeliverable)
         self._channels: dict[str, Channel] = {}
         self._done: dict[int, asyncio.Future[str]] = {}
         self._arrived: dict[int, float] = {}
@@ -604,6 +606,13 @@ class ConversationManager:
             await self.store.set_state(question.id, "superseded")
             self.prompts.forget(key)
         return receipt
+
+    async def _undeliverable(self, key: ConversationKey, lang: str) -> HandoffUpdate | None:
+        """The outbox gave up a reply on a platform with people (a helpdesk): they take the conversation."""
+        if not await self.desk.to_people(key, lang, reason="undeliverable"):
+            return None
+        return HandoffUpdate("requested", "human", say(self.channel(key.platform), "handoff_started", lang),
+                             reason="undeliverable")
 
     async def set_mode(self, key: ConversationKey, mode: str, *, by: str) -> bool:
         """The platform itself moved the conversation to a person or back (see :meth:`HandoffDesk.set_mode`)."""

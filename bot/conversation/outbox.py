@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.l10n import i18n
+from bot.ops.logs import Throttle
 from bot.ops.metrics import Metrics
 from bot.seams import Channel
 from bot.store import NewMessage, Store
@@ -113,9 +114,16 @@ class Outbox:
     """See the module docstring. One per conversation manager; :meth:`start` runs its delivery loop."""
 
     def __init__(self, store: Store, channel_of: Callable[[str], Channel], metrics: Metrics, *,
-                 deadline: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+                 deadline: float = 3600.0, clock: Callable[[], float] = time.time,
+                 undeliverable: Callable[[ConversationKey, str], Awaitable[HandoffUpdate | None]] | None = None
+                 ) -> None:
         self.store = store
         self.channel_of = channel_of
+        #: a reply given up on a platform whose people can take over (a helpdesk): the conversation goes to
+        #: them, and this returns what the user is told instead of "please ask again"
+        self.undeliverable = undeliverable
+        self._trouble: dict[str, tuple[float, str]] = {}  # platform -> since when it fails, and how
+        self._warn = Throttle(60.0, clock=clock)
         self.metrics = metrics
         self.deadline = deadline
         self.clock = clock
@@ -148,9 +156,53 @@ class Outbox:
                 "error": _describe(error), "last_try": last_try, "maybe_sent": self._maybe_sent(key, error)}
         await self.store.stash(self.bucket(key), _item(row, 0), json.dumps(data))
         self._keys.add(str(key))
-        log.warning("%s for %s not delivered (%s): kept, sent again when %s answers", type(event).__name__, key,
-                    data["error"] or "waiting behind earlier replies", key.platform)
+        log.debug("%s for %s not delivered (%s): kept", type(event).__name__, key,
+                  data["error"] or "waiting behind earlier replies")
+        if error is not None:
+            self._trouble_with(key.platform, data["error"])
         self._wake.set()
+
+    # -- one line per platform in trouble ---------------------------------------------------
+
+    def _channel(self, platform: str) -> Channel | None:
+        try:
+            return self.channel_of(platform)
+        except Exception:
+            return None
+
+    def _trouble_with(self, platform: str, error: str) -> None:
+        """A send to ``platform`` failed: at most one warning a minute, naming where and what to check."""
+        since = self._trouble.setdefault(platform, (self.clock(), error))[0]
+        self._trouble[platform] = (since, error)
+        held = self._warn.allow(platform)
+        if held is None:
+            return
+        channel = self._channel(platform)
+        where = channel.endpoint if channel is not None and channel.endpoint else platform
+        check = f"check {channel.endpoint_setting} and the network" if channel is not None and \
+            channel.endpoint_setting else "check the platform and the network"
+        waiting = len([k for k in self._keys if k.startswith(f"{platform}:")])
+        lasting = self.clock() - since
+        log.warning("%s: cannot deliver replies to %s (%s)%s: %d conversation(s) waiting, sent when it answers — %s",
+                    platform, where, error, f" for {lasting:.0f} s" if lasting >= 1 else "", waiting, check)
+
+    def _answers_again(self, platform: str) -> None:
+        trouble = self._trouble.pop(platform, None)
+        self._warn.reset(platform)
+        if trouble is not None:
+            channel = self._channel(platform)
+            log.warning("%s: %s answers again after %.0f s: the kept replies are going out", platform,
+                        channel.endpoint if channel is not None and channel.endpoint else "the platform",
+                        self.clock() - trouble[0])
+
+    def troubles(self) -> dict[str, str]:
+        """Platforms replies cannot reach now, with why: what ``/readyz`` reports."""
+        out = {}
+        for platform, (since, error) in self._trouble.items():
+            channel = self._channel(platform)
+            where = channel.endpoint if channel is not None and channel.endpoint else platform
+            out[platform] = f"cannot deliver replies to {where} for {self.clock() - since:.0f} s ({error})"
+        return out
 
     def _maybe_sent(self, key: ConversationKey, error: BaseException | None) -> bool:
         """May a send that failed with ``error`` have arrived all the same? (None: never sent.)"""
@@ -303,6 +355,7 @@ class Outbox:
         self._down.pop(key.platform, None)
         self._backoff.pop(key.platform, None)
         self._up_at[key.platform] = self.clock()
+        self._answers_again(key.platform)
         self.delivered += 1
         self.metrics.adapter(key.platform).redelivered.inc()
         log.info("%s for %s delivered after %.1f s", type(event).__name__, key, self.clock() - data["created"])
@@ -325,7 +378,8 @@ class Outbox:
         # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
         await self.store.stash(entry.bucket, _item(entry.row, entry.attempt + 1), json.dumps(data))
         await self.store.drop_stash(entry.bucket, [entry.item])
-        log.info("%s still unreachable (%s): next try in %.1f s", platform, data["error"], max(wait, backoff))
+        log.debug("%s still unreachable (%s): next try in %.1f s", platform, data["error"], max(wait, backoff))
+        self._trouble_with(platform, data["error"])
         return False
 
     async def _give_up(self, entry: Waiting, permanent: BaseException | None) -> None:
@@ -335,14 +389,23 @@ class Outbox:
         await self.store.set_state(entry.row, "failed", error=f"{NOT_DELIVERED}: {data.get('error') or why}"[:500])
         self.metrics.adapter(key.platform).delivery_failed.inc()
         log.error("a reply for %s was not delivered (%s): given up; the operator inbox shows it", key, why)
-        if permanent is None and not data.get("last_try"):
-            note = Notice(i18n.text("delivery_failed", data.get("language") or "en"), kind="error")
-            row = await self.store.add_message(key, _notice_row(note))
-            context = SinkContext(key=key, route=data.get("route") or {}, language=data.get("language") or "en")
-            await self.keep(key, note, row=row, context=context, last_try=True)
+        if data.get("last_try"):
+            return
+        lang = data.get("language") or "en"
+        channel = self._channel(key.platform)
+        handed: HandoffUpdate | None = None
+        if channel is not None and channel.reaches_people and self.undeliverable is not None:
+            # a helpdesk: its people take the conversation rather than leave it with a bot that cannot post
+            handed = await self.undeliverable(key, lang)
+        if handed is None and permanent is not None:
+            return  # the note would fail the same way
+        note: Notice | HandoffUpdate = handed or Notice(i18n.text("delivery_failed", lang), kind="error")
+        row = await self.store.add_message(key, _notice_row(note))
+        context = SinkContext(key=key, route=data.get("route") or {}, language=lang)
+        await self.keep(key, note, row=row, context=context, last_try=True)
 
 
-def _notice_row(note: Notice) -> NewMessage:
+def _notice_row(note: Notice | HandoffUpdate) -> NewMessage:
     return NewMessage(role="assistant", text=note.text, kind="notice", state="answered")
 
 

@@ -39,6 +39,14 @@ HANDOFF_TRANSCRIPT = 20
 Deliver = Callable[[ConversationKey, ReplyEvent], Awaitable[int]]
 
 
+def say(channel: Channel, key: str, lang: str) -> str:
+    """A handoff text as true on ``channel``: commands with its prefix (``!bot`` on Slack), and no offer of
+    ``/bot`` where the platform does not let the user take the conversation back."""
+    if not channel.user_returns and key in ("handoff_started", "handoff_already"):
+        key = f"{key}_no_return"
+    return with_prefix(i18n.text(key, lang), channel.command_prefixes[0])
+
+
 class HandoffDesk:
     """See the module docstring."""
 
@@ -160,8 +168,26 @@ class HandoffDesk:
 
     @staticmethod
     def _say(turn: Turn, key: str) -> str:
-        """A text that names commands, with the channel's command prefix (``!bot`` on Slack)."""
-        return with_prefix(i18n.text(key, turn.lang), turn.channel.command_prefixes[0])
+        return say(turn.channel, key, turn.lang)
+
+    async def to_people(self, key: ConversationKey, lang: str, *, reason: str) -> bool:
+        """The bot cannot go on with this conversation (its replies cannot be posted): people take it, the
+        way a request for a person does. False when people have it already."""
+        conv = await self.store.conversation(key)
+        if conv.mode == "human":
+            return False
+        await self.store.update_conversation(key, mode="human", handoff_at=time.time())
+        for queued in await self.scheduler.cancel(key):
+            await self.store.set_state(queued.id, "held")
+            self.settle(queued.id, "held")
+        self._wait(key, True)
+        rows = await self.store.transcript(key, limit=HANDOFF_TRANSCRIPT)
+        await self.notifiers.notify(HandoffEvent(
+            "requested", str(key), key.platform, lang, transcript=[
+                {"role": r.role, "text": r.text, "author": r.sender_name} for r in rows if r.kind != "command"],
+            reason=reason))
+        self.metrics.adapter(key.platform).handoffs.inc()
+        return True
 
     async def back_to_bot(self, turn: Turn) -> None:
         """``/bot``: the user wants the assistant again."""

@@ -14,6 +14,8 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 
 conversation_var: ContextVar[str] = ContextVar("conversation", default="-")
@@ -44,6 +46,34 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return _TOKEN_SHAPES.sub(REDACTED, text)
+
+
+class Throttle:
+    """At most one log line per key every ``seconds``: a platform that stays down, or a webhook rejected a
+    thousand times after a secret rotation, is one warning a minute, not a flood.
+    ``throttle.allow(key)`` is None while the key is quiet, else how many lines were held back since."""
+
+    def __init__(self, seconds: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 size: int = 1024) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.size = size
+        self._last: dict[Hashable, tuple[float, int]] = {}
+
+    def allow(self, key: Hashable) -> int | None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.seconds:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) >= self.size:  # bounded whatever the keys (remote addresses)
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+    def reset(self, key: Hashable) -> None:
+        """The condition ended: the next occurrence is said at once."""
+        self._last.pop(key, None)
 
 
 class ContextFilter(logging.Filter):
