@@ -213,6 +213,8 @@ class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
                                # an agent's "pending" gives it back, so /bot is not offered
                                user_returns=False)
         manager.register(self.channel)
+        self.endpoint, self.endpoint_key = self.base_url, "base_url"
+        self.credential_fix = "copy the agent bot's access token from Chatwoot (Settings → Bots → your bot)"
         # conversation id -> account id, for events that do not say; conversations greeted
         self._accounts: LRUCache[str, str] = LRUCache(maxsize=CACHE_SIZE)
         self._greeted: LRUCache[str, None] = LRUCache(maxsize=CACHE_SIZE)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from bot import __version__
 from bot.config import Settings
-from bot.errors import StartupError
-from bot.ops.logs import setup_logging
+from bot.errors import StartupError, describe
+from bot.ops.logs import redact, setup_logging
 from bot.runtime import DEMO_BANNER, Runtime, open_store
 from bot.types import ConversationKey
 
@@ -128,13 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
     except StartupError as exc:
-        print(f"internvl-bot: error: {exc}", file=sys.stderr)
+        print(f"internvl-bot: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"internvl-bot: error: {exc}", file=sys.stderr)
+        print(f"internvl-bot: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # the outermost handler: one line for the person at the terminal, the traceback in the (redacted) log
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"internvl-bot: error: {args.command} failed: {redact(describe(exc))} (logging.level: DEBUG shows "
+              "the traceback)", file=sys.stderr)
+        return 1
     return 1
 
 

@@ -174,7 +174,13 @@ async def _start_all(adapters: list[ServedAdapter], service: Service, server: uv
     try:
         for adapter in adapters:
             started.append(adapter)  # a failed start may have begun (a socket, a poller): closed too
-            await adapter.start()
+            try:
+                await adapter.start()
+            except (StartupError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                log.debug("starting adapters.%s failed", adapter.name, exc_info=True)
+                raise StartupError(adapter.failure(exc, "start")) from exc
         if service.inbox is not None:
             await service.inbox.start()  # with replicas: news from the others reach this one's inbox pages
     except BaseException:

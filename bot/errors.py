@@ -201,3 +201,11 @@ def default_may_have_arrived(exc: BaseException) -> bool:
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code not in (429, 503)
     return not isinstance(exc, httpx.ConnectError | ConnectionRefusedError)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` for a one-line report (a time-out without text says so)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not text and isinstance(exc, TimeoutError | httpx.TimeoutException):
+        text = "timed out"
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

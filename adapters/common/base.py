@@ -15,16 +15,19 @@ shows a whole one in about 60 lines (tested in tests/test_adapter_base.py).
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import aiohttp
 import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from bot.config import AdapterSection, Settings
-from bot.errors import StartupError
-from bot.ops.logs import register_secret
+from bot.errors import StartupError, describe
+from bot.ops.logs import redact, register_secret
 
 if TYPE_CHECKING:
     from bot.conversation.manager import ConversationManager
@@ -46,6 +49,11 @@ class PlatformAdapter(Generic[Conf]):
         self.conf = conf
         self.accepting = False
         self._clients: list[httpx.AsyncClient] = []
+        #: the platform's URL (no credentials) and the key under ``adapters.<name>`` that sets it, and how
+        #: to get a good credential: what the one-line errors of :meth:`failure` name (subclasses set them)
+        self.endpoint = ""
+        self.endpoint_key = ""
+        self.credential_fix = ""
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -73,6 +81,31 @@ class PlatformAdapter(Generic[Conf]):
         client = httpx.AsyncClient(**options)
         self._clients.append(client)
         return client
+
+    # -- one-line errors ---------------------------------------------------------------------
+
+    def refused_credentials(self, exc: BaseException) -> tuple[str, str] | None:
+        """When ``exc`` means the platform refused a credential: the environment variable that holds it and
+        what the platform said (None: something else). Subclasses know their platform's errors (Telegram's
+        InvalidToken, Slack's ``invalid_auth``)."""
+        return None
+
+    def failure(self, exc: BaseException, doing: str) -> str:
+        """``exc``, raised while ``doing`` something with the platform, as one line: which adapter, which URL
+        (no credentials), what failed and what to check — never a secret, not even from a library's text."""
+        prefix = f"adapters.{self.name}: {doing}"
+        refused = self.refused_credentials(exc)
+        if refused is not None:
+            env, said = refused
+            fix = f" — {self.credential_fix}" if self.credential_fix else ""
+            return redact(f"{prefix}: {self.endpoint or 'the platform'} refused the credential in the environment "
+                          f"variable {env} ({said}){fix}")
+        cause = unreachable(exc)
+        if cause is not None:
+            key = f"adapters.{self.name}.{self.endpoint_key}" if self.endpoint_key else f"adapters.{self.name}"
+            return redact(f"{prefix}: cannot reach {self.endpoint or 'the platform'} ({describe(cause)}) — check "
+                          f"{key}, the network, DNS and any proxy")
+        return redact(f"{prefix} failed: {describe(exc)}")
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -104,4 +137,21 @@ class PlatformAdapter(Generic[Conf]):
         return cls(runtime.manager, runtime.settings, conf)
 
 
-__all__ = ["PlatformAdapter"]
+_UNREACHABLE = (httpx.TransportError, aiohttp.ClientConnectionError, ConnectionError, socket.gaierror,
+                TimeoutError, asyncio.TimeoutError)
+
+
+def unreachable(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain that says the platform could not be reached (a refused connection, a name
+    that does not resolve, a time-out), or None. SDKs wrap them (PTB's NetworkError ``from`` httpx's)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNREACHABLE):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+__all__ = ["PlatformAdapter", "unreachable"]

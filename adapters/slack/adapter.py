@@ -136,6 +136,11 @@ def retry_after(exc: BaseException) -> float | None:
     return None
 
 
+#: Slack's errors for a token it does not accept (api.slack.com/methods/auth.test, apps.connections.open)
+REFUSED_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+                           "not_allowed_token_type", "invalid_token"})
+
+
 def retry_after_or_network(exc: BaseException) -> float | None:
     if (wait := retry_after(exc)) is not None:
         return wait
@@ -450,6 +455,10 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
                                locale_of=self.locale, retry_after=retry_after_or_network,
                                may_have_arrived=may_have_arrived, endpoint=conf.api_url,
                                endpoint_setting="adapters.slack.api_url")
+        self.endpoint, self.endpoint_key = conf.api_url, "api_url"
+        self.credential_fix = ("copy it from your app's settings at api.slack.com/apps (OAuth & Permissions: the Bot "
+                               "User OAuth Token; Basic Information: the app-level token), and reinstall the app "
+                               "if it was revoked")
         manager.register(self.channel)
         if conf.support_channel:
             manager.add_notifier(_SupportChannel(self, conf.support_channel))
@@ -504,9 +513,21 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         self.workspace_url = str(auth.get("url", ""))
         await super().start()
         if self.conf.mode == "socket":
+            # the SDK retries a refused app-level token for ever, quietly: asked once here, it is one line
+            await self.client.apps_connections_open(app_token=self.app_token)
             self._socket = AsyncSocketModeHandler(self.app, self.app_token, web_client=self.client)
             await self._socket.connect_async()
         log.info("Slack app ready as %s in %s (%s mode)", self.bot_user_id, self.team_id, self.conf.mode)
+
+    def refused_credentials(self, exc: BaseException) -> tuple[str, str] | None:
+        if not isinstance(exc, SlackApiError) or not isinstance(exc.response.data, dict):
+            return None
+        error = str(exc.response.data.get("error") or "")
+        if error not in REFUSED_TOKEN:
+            return None
+        # apps.connections.open is the one call made with the app-level token
+        app_token = "apps.connections.open" in str(exc.response.api_url)
+        return (self.conf.app_token_env if app_token else self.conf.bot_token_env), error
 
     async def close(self) -> None:
         for task in list(self._extras):

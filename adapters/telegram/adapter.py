@@ -338,6 +338,8 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         self.channel = Channel(PLATFORM, TelegramFetcher(self), self._sink_for, conf.persona or None,
                                retry_after=retry_after_or_network, policy=conf.policy(settings.limits),
                                endpoint=self.conf.base_url, endpoint_setting="adapters.telegram.base_url")
+        self.endpoint, self.endpoint_key = self.conf.base_url, "base_url"
+        self.credential_fix = "copy the bot's token from @BotFather (/mybots → your bot → API Token)"
         manager.register(self.channel)
         self.me_id = 0
         self.username = ""
@@ -395,6 +397,11 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
             else:
                 self._poller = asyncio.create_task(self._poll(), name="telegram polling")
         log.info("Telegram bot @%s ready (%s)", self.username, self.conf.mode)
+
+    def refused_credentials(self, exc: BaseException) -> tuple[str, str] | None:
+        if isinstance(exc, InvalidToken):  # getMe answered 401/404; its text carries the whole token
+            return self.conf.token_env, "Unauthorized: the token was rejected"
+        return None
 
     def stop_intake(self) -> None:
         super().stop_intake()
