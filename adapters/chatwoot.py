@@ -46,6 +46,7 @@ from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, requir
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown, StartupError
 from bot.l10n import i18n
+from bot.ops.checks import CheckResult, platform_said, unreachable
 from bot.ops.logs import conversation_var
 from bot.seams import Channel
 from bot.types import (
@@ -243,6 +244,40 @@ class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await super().close()
+
+    # -- serve --check -----------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """Does Chatwoot know the token? An agent bot's token may read nothing (Chatwoot lets it only act in
+        conversations, and the account is not in the settings), so ``GET /api/v1/profile`` is asked: Chatwoot
+        checks the token before the endpoint, and answers a known agent bot's token "not authorized for bots"
+        (401), an unknown one "Invalid Access Token" (401), a user's token with the user's profile (200). Then the
+        URL Chatwoot must call."""
+        url = f"{self.base_url}/api/v1/profile"
+        hook = CheckResult(True, PLATFORM, f"Chatwoot must POST the agent bot's events to {self.served_at(WEBHOOK_PATH)}"
+                                           " (the bot's Webhook URL in Chatwoot)")
+        try:
+            response = await self.http.get(url, headers={"api_access_token": self.token})
+        except httpx.HTTPError as exc:
+            return [CheckResult(False, PLATFORM, "GET /api/v1/profile: " + unreachable(
+                url, exc, "check adapters.chatwoot.base_url and the network")), hook]
+        said = platform_said(response, "error", "errors")
+        env = self.conf.bot_token_env
+        if response.status_code == 200:
+            user = response.json() if "json" in response.headers.get("content-type", "") else {}
+            name = user.get("name", "?") if isinstance(user, dict) else "?"
+            return [CheckResult(True, PLATFORM, f"GET {url}: {env} is the user {name!r}'s access token, not an agent "
+                                                "bot's: answers will show as that user, and a handoff is not the "
+                                                "bot's (use the agent bot's token for an Agent Bot)"), hook]
+        if response.status_code == 401 and "not authorized for bots" in said:
+            return [CheckResult(True, PLATFORM, f"GET {url}: Chatwoot knows the agent bot token in {env} ({said}, as "
+                                                "for every agent bot: it may only act in conversations)"), hook]
+        if response.status_code == 401:
+            return [CheckResult(False, PLATFORM, f"GET {url}: Chatwoot said {said} — set {env} to the agent bot's "
+                                                 "access token (Settings → Bots, or the Platform API that made it)"),
+                    hook]
+        return [CheckResult(False, PLATFORM, f"GET {url}: {said}, not Chatwoot's API — check adapters.chatwoot.base_url "
+                                             "(the installation's root, e.g. https://chatwoot.example.com)"), hook]
 
     def router(self) -> APIRouter:
         async def webhook(request: Request) -> Response:

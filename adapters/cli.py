@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port; 0 = any free port)")
     serve.add_argument("--check", action="store_true",
-                       help="validate config, secrets, store, model and engine, then exit")
+                       help="check each part (store, engine, every enabled platform: tokens, URLs), one line each, "
+                            "then exit (1 when any failed)")
+    serve.add_argument("--offline", action="store_true",
+                       help="with --check: config, secrets, store and an in-process model only; no platform or "
+                            "model server contacted (CI)")
 
     chat = sub.add_parser("chat", help="talk to the bot in this terminal (works with piped stdin too)")
     chat.add_argument("--conversation", help="conversation name (default: your user name)")
@@ -119,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from adapters import server
 
             if args.check:
-                return asyncio.run(server.check(settings))
+                return asyncio.run(server.check(settings, offline=args.offline))
+            if args.offline:
+                raise StartupError("--offline goes with --check (serve --check --offline)")
             return asyncio.run(server.serve(settings, host=args.host, port=args.port))
         if args.command == "chat":
             return asyncio.run(_chat(settings, args))

@@ -47,6 +47,7 @@ from adapters.common.sink import Message, PostingSink
 from adapters.common.urlguard import NetworkList, UrlGuard, require_https, without_credentials
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown
+from bot.ops.checks import CheckResult, platform_said, unreachable
 from bot.ops.logs import conversation_var
 from bot.seams import Channel
 from bot.store import is_store_error
@@ -220,6 +221,46 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         r.add_api_route(WEBHOOK_PATH, self.webhook, methods=["POST"], include_in_schema=False,
                         dependencies=[Depends(SharedSecret(self.conf.webhook_token_env, query="token", bearer=True))])
         return r
+
+    # -- serve --check -----------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """The API user logs in and reads what the catch-up sweep reads (``GET /api/followups/``, staff only).
+        django-helpdesk 2.6's REST API has no queue list (tickets, user_tickets, followups,
+        followups-attachments and users are all it serves), so queues are not checked. Then the webhook URLs
+        the helpdesk must be given."""
+        url = f"{self.base_url}/api/followups/"
+        shown = without_credentials(url)
+        hooks = CheckResult(True, PLATFORM, f"set HELPDESK_NEW_TICKET_WEBHOOK_URLS and HELPDESK_FOLLOWUP_WEBHOOK_URLS "
+                                            f"on the helpdesk to {self.served_at(WEBHOOK_PATH)}?token=<the value of "
+                                            f"{self.conf.webhook_token_env}>")
+        try:
+            response = await self.http.get(url, params={"page_size": 1}, auth=self.auth)
+        except httpx.HTTPError as exc:
+            return [CheckResult(False, PLATFORM, "GET /api/followups/: " + unreachable(
+                url, exc, "check adapters.django_helpdesk.base_url and the network")), hooks]
+        users = f"{self.conf.username_env} and {self.conf.password_env}"
+        if response.status_code == 200:
+            try:
+                count = response.json().get("count")
+            except (ValueError, AttributeError):
+                count = None
+            if isinstance(count, int):
+                return [CheckResult(True, PLATFORM, f"GET {shown}: the API user {self.username!r} logs in and reads "
+                                                    f"the follow-ups ({count} in the helpdesk)"), hooks]
+            return [CheckResult(False, PLATFORM, f"GET {shown}: HTTP 200 but not django-helpdesk's follow-up list — "
+                                                 "check adapters.django_helpdesk.base_url (the site root)"), hooks]
+        said = platform_said(response, "detail")
+        # DRF answers bad credentials 401, or 403 when SessionAuthentication comes first (the default order)
+        if response.status_code == 401 or "invalid username/password" in said.lower():
+            fix = f"set {users} to a staff user's name and password (the helpdesk refuses these)"
+        elif response.status_code == 403:
+            fix = f"make {self.username!r} a staff user (is_staff), or set {users} to one: the REST API is staff-only"
+        elif response.status_code == 404:
+            fix = "no REST API there: check adapters.django_helpdesk.base_url (the site root, API under /api/)"
+        else:
+            fix = "check the helpdesk's log"
+        return [CheckResult(False, PLATFORM, f"GET {shown}: the helpdesk said {said} — {fix}"), hooks]
 
     # -- REST -------------------------------------------------------------------------------
 

@@ -28,10 +28,13 @@ The routes and their JSON shapes are in the served OpenAPI schema (``/openapi.js
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Mapping
@@ -47,10 +50,18 @@ from adapters.common.auth import SignedBody, same
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, StoredFiles, download
 from adapters.common.sink import Message, PostingSink
-from adapters.common.urlguard import NetworkList, UrlGuard, host_allowed, require_https, without_credentials
+from adapters.common.urlguard import (
+    NetworkList,
+    UrlGuard,
+    UrlRefused,
+    host_allowed,
+    require_https,
+    without_credentials,
+)
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
 from bot.handoff.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from bot.ops.checks import CheckResult, shown, unreachable
 from bot.ops.logs import conversation_var, register_secret
 from bot.seams import Channel
 from bot.store import StoredMessage, is_store_error
@@ -349,6 +360,48 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
         manager.register(self.channel)
         self.callbacks_delivered = 0
         self.callbacks_failed = 0
+
+    # -- serve --check -----------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """Where the helpdesk posts, and with ``callback_url``: its host resolves and takes a connection (TLS
+        verified for https). Nothing is POSTed there: a request would be a delivery. Callbacks do not go
+        through the attachments' address guard, so a private address is said, not refused."""
+        results = [CheckResult(True, PLATFORM, f"the helpdesk posts signed messages to "
+                                               f"{self.served_at(PREFIX + '/messages')} (HMAC secret in "
+                                               f"{self.conf.secret_env})")]
+        url = self.conf.callback_url
+        if not url:
+            results.append(CheckResult(True, PLATFORM, "no callback_url: the helpdesk polls the replies (GET "
+                                                       f"{PREFIX}/conversations/{{conversation_id}}/messages)"))
+            return results
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            addresses = sorted(await self.guard.addresses(host, port), key=str)
+        except (UrlRefused, ValueError) as exc:
+            results.append(CheckResult(False, PLATFORM, f"callback_url {shown(url)}: {exc} — check "
+                                                        "adapters.helpdesk_api.callback_url"))
+            return results
+        tls = ssl.create_default_context() if parts.scheme == "https" else None
+        try:
+            async with asyncio.timeout(10):
+                _, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None)
+        except (OSError, TimeoutError) as exc:
+            results.append(CheckResult(False, PLATFORM, "callback_url: " + unreachable(
+                url, exc, "check adapters.helpdesk_api.callback_url and that the helpdesk's receiver runs")))
+            return results
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        kinds = sorted({kind for address in addresses if (kind := self.guard.refusal(address))})
+        note = f"; {host} is {' and '.join(kinds)} (fine for a helpdesk on your network)" if kinds else ""
+        listed = ", ".join(str(a) for a in addresses)
+        results.append(CheckResult(True, PLATFORM, f"callback_url {shown(url)}: {host} ({listed}) takes connections"
+                                                   f"{' (TLS verified)' if tls else ''}{note}; replies are POSTed "
+                                                   "there, signed"))
+        return results
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -19,16 +19,19 @@ from fastapi import APIRouter
 from pydantic import create_model
 
 from bot.config import AdapterSection, AdaptersSettings, Settings, load_settings
+from bot.ops.checks import CheckResult
 from bot.runtime import Runtime
 
 
 class ServedAdapter(Protocol):
-    """What ``serve`` needs from an adapter: its HTTP routes (webhooks, pages; may be None), a start (a
-    Telegram poller, a Slack socket), and the two steps of shutdown: stop taking messages, then close."""
+    """What ``serve`` needs from an adapter: its HTTP routes (webhooks, pages; may be None), a check of its
+    platform (``serve --check``), a start (a Telegram poller, a Slack socket), and the two steps of shutdown: stop
+    taking messages, then close."""
 
     name: str
 
     def router(self) -> APIRouter | None: ...
+    async def check(self) -> list[CheckResult]: ...
     async def start(self) -> None: ...
     def stop_intake(self) -> None: ...
     async def close(self) -> None: ...
@@ -91,8 +94,12 @@ def load(path: str | os.PathLike[str] | None = None, *, required: bool = False) 
     return cast(AppSettings, load_settings(path, required=required, model=AppSettings))
 
 
+def servable(settings: Settings) -> list[tuple[AdapterSpec, Any]]:
+    """The enabled adapters ``serve`` runs (the console is not one), with their settings, in registry order."""
+    enabled = settings.enabled_adapters()
+    return [(spec, enabled[spec.name]) for spec in ADAPTERS if spec.build is not None and spec.name in enabled]
+
+
 def served(runtime: Runtime) -> list[ServedAdapter]:
     """The enabled adapters that ``serve`` runs, built on a started runtime, in registry order."""
-    enabled = runtime.settings.enabled_adapters()
-    return [spec.builder()(runtime, enabled[spec.name]) for spec in ADAPTERS
-            if spec.build is not None and spec.name in enabled]
+    return [spec.builder()(runtime, conf) for spec, conf in servable(runtime.settings)]

@@ -37,8 +37,10 @@ from adapters.operator import OperatorInbox
 from adapters.registry import ServedAdapter
 from adapters.web import WebAdapter
 from bot.config import Settings
+from bot.engines import build_engine
 from bot.errors import StartupError
-from bot.runtime import DEMO_BANNER, Runtime
+from bot.ops.checks import CheckResult, check_engine, check_store, reason, run_part, shown
+from bot.runtime import DEMO_BANNER, Runtime, open_store
 
 log = logging.getLogger(__name__)
 
@@ -268,26 +270,89 @@ def describe_store(settings: Settings) -> str:
     return str(settings.store_path)
 
 
-async def check(settings: Settings) -> int:
-    """``serve --check``: config, secrets, store, model and engine, then exit (nothing is served)."""
-    settings.check_secrets()
-    async with Runtime(settings) as runtime:
-        assert runtime.engine is not None
-        assert runtime.store is not None
-        await runtime.store.check()
-        print(f"ok: store {describe_store(settings)} is writable")
-        await runtime.engine.check()
-        info = runtime.engine.info
-        print(f"ok: engine {info.name} ready (context {info.context_length} tokens){' — DEMO MODEL' if info.demo else ''}")
-        web = getattr(settings.adapters, "web", None)
-        if web is not None and web.enabled:
-            from adapters.web import session_secret
+async def check(settings: Settings, *, offline: bool = False) -> int:
+    """``serve --check``: each part asked where it lives, one line each (✓ or ✗, what was checked, what answered,
+    the fix for a ✗): the store, the engine, every enabled adapter's platform (``PlatformAdapter.check``). The
+    adapters are built but never started (no polling, no socket, no message taken), each part has
+    ``PART_TIMEOUT`` seconds, and everything is closed after. Returns 1 when any part failed, else 0.
+    ``offline``: :func:`check_offline`."""
+    if offline:
+        return await check_offline(settings)
+    outcomes: list[bool] = []
 
-            session_secret(settings, web)  # with replicas, the shared one must be set
-        enabled = ", ".join(name for name in settings.enabled_adapters() if name != "console") or "none"
-        print(f"ok: adapters enabled: {enabled}")
-        if os.environ.get(settings.server.operator_token_env):
-            print("ok: operator inbox at /operator and operator API enabled (token set)")
-        if settings.handoff.webhook_url:
-            print("ok: handoff webhook configured (signing secret set)")
+    def show(results: list[CheckResult]) -> None:
+        for result in results:
+            print(result.line(), flush=True)
+            outcomes.append(result.ok)
+
+    show(await run_part("store", check_store(settings)))
+    show(await run_part("engine", check_engine(settings)))
+    runtime = Runtime.for_checks(settings)
+    built: list[ServedAdapter] = []
+    try:
+        for spec, conf in registry.servable(settings):
+            try:
+                adapter = spec.builder()(runtime, conf)
+            except Exception as exc:  # a setting or secret refused, or its SDK missing: that part's line
+                show([CheckResult(False, spec.name, _not_built(spec.name, exc))])
+                continue
+            built.append(adapter)
+            show(await run_part(spec.name, adapter.check()))
+    finally:
+        for adapter in built:
+            with contextlib.suppress(Exception):
+                await adapter.close()
+    if os.environ.get(settings.server.operator_token_env):
+        show([CheckResult(True, "operator", f"the inbox at /operator and the operator API are on "
+                                            f"(${settings.server.operator_token_env} set)")])
+    if settings.handoff.webhook_url:
+        show([CheckResult(True, "handoff", f"events go to {shown(settings.handoff.webhook_url)}, signed with "
+                                           f"${settings.handoff.webhook_secret_env} (not contacted: a test event "
+                                           "would reach people)")])
+    failed = outcomes.count(False)
+    print(f"internvl-bot: {failed} of {len(outcomes)} checks failed" if failed
+          else f"internvl-bot: all {len(outcomes)} checks passed", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def _not_built(name: str, exc: Exception) -> str:
+    if isinstance(exc, StartupError):
+        return str(exc).removeprefix(f"adapters.{name}: ")
+    if isinstance(exc, ImportError):
+        return f"its SDK is missing ({exc}) — pip install -e '.[{name}]'"
+    return f"cannot be built: {type(exc).__name__}: {reason(exc)}"
+
+
+async def check_offline(settings: Settings) -> int:
+    """``serve --check --offline`` (CI): config, secrets, the store writable, an in-process model loaded; no
+    platform and no model server is contacted. Lines start with ``ok:``; the first problem raises."""
+    store = open_store(settings)
+    await store.open()
+    try:
+        await store.check()
+    finally:
+        await store.close()
+    print(f"ok: store {describe_store(settings)} is writable")
+    if settings.engine.kind == "openai_http":
+        print(f"ok: engine openai_http at {shown(settings.engine.openai_http.base_url)} (not contacted: --offline)")
+    else:
+        engine = build_engine(settings)
+        await engine.start()
+        try:
+            await engine.check()
+            info = engine.info
+        finally:
+            await engine.close()
+        print(f"ok: engine {info.name} ready (context {info.context_length} tokens){' — DEMO MODEL' if info.demo else ''}")
+    web = getattr(settings.adapters, "web", None)
+    if web is not None and web.enabled:
+        from adapters.web import session_secret
+
+        session_secret(settings, web)  # with replicas, the shared one must be set
+    enabled = ", ".join(name for name in settings.enabled_adapters() if name != "console") or "none"
+    print(f"ok: adapters enabled: {enabled}")
+    if os.environ.get(settings.server.operator_token_env):
+        print("ok: operator inbox at /operator and operator API enabled (token set)")
+    if settings.handoff.webhook_url:
+        print("ok: handoff webhook configured (signing secret set)")
     return 0

@@ -59,6 +59,7 @@ from bot.conversation.manager import ConversationManager
 from bot.errors import ShuttingDown, StartupError
 from bot.l10n import i18n
 from bot.media.images import sniff
+from bot.ops.checks import CheckResult
 from bot.ops.logs import conversation_var, register_secret
 from bot.runtime import Runtime
 from bot.seams import Channel
@@ -401,6 +402,16 @@ class WebAdapter(PlatformAdapter[WebSettings]):
                     path.unlink()
 
     # -- routes ---------------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """Nothing outside to ask: where the page is served and where the cookies' key comes from (being built
+        already found it, or refused a per-replica key)."""
+        server = self.settings.server
+        url = server.public_url.rstrip("/") if server.public_url else f"http://{server.host}:{server.port}"
+        env = self.conf.session_secret_env
+        key = f"${env}" if os.environ.get(env) else str(self.settings.data_path / "web-session.key")
+        return [CheckResult(True, PLATFORM, f"the chat page at {url}{self.prefix}/; sessions signed with the key "
+                                            f"from {key}")]
 
     def router(self) -> APIRouter:
         r = APIRouter()

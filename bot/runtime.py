@@ -8,12 +8,12 @@ from types import TracebackType
 
 from bot.config import ConfigError, Settings
 from bot.conversation.manager import ConversationManager
-from bot.engines import Engine, build_engine
+from bot.engines import EchoEngine, Engine, build_engine
 from bot.handoff.notifiers import LogNotifier, Notifiers, WebhookNotifier
 from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import Scheduler
 from bot.seams import Notifier
-from bot.store import SQLiteStore, Store
+from bot.store import MemoryStore, SQLiteStore, Store
 from bot.store.lock import DataDirLock
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,17 @@ class Runtime:
         self.manager: ConversationManager | None = None
         self.metrics = Metrics()
         self.notifier: Notifiers | None = None
+
+    @classmethod
+    def for_checks(cls, settings: Settings) -> Runtime:
+        """A runtime that starts nothing, for ``serve --check``: the adapters are built on it to check their
+        platforms, and never started. Its store is in memory and its engine the echo engine (an adapter's check
+        uses neither), so every platform is checked also when the database or the model is what fails, and no
+        model is loaded for it; the store and the engine have checks of their own (bot/ops/checks.py)."""
+        store, engine = MemoryStore(), EchoEngine()
+        runtime = cls(settings, engine=engine, store=store)
+        runtime.manager = ConversationManager(settings, store, engine, metrics=runtime.metrics)
+        return runtime
 
     async def __aenter__(self) -> Runtime:
         settings = self.settings

@@ -1,4 +1,5 @@
-"""``internvl-bot serve`` as a real process: readiness, the web API, SIGTERM mid-answer, restart, --check."""
+"""``internvl-bot serve`` as a real process: readiness, the web API, SIGTERM mid-answer, restart, --check (the
+platforms' checks are in tests/test_check.py)."""
 
 from __future__ import annotations
 
@@ -156,8 +157,14 @@ def test_check_validates_without_serving_and_never_prints_secrets(tmp_path: Path
     ok = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check"], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
-    assert "ok: engine echo ready" in ok.stdout and "operator API enabled" in ok.stdout
+    assert "✓ engine: echo" in ok.stdout and "✓ operator: the inbox at /operator and the operator API" in ok.stdout
+    assert "✓ handoff: events go to http://127.0.0.1:9/hook" in ok.stdout
     assert "secret-value" not in ok.stdout + ok.stderr
+    offline = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check", "--offline"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert offline.returncode == 0, offline.stderr
+    assert "ok: engine echo ready" in offline.stdout and "operator API enabled" in offline.stdout
+    assert "secret-value" not in offline.stdout + offline.stderr
     del env["INTERNVL_BOT_HANDOFF_SECRET"]
     bad = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
@@ -165,7 +172,10 @@ def test_check_validates_without_serving_and_never_prints_secrets(tmp_path: Path
     (tmp_path / "config.yaml").write_text("engine:\n  transformers:\n    model: /nowhere\n", encoding="utf-8")
     missing = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "/nowhere" in missing.stderr
+    assert missing.returncode == 1 and "✗ engine: engine.transformers.model: model folder /nowhere" in missing.stdout
+    offline = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check", "--offline"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert offline.returncode == 2 and "/nowhere" in offline.stderr
 
 
 def test_check_reports_an_unreachable_model_server(tmp_path: Path) -> None:
@@ -174,8 +184,9 @@ def test_check_reports_an_unreachable_model_server(tmp_path: Path) -> None:
         f"engine:\n  kind: openai_http\n  openai_http:\n    base_url: http://127.0.0.1:{port}/v1\n", encoding="utf-8")
     run = subprocess.run([sys.executable, "-m", "adapters.cli", "serve", "--check"], cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2
-    assert f"engine.openai_http.base_url: cannot list models at http://127.0.0.1:{port}/v1/models" in run.stderr
+    assert run.returncode == 1
+    assert f"✗ engine: cannot reach http://127.0.0.1:{port}/ (All connection attempts failed)" in run.stdout
+    assert "Traceback" not in run.stderr
 
 
 def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from bot.config import AdapterSection, Settings
 from bot.errors import StartupError, describe
+from bot.ops.checks import CheckResult
 from bot.ops.logs import redact, register_secret
 
 if TYPE_CHECKING:
@@ -106,6 +107,25 @@ class PlatformAdapter(Generic[Conf]):
             return redact(f"{prefix}: cannot reach {self.endpoint or 'the platform'} ({describe(cause)}) — check "
                           f"{key}, the network, DNS and any proxy")
         return redact(f"{prefix} failed: {describe(exc)}")
+
+    def served_at(self, path: str) -> str:
+        """The URL a platform must call for ``path`` of this service: ``server.public_url`` + ``path``, or, while
+        it is not set, a placeholder saying so (``serve --check`` prints it)."""
+        public = self.settings.server.public_url
+        if public:
+            return public.rstrip("/") + path
+        return f"<this service's public address>{path} (server.public_url is not set)"
+
+    # -- checks -----------------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """``serve --check``: ask the platform whether this adapter's settings and secrets work, one
+        :class:`~bot.ops.checks.CheckResult` per thing asked, on a built adapter that is never started (no
+        message is taken). Network failures are ✗ results naming the URL and the fix, not exceptions. The base
+        asks nothing: being built already checked the settings and the secrets' presence; adapters that talk to
+        a platform override this next to the code that knows it."""
+        return [CheckResult(True, self.name, "settings and secrets accepted (this adapter asks its platform "
+                                             "nothing: it has no check of its own)")]
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from bot.config import Settings
 from bot.conversation.manager import ConversationManager
 from bot.errors import FileHostRefused, FileTooLarge, ShuttingDown
 from bot.l10n import i18n
+from bot.ops.checks import CheckResult, reason, shown, unreachable
 from bot.ops.logs import conversation_var
 from bot.seams import Channel
 from bot.types import (
@@ -539,6 +540,51 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         if self._session is not None:
             await self._session.close()
         await super().close()
+
+    # -- serve --check -----------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """``auth.test`` with the bot token; in socket mode ``apps.connections.open`` with the app token (the
+        connection it offers is not opened); in http mode, the Request URL Slack must call."""
+        url = f"{shown(self.conf.api_url).rstrip('/')}/auth.test"
+        bot_fix = f"set {self.conf.bot_token_env} to the app's Bot User OAuth Token (xoxb-…, OAuth & Permissions)"
+        try:
+            auth = await self.client.auth_test()
+        except Exception as exc:
+            return [self._refused(url, exc, bot_fix)]
+        results = [CheckResult(True, PLATFORM, f"auth.test at {url}: the bot {auth.get('user')} ({auth.get('user_id')})"
+                                               f" in {auth.get('team')} ({auth.get('url')})")]
+        if self.conf.mode == "socket":
+            url = f"{shown(self.conf.api_url).rstrip('/')}/apps.connections.open"
+            try:
+                await self.client.apps_connections_open(app_token=self.app_token)
+            except Exception as exc:
+                results.append(self._refused(url, exc, f"set {self.conf.app_token_env} to an app-level token "
+                                                       "(xapp-…, Basic Information → App-Level Tokens) with the "
+                                                       "connections:write scope, and turn Socket Mode on"))
+            else:
+                results.append(CheckResult(True, PLATFORM, f"apps.connections.open at {url}: Slack offers a Socket "
+                                                           f"Mode connection to the app token ({self.conf.app_token_env})"))
+        else:
+            results.append(CheckResult(True, PLATFORM, f"Slack must POST events to {self.served_at(EVENTS_PATH)} "
+                                                       "(Event Subscriptions and Interactivity → Request URL)"))
+        return results
+
+    def _refused(self, url: str, exc: BaseException, fix: str) -> CheckResult:
+        """The ✗ line of a Web API call that failed: what Slack said, or why it could not be asked."""
+        method = url.rsplit("/", 1)[1]
+        if isinstance(exc, SlackApiError):
+            error = slack_error(exc) or f"HTTP {exc.response.status_code}"
+            if error in ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+                         "not_allowed_token_type"):
+                return CheckResult(False, PLATFORM, f"{method} at {url}: Slack said {error!r} — {fix}")
+            return CheckResult(False, PLATFORM, f"{method} at {url}: Slack said {error!r} — check "
+                                                "adapters.slack.api_url (https://slack.com/api/)")
+        if isinstance(exc, (OSError, asyncio.TimeoutError, aiohttp.ClientError)):
+            return CheckResult(False, PLATFORM, f"{method}: " + unreachable(
+                self.conf.api_url, exc, "check adapters.slack.api_url and the network"))
+        return CheckResult(False, PLATFORM, f"{method} at {url}: {type(exc).__name__}: {reason(exc)} — check "
+                                            "adapters.slack.api_url")
 
     def router(self) -> APIRouter | None:
         if self.conf.mode != "http":

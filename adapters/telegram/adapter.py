@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from telegram import (
@@ -85,6 +86,7 @@ from bot.errors import (
     StickerNotSupported,
 )
 from bot.l10n import i18n
+from bot.ops.checks import HTTP_TIMEOUT, CheckResult, platform_said, shown, unreachable
 from bot.ops.logs import conversation_var
 from bot.seams import Channel, Elector
 from bot.store import is_store_error
@@ -422,6 +424,65 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         with contextlib.suppress(Exception):
             await self.app.shutdown()
         await super().close()
+
+    # -- serve --check -----------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """``getMe`` with the token; in webhook mode also ``getWebhookInfo``: Telegram delivers to
+        ``server.public_url`` + ``/telegram/webhook``. Lines show the token as the variable that holds it."""
+        http = self.http_client(timeout=HTTP_TIMEOUT)
+        me, failed = await self._ask(http, "getMe")
+        if failed is not None:
+            return [failed]
+        results = [CheckResult(True, PLATFORM, f"getMe at {self._where('getMe')}: the bot @{me.get('username')} "
+                                               f"(id {me.get('id')}), {self.conf.mode} mode")]
+        if self.conf.mode != "webhook":
+            return results
+        info, failed = await self._ask(http, "getWebhookInfo")
+        if failed is not None:
+            return [*results, failed]
+        expected = self.settings.server.public_url.rstrip("/") + WEBHOOK_PATH
+        url = str(info.get("url") or "")
+        if url == expected:
+            error = info.get("last_error_message")
+            last = f"; Telegram's last delivery failed: {error!r}" if error else ""
+            results.append(CheckResult(True, PLATFORM, f"getWebhookInfo: Telegram delivers to {expected} "
+                                                        f"({info.get('pending_update_count', 0)} update(s) waiting{last})"))
+        elif not url:
+            results.append(CheckResult(False, PLATFORM, f"getWebhookInfo: no webhook set, Telegram must deliver to "
+                                                        f"{expected} — start serve (it calls setWebhook at start)"))
+        else:
+            results.append(CheckResult(False, PLATFORM, f"getWebhookInfo: Telegram delivers to {shown(url)}, not "
+                                                        f"{expected} — another deployment of this bot (serve sets "
+                                                        "its own at start: stop the other, or give each a bot of "
+                                                        "its own), or fix server.public_url"))
+        return results
+
+    def _where(self, method: str) -> str:
+        return f"{shown(self.conf.base_url)}<{self.conf.token_env}>/{method}"
+
+    async def _ask(self, http: httpx.AsyncClient, method: str) -> tuple[dict[str, Any], CheckResult | None]:
+        """One Bot API call without parameters: its result, or the ✗ line saying what Telegram said."""
+        try:
+            response = await http.post(f"{self.conf.base_url}{self.app.bot.token}/{method}")
+        except httpx.HTTPError as exc:
+            return {}, CheckResult(False, PLATFORM, f"{method}: " + unreachable(
+                self.conf.base_url, exc, "check adapters.telegram.base_url and the network"))
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("ok") is True and isinstance(body.get("result"), dict):
+            return body["result"], None
+        said = platform_said(response, "description")
+        if isinstance(body, dict) and response.status_code == 401:
+            fix = f"set {self.conf.token_env} to the bot token from @BotFather (Telegram does not know this one)"
+        elif isinstance(body, dict) and response.status_code == 404:
+            fix = (f"{self.conf.token_env} is not shaped like a bot token (123456:ABC…, from @BotFather), or "
+                   "adapters.telegram.base_url is not the Bot API")
+        else:
+            fix = "check adapters.telegram.base_url (the Bot API, ending in /bot)"
+        return {}, CheckResult(False, PLATFORM, f"{method} at {self._where(method)}: Telegram said {said} — {fix}")
 
     async def _set_commands(self) -> None:
         """The command menu, in every language the framework speaks (Telegram picks by the user's language)."""

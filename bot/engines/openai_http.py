@@ -191,7 +191,7 @@ class OpenAIHTTPEngine(LimitedEngine):
             self._tokenizer = AutoTokenizer.from_pretrained(s.tokenizer)
         if not self.model:
             try:
-                models = await self._models()
+                models = await self.served_models()
             except (httpx.HTTPError, EngineError) as exc:
                 raise StartupError(
                     f"engine.openai_http.base_url: cannot list models at {self.base_url}/models ({exc}) — "
@@ -202,7 +202,8 @@ class OpenAIHTTPEngine(LimitedEngine):
             self.model = models[0]
         log.info("openai_http engine: %s, model %s", self.base_url, self.model)
 
-    async def _models(self) -> list[str]:
+    async def served_models(self) -> list[str]:
+        """The ids ``GET {base_url}/models`` lists (raises on a refused key, an HTTP error or no answer)."""
         assert self._client is not None
         response = await self._client.get(f"{self.base_url}/models", headers=self._headers(),
                                           timeout=self.settings.connect_timeout + 5)
@@ -214,7 +215,7 @@ class OpenAIHTTPEngine(LimitedEngine):
 
     async def check(self) -> None:
         """Readiness: the server lists models (and our model among them when it names one)."""
-        models = await self._models()
+        models = await self.served_models()
         if self.model and models and self.model not in models:
             raise EngineError(f"model {self.model!r} is not served (served: {', '.join(models[:5])})")
 

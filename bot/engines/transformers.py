@@ -62,40 +62,11 @@ class TransformersEngine(LimitedEngine):
             AutoImageProcessor,
             AutoModelForImageTextToText,
             AutoTokenizer,
-            PretrainedConfig,
         )
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        path = self.model_path
-        local = Path(path).expanduser()
-        if local.exists():
-            path = str(local)
-            if not (local / "config.json").exists():
-                raise ModelLoadError(
-                    f"engine.transformers.model: {local} has no config.json — it is not a transformers checkpoint; "
-                    "point it at an InternVL -hf folder such as a download of OpenGVLab/InternVL3-1B-hf"
-                )
-        elif path.startswith((".", "/", "~")) or path.count("/") != 1:
-            raise ModelLoadError(
-                f"engine.transformers.model: model folder {path} not found — fix the path, or leave the key "
-                "empty to use the demo model"
-            )
-        try:
-            raw, _ = PretrainedConfig.get_config_dict(path)
-        except Exception as exc:
-            raise ModelLoadError(f"engine.transformers.model: cannot read the config of {path}: {exc}") from None
-        model_type = raw.get("model_type", "")
-        if model_type != "internvl":
-            hint = (
-                "this is the original InternVL layout (InternVLChatModel, trust_remote_code); use its -hf "
-                "conversion, e.g. OpenGVLab/InternVL3-1B-hf"
-                if model_type == "internvl_chat"
-                else "point it at an InternVL -hf checkpoint such as OpenGVLab/InternVL3-1B-hf"
-            )
-            raise ModelLoadError(
-                f"engine.transformers.model: {path} is a {model_type or 'unknown'!r} model, not InternVL — {hint}"
-            )
+        path, _ = internvl_config(self.model_path)
         config = AutoConfig.from_pretrained(path)
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
@@ -270,3 +241,40 @@ class TransformersEngine(LimitedEngine):
             put(exc)
         finally:
             put(_END)
+
+
+def internvl_config(path: str) -> tuple[str, dict[str, Any]]:
+    """The folder (or hub id) ``path`` resolved, and its ``config.json`` as a dict, when it is an InternVL ``-hf``
+    checkpoint; else :class:`~bot.errors.ModelLoadError` saying what it is and what to set. Reads the config
+    only (``serve --check``; :meth:`TransformersEngine.start` loads the rest)."""
+    from transformers import PretrainedConfig
+
+    local = Path(path).expanduser()
+    if local.exists():
+        path = str(local)
+        if not (local / "config.json").exists():
+            raise ModelLoadError(
+                f"engine.transformers.model: {local} has no config.json — it is not a transformers checkpoint; "
+                "point it at an InternVL -hf folder such as a download of OpenGVLab/InternVL3-1B-hf"
+            )
+    elif path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise ModelLoadError(
+            f"engine.transformers.model: model folder {path} not found — fix the path, or leave the key "
+            "empty to use the demo model"
+        )
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(path)
+    except Exception as exc:
+        raise ModelLoadError(f"engine.transformers.model: cannot read the config of {path}: {exc}") from None
+    model_type = raw.get("model_type", "")
+    if model_type != "internvl":
+        hint = (
+            "this is the original InternVL layout (InternVLChatModel, trust_remote_code); use its -hf "
+            "conversion, e.g. OpenGVLab/InternVL3-1B-hf"
+            if model_type == "internvl_chat"
+            else "point it at an InternVL -hf checkpoint such as OpenGVLab/InternVL3-1B-hf"
+        )
+        raise ModelLoadError(
+            f"engine.transformers.model: {path} is a {model_type or 'unknown'!r} model, not InternVL — {hint}"
+        )
+    return path, raw

@@ -45,7 +45,8 @@ index holds several versions and forks, the newest upstream-looking one was used
   devise's 401 ``{"errors": ["You need to sign in or sign up before continuing."]}``, unknown → 401
   ``{"error": "Invalid Access Token"}``; an agent bot may only call ``BOT_ACCESSIBLE_ENDPOINTS`` (messages
   ``create``; conversations ``show``, ``toggle_status``, ``toggle_typing_status``...), else 401
-  ``{"error": "Access to this endpoint is not authorized for bots"}`` (so it cannot list messages). A bot
+  ``{"error": "Access to this endpoint is not authorized for bots"}`` (so it cannot list messages, nor read
+  ``GET /api/v1/profile``, which answers a user's token with the user's profile). A bot
   asking ``open`` on a *pending* conversation is a ``bot_handoff!`` (the answer's ``success`` is null then).
 * The status activity messages of ``app/models/concerns/activity_message_handler.rb`` with the en.yml texts.
 
@@ -167,7 +168,8 @@ class Call:
 
     name: str
     """``messages.create``, ``messages.index``, ``conversations.show``, ``conversations.toggle_status``,
-    ``conversations.toggle_typing_status``, ``download`` (a data_url/thumb_url redirect) or ``unknown``."""
+    ``conversations.toggle_typing_status``, ``profiles.show``, ``download`` (a data_url/thumb_url redirect) or
+    ``unknown``."""
     method: str
     path: str
     token: str | None
@@ -419,6 +421,7 @@ class FakeChatwoot:
             Route(conv + "/toggle_status", self._toggle_status_endpoint, methods=["POST"]),
             Route(conv + "/toggle_typing_status", self._typing_endpoint, methods=["POST"]),
             Route(conv, self._show_endpoint, methods=["GET"]),
+            Route("/api/v1/profile", self._profile_endpoint, methods=["GET"]),
             Route("/rails/active_storage/blobs/redirect/{signed_id}/{filename:path}", self._redirect_endpoint,
                   methods=["GET", "HEAD"]),
             Route("/rails/active_storage/representations/redirect/{signed_id}/{variation}/{filename:path}",
@@ -1268,6 +1271,34 @@ class FakeChatwoot:
               files: list[dict[str, Any]]) -> Response:
         assert conv is not None
         return JSONResponse(self.conversation_data(conv.id))
+
+    async def _profile_endpoint(self, request: Request) -> Response:
+        """``GET /api/v1/profile`` (``Api::V1::ProfilesController#show``, an ``Api::BaseController``): the token is
+        checked first (``authenticate_access_token!``, then ``validate_bot_access_token!``: profiles are not among
+        the bot's endpoints, so an agent bot's token gets 401 "not authorized for bots"); a user's token gets its
+        profile (``api/v1/models/_user.json.jbuilder``, the account list included)."""
+        token = request.headers.get("api_access_token") or request.headers.get("api-access-token")
+        call = Call(name="profiles.show", method="GET", path=request.url.path, token=token,
+                    headers=dict(request.headers), body_kind="none", params=dict(request.query_params),
+                    time=time.monotonic())
+        try:
+            self._authenticate(token, "profiles.show")
+            agent = self.agent
+            response: Response = JSONResponse({
+                "access_token": self.agent_token, "account_id": self.account_id,
+                "available_name": agent["available_name"], "avatar_url": agent["avatar_url"], "confirmed": True,
+                "display_name": None, "message_signature": None, "email": agent["email"], "id": agent["id"],
+                "inviter_id": None, "name": agent["name"], "provider": "email", "pubsub_token": "pubsub-agent",
+                "role": "agent", "ui_settings": {}, "uid": agent["email"], "type": "user",
+                "accounts": [{"id": self.account_id, "name": self.account["name"], "status": "active",
+                              "active_at": None, "role": "agent", "permissions": ["agent"],
+                              "availability": "online", "availability_status": "online", "auto_offline": True}]})
+        except _HttpError as exc:
+            response = JSONResponse(exc.body, status_code=exc.status)
+        call.status = response.status_code
+        self.calls.append(call)
+        self._notify()
+        return response
 
     async def _unknown_endpoint(self, request: Request) -> Response:
         self.calls.append(Call(name="unknown", method=request.method, path=request.url.path,
