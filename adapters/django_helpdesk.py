@@ -44,10 +44,11 @@ from adapters.common.auth import SharedSecret
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import BadRequest, download, parse_json_object, read_body
 from adapters.common.sink import Message, PostingSink
-from adapters.common.urlguard import NetworkList, UrlGuard, require_https, without_credentials
+from adapters.common.urlguard import NetworkList, UrlGuard, require_https
 from bot.config import AdapterSection, IdList, Settings
 from bot.errors import FileTooLarge, ShuttingDown
 from bot.ops.checks import CheckResult, platform_said, unreachable
+from bot.ops.checks import shown as shown_url
 from bot.ops.logs import conversation_var
 from bot.seams import Channel
 from bot.store import is_store_error
@@ -188,11 +189,11 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         self.assist = {str(q) for q in conf.agent_assist_queues}
         self.channel = Channel(PLATFORM, HelpdeskFetcher(self), lambda context: HelpdeskSink(self, context),
                                conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True,
-                               endpoint=without_credentials(self.base_url),
+                               endpoint=shown_url(self.base_url),
                                endpoint_setting="adapters.django_helpdesk.base_url")
         manager.register(self.channel)
         self.bot_user: int | None = None
-        shown = without_credentials(self.base_url)
+        shown = shown_url(self.base_url)
         self.mark_bucket = f"{MARK_BUCKET}{shown}"
         self.queue_bucket = f"{QUEUE_BUCKET}{shown}"
         self._queues: dict[int, str] = {}  # queue id -> slug
@@ -230,7 +231,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         followups-attachments and users are all it serves), so queues are not checked. Then the webhook URLs
         the helpdesk must be given."""
         url = f"{self.base_url}/api/followups/"
-        shown = without_credentials(url)
+        shown = shown_url(url)
         hooks = CheckResult(True, PLATFORM, f"set HELPDESK_NEW_TICKET_WEBHOOK_URLS and HELPDESK_FOLLOWUP_WEBHOOK_URLS "
                                             f"on the helpdesk to {self.served_at(WEBHOOK_PATH)}?token=<the value of "
                                             f"{self.conf.webhook_token_env}>")
@@ -541,7 +542,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
                 raise ValueError("the answer is not a JSON object")
             return body
 
-        shown = without_credentials(url) + (f"?{httpx.QueryParams(params)}" if params else "")
+        shown = shown_url(url) + (f"?{httpx.QueryParams(params)}" if params else "")
         return await _step(f"GET {shown}", get())
 
     async def _move_mark(self, mark: int, old: list[tuple[str, str]]) -> None:

@@ -56,7 +56,6 @@ from adapters.common.urlguard import (
     UrlRefused,
     host_allowed,
     require_https,
-    without_credentials,
 )
 from bot.config import AdapterSection, Settings
 from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
@@ -355,7 +354,7 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
         self.backoff = 1.0
         self.channel = Channel(PLATFORM, ApiFetcher(self), lambda context: CallbackSink(self, context),
                                conf.persona or None, policy=conf.policy(settings.limits), reaches_people=True,
-                               endpoint=without_credentials(conf.callback_url),
+                               endpoint=shown(conf.callback_url),
                                endpoint_setting="adapters.helpdesk_api.callback_url")
         manager.register(self.channel)
         self.callbacks_delivered = 0

@@ -101,7 +101,7 @@ class PlatformAdapter(Generic[Conf]):
             fix = f" — {self.credential_fix}" if self.credential_fix else ""
             return redact(f"{prefix}: {self.endpoint or 'the platform'} refused the credential in the environment "
                           f"variable {env} ({said}){fix}")
-        cause = unreachable(exc)
+        cause = network_cause(exc)
         if cause is not None:
             key = f"adapters.{self.name}.{self.endpoint_key}" if self.endpoint_key else f"adapters.{self.name}"
             return redact(f"{prefix}: cannot reach {self.endpoint or 'the platform'} ({describe(cause)}) — check "
@@ -161,7 +161,7 @@ _UNREACHABLE = (httpx.TransportError, aiohttp.ClientConnectionError, ConnectionE
                 TimeoutError, asyncio.TimeoutError)
 
 
-def unreachable(exc: BaseException) -> BaseException | None:
+def network_cause(exc: BaseException) -> BaseException | None:
     """The error in ``exc``'s chain that says the platform could not be reached (a refused connection, a name
     that does not resolve, a time-out), or None. SDKs wrap them (PTB's NetworkError ``from`` httpx's)."""
     seen: set[int] = set()
@@ -174,4 +174,4 @@ def unreachable(exc: BaseException) -> BaseException | None:
     return None
 
 
-__all__ = ["PlatformAdapter", "unreachable"]
+__all__ = ["PlatformAdapter", "network_cause"]

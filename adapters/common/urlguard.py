@@ -131,13 +131,6 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def without_credentials(url: str) -> str:
-    """``url`` without a ``user:password@`` and without its query (where tokens ride): what a log line,
-    an error or a stash name may show."""
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
-
-
 def require_https(url: str, key: str, what: str) -> None:
     """Fail closed at start-up: ``what`` (a password, a token) is sent with every request to ``url``, so a
     plain ``http`` URL is refused unless it is this machine. The message names ``key`` and the host only."""
