@@ -267,7 +267,7 @@ async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, 
 
             # the operator answers; the user sees it with the operator's name
             await operator.fill("#reply", "Hi, Marta here: a new kettle is on its way.")
-            await operator.press("#reply", "Enter")
+            await operator.press("#reply", "Control+Enter")
             await expect(user.locator(".msg.assistant").last).to_contain_text("Hi, Marta here: a new kettle is on its way.")
             await expect(user.locator(".msg.assistant").last).to_contain_text("Marta")
             await expect(operator.locator("#log .msg.person").last).to_contain_text("a new kettle is on its way")
@@ -289,7 +289,10 @@ async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, 
             await operator.locator("#active li").click()
             await operator.click("#take")
             await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_taken", lang, name="Marta"))
-            await expect(operator.locator("#waiting li")).to_have_count(1)
+            # taken: Marta's, in her own section, not waiting for a person
+            await expect(operator.locator("ul.progress li")).to_have_count(1)
+            await expect(operator.locator("h2.progress")).to_have_text(text("op_in_progress", lang, name="Marta"))
+            await expect(operator.locator("#waiting li")).to_have_count(0)
         finally:
             await browser.close()
 

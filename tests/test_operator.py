@@ -109,7 +109,10 @@ async def test_take_over_a_conversation_the_assistant_handles(tmp_path: Path, op
         taken = await op.post(f"/api/operator/conversations/{active['key']}/take", json={"by": "Marta"})
         assert taken.json() == {"taken": True}
         listing = (await op.get("/api/operator/conversations")).json()
-        assert [c["key"] for c in listing["waiting"]] == [active["key"]]
+        # taken: Marta has it (her section of the inbox), and the user is not waiting for an answer
+        assert listing["waiting"] == [] and listing["active"] == []
+        [taken_conv] = listing["in_progress"]
+        assert (taken_conv["key"], taken_conv["operator"], taken_conv["waiting_since"]) == (active["key"], "Marta", None)
         history = (await user.get("/api/history")).json()["messages"]
         assert history[-1]["text"] == text("handoff_taken", "en", name="Marta")
 
