@@ -15,7 +15,8 @@ has a conversation ``open``, messages keep arriving: the bot stays silent). A st
 ``pending`` gives the conversation back to the bot. Replies are messages of the conversation (typing shown
 while the model works); a handoff (``/human``, a plain request, the persona's policy, or the model saying it
 cannot help) posts the polite reply and toggles the conversation ``open``, which runs Chatwoot's own handoff to
-agents. In agent-assist inboxes the bot answers agents instead: every draft is a private note, nothing is
+agents; so does "Take over" in the operator inbox, and "Give back" (or the customer's ``/bot``) toggles it back to
+``pending``. In agent-assist inboxes the bot answers agents instead: every draft is a private note, nothing is
 public, and the conversation's status does not matter.
 
 Attachments are fetched from their ``data_url``, which redirects to storage (often another host): redirects are
@@ -145,8 +146,11 @@ class ChatwootSink(PostingSink):
         return await self._post(reply.caption, files=[reply])
 
     async def handed_off(self, event: HandoffUpdate) -> None:
+        # Chatwoot's agents see who has the conversation: "open" while a person has it (asked for, or taken over
+        # in the operator inbox), "pending" when it is the assistant's again. The webhook that follows changes
+        # nothing: the mode is already that.
         if not self.private:
-            await self.adapter.toggle_status(self.context, "open")
+            await self.adapter.toggle_status(self.context, "pending" if event.state == "returned" else "open")
 
     async def typing(self, on: bool) -> bool:
         if self.private and on:

@@ -167,7 +167,7 @@ class HelpdeskSink(PostingSink):
                                            files=[reply])
 
     async def handed_off(self, event: HandoffUpdate) -> None:
-        if self.public:
+        if self.public and event.state == "requested":
             await self.adapter.hand_to_staff(self.ticket, event.reason or "user")
 
 

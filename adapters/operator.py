@@ -4,12 +4,16 @@ Served by ``internvl-bot serve`` when the operator token is set (``server.operat
 ``INTERNVL_BOT_OPERATOR_TOKEN``): the page ``/operator`` (sign in with the token and a name), and the
 operator API under ``/api/operator/`` (``Authorization: Bearer <token>``):
 
-- ``GET /api/operator/conversations``: waiting for a person (oldest handoff first, with how long each has
-  waited) and the ones the assistant is handling (newest first), from every adapter;
+- ``GET /api/operator/conversations``: ``waiting`` for a person (oldest handoff first), ``in_progress`` (a
+  person has answered or taken it since the handoff: ``operator`` says who) and ``active``, the ones the
+  assistant is handling (newest first), from every adapter. Each names the user as the platform does
+  (``name``; ``number``: a small number per platform, for web visitors who have no name), says since when the
+  user waits for an answer (``waiting_since``: their newest message, when no person has answered it) and
+  whether this process serves its platform (``served``: if not, the conversation is read-only here);
 - ``GET /api/operator/conversations/{key}/messages``: a transcript, attachments with their SHA-256;
 - ``POST /api/operator/conversations/{key}/reply`` ``{"text", "author"}``: delivered into the user's
   platform as the person's answer; ``…/take`` ``{"by"}``: take over from the assistant; ``…/return``
-  ``{"by"}``: give back to the assistant;
+  ``{"by"}``: give back to the assistant (all three 409 for a platform this process does not serve);
 - ``POST /api/operator/tickets``: a short-lived ticket for what a browser cannot send headers with — the
   live updates ``GET /api/operator/events?ticket=`` (server-sent events) and images
   ``GET /api/operator/files/{sha256}?ticket=``.
@@ -39,7 +43,7 @@ from adapters.common.http import BadRequest, event_stream, preferred_language, r
 from adapters.common.transcript import transcript_json
 from bot.l10n import i18n
 from bot.media.images import sniff
-from bot.store import ConversationSummary, checked_sha256
+from bot.store import Conversation, ConversationSummary, checked_sha256
 from bot.types import ConversationKey, HandoffEvent
 
 if TYPE_CHECKING:
@@ -53,14 +57,16 @@ TICKET_SECONDS = 600
 HEARTBEAT_SECONDS = 15.0
 #: Labels of the page; their texts are the ``op_<name>`` entries of the catalogs (bot/l10n/locales).
 UI_KEYS = ("title", "token", "name", "sign_in", "bad_token", "waiting", "active", "none_waiting", "pick", "reply",
-           "send", "take", "give_back", "waited", "sign_out", "with_person", "with_bot", "not_delivered")
+           "send", "take", "give_back", "waited", "sign_out", "with_person", "with_bot", "not_delivered",
+           "in_progress", "visitor", "read_only", "shortcuts")
 #: Images shown inline in a transcript; anything else is offered as a download.
 INLINE_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 
 
 def ui_texts(lang: str) -> dict[str, str]:
     # placeholders the page fills in stay placeholders
-    return {key: i18n.text(f"op_{key}", lang, time="{time}") for key in UI_KEYS}
+    return {key: i18n.text(f"op_{key}", lang, time="{time}", name="{name}", number="{number}",
+                           platform="{platform}") for key in UI_KEYS}
 
 
 def _key(text: str) -> ConversationKey:
@@ -169,30 +175,54 @@ class OperatorInbox:
 
     # -- the API ----------------------------------------------------------------------------
 
+    def _who(self, conv: Conversation) -> dict[str, Any]:
+        """Who the conversation is with, and whether it can be answered from here."""
+        has_it = conv.operator_has_it
+        return {"key": str(conv.key), "platform": conv.key.platform, "mode": conv.mode, "name": conv.name,
+                "number": conv.number, "operator": conv.operator if has_it else "",
+                "operator_at": conv.operator_at if has_it else None, "handoff_at": conv.handoff_at,
+                "served": conv.key.platform in self.manager.platforms}
+
     def _summary(self, s: ConversationSummary, now: float) -> dict[str, Any]:
         conv = s.conversation
-        return {"key": str(conv.key), "platform": conv.key.platform, "mode": conv.mode,
-                "language": conv.language or conv.last_language or "",
-                "handoff_at": conv.handoff_at, "waited_s": round(now - conv.handoff_at, 1) if conv.handoff_at else None,
-                "last_at": s.last_at, "last_text": " ".join(s.last_text.split())[:140]}
+        out = self._who(conv)
+        # the user waits for a person from their newest message on, unless a person has written since
+        since = s.last_at if conv.mode == "human" and (out["operator_at"] is None or s.last_at > out["operator_at"]) \
+            else None
+        out.update({"language": conv.language or conv.last_language or "", "waiting_since": since,
+                    "waited_s": round(max(0.0, now - since), 1) if since is not None else None,
+                    "last_at": s.last_at, "last_text": " ".join(s.last_text.split())[:140]})
+        return out
 
     async def conversations(self) -> Response:
         now = time.time()
         store = self.manager.store
-        waiting = await store.list_conversations(mode="human", limit=200)
+        human = [self._summary(s, now) for s in await store.list_conversations(mode="human", limit=200)]
         active = await store.list_conversations(mode="bot", limit=50)
-        return JSONResponse({"now": now, "waiting": [self._summary(s, now) for s in waiting],
-                             "active": [self._summary(s, now) for s in active]})
+        # a person's conversations together, the one whose user has waited longest first
+        in_progress = sorted((c for c in human if c["operator"]),
+                             key=lambda c: (c["operator"].casefold(), c["waiting_since"] or now))
+        return JSONResponse({"now": now, "waiting": [c for c in human if not c["operator"]],
+                             "in_progress": in_progress, "active": [self._summary(s, now) for s in active]})
 
     async def messages(self, key: str) -> Response:
         parsed = _key(key)
         conv = await self.manager.store.conversation(parsed)
         rows = await self.manager.store.transcript(parsed, limit=200)
-        return JSONResponse({"conversation": str(parsed), "mode": conv.mode, "handoff_at": conv.handoff_at,
-                             "messages": transcript_json(rows)})
+        return JSONResponse({**self._who(conv), "conversation": str(parsed), "messages": transcript_json(rows)})
+
+    def _read_only(self, key: ConversationKey) -> Response | None:
+        """A conversation of a platform this process does not serve (its adapter is disabled) is read-only:
+        an answer, a take-over or a give-back could not reach the user."""
+        if key.platform in self.manager.platforms:
+            return None
+        return JSONResponse({"error": f"{key.platform} is not served by this server: the conversation is read-only"},
+                            status_code=409)
 
     async def reply(self, key: str, request: Request) -> Response:
         parsed = _key(key)
+        if (refused := self._read_only(parsed)) is not None:
+            return refused
         body = await read_json_object(request)
         text, author = text_field(body, "text", max_chars=20_000), text_field(body, "author", max_chars=200)
         if not text.strip() or not author.strip():
@@ -203,6 +233,8 @@ class OperatorInbox:
 
     async def take(self, key: str, request: Request) -> Response:
         parsed = _key(key)
+        if (refused := self._read_only(parsed)) is not None:
+            return refused
         body = await read_json_object(request)
         by = text_field(body, "by", max_chars=200)
         if not by.strip():
@@ -211,6 +243,8 @@ class OperatorInbox:
 
     async def give_back(self, key: str, request: Request) -> Response:
         parsed = _key(key)
+        if (refused := self._read_only(parsed)) is not None:
+            return refused
         body = await read_json_object(request) if await request.body() else {}
         by = text_field(body, "by", required=False, max_chars=200) or "operator"
         return JSONResponse({"returned": await self.manager.hand_back(parsed, by=by)})

@@ -9,15 +9,17 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from bot.engines import EchoEngine
 from bot.l10n.i18n import text
+from bot.store import NewMessage
 from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
-from tests.live_server import live_server, static_site
+from tests.live_server import exchange, live_server, open_session, post, static_site
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -267,14 +269,23 @@ async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, 
 
             # the operator answers; the user sees it with the operator's name
             await operator.fill("#reply", "Hi, Marta here: a new kettle is on its way.")
-            await operator.press("#reply", "Enter")
+            await operator.press("#reply", "Control+Enter")
             await expect(user.locator(".msg.assistant").last).to_contain_text("Hi, Marta here: a new kettle is on its way.")
             await expect(user.locator(".msg.assistant").last).to_contain_text("Marta")
             await expect(operator.locator("#log .msg.person").last).to_contain_text("a new kettle is on its way")
 
+            # answered: the inbox's sections, titled in the page's language; a screenshot of it
+            await expect(operator.locator("nav h2:visible")).to_have_text(
+                [text("op_waiting", lang), text("op_in_progress", lang, name="Marta"), text("op_active", lang)])
+            await expect(operator.locator("ul.progress li .name")).to_have_text([text("op_visitor", lang, number=1)])
+            await expect(operator.locator(".shortcuts")).to_have_text(text("op_shortcuts", lang))
+            shot = tmp_path / f"operator-inbox-{lang}.png"
+            await operator.screenshot(path=str(shot), full_page=True)
+            png = shot.read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, len(png)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             await user.screenshot(path=str(ARTIFACTS / f"web-chat-{lang}.png"), full_page=True)
-            await operator.screenshot(path=str(ARTIFACTS / f"operator-inbox-{lang}.png"), full_page=True)
+            shutil.copyfile(shot, ARTIFACTS / f"operator-inbox-{lang}.png")
 
             # given back: the user is told, and the assistant answers again
             await operator.click("#giveback")
@@ -289,7 +300,110 @@ async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, 
             await operator.locator("#active li").click()
             await operator.click("#take")
             await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_taken", lang, name="Marta"))
-            await expect(operator.locator("#waiting li")).to_have_count(1)
+            # taken: Marta's, in her own section, not waiting for a person
+            await expect(operator.locator("ul.progress li")).to_have_count(1)
+            await expect(operator.locator("h2.progress")).to_have_text(text("op_in_progress", lang, name="Marta"))
+            await expect(operator.locator("#waiting li")).to_have_count(0)
+        finally:
+            await browser.close()
+
+
+async def test_the_inbox_names_people_keeps_the_newest_message_in_view_and_works_from_the_keyboard(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long conversation with photos opens at its newest message (also once the photos have loaded); people
+    are named as their platform names them, with its mark, the raw key in a small line; a Telegram conversation
+    (Telegram is not served by this process) is read-only; ↑/↓ and Enter move and open, Enter in the reply box
+    is a new line and Ctrl+Enter sends."""
+    from playwright.async_api import async_playwright, expect
+
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    photo = ("kettle.jpg", image_bytes(800, 600), "image/jpeg")
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as visitor, \
+            live.client() as other, async_playwright() as pw:
+        # Visitor 1: a long conversation with photos, then "a person, please" and one more photo
+        await open_session(visitor)
+        for i in range(12):
+            await exchange(live, visitor, f"question {i}: is this part broken?", files=[photo])
+        await exchange(live, visitor, "I want to talk to a person", until="notice")
+        assert (await post(visitor, "and here is the latest photo", files=[photo])).status_code == 202
+        await open_session(other)
+        await exchange(live, other, "hello")  # Visitor 2, with the assistant
+        # Telegram, enabled once and not now: its conversation waits, read-only here
+        store = live.runtime.manager.store
+        telegram = ConversationKey("telegram", "444")
+        await store.add_incoming(telegram, NewMessage(role="user", text="is anyone there?", state="held",
+                                                      sender_id="444", event_id="u-1"))
+        await store.update_conversation(telegram, name="Joana Prado (@joana_p)", mode="human", handoff_at=time.time())
+
+        assert CHROMIUM is not None
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            operator = await browser.new_page(locale="en-US", viewport={"width": 1100, "height": 700})
+            await operator.goto(live.url + "/operator")
+            await operator.fill("#token", "op-token")
+            await operator.fill("#name", "Marta")
+            await operator.click("#signin")
+            await expect(operator.locator("body")).to_have_attribute("data-ready", "1")
+            waiting = operator.locator("#waiting li")
+            await expect(waiting.locator(".name")).to_have_text(["Visitor 1", "Joana Prado (@joana_p)"])
+            assert [await li.get_attribute("data-platform") for li in await waiting.all()] == ["web", "telegram"]
+            await expect(waiting.nth(0).locator(".platform.platform-web")).to_have_count(1)
+            await expect(waiting.nth(1).locator(".platform.platform-telegram")).to_have_count(1)
+            await expect(waiting.nth(1).locator(".details")).to_have_text("telegram:444")
+            await expect(operator.locator("#active li .name")).to_have_text(["Visitor 2"])
+
+            # ↓ and Enter open the first conversation: at its newest message, photos loaded or not
+            await operator.keyboard.press("ArrowDown")
+            await expect(waiting.nth(0)).to_have_class(re.compile(r"\bcursor\b"))
+            await operator.keyboard.press("Enter")
+            await expect(operator.locator("#title")).to_have_text("Visitor 1")
+            await expect(operator.locator("#log .msg.user").last).to_contain_text("and here is the latest photo")
+            key = await waiting.nth(0).get_attribute("data-key")
+            assert key is not None and key.startswith("web:")
+            await expect(operator.locator("#details")).to_have_text(key)
+            at_bottom = """() => { const log = document.getElementById('log');
+                const box = log.getBoundingClientRect();
+                const seen = [...log.querySelectorAll('img')].filter(i => { const r = i.getBoundingClientRect();
+                    return r.bottom > box.top && r.top < box.bottom; });
+                return seen.length > 0 && seen.every(i => i.complete && i.naturalWidth > 0)
+                    && Math.abs(log.scrollHeight - log.scrollTop - log.clientHeight) <= 2; }"""
+            await operator.wait_for_function(at_bottom, timeout=10_000)
+            assert await operator.evaluate("document.getElementById('log').scrollHeight") > 2 * await operator.evaluate(
+                "document.getElementById('log').clientHeight")  # long enough to have needed the scroll
+            for text_ in ("I want to talk to a person", "and here is the latest photo"):
+                message = operator.locator("#log .msg.user", has_text=text_).last
+                await expect(message).to_be_in_viewport()
+
+            # ↓ Enter: the Telegram conversation, read-only here, and why
+            await operator.keyboard.press("ArrowDown")
+            await operator.keyboard.press("Enter")
+            await expect(operator.locator("#title")).to_have_text("Joana Prado (@joana_p)")
+            await expect(operator.locator("#icon")).to_have_class(re.compile(r"platform-telegram"))
+            await expect(operator.locator("#readonly")).to_have_text(text("op_read_only", "en", platform="Telegram"))
+            await expect(operator.locator("#replyform")).to_be_hidden()
+            await expect(operator.locator("#take")).to_be_disabled()
+            await expect(operator.locator("#giveback")).to_be_disabled()
+
+            # ↑ Enter: back to Visitor 1; Enter in the reply box is a new line, Ctrl+Enter sends
+            await operator.keyboard.press("ArrowUp")
+            await operator.keyboard.press("Enter")
+            await expect(operator.locator("#title")).to_have_text("Visitor 1")
+            await expect(operator.locator("#readonly")).to_be_hidden()
+            await operator.click("#reply")
+            await operator.keyboard.type("Hi, Marta here.")
+            await operator.keyboard.press("Enter")
+            await operator.keyboard.type("Is it the blue kettle?")
+            assert await operator.input_value("#reply") == "Hi, Marta here.\nIs it the blue kettle?"
+            await expect(operator.locator("#log .msg.person")).to_have_count(0)
+            await operator.keyboard.press("Control+Enter")
+            await expect(operator.locator("#log .msg.person")).to_contain_text(["Hi, Marta here.\nIs it the blue"])
+            await expect(operator.locator("#reply")).to_have_value("")
+            # answered: out of "Waiting for a person", into Marta's own section
+            await expect(waiting.locator(".name")).to_have_text(["Joana Prado (@joana_p)"])
+            await expect(operator.locator("h2.progress")).to_have_text(text("op_in_progress", "en", name="Marta"))
+            await expect(operator.locator("ul.progress li .name")).to_have_text(["Visitor 1"])
+            history = (await visitor.get("/api/history")).json()["messages"]
+            assert history[-1]["text"] == "Hi, Marta here.\nIs it the blue kettle?"
         finally:
             await browser.close()
 

@@ -301,6 +301,39 @@ async def test_handoff_opens_the_conversation_and_pending_gives_it_back(tmp_path
         await h.replied(conv, "echo: e agora, o robô responde?")
 
 
+async def test_take_over_in_the_operator_inbox_opens_the_conversation_and_give_back_sets_it_pending(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chatwoot's agents see that a person has the conversation: "Take over" in the operator inbox sets it
+    ``open`` in Chatwoot, "Give back" ``pending`` (and the assistant answers again). The inbox names the
+    customer as Chatwoot does."""
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        conv = h.cw.conversation(contact={"name": "Joana Prado"})
+        await h.cw.customer_message(conv, "hello")
+        await h.replied(conv, "echo: hello")
+        assert h.cw.status(conv) == "pending"
+        base = h.url.removesuffix("/chatwoot/webhook")
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": "Bearer op-token"}) as op:
+            [listed] = (await op.get("/api/operator/conversations")).json()["active"]
+            assert (listed["platform"], listed["name"], listed["served"]) == ("chatwoot", "Joana Prado", True)
+            key = listed["key"]
+            taken = await op.post(f"/api/operator/conversations/{key}/take", json={"by": "Marta"})
+            assert taken.json() == {"taken": True}
+            await h.cw.wait_for(lambda: h.cw.status(conv) == "open")
+            await h.replied(conv, t("handoff_taken", "en", name="Marta"))
+            [mine] = (await op.get("/api/operator/conversations")).json()["in_progress"]
+            assert (mine["key"], mine["operator"]) == (key, "Marta")
+
+            back = await op.post(f"/api/operator/conversations/{key}/return", json={"by": "Marta"})
+            assert back.json() == {"returned": True}
+            await h.cw.wait_for(lambda: h.cw.status(conv) == "pending")
+            await h.idle()
+            changes = [(c["previous"], c["current"], c["by"]) for c in h.cw.status_changes if c["conversation_id"] == conv]
+            assert changes == [("pending", "open", "agent_bot"), ("open", "pending", "agent_bot")]
+        await h.cw.customer_message(conv, "and now?")
+        await h.replied(conv, "echo: and now?")
+
+
 async def test_the_personas_policy_and_the_model_hand_off_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with chatwoot(tmp_path, monkeypatch) as h:
         refund = h.cw.conversation()

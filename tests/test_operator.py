@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import string
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from adapters.web import CSRF_HEADER
 from bot.engines import EchoEngine
 from bot.l10n.i18n import text
 from bot.seams import Notifier
+from bot.store import NewMessage
+from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.contracts import Desk, NotifierContract
 from tests.live_server import exchange, live_server, open_session, post
@@ -109,9 +112,78 @@ async def test_take_over_a_conversation_the_assistant_handles(tmp_path: Path, op
         taken = await op.post(f"/api/operator/conversations/{active['key']}/take", json={"by": "Marta"})
         assert taken.json() == {"taken": True}
         listing = (await op.get("/api/operator/conversations")).json()
-        assert [c["key"] for c in listing["waiting"]] == [active["key"]]
+        # taken: Marta has it (her section of the inbox), and the user is not waiting for an answer
+        assert listing["waiting"] == [] and listing["active"] == []
+        [taken_conv] = listing["in_progress"]
+        assert (taken_conv["key"], taken_conv["operator"], taken_conv["waiting_since"]) == (active["key"], "Marta", None)
         history = (await user.get("/api/history")).json()["messages"]
         assert history[-1]["text"] == text("handoff_taken", "en", name="Marta")
+
+
+async def test_answered_conversations_are_a_persons_and_the_wait_counts_from_the_users_newest_message(
+        tmp_path: Path, operator_token: str) -> None:
+    """Waiting for a person until someone answers; then in that person's section. The wait shown is the user's:
+    since their newest message, when no person has answered it — not since the handoff."""
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as user, \
+            live.client() as other, live.client(headers=AUTH) as op:
+        await open_session(user)
+        await exchange(live, user, "my kettle leaks")
+        await exchange(live, user, "I want to talk to a person", until="notice")
+        [waiting] = (await op.get("/api/operator/conversations")).json()["waiting"]
+        key = waiting["key"]
+        assert (waiting["platform"], waiting["number"], waiting["operator"], waiting["served"]) == ("web", 1, "", True)
+        assert waiting["waiting_since"] == waiting["last_at"] and waiting["last_text"] == "I want to talk to a person"
+
+        assert (await op.post(f"/api/operator/conversations/{key}/reply",
+                              json={"text": "Hi, Marta here.", "author": "Marta"})).status_code == 200
+        listing = (await op.get("/api/operator/conversations")).json()
+        assert listing["waiting"] == []
+        [mine] = listing["in_progress"]
+        assert (mine["key"], mine["operator"], mine["waiting_since"], mine["waited_s"]) == (key, "Marta", None, None)
+        assert mine["operator_at"] >= mine["handoff_at"]
+
+        # the user writes again: waiting since that message (still Marta's), not since the handoff
+        assert (await post(user, "a new one, or a repair?")).status_code == 202
+        [mine] = (await op.get("/api/operator/conversations")).json()["in_progress"]
+        assert mine["last_text"] == "a new one, or a repair?"
+        assert mine["waiting_since"] == mine["last_at"] > mine["operator_at"] >= mine["handoff_at"]
+        transcript = (await op.get(f"/api/operator/conversations/{key}/messages")).json()
+        assert (transcript["operator"], transcript["number"], transcript["served"]) == ("Marta", 1, True)
+
+        # another visitor is Visitor 2, and stays so
+        await open_session(other)
+        await exchange(live, other, "hello")
+        for _ in range(2):
+            [active] = (await op.get("/api/operator/conversations")).json()["active"]
+            assert (active["platform"], active["number"]) == ("web", 2)
+
+        # given back, then asked for again: waiting for a person once more (Marta answered an earlier handoff)
+        await op.post(f"/api/operator/conversations/{key}/return", json={"by": "Marta"})
+        await exchange(live, user, "/human", until="notice")
+        listing = (await op.get("/api/operator/conversations")).json()
+        assert [c["key"] for c in listing["waiting"]] == [key] and listing["in_progress"] == []
+
+
+async def test_conversations_of_a_platform_not_served_here_are_read_only(tmp_path: Path, operator_token: str) -> None:
+    """Telegram was enabled once and is not now: its conversations can be read in the inbox; answering, taking or
+    giving one back is refused (409) before anything changes — nothing could reach the user."""
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client(headers=AUTH) as op:
+        store = live.runtime.manager.store
+        key = ConversationKey("telegram", "444")
+        await store.add_incoming(key, NewMessage(role="user", text="is anyone there?", state="held", sender_id="444",
+                                                 sender_name="Joana Prado (@joana_p)", event_id="u-1"))
+        await store.update_conversation(key, name="Joana Prado (@joana_p)", mode="human", handoff_at=time.time())
+        [waiting] = (await op.get("/api/operator/conversations")).json()["waiting"]
+        assert (waiting["key"], waiting["name"], waiting["served"]) == ("telegram:444", "Joana Prado (@joana_p)", False)
+        transcript = (await op.get("/api/operator/conversations/telegram:444/messages")).json()
+        assert transcript["served"] is False and [m["text"] for m in transcript["messages"]] == ["is anyone there?"]
+        for route, body in (("reply", {"text": "hi", "author": "Marta"}), ("take", {"by": "Marta"}),
+                            ("return", {"by": "Marta"})):
+            refused = await op.post(f"/api/operator/conversations/telegram:444/{route}", json=body)
+            assert refused.status_code == 409, (route, refused.text)
+            assert "not served" in refused.json()["error"]
+        assert [m.text for m in await store.transcript(key)] == ["is anyone there?"]
+        assert (await store.conversation(key)).mode == "human"
 
 
 BAD_BODIES = [b"[]", b'"x"', b"null", b"", b"{", b"\xff\xfe\x00", b"[" * 5000, b"{}", b'{"text": 1, "author": []}']

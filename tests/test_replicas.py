@@ -128,7 +128,8 @@ async def test_migrate_copies_a_sqlite_store_into_postgresql_idempotently(
     lite = SQLiteStore(data / "internvl-bot.sqlite3", data / "attachments")
     await lite.open()
     ana, rui = ConversationKey("telegram", "111"), ConversationKey("web", "s" * 32)
-    await lite.update_conversation(ana, persona="tutor", language="pt")
+    await lite.update_conversation(ana, persona="tutor", language="pt", name="Ana Lima (@ana)", operator="Marta",
+                                   operator_at=5.0)
     question = await lite.add_incoming(ana, NewMessage(
         role="user", text="o que é isto?", sender_id="111", event_id="update-7",
         attachments=[Attachment("file-1", "foto.jpg", "image/jpeg")], route={"reply": "1"}))
@@ -150,7 +151,10 @@ async def test_migrate_copies_a_sqlite_store_into_postgresql_idempotently(
     pg = PostgresStore(url)
     await pg.open()
     try:
-        assert (await pg.conversation(ana)).persona == "tutor"
+        copied = await pg.conversation(ana)
+        assert (copied.persona, copied.name, copied.number, copied.operator) == ("tutor", "Ana Lima (@ana)", 1, "Marta")
+        # conversation numbers continue after the copied ones
+        assert (await pg.conversation(ConversationKey("telegram", "222"))).number == 2
         rows = await pg.transcript(ana)
         assert [(m.role, m.text) for m in rows] == [("user", "o que é isto?"), ("assistant", "uma chaleira")]
         assert rows[0].attachments[0].sha256 == photo and await pg.attachment_data(photo) == b"\xff\xd8 a photo"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.server import Service, build_app
@@ -295,6 +296,24 @@ async def test_nothing_network_bound_runs_before_the_ack(tmp_path: Path, monkeyp
         await h.slack.wait_for(lambda: bool(h.slack.titles), 15)
         assert h.slack.titles[-1]["title"] == "is the ack quick?"
         await h.slack.wait_for(lambda: h.adapter.cached_locale("U0SLOW") == "pt-BR", 15)
+
+
+async def test_the_operator_inbox_names_slack_users_by_their_real_name(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """users.info, after the ack (cached with the locale): the first message was stored under the bare user id,
+    the inbox shows the real name all the same."""
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    async with slack(tmp_path, monkeypatch, mode="http") as h:
+        h.slack.add_user("U0JOANA", name="joana", real_name="Joana Prado", locale="pt-BR")
+        payload = h.slack.event_callback(h.slack.app_mention(CHANNEL, "U0JOANA", f"<@{h.slack.bot_user_id}> oi"))
+        assert (await h.slack.post_event(h.url, payload)).status_code == 200
+        await h.answered(CHANNEL, payload["event"]["ts"], "echo: oi")
+        await asyncio.wait_for(asyncio.gather(*list(h.adapter._extras)), 15)  # what followed the ack is done
+        base = h.url.removesuffix("/slack/events")
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": "Bearer op-token"}) as op:
+            [conversation] = (await op.get("/api/operator/conversations")).json()["active"]
+        assert (conversation["platform"], conversation["name"]) == ("slack", "Joana Prado")
+        assert conversation["key"] == f"slack:{CHANNEL}:{payload['event']['ts']}"
 
 
 async def test_recorded_payloads_through_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -146,6 +146,23 @@ class StoreContract:
         conv = await store.conversation(KEY)
         assert (conv.persona, conv.language) == ("tutor", "pt")
 
+    async def test_conversations_are_numbered_per_platform_and_keep_names_and_operators(self, store: Store) -> None:
+        """The inbox calls a web visitor "Visitor 2": a small number per platform, given once, never changing."""
+        first, second, chat = ConversationKey("web", "v1"), ConversationKey("web", "v2"), ConversationKey("slack", "C1")
+        numbers = [(await store.conversation(k)).number for k in (first, second, chat, first)]
+        assert numbers == [1, 2, 1, 1]
+        await store.add_message(second, NewMessage(role="user", text="hi"))
+        await store.update_conversation(second, name="Ana Souza (@ana)", mode="human", handoff_at=10.0,
+                                        operator="Marta", operator_at=12.0)
+        conv = await store.conversation(second)
+        assert (conv.name, conv.number, conv.operator, conv.operator_at) == ("Ana Souza (@ana)", 2, "Marta", 12.0)
+        assert conv.operator_has_it
+        assert not (await store.update_conversation(second, handoff_at=13.0)).operator_has_it  # a new handoff
+        [waiting] = await store.list_conversations(mode="human")
+        assert (waiting.conversation.name, waiting.conversation.number) == ("Ana Souza (@ana)", 2)
+        await store.forget(second)
+        assert (await store.conversation(ConversationKey("web", "v3"))).number == 3  # not given again
+
     async def test_a_turn_starts_answering_and_updates_its_conversation_at_once(self, store: Store) -> None:
         await store.update_conversation(KEY, persona="tutor")
         mid = await store.add_message(KEY, NewMessage(role="user", text="hola"))
@@ -356,7 +373,7 @@ class TestSQLiteStore(StoreContract):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [
             "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage", "m004_stash",
-            "m005_waiting_conversations"]
+            "m005_waiting_conversations", "m006_conversation_names"]
 
     async def test_a_database_of_the_first_release_is_upgraded_in_place(self, tmp_path: Path) -> None:
         import sqlite_utils
@@ -371,7 +388,8 @@ class TestSQLiteStore(StoreContract):
         db["conversations"].insert({"id": "web:a", "platform": "web", "chat": "a", "thread": "", "persona": "tutor",
                                     "context_start": 0, "created_at": 1.0})
         db["messages"].insert({"id": 1, "conversation_id": "web:a", "role": "user", "kind": "chat", "text": "q",
-                               "state": "answered", "platform_message_id": "p1", "created_at": 1.0})
+                               "state": "answered", "platform_message_id": "p1", "created_at": 1.0,
+                               "sender_name": "Ana"})
         db["messages"].insert({"id": 2, "conversation_id": "web:a", "role": "assistant", "kind": "chat", "text": "a",
                                "state": "answered", "platform_message_id": "p2", "reply_to": 1, "created_at": 1.0})
         db.conn.close()
@@ -380,6 +398,9 @@ class TestSQLiteStore(StoreContract):
         try:
             conv = await store.conversation(ConversationKey("web", "a"))
             assert (conv.persona, conv.mode, conv.handoff_at) == ("tutor", "bot", None)
+            # numbered, and named after the user's newest message, by the migration
+            assert (conv.number, conv.name) == (1, "Ana")
+            assert (await store.conversation(ConversationKey("web", "b"))).number == 2
             await store.update_conversation(conv.key, mode="human", handoff_at=5.0)
             # replies of the first release are found by their platform ids
             assert (await store.find_by_platform_id("web", "a", "p2")).platform_ids == ("p2",)  # type: ignore[union-attr]
@@ -399,7 +420,8 @@ class TestSQLiteStore(StoreContract):
         path = tmp_path / "bot.sqlite3"
         first = SQLiteStore(path)
         await first.open()
-        await first.update_conversation(KEY, persona="support", context_start=7)
+        await first.update_conversation(KEY, persona="support", context_start=7, name="Ana", operator="Marta",
+                                        operator_at=3.0)
         mid = await first.add_message(KEY, NewMessage(role="user", text="kept", attachments=[Attachment("r", "f.jpg")]))
         sha = await first.save_attachment(mid, 0, b"jpeg-ish")
         await first.close()
@@ -407,6 +429,7 @@ class TestSQLiteStore(StoreContract):
         await again.open()
         conv = await again.conversation(KEY)
         assert (conv.persona, conv.context_start) == ("support", 7)
+        assert (conv.name, conv.number, conv.operator, conv.operator_at) == ("Ana", 1, "Marta", 3.0)
         [pending] = await again.pending()
         assert pending.text == "kept" and pending.attachments[0].sha256 == sha
         assert await again.attachment_data(sha) == b"jpeg-ish"

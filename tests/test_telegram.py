@@ -133,6 +133,19 @@ async def test_a_private_question_streams_with_drafts_and_ends_as_one_message(
             k for k in h.tg.commands if k[1] == "pt")])
 
 
+async def test_the_operator_inbox_names_telegram_users_by_name_and_username(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    joana = UserSpec(444, "Joana", "joana_p", last_name="Prado")
+    async with telegram(tmp_path, monkeypatch, mode="webhook") as h:
+        message(h.tg, private(444), joana, "hello")
+        await h.answered(444, "echo: hello")
+        async with httpx.AsyncClient(base_url=h.url, headers={"Authorization": "Bearer op-token"}) as op:
+            [listed] = (await op.get("/api/operator/conversations")).json()["active"]
+        assert (listed["platform"], listed["name"], listed["key"]) == ("telegram", "Joana Prado (@joana_p)",
+                                                                        "telegram:444")
+
+
 async def test_groups_answer_mentions_replies_and_commands_only(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     async with telegram(tmp_path, monkeypatch) as h:

@@ -51,7 +51,7 @@ class PostingSink:
             return None
         if isinstance(event, Message):
             ids = await self.post(self.text_of(event), event)
-            if isinstance(event, HandoffUpdate) and event.state == "requested":
+            if isinstance(event, HandoffUpdate) and event.state in ("requested", "taken", "returned"):
                 await self.handed_off(event)
             await self._typing_off()
             return ids
@@ -79,7 +79,8 @@ class PostingSink:
         return False
 
     async def handed_off(self, event: HandoffUpdate) -> None:
-        """A person was asked for (default: nothing more than the note)."""
+        """The conversation moved (``event.state``): a person was asked for (``requested``), an operator took it
+        over (``taken``), or it went back to the assistant (``returned``). Default: nothing more than the note."""
 
 
 __all__ = ["Message", "PostingSink", "signed"]

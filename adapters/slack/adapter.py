@@ -468,6 +468,8 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         self.workspace_url = ""
         self._socket: AsyncSocketModeHandler | None = None
         self._locales: TTLCache[str, str | None] = TTLCache(maxsize=CACHE_SIZE, ttl=LOCALE_TTL)  # a day
+        # users' real names (the operator inbox names people), from the same users.info call as the locale
+        self._names: TTLCache[str, str] = TTLCache(maxsize=CACHE_SIZE, ttl=LOCALE_TTL)
         self._titled: LRUCache[str, None] = LRUCache(maxsize=CACHE_SIZE)
         self._extras: set[asyncio.Task[None]] = set()
         self._latest_thread: LRUCache[tuple[str, str], str] = LRUCache(maxsize=CACHE_SIZE)  # (channel, user) → thread
@@ -632,6 +634,10 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         """After the ack: the sender's locale for their next messages, and the assistant thread's title."""
         try:
             await self.locale(incoming.sender.id)
+            real = self._names.get(incoming.sender.id)
+            if real and real != incoming.sender.name:
+                # stored with the bare user id (the first message, before anyone asked Slack): named now
+                await self.manager.store.update_conversation(incoming.key, name=real)
             await self._title(incoming)
         except Exception as exc:  # extras only: the message is stored and answered regardless
             log.info("enriching a Slack message failed: %s", slack_error(exc) or exc)
@@ -668,7 +674,8 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         if attachments:
             route["files"] = "1"
         self._latest_thread[(channel, str(user))] = thread
-        return IncomingMessage(key=key, sender=Sender(str(user), str(user)), text=text, attachments=attachments,
+        sender = Sender(str(user), self._names.get(str(user)) or str(user))
+        return IncomingMessage(key=key, sender=sender, text=text, attachments=attachments,
                                locale=self.cached_locale(str(user)), event_id=f"{channel}:{ts}", message_id=ts,
                                is_direct=direct, route=route, raw=body)
 
@@ -677,14 +684,20 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         return self._locales.get(user)
 
     async def locale(self, user: str) -> str | None:
-        """The user's Slack locale (``users.info`` with ``include_locale``), cached for a day."""
+        """The user's Slack locale (``users.info`` with ``include_locale``), cached for a day; the user's real name
+        comes with it (:attr:`_names`)."""
         cached = self._locales.get(user, _UNKNOWN)
         if cached is not _UNKNOWN:
             return cached  # type: ignore[return-value]
         locale: str | None = None
         try:
             info = await self.call(self.client.users_info, user=user, include_locale=True)
-            locale = (info.get("user") or {}).get("locale")
+            person = info.get("user") or {}
+            locale = person.get("locale")
+            profile = person.get("profile") or {}
+            name = profile.get("real_name") or person.get("real_name") or profile.get("display_name") or ""
+            if name:
+                self._names[user] = str(name)
         except Exception as exc:
             log.info("users.info for %s failed: %s", user, exc)
         self._locales[user] = locale
@@ -742,6 +755,7 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
                  "channel_type": "im" if channel.startswith("D") else "channel"}
         with contextlib.suppress(ShuttingDown):
             await self.manager.submit(IncomingMessage(
-                key, Sender(user, str(body.get("user_name") or user)), "/" + words, locale=await self.locale(user),
+                key, Sender(user, self._names.get(user) or str(body.get("user_name") or user)), "/" + words,
+                locale=await self.locale(user),
                 event_id=f"slash:{body.get('trigger_id') or time.time_ns()}", is_direct=channel.startswith("D"),
                 route=route, raw=body))

@@ -45,6 +45,7 @@ from telegram import (
     MessageEntity,
     ReplyParameters,
     Update,
+    User,
 )
 from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.error import (
@@ -111,6 +112,12 @@ ALBUM_DONE = "done:"  # the pieces of an album bucket that record what was hande
 ALBUM_KEPT_S = 86_400.0  # an album bucket untouched this long is dropped (its late parts can no longer come)
 POISON_TRIES = 5  # an update failing this often for another reason than the store is skipped
 _UNSUPPORTED = "unsupported:"
+
+
+def display_name(user: User) -> str:
+    """How people see a Telegram user: first and last name, and the @username when there is one (names repeat,
+    usernames do not)."""
+    return f"{user.full_name} (@{user.username})" if user.username else user.full_name
 
 
 def _seconds(value: int | float | dtm.timedelta) -> float:
@@ -683,7 +690,7 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         user = message.from_user
         assert user is not None
         return IncomingMessage(
-            key=self.key(message), sender=Sender(str(user.id), user.full_name, is_bot=user.is_bot), text=text,
+            key=self.key(message), sender=Sender(str(user.id), display_name(user), is_bot=user.is_bot), text=text,
             attachments=tuple(attachments), locale=user.language_code, event_id=event_id,
             message_id=str(message.message_id), is_direct=message.chat.type == ChatType.PRIVATE,
             route={"chat_type": str(message.chat.type)}, raw=update,
@@ -790,7 +797,7 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         key = self.key(message)
         user = query.from_user
         lang = i18n.normalize_code(user.language_code) or "en"
-        sender = Sender(str(user.id), user.full_name, is_bot=user.is_bot)
+        sender = Sender(str(user.id), display_name(user), is_bot=user.is_bot)
         answer_text: str | None = None
         try:
             if query.data == "regen":

@@ -1,6 +1,8 @@
 "use strict";
-// The operator inbox: conversations waiting for a person, live (server-sent events), a transcript with images,
-// and a reply box that delivers into the user's platform. The token stays in this tab (sessionStorage).
+// The operator inbox: conversations waiting for a person, those a person has answered (one section per person)
+// and those the assistant handles, live (server-sent events); a transcript with images, kept scrolled to the
+// newest message; a reply box that delivers into the user's platform. Keyboard: ↑/↓ move between conversations,
+// Enter opens one, Ctrl+Enter (⌘+Enter) sends. The token stays in this tab (sessionStorage).
 (() => {
   const ui = JSON.parse(document.body.dataset.ui || "{}");
   const lang = document.documentElement.lang || "en";
@@ -16,8 +18,14 @@
   let ticket = "";
   let events = null;
   let listTimer = 0;
-  let waiting = [];
   let skew = 0; // server clock minus ours
+  let cursor = ""; // the conversation the arrow keys are on
+  let shown = ""; // the conversation the log shows
+  let stick = true; // keep the log at its newest message (until the operator scrolls up to read)
+  let touchedAt = 0; // when the operator last wheeled, dragged or touched the log
+  // brand names stay as they are in every language
+  const PLATFORMS = { telegram: "Telegram", slack: "Slack", chatwoot: "Chatwoot", web: "Web" };
+  const platformName = (p) => PLATFORMS[p] || p;
 
   async function api(path, options = {}) {
     const headers = Object.assign({ Authorization: "Bearer " + token }, options.headers || {});
@@ -38,26 +46,68 @@
     return new Intl.NumberFormat(lang).format(Math.floor(value)) + "\u00a0" + unit;
   }
 
-  function item(conv, isWaiting) {
+  function displayName(conv) {
+    // a web visitor has no name: a small number the store gave their conversation tells them apart
+    if (conv.platform === "web") return conv.number ? t("visitor").replace("{number}", conv.number) : conv.key;
+    return conv.name || conv.key;
+  }
+
+  function icon(platform, el) {
+    const span = el || document.createElement("span");
+    span.className = "platform platform-" + (PLATFORMS[platform] ? platform : "other");
+    span.title = platformName(platform);
+    span.setAttribute("role", "img");
+    span.setAttribute("aria-label", platformName(platform));
+    return span;
+  }
+
+  function item(conv) {
     const li = document.createElement("li");
     li.dataset.key = conv.key;
-    if (conv.key === selected) li.classList.add("selected");
-    const key = document.createElement("span");
-    key.className = "key";
-    key.textContent = conv.key;
-    li.append(key);
-    if (isWaiting && conv.handoff_at) {
+    li.dataset.platform = conv.platform;
+    li.classList.toggle("selected", conv.key === selected);
+    li.classList.toggle("cursor", conv.key === cursor);
+    const top = document.createElement("span");
+    top.className = "top";
+    const who = document.createElement("span");
+    who.className = "name";
+    who.textContent = displayName(conv);
+    top.append(icon(conv.platform), who);
+    if (conv.waiting_since) {
       const waited = document.createElement("span");
       waited.className = "waited";
-      waited.dataset.since = conv.handoff_at;
-      li.append(waited);
+      waited.dataset.since = conv.waiting_since;
+      top.append(waited);
     }
+    li.append(top);
     const preview = document.createElement("span");
     preview.className = "preview";
     preview.textContent = conv.last_text;
-    li.append(preview);
-    li.addEventListener("click", () => open(conv.key));
+    const details = document.createElement("span");
+    details.className = "details";
+    details.textContent = conv.key;
+    li.append(preview, details);
+    li.addEventListener("click", () => { cursor = conv.key; open(conv.key).catch(() => {}); });
     return li;
+  }
+
+  function sections(inProgress) {
+    // one section per person, the signed-in operator's first
+    const groups = new Map();
+    for (const c of inProgress) {
+      if (!groups.has(c.operator)) groups.set(c.operator, []);
+      groups.get(c.operator).push(c);
+    }
+    const order = [...groups.keys()].sort((a, b) => (b === name) - (a === name));
+    return order.flatMap((who) => {
+      const h = document.createElement("h2");
+      h.className = "progress";
+      h.textContent = t("in_progress").replace("{name}", who);
+      const ul = document.createElement("ul");
+      ul.className = "progress";
+      ul.replaceChildren(...groups.get(who).map(item));
+      return [h, ul];
+    });
   }
 
   function tick() {
@@ -70,9 +120,9 @@
   async function loadList() {
     const data = await api("/api/operator/conversations");
     skew = data.now - Date.now() / 1000;
-    waiting = data.waiting;
-    $("waiting").replaceChildren(...data.waiting.map((c) => item(c, true)));
-    $("active").replaceChildren(...data.active.map((c) => item(c, false)));
+    $("waiting").replaceChildren(...data.waiting.map(item));
+    $("inprogress").replaceChildren(...sections(data.in_progress || []));
+    $("active").replaceChildren(...data.active.map(item));
     $("nonewaiting").hidden = data.waiting.length > 0;
     tick();
   }
@@ -104,6 +154,8 @@
         img.alt = f.name;
         img.loading = "lazy";
         img.src = "/api/operator/files/" + f.sha256 + "?ticket=" + encodeURIComponent(ticket);
+        // an image that arrives after the scroll makes the log taller: the newest message stays in view
+        img.addEventListener("load", () => { if (stick) toBottom(); });
         img.addEventListener("error", () => {
           const label = document.createElement("span");
           label.className = "file";
@@ -123,22 +175,51 @@
     return div;
   }
 
+  const log = $("log");
+  const toBottom = () => { log.scrollTop = log.scrollHeight; };
+  for (const type of ["wheel", "touchmove", "pointerdown", "keydown"]) {
+    log.addEventListener(type, () => { touchedAt = Date.now(); }, { passive: true });
+  }
+  // only the operator's own scrolling lets go of the bottom (not the log growing under an image)
+  log.addEventListener("scroll", () => {
+    if (Date.now() - touchedAt < 1500) stick = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+  });
+  new ResizeObserver(() => { if (stick) toBottom(); }).observe(log);
+
+  function markCursor() {
+    document.querySelectorAll("nav li").forEach((li) => {
+      li.classList.toggle("selected", li.dataset.key === selected);
+      li.classList.toggle("cursor", li.dataset.key === cursor);
+    });
+  }
+
   async function open(key) {
     selected = key;
-    document.querySelectorAll("nav li").forEach((li) => li.classList.toggle("selected", li.dataset.key === key));
+    markCursor();
     const data = await api("/api/operator/conversations/" + encodeURIComponent(key) + "/messages");
     if (selected !== key) return;
     $("pick").hidden = true;
     $("head").hidden = false;
-    $("title").textContent = key;
+    icon(data.platform, $("icon"));
+    $("title").textContent = displayName(data);
+    $("details").hidden = false;
+    $("details").textContent = data.key;
     $("mode").textContent = data.mode === "human" ? t("with_person") : t("with_bot");
     $("mode").className = "badge " + data.mode;
-    $("take").disabled = data.mode === "human";
-    $("giveback").disabled = data.mode !== "human";
-    $("replyform").hidden = data.mode !== "human";
-    const log = $("log");
+    // a platform this process does not serve: nothing sent from here could reach the user
+    const readOnly = !data.served;
+    $("readonly").hidden = !readOnly;
+    $("readonly").textContent = readOnly ? t("read_only").replace("{platform}", platformName(data.platform)) : "";
+    $("take").disabled = readOnly || data.mode === "human";
+    $("giveback").disabled = readOnly || data.mode !== "human";
+    $("replyform").hidden = readOnly || data.mode !== "human";
+    const again = key === shown;
+    const kept = log.scrollTop;
     log.replaceChildren(...data.messages.map(bubble));
-    log.scrollTop = log.scrollHeight;
+    shown = key;
+    if (!again) stick = true;
+    if (stick) toBottom(); else log.scrollTop = kept; // reading further up: a live update does not pull down
+    document.body.dataset.opened = key;
   }
 
   async function newTicket() {
@@ -211,8 +292,28 @@
       $("send").disabled = false;
     }
   });
+  // Enter is a new line (answers have several); Ctrl+Enter (⌘+Enter) sends
   $("reply").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("replyform").requestSubmit(); }
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); $("replyform").requestSubmit(); }
+  });
+  document.addEventListener("keydown", (e) => {
+    if ($("inbox").hidden || e.altKey) return;
+    const typing = e.target.closest && e.target.closest("input, textarea, select");
+    if (typing) return;
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      const list = [...document.querySelectorAll("nav li")];
+      if (!list.length) return;
+      e.preventDefault();
+      const at = list.findIndex((li) => li.dataset.key === (cursor || selected));
+      const step = e.key === "ArrowDown" ? 1 : -1;
+      const next = at < 0 ? (step > 0 ? 0 : list.length - 1) : Math.min(list.length - 1, Math.max(0, at + step));
+      cursor = list[next].dataset.key;
+      markCursor();
+      list[next].scrollIntoView({ block: "nearest" });
+    } else if (e.key === "Enter" && cursor && !e.ctrlKey && !e.metaKey && !e.target.closest("button")) {
+      e.preventDefault();
+      open(cursor).catch(() => {});
+    }
   });
   $("take").addEventListener("click", async () => {
     await api("/api/operator/conversations/" + encodeURIComponent(selected) + "/take",

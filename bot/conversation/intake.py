@@ -83,6 +83,9 @@ async def store(m: ConversationManager, a: Arrival) -> bool:
         log.info("duplicate event %s from %s ignored", message.event_id, message.key.platform)
         return False
     m.metrics.adapter(message.key.platform).messages_in.inc()
+    if message.sender.name and message.sender.name != a.conv.name:
+        # the operator inbox names the person as their platform does now (a write only when the name changes)
+        a.conv = await m.store.update_conversation(message.key, name=message.sender.name)
     a.stored = StoredMessage(
         id=mid, key=message.key, role="user", kind=new.kind, text=message.text, state=new.state,
         attachments=tuple(StoredAttachment(i, att.ref, att.filename, att.mime, att.size)

@@ -174,6 +174,12 @@ class ConversationManager:
             )
         self._channels[channel.platform] = channel
 
+    @property
+    def platforms(self) -> frozenset[str]:
+        """The platforms this process serves (an adapter registered its channel): only their conversations can
+        be answered from here."""
+        return frozenset(self._channels)
+
     def channel(self, platform: str) -> Channel:
         try:
             return self._channels[platform]

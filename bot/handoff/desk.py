@@ -241,7 +241,8 @@ class HandoffDesk:
         self._wait(key, False)
         if conv.mode == "human":
             return False
-        await self.store.update_conversation(key, mode="human", handoff_at=time.time())
+        now = time.time()
+        await self.store.update_conversation(key, mode="human", handoff_at=now, operator=by, operator_at=now)
         for queued in await self.scheduler.cancel(key):
             await self.store.set_state(queued.id, "held")
             self.settle(queued.id, "held")
@@ -258,4 +259,7 @@ class HandoffDesk:
         if not text:
             raise ValueError("an operator reply needs text")
         self._wait(key, False)
-        return await self.deliver(key, Notice(text, kind="info", author=strip_controls(author).strip()))
+        author = strip_controls(author).strip()
+        # the inbox shows the conversation as this person's from now on (until the next handoff)
+        await self.store.update_conversation(key, operator=author, operator_at=time.time())
+        return await self.deliver(key, Notice(text, kind="info", author=author))

@@ -107,6 +107,21 @@ class Conversation:
     created_at: float = 0.0
     mode: Mode = "bot"  # "human": handed off; the bot keeps the messages but does not answer
     handoff_at: float | None = None
+    #: how the platform names the user (their newest message's sender name): people are named in the inbox
+    name: str = ""
+    #: a small number per platform, given by the store when the conversation is created and never reused
+    #: (the inbox calls a web visitor, who has no name, "Visitor 3")
+    number: int = 0
+    #: the person (an operator) who answered or took the conversation last, and when; it counts only while
+    #: newer than ``handoff_at`` (a new handoff waits for a person again)
+    operator: str = ""
+    operator_at: float | None = None
+
+    @property
+    def operator_has_it(self) -> bool:
+        """Handed off, and a person has answered (or taken it) since."""
+        return (self.mode == "human" and bool(self.operator) and self.operator_at is not None
+                and self.operator_at >= (self.handoff_at or 0.0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,8 @@ class CopyReport:
 # table, columns, conflict target, columns holding JSON text in SQLite (jsonb in PostgreSQL)
 TABLES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "conversations": (("id", "platform", "chat", "thread", "persona", "language", "last_language", "context_start",
-                       "created_at", "updated_at", "mode", "handoff_at"), "(id)", ()),
+                       "created_at", "updated_at", "mode", "handoff_at", "name", "number", "operator", "operator_at"),
+                      "(id)", ()),
     "messages": (("id", "conversation_id", "role", "kind", "text", "state", "sender_id", "sender_name", "locale",
                   "platform_message_id", "platform_ids", "drafts", "route", "event_id", "reply_to", "error",
                   "created_at", "updated_at"), "(id)", ("platform_ids", "drafts", "route")),
@@ -64,7 +65,9 @@ def _sqlite_rows(conn: sqlite3.Connection, table: str, columns: Sequence[str], f
     if table == "blobs":
         cursor = conn.execute("SELECT sha256, mime, size, path, created_at FROM attachments ORDER BY sha256")
     else:
-        select = ", ".join(f'"{c}"' if c in have else "NULL" for c in columns)
+        # a store from before conversation numbers: its row ids are unique numbers too
+        select = ", ".join(f'"{c}"' if c in have else "rowid" if (table, c) == ("conversations", "number") else "NULL"
+                           for c in columns)
         order = "id" if "id" in have else "rowid" if table not in ("platform_refs", "stash") else "1"
         cursor = conn.execute(f"SELECT {select} FROM {table} ORDER BY {order}")
     while rows := cursor.fetchmany(50 if table == "blobs" else BATCH):
@@ -124,6 +127,10 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, files: Path, url: str) -> C
             for table in ("messages", "usage"):  # ids copied as they were: the sequences continue after them
                 await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                                    f" GREATEST((SELECT max(id) FROM {table}), 1))")
+            # and the conversation numbers continue after the copied ones
+            await conn.execute("INSERT INTO counters (name, value) SELECT 'conversations:' || platform, max(number)"
+                               " FROM conversations WHERE number IS NOT NULL GROUP BY platform ON CONFLICT (name)"
+                               " DO UPDATE SET value = GREATEST(counters.value, excluded.value)")
     finally:
         source.close()
         await target.close()

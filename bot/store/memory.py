@@ -40,6 +40,7 @@ class MemoryStore:
         self.usage_rows: list[tuple[str, str, float, float]] = []
         self.stashes: dict[str, dict[str, str]] = {}
         self.stash_at: dict[str, float] = {}  # bucket -> when its newest piece came
+        self.counters: dict[str, int] = {}  # platform -> the last conversation number given
 
     async def open(self) -> None:
         return None
@@ -49,10 +50,12 @@ class MemoryStore:
 
     async def conversation(self, key: ConversationKey) -> Conversation:
         if key not in self.conversations:
-            self.conversations[key] = Conversation(key=key, created_at=self._clock())
+            number = self.counters[key.platform] = self.counters.get(key.platform, 0) + 1
+            self.conversations[key] = Conversation(key=key, created_at=self._clock(), number=number)
         return self.conversations[key]
 
     async def update_conversation(self, key: ConversationKey, **fields: object) -> Conversation:
+        fields.pop("number", None)  # the store gives numbers, as the databases do
         conv = replace(await self.conversation(key), **fields)  # type: ignore[arg-type]
         self.conversations[key] = conv
         return conv

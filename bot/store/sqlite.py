@@ -145,6 +145,23 @@ def m005_waiting_conversations(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX idx_conversations_waiting ON conversations (handoff_at) WHERE mode = 'human'")
 
 
+@migration
+def m006_conversation_names(db: sqlite_utils.Database) -> None:
+    """The operator inbox names people: the platform's name for the user, a small number per platform (given
+    from ``counters``, never reused), and the operator who answered last."""
+    for column, kind in (("name", str), ("number", int), ("operator", str), ("operator_at", float)):
+        db["conversations"].add_column(column, kind)
+    db.conn.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+    db.conn.execute(
+        "UPDATE conversations SET number = n.rn FROM (SELECT id, row_number() OVER (PARTITION BY platform"
+        " ORDER BY created_at, id) AS rn FROM conversations) AS n WHERE n.id = conversations.id")
+    db.conn.execute("INSERT INTO counters (name, value) SELECT 'conversations:' || platform, MAX(number)"
+                    " FROM conversations GROUP BY platform")
+    db.conn.execute(
+        "UPDATE conversations SET name = (SELECT m.sender_name FROM messages m WHERE m.conversation_id ="
+        " conversations.id AND m.role = 'user' AND m.sender_name <> '' ORDER BY m.id DESC LIMIT 1)")
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, in order; return their names."""
     if "_migrations" not in db.table_names():
@@ -286,19 +303,24 @@ class SQLiteStore:
             self._conv_cache.move_to_end(key)
             return cached
         row = self.db.conn.execute(
-            "SELECT persona, language, last_language, context_start, created_at, mode, handoff_at"
-            " FROM conversations WHERE id = ?",
+            "SELECT persona, language, last_language, context_start, created_at, mode, handoff_at, name, number,"
+            " operator, operator_at FROM conversations WHERE id = ?",
             (str(key),),
         ).fetchone()
         if row is None:
             now = self._clock()
-            self.db.conn.execute(
-                "INSERT OR IGNORE INTO conversations (id, platform, chat, thread, context_start, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 0, ?, ?)",
-                (str(key), key.platform, key.chat, key.thread, now, now),
-            )
-            return self._cache(Conversation(key=key, created_at=now))
-        return self._cache(Conversation(key, row[0], row[1], row[2], row[3] or 0, row[4], row[5] or "bot", row[6]))
+            with self._tx():
+                [(number,)] = self.db.conn.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET"
+                    " value = value + 1 RETURNING value", (f"conversations:{key.platform}",)).fetchall()
+                self.db.conn.execute(
+                    "INSERT INTO conversations (id, platform, chat, thread, context_start, created_at, updated_at,"
+                    " number) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+                    (str(key), key.platform, key.chat, key.thread, now, now, number),
+                )
+            return self._cache(Conversation(key=key, created_at=now, number=number))
+        return self._cache(Conversation(key, row[0], row[1], row[2], row[3] or 0, row[4], row[5] or "bot", row[6],
+                                        row[7] or "", row[8] or 0, row[9] or "", row[10]))
 
     async def conversation(self, key: ConversationKey) -> Conversation:
         return self._conversation(key)
@@ -310,9 +332,9 @@ class SQLiteStore:
         conv = replace(self._conversation(key), **fields)  # type: ignore[arg-type]
         self.db.conn.execute(
             "UPDATE conversations SET persona = ?, language = ?, last_language = ?, context_start = ?,"
-            " mode = ?, handoff_at = ?, updated_at = ? WHERE id = ?",
+            " mode = ?, handoff_at = ?, name = ?, operator = ?, operator_at = ?, updated_at = ? WHERE id = ?",
             (conv.persona, conv.language, conv.last_language, conv.context_start, conv.mode, conv.handoff_at,
-             self._clock(), str(key)),
+             conv.name, conv.operator, conv.operator_at, self._clock(), str(key)),
         )
         return self._cache(conv)
 

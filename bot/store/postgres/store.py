@@ -97,6 +97,19 @@ CREATE TABLE claims (
     conversation_id text PRIMARY KEY, replica text NOT NULL, token bigint NOT NULL,
     lease_until double precision NOT NULL);
 """),
+    # the operator inbox names people: the platform's name for the user, a small number per platform (from
+    # counters, never reused), and the operator who answered last
+    ("p002_conversation_names", """
+ALTER TABLE conversations ADD COLUMN name text, ADD COLUMN number bigint, ADD COLUMN operator text,
+    ADD COLUMN operator_at double precision;
+CREATE TABLE counters (name text PRIMARY KEY, value bigint NOT NULL);
+UPDATE conversations c SET number = n.rn FROM (SELECT id, row_number() OVER (PARTITION BY platform
+    ORDER BY created_at, id) AS rn FROM conversations) n WHERE n.id = c.id;
+INSERT INTO counters (name, value) SELECT 'conversations:' || platform, max(number) FROM conversations
+    GROUP BY platform;
+UPDATE conversations c SET name = (SELECT m.sender_name FROM messages m WHERE m.conversation_id = c.id
+    AND m.role = 'user' AND m.sender_name <> '' ORDER BY m.id DESC LIMIT 1);
+"""),
 ]
 
 _MSG_COLUMNS = (
@@ -303,16 +316,23 @@ class PostgresStore(ClaimQueries):
     # -- conversations --------------------------------------------------------------------
 
     async def _conversation(self, conn: AsyncConnection[Any], key: ConversationKey) -> Conversation:
-        now = self._clock()
-        await conn.execute(
-            "INSERT INTO conversations (id, platform, chat, thread, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-            (str(key), key.platform, key.chat, key.thread, now, now))
-        row = await (await conn.execute(
-            "SELECT persona, language, last_language, context_start, created_at, mode, handoff_at"
-            " FROM conversations WHERE id = %s", (str(key),))).fetchone()
+        select = ("SELECT persona, language, last_language, context_start, created_at, mode, handoff_at, name, number,"
+                  " operator, operator_at FROM conversations WHERE id = %s")
+        row = await (await conn.execute(select, (str(key),))).fetchone()
+        if row is None:
+            # looked up first: a number is taken only for a new conversation (two replicas creating the same
+            # one at once leave a gap, never a repeat)
+            now = self._clock()
+            await conn.execute(
+                "WITH n AS (INSERT INTO counters (name, value) VALUES (%s, 1) ON CONFLICT (name) DO UPDATE"
+                " SET value = counters.value + 1 RETURNING value)"
+                " INSERT INTO conversations (id, platform, chat, thread, created_at, updated_at, number)"
+                " SELECT %s, %s, %s, %s, %s, %s, value FROM n ON CONFLICT (id) DO NOTHING",
+                (f"conversations:{key.platform}", str(key), key.platform, key.chat, key.thread, now, now))
+            row = await (await conn.execute(select, (str(key),))).fetchone()
         assert row is not None
-        return Conversation(key, row[0], row[1], row[2], int(row[3] or 0), row[4], row[5] or "bot", row[6])
+        return Conversation(key, row[0], row[1], row[2], int(row[3] or 0), row[4], row[5] or "bot", row[6],
+                            row[7] or "", int(row[8] or 0), row[9] or "", row[10])
 
     async def conversation(self, key: ConversationKey) -> Conversation:
         async with self.pool.connection() as conn:
@@ -329,9 +349,9 @@ class PostgresStore(ClaimQueries):
         conv = replace(await self._conversation(conn, key), **fields)  # type: ignore[arg-type]
         await conn.execute(
             "UPDATE conversations SET persona = %s, language = %s, last_language = %s, context_start = %s,"
-            " mode = %s, handoff_at = %s, updated_at = %s WHERE id = %s",
+            " mode = %s, handoff_at = %s, name = %s, operator = %s, operator_at = %s, updated_at = %s WHERE id = %s",
             (conv.persona, conv.language, conv.last_language, conv.context_start, conv.mode, conv.handoff_at,
-             self._clock(), str(key)))
+             conv.name, conv.operator, conv.operator_at, self._clock(), str(key)))
         return conv
 
     # -- messages -------------------------------------------------------------------------
