@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -424,11 +424,7 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
     def _check_target(self, request: Request) -> None:
         """A GET is signed over its request target (path and query as sent)."""
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        if not signature or not timestamp or not self.verify.verify(self.signing_secret, timestamp, target.encode(),
-                                                                    signature):
-            raise HTTPException(401, "missing, wrong or stale signature")
+        self.verify.refuse_unless_signed(request, self.signing_secret, target.encode())
 
     @staticmethod
     def _invalid(exc: ValidationError) -> JSONResponse:

@@ -32,6 +32,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters import registry
+from adapters.common.auth import Rejections
 from adapters.common.http import install_error_handlers
 from adapters.operator import OperatorInbox
 from adapters.registry import ServedAdapter
@@ -93,6 +94,7 @@ class NoSniff:
 
 def build_app(service: Service) -> FastAPI:
     app = FastAPI(title="internvl-bot", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.state.rejections = Rejections(service.runtime.metrics.webhook_rejected)
     install_error_handlers(app)
     app.add_middleware(NoSniff)
     runtime = service.runtime

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,7 +12,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from adapters.common.auth import BearerAuth, ReplayMemory, SharedSecret, SignedBody
 from adapters.common.http import install_error_handlers
-from bot.handoff.notifiers import sign
+from bot.handoff.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 
 def _app() -> FastAPI:
@@ -164,3 +166,65 @@ def test_the_replay_memory_is_bounded_and_forgets_after_the_window() -> None:
         assert memory.claim((key,), expires=300.0, now=102.0)
         memory.settle((key,), accepted=True)
     assert len(memory) == 3
+
+
+SECRETS = {"TELEGRAM_BOT_TOKEN": "123456789:AAF-test-token_xyz-abcdefghijklmnopqrst", "TELEGRAM_WEBHOOK_SECRET": "tg-hook-Secret-1",
+           "SLACK_BOT_TOKEN": "xoxb-test-bot-token", "SLACK_SIGNING_SECRET": "slack-Signing-Secret-1",
+           "CHATWOOT_BOT_TOKEN": "cw-bot-token-1", "CHATWOOT_WEBHOOK_SECRET": "cw-hook-Secret-1",
+           "HELPDESK_API_USER": "bot", "HELPDESK_API_PASSWORD": "dh-Password-1", "HELPDESK_WEBHOOK_TOKEN": "dh-hook-Token-1",
+           "HELPDESK_API_SECRET": "api-hmac-Secret-1"}
+
+
+async def test_every_refused_webhook_is_one_warning_a_minute_per_route_and_reason_and_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """After a secret rotation forgotten on one side, platforms' requests are refused: the log says so (route,
+    remote address, which check), once a minute, and /metrics counts every one — nothing says the secret."""
+    from adapters import registry
+    from adapters.server import Service, build_app
+    from bot.engines import EchoEngine
+    from bot.runtime import Runtime
+    from tests.conftest import make_settings
+    from tests.fakes.serving import free_port, serve_asgi
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.INFO)
+    settings = make_settings(tmp_path, server={"public_url": "https://bot.example.com"}, adapters={
+        "telegram": {"enabled": True, "mode": "webhook"},
+        "slack": {"enabled": True, "mode": "http"},
+        "chatwoot": {"enabled": True, "base_url": "https://chatwoot.example.com"},
+        "django_helpdesk": {"enabled": True, "base_url": "https://helpdesk.example.com"},
+        "helpdesk_api": {"enabled": True}})
+    port = free_port()
+    async with Runtime(settings, engine=EchoEngine()) as runtime:
+        adapters = registry.served(runtime)
+        assert {a.name for a in adapters} >= {"telegram", "slack", "chatwoot", "django_helpdesk", "helpdesk_api"}
+        async with serve_asgi(build_app(Service(runtime.settings, runtime, adapters)), port=port), \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            now = str(int(time.time()))
+            tries = [
+                ("/telegram/webhook", {"X-Telegram-Bot-Api-Secret-Token": "old-secret"}, "wrong secret"),
+                ("/slack/events", {"X-Slack-Signature": "v0=" + "0" * 64, "X-Slack-Request-Timestamp": now},
+                 "wrong signature"),
+                ("/chatwoot/webhook", {}, "missing signature"),
+                ("/chatwoot/webhook", {"X-Chatwoot-Signature": "sha256=" + "0" * 64, "X-Chatwoot-Timestamp": "1"},
+                 "stale timestamp"),
+                ("/django-helpdesk/webhook?token=old-token", {}, "wrong secret"),
+                ("/api/helpdesk/v1/messages", {SIGNATURE_HEADER: "sha256=" + "0" * 64, TIMESTAMP_HEADER: now},
+                 "wrong signature"),
+            ]
+            for path, headers, _ in tries:
+                for _ in range(3):
+                    answer = await http.post(path, content=b'{"event": "message_created"}', headers=headers)
+                    assert answer.status_code == 401, (path, answer.status_code, answer.text)
+            metrics = (await http.get("/metrics")).text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused a request" in r.getMessage()]
+    for path, _, reason in tries:
+        route = path.split("?")[0]
+        said = [w for w in warnings if w.startswith(f"{route}: ") and f": {reason}" in w]
+        assert len(said) == 1, (route, reason, warnings)  # three refusals, one line
+        assert "127.0.0.1" in said[0]
+        assert f'internvl_bot_webhook_rejected_total{{reason="{reason}",route="{route}"}} 3.0' in metrics, metrics
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name != "httpx")  # (httpx: this test's client)
+    assert not any(secret in logged for secret in SECRETS.values() if len(secret) > 6)
+    assert "old-secret" not in logged and "old-token" not in logged

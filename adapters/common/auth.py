@@ -1,6 +1,11 @@
 """Authentication of adapters' routes, as FastAPI dependencies: a bearer token, a shared secret in a
 header or query, an HMAC signature over the raw body. Secrets come from environment variables named by
-the config; comparisons are constant-time; a route whose secret is not set answers 404 ("off")."""
+the config; comparisons are constant-time; a route whose secret is not set answers 404 ("off").
+
+Every refusal goes through :func:`refuse`: besides the 401, :class:`Rejections` (set on the app by ``serve``)
+logs one warning a minute per route and reason — the remote address and which check failed, never what
+was sent — and counts it on ``/metrics`` as ``internvl_bot_webhook_rejected_total{route,reason}``. After a
+secret rotation that someone forgot on one side, that warning is how anyone notices."""
 
 from __future__ import annotations
 
@@ -13,11 +18,64 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter
 
 from adapters.common.http import read_body
 from bot.handoff.notifiers import sign
+from bot.ops.logs import Throttle
 
 log = logging.getLogger(__name__)
+
+
+class Rejections:
+    """Requests refused by a route's authentication: one warning a minute per route and reason, and the
+    counter ``internvl_bot_webhook_rejected_total{route,reason}``. ``serve`` sets one on ``app.state``."""
+
+    def __init__(self, counter: Counter | None = None, *, every: float = 60.0) -> None:
+        self.counter = counter
+        self.throttle = Throttle(every)
+
+    def __call__(self, request: Request, reason: str) -> None:
+        route = route_of(request)
+        if self.counter is not None:
+            self.counter.labels(route, reason).inc()
+        held = self.throttle.allow((route, reason))
+        if held is None:
+            return
+        remote = request.client.host if request.client else "?"
+        more = f" ({held} more since the last warning)" if held else ""
+        log.warning("%s: refused a request from %s: %s%s — %s", route, remote, reason, more,
+                    _HINTS.get(reason.split()[0], "check what the platform is configured to send"))
+
+
+_HINTS = {
+    "wrong": "the secret differs on the two sides: after a rotation, set the new value in both places",
+    "missing": "the platform sends none: set the secret in its settings too (or someone else is calling)",
+    "stale": "the request is older than 5 minutes: check both clocks (NTP), or it is a replay",
+    "malformed": "not the platform's format: someone else is calling, or a proxy rewrites headers",
+}
+
+
+def route_of(request: Request) -> str:
+    """The route's path template (``/api/helpdesk/v1/conversations/{conversation_id}/mode``): one label per
+    route, whatever ids the paths carry."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else request.url.path
+
+
+def rejected(request: Request, reason: str) -> None:
+    """Tell the app's :class:`Rejections` that ``request`` was refused. ``reason`` says which check failed
+    (``missing signature``, ``wrong secret``...), never what was sent."""
+    rejections = getattr(request.app.state, "rejections", None)  # an app of a test may have none
+    if isinstance(rejections, Rejections):
+        rejections(request, reason)
+
+
+def refuse(request: Request, reason: str, status: int = 401, detail: str = "") -> HTTPException:
+    """The exception a refused request raises, told to the app's :class:`Rejections` first."""
+    rejected(request, reason)
+    return HTTPException(status, detail or reason)
 
 
 def _secret(env: str) -> str:
@@ -45,8 +103,10 @@ class BearerAuth:
         if not token:
             raise HTTPException(404, f"{self.what} disabled: set {self.env}")
         header = request.headers.get("authorization", "")
-        if not (header.startswith("Bearer ") and same(header[7:], token)):
-            raise HTTPException(401, f"bad or missing {self.what} token")
+        if not header.startswith("Bearer "):
+            raise refuse(request, f"missing {self.what} token", detail=f"bad or missing {self.what} token")
+        if not same(header[7:], token):
+            raise refuse(request, f"wrong {self.what} token", detail=f"bad or missing {self.what} token")
 
     async def __call__(self, request: Request) -> None:
         self.check(request)
@@ -77,8 +137,10 @@ class SharedSecret:
         given = (request.headers.get(self.header, "") if self.header else "") or \
             (authorization[7:] if authorization.startswith("Bearer ") else "") or \
             (request.query_params.get(self.query, "") if self.query else "")
-        if not given or not same(given, secret):
-            raise HTTPException(self.status_code, "bad or missing webhook secret")
+        if not given:
+            raise refuse(request, "missing secret", self.status_code, "bad or missing webhook secret")
+        if not same(given, secret):
+            raise refuse(request, "wrong secret", self.status_code, "bad or missing webhook secret")
 
 
 class ReplayMemory:
@@ -143,11 +205,27 @@ class SignedBody:
         self.memory = memory or ReplayMemory()
 
     def verify(self, secret: str, timestamp: str, body: bytes, signature: str, now: float | None = None) -> bool:
+        return self.problem(secret, timestamp, body, signature, now) is None
+
+    def problem(self, secret: str, timestamp: str, body: bytes, signature: str,
+                now: float | None = None) -> str | None:
+        """Why a request does not verify (``missing signature``, ``stale timestamp``...), or None."""
+        if not signature or not timestamp:
+            return "missing signature" if not signature else "missing timestamp"
         try:
             age = abs((now if now is not None else time.time()) - float(timestamp))
         except ValueError:
-            return False
-        return age <= self.max_age and same(sign(secret.encode(), timestamp, body), signature)
+            return "malformed timestamp"
+        if not age <= self.max_age:
+            return "stale timestamp"
+        return None if same(sign(secret.encode(), timestamp, body), signature) else "wrong signature"
+
+    def refuse_unless_signed(self, request: Request, secret: str, signed: bytes) -> None:
+        """Raise the 401 (told to the app's :class:`Rejections`) unless ``signed`` carries a valid signature."""
+        problem = self.problem(secret, request.headers.get(self.timestamp_header, ""), signed,
+                               request.headers.get(self.signature_header, ""))
+        if problem is not None:
+            raise refuse(request, problem, detail="missing, wrong or stale signature")
 
     async def __call__(self, request: Request) -> bytes:
         body = await read_body(request, max_bytes=self.max_bytes)
@@ -156,10 +234,7 @@ class SignedBody:
             if self.optional:
                 return body
             raise HTTPException(404, f"this endpoint is disabled: set {self.env}")
-        signature = request.headers.get(self.signature_header, "")
-        timestamp = request.headers.get(self.timestamp_header, "")
-        if not signature or not timestamp or not self.verify(secret, timestamp, body, signature):
-            raise HTTPException(401, "missing, wrong or stale signature")
+        self.refuse_unless_signed(request, secret, body)
         return body
 
     def _forget_after(self, request: Request) -> float:

@@ -42,6 +42,7 @@ from slack_bolt.logger.messages import warning_client_prioritized_and_token_skip
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.common.auth import rejected
 from adapters.common.base import PlatformAdapter
 from adapters.common.http import download
 from adapters.common.markdown import SlackFormat, escape_slack
@@ -140,6 +141,19 @@ def retry_after(exc: BaseException) -> float | None:
 #: Slack's errors for a token it does not accept (api.slack.com/methods/auth.test, apps.connections.open)
 REFUSED_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
                            "not_allowed_token_type", "invalid_token"})
+
+
+def _signature_problem(request: Request) -> str:
+    """Why bolt refused a request's signature, in the words of adapters.common.auth's rejections."""
+    signature = request.headers.get("x-slack-signature", "")
+    timestamp = request.headers.get("x-slack-request-timestamp", "")
+    if not signature or not timestamp:
+        return "missing signature" if not signature else "missing timestamp"
+    try:
+        age = abs(time.time() - int(timestamp))
+    except ValueError:
+        return "malformed timestamp"
+    return "stale timestamp" if age > 60 * 5 else "wrong signature"
 
 
 def retry_after_or_network(exc: BaseException) -> float | None:
@@ -595,7 +609,10 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
 
         async def events(request: Request) -> Response:
             """The Events API (and slash commands): signature verified by the SDK, stored, then acknowledged."""
-            return await handler.handle(request)
+            response = await handler.handle(request)
+            if response.status_code == 401:  # bolt's verification refused it: say why, once a minute
+                rejected(request, _signature_problem(request))
+            return response
 
         r = APIRouter()
         r.add_api_route(EVENTS_PATH, events, methods=["POST"], include_in_schema=False)

@@ -47,6 +47,9 @@ class Metrics:
         self.held_messages = Counter("internvl_bot_held_messages_total",
                                      "Messages kept for a person (conversation handed off), not answered by the bot",
                                      registry=r)
+        self.webhook_rejected = Counter("internvl_bot_webhook_rejected_total",
+                                        "Requests a webhook or API route refused: missing, wrong or stale "
+                                        "signature, secret or token", ["route", "reason"], registry=r)
         self._adapters: dict[str, AdapterMetrics] = {}
 
     def adapter(self, name: str) -> AdapterMetrics:
