@@ -192,6 +192,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
                                endpoint=shown_url(self.base_url),
                                endpoint_setting="adapters.django_helpdesk.base_url")
         manager.register(self.channel)
+        self.endpoint, self.endpoint_key = self.channel.endpoint, "base_url"
         self.bot_user: int | None = None
         shown = shown_url(self.base_url)
         self.mark_bucket = f"{MARK_BUCKET}{shown}"

@@ -357,6 +357,7 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
                                endpoint=shown(conf.callback_url),
                                endpoint_setting="adapters.helpdesk_api.callback_url")
         manager.register(self.channel)
+        self.endpoint, self.endpoint_key = self.channel.endpoint, "callback_url"
         self.callbacks_delivered = 0
         self.callbacks_failed = 0
 
@@ -403,6 +404,12 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
         return results
 
     # -- life cycle -------------------------------------------------------------------------
+
+    def announced(self, router: APIRouter) -> list[str]:
+        return [f"{PREFIX}/"]  # (its routes are in /openapi.json)
+
+    def ready_detail(self) -> str:
+        return f"replies POSTed to {self.endpoint}" if self.endpoint else "replies by polling (no callback_url)"
 
     def router(self) -> APIRouter:
         r = APIRouter(prefix=PREFIX, tags=["helpdesk API"])

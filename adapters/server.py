@@ -55,6 +55,8 @@ class Service:
         self.adapters = adapters
         self.ready = False
         self.stopping = False
+        #: (what, path) of every route people or platforms call, for the start-up banner (build_app fills it)
+        self.announced: list[tuple[str, str]] = []
         # the operator inbox (and API) when the operator token is set; it is also the handoff notifier that
         # reaches the people answering there
         self.inbox: OperatorInbox | None = None
@@ -134,11 +136,14 @@ def build_app(service: Service) -> FastAPI:
 
     if service.inbox is not None:
         app.include_router(service.inbox.router())
+        service.announced.append(("operator inbox", "/operator"))
 
     for adapter in service.adapters:
         router = adapter.router()
         if router is not None:
             app.include_router(router)
+            service.announced += [(f"adapters.{adapter.name}", path) for path in adapter.announced(router)]
+    service.announced.append(("health, readiness, metrics", "/healthz /readyz /metrics"))
     return app
 
 
@@ -185,6 +190,8 @@ async def _start_all(adapters: list[ServedAdapter], service: Service, server: uv
             except Exception as exc:
                 log.debug("starting adapters.%s failed", adapter.name, exc_info=True)
                 raise StartupError(adapter.failure(exc, "start")) from exc
+            detail = adapter.ready_detail()
+            log.info("adapters.%s ready%s", adapter.name, f": {detail}" if detail else "")
         if service.inbox is not None:
             await service.inbox.start()  # with replicas: news from the others reach this one's inbox pages
     except BaseException:
@@ -239,6 +246,13 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             what = "web chat" if web is not None else "server (web chat disabled)"
             print(f"internvl-bot: {what} at {url} — engine {runtime.engine.info.name}; "
                   f"{resumed} message(s) resumed; Ctrl+C stops", file=sys.stderr, flush=True)
+            base = url.rstrip("/")
+            width = max((len(what) for what, _ in service.announced), default=0)
+            for served, paths in service.announced:
+                if served == f"adapters.{WebAdapter.name}":
+                    continue  # the web chat is the line above
+                shown = " ".join(base + path for path in paths.split())
+                print(f"  {served:<{width}}  {shown}", file=sys.stderr, flush=True)
             log.info("serving on %s:%d", host, bound)
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -413,6 +413,9 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         return [CheckResult(True, PLATFORM, f"the chat page at {url}{self.prefix}/; sessions signed with the key "
                                             f"from {key}")]
 
+    def announced(self, router: APIRouter) -> list[str]:
+        return ["/"]
+
     def router(self) -> APIRouter:
         r = APIRouter()
         r.add_api_route("/", self.page, methods=["GET"], include_in_schema=False)
@@ -570,6 +573,10 @@ class WebAdapter(PlatformAdapter[WebSettings]):
             form = await read_form(request, max_files=1000, max_fields=20,
                                    max_part_size=self.settings.conversation.max_message_chars * 4 + 1024)
         except MultiPartException as exc:
+            if "exceeded maximum size" in exc.message:  # the text: far past the limit, not a broken upload
+                limit_chars = self.settings.conversation.max_message_chars
+                raise _Refused(self._refuse(413, i18n.text("message_too_long_limit", lang, limit=limit_chars),
+                                            f"text over {limit_chars} characters")) from None
             key = "text_not_utf8" if "not valid" in exc.message else "upload_malformed"
             raise _Refused(self._refuse(400, i18n.text(key, lang), f"malformed form: {exc.message}")) from None
         except Exception as exc:

@@ -134,14 +134,22 @@ async def test_an_answer_a_killed_replica_posted_is_not_posted_again(
         assert h.cw.calls_to("messages.create")[-1].params["content_attributes"] == {ANSWER_MARK: other}
 
 
-async def test_a_redelivered_event_is_answered_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_redelivered_event_is_answered_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     async with chatwoot(tmp_path, monkeypatch) as h:
         conv = h.cw.conversation()
         payload = await h.cw.customer_message(conv, "hello")
         await h.cw.deliver("message_created", payload, delivery_id=h.cw.deliveries[0].delivery_id)
+        await h.cw.deliver("message_created", payload)  # a new delivery id: the same message all the same
         await h.replied(conv, "echo: hello")
         await h.idle()
         assert h.cw.public_replies(conv) == ["echo: hello"]
+    # a redelivery is routine, not news: nothing about it at INFO; the answer is one access-log line
+    said = [r.getMessage() for r in caplog.records if r.name.startswith(("bot.", "adapters."))]
+    assert not [line for line in said if "duplicate" in line or "repeat of a signed request" in line], said
+    answered = [line for line in said if line.startswith("answered chatwoot:")]
+    assert len(answered) == 1 and "prompt +" in answered[0] and "answer tokens" in answered[0], said
 
 
 async def test_a_replayed_signed_status_change_is_answered_200_and_changes_nothing(

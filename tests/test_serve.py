@@ -228,3 +228,31 @@ def test_one_instance_per_data_dir_and_a_crash_leaves_no_stale_lock(tmp_path: Pa
     serves.append(again)
     again.start()
     assert again.stop() == 0
+
+
+def test_the_banner_lists_every_url_served_and_each_adapter_says_ready(tmp_path: Path, serves: list[Serve]) -> None:
+    config = ("engine:\n  kind: echo\nserver:\n  public_url: https://bot.example.com\n"
+              "adapters:\n  chatwoot:\n    enabled: true\n    base_url: https://chatwoot.example.com\n"
+              "  helpdesk_api:\n    enabled: true\n")
+    serve = Serve(tmp_path, config, env={"CHATWOOT_BOT_TOKEN": "cw-token-123", "CHATWOOT_WEBHOOK_SECRET": "cw-secret-123",
+                                         "HELPDESK_API_SECRET": "api-secret-123",
+                                         "INTERNVL_BOT_OPERATOR_TOKEN": "operator-token-123"})
+    serves.append(serve)
+    serve.start()
+    client = httpx.Client(base_url=serve.url, timeout=10)
+    assert client.get("/").status_code == 200
+    assert client.post("/api/messages", data={"text": "hello"}, headers=HEADERS).status_code == 202
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(client.get("/api/history").json()["messages"]) < 2:
+        time.sleep(0.1)
+    assert serve.stop() == 0
+    out = serve.output()
+    for url in ("https://bot.example.com/operator", "https://bot.example.com/chatwoot/webhook",
+                "https://bot.example.com/api/helpdesk/v1/", "https://bot.example.com/readyz"):
+        assert url in out, out
+    for name in ("web", "chatwoot", "helpdesk_api"):
+        assert f"adapters.{name} ready" in out, out
+    assert "adapters.chatwoot ready: https://chatwoot.example.com" in out
+    # one access-log line per answered message
+    answered = [line for line in out.splitlines() if " answered web:" in line]
+    assert len(answered) == 1 and "answer tokens" in answered[0], out

@@ -223,6 +223,24 @@ async def test_webhook_mode_sets_the_webhook_and_refuses_wrong_secrets(tmp_path:
         assert len(h.shown(111)) == 1  # the refused update was never processed
 
 
+@pytest.mark.parametrize(("public_url", "warned"), [("http://bot.example.com", True), ("https://bot.example.com", False),
+                                                    ("http://127.0.0.1:8080", False)])
+async def test_webhook_mode_warns_when_telegram_could_not_call_the_public_url(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, public_url: str,
+        warned: bool) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123456789:AAF-test-token_xyz")
+    monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", "hook-secret_123")
+    settings = make_settings(tmp_path, server={"public_url": public_url},
+                             adapters={"telegram": {"enabled": True, "mode": "webhook"}})
+    async with Runtime(settings, engine=EchoEngine()) as runtime:
+        assert runtime.manager is not None
+        TelegramAdapter(runtime.manager, runtime.settings, settings.adapters.telegram)  # type: ignore[attr-defined]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "not https" in r.getMessage()]
+    assert len(said) == int(warned), said
+    if warned:
+        assert public_url in said[0] and "server.public_url" in said[0]
+
+
 async def test_replicas_poll_one_at_a_time_and_another_takes_over(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: Any) -> None:
     """Two replicas on one PostgreSQL database: one long poll at a time (Telegram answers a second one with

@@ -425,6 +425,7 @@ async def test_refused_uploads_say_what_was_wrong(tmp_path: Path) -> None:
                                    headers={"X-InternVL-Bot": "1",
                                             "Content-Type": "multipart/form-data; boundary=xyz"})
         assert broken.status_code == 400 and "did not arrive complete" in broken.json()["error"]
+
         as_file = await client.post("/api/messages", files=[("text", ("t.txt", b"hello", "text/plain"))],
                                     headers={"X-InternVL-Bot": "1"})
         assert as_file.status_code == 400
@@ -443,3 +444,20 @@ async def test_refused_uploads_say_what_was_wrong(tmp_path: Path) -> None:
         assert list(live.web.uploads.iterdir()) == []
         h2 = (await client.get("/api/history")).json()
         assert len([m for m in h2["messages"] if m["role"] == "user"]) == 1, h2
+
+
+async def test_a_text_far_too_long_is_told_the_limit_not_a_broken_upload(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    limit = settings.conversation.max_message_chars
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        said = (f"Your message is too long for me: at most {limit} characters. Please send the part you need help "
+                "with.")
+        long = await post(client, "x" * 2_000_000)  # URL-encoded
+        assert (long.status_code, long.json()["error"]) == (413, said)
+        # multipart, as the page sends it
+        long = await client.post("/api/messages", files=[("text", (None, "x" * 2_000_000))],
+                                 headers={"X-InternVL-Bot": "1"})
+        assert (long.status_code, long.json()["error"]) == (413, said)
+        over = await post(client, "y" * (limit + 1))  # within what the form reads: the core counts it
+        assert over.status_code == 202

@@ -258,7 +258,7 @@ class SignedBody:
             ("signature", request.headers.get(self.signature_header, "")),
             ("delivery", request.headers.get(self.delivery_header, "") if self.delivery_header else "")) if value)
         if keys and not self.memory.claim(keys, expires=self._forget_after(request)):
-            log.info("%s: a repeat of a signed request already accepted: answered, not run again", request.url.path)
+            log.debug("%s: a repeat of a signed request already accepted: answered, not run again", request.url.path)
             return JSONResponse({"replayed": True, "detail": "this request was accepted before: nothing done"})
         accepted = False
         try:

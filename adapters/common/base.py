@@ -144,6 +144,14 @@ class PlatformAdapter(Generic[Conf]):
     def router(self) -> APIRouter | None:
         return None
 
+    def announced(self, router: APIRouter) -> list[str]:
+        """The paths of ``router`` the start-up banner lists (default: all of them, once each)."""
+        return list(dict.fromkeys(getattr(route, "path", "") for route in router.routes if getattr(route, "path", "")))
+
+    def ready_detail(self) -> str:
+        """What the "ready" line says after a start (``@bot, polling``; the helpdesk's URL)."""
+        return self.endpoint
+
     @staticmethod
     def restarting(status: int = 503) -> JSONResponse:
         """What a webhook answers while intake is off: a status the platform delivers again after (503 by

@@ -193,7 +193,10 @@ async def read_form(request: Request, *, max_files: int, max_fields: int, max_pa
                                             max_part_size=max_part_size)
             return await parser.parse()
     if content_type == b"application/x-www-form-urlencoded":
-        body = await read_body(request, max_bytes=max_part_size * 2)
+        try:
+            body = await read_body(request, max_bytes=max_part_size * 2)
+        except BadRequest as exc:  # said the way the multipart parser says it, so callers tell one story
+            raise MultiPartException(f"Field exceeded maximum size of {max_part_size // 1024}KB.") from exc
         try:
             pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
                               max_num_fields=max_fields)

@@ -534,7 +534,9 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
             await self.client.apps_connections_open(app_token=self.app_token)
             self._socket = AsyncSocketModeHandler(self.app, self.app_token, web_client=self.client)
             await self._socket.connect_async()
-        log.info("Slack app ready as %s in %s (%s mode)", self.bot_user_id, self.team_id, self.conf.mode)
+
+    def ready_detail(self) -> str:
+        return f"as {self.bot_user_id} in {self.workspace_url or self.team_id}, {self.conf.mode} mode"
 
     def refused_credentials(self, exc: BaseException) -> tuple[str, str] | None:
         if not isinstance(exc, SlackApiError) or not isinstance(exc.response.data, dict):

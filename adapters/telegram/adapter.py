@@ -30,6 +30,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, Request
@@ -73,6 +74,7 @@ from adapters.common.http import parse_json_object, read_body
 from adapters.common.markdown import TelegramFormat, cut_utf16, utf16_len
 from adapters.common.ratelimit import Rate, RateLimiter
 from adapters.common.renderer import MessageGone, StreamingRenderer
+from adapters.common.urlguard import is_loopback_host
 from adapters.telegram import SECRET_TOKEN, TelegramSettings
 from bot.config import Settings
 from bot.conversation.commands import COMMANDS
@@ -334,6 +336,12 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
             if not settings.server.public_url:
                 raise StartupError("adapters.telegram: webhook mode needs server.public_url (the https URL Telegram "
                                    "reaches this service at)")
+            public = urlsplit(settings.server.public_url)
+            if public.scheme != "https" and not is_loopback_host(public.hostname or ""):
+                # Telegram's setWebhook takes https URLs only (ports 443, 80, 88, 8443): a test server aside
+                log.warning("adapters.telegram: server.public_url %s is not https: Telegram delivers webhooks to "
+                            "https URLs only — put TLS in front of this service (a reverse proxy) and set "
+                            "server.public_url to its https address", settings.server.public_url)
         self.app = application or self._application(token)
         # One group: the first handler that matches an update runs (buttons first, then everything else).
         self.app.add_handler(CallbackQueryHandler(self._on_callback))
@@ -405,7 +413,9 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
                 self._poller = store.elect(f"internvl-bot telegram polling {self.me_id}", self._lead_polling)
             else:
                 self._poller = asyncio.create_task(self._poll(), name="telegram polling")
-        log.info("Telegram bot @%s ready (%s)", self.username, self.conf.mode)
+
+    def ready_detail(self) -> str:
+        return f"@{self.username}, {self.conf.mode} ({self.endpoint})"
 
     def refused_credentials(self, exc: BaseException) -> tuple[str, str] | None:
         if isinstance(exc, InvalidToken):  # getMe answered 401/404; its text carries the whole token

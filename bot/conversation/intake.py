@@ -80,7 +80,7 @@ async def store(m: ConversationManager, a: Arrival) -> bool:
     )
     mid = await m.store.add_incoming(message.key, new)
     if mid is None:
-        log.info("duplicate event %s from %s ignored", message.event_id, message.key.platform)
+        log.debug("duplicate event %s from %s ignored", message.event_id, message.key.platform)
         return False
     m.metrics.adapter(message.key.platform).messages_in.inc()
     if message.sender.name and message.sender.name != a.conv.name:

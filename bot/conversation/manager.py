@@ -512,11 +512,27 @@ class ConversationManager:
                     await relay.send(AnswerDone(relay.streamed.strip(), outcome="failed"))
             raise
         answer = relay.streamed.strip() or i18n.text("empty_answer", lang)
-        if not await self._deliver_final(turn, AnswerDone(answer)):
+        delivered = await self._deliver_final(turn, AnswerDone(answer))
+        self._log_answer(turn, prompt, answer, delivered)
+        if not delivered:
             return  # kept in the outbox (stored as answered): the lane is free, the outbox sends it
         turn.finished = True
         if marker and marker.found:
             await self.desk.model_gave_up(turn)
+
+    def _log_answer(self, turn: Turn, prompt: Prompt, answer: str, delivered: bool) -> None:
+        """One line per answered message, like an access log: where, how long (to the first text and in
+        all, from its arrival), the tokens in and out and the images the model saw."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        sink = turn.relay.sink
+        now = time.monotonic()
+        arrived, first = (sink.arrived, sink.first_at) if isinstance(sink, MeteredSink) else (now, None)
+        images = sum(len(m.images) + sum(len(v.frames) for v in m.videos) for m in prompt.messages[-1:])
+        log.info("answered %s in %.2f s (first text %s): %d prompt + %d answer tokens, %d image(s)%s",
+                 turn.msg.key, now - arrived, f"{first - arrived:.2f} s" if first is not None else "-",
+                 prompt.tokens, self.engine.count_tokens(answer), images,
+                 "" if delivered else "; delivery pending (outbox)")
 
     def _remember_reported(self, key: ConversationKey, reported: int) -> None:
         if reported:

@@ -34,6 +34,7 @@ class Prompt:
     dropped: int  # images of earlier turns left out, newer than ``reported``
     reported: int  # the newest turn whose leaving out is now accounted for (message id)
     reduced_pages: int = 0  # pages of the current turn's documents read in less detail
+    tokens: int = 0  # the prompt's tokens as the budget planner counted them
 
 
 @dataclass(eq=False)
@@ -202,4 +203,5 @@ class PromptBuilder:
         messages.append(replace(current, images=tiles("c", current.images)))
         current_reduced = [int(key[1:]) for key in chosen.reduced if key.startswith("c")]
         pages = sum(1 for i in current_reduced if current.images[i].label.startswith("Page"))
-        return Prompt(messages, len(current_reduced) - pages, dropped, newest_out, pages)
+        return Prompt(messages, len(current_reduced) - pages, dropped, newest_out, pages,
+                      tokens=fixed + history_text + chosen.tokens)

@@ -168,6 +168,7 @@ class MeteredSink:
         self.adapter = adapter
         self.arrived = arrived
         self.first = True
+        self.first_at: float | None = None  # when the first text went out (monotonic)
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
         result = await self.sink.emit(event)
@@ -175,7 +176,8 @@ class MeteredSink:
         if isinstance(event, TextChunk):
             if self.first:
                 self.first = False
-                m.ttft_seconds.observe(time.monotonic() - self.arrived)
+                self.first_at = time.monotonic()
+                m.ttft_seconds.observe(self.first_at - self.arrived)
         elif isinstance(event, AnswerDone):
             m.answers_out.inc()
             if event.outcome == "done":
