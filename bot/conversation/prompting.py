@@ -203,5 +203,7 @@ class PromptBuilder:
         messages.append(replace(current, images=tiles("c", current.images)))
         current_reduced = [int(key[1:]) for key in chosen.reduced if key.startswith("c")]
         pages = sum(1 for i in current_reduced if current.images[i].label.startswith("Page"))
-        return Prompt(messages, len(current_reduced) - pages, dropped, newest_out, pages,
+        # a knowledge base's pages are the bot's own reading, not the user's images: no note about them
+        sources = sum(1 for i in current_reduced if current.images[i].label.startswith("Source"))
+        return Prompt(messages, len(current_reduced) - pages - sources, dropped, newest_out, pages,
                       tokens=fixed + history_text + chosen.tokens)

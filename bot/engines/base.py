@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from bot.config import GenerationSettings
+from bot.knowledge.base import Passage
+from bot.knowledge.citing import knowledge_block
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,6 +58,19 @@ class ChatMessage:
     text: str
     images: tuple[ImagePart, ...] = ()
     videos: tuple[VideoPart, ...] = ()
+    #: what a knowledge base gave for this question (bot/knowledge/citing.py): the model reads it before
+    #: ``text`` (see :attr:`prompt_text`); the echo engine lists it
+    knowledge: tuple[Passage, ...] = ()
+    #: a note for the model after the passages (nothing relevant was found, say so)
+    knowledge_note: str = ""
+
+    @property
+    def prompt_text(self) -> str:
+        """The text the model reads: the knowledge block and its note, then the message's own text."""
+        if not self.knowledge and not self.knowledge_note:
+            return self.text
+        head = knowledge_block(self.knowledge) if self.knowledge else ""
+        return "\n\n".join(p for p in (head, self.knowledge_note, f"Question: {self.text}") if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +106,7 @@ class Engine(Protocol):
 def message_cost(engine: Engine, message: ChatMessage, *, images: bool = True) -> int:
     """Prompt tokens ``message`` costs: its text, its images by their tiles (unless ``images`` is False:
     the budget planner prices them), its videos' frames, and the template."""
-    cost = engine.count_tokens(message.text) + MESSAGE_OVERHEAD
+    cost = engine.count_tokens(message.prompt_text) + MESSAGE_OVERHEAD
     for part in message.images if images else ():
         cost += engine.image_tokens(*part.size, part.max_tiles) + 2 + (4 if len(message.images) > 1 or part.label else 0)
     for video in message.videos:
@@ -155,7 +170,7 @@ def layout(message: ChatMessage) -> list[str | ImagePart]:
             out.append(f"Frame{k + 1}: ")
             out.append(frame)
             out.append("\n")
-    out.append(message.text)
+    out.append(message.prompt_text)
     return out
 
 

@@ -15,7 +15,8 @@ from bot.media.images import tile_count
 
 
 class EchoEngine(LimitedEngine):
-    """Answers with what it received: the last user text and a line per image (size and tiles).
+    """Answers with what it received: the last user text, a line per knowledge passage and per image (size and
+    tiles).
 
     ``delay`` (seconds per chunk) or ``delay_for`` (per text, looked up by the user text) make it slow on
     purpose, for ordering tests; ``fail_on`` makes it raise for a given user text; ``record`` keeps every
@@ -64,7 +65,9 @@ class EchoEngine(LimitedEngine):
             last = messages[-1]
             if self.fail_on is not None and self.fail_on in last.text:
                 raise RuntimeError(f"echo engine told to fail on {self.fail_on!r}")
-            lines = [
+            # what a knowledge base gave, one line a passage: each counts as citing it (bot/knowledge/citing.py)
+            lines = [f"[knowledge {k}: {p.label}]" for k, p in enumerate(last.knowledge, start=1)]
+            lines += [
                 f"[{p.label.lower() if p.label else f'image {i + 1}'}: {p.size[0]}x{p.size[1]}, "
                 f"{tile_count(*p.size, max_num=p.max_tiles)} tiles]"
                 for i, p in enumerate(last.images)

@@ -126,7 +126,7 @@ class LMDeployEngine(LimitedEngine):
         out: list[dict[str, Any]] = []
         for message in messages:
             if not message.images and not message.videos:
-                out.append({"role": message.role, "content": neutralize(message.text)})
+                out.append({"role": message.role, "content": neutralize(message.prompt_text)})
                 continue
             pieces = layout(message)
             text = "".join(IMAGE_TOKEN if isinstance(p, ImagePart) else neutralize(p) if p is pieces[-1] else p

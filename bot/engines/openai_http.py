@@ -278,7 +278,7 @@ class OpenAIHTTPEngine(LimitedEngine):
         for message in messages:
             pieces = layout(message)
             if not message.images and not message.videos:
-                out.append({"role": message.role, "content": neutralize(message.text)})
+                out.append({"role": message.role, "content": neutralize(message.prompt_text)})
                 continue
             content: list[dict[str, Any]] = []
             if placeholder:

@@ -34,6 +34,8 @@ class Persona:
     handoff_marker: str = ""
     #: language code -> the title in that language (``title`` is the English one)
     titles: dict[str, str] = field(default_factory=dict)
+    #: the knowledge bases its answers draw on and cite (``knowledge.bases.<name>``)
+    knowledge: tuple[str, ...] = ()
 
     def title_for(self, language: str) -> str:
         return self.titles.get(language) or self.title
@@ -70,10 +72,16 @@ class Persona:
 def _parse(data: Any, source: str) -> Persona:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a persona file must be a mapping with name, title and system")
-    unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions", "handoff"}
+    unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions", "handoff",
+                           "knowledge"}
     if unknown:
         raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, "
-                          "description, greeting, suggestions, handoff")
+                          "description, greeting, suggestions, handoff, knowledge")
+    knowledge = data.get("knowledge") or []
+    if isinstance(knowledge, str):
+        knowledge = [knowledge]
+    if not isinstance(knowledge, list) or not all(isinstance(b, str) and b.strip() for b in knowledge):
+        raise ConfigError(f"{source}: knowledge must be a list of knowledge base names (knowledge.bases.<name>)")
     for key in ("name", "system"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ConfigError(f"{source}: persona key {key!r} is missing or empty")
@@ -106,6 +114,7 @@ def _parse(data: Any, source: str) -> Persona:
         suggestions={str(k): tuple(v) for k, v in suggestions.items()},
         handoff_keywords=tuple(sorted({w.strip().lower() for v in keywords.values() for w in v}, key=len, reverse=True)),
         handoff_marker=str(handoff.get("marker") or ""),
+        knowledge=tuple(b.strip() for b in knowledge),
     )
 
 

@@ -100,3 +100,28 @@ def read_pdf(data: bytes, *, name: str = "", max_pages: int = 20, max_tiles: int
             raise UnreadableDocument(str(exc), name=name) from None
         finally:
             pdf.close()
+
+
+def render_page(data: bytes, number: int, *, max_tiles: int = 6, name: str = "") -> np.ndarray:
+    """Page ``number`` (1-based) of a PDF as an H x W x 3 array, just large enough for ``max_tiles`` tiles:
+    a knowledge base's manual page shown to the model beside the passage it came from."""
+    import pypdfium2 as pdfium
+
+    with _PDFIUM:
+        try:
+            pdf = pdfium.PdfDocument(data)
+        except pdfium.PdfiumError as exc:
+            raise UnreadableDocument(str(exc), name=name) from None
+        try:
+            if not 1 <= number <= len(pdf):
+                raise UnreadableDocument(f"no page {number}", name=name)
+            page = pdf[number - 1]
+            width, height = page.get_size()
+            image = page.render(scale=page_scale(width, height, max_tiles), rev_byteorder=True).to_numpy()
+            if image.ndim == 3 and image.shape[2] == 4:
+                image = image[:, :, :3]
+            return np.ascontiguousarray(image)
+        except pdfium.PdfiumError as exc:
+            raise UnreadableDocument(str(exc), name=name) from None
+        finally:
+            pdf.close()
