@@ -734,3 +734,26 @@ async def test_a_busy_channel_posts_answers_fairly_between_users(tmp_path: Path,
         first_post = {ts: float(h.thread(CHANNEL, ts)[0].ts) for ts in threads}
         ahead = [ts for ts in waiting if first_post[ts] < first_post[rui["event"]["ts"]]]
         assert len(ahead) <= 2, f"{len(ahead)} of Ana's {len(waiting)} queued answers went before Rui's"
+
+
+@pytest.mark.parametrize(("question", "status"), [
+    ("Can you help me?", "is thinking…"),
+    ("Pode me ajudar?", "está pensando…"),
+    ("ok", "está pensando…"),  # no clue in the text: the locale decides
+])
+async def test_the_assistant_status_speaks_the_language_of_the_question_not_the_locale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, question: str, status: str) -> None:
+    """A user whose Slack locale is pt-BR writes a short question in English: the status line under it says
+    "is thinking…" like the answer, not "está pensando…"; in Portuguese, or with nothing to tell the language
+    by, it is Portuguese."""
+    async with slack(tmp_path, monkeypatch) as h:
+        h.slack.add_user("U0PT", name="rui", locale="pt-BR")
+        dm = h.slack.dm_channel("U0PT")
+        thread = h.slack.new_ts()
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.assistant_thread_started(dm, "U0PT", thread)))
+        await h.slack.wait_for(lambda: bool(h.slack.suggested_prompts))
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.message_event(
+            dm, "U0PT", question, channel_type="im", thread_ts=thread)))
+        await h.answered(dm, thread, f"echo: {question}")
+        shown = [s["status"] for s in h.slack.statuses if s["thread_ts"] == thread and s["status"]]
+        assert shown and set(shown) == {status}, shown
