@@ -528,9 +528,14 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         sid, error = self._session_or_error(request)
         if error is not None:
             return error
-        lang = self._language(request)
+        browser = self._language(request)
         if request.headers.get(CSRF_HEADER) != "1":
             return JSONResponse({"error": f"missing {CSRF_HEADER} header"}, status_code=403)
+        # a refusal speaks the language the user writes in (the conversation's), the browser's only before
+        # they wrote anything: Accept-Language pt-BR and English questions get English refusals
+        conv = await self.manager.store.conversation(ConversationKey(PLATFORM, sid))
+        lang = conv.language or conv.last_language or browser
+        lang = lang if lang in i18n.UI_LANGUAGES else browser
         if not self.accepting:
             return self._refuse(503, i18n.text("busy_restarting", lang), "shutting down")
         conversation_var.set(f"{PLATFORM}:{sid}")
@@ -541,7 +546,7 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         request_id = request.headers.get("x-request-id") or ""
         message = IncomingMessage(
             key=ConversationKey(PLATFORM, sid), sender=Sender(sid, "web user"), text=text,
-            attachments=tuple(attachments), locale=lang,
+            attachments=tuple(attachments), locale=browser,
             # Request ids are the browser's: they only mean something within its own session.
             event_id=f"{sid}:{request_id[:100]}" if request_id else None,
             # the request id, when the page sent one: a retry that finds the message stored learns its id

@@ -45,6 +45,26 @@ def test_short_text_uses_the_platform_locale(detector: LanguageDetector) -> None
     assert choose(detector, "Hallo", locale_hint="fr_FR") == "fr"
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Can you help me?", "en"), ("What is this error?", "en"), ("Good morning", "en"), ("Obrigado", "pt"),
+    ("Preciso de ajuda", "pt"), ("Necesito ayuda", "es"), ("Ich brauche Hilfe", "de"), ("Non funziona", "it"),
+])
+@pytest.mark.parametrize("hint", ["pt-BR", "en-US", "fr-FR"])
+def test_a_short_text_that_tells_its_language_wins_over_the_locale(detector: LanguageDetector, text: str,
+                                                                   expected: str, hint: str) -> None:
+    """A user whose Slack locale is pt-BR writes "Can you help me?": English, not the locale's Portuguese."""
+    assert choose(detector, text, locale_hint=hint) == expected
+    assert choose(detector, text, previous=hint[:2]) == expected
+
+
+@pytest.mark.parametrize("text", ["yes", "Hello", "Is it broken?", "merci", "E21 again", "por favor", "status",
+                                  "¿Qué?", "ça va", "Danke!"])
+@pytest.mark.parametrize("hint", ["pt-BR", "en-US", "de-DE"])
+def test_a_short_text_without_a_clear_language_keeps_the_locale(detector: LanguageDetector, text: str,
+                                                                 hint: str) -> None:
+    assert choose(detector, text, locale_hint=hint) == hint[:2]
+
+
 def test_short_text_falls_back_to_previous_then_default(detector: LanguageDetector) -> None:
     assert choose(detector, "ok", previous="de") == "de"
     assert choose(detector, "ok") == "en"
@@ -72,7 +92,7 @@ def always_detecting(detector: LanguageDetector, text: str, *, pinned: str | Non
     """The rule order of the module docstring, detecting every text (what choose_language did before it
     learned to skip detection): the reference the shortcut must agree with."""
     from bot.l10n.i18n import normalize_code
-    from bot.l10n.language import letters
+    from bot.l10n.language import CLUE_LETTERS, clear, letters
 
     if pinned:
         return pinned
@@ -80,6 +100,8 @@ def always_detecting(detector: LanguageDetector, text: str, *, pinned: str | Non
     if code and letters(text) >= short_text_chars and confidence >= 0.5:
         return code
     if code and confidence >= 0.9 and code in ("zh", "ja", "ko", "ru", "uk", "ar", "hi"):
+        return code
+    if code and letters(text) >= CLUE_LETTERS and clear(detector.confidences(text)):
         return code
     hint = normalize_code(locale_hint)
     if hint and hint in detector.codes:

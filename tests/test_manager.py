@@ -424,7 +424,8 @@ async def test_file_over_the_byte_limit(harness: Callable[..., Harness]) -> None
 
 async def test_engine_failure_is_polite_and_the_worker_survives(harness: Callable[..., Harness]) -> None:
     h = harness(model=EchoEngine(record=True, fail_on="explode"))
-    assert await h.ask("c1", "please explode", locale="fr") == "failed"
+    # French, or the locale: English words would be answered in English whatever the locale says
+    assert await h.ask("c1", "explode, s'il vous plaît", locale="fr") == "failed"
     assert h.last("c1").startswith("Désolé, un problème est survenu")
     assert await h.ask("c1", "a normal question") == "answered"
 

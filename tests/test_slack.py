@@ -189,6 +189,102 @@ async def test_thread_follow_ups_and_what_is_ignored(tmp_path: Path, monkeypatch
         assert await store.last_message_id() == 4
 
 
+COLLEAGUE = "U0BEA"
+
+
+async def say(h: Harness, user: str, text: str, thread_ts: str | None, *, mentioning: bool = False) -> dict[str, Any]:
+    """``user`` writes in a channel thread (``thread_ts``; None: at the top), mentioning the bot or not; returns once Slack has the ack, so the
+    adapter has decided whether the message is for the bot (it stores before it acknowledges)."""
+    event = (h.slack.app_mention(CHANNEL, user, f"<@{h.slack.bot_user_id}> {text}", thread_ts=thread_ts)
+             if mentioning else h.slack.message_event(CHANNEL, user, text, thread_ts=thread_ts))
+    envelope = await h.slack.send_socket_event(h.slack.event_callback(event))
+    await h.slack.wait_for(lambda: h.slack.acked(envelope))
+    return event
+
+
+def answers(h: Harness, thread_ts: str) -> list[str]:
+    return [m.text for m in h.thread(CHANNEL, thread_ts) if m.bot_id and not m.streaming]
+
+
+async def questions(h: Harness, thread_ts: str) -> list[tuple[str, str]]:
+    """(sender, text) of the questions stored for the thread."""
+    assert h.runtime.store is not None
+    return [(m.sender_id, m.text) for m in await h.runtime.store.transcript(ConversationKey("slack", CHANNEL, thread_ts))
+            if m.role == "user"]
+
+
+@pytest.mark.parametrize("root_mentions", [True, False])
+async def test_a_colleagues_reply_in_the_thread_is_theirs_the_askers_follow_up_is_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root_mentions: bool) -> None:
+    """Default ``thread_followups: asker``: two colleagues talking in a thread that began with a question to
+    the bot do not trigger it; the one who asked continues without a mention, the other mentions it. Also
+    when the bot was first asked in a reply (the thread's root is a person's message, never stored)."""
+    async with slack(tmp_path, monkeypatch) as h:
+        h.slack.add_user(COLLEAGUE, name="bea", locale="en-US")
+        if root_mentions:
+            ts = (await say(h, USER, "why does the pump hum?", None, mentioning=True))["ts"]
+        else:
+            ts = (await say(h, COLLEAGUE, "the pump hums again", None))["ts"]
+            await say(h, USER, "why does the pump hum?", ts, mentioning=True)
+        await h.answered(CHANNEL, ts, "echo: why does the pump hum?")
+        await say(h, COLLEAGUE, "I think it's the valve, I'll check", ts)
+        await say(h, USER, "ok thanks, tell me when you know", ts)
+        await say(h, USER, "and how loud is too loud?", ts)
+        await h.answered(CHANNEL, ts, "echo: and how loud is too loud?")
+        await say(h, COLLEAGUE, "what does a worn valve sound like?", ts, mentioning=True)
+        await h.answered(CHANNEL, ts, "echo: what does a worn valve sound like?")
+        await say(h, COLLEAGUE, "thanks, that helps", ts)  # a mention once does not make her the asker
+        await h.idle()
+        assert answers(h, ts) == ["echo: why does the pump hum?", "echo: ok thanks, tell me when you know",
+                                  "echo: and how loud is too loud?", "echo: what does a worn valve sound like?"]
+        assert await questions(h, ts) == [(USER, "why does the pump hum?"),
+                                          (USER, "ok thanks, tell me when you know"),
+                                          (USER, "and how loud is too loud?"),
+                                          (COLLEAGUE, "what does a worn valve sound like?")]
+
+
+async def test_the_asker_is_remembered_by_the_store_across_a_restart(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process (a restart, or another replica on the same store) knows who asked in the thread."""
+    async with FakeSlack() as fake:
+        async with slack(tmp_path, monkeypatch, shared=fake) as h:
+            fake.add_user(COLLEAGUE, name="bea", locale="en-US")
+            ts = (await say(h, USER, "why does the pump hum?", None, mentioning=True))["ts"]
+            await h.answered(CHANNEL, ts, "echo: why does the pump hum?")
+        async with slack(tmp_path, monkeypatch, shared=fake) as h:
+            await say(h, COLLEAGUE, "I think it's the valve", ts)
+            await say(h, USER, "and how loud is too loud?", ts)
+            await h.answered(CHANNEL, ts, "echo: and how loud is too loud?")
+            await h.idle()
+            assert answers(h, ts) == ["echo: why does the pump hum?", "echo: and how loud is too loud?"]
+
+
+@pytest.mark.parametrize(("followups", "answered"), [
+    ("everyone", ["echo: why does the pump hum?", "echo: I think it's the valve", "echo: and how loud?",
+                  "echo: is it the valve?"]),
+    ("mention", ["echo: why does the pump hum?", "echo: is it the valve?"]),
+])
+async def test_thread_followups_everyone_or_only_mentions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          followups: str, answered: list[str]) -> None:
+    """``everyone``: anyone's reply in the thread is for the bot; ``mention``: none is without a mention, the
+    asker's neither. DMs are not channel threads: always answered."""
+    async with slack(tmp_path, monkeypatch, thread_followups=followups) as h:
+        h.slack.add_user(COLLEAGUE, name="bea", locale="en-US")
+        ts = (await say(h, USER, "why does the pump hum?", None, mentioning=True))["ts"]
+        await h.answered(CHANNEL, ts, "echo: why does the pump hum?")
+        await say(h, COLLEAGUE, "I think it's the valve", ts)
+        await say(h, USER, "and how loud?", ts)
+        await say(h, USER, "is it the valve?", ts, mentioning=True)
+        await h.answered(CHANNEL, ts, "echo: is it the valve?")
+        await h.idle()
+        assert answers(h, ts) == answered
+        assert [text for _, text in await questions(h, ts)] == [a.removeprefix("echo: ") for a in answered]
+        dm = h.slack.dm_channel(USER)
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.message_event(dm, USER, "and in a DM?",
+                                                                                     channel_type="im")))
+        await h.slack.wait_for(lambda: any(m.text == "echo: and in a DM?" for m in h.slack.messages(dm)))
+
+
 async def test_a_mention_and_its_message_twin_and_a_redelivery_are_answered_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with slack(tmp_path, monkeypatch) as h:
@@ -734,3 +830,26 @@ async def test_a_busy_channel_posts_answers_fairly_between_users(tmp_path: Path,
         first_post = {ts: float(h.thread(CHANNEL, ts)[0].ts) for ts in threads}
         ahead = [ts for ts in waiting if first_post[ts] < first_post[rui["event"]["ts"]]]
         assert len(ahead) <= 2, f"{len(ahead)} of Ana's {len(waiting)} queued answers went before Rui's"
+
+
+@pytest.mark.parametrize(("question", "status"), [
+    ("Can you help me?", "is thinking…"),
+    ("Pode me ajudar?", "está pensando…"),
+    ("ok", "está pensando…"),  # no clue in the text: the locale decides
+])
+async def test_the_assistant_status_speaks_the_language_of_the_question_not_the_locale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, question: str, status: str) -> None:
+    """A user whose Slack locale is pt-BR writes a short question in English: the status line under it says
+    "is thinking…" like the answer, not "está pensando…"; in Portuguese, or with nothing to tell the language
+    by, it is Portuguese."""
+    async with slack(tmp_path, monkeypatch) as h:
+        h.slack.add_user("U0PT", name="rui", locale="pt-BR")
+        dm = h.slack.dm_channel("U0PT")
+        thread = h.slack.new_ts()
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.assistant_thread_started(dm, "U0PT", thread)))
+        await h.slack.wait_for(lambda: bool(h.slack.suggested_prompts))
+        await h.slack.send_socket_event(h.slack.event_callback(h.slack.message_event(
+            dm, "U0PT", question, channel_type="im", thread_ts=thread)))
+        await h.answered(dm, thread, f"echo: {question}")
+        shown = [s["status"] for s in h.slack.statuses if s["thread_ts"] == thread and s["status"]]
+        assert shown and set(shown) == {status}, shown

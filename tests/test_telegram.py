@@ -417,6 +417,17 @@ async def test_flood_limits_in_a_busy_group_are_honoured_not_hit(tmp_path: Path,
         assert h.tg.served_429 == 0
 
 
+async def test_a_buttons_toast_speaks_the_language_the_user_writes_not_their_app_language(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rui's Telegram is in Portuguese (language_code pt) but he writes English: "Regenerating…" in English."""
+    async with telegram(tmp_path, monkeypatch) as h:
+        message(h.tg, private(333), RUI, "Can you help me with my boiler?")
+        first = await h.answered(333, "echo: Can you help me with my boiler?")
+        h.tg.push_update(h.tg.callback(private(333), RUI, first.message_id, "regen"))
+        await h.tg.wait_for(lambda: len(h.tg.answered_callbacks) == 1)
+        assert h.tg.answered_callbacks[0].get("text") == t("regenerating", "en")
+
+
 async def test_buttons_regenerate_and_start_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = EchoEngine(record=True)
     async with telegram(tmp_path, monkeypatch, engine=engine) as h:

@@ -132,6 +132,19 @@ async def test_too_large_upload_gets_a_polite_answer_in_the_users_language(tmp_p
         assert events[-1]["text"] == "echo: e agora?"
 
 
+async def test_a_refusal_speaks_the_language_the_user_writes_not_the_browsers(tmp_path: Path) -> None:
+    """A browser in Portuguese, a user who writes English: the upload refused is told in English."""
+    settings = make_settings(tmp_path, media={"max_file_bytes": 50_000})
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, "Can you help me with the pump?")
+        assert events[-1]["text"] == "echo: Can you help me with the pump?"
+        response = await post(client, "look", [("big.jpg", b"\xff" * 60_000, "image/jpeg")],
+                              **{"Accept-Language": "pt-BR,pt;q=0.9"})
+        assert response.status_code == 413
+        assert response.json()["error"].startswith("The file"), response.json()
+
+
 async def test_export_sends_a_file_the_browser_can_download(tmp_path: Path) -> None:
     async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
         await open_session(client)

@@ -37,6 +37,11 @@ class SlackSettings(AdapterSection):
     slash_command: str = Field("", description="a slash command of the app that runs the framework's commands, e.g. /internvl")
     support_channel: str = Field("", description="channel id told about each handoff, with a link to the thread")
     suggested_prompts: bool = Field(True, description="suggested prompts of the persona in new assistant threads")
+    thread_followups: Literal["asker", "everyone", "mention"] = Field(
+        "asker", description="which replies without a mention, in a channel thread the bot answers in, it answers: "
+                             "asker (only those of the person who asked it first there; others mention it), "
+                             "everyone (anyone's), mention (none: every message needs a mention). DMs and "
+                             "assistant threads are always answered")
 
     def missing_secrets(self) -> list[str]:
         missing = super().missing_secrets()

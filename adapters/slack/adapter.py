@@ -7,9 +7,11 @@ was told about is always stored, and a retry (``X-Slack-Retry-Num``, a Socket Mo
 ``message`` twin of an ``app_mention``) is the same message (the store remembers ``<channel>:<ts>``),
 answered once. Catch-all listeners acknowledge everything else (edits, deletions, other bots).
 
-A conversation is a thread (a message starts one); answers go to the thread, streamed with Slack's native
-AI streaming (``chat.startStream`` / ``appendStream`` / ``stopStream``), or with ``chat.postMessage`` and
-``chat.update`` every ``update_interval`` seconds where that is off, unavailable, or the stream expired.
+A conversation is a thread (a message starts one); in a channel, replies in it without a mention are for
+the bot as ``thread_followups`` says (by default only those of whoever asked it first there). Answers go to
+the thread, streamed with Slack's native AI streaming (``chat.startStream`` / ``appendStream`` /
+``stopStream``), or with ``chat.postMessage`` and ``chat.update`` every ``update_interval`` seconds where
+that is off, unavailable, or the stream expired.
 While working, ``assistant.threads.setStatus`` says so ("is looking at your files…"). In the AI-assistant
 panel, new threads get the persona's greeting and suggested prompts, and a title. Files shared in a
 message are downloaded from ``url_private_download`` with the bot token, only from ``file_hosts`` or the
@@ -677,9 +679,10 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         key = ConversationKey(PLATFORM, channel, thread)
         mention = f"<@{self.bot_user_id}>"
         text = str(event.get("text") or "")
-        # A channel message without a mention: only a follow-up in a thread the bot is part of.
+        # A channel message without a mention: only a follow-up in a thread the bot is part of, as
+        # adapters.slack.thread_followups says.
         if not direct and event["type"] != "app_mention" and mention not in text and (
-                not event.get("thread_ts") or not await self.manager.store.transcript(key, limit=1)):
+                not event.get("thread_ts") or not await self._follows_up(key, str(user))):
             return None
         if mention in text:
             text = re.sub(r"[ \t]{2,}", " ", text.replace(mention, " "))
@@ -697,6 +700,24 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         return IncomingMessage(key=key, sender=sender, text=text, attachments=attachments,
                                locale=self.cached_locale(str(user)), event_id=f"{channel}:{ts}", message_id=ts,
                                is_direct=direct, route=route, raw=body)
+
+    async def _follows_up(self, key: ConversationKey, user: str) -> bool:
+        """Whether ``user``'s reply without a mention in the channel thread ``key`` is for the bot."""
+        policy = self.conf.thread_followups
+        if policy == "mention":
+            return False
+        store = self.manager.store
+        if policy == "everyone":
+            return bool(await store.transcript(key, limit=1))
+        # "asker": the first person who asked the bot in this thread, read from the store (not a process
+        # cache: another replica, or this one before a restart, may have stored it). The thread's root is
+        # that question when the bot was mentioned in it, found by its ts; else (mentioned in a reply) the
+        # oldest stored question of the thread is (of its newest 200 messages: past that, of those).
+        root = await store.find_by_platform_id(PLATFORM, key.chat, key.thread)
+        if root is not None and root.key == key and root.role == "user":
+            return root.sender_id == user
+        asked = [m for m in await store.transcript(key) if m.role == "user" and m.sender_id]
+        return bool(asked) and asked[0].sender_id == user
 
     def cached_locale(self, user: str) -> str | None:
         """The user's Slack locale if known, without a network call (intake stores before it asks Slack)."""

@@ -784,7 +784,9 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         event_id = f"album:{first.chat.id}:{first.media_group_id}"
         if done:  # late parts of an album already handed over: addressed as the album was
             addressed = addressed or any(marker.get("addressed") for marker in done)
-            lang = i18n.normalize_code(first.from_user.language_code if first.from_user else None) or "en"
+            conv = await self.manager.store.conversation(self.key(first))  # the language the user writes in
+            lang = conv.language or conv.last_language or i18n.normalize_code(
+                first.from_user.language_code if first.from_user else None) or "en"
             text = " ".join(p for p in (i18n.text("album_late_part", lang), text) if p)
             event_id = f"{event_id}:{first.message_id}"
         if not addressed:
@@ -806,7 +808,10 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         assert isinstance(message, Message)
         key = self.key(message)
         user = query.from_user
-        lang = i18n.normalize_code(user.language_code) or "en"
+        # the toast speaks the conversation's language (the user's latest message's), not Telegram's
+        # language_code: a user whose app is in Portuguese but who writes English reads English
+        conv = await self.manager.store.conversation(key)
+        lang = conv.language or conv.last_language or i18n.normalize_code(user.language_code) or "en"
         sender = Sender(str(user.id), display_name(user), is_bot=user.is_bot)
         answer_text: str | None = None
         try:

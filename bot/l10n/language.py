@@ -1,9 +1,11 @@
 """Detecting the language a user writes in, and choosing the language of each answer.
 
 Detection uses lingua (``lingua-language-detector``), restricted to the configured languages so it
-stays fast and small. Short texts are unreliable to detect, so for them the platform's locale hint
-wins, then the conversation's previous language, then the configured default — except for scripts
-that name their language unambiguously (Chinese, Japanese, Cyrillic with high confidence).
+stays fast and small. The language of the message wins wherever the message tells it: a long text's
+detected language; a script that names its language (Chinese, Japanese, Cyrillic with high confidence);
+a short text whose language stands out clearly ("Can you help me?" from a user whose Slack locale is
+pt-BR is English). Only when the message gives no clue ("ok", "Danke!", an image alone) does the
+platform's locale hint win, then the conversation's previous language, then the configured default.
 """
 
 from __future__ import annotations
@@ -79,26 +81,37 @@ class LanguageDetector:
 
     def detect(self, text: str) -> tuple[str | None, float]:
         """Return (code, confidence); code is None when the text has no letters."""
+        ranked = self.confidences(text)
+        if not ranked or ranked[0][0] not in self.codes:
+            return None, 0.0
+        return ranked[0]
+
+    def confidences(self, text: str) -> tuple[tuple[str, float], ...]:
+        """Every candidate language's confidence for ``text``, best first; empty when it has no letters."""
         cleaned = _URL.sub(" ", text[: self.SAMPLE * 2])[: self.SAMPLE]
         if not any(ch.isalpha() for ch in cleaned):
-            return None, 0.0
+            return ()
         return self._confidence(cleaned)
 
-    def _compute(self, cleaned: str) -> tuple[str | None, float]:
+    def _compute(self, cleaned: str) -> tuple[tuple[str, float], ...]:
         self.warm()
         values = self._detector.compute_language_confidence_values(cleaned)
-        if not values:
-            return None, 0.0
-        best = values[0]
-        code = best.language.iso_code_639_1.name.lower()
-        if code not in self.codes:
-            return None, 0.0
-        return code, float(best.value)
+        return tuple((v.language.iso_code_639_1.name.lower(), float(v.value)) for v in values)
 
 
 def letters(text: str) -> int:
     return sum(map(str.isalpha, _URL.sub(" ", text)))
 
+
+#: Fewer letters than this never outweigh the locale or the conversation's language: lingua's best guess
+#: for "¿Qué?" is French, for "ça va" Portuguese, for "ok" Polish.
+CLUE_LETTERS = 7
+#: A short text's best language is its language when its confidence is at least this, and at least
+#: :data:`CLUE_MARGIN` times any other's (the locale's and the conversation's language included).
+#: Chosen on short support phrases in eight languages: no text switched to a wrong language, and no
+#: ambiguous one ("yes", "Hello", "Is it broken?", "merci", "E21 again") left its fallback.
+CLUE_CONFIDENCE = 0.35
+CLUE_MARGIN = 2.0
 
 #: Languages told by their script: a short text in one of them still decides the answer's language.
 SCRIPT_LANGUAGES = ("zh", "ja", "ko", "ru", "uk", "ar", "hi")
@@ -119,22 +132,26 @@ def choose_language(
 ) -> str:
     """Pick the answer language for one message. See the module docstring for the order.
 
-    Detection runs only when its result can matter: a short text in Latin letters ("ok", "Danke!")
-    is answered in the locale's or the conversation's language whatever lingua says, so when there is
-    one, nothing is detected.
+    Detection runs only when its result can matter: a text in Latin letters too short to give a clue
+    (fewer than :data:`CLUE_LETTERS`: "ok", "Danke!") is answered in the locale's or the conversation's
+    language whatever lingua says, so when there is one, nothing is detected.
     """
     if pinned:
         return pinned
     hint = normalize_code(locale_hint)
     known_hint = hint if hint and hint in detector.codes else None
-    short = letters(text) < short_text_chars
-    if short and (known_hint or previous) and not _NOT_LATIN.search(text):
-        return known_hint or previous or default  # one of the first two: detection cannot change it
+    fallback = known_hint or previous
+    count = letters(text)
+    short = count < short_text_chars
+    if short and fallback and count < CLUE_LETTERS and not _NOT_LATIN.search(text):
+        return fallback  # detection cannot change it
     code, confidence = detector.detect(text)
     if code and not short and confidence >= 0.5:
         return code
     if code and confidence >= 0.9 and code in SCRIPT_LANGUAGES:
         return code
+    if code and count >= CLUE_LETTERS and clear(detector.confidences(text)):
+        return code  # the message says which language it is: it wins over the locale
     if known_hint:
         return known_hint
     if previous:
@@ -142,3 +159,10 @@ def choose_language(
     if code and confidence >= 0.6:
         return code
     return default
+
+
+def clear(ranked: tuple[tuple[str, float], ...]) -> bool:
+    """Whether the best language of ``ranked`` (best first) stands out: confident enough, and well ahead of
+    every other, the locale's and the conversation's language included."""
+    runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+    return ranked[0][1] >= CLUE_CONFIDENCE and ranked[0][1] >= CLUE_MARGIN * runner_up
