@@ -364,7 +364,7 @@ def test_serve_check_on_postgresql_names_the_database_and_what_is_missing(
 
     ok = check()
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert f"ok: store PostgreSQL 127.0.0.1:{postgres.port}/{url.rsplit('/', 1)[1]} is writable" in ok.stdout
+    assert f"✓ store: PostgreSQL 127.0.0.1:{postgres.port}/{url.rsplit('/', 1)[1]} is writable" in ok.stdout
     assert "bot-test-password" not in ok.stdout + ok.stderr
     del env["INTERNVL_BOT_WEB_SESSION_SECRET"]
     missing = check()
