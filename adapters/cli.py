@@ -2,7 +2,8 @@
 at the edge with the adapters (``bot/`` never imports an adapter).
 
 Commands: ``serve`` (the service: web chat and every enabled adapter), ``chat`` (console),
-``make-demo-model DIR``, ``forget --conversation KEY``, ``migrate --to postgres``.
+``make-demo-model DIR``, ``forget --conversation KEY``, ``migrate --to postgres``, ``kb`` (knowledge bases:
+``add``, ``sync``, ``list``, ``search``, ``remove``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from bot import __version__
@@ -53,7 +55,92 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="copy the SQLite store into PostgreSQL (for replicas); safe to rerun")
     migrate.add_argument("--to", required=True, choices=["postgres"],
                          help="postgres: the database in the environment variable named by store.url_env")
+
+    kb = sub.add_parser("kb", help="knowledge bases: index manuals and articles the bot answers from")
+    kbsub = kb.add_subparsers(dest="kb_command", required=True)
+    kb_add = kbsub.add_parser("add", help="index files and folders into BASE (kept as its sources; rerun-safe)")
+    kb_add.add_argument("base")
+    kb_add.add_argument("paths", nargs="+", metavar="PATH", help="PDF, Markdown, HTML, text or image files, folders")
+    kb_sync = kbsub.add_parser("sync", help="re-read BASE's sources: changed and new files, drop vanished ones")
+    kb_sync.add_argument("base")
+    kbsub.add_parser("list", help="every base: documents, chunks, last sync, sources")
+    kb_search = kbsub.add_parser("search", help="the passages a question finds in BASE, best first")
+    kb_search.add_argument("base")
+    kb_search.add_argument("query")
+    kb_search.add_argument("-k", type=int, default=5, help="passages at most (default 5)")
+    kb_search.add_argument("--json", action="store_true", help="print a JSON list")
+    kb_search.add_argument("--min-score", type=float, default=None,
+                           help="threshold for this search (default: knowledge.min_score); 0 shows every match")
+    kb_remove = kbsub.add_parser("remove", help="forget a source of BASE and the documents under it")
+    kb_remove.add_argument("base")
+    kb_remove.add_argument("path")
     return parser
+
+
+async def _kb(settings: Settings, args: argparse.Namespace) -> int:
+    """The ``kb`` commands, on the configured store (its database holds the knowledge bases)."""
+    import json
+
+    from bot.knowledge import open_index
+    from bot.knowledge.ingest import Ingester
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        index = open_index(settings, store)
+        ingester = Ingester(index, store, settings.knowledge)
+        command = args.kb_command
+        if command in ("add", "sync"):
+            try:
+                report = await (ingester.add(args.base, args.paths) if command == "add"
+                                else ingester.sync(args.base))
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                print(f"interrupted: what was indexed is kept; `internvl-bot kb sync {args.base}` resumes",
+                      file=sys.stderr, flush=True)
+                raise
+            print(f"{args.base}: {report.line()}")
+            return 0 if report.added + report.updated + report.unchanged or not report.problems else 1
+        if command == "list":
+            bases = {b.name: b for b in await index.bases()}
+            names = sorted(set(bases) | set(settings.knowledge.bases))
+            if not names:
+                print("no knowledge base yet: internvl-bot kb add BASE PATH...")
+            for name in names:
+                summary = bases.get(name)
+                sources = list(dict.fromkeys([*(s.location for s in (summary.sources if summary else ())),
+                                              *(settings.knowledge.bases[name].sources
+                                                if name in settings.knowledge.bases else [])]))
+                synced = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.synced_at)) \
+                    if summary and summary.synced_at else "never"
+                print(f"{name}: {summary.documents if summary else 0} documents, {summary.chunks if summary else 0} "
+                      f"chunks, last sync {synced}; sources: {', '.join(sources) or '(none)'}")
+            return 0
+        if command == "search":
+            if args.min_score is not None:
+                index.min_score = args.min_score
+            found = await index.search([args.base], args.query, k=args.k)
+            if args.json:
+                print(json.dumps([{"doc": p.doc, "title": p.title, "page": p.page, "score": p.score, "text": p.text}
+                                  for p in found], ensure_ascii=False, indent=2))
+                return 0
+            if not found:
+                print(f"nothing relevant in {args.base} (no passage scores {index.min_score} or more: "
+                      "knowledge.min_score)")
+            for rank, p in enumerate(found, 1):
+                where = f" > {p.heading}" if p.heading else ""
+                print(f"{rank}. [{p.score:.2f}] {p.label}{where} ({p.doc})")
+                print("   " + " ".join(p.text.split())[:300])
+            return 0
+        if command == "remove":
+            was_source, removed = await ingester.remove(args.base, args.path)
+            if not was_source and not removed:
+                print(f"{args.base}: {args.path} is neither a source nor an indexed document", file=sys.stderr)
+                return 1
+            print(f"{args.base}: {removed} document(s) removed; {args.path} is no longer a source")
+            return 0
+        raise ValueError(f"unknown kb command {command!r}")
+    finally:
+        await store.close()
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
@@ -116,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from adapters.registry import load
 
         settings = load(args.config)
-        quiet = args.command == "chat" or (args.command == "serve" and args.check)
+        quiet = args.command in ("chat", "kb") or (args.command == "serve" and args.check)
         setup_logging("WARNING" if quiet else settings.logging.level, settings.logging.json_format)
         settings.check_secrets()
         if args.command == "serve":
@@ -133,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_forget(settings, args.conversation))
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
+        if args.command == "kb":
+            return asyncio.run(_kb(settings, args))
     except StartupError as exc:
         print(f"internvl-bot: error: {redact(str(exc))}", file=sys.stderr)
         return 2

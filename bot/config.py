@@ -231,6 +231,28 @@ class ServerSettings(Section):
     )
 
 
+class KnowledgeBaseSettings(Section):
+    """One knowledge base: where its documents are (merged with what ``kb add`` stored) and its language."""
+
+    sources: list[str] = Field(default_factory=list,
+                               description="files and folders indexed by `kb sync`, besides those `kb add` stored")
+    language: str = Field("", description="ISO 639-1 code of the documents (postgres stems its words: en -> "
+                          "english); empty = no stemming (the 'simple' configuration)")
+
+
+class KnowledgeSettings(Section):
+    """Knowledge bases searched for each turn (bot/knowledge): the threshold and how documents are read."""
+
+    min_score: float = Field(0.4, ge=0.0, le=1.0,
+                             description="passages scoring less are not relevant (0-1; README, Knowledge bases)")
+    max_pages: int = Field(2000, ge=1, description="pages read from one PDF; the rest are skipped with a warning")
+    max_file_bytes: int = Field(200_000_000, ge=1, description="larger files are skipped with a warning")
+    chunk_chars: int = Field(1200, ge=200, le=20000, description="largest chunk, in characters")
+    chunk_overlap: int = Field(150, ge=0, le=5000, description="characters repeated between neighbouring chunks")
+    bases: dict[str, KnowledgeBaseSettings] = Field(default_factory=dict,
+                                                     description="name -> sources and language")
+
+
 class HandoffSettings(Section):
     """Where conversations handed to a person are announced (always also a log line)."""
 
@@ -275,6 +297,7 @@ class Settings(BaseSettings):
     adapters: AdaptersSettings = AdaptersSettings()
     server: ServerSettings = ServerSettings()
     handoff: HandoffSettings = HandoffSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

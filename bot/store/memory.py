@@ -6,6 +6,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from bot.store.base import (
     ORPHAN_GRACE,
@@ -24,6 +25,9 @@ from bot.store.base import (
 )
 from bot.types import ConversationKey
 
+if TYPE_CHECKING:
+    from bot.knowledge.memory import MemoryKnowledge
+
 
 class MemoryStore:
     """In-memory store for tests, the bench and scripts. Passes the same contract tests as the others."""
@@ -41,6 +45,8 @@ class MemoryStore:
         self.stashes: dict[str, dict[str, str]] = {}
         self.stash_at: dict[str, float] = {}  # bucket -> when its newest piece came
         self.counters: dict[str, int] = {}  # platform -> the last conversation number given
+        # the knowledge bases kept beside this store (bot.knowledge.open_index), whose originals stay stored
+        self.knowledge: MemoryKnowledge | None = None
 
     async def open(self) -> None:
         return None
@@ -202,6 +208,8 @@ class MemoryStore:
     def _drop_orphans(self, candidates: set[str]) -> int:
         """Blobs no message uses: those the deleted messages used, and any older than ``ORPHAN_GRACE``."""
         used = self._used(list(self.messages))
+        if self.knowledge is not None:
+            used |= self.knowledge.blobs()
         cutoff = self._clock() - ORPHAN_GRACE
         orphans = [sha for sha in self.blobs if sha not in used and (sha in candidates or self.blob_at[sha] < cutoff)]
         for sha in orphans:

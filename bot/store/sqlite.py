@@ -162,6 +162,34 @@ def m006_conversation_names(db: sqlite_utils.Database) -> None:
         " conversations.id AND m.role = 'user' AND m.sender_name <> '' ORDER BY m.id DESC LIMIT 1)")
 
 
+@migration
+def m007_knowledge(db: sqlite_utils.Database) -> None:
+    """Knowledge bases (bot/knowledge/sqlite.py): what ``kb add`` was given, the documents read, their chunks,
+    two full-text indexes of the chunks — words (BM25, diacritics folded) and character trigrams for
+    Chinese and Japanese, which put no spaces between words — and the term statistics every knowledge
+    backend scores with. The FTS tables hold no copy of the text (``content=''``): the chunks table has it."""
+    for sql in (
+        "CREATE TABLE kb_bases (name TEXT PRIMARY KEY, created_at REAL NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE kb_sources (base TEXT NOT NULL, location TEXT NOT NULL, kind TEXT NOT NULL,"
+        " added_at REAL NOT NULL, PRIMARY KEY (base, location))",
+        "CREATE TABLE kb_documents (id INTEGER PRIMARY KEY, base TEXT NOT NULL, doc TEXT NOT NULL,"
+        " title TEXT NOT NULL, content_hash TEXT NOT NULL, mime TEXT NOT NULL DEFAULT '',"
+        " blob TEXT NOT NULL DEFAULT '', pages INTEGER, url TEXT NOT NULL DEFAULT '', synced_at REAL NOT NULL,"
+        " UNIQUE (base, doc))",
+        "CREATE INDEX kb_documents_blob ON kb_documents (blob) WHERE blob <> ''",
+        "CREATE TABLE kb_chunks (id INTEGER PRIMARY KEY, document_id INTEGER NOT NULL REFERENCES kb_documents (id),"
+        " base TEXT NOT NULL, page INTEGER, heading TEXT NOT NULL DEFAULT '', text TEXT NOT NULL,"
+        " position INTEGER NOT NULL, length INTEGER NOT NULL, cjk INTEGER NOT NULL DEFAULT 0)",
+        "CREATE INDEX kb_chunks_document ON kb_chunks (document_id, position)",
+        "CREATE VIRTUAL TABLE kb_fts USING fts5(body, content='', tokenize='unicode61 remove_diacritics 2')",
+        "CREATE VIRTUAL TABLE kb_cjk USING fts5(body, content='', tokenize='trigram')",
+        "CREATE TABLE kb_terms (term TEXT PRIMARY KEY, df INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE kb_stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO kb_stats (name, value) VALUES ('chunks', 0), ('length', 0)",
+    ):
+        db.conn.execute(sql)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, in order; return their names."""
     if "_migrations" not in db.table_names():
@@ -268,6 +296,11 @@ class SQLiteStore:
 
     def _tx(self) -> _Tx:
         return _Tx(self.db.conn, self._committed)
+
+    def transaction(self) -> _Tx:
+        """A write transaction on the store's connection, for tables kept beside the store's own (the
+        knowledge bases', bot/knowledge/sqlite.py): ``with store.transaction(): ...``."""
+        return self._tx()
 
     def _committed(self) -> None:
         """Every :data:`CHECKPOINT_COMMITS` transactions, a checkpoint in the thread (one at a time)."""
@@ -590,7 +623,9 @@ class SQLiteStore:
         read (``blob:<sha256>`` refs): those the deleted messages used, and any older than ``ORPHAN_GRACE``
         (an upload is stored a moment before its message). Return their SHA-256s."""
         unused = ("sha256 NOT IN (SELECT sha256 FROM message_attachments WHERE sha256 IS NOT NULL) AND 'blob:' ||"
-                  " sha256 NOT IN (SELECT ref FROM message_attachments WHERE ref LIKE 'blob:%')")
+                  " sha256 NOT IN (SELECT ref FROM message_attachments WHERE ref LIKE 'blob:%')"
+                  # a knowledge base's originals (PDFs, images) are shown from their passages
+                  " AND sha256 NOT IN (SELECT blob FROM kb_documents WHERE blob <> '')")
         orphans = {r[0] for r in self.db.conn.execute(
             f"SELECT sha256 FROM attachments WHERE created_at < ? AND {unused}", (self._clock() - ORPHAN_GRACE,))}
         listed = sorted(candidates)

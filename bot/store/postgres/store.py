@@ -110,6 +110,30 @@ INSERT INTO counters (name, value) SELECT 'conversations:' || platform, max(numb
 UPDATE conversations c SET name = (SELECT m.sender_name FROM messages m WHERE m.conversation_id = c.id
     AND m.role = 'user' AND m.sender_name <> '' ORDER BY m.id DESC LIMIT 1);
 """),
+    # knowledge bases (bot/knowledge/postgres.py): each chunk's search vector in its base's text search
+    # configuration and in 'simple' (the fallback: any language, CJK character pairs), one GIN index; its
+    # distinct terms, so that removing it updates the term statistics every backend scores with
+    ("p003_knowledge", """
+CREATE TABLE kb_bases (name text PRIMARY KEY, created_at double precision NOT NULL);
+CREATE TABLE kb_sources (
+    id bigserial, base text NOT NULL REFERENCES kb_bases (name) ON DELETE CASCADE, location text NOT NULL, kind text NOT NULL,
+    added_at double precision NOT NULL, PRIMARY KEY (base, location));
+CREATE TABLE kb_documents (
+    id bigserial PRIMARY KEY, base text NOT NULL REFERENCES kb_bases (name) ON DELETE CASCADE, doc text NOT NULL,
+    title text NOT NULL, content_hash text NOT NULL, mime text NOT NULL DEFAULT '', blob text NOT NULL DEFAULT '',
+    pages integer, url text NOT NULL DEFAULT '', synced_at double precision NOT NULL, UNIQUE (base, doc));
+CREATE INDEX kb_documents_blob ON kb_documents (blob) WHERE blob <> '';
+CREATE TABLE kb_chunks (
+    id bigserial PRIMARY KEY, document_id bigint NOT NULL REFERENCES kb_documents (id) ON DELETE CASCADE,
+    base text NOT NULL, page integer, heading text NOT NULL DEFAULT '', text text NOT NULL,
+    position integer NOT NULL, length integer NOT NULL, terms text[] NOT NULL,
+    language regconfig NOT NULL DEFAULT 'simple', tsv tsvector NOT NULL);
+CREATE INDEX kb_chunks_document ON kb_chunks (document_id, position);
+CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
+CREATE TABLE kb_terms (term text PRIMARY KEY, df bigint NOT NULL);
+CREATE TABLE kb_stats (name text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO kb_stats (name, value) VALUES ('chunks', 0), ('length', 0);
+"""),
 ]
 
 _MSG_COLUMNS = (
@@ -557,7 +581,9 @@ class PostgresStore(ClaimQueries):
         message)."""
         cur = await conn.execute(
             "DELETE FROM blobs b WHERE (created_at < %s OR sha256 = ANY(%s)) AND NOT EXISTS (SELECT 1 FROM"
-            " message_attachments a WHERE a.sha256 = b.sha256 OR a.ref = 'blob:' || b.sha256)",
+            " message_attachments a WHERE a.sha256 = b.sha256 OR a.ref = 'blob:' || b.sha256)"
+            # a knowledge base's originals (PDFs, images) are shown from their passages
+            " AND NOT EXISTS (SELECT 1 FROM kb_documents k WHERE k.blob = b.sha256)",
             (self._clock() - ORPHAN_GRACE, candidates))
         return cur.rowcount
 

@@ -1,0 +1,299 @@
+"""Ingestion: files and folders -> documents and chunks in a :class:`~bot.knowledge.base.KnowledgeStore`.
+
+* A document is identified by its resolved path and known by the SHA-256 of its bytes: a file read before
+  and unchanged is skipped (a second ``kb add`` does nothing; an interrupted run resumes where it stopped),
+  a changed one is read again, and the same bytes under a second path of the base are a duplicate.
+* Each document is replaced in one transaction (``put_document``): searches see the old version until the
+  new one is complete, and a file that fails to read keeps its previous version serving. ``sync`` drops
+  documents whose files are gone only once every source was walked.
+* Bad input (an encrypted or corrupt PDF, an empty file, a binary file named ``.md``, a duplicate, a PDF
+  longer than ``knowledge.max_pages``) is one line each on stderr; the rest is indexed.
+* PDFs and images are kept in the store's blob storage (``save_blob``), so a passage can show its page or
+  its image; images are found by their caption (a sidecar ``.txt``/``.md``), the alt text and paragraph of
+  a Markdown or HTML page showing them, and their file name.
+* Reading runs in a thread (PDF text extraction is CPU work); Ctrl+C stops it between two pages, and what
+  was committed stays.
+* Progress: a tqdm bar on stderr (documents, their rate and ETA; pages and chunks so far), shown on a
+  terminal only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from bot.knowledge.base import Document, KnowledgeStore, Source
+from bot.knowledge.chunking import (
+    IMAGE_TYPES,
+    PDF,
+    SUPPORTED,
+    Chunker,
+    ImageRef,
+    Parsed,
+    UnreadableDocument,
+    caption_files,
+    image_refs,
+    read,
+    read_image,
+)
+
+if TYPE_CHECKING:
+    from bot.config import KnowledgeSettings
+    from bot.store.base import Store
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """What one ``add`` or ``sync`` did. ``problems``: one line per file not indexed (or cut)."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    pages: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """``3 added, 1 updated, 5 unchanged, 0 removed, 2 problems (120 pages, 840 chunks, 4.1 s)``."""
+        return (f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
+                f"{len(self.problems)} problem(s) ({self.pages} pages, {self.chunks} chunks, {self.seconds:.1f} s)")
+
+
+def _is_caption(path: Path) -> bool:
+    """``x.png.txt`` or ``x.txt`` beside ``x.png``: an image's caption, read with the image, not on its own."""
+    if path.suffix.lower() not in (".txt", ".md"):
+        return False
+    stem = path.with_suffix("")
+    if stem.suffix.lower() in IMAGE_TYPES and stem.is_file():
+        return True
+    return any(path.with_suffix(s).is_file() for s in IMAGE_TYPES) or any(
+        path.with_suffix(s.upper()).is_file() for s in IMAGE_TYPES)
+
+
+def discover(locations: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """The files ``locations`` name (files, or folders walked recursively, hidden entries skipped), sorted;
+    and one line per location that cannot be used."""
+    found: dict[Path, None] = {}
+    problems = []
+    for location in locations:
+        path = Path(location).expanduser().resolve()
+        if path.is_file():
+            if path.suffix.lower() not in SUPPORTED:
+                problems.append(f"{path}: unsupported file type {path.suffix or '(no extension)'} "
+                                f"(supported: {', '.join(sorted(SUPPORTED))})")
+            else:
+                found[path] = None
+        elif path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    child = Path(root) / name
+                    if not name.startswith(".") and child.suffix.lower() in SUPPORTED and not _is_caption(child):
+                        found[child] = None
+        else:
+            problems.append(f"{path}: no such file or folder")
+    return sorted(found), problems
+
+
+def _digest(data: bytes, *extra: str | bytes) -> str:
+    h = hashlib.sha256(data)
+    for part in extra:
+        h.update(b"\x00")
+        h.update(part.encode() if isinstance(part, str) else part)
+    return h.hexdigest()
+
+
+class Ingester:
+    """Indexes files into ``index``, keeping originals in ``store`` (see the module docstring).
+
+    ``out``: where problems and the progress bar go; ``progress``: show the bar (None: when ``out`` is a
+    terminal)."""
+
+    def __init__(self, index: KnowledgeStore, store: Store, conf: KnowledgeSettings, *, out: TextIO | None = None,
+                 progress: bool | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.index = index
+        self.store = store
+        self.conf = conf
+        self.out = out or sys.stderr
+        self.progress = progress
+        self.chunker = Chunker(conf.chunk_chars, conf.chunk_overlap)
+        self._clock = clock
+        self._stop = threading.Event()
+
+    def _sources(self, base: str, stored: Sequence[Source]) -> list[str]:
+        configured = self.conf.bases[base].sources if base in self.conf.bases else []
+        return list(dict.fromkeys([*(s.location for s in stored), *configured]))
+
+    async def add(self, base: str, locations: Sequence[str]) -> IngestReport:
+        """Remember ``locations`` as sources of ``base`` and index what they hold (nothing is removed)."""
+        resolved = [str(Path(p).expanduser().resolve()) for p in locations]
+        files, problems = discover(resolved)
+        usable = [loc for loc in resolved if not any(p.startswith(f"{loc}: ") for p in problems)]
+        if usable:
+            await self.index.add_sources(base, [Source(base, loc) for loc in usable])
+        return await self._index(base, files, problems, remove_missing=False)
+
+    async def sync(self, base: str) -> IngestReport:
+        """Index every source of ``base`` (stored by ``add``, and ``knowledge.bases.<base>.sources``): changed
+        files again, new ones, and drop documents whose files are gone."""
+        locations = self._sources(base, await self.index.sources(base))
+        if not locations:
+            raise ValueError(f"knowledge base {base!r} has no sources: `kb add {base} PATH` or "
+                             f"knowledge.bases.{base}.sources in the config")
+        files, problems = discover(locations)
+        # a source that vanished as a whole (an unmounted share) must not empty the base
+        missing = [p for p in problems if p.endswith(": no such file or folder")]
+        return await self._index(base, files, problems, remove_missing=not missing)
+
+    async def remove(self, base: str, location: str) -> tuple[bool, int]:
+        """Forget the source ``location`` of ``base`` and drop the documents under it: whether it was a source,
+        and how many documents were dropped."""
+        path = str(Path(location).expanduser().resolve())
+        was_source = await self.index.remove_source(base, path)
+        was_source = await self.index.remove_source(base, location) or was_source
+        docs = [d.doc for d in await self.index.documents(base) if d.doc == path or d.doc.startswith(path + os.sep)]
+        return was_source, (await self.index.remove_documents(base, docs) if docs else 0)
+
+    def _say(self, line: str, bar: object | None) -> None:
+        if bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+    async def _index(self, base: str, files: list[Path], problems: list[str], *, remove_missing: bool) -> IngestReport:
+        report = IngestReport(problems=list(problems))
+        started = time.perf_counter()
+        known = {d.doc: d for d in await self.index.documents(base)}
+        by_hash = {d.content_hash: d.doc for d in known.values()}
+        refs: dict[Path, ImageRef] = {}
+        seen: set[str] = set()
+        # images last: the pages showing them give their alt text and context
+        ordered = [f for f in files if f.suffix.lower() not in IMAGE_TYPES]
+        images = [f for f in files if f.suffix.lower() in IMAGE_TYPES]
+        bar = self._bar(base, len(files))
+        for problem in problems:
+            self._say(f"skipped {problem}", bar)
+        self._stop.clear()
+        try:
+            for path in ordered:
+                await self._one(base, path, None, known, by_hash, refs, seen, report, bar)
+            for path in images:
+                await self._one(base, path, refs.pop(path, None), known, by_hash, refs, seen, report, bar)
+            for path, ref in list(refs.items()):  # shown by a page, outside the sources' folders
+                if path.is_file() and str(path) not in seen:
+                    await self._one(base, path, ref, known, by_hash, refs, seen, report, bar)
+        except BaseException:
+            self._stop.set()  # Ctrl+C: the reading thread stops at the next page
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if remove_missing:
+            gone = [doc for doc in known if doc not in seen]
+            report.removed = await self.index.remove_documents(base, gone) if gone else 0
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _bar(self, base: str, total: int):  # type: ignore[no-untyped-def]
+        show = self.progress if self.progress is not None else self.out.isatty()
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="doc", desc=f"kb {base}", file=self.out, dynamic_ncols=True)
+
+    async def _one(self, base: str, path: Path, ref: ImageRef | None, known: dict[str, Document],
+                   by_hash: dict[str, str], refs: dict[Path, ImageRef], seen: set[str], report: IngestReport,
+                   bar: object | None) -> None:
+        doc = str(path)
+        seen.add(doc)
+        try:
+            await self._read_and_put(base, path, ref, known, by_hash, refs, report, bar)
+        except UnreadableDocument as exc:
+            line = f"{path}: {exc}" + (" (the previous version stays indexed)" if doc in known else "")
+            report.problems.append(line)
+            self._say(f"skipped {line}", bar)
+        except OSError as exc:
+            line = f"{path}: cannot read ({exc.strerror or exc})"
+            report.problems.append(line)
+            self._say(f"skipped {line}", bar)
+        if bar is not None:
+            bar.update(1)  # type: ignore[attr-defined]
+            bar.set_postfix(pages=report.pages, chunks=report.chunks, refresh=False)  # type: ignore[attr-defined]
+
+    async def _read_and_put(self, base: str, path: Path, ref: ImageRef | None, known: dict[str, Document],
+                            by_hash: dict[str, str], refs: dict[Path, ImageRef], report: IngestReport,
+                            bar: object | None) -> None:
+        doc = str(path)
+        size = path.stat().st_size
+        if size == 0:
+            raise UnreadableDocument("empty file")
+        if size > self.conf.max_file_bytes:
+            raise UnreadableDocument(f"{size / 1e6:.0f} MB, over knowledge.max_file_bytes "
+                                     f"({self.conf.max_file_bytes / 1e6:.0f} MB)")
+        data = await asyncio.to_thread(path.read_bytes)
+        image = path.suffix.lower() in IMAGE_TYPES
+        extra: list[str | bytes] = []
+        if image:
+            # a changed caption or page text changes what the image is found by
+            extra = [c.read_bytes() for c in caption_files(path) if c.is_file()][:1]
+            extra += [ref.alt, ref.context] if ref else []
+        digest = _digest(data, *extra)
+        old = known.get(doc)
+        if old is not None and old.content_hash == digest:
+            report.unchanged += 1
+            for found in image_refs(path, data):
+                refs.setdefault(found.path, found)
+            return
+        twin = by_hash.get(digest)
+        # a file moved within the base is not a duplicate of its old path, which is gone
+        if twin is not None and twin != doc and Path(twin).is_file():
+            raise UnreadableDocument(f"duplicate of {twin} (same content), not indexed twice")
+
+        def counted(pages: int) -> None:
+            report.pages += pages
+            if bar is not None and report.pages % 50 == 0:
+                bar.set_postfix(pages=report.pages, chunks=report.chunks)  # type: ignore[attr-defined]
+
+        parsed: Parsed
+        if image:
+            parsed = await asyncio.to_thread(read, path, data, self.chunker, max_pages=self.conf.max_pages)
+            if ref is not None:
+                parsed = read_image(path, alt=ref.alt, context=ref.context)
+        else:
+            parsed = await asyncio.to_thread(read, path, data, self.chunker, max_pages=self.conf.max_pages,
+                                             on_page=counted, stop=self._stop)
+        for found in parsed.images:
+            refs.setdefault(found.path, found)
+        if parsed.pages_skipped:
+            line = (f"{path}: only the first {self.conf.max_pages} of {parsed.pages} pages indexed "
+                    "(knowledge.max_pages)")
+            report.problems.append(line)
+            self._say(f"cut {line}", bar)
+        if not parsed.chunks:
+            raise UnreadableDocument("no text found (a scanned PDF without a text layer?)")
+        blob = await self.store.save_blob(data, parsed.mime) if parsed.mime == PDF or image else ""
+        await self.index.put_document(
+            Document(base, doc, parsed.title, digest, parsed.mime, blob, parsed.pages, synced_at=self._clock()),
+            parsed.chunks)
+        by_hash[digest] = doc
+        report.chunks += len(parsed.chunks)
+        if old is None:
+            report.added += 1
+        else:
+            report.updated += 1
+
+
+__all__ = ["IngestReport", "Ingester", "discover"]

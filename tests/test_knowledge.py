@@ -1,0 +1,455 @@
+"""Knowledge bases: the contract every index passes (memory, SQLite FTS5, PostgreSQL), ingestion of real files
+through the real ``internvl-bot kb`` command, and the scoring that tells "nothing relevant" apart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fpdf import FPDF
+from PIL import Image
+
+from adapters.cli import main
+from bot.knowledge import Chunk, Document, KnowledgeStore, MemoryKnowledge, Source, open_index
+from bot.knowledge.chunking import Chunker, read_html, read_markdown
+from bot.knowledge.ingest import Ingester
+from bot.knowledge.text import Stats, query_terms, score, terms
+from bot.store import MemoryStore, SQLiteStore, Store
+from tests.conftest import make_settings
+
+PUMP = Document("manuals", "/kb/pump-x200.pdf", "Pump X200 manual", "h1", "application/pdf", "a" * 64, 3)
+ROUTER = Document("manuals", "/kb/router.md", "Router R5 guide", "h2", "text/markdown")
+PRINTER = Document("support", "/kb/printer.md", "Printer P9 FAQ", "h3", "text/markdown")
+
+
+async def _fill(kb: KnowledgeStore) -> None:
+    await kb.put_document(PUMP, [
+        Chunk("Before the first start, fill the pump housing with water and open the suction valve.", page=1),
+        Chunk("The impeller must be cleaned every 500 operating hours; remove the front cover with a 10 mm key.",
+              page=2),
+        Chunk("Warranty: the X200 is covered for 24 months from the date of purchase.", page=3),
+    ])
+    await kb.put_document(ROUTER, [
+        Chunk("Hold the reset button for ten seconds until the status light blinks amber.", heading="Factory reset"),
+        Chunk("The guest network is isolated from the main network and has its own password.",
+              heading="Wi-Fi > Guest network"),
+    ])
+    await kb.put_document(PRINTER, [Chunk("Paper jams: open tray 2, pull the sheet straight out, close the tray.")])
+
+
+class KnowledgeContract:
+    """Subclasses provide a ``kb`` fixture: an empty :class:`KnowledgeStore` with ``min_score`` at the default."""
+
+    async def test_a_question_finds_its_passage_with_where_it_came_from(self, kb: KnowledgeStore) -> None:
+        await _fill(kb)
+        found = await kb.search(["manuals"], "How often should the impeller be cleaned?")
+        assert found, "nothing found"
+        best = found[0]
+        assert (best.doc, best.title, best.page, best.base) == (PUMP.doc, PUMP.title, 2, "manuals")
+        assert (best.blob, best.mime) == ("a" * 64, "application/pdf")
+        assert "500 operating hours" in best.text
+        assert 0 < best.score <= 1
+        assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
+        router = await kb.search(["manuals"], "factory reset of the router")
+        assert router[0].heading == "Factory reset" and router[0].page is None
+
+    async def test_an_unrelated_question_finds_nothing(self, kb: KnowledgeStore) -> None:
+        await _fill(kb)
+        assert await kb.search(["manuals"], "What is the capital of Australia?") == []
+        assert await kb.search(["manuals"], "recipe for chocolate cake with strawberries") == []
+        assert await kb.search(["manuals"], "") == []
+        # the same words are found once a document holds them
+        await kb.put_document(Document("manuals", "/kb/cake.md", "Cake", "h9"),
+                              [Chunk("A chocolate cake recipe: bake with strawberries on top.")])
+        assert (await kb.search(["manuals"], "recipe for chocolate cake with strawberries"))[0].doc == "/kb/cake.md"
+
+    async def test_only_the_bases_asked_for_are_searched_and_k_is_respected(self, kb: KnowledgeStore) -> None:
+        await _fill(kb)
+        assert await kb.search(["manuals"], "paper jam in tray 2") == []
+        assert (await kb.search(["support"], "paper jam in tray 2"))[0].doc == PRINTER.doc
+        both = await kb.search(["manuals", "support"], "paper jam in tray 2")
+        assert both[0].doc == PRINTER.doc
+        assert await kb.search([], "paper jam") == []
+        # the title counts as words of each chunk: all three pages of the pump manual match
+        assert len(await kb.search(["manuals"], "pump X200", k=5)) == 3
+        assert len(await kb.search(["manuals"], "pump X200", k=2)) == 2
+
+    async def test_replacing_a_document_swaps_its_chunks_and_statistics(self, kb: KnowledgeStore) -> None:
+        await _fill(kb)
+        await kb.put_document(Document("manuals", PUMP.doc, "Pump X200 manual", "h1b", "application/pdf", "b" * 64, 1),
+                              [Chunk("Winter storage: drain the pump completely before frost.", page=1)])
+        assert await kb.search(["manuals"], "impeller cleaning interval operating hours") == []
+        found = await kb.search(["manuals"], "store the pump over winter frost")
+        assert (found[0].page, found[0].blob) == (1, "b" * 64)
+        docs = {d.doc: d for d in await kb.documents("manuals")}
+        assert set(docs) == {PUMP.doc, ROUTER.doc} and docs[PUMP.doc].content_hash == "h1b"
+        summary = {b.name: b for b in await kb.bases()}
+        assert (summary["manuals"].documents, summary["manuals"].chunks) == (2, 3)
+
+    async def test_removing_documents_and_bases(self, kb: KnowledgeStore) -> None:
+        await _fill(kb)
+        assert await kb.remove_documents("manuals", [ROUTER.doc, "/kb/nothing.md"]) == 1
+        assert await kb.search(["manuals"], "factory reset button amber light") == []
+        assert await kb.search(["manuals"], "pump warranty months")
+        assert await kb.remove_base("manuals") is True
+        assert await kb.search(["manuals"], "pump warranty months") == []
+        assert [b.name for b in await kb.bases()] == ["support"]
+        assert await kb.remove_base("manuals") is False
+        # what is left scores as before: the statistics forgot the removed chunks
+        assert (await kb.search(["support"], "paper jam tray"))[0].score > 0.6
+
+    async def test_chinese_and_japanese_questions_find_their_documents(self, kb: KnowledgeStore) -> None:
+        await _fill(kb)
+        await kb.put_document(Document("manuals", "/kb/pump-zh.md", "水泵说明书", "z1"), [
+            Chunk("水泵的保修期为二十四个月，自购买之日起计算。", heading="保修"),
+            Chunk("首次启动前，请向泵壳内注满水并打开吸入阀。", heading="启动"),
+        ])
+        await kb.put_document(Document("manuals", "/kb/router-ja.md", "ルーター設定", "j1"), [
+            Chunk("リセットボタンを十秒間押し続けると、工場出荷時の設定に戻ります。", heading="初期化"),
+        ])
+        zh = await kb.search(["manuals"], "水泵保修期多长时间？")
+        assert zh and zh[0].doc == "/kb/pump-zh.md" and zh[0].heading == "保修"
+        ja = await kb.search(["manuals"], "工場出荷時の設定に戻す方法")
+        assert ja and ja[0].doc == "/kb/router-ja.md"
+        assert (await kb.search(["manuals"], "吸入阀"))[0].heading == "启动"
+        two = await kb.search(["manuals"], "泵壳")  # one word of two characters: no trigram to look up
+        assert two and two[0].heading == "启动"
+        assert await kb.search(["manuals"], "天气预报") == []
+
+    async def test_accents_and_case_do_not_matter(self, kb: KnowledgeStore) -> None:
+        await kb.put_document(Document("fr", "/kb/cafe.md", "Machine à café", "c1"),
+                              [Chunk("Détartrez la machine à café tous les trois mois avec le produit fourni.")])
+        found = await kb.search(["fr"], "DETARTRER machine a cafe")
+        assert found and found[0].doc == "/kb/cafe.md"
+        assert (await kb.search(["fr"], "détartrez café"))[0].doc == "/kb/cafe.md"
+
+    async def test_sources_are_kept_once_in_order(self, kb: KnowledgeStore) -> None:
+        await kb.add_sources("docs", [Source("docs", "/srv/manuals"), Source("docs", "/srv/faq.md")])
+        await kb.add_sources("docs", [Source("docs", "/srv/manuals")])
+        assert [s.location for s in await kb.sources("docs")] == ["/srv/manuals", "/srv/faq.md"]
+        assert [b.name for b in await kb.bases()] == ["docs"]
+        assert await kb.remove_source("docs", "/srv/manuals") is True
+        assert await kb.remove_source("docs", "/srv/manuals") is False
+        assert [s.location for s in await kb.sources("docs")] == ["/srv/faq.md"]
+        assert await kb.sources("other") == []
+
+
+class TestMemoryKnowledge(KnowledgeContract):
+    @pytest.fixture
+    async def kb(self, tmp_path: Path) -> KnowledgeStore:
+        index = open_index(make_settings(tmp_path), MemoryStore())
+        assert isinstance(index, MemoryKnowledge)
+        return index
+
+
+class TestSQLiteKnowledge(KnowledgeContract):
+    @pytest.fixture
+    async def kb(self, tmp_path: Path) -> AsyncIterator[KnowledgeStore]:
+        store = SQLiteStore(tmp_path / "bot.sqlite3")
+        await store.open()
+        yield open_index(make_settings(tmp_path), store)
+        await store.close()
+
+    async def test_the_index_lives_in_the_store_file_and_survives_reopening(self, tmp_path: Path) -> None:
+        store = SQLiteStore(tmp_path / "bot.sqlite3")
+        await store.open()
+        await _fill(open_index(make_settings(tmp_path), store))
+        await store.close()
+        store = SQLiteStore(tmp_path / "bot.sqlite3")
+        await store.open()
+        try:
+            tables = {r[0] for r in store.db.conn.execute("SELECT name FROM sqlite_master")}
+            assert {"kb_chunks", "kb_fts", "kb_cjk", "kb_documents", "kb_sources", "conversations"} <= tables
+            assert (await open_index(make_settings(tmp_path), store).search(["support"], "paper jam"))[0].doc == \
+                PRINTER.doc
+        finally:
+            await store.close()
+
+
+class TestPostgresKnowledge(KnowledgeContract):
+    """The same contract on a real PostgreSQL 15 (tests/postgres_cluster.py), a fresh database per test."""
+
+    @pytest.fixture
+    async def kb(self, postgres: Any, tmp_path: Path) -> AsyncIterator[KnowledgeStore]:
+        from bot.store.postgres.store import PostgresStore
+
+        store = PostgresStore(postgres.database(), min_size=1, max_size=2)
+        await store.open()
+        settings = make_settings(tmp_path, knowledge={"bases": {"manuals": {"language": "en"}}})
+        yield open_index(settings, store)
+        await store.close()
+
+    async def test_the_base_language_stems_its_words(self, kb: KnowledgeStore) -> None:
+        await _fill(kb)
+        # "cleaning" and "impellers" meet "cleaned" and "impeller" only through English stemming
+        found = await kb.search(["manuals"], "impellers cleaning")
+        assert found and found[0].page == 2
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+def test_terms_fold_accents_case_and_cut_cjk_into_pairs() -> None:
+    assert terms("Café ÜBERGRÖSSE x200") == ["cafe", "ubergross", "x200"]  # a final e goes (stem)
+    assert terms("Cleaning the cleaned pumps; batteries") == ["clean", "the", "clean", "pump", "battery"]
+    assert terms("水泵的保修") == ["水泵", "泵的", "的保", "保修"]
+    assert terms("ポンプ") == ["ポン", "ンプ"]  # voiced kana keep their marks
+    assert query_terms("How do I reset my router?") == ["reset", "router"]
+    assert query_terms("how do I") == ["how", "do", "i"]  # nothing but question words: kept
+
+
+def test_score_is_the_share_of_the_query_information_a_chunk_holds() -> None:
+    stats = Stats(chunks=100, length=2000, df={"pump": 10, "warranty": 2, "months": 20})
+    full = score(["pump", "warranty"], ["pump", "warranty", "covered"] * 6, stats)
+    half = score(["pump", "warranty"], ["pump"] * 3 + ["other"] * 15, stats)
+    unknown = score(["pump", "zeppelin"], ["pump"] * 3 + ["other"] * 15, stats)
+    assert full > 0.9 and 0.2 < half < 0.8 and unknown < half
+    assert score(["zeppelin"], ["pump"], stats) == 0.0
+
+
+# -- reading documents --------------------------------------------------------------------------
+
+
+def test_markdown_chunks_carry_their_heading_path(tmp_path: Path) -> None:
+    text = "# Router R5\n\nIntro.\n\n## Wi-Fi\n\n### Guest network\n\nIsolated from the main network.\n\n" \
+           "![the reset button](img/reset.png)\n"
+    parsed = read_markdown(text, tmp_path / "r5.md", Chunker(200, 20))
+    assert parsed.title == "Router R5"
+    assert [(c.heading, " ".join(c.text.split())) for c in parsed.chunks] == [
+        ("Router R5", "Intro."), ("Router R5 > Wi-Fi > Guest network", "Isolated from the main network. the reset button")]
+    assert [(i.path, i.alt) for i in parsed.images] == [((tmp_path / "img/reset.png").resolve(), "the reset button")]
+
+
+def test_html_keeps_headings_and_drops_scripts(tmp_path: Path) -> None:
+    page = ("<html><head><title>Printer P9 help</title><script>var x = 'no';</script></head><body><nav>Home</nav>"
+            "<h1>Printer P9</h1><p>Welcome.</p><h2>Paper jams</h2><p>Open tray 2 &amp; pull the sheet.</p>"
+            "<img src='jam.png' alt='tray 2 opened'></body></html>")
+    parsed = read_html(page, tmp_path / "p9.html", Chunker(200, 20))
+    assert parsed.title == "Printer P9 help"
+    assert [(c.heading, c.text) for c in parsed.chunks] == [
+        ("Printer P9", "Welcome."), ("Printer P9 > Paper jams", "Open tray 2 & pull the sheet.")]
+    assert parsed.images[0].alt == "tray 2 opened" and "pull the sheet" in parsed.images[0].context
+
+
+# -- the kb command on real files ---------------------------------------------------------------
+
+
+def make_pdf(path: Path, pages: list[str], *, title: str = "", password: str = "") -> Path:
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=11)
+    if title:
+        pdf.set_title(title)
+    if password:
+        pdf.set_encryption(owner_password=password, user_password=password)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 6, text)
+    pdf.output(str(path))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nlogging:\n  level: WARNING\n", encoding="utf-8")
+    return path
+
+
+def kb(config: Path, *args: str) -> int:
+    return main(["--config", str(config), "kb", *args])
+
+
+def search(config: Path, capsys: pytest.CaptureFixture[str], base: str, query: str, *more: str) -> list[dict[str, Any]]:
+    capsys.readouterr()
+    assert kb(config, "search", base, query, "--json", *more) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "img").mkdir(parents=True)
+    make_pdf(folder / "pump-x200.pdf", [
+        "Pump X200 installation. Mount the pump on a level concrete base and connect the suction pipe.",
+        "Maintenance. The impeller must be cleaned every 500 operating hours. Remove the front cover first.",
+        "Warranty. The X200 is covered for 24 months from the date of purchase; keep the receipt.",
+    ], title="Pump X200 manual")
+    (folder / "router.md").write_text(
+        "# Router R5 guide\n\n## Factory reset\n\nHold the reset button for ten seconds until the status light "
+        "blinks amber.\n\n![reset button on the back panel](img/back.png)\n\n## Guest network\n\nThe guest "
+        "network is isolated and has its own password.\n", encoding="utf-8")
+    (folder / "printer.html").write_text(
+        "<html><head><title>Printer P9 FAQ</title></head><body><h1>Paper jams</h1><p>Open tray 2, pull the "
+        "sheet straight out, close the tray.</p></body></html>", encoding="utf-8")
+    (folder / "notes.txt").write_text("Service hotline\n\nCall the service hotline on weekdays from 8 to 18.\n",
+                                      encoding="utf-8")
+    (folder / "pump-zh.md").write_text("# 水泵说明书\n\n## 保修\n\n水泵的保修期为二十四个月，自购买之日起计算。\n",
+                                       encoding="utf-8")
+    Image.new("RGB", (40, 30), "red").save(folder / "img" / "back.png")
+    Image.new("RGB", (40, 30), "blue").save(folder / "img" / "wiring-diagram.png")
+    (folder / "img" / "wiring-diagram.png.txt").write_text("Terminal block wiring of the controller: L, N, PE.",
+                                                          encoding="utf-8")
+    return folder
+
+
+def test_kb_add_indexes_every_format_and_search_prints_json(config: Path, docs: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert kb(config, "add", "manuals", str(docs)) == 0
+    out = capsys.readouterr().out
+    assert "manuals: 7 added, 0 updated, 0 unchanged, 0 removed, 0 problem(s) (3 pages" in out
+    found = search(config, capsys, "manuals", "how often do I need to clean the impeller?")
+    assert found[0]["doc"] == str(docs / "pump-x200.pdf") and found[0]["page"] == 2
+    assert found[0]["title"] == "Pump X200 manual" and set(found[0]) == {"doc", "title", "page", "score", "text"}
+    assert search(config, capsys, "manuals", "guarantee period months purchase receipt")[0]["page"] == 3
+    assert search(config, capsys, "manuals", "router factory reset")[0]["doc"] == str(docs / "router.md")
+    assert search(config, capsys, "manuals", "paper jam tray")[0]["title"] == "Printer P9 FAQ"
+    assert search(config, capsys, "manuals", "service hotline weekdays")[0]["doc"] == str(docs / "notes.txt")
+    assert search(config, capsys, "manuals", "水泵保修期多长")[0]["doc"] == str(docs / "pump-zh.md")
+    # images: by caption, by the alt text and paragraph of the page showing them, by file name
+    assert search(config, capsys, "manuals", "controller terminal wiring")[0]["doc"] == \
+        str(docs / "img" / "wiring-diagram.png")
+    assert search(config, capsys, "manuals", "back panel reset button picture")[0]["doc"] in (
+        str(docs / "img" / "back.png"), str(docs / "router.md"))
+    assert search(config, capsys, "manuals", "reset button back panel", "-k", "5")[1]["doc"] in (
+        str(docs / "img" / "back.png"), str(docs / "router.md"))
+    assert search(config, capsys, "manuals", "What is the capital of Australia?") == []
+    assert kb(config, "search", "manuals", "impeller cleaning") == 0
+    assert "Pump X200 manual p.2" in capsys.readouterr().out
+    # a second add of the same files does nothing
+    assert kb(config, "add", "manuals", str(docs)) == 0
+    assert "0 added, 0 updated, 7 unchanged" in capsys.readouterr().out
+    assert kb(config, "list") == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("manuals: 7 documents,") and str(docs) in listing
+
+
+async def test_pdfs_and_images_are_kept_in_blob_storage_past_a_purge(config: Path, docs: Path, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    store = SQLiteStore(settings.store_path, clock=lambda: 1000.0)
+    await store.open()
+    try:
+        index = open_index(settings, store)
+        report = await Ingester(index, store, settings.knowledge, progress=False).add("m", [str(docs)])
+        assert report.added == 7
+        by_doc = {d.doc: d for d in await index.documents("m")}
+        pdf = by_doc[str(docs / "pump-x200.pdf")]
+        assert (pdf.mime, pdf.pages) == ("application/pdf", 3)
+        assert await store.attachment_data(pdf.blob) == (docs / "pump-x200.pdf").read_bytes()
+        image = by_doc[str(docs / "img" / "wiring-diagram.png")]
+        assert image.mime == "image/png" and image.blob
+        store._clock = lambda: 1e9  # everything is old now: unused attachments would go
+        await store.purge(older_than=1e9)
+        assert await store.attachment_data(pdf.blob) == (docs / "pump-x200.pdf").read_bytes()
+        assert await store.attachment_data(image.blob)
+        assert by_doc[str(docs / "router.md")].blob == ""
+    finally:
+        await store.close()
+
+
+def test_bad_files_are_one_line_each_and_the_rest_is_indexed(config: Path, tmp_path: Path, docs: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    make_pdf(bad / "secret.pdf", ["Confidential pump pricing."], password="s3cret")
+    (bad / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage" * 3)
+    (bad / "empty.md").write_bytes(b"")
+    (bad / "binary.md").write_bytes(bytes(range(256)) * 8)
+    (bad / "copy-of-router.md").write_bytes((docs / "router.md").read_bytes())
+    (bad / "good.md").write_text("# Valve V1\n\nThe valve V1 opens at 2 bar.\n", encoding="utf-8")
+    assert kb(config, "add", "m", str(docs / "router.md")) == 0
+    assert kb(config, "add", "m", str(bad), str(tmp_path / "missing")) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("skipped ")]
+    reasons = {Path(line.split(": ", 1)[0].removeprefix("skipped ")).name: line for line in lines}
+    assert set(reasons) == {"secret.pdf", "broken.pdf", "empty.md", "binary.md", "copy-of-router.md", "missing"}
+    assert "encrypted" in reasons["secret.pdf"] and "not a readable PDF" in reasons["broken.pdf"]
+    assert "empty file" in reasons["empty.md"] and "binary" in reasons["binary.md"]
+    assert "duplicate of" in reasons["copy-of-router.md"] and "no such file" in reasons["missing"]
+    assert "1 added" in captured.out and "6 problem(s)" in captured.out
+    assert search(config, capsys, "m", "valve opening pressure bar")[0]["doc"] == str(bad / "good.md")
+
+
+def test_a_pdf_longer_than_max_pages_is_cut_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nknowledge:\n  max_pages: 2\n", encoding="utf-8")
+    long_pdf = make_pdf(tmp_path / "long.pdf", [f"Page {n} talks about topic{n}." for n in range(1, 6)])
+    assert kb(config, "add", "m", str(long_pdf)) == 0
+    captured = capsys.readouterr()
+    assert "only the first 2 of 5 pages indexed (knowledge.max_pages)" in captured.err
+    assert search(config, capsys, "m", "topic2")[0]["page"] == 2
+    assert search(config, capsys, "m", "topic4") == []
+
+
+def test_sync_rereads_changes_drops_vanished_files_and_keeps_a_failed_one(
+        config: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kb(config, "add", "manuals", str(docs)) == 0
+    (docs / "notes.txt").write_text("Service hotline\n\nThe hotline now also answers on Saturdays.\n",
+                                    encoding="utf-8")
+    (docs / "printer.html").unlink()
+    # a PDF that no longer reads: its previous version keeps serving
+    (docs / "pump-x200.pdf").write_bytes(b"%PDF-1.4 truncated")
+    capsys.readouterr()
+    assert kb(config, "sync", "manuals") == 0
+    captured = capsys.readouterr()
+    assert "0 added, 1 updated, 4 unchanged, 1 removed, 1 problem(s)" in captured.out
+    assert "the previous version stays indexed" in captured.err
+    assert search(config, capsys, "manuals", "hotline saturday")[0]["doc"] == str(docs / "notes.txt")
+    assert search(config, capsys, "manuals", "paper jam tray") == []
+    assert search(config, capsys, "manuals", "impeller cleaning hours")[0]["page"] == 2
+
+
+def test_sync_reads_the_configured_sources_and_remove_forgets_one(tmp_path: Path, docs: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nknowledge:\n  bases:\n    help:\n      sources:\n"
+                      f"        - {docs / 'router.md'}\n        - {docs / 'notes.txt'}\n", encoding="utf-8")
+    assert kb(config, "list") == 0
+    assert capsys.readouterr().out.startswith("help: 0 documents, 0 chunks, last sync never; sources: ")
+    assert kb(config, "sync", "help") == 0
+    # the router guide's image is indexed too, though outside the sources: the guide shows it
+    assert "3 added" in capsys.readouterr().out
+    assert kb(config, "add", "help", str(docs / "printer.html")) == 0
+    assert kb(config, "remove", "help", str(docs / "router.md")) == 0
+    assert "1 document(s) removed" in capsys.readouterr().out
+    assert search(config, capsys, "help", "guest network password") == []
+    assert kb(config, "remove", "help", str(docs / "nothing.md")) == 1
+    assert kb(config, "sync", "nobase") == 2
+    assert "has no sources" in capsys.readouterr().err
+
+
+async def test_an_interrupted_add_resumes_where_it_stopped(tmp_path: Path, docs: Path) -> None:
+    settings = make_settings(tmp_path)
+    store = MemoryStore()
+    index = open_index(settings, store)
+    put = index.put_document
+    calls = 0
+
+    async def interrupted(document: Document, chunks: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt  # Ctrl+C while the third document is written
+        await put(document, chunks)
+
+    index.put_document = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        await Ingester(index, store, settings.knowledge, progress=False).add("m", [str(docs)])
+    assert len(await index.documents("m")) == 2
+    index.put_document = put  # type: ignore[method-assign]
+    report = await Ingester(index, store, settings.knowledge, progress=False).sync("m")
+    assert (report.added, report.unchanged) == (5, 2)
+
+
+async def test_progress_shows_documents_pages_and_chunks(tmp_path: Path, docs: Path) -> None:
+    import io
+
+    settings = make_settings(tmp_path)
+    store: Store = MemoryStore()
+    out = io.StringIO()
+    await Ingester(open_index(settings, store), store, settings.knowledge, out=out, progress=True).add("m", [str(docs)])
+    shown = out.getvalue()
+    assert "kb m" in shown and "7/7" in shown and "doc/s" in shown and "pages=3" in shown and "chunks=" in shown
+
