@@ -36,7 +36,8 @@ from adapters.common.auth import Rejections
 from adapters.common.http import install_error_handlers
 from adapters.operator import OperatorInbox
 from adapters.registry import ServedAdapter
-from adapters.web import WebAdapter
+from adapters.sources import SourceFiles
+from adapters.web import WebAdapter, WebSettings, session_secret
 from bot.config import Settings
 from bot.engines import build_engine
 from bot.errors import StartupError
@@ -57,6 +58,18 @@ class Service:
         self.stopping = False
         #: (what, path) of every route people or platforms call, for the start-up banner (build_app fills it)
         self.announced: list[tuple[str, str]] = []
+        # signed links to the knowledge bases' stored PDFs, cited in Sources footers
+        self.sources: SourceFiles | None = None
+        manager = runtime.manager
+        if manager is not None and manager.knowledge is not None and runtime.store is not None and any(
+                persona.knowledge for persona in manager.personas.values()):
+            web_conf = getattr(settings.adapters, "web", None) or WebSettings()
+            try:
+                key = session_secret(settings, web_conf)  # the same on every replica, or start-up says so
+            except StartupError as exc:
+                raise StartupError(f"knowledge bases: Sources links are signed with the web chat's key — {exc}") from None
+            self.sources = SourceFiles(runtime.store, key, settings.server.public_url, days=settings.knowledge.link_days)
+            manager.source_links = self.sources.link
         # the operator inbox (and API) when the operator token is set; it is also the handoff notifier that
         # reaches the people answering there
         self.inbox: OperatorInbox | None = None
@@ -137,6 +150,8 @@ def build_app(service: Service) -> FastAPI:
     if service.inbox is not None:
         app.include_router(service.inbox.router())
         service.announced.append(("operator inbox", "/operator"))
+    if service.sources is not None:
+        app.include_router(service.sources.router())
 
     for adapter in service.adapters:
         router = adapter.router()

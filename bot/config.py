@@ -251,6 +251,9 @@ class KnowledgeSettings(Section):
     chunk_overlap: int = Field(150, ge=0, le=5000, description="characters repeated between neighbouring chunks")
     bases: dict[str, KnowledgeBaseSettings] = Field(default_factory=dict,
                                                      description="name -> sources and language")
+    page_images: int = Field(2, ge=0, le=6, description="PDF pages of the best passages shown to the model as "
+                                                         "images besides their text (0 = text only)")
+    link_days: float = Field(30.0, gt=0, description="days a Sources link to a stored PDF keeps working")
 
 
 class HandoffSettings(Section):

@@ -10,6 +10,7 @@ from bot.config import ConfigError, Settings
 from bot.conversation.manager import ConversationManager
 from bot.engines import EchoEngine, Engine, build_engine
 from bot.handoff.notifiers import LogNotifier, Notifiers, WebhookNotifier
+from bot.knowledge import KnowledgeIndex, open_index
 from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import Scheduler
 from bot.seams import Notifier
@@ -80,7 +81,8 @@ class Runtime:
                     self.settings = settings
             self.notifier = build_notifier(settings)
             self.manager = ConversationManager(settings, self.store, self.engine, notifier=self.notifier,
-                                               metrics=self.metrics, scheduler=build_scheduler(settings, self.store))
+                                               metrics=self.metrics, scheduler=build_scheduler(settings, self.store),
+                                               knowledge=knowledge_for(settings, self.store))
         except BaseException:
             await self.store.close()
             self._release()
@@ -132,6 +134,14 @@ def build_scheduler(settings: Settings, store: Store) -> Scheduler | None:
         raise ConfigError("store.backend is postgres but the store given is not PostgreSQL")
     return ClaimScheduler(store, replica=replica_name(), parallel=settings.conversation.max_parallel_conversations,
                           lease=settings.store.lease_seconds)
+
+
+def knowledge_for(settings: Settings, store: Store) -> KnowledgeIndex | None:
+    """The knowledge bases' search in ``store``'s database (None for a store that keeps none: a test's)."""
+    try:
+        return open_index(settings, store)
+    except TypeError:
+        return None
 
 
 def build_notifier(settings: Settings) -> Notifiers:

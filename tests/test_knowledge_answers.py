@@ -1,0 +1,164 @@
+"""Answers from a knowledge base, end to end: ``internvl-bot kb add`` indexes a PDF manual and a Markdown FAQ,
+a persona names the base, and a question on the web chat, Telegram and Chatwoot is answered with the
+passages the echo engine lists (``[knowledge k: title p.N]``) and a Sources footer whose links work."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import yaml
+
+from adapters.cli import main
+from bot.engines import EchoEngine
+from bot.engines.base import ChatMessage
+from bot.knowledge.base import Passage
+from bot.knowledge.citing import cited, sources_footer
+from tests.conftest import ROOT, make_settings
+from tests.live_server import exchange, live_server, open_session
+from tests.test_knowledge import make_pdf
+
+PUBLIC = "https://bot.example.com"
+PUMP_PAGES = [
+    "Pump X200 installation. Mount the pump on a level surface and connect the inlet hose.",
+    "Pump X200 error codes. Error E21 means the impeller is blocked: switch the pump off, open the front cover "
+    "and remove the debris around the impeller. Error E30 means the water is too hot.",
+    "Pump X200 warranty. The warranty lasts two years from the date of purchase.",
+]
+FAQ = """# Router R5 questions
+
+## Resetting the router
+
+Hold the reset button on the back of the router R5 for ten seconds until the light blinks orange.
+"""
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> dict[str, Any]:
+    """A knowledge base "support" with the pump manual (PDF) and the router FAQ, indexed by the real CLI; the
+    support persona draws on it."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pdf = make_pdf(docs / "pump-x200.pdf", PUMP_PAGES, title="Pump X200 manual")
+    (docs / "router-faq.md").write_text(FAQ, encoding="utf-8")
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    support = yaml.safe_load((ROOT / "prompts" / "support.yaml").read_text(encoding="utf-8"))
+    support["knowledge"] = ["support"]
+    (personas / "support.yaml").write_text(yaml.safe_dump(support, allow_unicode=True), encoding="utf-8")
+    overrides: dict[str, Any] = {"conversation": {"personas_dir": str(personas), "default_persona": "support"},
+                                 "server": {"public_url": PUBLIC}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), **overrides}), encoding="utf-8")
+    assert main(["--config", str(config), "kb", "add", "support", str(docs)]) == 0
+    return {"pdf": pdf, "overrides": overrides, "config": config}
+
+
+async def ask(live: Any, client: httpx.AsyncClient, question: str) -> str:
+    """The final text of the answer to ``question``, as the page shows it."""
+    response, events = await exchange(live, client, question)
+    assert response.status_code == 202, response.text
+    [done] = [e for e in events if e["type"] == "done"]
+    return str(done["text"])
+
+
+def footer_links(text: str) -> list[tuple[str, str]]:
+    """(label, url) of each link in a Sources footer."""
+    return re.findall(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", text.split("**Sources**", 1)[1])
+
+
+async def test_the_web_chat_answers_from_the_manual_cites_it_and_the_link_opens_the_pdf(
+        tmp_path: Path, base: dict[str, Any]) -> None:
+    engine = EchoEngine(record=True)
+    settings = make_settings(tmp_path, **base["overrides"])
+    async with live_server(settings, engine) as live, live.client() as client:
+        await open_session(client)
+        text = await ask(live, client, "What does error E21 on my pump mean?")
+        assert "[knowledge 1: Pump X200 manual p.2]" in text, text
+        assert text.index("[knowledge 1:") < text.index("echo: What does error E21")
+        assert "**Sources**" in text
+        [(label, url)] = [link for link in footer_links(text) if "Pump" in link[0]]
+        assert label == "Pump X200 manual p.2" and url.startswith(f"{PUBLIC}/kb/files/") and url.endswith("#page=2")
+        # the model read the passage's text and saw the page itself
+        prompt = engine.calls[-1][-1]
+        assert isinstance(prompt, ChatMessage) and "impeller is blocked" in prompt.prompt_text
+        assert any(part.label == "Source [1], page 2" for part in prompt.images)
+        # the link serves the stored PDF (its path on this server; the public host is the proxy's)
+        path = urlsplit(url).path
+        pdf = await client.get(path)
+        assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+        assert pdf.content == base["pdf"].read_bytes()
+        forged = await client.get(path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB"))
+        assert forged.status_code == 404
+        # nothing in the documentation: no Sources, and the model is told to say so
+        other = await ask(live, client, "Which colour is the sky on Mars at noon?")
+        assert "**Sources**" not in other and "[knowledge" not in other
+        assert "nothing about this question" in engine.calls[-1][-1].prompt_text
+
+
+async def test_a_short_follow_up_is_searched_with_the_question_before_it(tmp_path: Path, base: dict[str, Any]) -> None:
+    engine = EchoEngine(record=True)
+    settings = make_settings(tmp_path, **base["overrides"])
+    async with live_server(settings, engine) as live, live.client() as client:
+        await open_session(client)
+        await ask(live, client, "My router R5 needs resetting, how?")
+        follow = await ask(live, client, "and how long do I hold it?")
+        assert "[knowledge 1: Router R5 questions" in follow, follow
+
+
+async def test_an_expired_link_says_so(tmp_path: Path, base: dict[str, Any]) -> None:
+    settings = make_settings(tmp_path, **{**base["overrides"], "knowledge": {"link_days": 0.00001}})
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        text = await ask(live, client, "error E21 pump")
+        [(_, url)] = footer_links(text)[:1]
+        await asyncio.sleep(2)  # the link's age is counted in whole seconds
+        expired = await client.get(urlsplit(url).path)
+        assert expired.status_code == 410 and "expired" in expired.json()["error"]
+
+
+def test_citations_and_the_footer() -> None:
+    """Only what the answer cites is listed, numbered as cited; two passages of one page are one source."""
+    passages = [Passage("b", "m.pdf", "Manual", "a", page=2, blob="x"), Passage("b", "m.pdf", "Manual", "b", page=2),
+                Passage("b", "faq.md", "FAQ [v2]", "c", url="https://help.example.com/a?id=1&x=(2)")]
+    assert cited("See [3] and [1, 2]; not [7].", 3) == [3, 1, 2]
+    footer = sources_footer(passages, [1, 2, 3], "de", lambda p: f"https://bot.example.com/kb/files/t#page={p.page}")
+    assert footer == ("**Quellen**\n\n1. [Manual p.2](https://bot.example.com/kb/files/t#page=2)\n"
+                      "3. [FAQ \\[v2\\]](https://help.example.com/a?id=1&x=%282%29)")
+    assert sources_footer(passages, [], "en") == ""
+
+
+async def test_telegram_and_chatwoot_show_the_sources(tmp_path: Path, base: dict[str, Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_chatwoot import chatwoot
+    from tests.test_telegram import ANA, DM, message, telegram
+
+    # the harnesses build their own data dirs: the indexed base goes with them
+    for where in ("tg", "cw"):
+        shutil.copytree(tmp_path / "data", tmp_path / where / "data")
+    conversation = base["overrides"]["conversation"]
+    async with telegram(tmp_path / "tg", monkeypatch, mode="webhook", conversation=conversation) as h:
+        message(h.tg, DM, ANA, "pump error E21?")
+        await h.tg.wait_for(lambda: any("Sources" in (m.text or "") for m in h.shown(111)), 15)
+        shown = next(m for m in h.shown(111) if "Sources" in (m.text or ""))
+        assert "[knowledge 1: Pump X200 manual p.2]" in (shown.text or "")
+        links = [e["url"] for e in shown.entities if e.get("type") == "text_link"]
+        [link] = [u for u in links if "/kb/files/" in u]
+        assert link.startswith(h.url) and link.endswith("#page=2")  # the harness's public_url is this server
+        async with httpx.AsyncClient() as http:
+            pdf = await http.get(link.split("#")[0])
+        assert pdf.status_code == 200 and pdf.content == base["pdf"].read_bytes()
+    # no server.public_url: nothing to link to, the source is named by title and page
+    async with chatwoot(tmp_path / "cw", monkeypatch, conversation=conversation) as h:
+        conv = h.cw.conversation()
+        await h.cw.customer_message(conv, "what does E21 mean on the pump")
+        await h.cw.wait_for(lambda: any("Sources" in r for r in h.cw.public_replies(conv)), 15)
+        reply = next(r for r in h.cw.public_replies(conv) if "Sources" in r)
+        assert "[knowledge 1: Pump X200 manual p.2]" in reply
+        assert "1. Pump X200 manual p.2" in reply.split("Sources", 1)[1]
