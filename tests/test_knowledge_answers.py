@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
+from PIL import Image
 
 from adapters.cli import main
 from bot.engines import EchoEngine
@@ -47,6 +48,9 @@ def base(tmp_path: Path) -> dict[str, Any]:
     docs.mkdir()
     pdf = make_pdf(docs / "pump-x200.pdf", PUMP_PAGES, title="Pump X200 manual")
     (docs / "router-faq.md").write_text(FAQ, encoding="utf-8")
+    Image.new("RGB", (800, 600), "blue").save(docs / "wiring-diagram.png")
+    (docs / "wiring-diagram.png.txt").write_text("Terminal block wiring of the pump controller: L, N and PE.",
+                                                 encoding="utf-8")
     personas = tmp_path / "personas"
     personas.mkdir()
     support = yaml.safe_load((ROOT / "prompts" / "support.yaml").read_text(encoding="utf-8"))
@@ -100,6 +104,17 @@ async def test_the_web_chat_answers_from_the_manual_cites_it_and_the_link_opens_
         other = await ask(live, client, "Which colour is the sky on Mars at noon?")
         assert "**Sources**" not in other and "[knowledge" not in other
         assert "nothing about this question" in engine.calls[-1][-1].prompt_text
+
+
+async def test_a_picture_in_the_base_is_shown_to_the_model(tmp_path: Path, base: dict[str, Any]) -> None:
+    engine = EchoEngine(record=True)
+    settings = make_settings(tmp_path, **base["overrides"])
+    async with live_server(settings, engine) as live, live.client() as client:
+        await open_session(client)
+        text = await ask(live, client, "How is the terminal block of the pump controller wired?")
+        assert "[knowledge 1:" in text and "wiring" in text.split("[knowledge 1:", 1)[1].split("]", 1)[0].lower()
+        [picture] = [p for p in engine.calls[-1][-1].images if p.label == "Source [1]"]
+        assert picture.size == (800, 600) and tuple(picture.image[10, 10]) == (0, 0, 255)
 
 
 async def test_a_short_follow_up_is_searched_with_the_question_before_it(tmp_path: Path, base: dict[str, Any]) -> None:

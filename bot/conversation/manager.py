@@ -56,6 +56,7 @@ from bot.l10n.language import LanguageDetector, choose_language
 from bot.l10n.personas import Persona, load_personas
 from bot.media.attachments import PIXEL_LEASE, AttachmentResolver
 from bot.media.documents import render_page
+from bot.media.images import decode_image
 from bot.ops.logs import conversation_var
 from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import FairGate, LocalScheduler, Scheduler
@@ -540,22 +541,32 @@ class ConversationManager:
         for k, passage in enumerate(passages, start=1):
             if len(out) >= self.settings.knowledge.page_images:
                 break
-            if not passage.blob or passage.page is None or passage.mime not in ("", "application/pdf") \
-                    or (passage.blob, passage.page) in seen:
+            picture = passage.mime.startswith("image/")
+            if not passage.blob or (passage.page is None and not picture) or \
+                    (passage.mime not in ("", "application/pdf") and not picture):
                 continue
-            seen.add((passage.blob, passage.page))
-            image = self._pages.get((passage.blob, passage.page))
+            where = (passage.blob, passage.page or 0)
+            if where in seen:
+                continue
+            seen.add(where)
+            image = self._pages.get(where)
             if image is None:
                 try:
                     data = await self.store.attachment_data(passage.blob)
-                    image = await asyncio.to_thread(render_page, data, passage.page, max_tiles=SOURCE_PAGE_TILES,
-                                                    name=passage.title)
+                    if picture:  # a wiring diagram, a "correct assembly" photo: the picture itself
+                        image = await asyncio.to_thread(_source_picture, data, passage.title,
+                                                        self.settings.media.max_image_pixels)
+                    else:
+                        image = await asyncio.to_thread(render_page, data, where[1], max_tiles=SOURCE_PAGE_TILES,
+                                                        name=passage.title)
                 except (FileNotFoundError, ValueError, BotError) as exc:
-                    log.info("page %s of %s not shown to the model: %s", passage.page, passage.title, exc)
+                    log.info("%s of %s not shown to the model: %s", f"page {passage.page}" if passage.page else
+                             "the picture", passage.title, exc)
                     continue
-                self._pages[(passage.blob, passage.page)] = image
-            out.append(ImagePart(image=image, max_tiles=SOURCE_PAGE_TILES, sha256=f"{passage.blob}#p{passage.page}",
-                                 label=f"Source [{k}], page {passage.page}"))
+                self._pages[where] = image
+            label = f"Source [{k}], page {passage.page}" if passage.page else f"Source [{k}]"
+            out.append(ImagePart(image=image, max_tiles=SOURCE_PAGE_TILES, sha256=f"{passage.blob}#p{where[1]}",
+                                 label=label))
         return out
 
     def _with_sources(self, prompt: Prompt, answer: str, lang: str) -> str:
@@ -749,6 +760,14 @@ class ConversationManager:
         while True:
             await asyncio.sleep(3600)
             await self._purge()
+
+
+def _source_picture(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """A knowledge base's picture, no larger than its tiles need: kept in a small cache between turns."""
+    image = decode_image(data, name=name, max_pixels=max_pixels)
+    side = 448 * SOURCE_PAGE_TILES // 2
+    image.thumbnail((side, side))
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
 __all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Receipt"]
