@@ -115,3 +115,15 @@ def test_json_body_runs_small() -> None:
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert set(_result(run.stdout)) == {"json_5mb_ms", "json_5mb_objects_ms"}
+
+
+def test_knowledge_runs_small() -> None:
+    """Small sizes, no PostgreSQL: every stage runs (the figures of the full run are in README)."""
+    run = subprocess.run([sys.executable, "bench/knowledge.py", "--pages", "40", "--chunks", "2000", "--queries", "50",
+                          "--no-postgres"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = _result(run.stdout)
+    assert {"pages_per_s", "search_p50_ms", "search_p99_ms", "recall_at_5", "rss_mb"} <= set(result)
+    # the evaluation set: a regression of the search or the threshold shows here
+    assert float(result["recall_at_5_unfiltered"]) >= 0.9 and float(result["recall_at_5"]) >= 0.8
+    assert float(result["offtopic_rejected"]) >= 0.8

@@ -30,6 +30,7 @@ from bot.knowledge.text import (
     candidate_terms,
     query_terms,
     rank,
+    ranked,
     settle,
     terms,
 )
@@ -193,12 +194,13 @@ class PostgresKnowledge:
             if not words:
                 return []
             configs = sorted({self._config(b) for b in bases} | {"simple"})
+            order = "ORDER BY ts_rank(c.tsv, q.q) DESC, c.id" if ranked(words, stats) else ""
             tsquery = " || ".join("to_tsquery(%s::regconfig, %s)" for _ in configs)
             params: list[Any] = [x for config in configs for x in (config, _tsquery(words))]
             candidates = await (await conn.execute(
                 f"WITH q AS (SELECT {tsquery} AS q) SELECT c.base, d.doc, d.title, c.text, c.page, c.heading, d.url,"
                 " d.blob, d.mime FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id, q"
-                " WHERE c.tsv @@ q.q AND c.base = ANY(%s) ORDER BY ts_rank(c.tsv, q.q) DESC, c.id LIMIT %s",
+                f" WHERE c.tsv @@ q.q AND c.base = ANY(%s) {order} LIMIT %s",
                 (*params, list(bases), candidate_limit(k)))).fetchall()  # type: ignore[arg-type]
         return rank(qterms, (Candidate(*row) for row in candidates), stats, k, self.min_score)
 

@@ -32,6 +32,7 @@ from bot.knowledge.text import (
     has_cjk,
     query_terms,
     rank,
+    ranked,
     settle,
     terms,
 )
@@ -190,14 +191,16 @@ class SQLiteKnowledge:
                                      list(qterms)).fetchall())
         return Stats(int(values.get("chunks", 0)), int(values.get("length", 0)), df)
 
-    def _candidate_ids(self, bases: Sequence[str], query: str, words: Sequence[str], limit: int) -> list[int]:
+    def _candidate_ids(self, bases: Sequence[str], query: str, words: Sequence[str], stats: Stats,
+                       limit: int) -> list[int]:
         ids: list[int] = []
         in_bases = f"c.base IN ({_marks(len(bases))})"
         latin = [w for w in words if not has_cjk(w)]
         if latin:
+            order = "ORDER BY f.rank" if ranked(latin, stats) else ""
             ids += [r[0] for r in self._conn.execute(
                 f"SELECT f.rowid FROM kb_fts f JOIN kb_chunks c ON c.id = f.rowid WHERE kb_fts MATCH ? AND {in_bases}"
-                " ORDER BY f.rank LIMIT ?", (_match(latin), *bases, limit))]
+                f" {order} LIMIT ?", (_match(latin), *bases, limit))]
         runs = cjk_runs(query)
         trigrams = list(dict.fromkeys(r[i:i + 3] for r in runs for i in range(len(r) - 2)))
         if trigrams:
@@ -220,7 +223,7 @@ class SQLiteKnowledge:
         words = candidate_terms(qterms, stats)
         if not words:
             return []
-        ids = self._candidate_ids(list(bases), query, words, candidate_limit(k))
+        ids = self._candidate_ids(list(bases), query, words, stats, candidate_limit(k))
         if not ids:
             return []
         rows = {r[0]: r[1:] for r in self._conn.execute(

@@ -28,6 +28,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from bot.knowledge.base import Passage
 
@@ -39,9 +40,12 @@ MIN_SCORE = 0.4
 #: Candidates each backend hands over for scoring, per passage asked for (and at least CANDIDATES_MIN).
 CANDIDATES_PER_K = 8
 CANDIDATES_MIN = 40
-#: Terms in more than this share of the chunks are left out of the candidate query (they match almost
-#: everything and make it slow); they still count in the score.
-COMMON_SHARE = 0.25
+#: Chunks the candidate query may match, at most (the sum of its terms' document frequencies): the rarest
+#: terms are asked for first, and common ones only while under this budget. A common word matches a
+#: large part of the base and a full-text index must rank every match: over 100,000 chunks that was
+#: most of the search time, for candidates the rarer terms already find. Every term still counts in the
+#: score.
+POSTINGS_BUDGET = 4000
 
 _WORD = re.compile(r"[^\W_]+")
 _CJK = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\uff66-\uff9f]+")
@@ -62,6 +66,8 @@ usted puede puedo debo con para en sobre no del
 
 def fold(text: str) -> str:
     """Case-folded text without diacritics (é -> e, ß -> ss), in NFKC otherwise (full-width letters)."""
+    if text.isascii():  # most manuals: nothing to decompose (5x faster)
+        return text.lower()
     kept: list[str] = []
     for ch in unicodedata.normalize("NFKD", text):
         # a kana's voicing marks are part of the letter (プ is not フ), not a diacritic
@@ -89,6 +95,7 @@ def cjk_runs(text: str) -> list[str]:
     return _CJK.findall(text)
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A light suffix stripper for Latin-script words: plurals by Harman's S-stemmer rules ("jams" -> "jam",
     "batteries" -> "battery"), then "-ing" and "-ed" ("cleaning", "cleaned" -> "clean"; "stopped" -> "stop")
@@ -120,7 +127,7 @@ def terms(text: str) -> list[str]:
     """The search terms of ``text``, in order, repeats kept (see the module docstring)."""
     out: list[str] = []
     for word in _WORD.findall(fold(text)):
-        if not _CJK.search(word):
+        if word.isascii() or not _CJK.search(word):
             out.append(stem(word))
             continue
         pos = 0
@@ -194,11 +201,24 @@ def settle(qterms: Sequence[str], stats: Stats) -> list[str]:
 
 
 def candidate_terms(qterms: Sequence[str], stats: Stats) -> list[str]:
-    """The query terms worth asking a full-text index for: present somewhere, and not in most chunks (all
-    present ones when every one is common)."""
-    present = [t for t in qterms if stats.df.get(t, 0) > 0]
-    rare = [t for t in present if stats.df[t] <= max(1, COMMON_SHARE * stats.chunks)]
-    return rare or present
+    """The query terms worth asking a full-text index for: present somewhere, rarest first, within
+    :data:`POSTINGS_BUDGET` (the rarest one always)."""
+    chosen: list[str] = []
+    total = 0
+    for term in sorted((t for t in qterms if stats.df.get(t, 0) > 0), key=lambda t: stats.df[t]):
+        if chosen and total + stats.df[term] > POSTINGS_BUDGET:
+            break
+        chosen.append(term)
+        total += stats.df[term]
+    return chosen
+
+
+def ranked(words: Sequence[str], stats: Stats) -> bool:
+    """Whether a full-text index should rank the matches of ``words`` (its BM25 or ts_rank) before the
+    candidates are cut: not when even the rarest term matches more than :data:`POSTINGS_BUDGET` chunks
+    (a query of common words only), whose ranking would take tens of milliseconds over 100,000 chunks;
+    then the first matches are scored, and the search stays fast rather than thorough."""
+    return sum(stats.df.get(w, 0) for w in words) <= POSTINGS_BUDGET
 
 
 def candidate_limit(k: int) -> int:
@@ -245,5 +265,5 @@ def term_counts(title: str, chunks: Iterable[tuple[str, str]]) -> tuple[list[int
 
 __all__ = [
     "MIN_SCORE", "QUERY_STOPWORDS", "Candidate", "Stats", "body", "candidate_limit", "candidate_terms", "cjk_runs",
-    "fold", "has_cjk", "query_terms", "rank", "score", "settle", "stem", "term_counts", "terms",
+    "fold", "has_cjk", "query_terms", "rank", "ranked", "score", "settle", "stem", "term_counts", "terms",
 ]
