@@ -177,3 +177,21 @@ async def test_telegram_and_chatwoot_show_the_sources(tmp_path: Path, base: dict
         reply = next(r for r in h.cw.public_replies(conv) if "Sources" in r)
         assert "[knowledge 1: Pump X200 manual p.2]" in reply
         assert "1. Pump X200 manual p.2" in reply.split("Sources", 1)[1]
+
+
+async def test_agent_assist_drafts_cite_the_same_way(tmp_path: Path, base: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A draft for agents (a Chatwoot private note) carries the same Sources footer, so the agent can check
+    the manual before sending."""
+    from tests.test_chatwoot import chatwoot
+
+    shutil.copytree(tmp_path / "data", tmp_path / "cw" / "data")
+    async with chatwoot(tmp_path / "cw", monkeypatch, conversation=base["overrides"]["conversation"],
+                        agent_assist_inboxes=[2]) as h:
+        h.cw.add_inbox(2, "Email")
+        conv = h.cw.conversation(status="open", inbox_id=2)
+        await h.cw.customer_message(conv, "My pump shows error E21, what now?")
+        await h.cw.wait_for(lambda: any("Sources" in n for n in h.cw.private_notes(conv)), 15)
+        note = next(n for n in h.cw.private_notes(conv) if "Sources" in n)
+        assert "1. Pump X200 manual p.2" in note.split("Sources", 1)[1]
+        assert h.cw.public_replies(conv) == []
