@@ -69,7 +69,8 @@ class Service:
             except StartupError as exc:
                 raise StartupError(f"knowledge bases: Sources links are signed with the web chat's key — {exc}") from None
             self.sources = SourceFiles(runtime.store, key, settings.server.public_url, days=settings.knowledge.link_days)
-            manager.source_links = self.sources.link
+            assert manager.reader is not None
+            manager.reader.links = self.sources.link
         # the operator inbox (and API) when the operator token is set; it is also the handoff notifier that
         # reaches the people answering there
         self.inbox: OperatorInbox | None = None

@@ -24,7 +24,7 @@ _SAFE_NAME = re.compile(r"[^\w.\- ]+")
 
 
 class SourceFiles:
-    """Signs links to stored sources (:meth:`link`, what the manager's ``source_links`` is) and serves them."""
+    """Signs links to stored sources (:meth:`link`, what the knowledge reader's ``links`` is) and serves them."""
 
     def __init__(self, store: Store, secret: bytes, public_url: str, *, days: float = 30.0) -> None:
         self.store = store

@@ -21,10 +21,9 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 from cachetools import LRUCache
 
 from bot.config import ConfigError, Settings
@@ -35,7 +34,7 @@ from bot.conversation.outbox import NOT_DELIVERED, Outbox
 from bot.conversation.prompting import Prompt, PromptBuilder
 from bot.conversation.relay import MarkerFilter, MeteredSink, Relay
 from bot.conversation.turn import Turn
-from bot.engines.base import ChatMessage, Engine, ImagePart
+from bot.engines.base import ChatMessage, Engine
 from bot.errors import (
     BotError,
     EmptyMessage,
@@ -44,19 +43,16 @@ from bot.errors import (
     NoSuchChannel,
     NoSuchConversation,
     ShuttingDown,
-    describe,
 )
 from bot.handoff.desk import HandoffDesk, say
 from bot.handoff.notifiers import LogNotifier, Notifiers
 from bot.handoff.phrases import asks_for_human
-from bot.knowledge.base import KnowledgeIndex, Passage
-from bot.knowledge.citing import cited, nothing_found, sources_footer
+from bot.knowledge.base import KnowledgeIndex
+from bot.knowledge.reader import KnowledgeReader
 from bot.l10n import i18n
 from bot.l10n.language import LanguageDetector, choose_language
 from bot.l10n.personas import Persona, load_personas
 from bot.media.attachments import PIXEL_LEASE, AttachmentResolver
-from bot.media.documents import render_page
-from bot.media.images import decode_image
 from bot.ops.logs import conversation_var
 from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import FairGate, LocalScheduler, Scheduler
@@ -79,13 +75,6 @@ from bot.types import (
 
 log = logging.getLogger(__name__)
 
-#: Passages asked of the knowledge bases per turn (as many as fit a third of the prompt are given), and the
-#: length under which a question is read with the one before it (a follow-up: "and the valve?").
-KNOWLEDGE_TOP_K = 5
-FOLLOW_UP_WORDS = 8
-#: tiles a knowledge base's PDF page may use (a manual page reads well in 6), and rendered pages kept
-SOURCE_PAGE_TILES = 6
-SOURCE_PAGES_KEPT = 8
 
 #: Per-conversation memory kept in the process (what was already said about images left out of the context).
 _REMEMBERED_CONVERSATIONS = 4096
@@ -134,11 +123,9 @@ class ConversationManager:
         self.settings = settings
         self.conf = settings.conversation
         self.store = store
-        #: the knowledge bases' search (None: no base configured), and the signed link to a stored source
-        #: the server gives (adapters/knowledge.py); without one, a PDF source is cited by title and page
+        #: the knowledge bases' search (None: a store that keeps none), and what reads them for a turn
         self.knowledge = knowledge
-        self.source_links: Callable[[Passage], str] | None = None
-        self._pages: LRUCache[tuple[str, int], np.ndarray] = LRUCache(maxsize=SOURCE_PAGES_KEPT)
+        self.reader = KnowledgeReader(knowledge, store, engine, settings) if knowledge is not None else None
         self.engine = engine
         self.personas = personas if personas is not None else load_personas(self.conf.personas_dir or None)
         if self.conf.default_persona not in self.personas:
@@ -490,8 +477,8 @@ class ConversationManager:
                               tuple(resolved.videos))
         budget = ((self.conf.history_token_budget or self.engine.info.context_length)
                   - self.settings.engine.generation.max_new_tokens)
-        if persona.knowledge and self.knowledge is not None:
-            current = await self._with_knowledge(turn, persona, current, budget)
+        if persona.knowledge and self.reader is not None:
+            current = await self.reader.prompt_with(turn.msg, persona, current, budget)
         prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
         if prompt.reduced:
             await turn.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
@@ -501,81 +488,6 @@ class ConversationManager:
             await turn.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
         self._remember_reported(msg.key, prompt.reported)
         return prompt, persona
-
-    async def _with_knowledge(self, turn: Turn, persona: Persona, current: ChatMessage, budget: int) -> ChatMessage:
-        """``current`` with the passages of the persona's bases that match the question — and the user's
-        previous question, so "and the valve?" still finds the pump's manual — as many as fit a third of the
-        prompt's budget, best first; or, when nothing matches, the note to say so."""
-        assert self.knowledge is not None
-        query = current.text
-        if len(query.split()) < FOLLOW_UP_WORDS:
-            earlier = [m for m in await self.store.transcript(turn.msg.key, limit=6)
-                       if m.role == "user" and m.id < turn.msg.id and m.kind != "command"]
-            if earlier:
-                query = f"{earlier[-1].text} {query}"
-        try:
-            found = await self.knowledge.search(persona.knowledge, query, k=KNOWLEDGE_TOP_K)
-        except Exception as exc:  # the answer goes on without it; the operator reads why
-            log.warning("knowledge search for %s failed (%s): answered without the knowledge bases",
-                        turn.msg.key, describe(exc))
-            return current
-        room = budget // 3
-        kept: list[Passage] = []
-        for passage in found:
-            cost = self.engine.count_tokens(passage.text) + 16
-            if cost > room:
-                break
-            room -= cost
-            kept.append(passage)
-        if not kept:
-            return replace(current, knowledge_note=nothing_found(bool(persona.handoff_marker)))
-        pages = await self._source_pages(kept)
-        return replace(current, knowledge=tuple(kept), images=current.images + tuple(pages))
-
-    async def _source_pages(self, passages: Sequence[Passage]) -> list[ImagePart]:
-        """The PDF pages of the best passages as images (``knowledge.page_images`` of them, each page once):
-        InternVL reads the wiring diagram or the table itself, not only its extracted text. Rendered pages are
-        kept a while (a few, bounded); a page that cannot be rendered is left out, the passage stays."""
-        out: list[ImagePart] = []
-        seen: set[tuple[str, int]] = set()
-        for k, passage in enumerate(passages, start=1):
-            if len(out) >= self.settings.knowledge.page_images:
-                break
-            picture = passage.mime.startswith("image/")
-            if not passage.blob or (passage.page is None and not picture) or \
-                    (passage.mime not in ("", "application/pdf") and not picture):
-                continue
-            where = (passage.blob, passage.page or 0)
-            if where in seen:
-                continue
-            seen.add(where)
-            image = self._pages.get(where)
-            if image is None:
-                try:
-                    data = await self.store.attachment_data(passage.blob)
-                    if picture:  # a wiring diagram, a "correct assembly" photo: the picture itself
-                        image = await asyncio.to_thread(_source_picture, data, passage.title,
-                                                        self.settings.media.max_image_pixels)
-                    else:
-                        image = await asyncio.to_thread(render_page, data, where[1], max_tiles=SOURCE_PAGE_TILES,
-                                                        name=passage.title)
-                except (FileNotFoundError, ValueError, BotError) as exc:
-                    log.info("%s of %s not shown to the model: %s", f"page {passage.page}" if passage.page else
-                             "the picture", passage.title, exc)
-                    continue
-                self._pages[where] = image
-            label = f"Source [{k}], page {passage.page}" if passage.page else f"Source [{k}]"
-            out.append(ImagePart(image=image, max_tiles=SOURCE_PAGE_TILES, sha256=f"{passage.blob}#p{where[1]}",
-                                 label=label))
-        return out
-
-    def _with_sources(self, prompt: Prompt, answer: str, lang: str) -> str:
-        """``answer`` with the Sources footer of the passages it cites (none cited: as it is)."""
-        passages = prompt.messages[-1].knowledge if prompt.messages else ()
-        if not passages:
-            return answer
-        footer = sources_footer(passages, cited(answer, len(passages)), lang, self.source_links)
-        return f"{answer}\n\n{footer}" if footer else answer
 
     async def _answer_with(self, turn: Turn) -> None:
         msg, lang, relay = turn.msg, turn.lang, turn.relay
@@ -608,7 +520,10 @@ class ConversationManager:
                 with contextlib.suppress(Exception):
                     await relay.send(AnswerDone(relay.streamed.strip(), outcome="failed"))
             raise
-        answer = self._with_sources(prompt, relay.streamed.strip(), lang) or i18n.text("empty_answer", lang)
+        answer = relay.streamed.strip()
+        if self.reader is not None:
+            answer = self.reader.with_sources(prompt.messages[-1], answer, lang)
+        answer = answer or i18n.text("empty_answer", lang)
         delivered = await self._deliver_final(turn, AnswerDone(answer))
         self._log_answer(turn, prompt, answer, delivered)
         if not delivered:
@@ -760,14 +675,6 @@ class ConversationManager:
         while True:
             await asyncio.sleep(3600)
             await self._purge()
-
-
-def _source_picture(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """A knowledge base's picture, no larger than its tiles need: kept in a small cache between turns."""
-    image = decode_image(data, name=name, max_pixels=max_pixels)
-    side = 448 * SOURCE_PAGE_TILES // 2
-    image.thumbnail((side, side))
-    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
 __all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Receipt"]
