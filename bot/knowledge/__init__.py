@@ -36,11 +36,13 @@ def open_index(settings: Settings, store: Store) -> KnowledgeStore:
         if store.knowledge is None:
             store.knowledge = MemoryKnowledge(min_score=conf.min_score)
         return store.knowledge
-    if type(store).__name__ == "PostgresStore":  # imported only then: psycopg is the postgres extra's
-        from bot.knowledge.postgres import PostgresKnowledge
+    try:  # imported only now: psycopg is the postgres extra's, and without it there is no such store
         from bot.store.postgres.store import PostgresStore
+    except ImportError:
+        PostgresStore = None  # type: ignore[assignment,misc]
+    if PostgresStore is not None and isinstance(store, PostgresStore):
+        from bot.knowledge.postgres import PostgresKnowledge
 
-        assert isinstance(store, PostgresStore)
         return PostgresKnowledge(store, min_score=conf.min_score,
                                  languages={name: base.language for name, base in conf.bases.items()})
     raise TypeError(f"no knowledge index for a {type(store).__name__}")
