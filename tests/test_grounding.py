@@ -1,0 +1,182 @@
+"""InternVL's grounding boxes: the stream filter, the parser, the drawing (bot/media/grounding.py), and the boxes
+drawn on the user's own photo and sent back through the web chat, Telegram, Slack and Chatwoot fakes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.media.grounding import (
+    PALETTE,
+    Region,
+    TagFilter,
+    annotate,
+    draw_regions,
+    font_path,
+    line_width,
+    parse_regions,
+    strip_tags,
+)
+
+CAPTION = "<ref>crack</ref><box>[[100,200,400,600]]</box>"
+GREY = (128, 128, 128)
+
+
+def streamed(text: str, size: int) -> list[str]:
+    """What a user sees of ``text`` streamed in chunks of ``size`` characters, piece by piece."""
+    tags = TagFilter()
+    shown = [tags.feed(text[i:i + size]) for i in range(0, len(text), size)]
+    return [*shown, tags.rest()]
+
+
+def box_edges(pixels: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """The outer edges (x1, y1, x2 exclusive, y2 exclusive) of the pixels close to ``colour`` along the box's middle
+    row and column (away from the label's tag, which is drawn at the top left)."""
+    close = np.abs(pixels.astype(int) - colour).sum(axis=2) < 60
+    rows, cols = np.nonzero(close)
+    mid_y = int(np.median(rows))
+    mid_x = int(np.median(cols))
+    xs = np.nonzero(close[mid_y])[0]
+    ys = np.nonzero(close[:, mid_x])[0]
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def assert_box(data: bytes, box: tuple[int, int, int, int], colour: tuple[int, int, int] = PALETTE[0]) -> None:
+    """The picture ``data`` shows a box of ``colour`` whose edges are where InternVL's 0–1000 ``box`` says, ± 2 px
+    after scaling to the picture's size."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    want = (box[0] * width / 1000, box[1] * height / 1000, box[2] * width / 1000, box[3] * height / 1000)
+    got = box_edges(np.asarray(image), colour)
+    assert all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (got, want)
+
+
+def label_drawn(data: bytes, box: tuple[int, int, int, int], colour: tuple[int, int, int] = PALETTE[0]) -> bool:
+    """A tag of ``colour`` with lettering of another colour sits just above the box's top left corner."""
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    height, width = pixels.shape[:2]
+    x1, y1 = round(box[0] * width / 1000), round(box[1] * height / 1000)
+    tag = pixels[max(0, y1 - 12):y1 - 2, x1 + 2:x1 + 40]
+    filled = (np.abs(tag - colour).sum(axis=2) < 60).mean()
+    letters = (np.abs(tag - (255, 255, 255)).sum(axis=2) < 120).mean()
+    return filled > 0.3 and letters > 0.05
+
+
+def photo(width: int = 640, height: int = 480, colour: tuple[int, int, int] = GREY) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+# -- the stream filter ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 11, 1000])
+def test_the_filter_shows_labels_and_never_a_fragment_of_a_tag(size: int) -> None:
+    text = "echo: the <ref>crack</ref><box>[[100, 200, 400, 600]]</box> runs a<b; see <ref>дверь</ref><box>[[1,2,3,4]]</box>."
+    pieces = streamed(text, size)
+    final = "echo: the crack runs a<b; see дверь."
+    assert "".join(pieces) == final
+    shown = ""
+    for piece in pieces:
+        shown += piece
+        assert final.startswith(shown)  # what was shown is never taken back: no fragment of a tag went out
+        assert not any(bit in piece for bit in ("[[", "]]", "box", "ref"))
+
+
+def test_a_stream_split_inside_a_box_holds_it_back_until_it_closes() -> None:
+    tags = TagFilter()
+    assert tags.feed("look: <ref>crack</ref><box>[[100, 2") == "look: crack"
+    assert tags.feed("00, 400") == ""
+    assert tags.feed(", 600]]</box> done") == " done"
+    assert tags.grounded
+
+
+def test_an_unclosed_box_is_dropped_and_an_unfinished_tag_is_text() -> None:
+    tags = TagFilter()
+    assert tags.feed("x <box>[[1, 2") == "x "
+    assert tags.rest() == ""
+    tags = TagFilter()
+    assert tags.feed("a <re") == "a "
+    assert tags.rest() == "<re"
+    assert strip_tags("1 < 2 and <b>bold</b>") == "1 < 2 and <b>bold</b>"
+
+
+# -- parsing -------------------------------------------------------------------------------------------------------
+
+
+def test_regions_are_parsed_merged_by_label_and_named_images_kept() -> None:
+    text = ("Image-1 is fine. In Image-2 <ref>crack</ref><box>[[100, 200, 400, 600], [500,500,600,700]]</box>, "
+            "<ref>bolt</ref><box>[[300, 300]]</box> and <ref>crack</ref><box>[[0,0,10,10]]</box>")
+    regions = parse_regions(text)
+    assert regions == [
+        Region("crack", ((0.1, 0.2, 0.4, 0.6), (0.5, 0.5, 0.6, 0.7), (0.0, 0.0, 0.01, 0.01)), (), "Image-2"),
+        Region("bolt", (), ((0.3, 0.3),), "Image-2"),
+    ]
+
+
+def test_out_of_range_reversed_and_garbage_coordinates_never_fail() -> None:
+    regions = parse_regions("<ref>a</ref><box>[[400, 600, 100, 200]]</box><ref>b</ref><box>[[-50, 900, 1200, 1500]]</box>"
+                            "<ref>c</ref><box>[[x, y]] [[1,2,3]] nonsense</box><ref>d</ref><box>[[1200, 5, 1300, 9]]</box>"
+                            "<box>[[1e9, 2</box>")
+    assert regions == [Region("a", ((0.1, 0.2, 0.4, 0.6),)), Region("b", ((0.0, 0.9, 1.0, 1.0),))]
+
+
+def test_bare_coordinates_count_only_when_asked() -> None:
+    assert parse_regions("[[100, 200, 400, 600]]") == []
+    assert parse_regions("[[100, 200, 400, 600]]", default_label="crack", bare=True) == [
+        Region("crack", ((0.1, 0.2, 0.4, 0.6),))]
+    # the label of a ref nested in the grounding prompt is the innermost one
+    assert parse_regions("<ref><ref>crack</ref><box>[[1,2,3,4]]</box></ref>")[0].label == "crack"
+
+
+# -- drawing -------------------------------------------------------------------------------------------------------
+
+
+def test_boxes_are_drawn_where_the_coordinates_say_with_the_label() -> None:
+    out = annotate(np.full((480, 640, 3), GREY, np.uint8), parse_regions(CAPTION))
+    assert (out.width, out.height, out.labels) == (640, 480, ("crack",))
+    assert_box(out.data, (100, 200, 400, 600))
+    assert label_drawn(out.data, (100, 200, 400, 600))
+
+
+def test_one_colour_per_label_points_as_markers_and_the_source_untouched() -> None:
+    source = np.full((300, 400, 3), GREY, np.uint8)
+    drawn = draw_regions(source, [Region("a", ((0.1, 0.1, 0.3, 0.3),)), Region("b", ((0.5, 0.5, 0.9, 0.9),)),
+                                  Region("a", (), ((0.7, 0.2),))])
+    assert (source == GREY).all()  # the resolver's cached pixels are never drawn on
+    assert tuple(drawn[60, 40]) == PALETTE[0]  # a's left edge
+    assert tuple(drawn[210, 200]) == PALETTE[1]  # b's left edge, in b's colour
+    assert tuple(drawn[210, 280]) == GREY  # inside b: only the outline is drawn
+    assert tuple(drawn[60, 280]) == PALETTE[0]  # the point's marker, in a's colour
+
+
+def test_line_width_scales_with_the_image() -> None:
+    assert line_width(640, 480) == 2
+    assert line_width(4000, 3000) == 10
+
+
+def test_large_images_are_reduced_and_greyscale_drawn_in_colour() -> None:
+    drawn = draw_regions(np.zeros((3000, 9000), np.uint8), [Region("x", ((0.0, 0.0, 0.5, 0.5),))])
+    assert drawn.shape == (1000, 3000, 3)  # 9000 > 4096: reduced by 3
+    assert tuple(drawn[250, 0]) == PALETTE[0]
+
+
+@pytest.mark.parametrize(("label", "language", "font"), [
+    ("crack", "en", "NotoSansCJK"), ("трещина", "ru", "NotoSansCJK"), ("裂缝", "zh", "NotoSansCJK"),
+    ("ひび", "ja", "NotoSansCJK"), ("شق", "ar", "NotoSansArabic"),
+])
+def test_labels_get_a_font_that_has_their_script(label: str, language: str, font: str) -> None:
+    path, _ = font_path(label, language)
+    if path is None or "Noto" not in path.name:
+        pytest.skip("fonts-noto-cjk / fonts-noto-core are not installed (.ci/run installs them)")
+    assert path.name.startswith(font)
+    image = draw_regions(np.full((200, 300, 3), GREY, np.uint8), [Region(label, ((0.2, 0.5, 0.8, 0.9),))],
+                         language=language)
+    tag = image[int(0.5 * 200) - 30:int(0.5 * 200) - 2, int(0.2 * 300):int(0.2 * 300) + 60].astype(int)
+    # lettering, not the empty boxes of a missing glyph: white strokes of several shapes on the tag
+    white = (np.abs(tag - 255).sum(axis=2) < 120)
+    assert white.mean() > 0.04 and len({tuple(r) for r in white.astype(int)}) > 4
