@@ -4,11 +4,13 @@ drawn on the user's own photo and sent back through the web chat, Telegram, Slac
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bot.engines import EchoEngine
 from bot.media.grounding import (
     PALETTE,
     Region,
@@ -20,6 +22,8 @@ from bot.media.grounding import (
     parse_regions,
     strip_tags,
 )
+from tests.conftest import make_settings
+from tests.live_server import exchange, live_server, open_session
 
 CAPTION = "<ref>crack</ref><box>[[100,200,400,600]]</box>"
 GREY = (128, 128, 128)
@@ -180,3 +184,41 @@ def test_labels_get_a_font_that_has_their_script(label: str, language: str, font
     # lettering, not the empty boxes of a missing glyph: white strokes of several shapes on the tag
     white = (np.abs(tag - 255).sum(axis=2) < 120)
     assert white.mean() > 0.04 and len({tuple(r) for r in white.astype(int)}) > 4
+
+
+# -- end to end, through each platform's fake ----------------------------------------------------------------------
+
+#: the caption a curious user (or a test) sends: the echo engine says it back, the framework draws it; the spaces
+#: make the echo engine stream it in pieces split inside ``<box>``
+SPACED = "<ref>crack</ref><box>[[100, 200, 400, 600]]</box>"
+BOX = (100, 200, 400, 600)
+
+
+def no_tag_fragment(text: str) -> bool:
+    """No tag, nor a piece of the box's coordinates (the chunk "200," of a stream split inside ``<box>``)."""
+    return not any(bit in text for bit in ("<", "[[", "]]", "100,", "200,", "400,", "600]"))
+
+
+async def test_web_chat_shows_the_label_and_the_photo_with_its_box(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine(delay=0.005)) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, SPACED, [("wall.jpg", photo(800, 600), "image/jpeg")], until="file")
+        chunks = [e["text"] for e in events if e["type"] in ("partial", "chunk")]
+        assert len(chunks) > 3 and all(no_tag_fragment(c) for c in chunks)  # split inside <box>: never shown
+        done = next(e for e in events if e["type"] == "done")
+        assert done["text"].endswith("echo: crack") and no_tag_fragment(done["text"])
+        shown = events[-1]
+        assert shown["type"] == "file" and shown["mime"] == "image/jpeg" and shown["caption"] == "crack"
+        picture = await client.get(shown["url"])
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+        assert "inline" in picture.headers["content-disposition"]  # shown in the page, full size on click
+        assert Image.open(io.BytesIO(picture.content)).size == (800, 600)
+        assert_box(picture.content, BOX)
+        assert label_drawn(picture.content, BOX)
+        # a reload: the history has the answer's text and, after it, the picture (stored with the answer)
+        history = (await client.get("/api/history")).json()["messages"]
+        assert [(m["role"], m["text"]) for m in history][1:] == [("assistant", done["text"]), ("assistant", "crack")]
+        stored = history[2]["files"][0]
+        assert stored["mime"] == "image/jpeg" and history[2]["reply_to"] == history[0]["id"]
+        again = await client.get(f"/api/attachments/{stored['sha256']}")
+        assert again.status_code == 200 and again.content == picture.content
