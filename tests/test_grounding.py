@@ -3,14 +3,18 @@ drawn on the user's own photo and sent back through the web chat, Telegram, Slac
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bot.config import GenerationSettings
 from bot.engines import EchoEngine
+from bot.engines.base import ChatMessage
 from bot.media.grounding import (
     PALETTE,
     Region,
@@ -24,6 +28,11 @@ from bot.media.grounding import (
 )
 from tests.conftest import make_settings
 from tests.live_server import exchange, live_server, open_session
+from tests.test_chatwoot import LOCAL as CHATWOOT_LOCAL
+from tests.test_chatwoot import chatwoot
+from tests.test_slack import CHANNEL, slack
+from tests.test_slack import mention as slack_mention
+from tests.test_telegram import ANA, DM, telegram
 
 CAPTION = "<ref>crack</ref><box>[[100,200,400,600]]</box>"
 GREY = (128, 128, 128)
@@ -222,3 +231,66 @@ async def test_web_chat_shows_the_label_and_the_photo_with_its_box(tmp_path: Pat
         assert stored["mime"] == "image/jpeg" and history[2]["reply_to"] == history[0]["id"]
         again = await client.get(f"/api/attachments/{stored['sha256']}")
         assert again.status_code == 200 and again.content == picture.content
+
+
+class GroundedEngine(EchoEngine):
+    """Answers as InternVL does about a photo, word by word (so the stream splits inside ``<box>``): Slack sends a
+    user's ``<`` as ``&lt;``, so there the model, not the user, writes the tags."""
+
+    async def _generate(self, messages: Sequence[ChatMessage], generation: GenerationSettings) -> AsyncIterator[str]:
+        if not messages[-1].images:
+            raise AssertionError("the photo did not reach the model")
+        for i, word in enumerate(f"The crack is here: {SPACED}".split(" ")):
+            await asyncio.sleep(0.005)
+            yield word if i == 0 else " " + word
+
+
+async def test_telegram_replies_with_the_photo_marked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with telegram(tmp_path, monkeypatch, engine=EchoEngine(delay=0.02)) as h:
+        update = h.tg.user_message(DM, ANA, photo=photo(640, 480), caption=SPACED)
+        h.tg.push_update(update)
+        await h.tg.wait_for(lambda: any(m.photo is not None for m in h.shown(111)))
+        sent = next(m for m in h.shown(111) if m.photo is not None)
+        assert sent.caption == "crack"
+        assert sent.reply_to_message_id == update["message"]["message_id"]  # a photo replying to the question
+        assert_box(sent.photo.data, BOX)
+        assert label_drawn(sent.photo.data, BOX)
+        answer = next(m for m in h.shown(111) if m.photo is None)
+        assert (answer.text or "").endswith("echo: crack")
+        # every version the user saw — drafts while it streamed, each edit — is free of tags and coordinates
+        seen = [d["text"] for d in h.tg.drafts] + [v for m in h.tg.chat(111) for v in m.history if v]
+        assert len(seen) > 1 and all(no_tag_fragment(v) for v in seen)
+        assert h.shown(111).index(answer) < h.shown(111).index(sent)  # the picture comes after the answer
+
+
+async def test_slack_uploads_the_marked_up_photo_into_the_thread(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, engine=GroundedEngine()) as h:
+        shared = h.slack.add_file(photo(800, 600), name="wall.jpg", mimetype="image/jpeg")
+        payload = slack_mention(h, "where is the crack?", files=[shared])
+        await h.slack.send_socket_event(payload)
+        ts = payload["event"]["ts"]
+        await h.slack.wait_for(lambda: bool(h.slack.uploads))
+        upload = h.slack.uploads[-1]
+        assert upload["thread_ts"] == ts and upload["filename"].endswith(".jpg")
+        assert_box(upload["bytes"], BOX)
+        assert label_drawn(upload["bytes"], BOX)
+        methods = [c.method for c in h.slack.calls]
+        assert "files.getUploadURLExternal" in methods and "files.completeUploadExternal" in methods
+        answer = await h.answered(CHANNEL, ts, "The crack is here: crack")
+        assert all(no_tag_fragment(v) for v in [answer.text, *answer.history])
+
+
+async def test_chatwoot_answers_with_the_marked_up_photo_attached(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch, **CHATWOOT_LOCAL) as h:
+        conv = h.cw.conversation()
+        await h.cw.customer_message(conv, SPACED, attachments=[photo(640, 480)])
+        await h.cw.wait_for(lambda: any(c.name == "messages.create" and c.files for c in h.cw.calls))
+        call = next(c for c in h.cw.calls if c.name == "messages.create" and c.files)
+        data = call.files[0]["data"]
+        assert call.files[0]["content_type"] == "image/jpeg"
+        assert_box(data, BOX)
+        assert label_drawn(data, BOX)
+        replies = h.cw.public_replies(conv)
+        assert replies[0].endswith("echo: crack") and all(no_tag_fragment(r) for r in replies)
