@@ -15,6 +15,7 @@ from PIL import Image
 from bot.config import GenerationSettings
 from bot.engines import EchoEngine
 from bot.engines.base import ChatMessage
+from bot.l10n.i18n import text
 from bot.media.grounding import (
     PALETTE,
     Region,
@@ -45,15 +46,12 @@ def streamed(text: str, size: int) -> list[str]:
     return [*shown, tags.rest()]
 
 
-def box_edges(pixels: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
-    """The outer edges (x1, y1, x2 exclusive, y2 exclusive) of the pixels close to ``colour`` along the box's middle
-    row and column (away from the label's tag, which is drawn at the top left)."""
+def box_edges(pixels: np.ndarray, colour: tuple[int, int, int], centre: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The outer edges (x1, y1, x2 exclusive, y2 exclusive) of the pixels close to ``colour`` on the row and the
+    column through ``centre`` (away from the label's tag, which is drawn at the top left)."""
     close = np.abs(pixels.astype(int) - colour).sum(axis=2) < 60
-    rows, cols = np.nonzero(close)
-    mid_y = int(np.median(rows))
-    mid_x = int(np.median(cols))
-    xs = np.nonzero(close[mid_y])[0]
-    ys = np.nonzero(close[:, mid_x])[0]
+    xs = np.nonzero(close[centre[1]])[0]
+    ys = np.nonzero(close[:, centre[0]])[0]
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
@@ -63,7 +61,7 @@ def assert_box(data: bytes, box: tuple[int, int, int, int], colour: tuple[int, i
     image = Image.open(io.BytesIO(data)).convert("RGB")
     width, height = image.size
     want = (box[0] * width / 1000, box[1] * height / 1000, box[2] * width / 1000, box[3] * height / 1000)
-    got = box_edges(np.asarray(image), colour)
+    got = box_edges(np.asarray(image), colour, (round((want[0] + want[2]) / 2), round((want[1] + want[3]) / 2)))
     assert all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (got, want)
 
 
@@ -294,3 +292,63 @@ async def test_chatwoot_answers_with_the_marked_up_photo_attached(tmp_path: Path
         assert label_drawn(data, BOX)
         replies = h.cw.public_replies(conv)
         assert replies[0].endswith("echo: crack") and all(no_tag_fragment(r) for r in replies)
+
+
+def rotated_photo(width: int, height: int) -> bytes:
+    """A JPEG stored ``width`` x ``height`` with EXIF orientation 6: shown (and seen by the model) turned, as
+    ``height`` x ``width``."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), GREY).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+async def test_the_named_image_is_drawn_as_the_model_saw_it(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        files = [("side.jpg", rotated_photo(640, 480), "image/jpeg"), ("wall.jpg", photo(800, 600), "image/jpeg")]
+        _, events = await exchange(live, client, f"In Image-1 {SPACED}", files, until="file")
+        picture = (await client.get(events[-1]["url"])).content
+        assert Image.open(io.BytesIO(picture)).size == (480, 640)  # Image-1, after its EXIF orientation
+        assert_box(picture, BOX)
+        # not named: the latest image of the turn
+        _, events = await exchange(live, client, SPACED, files, until="file")
+        assert Image.open(io.BytesIO((await client.get(events[-1]["url"])).content)).size == (800, 600)
+
+
+async def test_find_marks_the_latest_photo_of_the_conversation(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, "/find crack", until="notice")
+        assert events[-1]["text"] == text("find_no_image", "en")
+        await exchange(live, client, "look at my wall", [("wall.jpg", photo(800, 600), "image/jpeg")])
+        # the echo engine says the grounding question back: a thing written with its box is "found" there
+        _, events = await exchange(live, client, f"/find {SPACED}", until="file")
+        found = events[-1]
+        assert found["caption"] == "crack"
+        picture = (await client.get(found["url"])).content
+        assert Image.open(io.BytesIO(picture)).size == (800, 600)
+        assert_box(picture, BOX)
+        assert label_drawn(picture, BOX)
+        _, events = await exchange(live, client, "/find the crack", until="notice")
+        assert events[-1]["text"] == text("find_nothing", "en", thing="the crack")
+        _, events = await exchange(live, client, "/find", until="notice")
+        assert events[-1]["text"] == text("find_usage", "en")
+        history = (await client.get("/api/history")).json()["messages"]
+        assert any(m["files"] and m["role"] == "assistant" and m["text"] == "crack" for m in history)
+
+
+async def test_a_persona_with_grounding_off_keeps_the_label_and_draws_nothing(tmp_path: Path) -> None:
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "plain.yaml").write_text("name: plain\nsystem: You answer.\ngrounding: off\n")
+    settings = make_settings(tmp_path, conversation={"personas_dir": str(personas), "default_persona": "plain"})
+    async with live_server(settings, EchoEngine()) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, SPACED, [("wall.jpg", photo(), "image/jpeg")])
+        assert events[-1]["text"].endswith("echo: crack")
+        assert live.runtime.manager is not None
+        await live.runtime.manager.idle()
+        history = (await client.get("/api/history")).json()["messages"]
+        assert len(history) == 2 and not history[1]["files"]
