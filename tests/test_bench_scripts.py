@@ -115,3 +115,11 @@ def test_json_body_runs_small() -> None:
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert set(_result(run.stdout)) == {"json_5mb_ms", "json_5mb_objects_ms"}
+
+
+def test_grounding_bench_runs_small() -> None:
+    run = subprocess.run([sys.executable, "bench/grounding.py", "--rounds", "1", "--width", "800", "--height", "600"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = _result(run.stdout)
+    assert set(result) == {"draw_ms", "encode_ms", "rss_mb"} and float(result["draw_ms"]) > 0
