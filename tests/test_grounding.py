@@ -206,7 +206,9 @@ def no_tag_fragment(text: str) -> bool:
     return not any(bit in text for bit in ("<", "[[", "]]", "100,", "200,", "400,", "600]"))
 
 
-async def test_web_chat_shows_the_label_and_the_photo_with_its_box(tmp_path: Path) -> None:
+async def test_web_chat_shows_the_label_and_the_photo_with_its_box(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
     async with live_server(make_settings(tmp_path), EchoEngine(delay=0.005)) as live, live.client() as client:
         await open_session(client)
         _, events = await exchange(live, client, SPACED, [("wall.jpg", photo(800, 600), "image/jpeg")], until="file")
@@ -229,6 +231,12 @@ async def test_web_chat_shows_the_label_and_the_photo_with_its_box(tmp_path: Pat
         assert stored["mime"] == "image/jpeg" and history[2]["reply_to"] == history[0]["id"]
         again = await client.get(f"/api/attachments/{stored['sha256']}")
         assert again.status_code == 200 and again.content == picture.content
+        # the operator inbox shows it too, as the answer's reply
+        key = (await client.get("/api/session")).json()["conversation"]
+        async with live.client() as op:
+            auth = {"Authorization": "Bearer op-token"}
+            rows = (await op.get(f"/api/operator/conversations/{key}/messages", headers=auth)).json()["messages"]
+            assert [f["sha256"] for m in rows for f in m["files"] if m["role"] == "assistant"] == [stored["sha256"]]
 
 
 class GroundedEngine(EchoEngine):
