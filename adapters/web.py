@@ -211,7 +211,7 @@ class WebSink:
                    "html": render_markdown(event.text)}
         elif isinstance(event, FileReply):
             fid = await self.adapter.keep_file(self.sid, event)
-            out = {"type": "file", "name": event.filename, "caption": event.caption, "id": fid,
+            out = {"type": "file", "name": event.filename, "mime": event.mime, "caption": event.caption, "id": fid,
                    "url": f"{self.adapter.prefix}/api/files/{fid}"}
         else:
             return None
@@ -707,8 +707,11 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         reply = json.loads(kept[0][1])
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(reply["name"]).name) or "export"
         data = base64.b64decode(reply["data"])
+        # a picture the bot drew (grounding boxes) opens in the page, full size; anything else downloads
+        shown = reply["mime"] in ("image/jpeg", "image/png") and sniff(data).mime == reply["mime"]
         return Response(data, media_type=reply["mime"],
-                        headers={"Content-Disposition": f'attachment; filename="{safe}"'})
+                        headers={"Content-Disposition": f'{"inline" if shown else "attachment"}; filename="{safe}"',
+                                 **({"Content-Security-Policy": "default-src 'none'; sandbox"} if shown else {})})
 
 
 def build(runtime: Runtime, conf: WebSettings) -> WebAdapter:

@@ -127,3 +127,11 @@ def test_knowledge_runs_small() -> None:
     # the evaluation set: a regression of the search or the threshold shows here
     assert float(result["recall_at_5_unfiltered"]) >= 0.9 and float(result["recall_at_5"]) >= 0.8
     assert float(result["offtopic_rejected"]) >= 0.8
+
+
+def test_grounding_bench_runs_small() -> None:
+    run = subprocess.run([sys.executable, "bench/grounding.py", "--rounds", "1", "--width", "800", "--height", "600"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = _result(run.stdout)
+    assert set(result) == {"draw_ms", "encode_ms", "rss_mb"} and float(result["draw_ms"]) > 0

@@ -309,6 +309,18 @@ class TelegramTransport:
 
     async def file(self, reply: FileReply) -> str:
         bot = self.adapter.app.bot
+        question = self.context.reply_to
+        if reply.mime in ("image/jpeg", "image/png") and question and question.isdigit():
+            # a picture the bot drew on the user's photo (grounding boxes): a photo replying to the question
+            to = ReplyParameters(int(question), allow_sending_without_reply=True)
+            try:
+                message = await self._call(lambda: bot.send_photo(
+                    self.chat_id, InputFile(reply.data, filename=reply.filename),
+                    caption=cut_utf16(reply.caption, CAPTION_LIMIT) or None, message_thread_id=self.thread_id,
+                    reply_parameters=to), repeatable=False)
+                return str(message.message_id)
+            except BadRequest as exc:  # a size Telegram refuses for photos: the file itself, as a document
+                log.info("Telegram refused the picture as a photo (%s): sent as a document", exc)
         message = await self._call(lambda: bot.send_document(
             self.chat_id, InputFile(reply.data, filename=reply.filename), caption=cut_utf16(reply.caption, CAPTION_LIMIT) or None,
             message_thread_id=self.thread_id), repeatable=False)

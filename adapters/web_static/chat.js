@@ -185,6 +185,19 @@
       const div = bubble("assistant", { html: row.html, text: row.text, who: row.author || "", replyTo: row.reply_to,
                                         extra: failed ? "error" : (row.author ? "operator" : "") });
       if (row.reply_to && !row.author) div.dataset.answer = String(row.reply_to);
+      for (const f of row.files || []) {  // a picture the bot drew, stored with its answer
+        if (!f.sha256 || !(f.mime || "").startsWith("image/")) continue;
+        const link = document.createElement("a");
+        link.href = api("/api/attachments/" + f.sha256) + ticket;
+        link.target = "_blank";
+        link.rel = "noopener";
+        const img = document.createElement("img");
+        img.className = "drawn";
+        img.alt = f.name;
+        img.src = link.href;
+        link.appendChild(img);
+        div.querySelector(".body").appendChild(link);
+      }
     }
   }
 
@@ -259,13 +272,24 @@
         loadSession();
         break;
       case "file": {
-        const div = bubble("assistant", { text: "", replyTo: event.reply_to });
+        const div = bubble("assistant", { text: event.caption || "", replyTo: event.reply_to });
         const link = document.createElement("a");
         link.href = event.url;
-        link.textContent = "⬇ " + event.name;
-        link.setAttribute("download", event.name);
+        if ((event.mime || "").startsWith("image/")) {
+          // a picture the bot drew (grounding boxes): shown inline, full size in a new tab on click
+          const img = document.createElement("img");
+          img.className = "drawn";
+          img.alt = event.caption || event.name;
+          link.target = "_blank";
+          link.rel = "noopener";
+          link.appendChild(img);
+          ticketed(event.url, "file", event.id).then((url) => { link.href = url; img.src = url; });
+        } else {
+          link.textContent = "⬇ " + event.name;
+          link.setAttribute("download", event.name);
+          ticketed(event.url, "file", event.id).then((url) => { link.href = url; });
+        }
         div.querySelector(".body").appendChild(link);
-        ticketed(event.url, "file", event.id).then((url) => { link.href = url; });
         break;
       }
       default:

@@ -1,4 +1,4 @@
-"""The framework's commands: ``/start``, ``/help``, ``/reset``, ``/persona``, ``/lang``, ``/export``,
+"""The framework's commands: ``/start``, ``/help``, ``/reset``, ``/persona``, ``/lang``, ``/export``, ``/find``,
 ``/human``, ``/bot``. A platform may use another prefix (Slack intercepts ``/…`` in its composer): the
 channel says which, and texts that name commands show that prefix."""
 
@@ -19,7 +19,7 @@ from bot.types import FileReply, Notice
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("start", "help", "reset", "persona", "lang", "export", "human", "bot")
+COMMANDS = ("start", "help", "reset", "persona", "lang", "export", "find", "human", "bot")
 _NAME = r"([A-Za-z][A-Za-z0-9_]*)(?:@\S+)?(?:\s+(.*))?\Z"
 _MENTIONED = re.compile(r"(?<![\w/!])/(" + "|".join(COMMANDS) + r")\b")
 
@@ -44,7 +44,8 @@ def with_prefix(text: str, prefix: str) -> str:
 
 
 class Commands:
-    """Runs one command turn. ``human``/``bot`` are passed to the handoff desk by the manager."""
+    """Runs one command turn. ``human``/``bot`` are passed to the handoff desk by the manager, ``find`` (which asks
+    the model) is run by the manager."""
 
     def __init__(self, settings: Settings, store: Store, personas: dict[str, Persona],
                  persona_for: Callable[[Conversation, Channel], Persona],

@@ -36,6 +36,9 @@ class Persona:
     titles: dict[str, str] = field(default_factory=dict)
     #: the knowledge bases its answers draw on and cite (``knowledge.bases.<name>``)
     knowledge: tuple[str, ...] = ()
+    #: ``auto``: the boxes the model gives (``<ref>…</ref><box>…</box>``) are drawn on the image and sent back;
+    #: ``off``: only their labels are kept in the text (``/find`` still draws)
+    grounding: str = "auto"
 
     def title_for(self, language: str) -> str:
         return self.titles.get(language) or self.title
@@ -73,15 +76,20 @@ def _parse(data: Any, source: str) -> Persona:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a persona file must be a mapping with name, title and system")
     unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions", "handoff",
-                           "knowledge"}
+                           "knowledge", "grounding"}
     if unknown:
         raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, "
-                          "description, greeting, suggestions, handoff, knowledge")
+                          "description, greeting, suggestions, handoff, knowledge, grounding")
     knowledge = data.get("knowledge") or []
     if isinstance(knowledge, str):
         knowledge = [knowledge]
     if not isinstance(knowledge, list) or not all(isinstance(b, str) and b.strip() for b in knowledge):
         raise ConfigError(f"{source}: knowledge must be a list of knowledge base names (knowledge.bases.<name>)")
+    grounding = data.get("grounding", "auto")
+    if isinstance(grounding, bool):  # YAML 1.1 reads a bare off/on as a boolean
+        grounding = "auto" if grounding else "off"
+    if grounding not in ("auto", "off"):
+        raise ConfigError(f"{source}: grounding must be auto or off, not {grounding!r}")
     for key in ("name", "system"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ConfigError(f"{source}: persona key {key!r} is missing or empty")
@@ -115,6 +123,7 @@ def _parse(data: Any, source: str) -> Persona:
         handoff_keywords=tuple(sorted({w.strip().lower() for v in keywords.values() for w in v}, key=len, reverse=True)),
         handoff_marker=str(handoff.get("marker") or ""),
         knowledge=tuple(b.strip() for b in knowledge),
+        grounding=grounding,
     )
 
 
