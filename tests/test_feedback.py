@@ -9,8 +9,10 @@ import pytest
 
 from bot.engines import EchoEngine
 from bot.l10n.i18n import text as t
-from tests.fakes.telegram_api import FakeTelegram
+from tests.conftest import make_settings
+from tests.live_server import exchange, live_server, open_session
 from tests.test_telegram import ANA, DM, Harness, message, telegram
+from tests.test_web import metric
 
 
 def counted(h: Harness, kind: str, platform: str) -> float:
@@ -112,4 +114,35 @@ async def test_a_question_after_a_reset_is_no_signal(tmp_path: Path, monkeypatch
         assert await store.feedback() == []
 
 
-__all__ = ["FakeTelegram"]
+async def test_web_thumbs_are_recorded_once_per_answer_and_counted(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine(delay=0.01)) as live, live.client() as client:
+        await open_session(client)
+        ui = (await client.get("/api/session")).json()["ui"]
+        assert (ui["feedback_up"], ui["feedback_down"]) == (t("ui_feedback_up", "en"), t("ui_feedback_down", "en"))
+        _, events = await exchange(live, client, "is the filter washable?")
+        question = events[-1]["reply_to"]
+        headers = {"X-InternVL-Bot": "1"}
+        assert (await client.post("/api/feedback", json={"question": question, "rating": "sideways"},
+                                  headers=headers)).status_code == 400
+        assert (await client.post("/api/feedback", json={"question": question, "rating": "down"})).status_code == 403
+        assert (await client.post("/api/feedback", json={"question": 10**6, "rating": "up"},
+                                  headers=headers)).status_code == 404
+        first = await client.post("/api/feedback", json={"question": question, "rating": "up"}, headers=headers)
+        assert first.json() == {"recorded": True}
+        again = await client.post("/api/feedback", json={"question": question, "rating": "up"}, headers=headers)
+        assert again.json() == {"recorded": False}  # the same press sent twice (a retry, a second tab)
+        rows = await live.runtime.manager.store.feedback()  # type: ignore[union-attr]
+        assert [(f.kind, f.key.platform) for f in rows] == [("up", "web")]
+        answer = await live.runtime.manager.store.message(rows[0].message_id)  # type: ignore[union-attr]
+        assert (answer.role, answer.reply_to, answer.text) == ("assistant", question, "echo: is the filter washable?")
+        body = (await client.get("/metrics")).text
+        persona = live.runtime.settings.conversation.default_persona
+        assert metric(body, "internvl_bot_feedback_total", kind="up", platform="web", persona=persona) == 1
+        # another browser cannot rate this conversation's answers
+        async with live.client() as other:
+            await open_session(other)
+            assert (await other.post("/api/feedback", json={"question": question, "rating": "down"},
+                                     headers=headers)).status_code == 404
+
+
+
