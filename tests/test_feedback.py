@@ -3,12 +3,24 @@ comment a 👎 asks for), the implicit signals, and the ``internvl_bot_feedback_
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
+from adapters import cli
 from bot.engines import EchoEngine
 from bot.l10n.i18n import text as t
+from bot.l10n.personas import load_personas
+from bot.store import AnswerMeta, NewFeedback, NewMessage, SQLiteStore, sha256_of
+from bot.training.export import ExportOptions, export_mpo, export_sft
+from bot.training.privacy import redact, strip_metadata
+from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
 from tests.live_server import exchange, live_server, open_session
 from tests.test_telegram import ANA, DM, Harness, message, telegram
@@ -146,3 +158,182 @@ async def test_web_thumbs_are_recorded_once_per_answer_and_counted(tmp_path: Pat
 
 
 
+
+
+# -- training data out -------------------------------------------------------------------------
+
+GPS_EXIF = 0x8825
+
+
+def photo_with_gps(color: tuple[int, int, int]) -> bytes:
+    image = Image.new("RGB", (64, 48), color)
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif[GPS_EXIF] = {1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)}
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def test_redaction_replaces_addresses_numbers_and_the_platforms_names() -> None:
+    text = ("I'm Ana Lima (@ana_test), write to ana.lima@example.com or call +351 912 345 678; card "
+            "4111 1111 1111 1111. Model X200 from 2019, order 12345.")
+    assert redact(text, ["Ana Lima (@ana_test)"]) == (
+        "I'm [name], write to [email] or call [phone]; card [card]. Model X200 from 2019, order 12345.")
+    assert redact("Lima called Ana; ANA agreed", ["Ana Lima"]) == "[name] called [name]; [name] agreed"
+
+
+def test_image_metadata_is_stripped_and_pixels_kept() -> None:
+    data = photo_with_gps((10, 200, 30))
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_EXIF)
+    clean, ext = strip_metadata(data)
+    assert ext == "jpg" and b"Exif" not in clean and b"PhoneMaker" not in clean
+    with Image.open(io.BytesIO(clean)) as image:
+        assert not image.getexif() and image.size == (64, 48)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "WEBP")
+    assert strip_metadata(buffer.getvalue())[1] == "png"
+
+
+def internvl_loader(meta_path: Path) -> list[dict[str, Any]]:
+    """What internvl_chat's build_datasets and LazySupervisedDataset do with a meta file and its JSONL
+    (internvl_chat_finetune.py): each dataset's annotation read line by line, an image path joined to the
+    root and opened, every ``<image>`` of the human turns replaced by one image's tokens in order with the
+    count asserted equal to the number of images, roles alternating human/gpt. Raises on any mismatch."""
+    items = []
+    for name, ds in json.loads(meta_path.read_text()).items():
+        assert set(ds) >= {"root", "annotation", "data_augment", "repeat_time", "length"}, name
+        raw = Path(ds["annotation"]).read_text(encoding="utf-8").splitlines()
+        assert ds["length"] == len(raw) and ds["repeat_time"] == 1
+        for line in raw:
+            item = json.loads(line)
+            images = item.get("image") or []
+            paths = images if isinstance(images, list) else [images]
+            for path in paths:
+                with Image.open(os.path.join(ds["root"], path)) as image:
+                    image.convert("RGB")
+            if "conversations" in item:
+                turns = item["conversations"]
+                assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) % 2 == 0
+                placeholders = sum(t["value"].count("<image>") for t in turns if t["from"] == "human")
+                assert all("<image>" not in t["value"] for t in turns if t["from"] == "gpt")
+            else:  # a preference pair
+                assert set(item) - {"image"} == {"question", "chosen", "rejected"}
+                placeholders = item["question"].count("<image>")
+            assert placeholders == len(paths), f"{placeholders} <image> for {len(paths)} image(s)"
+            items.append(item)
+    return items
+
+
+async def rated_store(tmp_path: Path) -> tuple[SQLiteStore, Any, dict[str, Any]]:
+    """A store with the cases an export must tell apart; the settings and personas it is exported with."""
+    personas_dir = tmp_path / "personas"
+    personas_dir.mkdir()
+    (personas_dir / "support.yaml").write_text(
+        "name: support\ntitle: Support\nsystem: You help.\ntraining_export: allowed\n", encoding="utf-8")
+    settings = make_settings(tmp_path, conversation={"personas_dir": str(personas_dir)},
+                             adapters={"telegram": {"training_export": "allowed"}})
+    store = SQLiteStore(tmp_path / "data" / "internvl-bot.sqlite3")
+    await store.open()
+    ids: dict[str, Any] = {}
+
+    async def turn(key: ConversationKey, text: str, answer: str, *, user: str = "u1", name: str = "Ana Lima",
+                   photos: tuple[bytes, ...] = (), persona: str = "support") -> tuple[int, int]:
+        q = await store.add_message(key, NewMessage(
+            role="user", text=text, sender_id=user, sender_name=name,
+            attachments=[Attachment(f"p{i}", f"p{i}.jpg", "image/jpeg") for i in range(len(photos))]))
+        for i, data in enumerate(photos):
+            await store.save_attachment(q, i, data, "image/jpeg")
+        a = await store.finish(q, "answered", reply=answer)
+        assert a is not None
+        await store.record_answer(a, AnswerMeta(persona, "internvl3-1b"))
+        return q, a
+
+    tg, other = ConversationKey("telegram", "1"), ConversationKey("slack", "C1")
+    _, ids["good"] = await turn(tg, "Ana Lima here, what is this part? mail me at ana@example.com", "A pump valve.",
+                                photos=(photo_with_gps((200, 0, 0)), photo_with_gps((0, 0, 200))))
+    await store.add_feedback(NewFeedback(ids["good"], "up", event_id="e1"))
+    _, ids["sources"] = await turn(tg, "fuse rating?", "Use a 10 A fuse [1].\n\n**Sources**\n\n1. Manual p.3")
+    await store.add_feedback(NewFeedback(ids["sources"], "up", event_id="e2"))
+    _, down = await turn(tg, "bad one", "wrong")
+    await store.add_feedback(NewFeedback(down, "down", event_id="e3"))
+    _, _unrated = await turn(tg, "no rating", "fine")
+    _, ids["edited"] = await turn(tg, "warranty?", "draft: two years maybe")
+    await store.add_feedback(NewFeedback(ids["edited"], "edited", value="Two years from purchase."))
+    _, elsewhere = await turn(other, "slack question", "slack answer")
+    await store.add_feedback(NewFeedback(elsewhere, "up", event_id="e4"))
+    _, private = await turn(tg, "other persona", "answer", persona="diagnosis")
+    await store.add_feedback(NewFeedback(private, "up", event_id="e5"))
+    gone = ConversationKey("telegram", "2")
+    _, _forgot = await turn(gone, "forget me", "ok", user="u9")
+    await store.forget(gone)
+    _, later = await turn(ConversationKey("telegram", "3"), "I am back", "welcome", user="u9")
+    await store.add_feedback(NewFeedback(later, "up", event_id="e6"))
+    # a regeneration chain: the first answer lost, the second lost, the third kept and rated up
+    _q1, lost1 = await turn(tg, "what does E4 mean?", "no idea")
+    q2, lost2 = await turn(tg, "what does E4 mean?", "maybe water")
+    q3, ids["kept"] = await turn(tg, "what does E4 mean?", "E4: the water pressure is low.")
+    await store.add_feedback(NewFeedback(lost1, "regenerated", value=str(q2)))
+    await store.add_feedback(NewFeedback(lost2, "regenerated", value=str(q3)))
+    await store.add_feedback(NewFeedback(ids["kept"], "up", event_id="e7"))
+    ids.update(lost1=lost1, lost2=lost2)
+    return store, settings, ids
+
+
+async def test_sft_export_reads_as_internvl_reads_it_and_keeps_only_what_may_leave(tmp_path: Path) -> None:
+    store, settings, ids = await rated_store(tmp_path)
+    try:
+        out = tmp_path / "sft"
+        report = await export_sft(store, settings, load_personas(settings.conversation.personas_dir),
+                                  ExportOptions(out, name="bot"))
+    finally:
+        await store.close()
+    items = internvl_loader(out / "bot.json")
+    assert report.samples == len(items) == 4 and report.images == 2
+    by_id = {item["id"]: item for item in items}
+    assert set(by_id) == {f"telegram-{ids[k]}" for k in ("good", "sources", "edited", "kept")}
+    good = by_id[f"telegram-{ids['good']}"]
+    assert len(good["image"]) == 2 and good["conversations"] == [
+        {"from": "human", "value": "<image>\n<image>\n[name] here, what is this part? mail me at [email]"},
+        {"from": "gpt", "value": "A pump valve."}]
+    assert by_id[f"telegram-{ids['sources']}"]["conversations"][1]["value"] == "Use a 10 A fuse [1]."
+    assert by_id[f"telegram-{ids['edited']}"]["conversations"][1]["value"] == "Two years from purchase."
+    for path in good["image"]:  # stable names, no metadata
+        data = (out / "images" / path).read_bytes()
+        assert Path(path).stem == sha256_of(photo_with_gps((200, 0, 0)) if path == good["image"][0]
+                                            else photo_with_gps((0, 0, 200)))
+        assert b"Exif" not in data
+    assert report.skipped == {"adapter does not allow training export": 1, "persona does not allow training export": 1,
+                              "user forgot their conversation": 1}
+
+
+async def test_mpo_export_pairs_what_was_regenerated_or_corrected_with_what_was_kept(tmp_path: Path) -> None:
+    store, settings, _ids = await rated_store(tmp_path)
+    try:
+        out = tmp_path / "mpo"
+        report = await export_mpo(store, settings, load_personas(settings.conversation.personas_dir),
+                                  ExportOptions(out))
+    finally:
+        await store.close()
+    items = internvl_loader(out / "internvl_bot.json")
+    assert report.samples == 3
+    assert sorted((i["question"], i["chosen"], i["rejected"]) for i in items) == [
+        ("warranty?", "Two years from purchase.", "draft: two years maybe"),
+        ("what does E4 mean?", "E4: the water pressure is low.", "maybe water"),
+        ("what does E4 mean?", "E4: the water pressure is low.", "no idea")]
+
+
+def test_the_export_command_writes_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def prepare() -> None:
+        store, _, _ = await rated_store(tmp_path)
+        await store.close()
+
+    asyncio.run(prepare())
+    (tmp_path / "config.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"conversation:\n  personas_dir: {tmp_path / 'personas'}\nadapters:\n  telegram:\n    training_export: allowed\n",
+        encoding="utf-8")
+    assert cli.main(["--config", str(tmp_path / "config.yaml"), "export", "sft", "--out", str(tmp_path / "x"),
+                     "--persona", "support", "--since", "1970-01-02"]) == 0
+    assert "exported 4 sft sample(s) and 2 image(s)" in capsys.readouterr().out
+    assert len(internvl_loader(tmp_path / "x" / "internvl_bot.json")) == 4

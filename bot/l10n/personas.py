@@ -36,6 +36,8 @@ class Persona:
     titles: dict[str, str] = field(default_factory=dict)
     #: the knowledge bases its answers draw on and cite (``knowledge.bases.<name>``)
     knowledge: tuple[str, ...] = ()
+    #: ``training_export: allowed`` in its YAML: its rated answers may leave in ``internvl-bot export``
+    training_export: bool = False
 
     def title_for(self, language: str) -> str:
         return self.titles.get(language) or self.title
@@ -73,10 +75,10 @@ def _parse(data: Any, source: str) -> Persona:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a persona file must be a mapping with name, title and system")
     unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions", "handoff",
-                           "knowledge"}
+                           "knowledge", "training_export"}
     if unknown:
         raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, "
-                          "description, greeting, suggestions, handoff, knowledge")
+                          "description, greeting, suggestions, handoff, knowledge, training_export")
     knowledge = data.get("knowledge") or []
     if isinstance(knowledge, str):
         knowledge = [knowledge]
@@ -115,7 +117,16 @@ def _parse(data: Any, source: str) -> Persona:
         handoff_keywords=tuple(sorted({w.strip().lower() for v in keywords.values() for w in v}, key=len, reverse=True)),
         handoff_marker=str(handoff.get("marker") or ""),
         knowledge=tuple(b.strip() for b in knowledge),
+        training_export=_training_export(data.get("training_export"), source),
     )
+
+
+def _training_export(value: object, source: str) -> bool:
+    if value in (None, "off", False):
+        return False
+    if value == "allowed":
+        return True
+    raise ConfigError(f"{source}: training_export must be 'allowed' or 'off', not {value!r}")
 
 
 def load_personas(extra_dir: str | Path | None = None) -> dict[str, Persona]:
