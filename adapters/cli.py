@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bot import __version__
 from bot.config import Settings
@@ -51,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
 
     forget = sub.add_parser("forget", help="delete a conversation's messages and files for good")
     forget.add_argument("--conversation", required=True, help="conversation key, e.g. console:alice")
+
+    export = sub.add_parser("export", help="rated conversations as InternVL fine-tuning data (README: Fine-tuning)")
+    export.add_argument("format", choices=["sft", "mpo"],
+                        help="sft: answers rated up or corrected by agents; mpo: preference pairs the bot observed")
+    export.add_argument("--out", required=True, type=Path, help="folder for the meta JSON, the JSONL and images/")
+    export.add_argument("--since", type=_date, default=0.0, help="only feedback from this day on (YYYY-MM-DD, UTC)")
+    export.add_argument("--persona", default=None, help="only answers of this persona")
+    export.add_argument("--min-rating", choices=["up"], default="up",
+                        help="up (the only level so far): answers rated up, or an agent's corrected text")
+    export.add_argument("--name", default="internvl_bot", help="the dataset's name in the meta JSON")
 
     migrate = sub.add_parser("migrate", help="copy the SQLite store into PostgreSQL (for replicas); safe to rerun")
     migrate.add_argument("--to", required=True, choices=["postgres"],
@@ -172,6 +184,33 @@ async def _forget(settings: Settings, key: str) -> int:
     return 0
 
 
+def _date(value: str) -> float:
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day as YYYY-MM-DD: {value!r}") from None
+
+
+async def _export(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.l10n.personas import load_personas
+    from bot.training.export import ExportOptions, export_mpo, export_sft
+
+    personas = load_personas(settings.conversation.personas_dir or None)
+    if args.persona is not None and args.persona not in personas:
+        raise StartupError(f"--persona: no persona named {args.persona!r} — choose one of {', '.join(sorted(personas))}")
+    store = open_store(settings)
+    await store.open()
+    try:
+        run = export_sft if args.format == "sft" else export_mpo
+        report = await run(store, settings, personas, ExportOptions(args.out, args.since, args.persona, args.name))
+    finally:
+        await store.close()
+    print(f"exported {report.samples} {args.format} sample(s) and {report.images} image(s) to {args.out}")
+    for why, count in sorted(report.skipped.items()):
+        print(f"  left out {count}: {why}", file=sys.stderr)
+    return 0
+
+
 async def _migrate(settings: Settings) -> int:
     from bot.store.copy import copy_sqlite_to_postgres
 
@@ -220,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_forget(settings, args.conversation))
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
+        if args.command == "export":
+            return asyncio.run(_export(settings, args))
         if args.command == "kb":
             return asyncio.run(_kb(settings, args))
     except StartupError as exc:

@@ -102,7 +102,7 @@ _FILE_ID = re.compile(r"[0-9a-f]{32}\Z")
 #: Labels of the page itself; their texts are the ``ui_<name>`` entries of the catalogs (bot/l10n/locales).
 UI_KEYS = ("send", "attach", "placeholder", "human", "reset", "persona", "language", "waiting", "back", "auto",
            "uploading", "you", "bot", "reconnecting", "demo", "title", "delete", "delete_confirm", "too_many",
-           "too_big")
+           "too_big", "feedback_up", "feedback_down", "feedback_thanks")
 
 
 def ui_texts(lang: str) -> dict[str, str]:
@@ -429,6 +429,7 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         r.add_api_route("/api/events", self.events, methods=["GET"])
         r.add_api_route("/api/files/{fid}", self.download, methods=["GET"])
         r.add_api_route("/api/conversation", self.delete_conversation, methods=["DELETE"])
+        r.add_api_route("/api/feedback", self.feedback, methods=["POST"])
         r.add_api_route("/api/attachments/{sha256}", self.attachment, methods=["GET"])
         return r
 
@@ -628,6 +629,26 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         await self._drop_files(sid)
         log.info("web conversation deleted: %d messages, %d files", report.messages, report.attachment_files)
         return JSONResponse({"deleted": report.messages})
+
+    async def feedback(self, request: Request) -> Response:
+        """👍/👎 on an answer: ``{"question": <id of the question it answers>, "rating": "up" | "down"}``. One
+        rating per answer and session: a repeated press (a retry, a second tab) is not stored twice."""
+        sid, error = self._session_or_error(request)
+        if error is not None:
+            return error
+        if request.headers.get(CSRF_HEADER) != "1":
+            return JSONResponse({"error": f"missing {CSRF_HEADER} header"}, status_code=403)
+        body = parse_json_object(await read_body(request, max_bytes=4096), what="the feedback")
+        question, rating = body.get("question"), body.get("rating")
+        if not isinstance(question, int) or rating not in ("up", "down"):
+            return JSONResponse({"error": "expected {question: <message id>, rating: up | down}"}, status_code=400)
+        key = ConversationKey(PLATFORM, sid)
+        answer = next((r for r in reversed(await self.manager.store.transcript(key, limit=400))
+                       if r.role == "assistant" and r.kind == "chat" and r.reply_to == question), None)
+        if answer is None:
+            return JSONResponse({"error": "no such answer in this conversation"}, status_code=404)
+        fid = await self.manager.feedback.record(answer, rating, user=sid, event_id=f"{sid}:{answer.id}")
+        return JSONResponse({"recorded": fid is not None})
 
     async def attachment(self, request: Request, sha256: str) -> Response:
         """A file the user sent in this session (thumbnails in the history), by a ticket for "attachments"."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -205,6 +205,13 @@ class AdapterSection(Section):
     allow_chats: IdList = Field(default_factory=list, description="only these chats/channels/teams/inboxes")
     deny_chats: IdList = Field(default_factory=list)
     limits: LimitsSettings | None = Field(None, description="this adapter's own per-user limits; empty = limits:")
+    training_export: Literal["off", "allowed"] = Field(
+        "off", description="allowed: its rated conversations may leave in internvl-bot export sft|mpo")
+
+    @field_validator("training_export", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare off as false
 
     def policy(self, defaults: LimitsSettings) -> AccessPolicy:
         """The access policy the core enforces for this adapter."""

@@ -34,7 +34,8 @@ CAPABILITIES = {"elect", "notify", "listen", "waiting", "on_settled", "serves", 
                 "max_concurrency", "stash", "stashed", "drop_stash", "save_blob", "transcript", "locale_of"}
 #: bot/'s top level holds only what every part uses; the rest lives in a package per concern
 TOP_LEVEL = {"__init__.py", "types.py", "seams.py", "errors.py", "config.py", "runtime.py", "testing.py"}
-CONCERNS = {"conversation", "scheduling", "handoff", "media", "l10n", "ops", "engines", "store", "knowledge"}
+CONCERNS = {"conversation", "scheduling", "handoff", "media", "l10n", "ops", "engines", "store", "knowledge",
+            "training"}
 #: modules of adapters/ that are not platform adapters (the composition root, shared parts, the LangChain model)
 NOT_PLATFORMS = {"__init__.py", "registry.py", "server.py", "cli.py", "console.py", "langchain.py", "operator.py"}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.store import MemoryStore, NewMessage, SQLiteStore, Store, sha256_of
+from bot.store import AnswerMeta, MemoryStore, NewFeedback, NewMessage, SQLiteStore, Store, sha256_of
 from bot.types import Attachment, ConversationKey
 
 KEY = ConversationKey("telegram", "42")
@@ -234,6 +234,43 @@ class StoreContract:
         assert [a.sha256 for a in stored] == [None, sha]
         assert stored[1].filename == "a.png" and stored[1].size == len(data)
 
+    async def test_feedback_is_stored_once_per_press_with_the_answer_and_its_meta(
+            self, store: Store, clock: list[float]) -> None:
+        q = await store.add_message(KEY, NewMessage(role="user", text="why?", sender_id="u7"))
+        answer = await store.finish(q, "answered", reply="because")
+        assert answer is not None
+        await store.record_answer(answer, AnswerMeta("support", "internvl3-1b", ("manuals/pump.pdf#3",)))
+        assert await store.answer_meta([answer, q]) == {answer: AnswerMeta("support", "internvl3-1b",
+                                                                           ("manuals/pump.pdf#3",))}
+        press = NewFeedback(answer, "down", user="u7", event_id="cb:1", persona="support", model="internvl3-1b")
+        first = await store.add_feedback(press)
+        assert first is not None
+        assert await store.add_feedback(press) is None  # the platform redelivered the press
+        assert await store.add_feedback(NewFeedback(10**9, "up", event_id="cb:2")) is None  # no such answer
+        clock[0] = 5.0
+        later = await store.add_feedback(NewFeedback(answer, "regenerated", value=str(q)))
+        await store.set_feedback_comment(first, "wrong valve")
+        rows = await store.feedback()
+        assert [(f.id, f.kind, f.signal, f.comment, f.key, f.persona) for f in rows] == [
+            (first, "down", "explicit", "wrong valve", KEY, "support"), (later, "regenerated", "implicit", "", KEY, "")]
+        assert [f.id for f in await store.feedback(newest_first=True, limit=1)] == [later]
+        assert [f.id for f in await store.feedback(since=2.0)] == [later]
+        assert [f.id for f in await store.feedback(until=2.0, kinds=["down", "up"], platform="telegram",
+                                                   persona="support")] == [first]
+        assert await store.feedback(platform="slack") == []
+        assert [m.id for m in await store.messages_by_id([answer, q, 10**9])] == [q, answer]
+
+    async def test_forget_takes_the_feedback_and_remembers_the_user(self, store: Store) -> None:
+        q = await store.add_message(KEY, NewMessage(role="user", text="hi", sender_id="u7"))
+        answer = await store.finish(q, "answered", reply="hello")
+        assert answer is not None
+        await store.record_answer(answer, AnswerMeta("support"))
+        await store.add_feedback(NewFeedback(answer, "up", event_id="e1"))
+        await store.forget(KEY)
+        assert await store.feedback() == []
+        assert await store.answer_meta([answer]) == {}
+        assert await store.forgotten() == {("telegram", "u7")}
+
     async def test_forget_deletes_rows_and_unshared_files(self, store: Store) -> None:
         shared, private = b"shared-bytes", b"private-bytes"
         att = Attachment(ref="r")
@@ -373,7 +410,7 @@ class TestSQLiteStore(StoreContract):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [
             "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage", "m004_stash",
-            "m005_waiting_conversations", "m006_conversation_names", "m007_knowledge"]
+            "m005_waiting_conversations", "m006_conversation_names", "m007_knowledge", "m009_feedback"]
 
     async def test_a_database_of_the_first_release_is_upgraded_in_place(self, tmp_path: Path) -> None:
         import sqlite_utils

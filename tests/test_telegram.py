@@ -122,7 +122,8 @@ async def test_a_private_question_streams_with_drafts_and_ends_as_one_message(
         assert len(h.shown(111)) == 1 and final.edits == 0  # previews were drafts, not edits
         drafts = [d["text"] for d in h.tg.drafts if d["chat_id"] == 111]
         assert drafts and drafts[-1] != final.text and final.text.startswith(drafts[0])
-        assert [b["callback_data"] for row in final.buttons for b in row] == ["regen", "reset"]
+        assert [b["callback_data"] for row in final.buttons for b in row] == ["fb:up", "fb:down", "regen", "reset"]
+        assert [b["text"] for b in final.buttons[0]] == ["👍", "👎"]
         assert any(a["action"] == "typing" for a in h.tg.chat_actions)
         await h.idle()
         assert h.tg.pending_updates == []  # confirmed: Telegram will not send it again

@@ -93,7 +93,16 @@ from bot.ops.checks import HTTP_TIMEOUT, CheckResult, platform_said, shown, unre
 from bot.ops.logs import conversation_var
 from bot.seams import Channel, Elector
 from bot.store import is_store_error
-from bot.types import Attachment, ConversationKey, FileReply, IncomingMessage, Sender, SinkContext, Status
+from bot.types import (
+    Attachment,
+    ConversationKey,
+    FileReply,
+    IncomingMessage,
+    Notice,
+    Sender,
+    SinkContext,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +123,15 @@ ALBUM_DONE = "done:"  # the pieces of an album bucket that record what was hande
 ALBUM_KEPT_S = 86_400.0  # an album bucket untouched this long is dropped (its late parts can no longer come)
 POISON_TRIES = 5  # an update failing this often for another reason than the store is skipped
 _UNSUPPORTED = "unsupported:"
+#: The feedback buttons' texts (the same in every language) and callback data; ``fb:done`` is the "thanks"
+#: state a pressed pair becomes.
+THUMBS = (("👍", "fb:up"), ("👎", "fb:down"))
+FEEDBACK_DONE = "fb:done"
+
+
+def action_buttons(lang: str) -> list[InlineKeyboardButton]:
+    return [InlineKeyboardButton(i18n.text("btn_regenerate", lang), callback_data="regen"),
+            InlineKeyboardButton(i18n.text("btn_new_conversation", lang), callback_data="reset")]
 
 
 def display_name(user: User) -> str:
@@ -225,10 +243,8 @@ class TelegramTransport:
         if not self.adapter.conf.buttons:
             return None
         lang = self.context.language
-        return InlineKeyboardMarkup([[
-            InlineKeyboardButton(i18n.text("btn_regenerate", lang), callback_data="regen"),
-            InlineKeyboardButton(i18n.text("btn_new_conversation", lang), callback_data="reset"),
-        ]])
+        return InlineKeyboardMarkup([[InlineKeyboardButton(text, callback_data=data) for text, data in THUMBS],
+                                     action_buttons(lang)])
 
     def _rendered(self, text: str, final: bool) -> tuple[str, list[MessageEntity] | None]:
         if not final:
@@ -835,6 +851,8 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
                 await self.manager.submit(IncomingMessage(
                     key, sender, "/reset", locale=user.language_code, event_id=f"cb:{query.id}",
                     is_direct=message.chat.type == ChatType.PRIVATE, route={"chat_type": str(message.chat.type)}))
+            elif query.data in ("fb:up", "fb:down"):
+                answer_text = await self._feedback(query.data[3:], key, message, sender, f"cb:{query.id}", lang)
         except NoSuchConversation:
             answer_text = i18n.text("regenerate_gone", lang)
         finally:  # the button stops spinning whatever happened; an error goes on to _on_error
@@ -842,3 +860,31 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
                 await self.limiter.call(f"cb:{message.chat.id}", lambda: query.answer(answer_text),
                                         retry_after=retry_after_or_network)
 
+
+    async def _feedback(self, rating: str, key: ConversationKey, message: Message, sender: Sender, event_id: str,
+                        lang: str) -> str:
+        """👍/👎 under an answer: recorded once (a redelivered press has the same query id), the pair becomes a
+        "thanks" button, and a 👎 asks once what was wrong (the user's next message is its comment). Returns
+        the toast."""
+        feedback = self.manager.feedback
+        answer = await feedback.answer_for(key, str(message.message_id))
+        if answer is None:
+            return i18n.text("feedback_gone", lang)
+        fid = await feedback.record(answer, "up" if rating == "up" else "down", user=sender.id, event_id=event_id)
+        if fid is None:
+            return i18n.text("feedback_thanks", lang)  # redelivered: recorded and answered the first time
+        rows: list[list[InlineKeyboardButton]] = [
+            [InlineKeyboardButton(i18n.text("btn_feedback_thanks", lang), callback_data=FEEDBACK_DONE)]]
+        keeps_actions = any(b.callback_data == "regen" for row in (message.reply_markup.inline_keyboard
+                                                                   if message.reply_markup else ()) for b in row)
+        if keeps_actions:
+            rows.append(action_buttons(lang))
+        bot = self.app.bot
+        with contextlib.suppress(BadRequest, Forbidden):  # the message was deleted meanwhile: nothing to change
+            await self.limiter.call(str(message.chat.id), lambda: bot.edit_message_reply_markup(
+                message.chat.id, message.message_id, reply_markup=InlineKeyboardMarkup(rows)),
+                retry_after=retry_after_or_network)
+        if rating == "down":
+            await feedback.ask_comment(key, sender.id, fid)
+            await self.manager.deliver_notice(key, Notice(i18n.text("feedback_ask_comment", lang)))
+        return i18n.text("feedback_thanks", lang)

@@ -85,6 +85,41 @@
     if (box.childElementCount) div.appendChild(box);
   }
 
+  // 👍/👎 under an answer (``question``: the id of the question it answers): two real buttons (Tab, Enter,
+  // Space), named in the page's language; once pressed they give way to a short thanks read out by screen readers.
+  function rateButtons(div, question) {
+    if (!question || div.querySelector(".rate")) return;
+    const box = document.createElement("div");
+    box.className = "rate";
+    box.setAttribute("role", "group");
+    [["up", "👍", ui.feedback_up], ["down", "👎", ui.feedback_down]].forEach(([rating, face, label]) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "rate-" + rating;
+      b.textContent = face;
+      b.setAttribute("aria-label", label || rating);
+      b.title = label || rating;
+      b.addEventListener("click", async () => {
+        box.querySelectorAll("button").forEach((x) => { x.disabled = true; });
+        try {
+          const r = await fetch(api("/api/feedback"), { method: "POST", credentials: "same-origin",
+            headers: Object.assign({ "Content-Type": "application/json", "X-InternVL-Bot": "1" }, headers()),
+            body: JSON.stringify({ question: question, rating: rating }) });
+          if (!r.ok) throw new Error(String(r.status));
+          const thanks = document.createElement("span");
+          thanks.className = "rate-thanks";
+          thanks.setAttribute("role", "status");
+          thanks.textContent = ui.feedback_thanks || "";
+          box.replaceChildren(thanks);
+        } catch (e) {
+          box.querySelectorAll("button").forEach((x) => { x.disabled = false; });
+        }
+      });
+      box.appendChild(b);
+    });
+    div.appendChild(box);
+  }
+
   function bubble(role, opts) {
     opts = opts || {};
     const div = document.createElement("div");
@@ -198,6 +233,7 @@
         link.appendChild(img);
         div.querySelector(".body").appendChild(link);
       }
+      if (row.reply_to && !row.author && row.kind === "chat" && !failed) rateButtons(div, row.reply_to);
     }
   }
 
@@ -258,6 +294,7 @@
         streaming = answering(event.reply_to, "");
         streaming.classList.remove("streaming");
         streaming.querySelector(".body").innerHTML = event.html;
+        if (event.outcome === "done") rateButtons(streaming, event.reply_to);
         streaming = null;
         break;
       case "stopped":

@@ -6,12 +6,13 @@ for the bot, a duplicate, held for a person, refused) and the chain stops there:
 1. :func:`access` — a bot's own messages and senders the adapter's policy excludes are not for the bot;
 2. :func:`store` — stored before anything else happens (adapters acknowledge the platform after this),
    its event id in the same transaction: a platform's redelivery stops here;
-3. :func:`held` — a conversation a person has: the message waits for them (commands go on);
-4. :func:`limits` — the user's usage limits and the conversation's pending limit. Refusals come before any
+3. :func:`comment` — the comment a 👎 asked for: stored with the rating, thanked for, not answered;
+4. :func:`held` — a conversation a person has: the message waits for them (commands go on);
+5. :func:`limits` — the user's usage limits and the conversation's pending limit. Refusals come before any
    change of mode, so a refused ``/human`` changes nothing (the bot would otherwise go silent);
-5. :func:`handoff` — ``/human``, a request for a person in words, the persona's policy, or ``/bot``;
-6. :func:`reset` — ``/reset`` drops what waited before it;
-7. :func:`enqueue` — handed to the scheduler.
+6. :func:`handoff` — ``/human``, a request for a person in words, the persona's policy, or ``/bot``;
+7. :func:`reset` — ``/reset`` drops what waited before it;
+8. :func:`enqueue` — handed to the scheduler.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING
 
 from bot.conversation.commands import parse_command
 from bot.errors import BotError, InputError, TooManyPending
+from bot.l10n import i18n
 from bot.seams import Channel
 from bot.store import Conversation, NewMessage, StoredAttachment, StoredMessage
-from bot.types import IncomingMessage, cut_text
+from bot.types import IncomingMessage, Notice, cut_text
 
 if TYPE_CHECKING:
     from bot.conversation.manager import ConversationManager
@@ -97,6 +99,29 @@ async def store(m: ConversationManager, a: Arrival) -> bool:
     return True
 
 
+async def comment(m: ConversationManager, a: Arrival) -> bool:
+    assert a.stored is not None
+    key, user = a.message.key, a.message.sender.id
+    if not m.feedback.awaits_comment(key, user):
+        return True
+    if a.command or a.message.attachments:  # the user went on with something else: it is handled as usual
+        await m.feedback.forget_comment(key, user)
+        return True
+    if not await m.feedback.take_comment(key, user, a.message.text):
+        return True
+    mid = a.stored.id
+    await m.store.set_state(mid, "comment")
+    m.untrack_arrival(mid)
+    m.settle(mid, "comment")
+    lang = await m.language_for(a.stored)
+
+    async def thank() -> None:
+        await m.deliver_notice(key, Notice(i18n.text("feedback_comment_thanks", lang)))
+
+    m.desk.spawn(thank())
+    return False
+
+
 async def held(m: ConversationManager, a: Arrival) -> bool:
     assert a.stored is not None
     if a.stored.state != "held":
@@ -150,7 +175,7 @@ async def enqueue(m: ConversationManager, a: Arrival) -> bool:
     return True
 
 
-STEPS: tuple[Step, ...] = (access, store, held, limits, handoff, reset, enqueue)
+STEPS: tuple[Step, ...] = (access, store, comment, held, limits, handoff, reset, enqueue)
 
 
 __all__ = ["STEPS", "Arrival", "Step"]

@@ -28,6 +28,7 @@ from cachetools import LRUCache
 
 from bot.config import ConfigError, Settings
 from bot.conversation.commands import COMMANDS, Commands, parse_command, with_prefix
+from bot.conversation.feedback import FeedbackDesk
 from bot.conversation.intake import STEPS, Arrival
 from bot.conversation.limits import UsageGuard
 from bot.conversation.outbox import NOT_DELIVERED, Outbox
@@ -49,6 +50,7 @@ from bot.handoff.desk import HandoffDesk, say
 from bot.handoff.notifiers import LogNotifier, Notifiers
 from bot.handoff.phrases import asks_for_human
 from bot.knowledge.base import KnowledgeIndex
+from bot.knowledge.citing import cited
 from bot.knowledge.reader import KnowledgeReader
 from bot.l10n import i18n
 from bot.l10n.language import LanguageDetector, choose_language
@@ -67,7 +69,16 @@ from bot.ops.logs import conversation_var
 from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import FairGate, LocalScheduler, Scheduler
 from bot.seams import Channel, Elector, Notifier, SharedScheduling
-from bot.store import Conversation, ForgetReport, NewMessage, Store, StoredMessage, sha256_of
+from bot.store import (
+    AnswerMeta,
+    Conversation,
+    FeedbackKind,
+    ForgetReport,
+    NewMessage,
+    Store,
+    StoredMessage,
+    sha256_of,
+)
 from bot.types import (
     AnswerDone,
     Attachment,
@@ -160,6 +171,7 @@ class ConversationManager:
         self.desk = HandoffDesk(store, self.notifiers, self.metrics, self.resolver, self.scheduler, self._deliver,
                                 self.conf.default_language, settle=self.settle)
         self.commands = Commands(settings, store, self.personas, self.persona_for, self._on_reset)
+        self.feedback = FeedbackDesk(store, self.metrics)
         self.outbox = Outbox(store, self.channel, self.metrics, deadline=self.conf.delivery_deadline_seconds,
                              undeliverable=self._undeliverable)
         self._channels: dict[str, Channel] = {}
@@ -218,6 +230,7 @@ class ConversationManager:
             # adapter takes messages.
             await asyncio.to_thread(self.detector.warm)
         _freeze_start_up()
+        await self.feedback.start()
         resumed = 0
         for msg in await self.store.pending():
             if msg.key.platform not in self._channels:
@@ -320,6 +333,14 @@ class ConversationManager:
 
     async def _on_reset(self, turn: Turn) -> None:
         self._reported.pop(turn.msg.key, None)
+        await self._signal(turn.msg, "reset_after_answer")
+
+    async def _signal(self, msg: StoredMessage, kind: FeedbackKind) -> None:
+        """An implicit signal about the answer right before ``msg``; it never costs the user their turn."""
+        try:
+            await self.feedback.after_answer(msg, kind)
+        except Exception as exc:
+            log.warning("%s of message %d not recorded: %s", kind, msg.id, describe(exc))
 
     # -- processing -----------------------------------------------------------------------
 
@@ -349,6 +370,7 @@ class ConversationManager:
             if not command:
                 reason = self.wants_person(msg.text, await self.store.conversation(msg.key), channel)
             if reason is not None:
+                await self._signal(msg, "handoff_after_answer")
                 await self.desk.request(turn, reason)
             elif command and command[0] == "bot":
                 await self.desk.back_to_bot(turn)
@@ -540,6 +562,9 @@ class ConversationManager:
             answer = self.reader.with_sources(prompt.messages[-1], answer, lang)
         answer = answer or i18n.text("empty_answer", lang)
         delivered = await self._deliver_final(turn, AnswerDone(answer))
+        if turn.answer is not None:  # kept with the answer: its feedback and a training export say what made it
+            await self.store.record_answer(turn.answer, AnswerMeta(persona.name, self.engine.info.name,
+                                                                   self._cited(prompt, answer)))
         self._log_answer(turn, prompt, answer, delivered)
         if persona.grounding == "auto" and tags.grounded:
             await self._draw_regions(turn, parse_regions(tags.raw), _grounding_images(prompt), delivered=delivered)
@@ -658,6 +683,14 @@ class ConversationManager:
                                      source=data if self.engine.info.wants_source else None)
         return None
 
+    @staticmethod
+    def _cited(prompt: Prompt, answer: str) -> tuple[str, ...]:
+        """The passages ``answer`` cites, as ``base/document#page`` labels."""
+        passages = prompt.messages[-1].knowledge if prompt.messages else ()
+        numbers = set(cited(answer, len(passages)))
+        return tuple(f"{p.base}/{p.doc}" + (f"#{p.page}" if p.page is not None else "")
+                     for k, p in enumerate(passages, start=1) if k in numbers)
+
     def _log_answer(self, turn: Turn, prompt: Prompt, answer: str, delivered: bool) -> None:
         """One line per answered message, like an access log: where, how long (to the first text and in
         all, from its arrival), the tokens in and out and the images the model saw."""
@@ -704,10 +737,10 @@ class ConversationManager:
                     raise
                 error = exc
             else:
-                await self.store.finish(msg.id, "answered", reply=event.text, reply_platform_ids=ids)
+                turn.answer = await self.store.finish(msg.id, "answered", reply=event.text, reply_platform_ids=ids)
                 return True
         drafts = (await self.store.message(msg.id)).drafts  # what the failed attempt left: completed, not doubled
-        row = await self.store.finish(msg.id, "answered", reply=event.text)
+        row = turn.answer = await self.store.finish(msg.id, "answered", reply=event.text)
         assert row is not None
         context = replace(turn.context or SinkContext(msg.key), previous=drafts, record=None)
         wait = (turn.channel.retry_after(error) or 0.0) if error is not None else 0.0
@@ -746,6 +779,10 @@ class ConversationManager:
                 self.metrics.adapter(key.platform).delivery_failed.inc()
         return row
 
+    async def deliver_notice(self, key: ConversationKey, notice: Notice) -> int:
+        """Send ``notice`` to a conversation outside any turn (stored as a notice); its message id."""
+        return await self._deliver(key, notice)
+
     async def regenerate(self, key: ConversationKey, answer_platform_id: str, *, sender: Sender,
                          event_id: str | None = None, locale: str | None = None) -> Receipt | None:
         """Answer a question again (a "Regenerate" button under the answer the platform knows as
@@ -765,6 +802,8 @@ class ConversationManager:
         if receipt is not None:
             await self.store.set_state(question.id, "superseded")
             self.prompts.forget(key)
+            # the answer lost to the one asked for now (value: the new question, whose answer may be kept)
+            await self.feedback.record(answer, "regenerated", user=sender.id, value=str(receipt.message_id))
         return receipt
 
     async def _undeliverable(self, key: ConversationKey, lang: str) -> HandoffUpdate | None:

@@ -20,6 +20,7 @@ class Turn:
     store: Store
     finished: bool = False
     context: SinkContext | None = None  # how its sink was built (the outbox builds another the same way)
+    answer: int | None = None  # the stored answer's id, once there is one
 
     async def say(self, event: ReplyEvent) -> tuple[str, ...]:
         """Send ``event`` (in order, after any text streamed so far); the platform ids it got."""

@@ -39,6 +39,8 @@ class Persona:
     #: ``auto``: the boxes the model gives (``<ref>…</ref><box>…</box>``) are drawn on the image and sent back;
     #: ``off``: only their labels are kept in the text (``/find`` still draws)
     grounding: str = "auto"
+    #: ``training_export: allowed`` in its YAML: its rated answers may leave in ``internvl-bot export``
+    training_export: bool = False
 
     def title_for(self, language: str) -> str:
         return self.titles.get(language) or self.title
@@ -76,10 +78,10 @@ def _parse(data: Any, source: str) -> Persona:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a persona file must be a mapping with name, title and system")
     unknown = set(data) - {"name", "title", "system", "style", "description", "greeting", "suggestions", "handoff",
-                           "knowledge", "grounding"}
+                           "knowledge", "grounding", "training_export"}
     if unknown:
         raise ConfigError(f"{source}: unknown persona key(s) {sorted(unknown)} — allowed: name, title, system, style, "
-                          "description, greeting, suggestions, handoff, knowledge, grounding")
+                          "description, greeting, suggestions, handoff, knowledge, grounding, training_export")
     knowledge = data.get("knowledge") or []
     if isinstance(knowledge, str):
         knowledge = [knowledge]
@@ -124,7 +126,16 @@ def _parse(data: Any, source: str) -> Persona:
         handoff_marker=str(handoff.get("marker") or ""),
         knowledge=tuple(b.strip() for b in knowledge),
         grounding=grounding,
+        training_export=_training_export(data.get("training_export"), source),
     )
+
+
+def _training_export(value: object, source: str) -> bool:
+    if value in (None, "off", False):
+        return False
+    if value == "allowed":
+        return True
+    raise ConfigError(f"{source}: training_export must be 'allowed' or 'off', not {value!r}")
 
 
 def load_personas(extra_dir: str | Path | None = None) -> dict[str, Persona]:

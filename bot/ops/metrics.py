@@ -50,6 +50,10 @@ class Metrics:
         self.webhook_rejected = Counter("internvl_bot_webhook_rejected_total",
                                         "Requests a webhook or API route refused: missing, wrong or stale "
                                         "signature, secret or token", ["route", "reason"], registry=r)
+        self.feedback = Counter("internvl_bot_feedback_total",
+                                "Feedback on answers: explicit (up, down, csat, sent_as_is, edited, discarded) and "
+                                "implicit (regenerated, handoff_after_answer, reset_after_answer)",
+                                ["kind", "platform", "persona"], registry=r)
         self._adapters: dict[str, AdapterMetrics] = {}
 
     def adapter(self, name: str) -> AdapterMetrics:

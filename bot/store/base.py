@@ -24,7 +24,9 @@ Role = Literal["user", "assistant"]
 Kind = Literal["chat", "command", "notice"]
 #: ``held``: received while the conversation waits for a human; a person answers it, not the bot.
 #: ``superseded``: answered, then asked again ("regenerate"): it and its answer leave the context.
-State = Literal["received", "answering", "answered", "failed", "cancelled", "held", "superseded"]
+#: ``comment``: the user's words about an answer they rated down (asked for once), kept as the rating's comment,
+#: not a question.
+State = Literal["received", "answering", "answered", "failed", "cancelled", "held", "superseded", "comment"]
 Mode = Literal["bot", "human"]
 PENDING_STATES: tuple[str, ...] = ("received", "answering")
 
@@ -157,6 +159,61 @@ class ConversationSummary:
     last_text: str
 
 
+#: Feedback on an answer. Explicit: ``up``/``down`` (a thumb), ``csat`` (a helpdesk's satisfaction rating,
+#: ``value`` 1-5), ``sent_as_is``/``edited``/``discarded`` (an agent and a drafted answer; ``value``: what the
+#: agent sent). Implicit (what users did, kept apart): ``regenerated`` (the answer lost; ``value``: the id of the
+#: question asked anew), ``handoff_after_answer`` and ``reset_after_answer``.
+FeedbackKind = Literal["up", "down", "csat", "sent_as_is", "edited", "discarded", "regenerated",
+                       "handoff_after_answer", "reset_after_answer"]
+IMPLICIT_KINDS: frozenset[str] = frozenset({"regenerated", "handoff_after_answer", "reset_after_answer"})
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerMeta:
+    """What produced an answer, stored with it: the persona, the model, and the knowledge passages it cited
+    (``base/document#page`` labels)."""
+
+    persona: str = ""
+    model: str = ""
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewFeedback:
+    """Feedback to store on the answer ``message_id``. ``event_id``: the platform's id of the press (a
+    callback query, a webhook delivery): stored once per platform, a redelivery is not a second press."""
+
+    message_id: int
+    kind: FeedbackKind
+    user: str = ""
+    comment: str = ""
+    value: str = ""
+    event_id: str | None = None
+    persona: str = ""
+    model: str = ""
+
+    @property
+    def signal(self) -> str:
+        return "implicit" if self.kind in IMPLICIT_KINDS else "explicit"
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """Stored feedback, with the answer's conversation and what produced the answer."""
+
+    id: int
+    message_id: int
+    key: ConversationKey
+    kind: FeedbackKind
+    signal: str
+    user: str = ""
+    comment: str = ""
+    value: str = ""
+    persona: str = ""
+    model: str = ""
+    created_at: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class ForgetReport:
     conversations: int = 0
@@ -254,9 +311,50 @@ class Store(Protocol):
         """Conversations in ``mode``: ``human`` ones oldest handoff first (who has waited longest), ``bot``
         ones with the newest activity first (only among recent messages)."""
         ...
+    async def record_answer(self, message_id: int, meta: AnswerMeta) -> None:
+        """Keep what produced the answer ``message_id`` (its persona, model and cited passages)."""
+        ...
+    async def answer_meta(self, message_ids: Sequence[int]) -> dict[int, AnswerMeta]:
+        """What produced each of these answers (those recorded)."""
+        ...
+    async def add_feedback(self, feedback: NewFeedback) -> int | None:
+        """Store feedback on an answer; None when its ``event_id`` was stored before on this platform (a
+        redelivered press) or the answer is gone."""
+        ...
+    async def set_feedback_comment(self, feedback_id: int, comment: str) -> None: ...
+    async def feedback(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                       platform: str | None = None, persona: str | None = None, newest_first: bool = False,
+                       limit: int | None = None) -> list[Feedback]:
+        """Stored feedback created in [since, until), of ``kinds`` (none: all), oldest first unless
+        ``newest_first``."""
+        ...
+    async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
+        """The stored messages of ``message_ids`` that exist, oldest first (read in batches)."""
+        ...
+    async def forgotten(self) -> set[tuple[str, str]]:
+        """``(platform, user id)`` of every user whose conversation was forgotten: they never leave in a training
+        export, whatever they wrote since."""
+        ...
 
 
 __all__ = [
-    "PENDING_STATES", "Conversation", "ConversationSummary", "ForgetReport", "Kind", "Mode", "NewMessage", "Role", "State", "Store",
-    "StoredAttachment", "StoredMessage", "checked_sha256", "sha256_of",
+    "IMPLICIT_KINDS",
+    "PENDING_STATES",
+    "AnswerMeta",
+    "Conversation",
+    "ConversationSummary",
+    "Feedback",
+    "FeedbackKind",
+    "ForgetReport",
+    "Kind",
+    "Mode",
+    "NewFeedback",
+    "NewMessage",
+    "Role",
+    "State",
+    "Store",
+    "StoredAttachment",
+    "StoredMessage",
+    "checked_sha256",
+    "sha256_of",
 ]

@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING
 from bot.store.base import (
     ORPHAN_GRACE,
     PENDING_STATES,
+    AnswerMeta,
     Conversation,
     ConversationSummary,
+    Feedback,
     ForgetReport,
     Kind,
     Mode,
+    NewFeedback,
     NewMessage,
     State,
     StoredAttachment,
@@ -45,6 +48,11 @@ class MemoryStore:
         self.stashes: dict[str, dict[str, str]] = {}
         self.stash_at: dict[str, float] = {}  # bucket -> when its newest piece came
         self.counters: dict[str, int] = {}  # platform -> the last conversation number given
+        self.answers: dict[int, AnswerMeta] = {}
+        self.feedback_rows: dict[int, Feedback] = {}
+        self.feedback_events: set[tuple[str, str]] = set()
+        self.forgotten_users: set[tuple[str, str]] = set()
+        self._feedback_ids = itertools.count(1)
         # the knowledge bases kept beside this store (bot.knowledge.open_index), whose originals stay stored
         self.knowledge: MemoryKnowledge | None = None
 
@@ -175,6 +183,8 @@ class MemoryStore:
     async def forget(self, key: ConversationKey) -> ForgetReport:
         doomed = [mid for mid, m in self.messages.items() if m.key == key]
         used = self._used(doomed)
+        self.forgotten_users.update((key.platform, self.messages[mid].sender_id) for mid in doomed
+                                    if self.messages[mid].role == "user" and self.messages[mid].sender_id)
         for mid in doomed:
             del self.messages[mid]
         self._drop_refs(set(doomed))
@@ -199,6 +209,10 @@ class MemoryStore:
     def _drop_refs(self, ids: set[int]) -> None:
         for ref in [ref for ref, mid in self.refs.items() if mid in ids]:
             del self.refs[ref]
+        for mid in ids:
+            self.answers.pop(mid, None)
+        for fid in [fid for fid, f in self.feedback_rows.items() if f.message_id in ids]:
+            del self.feedback_rows[fid]
 
     def _used(self, ids: Sequence[int]) -> set[str]:
         """The blobs messages use: stored for them, or ``blob:<sha256>`` refs not read yet."""
@@ -264,3 +278,46 @@ class MemoryStore:
         else:
             found.sort(key=lambda s: -newest[s.conversation.key])
         return found[:limit]
+
+    # -- feedback -------------------------------------------------------------------------
+
+    async def record_answer(self, message_id: int, meta: AnswerMeta) -> None:
+        if message_id in self.messages:
+            self.answers[message_id] = meta
+
+    async def answer_meta(self, message_ids: Sequence[int]) -> dict[int, AnswerMeta]:
+        return {mid: self.answers[mid] for mid in message_ids if mid in self.answers}
+
+    async def add_feedback(self, feedback: NewFeedback) -> int | None:
+        answer = self.messages.get(feedback.message_id)
+        if answer is None:
+            return None
+        if feedback.event_id:
+            event = (answer.key.platform, feedback.event_id)
+            if event in self.feedback_events:
+                return None
+            self.feedback_events.add(event)
+        fid = next(self._feedback_ids)
+        self.feedback_rows[fid] = Feedback(
+            fid, feedback.message_id, answer.key, feedback.kind, feedback.signal, feedback.user, feedback.comment,
+            feedback.value, feedback.persona, feedback.model, self._clock())
+        return fid
+
+    async def set_feedback_comment(self, feedback_id: int, comment: str) -> None:
+        if feedback_id in self.feedback_rows:
+            self.feedback_rows[feedback_id] = replace(self.feedback_rows[feedback_id], comment=comment)
+
+    async def feedback(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                       platform: str | None = None, persona: str | None = None, newest_first: bool = False,
+                       limit: int | None = None) -> list[Feedback]:
+        found = [f for _, f in sorted(self.feedback_rows.items(), reverse=newest_first)
+                 if f.created_at >= since and (until is None or f.created_at < until)
+                 and (not kinds or f.kind in kinds) and (platform is None or f.key.platform == platform)
+                 and (persona is None or f.persona == persona)]
+        return found[:limit] if limit else found
+
+    async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
+        return [self.messages[mid] for mid in sorted(set(message_ids)) if mid in self.messages]
+
+    async def forgotten(self) -> set[tuple[str, str]]:
+        return set(self.forgotten_users)

@@ -26,11 +26,14 @@ import sqlite_utils
 
 from bot.store.base import (
     ORPHAN_GRACE,
+    AnswerMeta,
     Conversation,
     ConversationSummary,
+    Feedback,
     ForgetReport,
     Kind,
     Mode,
+    NewFeedback,
     NewMessage,
     State,
     StoredAttachment,
@@ -186,6 +189,27 @@ def m007_knowledge(db: sqlite_utils.Database) -> None:
         "CREATE TABLE kb_terms (term TEXT PRIMARY KEY, df INTEGER NOT NULL) WITHOUT ROWID",
         "CREATE TABLE kb_stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
         "INSERT INTO kb_stats (name, value) VALUES ('chunks', 0), ('length', 0)",
+    ):
+        db.conn.execute(sql)
+
+
+@migration
+def m009_feedback(db: sqlite_utils.Database) -> None:
+    """Feedback on answers (thumbs, CSAT, agents' use of drafts, implicit signals), each platform event once;
+    what produced each answer (persona, model, cited passages); and the users who had their conversation
+    forgotten, whom no training export may contain."""
+    for sql in (
+        "CREATE TABLE answer_meta (message_id INTEGER PRIMARY KEY, persona TEXT NOT NULL DEFAULT '',"
+        " model TEXT NOT NULL DEFAULT '', sources TEXT)",
+        "CREATE TABLE feedback (id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL, conversation_id TEXT NOT NULL,"
+        " platform TEXT NOT NULL, kind TEXT NOT NULL, signal TEXT NOT NULL, user TEXT NOT NULL DEFAULT '',"
+        " comment TEXT NOT NULL DEFAULT '', value TEXT NOT NULL DEFAULT '', persona TEXT NOT NULL DEFAULT '',"
+        " model TEXT NOT NULL DEFAULT '', event_id TEXT, created_at REAL NOT NULL)",
+        "CREATE UNIQUE INDEX feedback_event ON feedback (platform, event_id) WHERE event_id IS NOT NULL",
+        "CREATE INDEX feedback_message ON feedback (message_id)",
+        "CREATE INDEX feedback_created ON feedback (created_at)",
+        "CREATE TABLE forgotten (platform TEXT NOT NULL, user TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (platform, user)) WITHOUT ROWID",
     ):
         db.conn.execute(sql)
 
@@ -615,6 +639,8 @@ class SQLiteStore:
                 used.update(x for x in (sha, ref[5:] if ref and ref.startswith("blob:") else None) if x)
             self.db.conn.execute(f"DELETE FROM message_attachments WHERE message_id IN ({marks})", chunk)
             self.db.conn.execute(f"DELETE FROM platform_refs WHERE message_id IN ({marks})", chunk)
+            self.db.conn.execute(f"DELETE FROM feedback WHERE message_id IN ({marks})", chunk)
+            self.db.conn.execute(f"DELETE FROM answer_meta WHERE message_id IN ({marks})", chunk)
             self.db.conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
         return len(ids), used
 
@@ -648,6 +674,9 @@ class SQLiteStore:
 
     async def forget(self, key: ConversationKey) -> ForgetReport:
         with self._tx():
+            self.db.conn.execute(
+                "INSERT OR IGNORE INTO forgotten (platform, user, at) SELECT DISTINCT ?, sender_id, ? FROM messages"
+                " WHERE conversation_id = ? AND role = 'user' AND sender_id <> ''", (key.platform, self._clock(), str(key)))
             n, used = self._delete_messages("conversation_id = ?", (str(key),))
             convs = self.db.conn.execute("DELETE FROM conversations WHERE id = ?", (str(key),)).rowcount
             orphans = self._take_orphans(used)
@@ -742,6 +771,75 @@ class SQLiteStore:
                 conv = self._conversation(ConversationKey.parse(cid))
                 found.append(ConversationSummary(conv, row[0], row[1]))
         return found
+
+    # -- feedback -------------------------------------------------------------------------
+
+    async def record_answer(self, message_id: int, meta: AnswerMeta) -> None:
+        self.db.conn.execute(
+            "INSERT OR REPLACE INTO answer_meta (message_id, persona, model, sources) VALUES (?, ?, ?, ?)",
+            (message_id, meta.persona, meta.model, _dump(meta.sources)))
+
+    async def answer_meta(self, message_ids: Sequence[int]) -> dict[int, AnswerMeta]:
+        out: dict[int, AnswerMeta] = {}
+        ids = list(message_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for mid, persona, model, sources in self.db.conn.execute(
+                    "SELECT message_id, persona, model, sources FROM answer_meta WHERE message_id IN"
+                    f" ({','.join('?' * len(chunk))})", chunk):
+                out[mid] = AnswerMeta(persona, model, _json_list(sources))
+        return out
+
+    async def add_feedback(self, feedback: NewFeedback) -> int | None:
+        row = self.db.conn.execute("SELECT conversation_id FROM messages WHERE id = ?",
+                                   (feedback.message_id,)).fetchone()
+        if row is None:
+            return None
+        key = ConversationKey.parse(row[0])
+        cur = self.db.conn.execute(
+            "INSERT OR IGNORE INTO feedback (message_id, conversation_id, platform, kind, signal, user, comment, value,"
+            " persona, model, event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (feedback.message_id, row[0], key.platform, feedback.kind, feedback.signal, feedback.user,
+             feedback.comment, feedback.value, feedback.persona, feedback.model, feedback.event_id, self._clock()))
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    async def set_feedback_comment(self, feedback_id: int, comment: str) -> None:
+        self.db.conn.execute("UPDATE feedback SET comment = ? WHERE id = ?", (comment, feedback_id))
+
+    async def feedback(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                       platform: str | None = None, persona: str | None = None, newest_first: bool = False,
+                       limit: int | None = None) -> list[Feedback]:
+        where, params = ["created_at >= ?"], [since]
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(until)
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        for column, value in (("platform", platform), ("persona", persona)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self.db.conn.execute(
+            "SELECT id, message_id, conversation_id, kind, signal, user, comment, value, persona, model, created_at"
+            f" FROM feedback WHERE {' AND '.join(where)} ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
+            (*params, limit or -1)).fetchall()
+        keys: dict[str, ConversationKey] = {}
+        return [Feedback(r[0], r[1], keys.get(r[2]) or keys.setdefault(r[2], ConversationKey.parse(r[2])), *r[3:])
+                for r in rows]
+
+    async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
+        ids = sorted(set(message_ids))
+        out: list[StoredMessage] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.extend(self._rows_to_messages(self.db.conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id",
+                chunk).fetchall()))
+        return out
+
+    async def forgotten(self) -> set[tuple[str, str]]:
+        return {(r[0], r[1]) for r in self.db.conn.execute("SELECT platform, user FROM forgotten")}
 
 
 class _Tx:

@@ -30,11 +30,14 @@ from bot.ops.logs import register_secret
 from bot.store.base import (
     ORPHAN_GRACE,
     STORE_ERRORS,
+    AnswerMeta,
     Conversation,
     ConversationSummary,
+    Feedback,
     ForgetReport,
     Kind,
     Mode,
+    NewFeedback,
     NewMessage,
     State,
     StoredAttachment,
@@ -133,6 +136,24 @@ CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
 CREATE TABLE kb_terms (term text PRIMARY KEY, df bigint NOT NULL);
 CREATE TABLE kb_stats (name text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO kb_stats (name, value) VALUES ('chunks', 0), ('length', 0);
+"""),
+    # feedback on answers, each platform event once; what produced each answer; the users forgotten, whom no
+    # training export may contain (rows of a deleted message go with it)
+    ("p005_feedback", """
+CREATE TABLE answer_meta (
+    message_id bigint PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE, persona text NOT NULL DEFAULT '',
+    model text NOT NULL DEFAULT '', sources jsonb);
+CREATE TABLE feedback (
+    id bigserial PRIMARY KEY, message_id bigint NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    conversation_id text NOT NULL, platform text NOT NULL, kind text NOT NULL, signal text NOT NULL,
+    "user" text NOT NULL DEFAULT '', comment text NOT NULL DEFAULT '', value text NOT NULL DEFAULT '',
+    persona text NOT NULL DEFAULT '', model text NOT NULL DEFAULT '', event_id text,
+    created_at double precision NOT NULL);
+CREATE UNIQUE INDEX feedback_event ON feedback (platform, event_id) WHERE event_id IS NOT NULL;
+CREATE INDEX feedback_message ON feedback (message_id);
+CREATE INDEX feedback_created ON feedback (created_at);
+CREATE TABLE forgotten (
+    platform text NOT NULL, "user" text NOT NULL, at double precision NOT NULL, PRIMARY KEY (platform, "user"));
 """),
 ]
 
@@ -589,6 +610,10 @@ class PostgresStore(ClaimQueries):
 
     async def forget(self, key: ConversationKey) -> ForgetReport:
         async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                'INSERT INTO forgotten (platform, "user", at) SELECT DISTINCT %s, sender_id, %s::double precision'
+                " FROM messages WHERE conversation_id = %s AND role = 'user' AND sender_id <> '' ON CONFLICT DO NOTHING",
+                (key.platform, self._clock(), str(key)))
             used = await self._used(conn, "m.conversation_id = %s", (str(key),))
             await conn.execute("DELETE FROM platform_refs WHERE message_id IN"
                                " (SELECT id FROM messages WHERE conversation_id = %s)", (str(key),))
@@ -670,6 +695,64 @@ class PostgresStore(ClaimQueries):
             if row is not None:
                 found.append(ConversationSummary(await self.conversation(ConversationKey.parse(cid)), row[0], row[1]))
         return found
+
+    # -- feedback -------------------------------------------------------------------------
+
+    async def record_answer(self, message_id: int, meta: AnswerMeta) -> None:
+        await self._run(
+            "INSERT INTO answer_meta (message_id, persona, model, sources) SELECT id, %s, %s, %s FROM messages"
+            " WHERE id = %s ON CONFLICT (message_id) DO UPDATE SET persona = excluded.persona, model = excluded.model,"
+            " sources = excluded.sources", (meta.persona, meta.model, _json(meta.sources), message_id))
+
+    async def answer_meta(self, message_ids: Sequence[int]) -> dict[int, AnswerMeta]:
+        rows = await self._rows("SELECT message_id, persona, model, sources FROM answer_meta WHERE message_id = ANY(%s)",
+                                (list(message_ids),))
+        return {int(r[0]): AnswerMeta(r[1], r[2], _list(r[3])) for r in rows}
+
+    async def add_feedback(self, feedback: NewFeedback) -> int | None:
+        row = await self._one(
+            'INSERT INTO feedback (message_id, conversation_id, platform, kind, signal, "user", comment, value,'
+            " persona, model, event_id, created_at) SELECT id, conversation_id, split_part(conversation_id, ':', 1),"
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s FROM messages WHERE id = %s ON CONFLICT DO NOTHING RETURNING id",
+            (feedback.kind, feedback.signal, feedback.user, feedback.comment, feedback.value, feedback.persona,
+             feedback.model, feedback.event_id, self._clock(), feedback.message_id))
+        return int(row[0]) if row else None
+
+    async def set_feedback_comment(self, feedback_id: int, comment: str) -> None:
+        await self._run("UPDATE feedback SET comment = %s WHERE id = %s", (comment, feedback_id))
+
+    async def feedback(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                       platform: str | None = None, persona: str | None = None, newest_first: bool = False,
+                       limit: int | None = None) -> list[Feedback]:
+        where, params = ["created_at >= %s"], [since]
+        if until is not None:
+            where.append("created_at < %s")
+            params.append(until)
+        if kinds:
+            where.append("kind = ANY(%s)")
+            params.append(list(kinds))
+        for column, value in (("platform", platform), ("persona", persona)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        rows = await self._rows(
+            'SELECT id, message_id, conversation_id, kind, signal, "user", comment, value, persona, model, created_at'
+            f" FROM feedback WHERE {' AND '.join(where)} ORDER BY id {'DESC' if newest_first else ''} LIMIT %s",
+            (*params, limit))
+        keys: dict[str, ConversationKey] = {}
+        return [Feedback(int(r[0]), int(r[1]), keys.get(r[2]) or keys.setdefault(r[2], ConversationKey.parse(r[2])),
+                         *r[3:]) for r in rows]
+
+    async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
+        ids = sorted(set(message_ids))
+        out: list[StoredMessage] = []
+        for start in range(0, len(ids), 2000):
+            out.extend(await self._messages(f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ANY(%s) ORDER BY id",
+                                            (ids[start:start + 2000],)))
+        return out
+
+    async def forgotten(self) -> set[tuple[str, str]]:
+        return {(r[0], r[1]) for r in await self._rows('SELECT platform, "user" FROM forgotten')}
 
 
 __all__ = ["MIGRATIONS", "PostgresStore", "migrate"]

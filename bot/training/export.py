@@ -1,0 +1,240 @@
+"""``internvl-bot export sft|mpo``: the bot's rated conversations as InternVL fine-tuning data.
+
+``sft`` writes InternVL's supervised fine-tuning layout (``internvl_chat/shell/data``): a meta JSON naming the
+images root, the annotation JSONL and its length, and one JSONL line per exported answer —
+``{"id", "image": "<path>" | [...], "conversations": [{"from": "human", "value": "<image>\\n…"}, {"from":
+"gpt", "value": "…"}]}``, one ``<image>`` per image, image paths relative to the root. The "gpt" turn is an
+answer rated up (and never rated down or regenerated), or the text an agent sent in place of a draft
+(``edited``); the Sources footer of a knowledge base answer is left out.
+
+``mpo`` writes InternVL's preference pairs ``{"image", "question", "chosen", "rejected"}`` from what the bot
+observed: an answer regenerated (rejected) against the one finally kept and rated up (chosen), following a
+chain of regenerations; a draft an agent edited or discarded (rejected) against what the agent sent (chosen).
+
+Privacy: only conversations of adapters with ``training_export: allowed`` whose answer's persona says
+``training_export: allowed``; never a user who had a conversation forgotten; text redacted and images stripped
+of metadata (:mod:`bot.training.privacy`). Images are copied once each, named by their SHA-256.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.config import Settings
+from bot.l10n import i18n
+from bot.l10n.personas import Persona
+from bot.store import AnswerMeta, Feedback, Store, StoredMessage
+from bot.training.privacy import redact, strip_metadata
+
+#: Answers read from the store at a time (memory stays flat whatever the database holds).
+BATCH = 2000
+_GOOD = {"up", "edited", "sent_as_is"}
+_BAD = {"down", "regenerated", "discarded"}
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    out: Path
+    since: float = 0.0
+    persona: str | None = None
+    name: str = "internvl_bot"
+
+
+@dataclass(slots=True)
+class ExportReport:
+    samples: int = 0
+    images: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+
+def _footer_pattern() -> re.Pattern[str]:
+    words = sorted({i18n.text("sources", lang) for lang in i18n.UI_LANGUAGES} | {"Sources"}, key=len, reverse=True)
+    return re.compile(r"\n\n\*\*(?:" + "|".join(re.escape(w) for w in words) + r")\*\*\n\n.*\Z", re.DOTALL)
+
+
+class _Exporter:
+    """One export run: the filters, the images copied so far, the files written."""
+
+    def __init__(self, store: Store, settings: Settings, personas: dict[str, Persona], opts: ExportOptions) -> None:
+        self.store = store
+        self.settings = settings
+        self.personas = personas
+        self.opts = opts
+        self.report = ExportReport()
+        self.root = opts.out / "images"
+        self.copied: dict[str, str] = {}
+        self.footer = _footer_pattern()
+        self.forgotten: set[tuple[str, str]] = set()
+
+    def _adapter_allows(self, platform: str) -> bool:
+        section = getattr(self.settings.adapters, platform, None)
+        return getattr(section, "training_export", "off") == "allowed"
+
+    def _persona_of(self, platform: str, meta: AnswerMeta | None) -> str:
+        if meta is not None and meta.persona:
+            return meta.persona
+        section = getattr(self.settings.adapters, platform, None)
+        return getattr(section, "persona", "") or self.settings.conversation.default_persona
+
+    def admits(self, question: StoredMessage, meta: AnswerMeta | None) -> bool:
+        platform = question.key.platform
+        persona = self._persona_of(platform, meta)
+        if not self._adapter_allows(platform):
+            self.report.skip("adapter does not allow training export")
+        elif persona not in self.personas or not self.personas[persona].training_export:
+            self.report.skip("persona does not allow training export")
+        elif self.opts.persona is not None and persona != self.opts.persona:
+            self.report.skip("another persona")
+        elif (platform, question.sender_id) in self.forgotten:
+            self.report.skip("user forgot their conversation")
+        else:
+            return True
+        return False
+
+    def clean(self, text: str, question: StoredMessage) -> str:
+        return redact(self.footer.sub("", text), [question.sender_name])
+
+    async def images(self, question: StoredMessage) -> list[str] | None:
+        """The question's images copied under the root (stripped of metadata): their paths relative to the root;
+        None when one cannot be read (the sample is left out rather than exported without its picture)."""
+        paths = []
+        for att in question.attachments:
+            if not att.mime.startswith("image/") or not att.sha256:
+                continue
+            path = self.copied.get(att.sha256)
+            if path is None:
+                try:
+                    data = await self.store.attachment_data(att.sha256)
+                    clean, ext = strip_metadata(data)
+                except Exception:
+                    self.report.skip("image not readable")
+                    return None
+                path = f"{att.sha256[:2]}/{att.sha256}.{ext}"
+                (self.root / path).parent.mkdir(parents=True, exist_ok=True)
+                (self.root / path).write_bytes(clean)
+                self.copied[att.sha256] = path
+                self.report.images += 1
+            paths.append(path)
+        return paths
+
+    @staticmethod
+    def human(text: str, images: Sequence[str]) -> str:
+        return "<image>\n" * len(images) + text
+
+    def write_meta(self, annotation: Path) -> None:
+        meta = {self.opts.name: {"root": str(self.root.resolve()), "annotation": str(annotation.resolve()),
+                                 "data_augment": False, "repeat_time": 1, "length": self.report.samples}}
+        (self.opts.out / f"{self.opts.name}.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    async def pairs(self, rows: Sequence[Feedback]) -> AsyncIterator[list[tuple[StoredMessage, StoredMessage, AnswerMeta | None]]]:
+        """(question, answer, what produced the answer) for the answers of ``rows``, a batch at a time."""
+        ids = list(dict.fromkeys(f.message_id for f in rows))
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start:start + BATCH]
+            answers = await self.store.messages_by_id(chunk)
+            questions = {q.id: q for q in await self.store.messages_by_id([a.reply_to for a in answers if a.reply_to])}
+            metas = await self.store.answer_meta(chunk)
+            out = []
+            for answer in answers:
+                question = questions.get(answer.reply_to or -1)
+                if question is not None:
+                    out.append((question, answer, metas.get(answer.id)))
+            yield out
+
+
+async def export_sft(store: Store, settings: Settings, personas: dict[str, Persona], opts: ExportOptions) -> ExportReport:
+    """Write the SFT meta JSON and JSONL under ``opts.out``; see the module docstring."""
+    ex = _Exporter(store, settings, personas, opts)
+    ex.forgotten = await store.forgotten()
+    rows = await store.feedback(since=opts.since, kinds=sorted(_GOOD | _BAD))
+    verdicts: dict[int, list[Feedback]] = {}
+    for f in rows:
+        verdicts.setdefault(f.message_id, []).append(f)
+    good = [fs[-1] for fs in verdicts.values() if any(f.kind in _GOOD for f in fs)]
+    opts.out.mkdir(parents=True, exist_ok=True)
+    ex.root.mkdir(parents=True, exist_ok=True)
+    annotation = opts.out / f"{opts.name}.jsonl"
+    with annotation.open("w", encoding="utf-8") as lines:
+        async for batch in ex.pairs(good):
+            for question, answer, meta in batch:
+                kinds = {f.kind for f in verdicts[answer.id]}
+                edited = next((f.value for f in reversed(verdicts[answer.id]) if f.kind == "edited" and f.value), "")
+                if kinds & {"down", "regenerated", "discarded"} and not edited:
+                    ex.report.skip("rated down or replaced")
+                    continue
+                if not ex.admits(question, meta):
+                    continue
+                images = await ex.images(question)
+                if images is None:
+                    continue
+                item: dict[str, object] = {"id": f"{question.key.platform}-{answer.id}"}
+                if images:
+                    item["image"] = images[0] if len(images) == 1 else images
+                item["conversations"] = [
+                    {"from": "human", "value": ex.human(ex.clean(question.text, question), images)},
+                    {"from": "gpt", "value": ex.clean(edited or answer.text, question)}]
+                lines.write(json.dumps(item, ensure_ascii=False) + "\n")
+                ex.report.samples += 1
+    ex.write_meta(annotation)
+    return ex.report
+
+
+async def export_mpo(store: Store, settings: Settings, personas: dict[str, Persona], opts: ExportOptions) -> ExportReport:
+    """Write the MPO meta JSON and JSONL of preference pairs under ``opts.out``; see the module docstring."""
+    ex = _Exporter(store, settings, personas, opts)
+    ex.forgotten = await store.forgotten()
+    rows = await store.feedback(since=opts.since, kinds=["up", "down", "regenerated", "edited", "discarded"])
+    downs = {f.message_id for f in rows if f.kind == "down"}
+    ups = [f for f in rows if f.kind == "up" and f.message_id not in downs]
+    regens = {f.message_id: int(f.value) for f in rows if f.kind == "regenerated" and f.value.isdigit()}
+    # which answer each question got: the regenerated ones (a chain) and those rated up
+    up_of_question: dict[int, StoredMessage] = {}
+    regen_of_question: dict[int, int] = {}
+    async for batch in ex.pairs([*ups, *(f for f in rows if f.kind == "regenerated")]):
+        for question, answer, _ in batch:
+            if answer.id in regens:
+                regen_of_question[question.id] = answer.id
+            elif answer.id not in downs:
+                up_of_question[question.id] = answer
+    opts.out.mkdir(parents=True, exist_ok=True)
+    ex.root.mkdir(parents=True, exist_ok=True)
+    annotation = opts.out / f"{opts.name}.jsonl"
+    drafts = {f.message_id: f.value for f in rows if f.kind in ("edited", "discarded") and f.value.strip()}
+    with annotation.open("w", encoding="utf-8") as lines:
+        async for batch in ex.pairs([f for f in rows if f.message_id in regens or f.message_id in drafts]):
+            for question, rejected, meta in batch:
+                chosen_text = drafts.get(rejected.id, "")
+                if not chosen_text:
+                    asked, seen = regens.get(rejected.id), set()
+                    while asked is not None and asked not in up_of_question and asked not in seen:
+                        seen.add(asked)
+                        asked = regens.get(regen_of_question.get(asked, -1))
+                    kept = up_of_question.get(asked) if asked is not None else None
+                    if kept is None:
+                        ex.report.skip("no answer kept and rated up")
+                        continue
+                    chosen_text = kept.text
+                if not ex.admits(question, meta):
+                    continue
+                images = await ex.images(question)
+                if images is None:
+                    continue
+                item: dict[str, object] = {}
+                if images:
+                    item["image"] = images[0] if len(images) == 1 else images
+                item.update(question=ex.human(ex.clean(question.text, question), images),
+                            chosen=ex.clean(chosen_text, question), rejected=ex.clean(rejected.text, question))
+                lines.write(json.dumps(item, ensure_ascii=False) + "\n")
+                ex.report.samples += 1
+    ex.write_meta(annotation)
+    return ex.report
+
+
+__all__ = ["ExportOptions", "ExportReport", "export_mpo", "export_sft"]

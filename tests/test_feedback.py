@@ -1,0 +1,339 @@
+"""Feedback on answers through the platforms' fakes (a press recorded once, a redelivered press not twice, the
+comment a 👎 asks for), the implicit signals, and the ``internvl_bot_feedback_total`` counter."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from adapters import cli
+from bot.engines import EchoEngine
+from bot.l10n.i18n import text as t
+from bot.l10n.personas import load_personas
+from bot.store import AnswerMeta, NewFeedback, NewMessage, SQLiteStore, sha256_of
+from bot.training.export import ExportOptions, export_mpo, export_sft
+from bot.training.privacy import redact, strip_metadata
+from bot.types import Attachment, ConversationKey
+from tests.conftest import make_settings
+from tests.live_server import exchange, live_server, open_session
+from tests.test_telegram import ANA, DM, Harness, message, telegram
+from tests.test_web import metric
+
+
+def counted(h: Harness, kind: str, platform: str) -> float:
+    assert h.runtime.manager is not None
+    return sum(sample.value for metric in h.runtime.manager.metrics.feedback.collect() for sample in metric.samples
+               if sample.name.endswith("_total") and sample.labels["kind"] == kind
+               and sample.labels["platform"] == platform)
+
+
+async def test_telegram_thumbs_up_is_recorded_once_and_becomes_thanks(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    async with telegram(tmp_path, monkeypatch) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        message(h.tg, DM, ANA, "how do I descale a kettle?")
+        answer = await h.answered(111, "echo: how do I descale a kettle?")
+        await h.idle()
+        press = h.tg.callback(DM, ANA, answer.message_id, "fb:up")
+        h.tg.push_update(press)
+        await h.tg.wait_for(lambda: len(h.tg.answered_callbacks) == 1)
+        assert h.tg.answered_callbacks[0].get("text") == t("feedback_thanks", "en")
+        await h.tg.wait_for(lambda: answer.buttons[0][0]["callback_data"] == "fb:done")
+        assert [b["callback_data"] for row in answer.buttons for b in row] == ["fb:done", "regen", "reset"]
+        assert answer.buttons[0][0]["text"] == t("btn_feedback_thanks", "en")
+        h.tg.push_update(press)  # Telegram delivers the same press again (a webhook retry, a restart)
+        await h.tg.wait_for(lambda: len(h.tg.answered_callbacks) == 2)
+        rows = await store.feedback()
+        stored = await store.find_by_platform_id("telegram", "111", str(answer.message_id))
+        assert stored is not None and stored.role == "assistant"
+        assert [(f.kind, f.signal, f.message_id, f.user, f.model) for f in rows] == [
+            ("up", "explicit", stored.id, "111", "echo")]
+        assert rows[0].persona == h.runtime.settings.conversation.default_persona
+        assert counted(h, "up", "telegram") == 1
+        assert t("feedback_ask_comment", "en") not in h.texts(111)
+
+
+async def test_telegram_thumbs_down_asks_once_and_keeps_the_next_message_as_its_comment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = EchoEngine(record=True)
+    async with telegram(tmp_path, monkeypatch, engine=engine) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        message(h.tg, DM, ANA, "which fuse for the pump?")
+        answer = await h.answered(111, "echo: which fuse for the pump?")
+        await h.idle()
+        h.tg.push_update(h.tg.callback(DM, ANA, answer.message_id, "fb:down"))
+        await h.answered(111, t("feedback_ask_comment", "en"))
+        calls = len(engine.calls)
+        message(h.tg, DM, ANA, "it named the wrong fuse rating")
+        await h.answered(111, t("feedback_comment_thanks", "en"))
+        await h.idle()
+        assert len(engine.calls) == calls  # a comment, not a question
+        assert "echo: it named the wrong fuse rating" not in h.texts(111)
+        [down] = await store.feedback()
+        assert (down.kind, down.comment) == ("down", "it named the wrong fuse rating")
+        # asked once: the next message is a question again
+        message(h.tg, DM, ANA, "and for the heater?")
+        await h.answered(111, "echo: and for the heater?")
+        assert h.texts(111).count(t("feedback_ask_comment", "en")) == 1
+        assert counted(h, "down", "telegram") == 1
+
+
+async def test_regenerate_reset_and_handoff_right_after_an_answer_are_implicit_signals(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with telegram(tmp_path, monkeypatch) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        message(h.tg, DM, ANA, "first question")
+        first = await h.answered(111, "echo: first question")
+        await h.idle()  # the answer is stored with its platform id
+        lost = await store.find_by_platform_id("telegram", "111", str(first.message_id))
+        h.tg.push_update(h.tg.callback(DM, ANA, first.message_id, "regen"))
+        await h.tg.wait_for(lambda: h.texts(111).count("echo: first question") == 2)
+        await h.idle()
+        kept = h.shown(111)[-1]
+        h.tg.push_update(h.tg.callback(DM, ANA, kept.message_id, "reset"))
+        await h.tg.wait_for(lambda: any(x.startswith("Done — I have started a fresh conversation") for x in h.texts(111)))
+        await h.idle()
+        message(h.tg, DM, ANA, "second question")
+        await h.answered(111, "echo: second question")
+        shown = len(h.shown(111))
+        message(h.tg, DM, ANA, "/human")
+        await h.tg.wait_for(lambda: len(h.shown(111)) > shown)  # told that no one can take it, or who will
+        await h.idle()
+        rows = await store.feedback()
+        assert [(f.kind, f.signal) for f in rows] == [("regenerated", "implicit"), ("reset_after_answer", "implicit"),
+                                                      ("handoff_after_answer", "implicit")]
+        assert lost is not None and rows[0].message_id == lost.id
+        new_question = await store.message(int(rows[0].value))
+        assert new_question.text == "first question" and new_question.id > lost.id
+        assert counted(h, "regenerated", "telegram") == 1
+
+
+async def test_a_question_after_a_reset_is_no_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with telegram(tmp_path, monkeypatch) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        message(h.tg, DM, ANA, "/reset")
+        await h.tg.wait_for(lambda: len(h.shown(111)) == 1)
+        message(h.tg, DM, ANA, "/human")
+        await h.tg.wait_for(lambda: len(h.shown(111)) == 2)
+        await h.idle()
+        assert await store.feedback() == []
+
+
+async def test_web_thumbs_are_recorded_once_per_answer_and_counted(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine(delay=0.01)) as live, live.client() as client:
+        await open_session(client)
+        ui = (await client.get("/api/session")).json()["ui"]
+        assert (ui["feedback_up"], ui["feedback_down"]) == (t("ui_feedback_up", "en"), t("ui_feedback_down", "en"))
+        _, events = await exchange(live, client, "is the filter washable?")
+        question = events[-1]["reply_to"]
+        headers = {"X-InternVL-Bot": "1"}
+        assert (await client.post("/api/feedback", json={"question": question, "rating": "sideways"},
+                                  headers=headers)).status_code == 400
+        assert (await client.post("/api/feedback", json={"question": question, "rating": "down"})).status_code == 403
+        assert (await client.post("/api/feedback", json={"question": 10**6, "rating": "up"},
+                                  headers=headers)).status_code == 404
+        first = await client.post("/api/feedback", json={"question": question, "rating": "up"}, headers=headers)
+        assert first.json() == {"recorded": True}
+        again = await client.post("/api/feedback", json={"question": question, "rating": "up"}, headers=headers)
+        assert again.json() == {"recorded": False}  # the same press sent twice (a retry, a second tab)
+        rows = await live.runtime.manager.store.feedback()  # type: ignore[union-attr]
+        assert [(f.kind, f.key.platform) for f in rows] == [("up", "web")]
+        answer = await live.runtime.manager.store.message(rows[0].message_id)  # type: ignore[union-attr]
+        assert (answer.role, answer.reply_to, answer.text) == ("assistant", question, "echo: is the filter washable?")
+        body = (await client.get("/metrics")).text
+        persona = live.runtime.settings.conversation.default_persona
+        assert metric(body, "internvl_bot_feedback_total", kind="up", platform="web", persona=persona) == 1
+        # another browser cannot rate this conversation's answers
+        async with live.client() as other:
+            await open_session(other)
+            assert (await other.post("/api/feedback", json={"question": question, "rating": "down"},
+                                     headers=headers)).status_code == 404
+
+
+
+
+
+# -- training data out -------------------------------------------------------------------------
+
+GPS_EXIF = 0x8825
+
+
+def photo_with_gps(color: tuple[int, int, int]) -> bytes:
+    image = Image.new("RGB", (64, 48), color)
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif[GPS_EXIF] = {1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)}
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def test_redaction_replaces_addresses_numbers_and_the_platforms_names() -> None:
+    text = ("I'm Ana Lima (@ana_test), write to ana.lima@example.com or call +351 912 345 678; card "
+            "4111 1111 1111 1111. Model X200 from 2019, order 12345.")
+    assert redact(text, ["Ana Lima (@ana_test)"]) == (
+        "I'm [name], write to [email] or call [phone]; card [card]. Model X200 from 2019, order 12345.")
+    assert redact("Lima called Ana; ANA agreed", ["Ana Lima"]) == "[name] called [name]; [name] agreed"
+
+
+def test_image_metadata_is_stripped_and_pixels_kept() -> None:
+    data = photo_with_gps((10, 200, 30))
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_EXIF)
+    clean, ext = strip_metadata(data)
+    assert ext == "jpg" and b"Exif" not in clean and b"PhoneMaker" not in clean
+    with Image.open(io.BytesIO(clean)) as image:
+        assert not image.getexif() and image.size == (64, 48)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "WEBP")
+    assert strip_metadata(buffer.getvalue())[1] == "png"
+
+
+def internvl_loader(meta_path: Path) -> list[dict[str, Any]]:
+    """What internvl_chat's build_datasets and LazySupervisedDataset do with a meta file and its JSONL
+    (internvl_chat_finetune.py): each dataset's annotation read line by line, an image path joined to the
+    root and opened, every ``<image>`` of the human turns replaced by one image's tokens in order with the
+    count asserted equal to the number of images, roles alternating human/gpt. Raises on any mismatch."""
+    items = []
+    for name, ds in json.loads(meta_path.read_text()).items():
+        assert set(ds) >= {"root", "annotation", "data_augment", "repeat_time", "length"}, name
+        raw = Path(ds["annotation"]).read_text(encoding="utf-8").splitlines()
+        assert ds["length"] == len(raw) and ds["repeat_time"] == 1
+        for line in raw:
+            item = json.loads(line)
+            images = item.get("image") or []
+            paths = images if isinstance(images, list) else [images]
+            for path in paths:
+                with Image.open(os.path.join(ds["root"], path)) as image:
+                    image.convert("RGB")
+            if "conversations" in item:
+                turns = item["conversations"]
+                assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) % 2 == 0
+                placeholders = sum(t["value"].count("<image>") for t in turns if t["from"] == "human")
+                assert all("<image>" not in t["value"] for t in turns if t["from"] == "gpt")
+            else:  # a preference pair
+                assert set(item) - {"image"} == {"question", "chosen", "rejected"}
+                placeholders = item["question"].count("<image>")
+            assert placeholders == len(paths), f"{placeholders} <image> for {len(paths)} image(s)"
+            items.append(item)
+    return items
+
+
+async def rated_store(tmp_path: Path) -> tuple[SQLiteStore, Any, dict[str, Any]]:
+    """A store with the cases an export must tell apart; the settings and personas it is exported with."""
+    personas_dir = tmp_path / "personas"
+    personas_dir.mkdir()
+    (personas_dir / "support.yaml").write_text(
+        "name: support\ntitle: Support\nsystem: You help.\ntraining_export: allowed\n", encoding="utf-8")
+    settings = make_settings(tmp_path, conversation={"personas_dir": str(personas_dir)},
+                             adapters={"telegram": {"training_export": "allowed"}})
+    store = SQLiteStore(tmp_path / "data" / "internvl-bot.sqlite3")
+    await store.open()
+    ids: dict[str, Any] = {}
+
+    async def turn(key: ConversationKey, text: str, answer: str, *, user: str = "u1", name: str = "Ana Lima",
+                   photos: tuple[bytes, ...] = (), persona: str = "support") -> tuple[int, int]:
+        q = await store.add_message(key, NewMessage(
+            role="user", text=text, sender_id=user, sender_name=name,
+            attachments=[Attachment(f"p{i}", f"p{i}.jpg", "image/jpeg") for i in range(len(photos))]))
+        for i, data in enumerate(photos):
+            await store.save_attachment(q, i, data, "image/jpeg")
+        a = await store.finish(q, "answered", reply=answer)
+        assert a is not None
+        await store.record_answer(a, AnswerMeta(persona, "internvl3-1b"))
+        return q, a
+
+    tg, other = ConversationKey("telegram", "1"), ConversationKey("slack", "C1")
+    _, ids["good"] = await turn(tg, "Ana Lima here, what is this part? mail me at ana@example.com", "A pump valve.",
+                                photos=(photo_with_gps((200, 0, 0)), photo_with_gps((0, 0, 200))))
+    await store.add_feedback(NewFeedback(ids["good"], "up", event_id="e1"))
+    _, ids["sources"] = await turn(tg, "fuse rating?", "Use a 10 A fuse [1].\n\n**Sources**\n\n1. Manual p.3")
+    await store.add_feedback(NewFeedback(ids["sources"], "up", event_id="e2"))
+    _, down = await turn(tg, "bad one", "wrong")
+    await store.add_feedback(NewFeedback(down, "down", event_id="e3"))
+    _, _unrated = await turn(tg, "no rating", "fine")
+    _, ids["edited"] = await turn(tg, "warranty?", "draft: two years maybe")
+    await store.add_feedback(NewFeedback(ids["edited"], "edited", value="Two years from purchase."))
+    _, elsewhere = await turn(other, "slack question", "slack answer")
+    await store.add_feedback(NewFeedback(elsewhere, "up", event_id="e4"))
+    _, private = await turn(tg, "other persona", "answer", persona="diagnosis")
+    await store.add_feedback(NewFeedback(private, "up", event_id="e5"))
+    gone = ConversationKey("telegram", "2")
+    _, _forgot = await turn(gone, "forget me", "ok", user="u9")
+    await store.forget(gone)
+    _, later = await turn(ConversationKey("telegram", "3"), "I am back", "welcome", user="u9")
+    await store.add_feedback(NewFeedback(later, "up", event_id="e6"))
+    # a regeneration chain: the first answer lost, the second lost, the third kept and rated up
+    _q1, lost1 = await turn(tg, "what does E4 mean?", "no idea")
+    q2, lost2 = await turn(tg, "what does E4 mean?", "maybe water")
+    q3, ids["kept"] = await turn(tg, "what does E4 mean?", "E4: the water pressure is low.")
+    await store.add_feedback(NewFeedback(lost1, "regenerated", value=str(q2)))
+    await store.add_feedback(NewFeedback(lost2, "regenerated", value=str(q3)))
+    await store.add_feedback(NewFeedback(ids["kept"], "up", event_id="e7"))
+    ids.update(lost1=lost1, lost2=lost2)
+    return store, settings, ids
+
+
+async def test_sft_export_reads_as_internvl_reads_it_and_keeps_only_what_may_leave(tmp_path: Path) -> None:
+    store, settings, ids = await rated_store(tmp_path)
+    try:
+        out = tmp_path / "sft"
+        report = await export_sft(store, settings, load_personas(settings.conversation.personas_dir),
+                                  ExportOptions(out, name="bot"))
+    finally:
+        await store.close()
+    items = internvl_loader(out / "bot.json")
+    assert report.samples == len(items) == 4 and report.images == 2
+    by_id = {item["id"]: item for item in items}
+    assert set(by_id) == {f"telegram-{ids[k]}" for k in ("good", "sources", "edited", "kept")}
+    good = by_id[f"telegram-{ids['good']}"]
+    assert len(good["image"]) == 2 and good["conversations"] == [
+        {"from": "human", "value": "<image>\n<image>\n[name] here, what is this part? mail me at [email]"},
+        {"from": "gpt", "value": "A pump valve."}]
+    assert by_id[f"telegram-{ids['sources']}"]["conversations"][1]["value"] == "Use a 10 A fuse [1]."
+    assert by_id[f"telegram-{ids['edited']}"]["conversations"][1]["value"] == "Two years from purchase."
+    for path in good["image"]:  # stable names, no metadata
+        data = (out / "images" / path).read_bytes()
+        assert Path(path).stem == sha256_of(photo_with_gps((200, 0, 0)) if path == good["image"][0]
+                                            else photo_with_gps((0, 0, 200)))
+        assert b"Exif" not in data
+    assert report.skipped == {"adapter does not allow training export": 1, "persona does not allow training export": 1,
+                              "user forgot their conversation": 1}
+
+
+async def test_mpo_export_pairs_what_was_regenerated_or_corrected_with_what_was_kept(tmp_path: Path) -> None:
+    store, settings, _ids = await rated_store(tmp_path)
+    try:
+        out = tmp_path / "mpo"
+        report = await export_mpo(store, settings, load_personas(settings.conversation.personas_dir),
+                                  ExportOptions(out))
+    finally:
+        await store.close()
+    items = internvl_loader(out / "internvl_bot.json")
+    assert report.samples == 3
+    assert sorted((i["question"], i["chosen"], i["rejected"]) for i in items) == [
+        ("warranty?", "Two years from purchase.", "draft: two years maybe"),
+        ("what does E4 mean?", "E4: the water pressure is low.", "maybe water"),
+        ("what does E4 mean?", "E4: the water pressure is low.", "no idea")]
+
+
+def test_the_export_command_writes_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def prepare() -> None:
+        store, _, _ = await rated_store(tmp_path)
+        await store.close()
+
+    asyncio.run(prepare())
+    (tmp_path / "config.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"conversation:\n  personas_dir: {tmp_path / 'personas'}\nadapters:\n  telegram:\n    training_export: allowed\n",
+        encoding="utf-8")
+    assert cli.main(["--config", str(tmp_path / "config.yaml"), "export", "sft", "--out", str(tmp_path / "x"),
+                     "--persona", "support", "--since", "1970-01-02"]) == 0
+    assert "exported 4 sft sample(s) and 2 image(s)" in capsys.readouterr().out
+    assert len(internvl_loader(tmp_path / "x" / "internvl_bot.json")) == 4
