@@ -56,7 +56,7 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
             await page.fill("#text", "hello from the browser")
             await page.press("#text", "Enter")
             await expect(page.locator(".msg.assistant.streaming")).to_have_count(1)
-            answer = page.locator(".msg.assistant").last
+            answer = page.locator(".msg.assistant .body").last
             await expect(answer).to_have_text("echo: hello from the browser")
             await expect(page.locator(".msg.assistant.streaming")).to_have_count(0)
 
@@ -92,7 +92,7 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
 
             # talk to a human: the button acts, it posts no "/human" bubble
             await page.click("#human")
-            await expect(page.locator(".msg.assistant").last).to_have_text(text("handoff_started", "en"))
+            await expect(page.locator(".msg.assistant .body").last).to_have_text(text("handoff_started", "en"))
             await expect(page.locator(".msg.user")).to_have_count(3)
             await expect(page.locator("#waiting")).to_be_visible()
             await expect(page.locator("#human")).to_be_disabled()
@@ -100,7 +100,7 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
             await page.press("#text", "Enter")
             await expect(page.locator(".msg.user").last).to_have_text("my kettle leaks")
             # the bot does not answer that one; it says it was passed on
-            await expect(page.locator(".msg.assistant").last).to_have_text(text("handoff_passed_on", "en"))
+            await expect(page.locator(".msg.assistant .body").last).to_have_text(text("handoff_passed_on", "en"))
             await page.wait_for_timeout(300)
             await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_count(5)
 
@@ -112,7 +112,7 @@ async def test_web_chat_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.Mo
             # back to the assistant, with the banner button
             await page.click("#back")
             await expect(page.locator("#waiting")).to_be_hidden()
-            await expect(page.locator(".msg.assistant").last).to_have_text(text("handoff_ended", "en"))
+            await expect(page.locator(".msg.assistant .body").last).to_have_text(text("handoff_ended", "en"))
         finally:
             await browser.close()
     assert dialogs == []
@@ -138,7 +138,7 @@ async def test_the_page_follows_the_browser_language_and_uploads_show_progress(t
             await expect(page.locator(".msg.assistant.error").last).to_contain_text("grande demais")
             await page.fill("#text", "tudo bem?")
             await page.press("#text", "Enter")
-            await expect(page.locator(".msg.assistant").last).to_have_text("echo: tudo bem?")
+            await expect(page.locator(".msg.assistant .body").last).to_have_text("echo: tudo bem?")
         finally:
             await browser.close()
 
@@ -166,13 +166,13 @@ async def test_drop_a_file_pick_a_persona_and_a_language(tmp_path: Path) -> None
             await expect(page.locator(".msg.assistant").last).to_contain_text("[image 1: 320x240,")
 
             await page.select_option("#persona", "tutor")
-            await expect(page.locator(".msg.assistant").last).to_have_text(text("persona_set", "en", persona="Tutor"))
+            await expect(page.locator(".msg.assistant .body").last).to_have_text(text("persona_set", "en", persona="Tutor"))
             await page.select_option("#language", "de")
-            await expect(page.locator(".msg.assistant").last).to_have_text(
+            await expect(page.locator(".msg.assistant .body").last).to_have_text(
                 text("lang_set", "de", language="Deutsch"))
             await expect(page.locator("#send")).to_have_text("Senden")  # the page follows the conversation
             await page.click("#reset")
-            await expect(page.locator(".msg.assistant").last).to_have_text(text("reset_done", "de"))
+            await expect(page.locator(".msg.assistant .body").last).to_have_text(text("reset_done", "de"))
 
             # the event stream drops (a restart, a network gap); what was said meanwhile shows up after
             live.web.close_streams()
@@ -206,7 +206,7 @@ async def test_the_widget_embeds_the_chat_in_another_site(tmp_path: Path) -> Non
         await expect(frame.locator("#persona option")).to_have_count(len(live.runtime.manager.personas))
         await frame.locator("#text").fill("hello from the shop")
         await frame.locator("#text").press("Enter")
-        await expect(frame.locator(".msg.assistant").last).to_have_text("echo: hello from the shop")
+        await expect(frame.locator(".msg.assistant .body").last).to_have_text("echo: hello from the shop")
         # the shop's page is reloaded: the widget finds its conversation again
         await page.reload()
         await page.click("text=Chat")
@@ -248,7 +248,7 @@ async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, 
             await user.click("#send")
             await expect(user.locator(".msg.assistant").last).to_contain_text("echo: my kettle leaks")
             await user.click("#human")
-            await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_started", lang))
+            await expect(user.locator(".msg.assistant .body").last).to_have_text(text("handoff_started", lang))
 
             # the operator's inbox shows it at once (live), with how long it has waited
             waiting = operator.locator("#waiting li")
@@ -289,17 +289,17 @@ async def test_the_user_and_the_operator_talk_through_the_inbox(tmp_path: Path, 
 
             # given back: the user is told, and the assistant answers again
             await operator.click("#giveback")
-            await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_ended", lang))
+            await expect(user.locator(".msg.assistant .body").last).to_have_text(text("handoff_ended", lang))
             await expect(operator.locator("#waiting li")).to_have_count(0)
             await user.fill("#text", "thanks")
             await user.press("#text", "Enter")
-            await expect(user.locator(".msg.assistant").last).to_have_text("echo: thanks")
+            await expect(user.locator(".msg.assistant .body").last).to_have_text("echo: thanks")
 
             # and the operator can take a conversation the assistant is handling
             await expect(operator.locator("#active li")).to_have_count(1)
             await operator.locator("#active li").click()
             await operator.click("#take")
-            await expect(user.locator(".msg.assistant").last).to_have_text(text("handoff_taken", lang, name="Marta"))
+            await expect(user.locator(".msg.assistant .body").last).to_have_text(text("handoff_taken", lang, name="Marta"))
             # taken: Marta's, in her own section, not waiting for a person
             await expect(operator.locator("ul.progress li")).to_have_count(1)
             await expect(operator.locator("h2.progress")).to_have_text(text("op_in_progress", lang, name="Marta"))
@@ -469,7 +469,7 @@ async def test_the_page_after_a_reload_shows_what_it_showed_live(tmp_path: Path)
             # Delete: asks once more, then the conversation and its files are gone
             await page.fill("#text", "apague isto")
             await page.press("#text", "Enter")
-            await expect(page.locator(".msg.assistant").last).to_have_text("echo: apague isto")
+            await expect(page.locator(".msg.assistant .body").last).to_have_text("echo: apague isto")
             key = ConversationKey.parse(await page.evaluate(
                 "fetch('/api/session').then(r => r.json()).then(s => s.conversation)"))
             assert live.runtime.store is not None and await live.runtime.store.transcript(key) != []
@@ -503,7 +503,7 @@ async def test_a_question_answered_again_by_another_replica_shows_one_answer(tmp
             await page.goto(live.url + "/")
             await page.fill("#text", "is the kettle broken?")
             await page.press("#text", "Enter")
-            await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_text(["echo: is the kettle broken?"])
+            await expect(page.locator(".msg.assistant:not(.greeting) .body")).to_have_text(["echo: is the kettle broken?"])
             # each message carries its own request id: a proxy passing it on again gets it stored once
             assert len(posted) == 1 and re.fullmatch(r"[0-9a-f]{32}", posted[0].get("x-request-id", ""))
             (sid,) = list(live.web._sessions)
@@ -513,7 +513,7 @@ async def test_a_question_answered_again_by_another_replica_shows_one_answer(tmp
             for event in ({"type": "partial", "text": "echo:"}, {"type": "chunk", "text": " again"},
                           {"type": "done", "text": "echo: again", "html": "<p>echo: again</p>"}):
                 live.web._apply({"sid": sid, "event": {**event, "reply_to": question.id}})
-            await expect(page.locator(".msg.assistant:not(.greeting)")).to_have_text(["echo: again"])
+            await expect(page.locator(".msg.assistant:not(.greeting) .body")).to_have_text(["echo: again"])
             await expect(page.locator(".msg.assistant.streaming")).to_have_count(0)
         finally:
             await browser.close()
