@@ -31,6 +31,7 @@ from tests.conftest import make_settings
 from tests.live_server import exchange, live_server, open_session
 from tests.test_chatwoot import LOCAL as CHATWOOT_LOCAL
 from tests.test_chatwoot import chatwoot
+from tests.test_console import run_console
 from tests.test_slack import CHANNEL, slack
 from tests.test_slack import mention as slack_mention
 from tests.test_telegram import ANA, DM, telegram
@@ -360,3 +361,25 @@ async def test_a_persona_with_grounding_off_keeps_the_label_and_draws_nothing(tm
         await live.runtime.manager.idle()
         history = (await client.get("/api/history")).json()["messages"]
         assert len(history) == 2 and not history[1]["files"]
+
+
+# -- the console, the generic helpdesk API and django-helpdesk -------------------------------------------------------
+
+
+async def test_the_console_saves_the_marked_up_photo_and_prints_its_path(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the console saves files under ./exports
+    wall = tmp_path / "wall.jpg"
+    wall.write_bytes(photo(800, 600))
+    out, _ = await run_console(tmp_path, f"/image {wall}\n{SPACED}\n")
+    lines = out.splitlines()
+    answer = next(i for i, line in enumerate(lines) if line.endswith("echo: crack"))
+    assert all(no_tag_fragment(line) for line in lines if not line.startswith("[attached"))
+    saved = next(i for i, line in enumerate(lines) if line.startswith("[file saved: "))
+    assert saved > answer  # the picture's path comes after the answer
+    path = Path(lines[saved].removeprefix("[file saved: ").removesuffix("]"))  # relative to the working folder
+    assert path.is_file() and path.suffix == ".jpg"
+    data = path.read_bytes()
+    assert Image.open(io.BytesIO(data)).size == (800, 600)
+    assert_box(data, BOX)
+    assert label_drawn(data, BOX)
