@@ -4,7 +4,9 @@ drawn on the user's own photo and sent back through the web chat, Telegram, Slac
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adapters.helpdesk_api import verify_callback
 from bot.config import GenerationSettings
 from bot.engines import EchoEngine
 from bot.engines.base import ChatMessage
@@ -32,6 +35,8 @@ from tests.live_server import exchange, live_server, open_session
 from tests.test_chatwoot import LOCAL as CHATWOOT_LOCAL
 from tests.test_chatwoot import chatwoot
 from tests.test_console import run_console
+from tests.test_helpdesk_api import SECRET as API_SECRET
+from tests.test_helpdesk_api import helpdesk_api
 from tests.test_slack import CHANNEL, slack
 from tests.test_slack import mention as slack_mention
 from tests.test_telegram import ANA, DM, telegram
@@ -383,3 +388,25 @@ async def test_the_console_saves_the_marked_up_photo_and_prints_its_path(tmp_pat
     assert Image.open(io.BytesIO(data)).size == (800, 600)
     assert_box(data, BOX)
     assert label_drawn(data, BOX)
+
+
+async def test_the_helpdesk_api_sends_the_marked_up_photo_as_a_signed_file_callback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with helpdesk_api(tmp_path, monkeypatch) as h:
+        inline = base64.b64encode(photo(800, 600)).decode()
+        accepted = await h.message("T-22", SPACED, message_id="q-1",
+                                   attachments=[{"data": inline, "filename": "wall.jpg", "mime_type": "image/jpeg"}])
+        assert accepted.status_code == 202, accepted.text
+        answer, file = await h.receiver.wait_for(2)
+        assert answer["type"] == "answer" and answer["text"].endswith("echo: crack")
+        assert file["type"] == "file" and file["text"] == "crack"  # after the answer, replying to the question
+        assert file["in_reply_to"] == "q-1" and file["conversation_id"] == "T-22" and not file["private"]
+        assert all(no_tag_fragment(p["text"]) for p in h.receiver.payloads())
+        headers, body = next((hd, b) for hd, b in h.receiver.callbacks if json.loads(b)["type"] == "file")
+        assert verify_callback(API_SECRET, headers, body)
+        meta = file["file"]
+        data = base64.b64decode(meta["data"])
+        assert meta["filename"].endswith(".jpg") and meta["mime_type"] == "image/jpeg" and meta["size"] == len(data)
+        assert Image.open(io.BytesIO(data)).size == (800, 600)
+        assert_box(data, BOX)
+        assert label_drawn(data, BOX)
