@@ -410,3 +410,20 @@ async def test_the_helpdesk_api_sends_the_marked_up_photo_as_a_signed_file_callb
         assert Image.open(io.BytesIO(data)).size == (800, 600)
         assert_box(data, BOX)
         assert label_drawn(data, BOX)
+        # a helpdesk that polls sees the picture too: listed with the reply, fetched by a signed GET
+        await h.idle()
+        polled = (await h.poll("T-22"))["replies"]
+        assert [(r["type"], r["text"], r["in_reply_to"]) for r in polled] == [
+            ("answer", answer["text"], "q-1"), ("notice", "crack", "q-1")]
+        assert polled[0]["files"] == []
+        [listed] = polled[1]["files"]
+        assert listed["mime_type"] == "image/jpeg" and listed["filename"] == meta["filename"]
+        fetched = await h.get(listed["url"])
+        assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/jpeg"
+        assert fetched.content == data
+        # signed for this conversation only; unsigned, another conversation's or a malformed id: refused
+        other = listed["url"].replace("/T-22/", "/T-23/")
+        assert (await h.get(other)).status_code == 404
+        assert (await h.get(listed["url"], signed_target=other)).status_code == 401
+        assert (await h.client.get(listed["url"])).status_code == 401
+        assert (await h.get(listed["url"].rsplit("/", 1)[0] + "/not-a-sha")).status_code == 400
