@@ -35,6 +35,8 @@ from tests.live_server import exchange, live_server, open_session
 from tests.test_chatwoot import LOCAL as CHATWOOT_LOCAL
 from tests.test_chatwoot import chatwoot
 from tests.test_console import run_console
+from tests.test_django_helpdesk import _attachments as django_attachments
+from tests.test_django_helpdesk import helpdesk as django_helpdesk
 from tests.test_helpdesk_api import SECRET as API_SECRET
 from tests.test_helpdesk_api import helpdesk_api
 from tests.test_slack import CHANNEL, slack
@@ -427,3 +429,27 @@ async def test_the_helpdesk_api_sends_the_marked_up_photo_as_a_signed_file_callb
         assert (await h.get(listed["url"], signed_target=other)).status_code == 401
         assert (await h.client.get(listed["url"])).status_code == 401
         assert (await h.get(listed["url"].rsplit("/", 1)[0] + "/not-a-sha")).status_code == 400
+
+
+@pytest.mark.slow
+async def test_django_helpdesk_attaches_the_marked_up_photo_to_a_follow_up(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the real django-helpdesk (tests/helpdesk_site): its HELPDESK_VALID_EXTENSIONS takes ``.jpg``, so
+    the picture stays a JPEG (not renamed ``.txt`` as a refused extension would be)."""
+    async with django_helpdesk(tmp_path, monkeypatch) as h:
+        ticket = await h.site.customer_ticket("Wall", SPACED, attachment=("wall.jpg", photo(800, 600), "image/jpeg"))
+        files = await h.until(lambda: django_attachments(h, ticket))
+        followups = await h.bot_followups(ticket)
+        assert all(f["public"] for f in followups)
+        assert all(no_tag_fragment(f["comment"]) for f in followups)
+        answer = next(f for f in followups if not f.get("followupattachment_set"))
+        assert answer["comment"].endswith("echo: Wall\n\ncrack")  # the ticket's title, then its text
+        carrier = next(f for f in followups if f.get("followupattachment_set"))
+        assert carrier["comment"].strip() == "crack" and carrier["id"] > answer["id"]  # after the answer
+        [file] = files
+        assert file["filename"].endswith(".jpg")
+        download = await h.site.download(file["file"], user="agent")
+        assert download.status_code == 200
+        assert Image.open(io.BytesIO(download.content)).size == (800, 600)
+        assert_box(download.content, BOX)
+        assert label_drawn(download.content, BOX)
