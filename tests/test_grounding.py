@@ -36,7 +36,8 @@ from tests.test_chatwoot import LOCAL as CHATWOOT_LOCAL
 from tests.test_chatwoot import chatwoot
 from tests.test_console import run_console
 from tests.test_django_helpdesk import _attachments as django_attachments
-from tests.test_django_helpdesk import helpdesk as django_helpdesk
+from tests.test_django_helpdesk import helpdesk_bot as django_bot
+from tests.test_django_helpdesk import helpdesk_peer as django_peer
 from tests.test_helpdesk_api import SECRET as API_SECRET
 from tests.test_helpdesk_api import helpdesk_api
 from tests.test_slack import CHANNEL, slack
@@ -432,12 +433,16 @@ async def test_the_helpdesk_api_sends_the_marked_up_photo_as_a_signed_file_callb
 
 
 @pytest.mark.slow
-async def test_django_helpdesk_attaches_the_marked_up_photo_to_a_follow_up(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against the real django-helpdesk (tests/helpdesk_site): its HELPDESK_VALID_EXTENSIONS takes ``.jpg``, so
-    the picture stays a JPEG (not renamed ``.txt`` as a refused extension would be)."""
-    async with django_helpdesk(tmp_path, monkeypatch) as h:
-        ticket = await h.site.customer_ticket("Wall", SPACED, attachment=("wall.jpg", photo(800, 600), "image/jpeg"))
+@pytest.mark.parametrize(("extensions", "suffix"), [(None, ".jpg"), ([".txt", ".pdf", ".png", ".jpeg"], ".jpeg")])
+async def test_django_helpdesk_attaches_the_marked_up_photo_to_a_follow_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extensions: list[str] | None, suffix: str) -> None:
+    """Against the real django-helpdesk (tests/helpdesk_site): its default HELPDESK_VALID_EXTENSIONS takes
+    ``.jpg``; a site that lists ``.jpeg`` instead gets the same JPEG under that name (never renamed ``.txt``,
+    as a refused text export is)."""
+    conf = {"attachment_extensions": extensions} if extensions else {}
+    async with django_peer(tmp_path, monkeypatch, valid_extensions=extensions) as peer, \
+            django_bot(tmp_path, peer, **conf) as h:
+        ticket = await h.site.customer_ticket("Wall", SPACED, attachment=(f"wall{suffix}", photo(800, 600), "image/jpeg"))
         files = await h.until(lambda: django_attachments(h, ticket))
         followups = await h.bot_followups(ticket)
         assert all(f["public"] for f in followups)
@@ -447,7 +452,7 @@ async def test_django_helpdesk_attaches_the_marked_up_photo_to_a_follow_up(tmp_p
         carrier = next(f for f in followups if f.get("followupattachment_set"))
         assert carrier["comment"].strip() == "crack" and carrier["id"] > answer["id"]  # after the answer
         [file] = files
-        assert file["filename"].endswith(".jpg")
+        assert file["filename"].endswith(suffix) and ".jpg.jpeg" not in file["filename"]
         download = await h.site.download(file["file"], user="agent")
         assert download.status_code == 200
         assert Image.open(io.BytesIO(download.content)).size == (800, 600)
