@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import os
 import re
 from collections.abc import Awaitable
@@ -106,8 +107,8 @@ class DjangoHelpdeskSettings(AdapterSection):
                     "the ticket's assignee, and the ticket has a submitter e-mail")
     attachment_extensions: list[str] = Field(
         default_factory=lambda: list(HELPDESK_DEFAULT_EXTENSIONS),
-        description="the extensions the helpdesk accepts (its HELPDESK_VALID_EXTENSIONS); an export with another "
-                    "extension is attached as <name>.txt")
+        description="the extensions the helpdesk accepts (its HELPDESK_VALID_EXTENSIONS); a file with another "
+                    "extension goes under an accepted one of its type, a text export as <name>.txt")
     allow_private_networks: NetworkList = Field(
         default_factory=list, description="networks attachments may come from although not public (a helpdesk "
                                           "on the company network: 10.0.0.0/8); empty = public addresses only")
@@ -284,12 +285,19 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         return (str(body.get("id", "")),)
 
     def accepted(self, file: FileReply) -> tuple[str, bytes, str]:
-        """The file as the helpdesk will take it: a name with an extension it accepts (text as ``.txt``)."""
+        """The file as the helpdesk will take it: a name with an extension it accepts — another extension of
+        the same type (a JPEG as ``.jpeg`` where only that is listed), else, for text, ``.txt``."""
         allowed = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.conf.attachment_extensions}
         name = file.filename
-        if os.path.splitext(name)[1].lower() not in allowed and ".txt" in allowed:
-            name = f"{name}.txt"
-            return name, file.data, "text/plain"
+        stem, extension = os.path.splitext(name)
+        if extension.lower() in allowed:
+            return name, file.data, file.mime
+        other = next((e for e in sorted(mimetypes.guess_all_extensions(file.mime)) if e in allowed), None)
+        if other is not None:
+            return f"{stem}{other}", file.data, file.mime
+        if ".txt" in allowed and (file.mime.startswith("text/") or file.mime == "application/json"):
+            return f"{name}.txt", file.data, "text/plain"
+        # a picture named .txt would arrive as garbage text: as it is, the helpdesk refuses it and the log says so
         return name, file.data, file.mime
 
     async def hand_to_staff(self, ticket: str, reason: str) -> None:

@@ -15,7 +15,9 @@ nothing; a message needs no such memory (its ``message_id`` makes a repeat a dup
   for agents). Stored before the 202 (the store failing: 503 with ``Retry-After``, send it again); the same
   ``message_id`` again (a retry) is the same message, answered once.
 - ``GET /api/helpdesk/v1/conversations/{conversation_id}/messages?after=<id>``: the assistant's replies after
-  a cursor, and whether the bot or a person has the conversation.
+  a cursor, and whether the bot or a person has the conversation. A reply with a picture (the boxes the model
+  drew) lists it in ``files``, each with the ``url`` (``…/conversations/{conversation_id}/files/{sha256}``)
+  a signed GET fetches it from.
 - ``POST /api/helpdesk/v1/conversations/{conversation_id}/mode``: agents take the conversation (``human``:
   the bot stays silent) or give it back (``bot``), without a message to the customer.
 - Callbacks (``callback_url``): each reply POSTed as JSON with the same signature headers and
@@ -63,7 +65,7 @@ from bot.handoff.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bot.ops.checks import CheckResult, shown, unreachable
 from bot.ops.logs import conversation_var, register_secret
 from bot.seams import Channel
-from bot.store import StoredMessage, is_store_error
+from bot.store import StoredMessage, checked_sha256, is_store_error
 from bot.types import (
     AnswerDone,
     Attachment,
@@ -172,6 +174,16 @@ class Accepted(BaseModel):
     held: bool = Field(description="true when a person has the conversation: the bot does not answer")
 
 
+class ApiFile(BaseModel):
+    """A file a reply carries (a picture with the boxes the model drew): fetched by a signed GET of ``url``."""
+
+    filename: str
+    mime_type: str
+    size: int | None
+    sha256: str
+    url: str = Field(description="the request target to GET, signed like every GET")
+
+
 class ApiReply(BaseModel):
     """One reply of the assistant (or of a person through the operator API). ``id`` is the polling cursor."""
 
@@ -182,6 +194,7 @@ class ApiReply(BaseModel):
     private: bool = Field(description="a draft for agents (assist), not for the customer")
     failed: bool = Field(description="the text says the answer failed")
     author: str = Field(description="a person's name for an operator's reply; empty for the assistant")
+    files: list[ApiFile] = Field(default_factory=list, description="what a callback of type file carries")
     created_at: float
 
 
@@ -419,6 +432,9 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
         r.add_api_route("/conversations/{conversation_id}/messages", self.poll, methods=["GET"],
                         response_model=ApiConversation, responses={**_ERRORS}, openapi_extra=_SIGNED,
                         summary="The assistant's replies after a cursor")
+        r.add_api_route("/conversations/{conversation_id}/files/{sha256}", self.file, methods=["GET"],
+                        response_class=Response, responses={**_ERRORS, 404: {"model": ApiError}},
+                        openapi_extra=_SIGNED, summary="A file of one of the assistant's replies")
         r.add_api_route("/conversations/{conversation_id}/mode", self.change_mode, methods=["POST"],
                         response_model=ModeResult, responses={**_ERRORS}, openapi_extra={**_body(ModeChange), **_SIGNED},
                         summary="Agents take the conversation or give it back",
@@ -505,19 +521,45 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
         key = ConversationKey(PLATFORM, conversation_id)
         rows = await self.manager.store.transcript(key, limit=POLL_WINDOW)
         users = {row.id: row for row in rows if row.role == "user"}
-        replies = [self._reply(row, users) for row in rows if row.role == "assistant" and row.id > after]
+        replies = [self._reply(row, users, conversation_id) for row in rows
+                   if row.role == "assistant" and row.id > after]
         conv = await self.manager.store.conversation(key)
         newest = max((r.id for r in rows), default=after)
         return JSONResponse(ApiConversation(conversation_id=conversation_id, mode=conv.mode, replies=replies,
                                             next_after=max(after, newest)).model_dump())
 
     @staticmethod
-    def _reply(row: StoredMessage, users: dict[int, StoredMessage]) -> ApiReply:
+    def _reply(row: StoredMessage, users: dict[int, StoredMessage], conversation_id: str) -> ApiReply:
         asked = users.get(row.reply_to) if row.reply_to is not None else None
+        # a helpdesk without callback_url polls: the picture a callback would carry is fetched from its URL
+        files = [ApiFile(filename=a.filename or "file", mime_type=a.mime, size=a.size, sha256=a.sha256,
+                         url=f"{PREFIX}/conversations/{conversation_id}/files/{a.sha256}")
+                 for a in row.attachments if a.sha256]
         return ApiReply(id=row.id, type="answer" if row.kind == "chat" else row.kind, text=row.text,
                         in_reply_to=asked.platform_message_id if asked else None,
                         private=bool(asked and asked.route.get("assist") == "1"), failed=row.state == "failed",
-                        author=row.sender_name, created_at=row.created_at)
+                        author=row.sender_name, files=files, created_at=row.created_at)
+
+    async def file(self, request: Request, conversation_id: Identifier, sha256: str) -> Response:
+        """A file of one of the assistant's replies in this conversation (the window polling lists): the
+        signature covers the conversation, so a file of another conversation is never served by guessing."""
+        self._check_target(request)
+        try:
+            checked_sha256(sha256)
+        except ValueError:
+            return JSONResponse({"error": "not a SHA-256"}, status_code=400)
+        rows = await self.manager.store.transcript(ConversationKey(PLATFORM, conversation_id), limit=POLL_WINDOW)
+        found = next((a for row in rows if row.role == "assistant" for a in row.attachments if a.sha256 == sha256),
+                     None)
+        if found is None:
+            return JSONResponse({"error": "no such file in this conversation"}, status_code=404)
+        try:
+            data = await self.manager.store.attachment_data(sha256)
+        except FileNotFoundError:
+            return JSONResponse({"error": "no such file"}, status_code=404)
+        return Response(data, media_type=found.mime or "application/octet-stream",
+                        headers={"X-Content-Type-Options": "nosniff",
+                                 "Content-Disposition": f'attachment; filename="{sha256[:12]}"'})
 
     async def change_mode(self, request: Request, conversation_id: Identifier) -> Response:
         return await self.verify.once(request, lambda body: self._change_mode(body, conversation_id))

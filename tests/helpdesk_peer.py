@@ -184,13 +184,15 @@ def _form_errors(html: str) -> str:
 
 @contextlib.asynccontextmanager
 async def helpdesk_site(tmp_path: Path, *, new_ticket_webhook: str | None = None,
-                        followup_webhook: str | None = None, start_limit_s: float = 60) -> AsyncIterator[HelpdeskSite]:
+                        followup_webhook: str | None = None, start_limit_s: float = 60,
+                        valid_extensions: list[str] | None = None) -> AsyncIterator[HelpdeskSite]:
     """Start the site under ``tmp_path / "helpdesk"`` and stop it on exit.
 
     The webhook URLs go verbatim into ``HELPDESK_NEW_TICKET_WEBHOOK_URLS`` / ``HELPDESK_FOLLOWUP_WEBHOOK_URLS``
     (django-helpdesk splits the first on ``,`` and the second on a comma with whitespace on both sides);
     ``None`` or ``""`` leaves the variable unset: no webhook of that kind. Raises if the site has not printed
     its ready line within ``start_limit_s`` (it usually takes ≈2.3 s: Python, Django, the migrations).
+    ``valid_extensions`` replaces django-helpdesk's default ``HELPDESK_VALID_EXTENSIONS``.
     """
     directory = tmp_path / "helpdesk"
     directory.mkdir(parents=True, exist_ok=True)
@@ -202,6 +204,8 @@ async def helpdesk_site(tmp_path: Path, *, new_ticket_webhook: str | None = None
         env["HELPDESK_NEW_TICKET_WEBHOOK_URLS"] = new_ticket_webhook
     if followup_webhook:
         env["HELPDESK_FOLLOWUP_WEBHOOK_URLS"] = followup_webhook
+    if valid_extensions:
+        env["HELPDESK_SITE_VALID_EXTENSIONS"] = ",".join(valid_extensions)
     ready_path, log_path = directory / "site.out", directory / "site.log"
     started = time.monotonic()
     with open(ready_path, "wb") as out, open(log_path, "wb") as log:

@@ -127,11 +127,13 @@ class Peer:
 
 
 @contextlib.asynccontextmanager
-async def helpdesk_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Peer]:
+async def helpdesk_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                        valid_extensions: list[str] | None = None) -> AsyncIterator[Peer]:
     front = Front()
     async with serve_asgi(front) as url:
         hook = f"{url}{WEBHOOK_PATH}?token={TOKEN}"
-        async with helpdesk_site(tmp_path, new_ticket_webhook=hook, followup_webhook=hook) as site:
+        async with helpdesk_site(tmp_path, new_ticket_webhook=hook, followup_webhook=hook,
+                                 valid_extensions=valid_extensions) as site:
             monkeypatch.setenv("HELPDESK_API_USER", site.api_user)
             monkeypatch.setenv("HELPDESK_API_PASSWORD", site.api_password)
             monkeypatch.setenv("HELPDESK_WEBHOOK_TOKEN", TOKEN)

@@ -4,7 +4,9 @@ drawn on the user's own photo and sent back through the web chat, Telegram, Slac
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adapters.helpdesk_api import verify_callback
 from bot.config import GenerationSettings
 from bot.engines import EchoEngine
 from bot.engines.base import ChatMessage
@@ -31,6 +34,12 @@ from tests.conftest import make_settings
 from tests.live_server import exchange, live_server, open_session
 from tests.test_chatwoot import LOCAL as CHATWOOT_LOCAL
 from tests.test_chatwoot import chatwoot
+from tests.test_console import run_console
+from tests.test_django_helpdesk import _attachments as django_attachments
+from tests.test_django_helpdesk import helpdesk_bot as django_bot
+from tests.test_django_helpdesk import helpdesk_peer as django_peer
+from tests.test_helpdesk_api import SECRET as API_SECRET
+from tests.test_helpdesk_api import helpdesk_api
 from tests.test_slack import CHANNEL, slack
 from tests.test_slack import mention as slack_mention
 from tests.test_telegram import ANA, DM, telegram
@@ -360,3 +369,92 @@ async def test_a_persona_with_grounding_off_keeps_the_label_and_draws_nothing(tm
         await live.runtime.manager.idle()
         history = (await client.get("/api/history")).json()["messages"]
         assert len(history) == 2 and not history[1]["files"]
+
+
+# -- the console, the generic helpdesk API and django-helpdesk -------------------------------------------------------
+
+
+async def test_the_console_saves_the_marked_up_photo_and_prints_its_path(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the console saves files under ./exports
+    wall = tmp_path / "wall.jpg"
+    wall.write_bytes(photo(800, 600))
+    out, _ = await run_console(tmp_path, f"/image {wall}\n{SPACED}\n")
+    lines = out.splitlines()
+    answer = next(i for i, line in enumerate(lines) if line.endswith("echo: crack"))
+    assert all(no_tag_fragment(line) for line in lines if not line.startswith("[attached"))
+    saved = next(i for i, line in enumerate(lines) if line.startswith("[file saved: "))
+    assert saved > answer  # the picture's path comes after the answer
+    path = Path(lines[saved].removeprefix("[file saved: ").removesuffix("]"))  # relative to the working folder
+    assert path.is_file() and path.suffix == ".jpg"
+    data = path.read_bytes()
+    assert Image.open(io.BytesIO(data)).size == (800, 600)
+    assert_box(data, BOX)
+    assert label_drawn(data, BOX)
+
+
+async def test_the_helpdesk_api_sends_the_marked_up_photo_as_a_signed_file_callback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with helpdesk_api(tmp_path, monkeypatch) as h:
+        inline = base64.b64encode(photo(800, 600)).decode()
+        accepted = await h.message("T-22", SPACED, message_id="q-1",
+                                   attachments=[{"data": inline, "filename": "wall.jpg", "mime_type": "image/jpeg"}])
+        assert accepted.status_code == 202, accepted.text
+        answer, file = await h.receiver.wait_for(2)
+        assert answer["type"] == "answer" and answer["text"].endswith("echo: crack")
+        assert file["type"] == "file" and file["text"] == "crack"  # after the answer, replying to the question
+        assert file["in_reply_to"] == "q-1" and file["conversation_id"] == "T-22" and not file["private"]
+        assert all(no_tag_fragment(p["text"]) for p in h.receiver.payloads())
+        headers, body = next((hd, b) for hd, b in h.receiver.callbacks if json.loads(b)["type"] == "file")
+        assert verify_callback(API_SECRET, headers, body)
+        meta = file["file"]
+        data = base64.b64decode(meta["data"])
+        assert meta["filename"].endswith(".jpg") and meta["mime_type"] == "image/jpeg" and meta["size"] == len(data)
+        assert Image.open(io.BytesIO(data)).size == (800, 600)
+        assert_box(data, BOX)
+        assert label_drawn(data, BOX)
+        # a helpdesk that polls sees the picture too: listed with the reply, fetched by a signed GET
+        await h.idle()
+        polled = (await h.poll("T-22"))["replies"]
+        assert [(r["type"], r["text"], r["in_reply_to"]) for r in polled] == [
+            ("answer", answer["text"], "q-1"), ("notice", "crack", "q-1")]
+        assert polled[0]["files"] == []
+        [listed] = polled[1]["files"]
+        assert listed["mime_type"] == "image/jpeg" and listed["filename"] == meta["filename"]
+        fetched = await h.get(listed["url"])
+        assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/jpeg"
+        assert fetched.content == data
+        # signed for this conversation only; unsigned, another conversation's or a malformed id: refused
+        other = listed["url"].replace("/T-22/", "/T-23/")
+        assert (await h.get(other)).status_code == 404
+        assert (await h.get(listed["url"], signed_target=other)).status_code == 401
+        assert (await h.client.get(listed["url"])).status_code == 401
+        assert (await h.get(listed["url"].rsplit("/", 1)[0] + "/not-a-sha")).status_code == 400
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("extensions", "suffix"), [(None, ".jpg"), ([".txt", ".pdf", ".png", ".jpeg"], ".jpeg")])
+async def test_django_helpdesk_attaches_the_marked_up_photo_to_a_follow_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extensions: list[str] | None, suffix: str) -> None:
+    """Against the real django-helpdesk (tests/helpdesk_site): its default HELPDESK_VALID_EXTENSIONS takes
+    ``.jpg``; a site that lists ``.jpeg`` instead gets the same JPEG under that name (never renamed ``.txt``,
+    as a refused text export is)."""
+    conf = {"attachment_extensions": extensions} if extensions else {}
+    async with django_peer(tmp_path, monkeypatch, valid_extensions=extensions) as peer, \
+            django_bot(tmp_path, peer, **conf) as h:
+        ticket = await h.site.customer_ticket("Wall", SPACED, attachment=(f"wall{suffix}", photo(800, 600), "image/jpeg"))
+        files = await h.until(lambda: django_attachments(h, ticket))
+        followups = await h.bot_followups(ticket)
+        assert all(f["public"] for f in followups)
+        assert all(no_tag_fragment(f["comment"]) for f in followups)
+        answer = next(f for f in followups if not f.get("followupattachment_set"))
+        assert answer["comment"].endswith("echo: Wall\n\ncrack")  # the ticket's title, then its text
+        carrier = next(f for f in followups if f.get("followupattachment_set"))
+        assert carrier["comment"].strip() == "crack" and carrier["id"] > answer["id"]  # after the answer
+        [file] = files
+        assert file["filename"].endswith(suffix) and ".jpg.jpeg" not in file["filename"]
+        download = await h.site.download(file["file"], user="agent")
+        assert download.status_code == 200
+        assert Image.open(io.BytesIO(download.content)).size == (800, 600)
+        assert_box(download.content, BOX)
+        assert label_drawn(download.content, BOX)

@@ -401,6 +401,7 @@ async def test_the_openapi_schema_documents_the_api(tmp_path: Path, monkeypatch:
         assert "202" in post["responses"] and "401" in post["responses"]
         assert f"{PREFIX}/conversations/{{conversation_id}}/messages" in schema["paths"]
         assert f"{PREFIX}/conversations/{{conversation_id}}/mode" in schema["paths"]
+        assert f"{PREFIX}/conversations/{{conversation_id}}/files/{{sha256}}" in schema["paths"]
 
 
 @pytest.mark.parametrize(("callback_url", "refused"), [
@@ -689,6 +690,9 @@ def _requests() -> st.SearchStrategy[tuple[str, str, Any]]:
         st.tuples(st.just("POST"), st.just(f"{PREFIX}/messages"), fields | _json),
         st.tuples(st.just("GET"), st.builds(lambda c, a: f"{PREFIX}/conversations/{c}/messages?after={a}",
                                             _ids, st.integers() | st.text(max_size=5)), st.none()),
+        st.tuples(st.just("GET"), st.builds(lambda c, f: f"{PREFIX}/conversations/{c}/files/{f}", _ids,
+                                            st.text(max_size=70) | st.sampled_from(["0" * 64, "a" * 64])),
+                  st.none()),
         st.tuples(st.just("POST"), _ids.map(lambda c: f"{PREFIX}/conversations/{c}/mode"),
                   st.fixed_dictionaries({"mode": st.sampled_from(["bot", "human", "x"]) | _json},
                                         optional={"by": _json}) | _json),

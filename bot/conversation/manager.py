@@ -597,9 +597,9 @@ class ConversationManager:
         return sent
 
     async def _send_picture(self, turn: Turn, drawn: Annotated, filename: str, *, delivered: bool = True) -> None:
-        """Store the marked-up image as a reply of the turn's message (history, the operator inbox and exports show
-        it) and send it on the turn's sink after what was sent so far; kept in the outbox when the platform is
-        away for a while, or when the answer itself waits there (the order stays)."""
+        """Store the marked-up image as a reply of the turn's message (the history, the operator inbox and the
+        helpdesk API's polling show it) and send it on the turn's sink after what was sent so far; kept in the
+        outbox when the platform is away for a while, or when the answer itself waits there (the order stays)."""
         msg = turn.msg
         caption = ", ".join(drawn.labels)
         mime = "image/jpeg"

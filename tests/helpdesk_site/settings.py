@@ -89,6 +89,8 @@ LOGIN_REDIRECT_URL = "helpdesk:home"
 STATIC_URL = "/static/"
 MEDIA_URL = "/media/"
 MEDIA_ROOT = os.environ.get("HELPDESK_SITE_MEDIA", str(Path.cwd() / "helpdesk-media"))
+if os.environ.get("HELPDESK_SITE_VALID_EXTENSIONS"):  # a site that narrowed django-helpdesk's default list
+    HELPDESK_VALID_EXTENSIONS = os.environ["HELPDESK_SITE_VALID_EXTENSIONS"].split(",")
 
 DEFAULT_FROM_EMAIL = "helpdesk@example.com"
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
