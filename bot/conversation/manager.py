@@ -687,6 +687,8 @@ class ConversationManager:
     def _cited(prompt: Prompt, answer: str) -> tuple[str, ...]:
         """The passages ``answer`` cites, as ``base/document#page`` labels."""
         passages = prompt.messages[-1].knowledge if prompt.messages else ()
+        if not passages:
+            return ()
         numbers = set(cited(answer, len(passages)))
         return tuple(f"{p.base}/{p.doc}" + (f"#{p.page}" if p.page is not None else "")
                      for k, p in enumerate(passages, start=1) if k in numbers)

@@ -56,12 +56,20 @@ class TagFilter:
     answer as the model wrote it, tags included, for :func:`parse_regions`."""
 
     def __init__(self) -> None:
-        self.raw = ""
+        self._raw: list[str] = []
         self._held = ""
+        self._tagged = False  # a "<" came: the answer may hold tags
+
+    @property
+    def raw(self) -> str:
+        return "".join(self._raw)
 
     def feed(self, chunk: str) -> str:
         """The text of ``chunk`` the user may see now; a tag not yet complete is held back."""
-        self.raw += chunk
+        self._raw.append(chunk)
+        if not self._held and "<" not in chunk:
+            return chunk  # the common case: no tag anywhere near
+        self._tagged = True
         text = self._held + chunk
         self._held = ""
         out: list[str] = []
@@ -98,7 +106,7 @@ class TagFilter:
     @property
     def grounded(self) -> bool:
         """The answer so far has at least one complete box."""
-        return "</box>" in self.raw
+        return self._tagged and "</box>" in self.raw
 
 
 def strip_tags(text: str) -> str:
