@@ -23,11 +23,12 @@ from bot.training.privacy import redact, strip_metadata
 from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
 from tests.live_server import exchange, live_server, open_session
-from tests.test_telegram import ANA, DM, Harness, message, telegram
+from tests.test_slack import CHANNEL, USER, mention, slack
+from tests.test_telegram import ANA, DM, message, telegram
 from tests.test_web import metric
 
 
-def counted(h: Harness, kind: str, platform: str) -> float:
+def counted(h: Any, kind: str, platform: str) -> float:
     assert h.runtime.manager is not None
     return sum(sample.value for metric in h.runtime.manager.metrics.feedback.collect() for sample in metric.samples
                if sample.name.endswith("_total") and sample.labels["kind"] == kind
@@ -158,6 +159,35 @@ async def test_web_thumbs_are_recorded_once_per_answer_and_counted(tmp_path: Pat
 
 
 
+
+async def test_slack_feedback_buttons_record_a_press_once_and_thank_the_presser(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        payload = mention(h, "how do I reset the router?")
+        await h.slack.send_socket_event(payload)
+        ts = payload["event"]["ts"]
+        answer = await h.answered(CHANNEL, ts, "echo: how do I reset the router?")
+        await h.idle()
+        [block] = answer.blocks or []
+        assert block["type"] == "context_actions" and block["elements"][0]["type"] == "feedback_buttons"
+        press = h.slack.feedback_press(CHANNEL, answer.ts, USER, positive=True)
+        first = await h.slack.send_block_actions(press)
+        await h.slack.wait_for(lambda: len(h.slack.ephemerals) == 1)
+        await h.slack.wait_for(lambda: h.slack.acked(first))
+        assert h.slack.ephemerals[0]["user"] == USER and h.slack.ephemerals[0]["thread_ts"] == ts
+        assert h.slack.ephemerals[0]["text"] == t("feedback_thanks", "en")
+        await h.slack.send_block_actions(press)  # the same press delivered again (a reconnect)
+        await h.slack.wait_for(lambda: len(h.slack.ephemerals) == 2)
+        stored = await store.find_by_platform_id("slack", CHANNEL, answer.ts)
+        assert stored is not None and stored.role == "assistant"
+        assert [(f.kind, f.message_id, f.user) for f in await store.feedback()] == [("up", stored.id, USER)]
+        assert counted(h, "up", "slack") == 1
+        # a 👎 (another press, its own action_ts) is a second row and asks what was wrong
+        await h.slack.send_block_actions(h.slack.feedback_press(CHANNEL, answer.ts, USER, positive=False))
+        await h.slack.wait_for(lambda: len(h.slack.ephemerals) == 3)
+        assert h.slack.ephemerals[2]["text"] == t("feedback_ask_comment", "en")
+        assert [f.kind for f in await store.feedback()] == ["up", "down"]
 
 
 # -- training data out -------------------------------------------------------------------------

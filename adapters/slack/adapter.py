@@ -15,7 +15,11 @@ that is off, unavailable, or the stream expired.
 While working, ``assistant.threads.setStatus`` says so ("is looking at your files…"). In the AI-assistant
 panel, new threads get the persona's greeting and suggested prompts, and a title. Files shared in a
 message are downloaded from ``url_private_download`` with the bot token, only from ``file_hosts`` or the
-API's host, after their size is checked from the event. Every call goes through one rate limiter (per
+API's host, after their size is checked from the event. A finished streamed answer ends with Slack's
+``feedback_buttons`` (a ``context_actions`` block given to ``chat.stopStream``); a press is recorded through
+the core once (its ``action_ts`` and presser are the event id) and thanked ephemerally. Answers posted and
+updated instead (native streaming off or refused) carry no buttons: their text is ``markdown_text``, which
+Slack takes only without blocks. Every call goes through one rate limiter (per
 channel for ``chat.postMessage``, per method tier for the others); a 429 is waited out as Slack asks.
 """
 
@@ -112,6 +116,9 @@ PREVIEW_RESERVE = 15  # chat.update calls kept for finished texts (see SlackTran
 #: Methods whose call can be repeated after a network error without showing anything twice.
 REPEATABLE = {"chat.update", "chat.delete", "assistant.threads.setStatus", "assistant.threads.setSuggestedPrompts",
               "assistant.threads.setTitle", "users.info", "conversations.replies"}
+#: The action_id of the feedback buttons under an answer, and their values (what a press sends back).
+FEEDBACK_ACTION = "internvl_bot_feedback"
+FEEDBACK_VALUES = {"up": "up", "down": "down"}
 _STREAM_GONE = {"message_not_in_streaming_state", "message_not_found", "streaming_state_conflict",
                 "invalid_stream", "stream_expired"}
 
@@ -359,13 +366,16 @@ class SlackStreamSink:
         assert self.ts is not None
         final = event.text
         streamed = self.total.strip()
+        # a whole answer gets the 👍/👎 under it; an interrupted or failed one is nothing to rate
+        blocks = feedback_blocks(self.context.language, self.ts) if event.outcome == "done" else None
         if final == streamed:
-            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts)
+            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts,
+                                    blocks=blocks)
         elif final.startswith(streamed) and \
                 len(self.sent) + len(rest := escape_slack(final[len(streamed):], line_start=not streamed)) \
                 <= MESSAGE_LIMIT:
             await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts,
-                                    chunks=[{"type": "markdown_text", "text": rest}])
+                                    chunks=[{"type": "markdown_text", "text": rest}], blocks=blocks)
         else:  # the final text differs from what streamed (a failure notice, a cut): set it
             await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts)
             await self._fall_back()
@@ -382,6 +392,20 @@ class SlackStreamSink:
         self.renderer = self.adapter.renderer(context)
         if self.total:
             self.renderer.answer = self.total
+
+
+def feedback_blocks(language: str, ts: str) -> list[dict[str, Any]]:
+    """Slack's feedback buttons for AI answers: a ``context_actions`` block with one ``feedback_buttons``
+    element (docs.slack.dev/reference/block-kit/block-elements/feedback-buttons-element). The block_id
+    names the message (Slack wants it unique per message)."""
+    def button(rating: str, face: str) -> dict[str, Any]:
+        label = i18n.text(f"ui_feedback_{rating}", language)
+        return {"text": {"type": "plain_text", "text": face}, "accessibility_label": label[:75],
+                "value": FEEDBACK_VALUES[rating]}
+
+    return [{"type": "context_actions", "block_id": f"fb-{ts}", "elements": [
+        {"type": "feedback_buttons", "action_id": FEEDBACK_ACTION, "positive_button": button("up", "👍"),
+         "negative_button": button("down", "👎")}]}]
 
 
 class _SupportChannel:
@@ -463,6 +487,7 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         for event in ("message", "app_mention", "assistant_thread_context_changed", "file_shared", "reaction_added"):
             self.app.event(event)(self._acknowledge)
         self.app.event("assistant_thread_started")(self._assistant_thread_started)
+        self.app.action(FEEDBACK_ACTION)(self._feedback)
         if conf.slash_command:
             self.app.command(conf.slash_command)(self._slash_command)
         self.limiter = RateLimiter(self._rates)
@@ -776,6 +801,42 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
                                 prompts=[{"title": s[:75], "message": s} for s in suggestions[:4]])
         except SlackApiError as exc:
             log.warning("greeting a new assistant thread failed: %s", slack_error(exc) or exc)
+
+    async def _feedback(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        """👍/👎 under an answer: recorded once through the core (Slack's ``action_ts`` and the presser are
+        the event id: a redelivered press is the same row), thanked with an ephemeral message; a 👎 asks once
+        what was wrong (the presser's next message in the thread is its comment)."""
+        await ack()
+        action = next((a for a in body.get("actions") or [] if a.get("action_id") == FEEDBACK_ACTION), None)
+        container = body.get("container") or {}
+        channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id") or "")
+        ts, user = str(container.get("message_ts") or ""), str((body.get("user") or {}).get("id") or "")
+        if action is None or not channel or not ts or not user:
+            return
+        rating = {v: k for k, v in FEEDBACK_VALUES.items()}.get(str(action.get("value")))
+        if rating is None:
+            return
+        thread = str(container.get("thread_ts") or "")
+        key = ConversationKey(PLATFORM, channel, thread)
+        conv = await self.manager.store.conversation(key)
+        lang = conv.language or conv.last_language or i18n.normalize_code(await self.locale(user)) \
+            or self.settings.conversation.default_language
+        feedback = self.manager.feedback
+        answer = await feedback.answer_for(key, ts)
+        if answer is None:
+            says = "feedback_gone"
+        else:
+            fid = await feedback.record(answer, "up" if rating == "up" else "down", user=user,
+                                        event_id=f"slack-fb:{user}:{action.get('action_ts') or ts}")
+            says = "feedback_thanks"
+            if fid is not None and rating == "down":
+                await feedback.ask_comment(answer.key, user, fid)
+                says = "feedback_ask_comment"
+        try:
+            await self.call(self.client.chat_postEphemeral, channel=channel, user=user,
+                            thread_ts=thread or None, text=i18n.text(says, lang))
+        except SlackApiError as exc:
+            log.info("thanking %s for feedback failed: %s", user, slack_error(exc) or exc)
 
     async def _slash_command(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         """``/internvl human`` and friends: the framework's commands, from Slack's own command menu."""

@@ -75,6 +75,10 @@ MAX_MARKDOWN_TEXT = 12_000
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3_000
 MAX_HEADER_TEXT = 150
+MAX_CONTEXT_ACTIONS = 5
+"""A ``context_actions`` block holds 1 to 5 ``feedback_buttons`` / ``icon_button`` elements."""
+MAX_FEEDBACK_TEXT = 75
+MAX_FEEDBACK_VALUE = 2000
 SCOPES = ("app_mentions:read,assistant:write,channels:history,chat:write,files:read,files:write,"
           "groups:history,im:history,im:read,mpim:history,reactions:write,users:read,commands")
 SLACK_USER_AGENT = "Slackbot 1.0 (+https://api.slack.com/robots)"
@@ -399,6 +403,40 @@ def _apply_overrides(payload: dict[str, Any], overrides: Mapping[str, Any]) -> N
             payload[key] = value
         else:
             payload["event"][key] = value
+
+
+def _context_actions_problems(block: Mapping[str, Any], where: str) -> list[str]:
+    """What Slack says of a ``context_actions`` block (docs.slack.dev/reference/block-kit/blocks/
+    context-actions-block, .../block-elements/feedback-buttons-element): 1 to 5 elements, each a
+    ``feedback_buttons`` (a ``positive_button`` and a ``negative_button``, each a plain_text ``text`` of at most
+    75 characters and a ``value`` of at most 2,000) or an ``icon_button``."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= MAX_CONTEXT_ACTIONS:
+        return [f"[ERROR] must provide 1 to {MAX_CONTEXT_ACTIONS} items [json-pointer:{where}/elements]"]
+    problems = []
+    for j, element in enumerate(elements):
+        at = f"{where}/elements/{j}"
+        kind = element.get("type") if isinstance(element, dict) else None
+        if kind == "icon_button":
+            continue
+        if kind != "feedback_buttons":
+            problems.append(f"[ERROR] must be one of feedback_buttons, icon_button [json-pointer:{at}/type]")
+            continue
+        for side in ("positive_button", "negative_button"):
+            button = element.get(side)
+            text = button.get("text") if isinstance(button, dict) else None
+            if not isinstance(text, dict) or text.get("type") != "plain_text" or not text.get("text"):
+                problems.append(f"[ERROR] missing required field: text [json-pointer:{at}/{side}]")
+            elif len(str(text["text"])) > MAX_FEEDBACK_TEXT:
+                problems.append(f"[ERROR] must be less than {MAX_FEEDBACK_TEXT + 1} characters "
+                                f"[json-pointer:{at}/{side}/text/text]")
+            value = button.get("value") if isinstance(button, dict) else None
+            if not isinstance(value, str) or not value:
+                problems.append(f"[ERROR] missing required field: value [json-pointer:{at}/{side}]")
+            elif len(value) > MAX_FEEDBACK_VALUE:
+                problems.append(f"[ERROR] must be less than {MAX_FEEDBACK_VALUE + 1} characters "
+                                f"[json-pointer:{at}/{side}/value]")
+    return problems
 
 
 def _rich_text(text: str) -> list[dict[str, Any]]:
@@ -955,6 +993,49 @@ class FakeSlack:
         }
         return await self.send_socket_event(payload, type="slash_commands", to=to, redeliver=False)
 
+    def feedback_press(self, channel: str, message_ts: str, user: str, *, positive: bool = True,
+                       action_ts: str | None = None) -> dict[str, Any]:
+        """The ``block_actions`` payload Slack sends when ``user`` presses the 👍 (``positive``) or 👎 of the
+        ``feedback_buttons`` element on the message ``message_ts`` (docs.slack.dev/reference/interaction-payloads/
+        block_actions-payload). Raises when the message has no such element: there is nothing to press.
+        Send it with :meth:`send_block_actions`; sending the same payload again is Slack delivering the same
+        press again (same ``action_ts``)."""
+        msg = self._find(channel, message_ts)
+        found = None
+        for block in (msg.blocks or []) if msg is not None and not msg.deleted else []:
+            for element in block.get("elements") or [] if block.get("type") == "context_actions" else []:
+                if isinstance(element, dict) and element.get("type") == "feedback_buttons":
+                    found = (block, element)
+        if msg is None or found is None:
+            raise AssertionError(f"no feedback_buttons on message {message_ts} in {channel}")
+        block, element = found
+        button = element["positive_button" if positive else "negative_button"]
+        info = self._channel_info(channel) if _CHANNEL_ID.match(channel) else {}
+        person = self._users.get(user, {})
+        container = {"type": "message", "message_ts": msg.ts, "channel_id": channel, "is_ephemeral": False}
+        if msg.thread_ts:
+            container["thread_ts"] = msg.thread_ts
+        return {
+            "type": "block_actions",
+            "user": {"id": user, "username": person.get("name", "ana"), "name": person.get("name", "ana"),
+                     "team_id": self.team_id},
+            "api_app_id": self.app_id, "token": self.verification_token, "container": container,
+            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}",
+            "team": {"id": self.team_id, "domain": self.team_domain}, "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": "directmessage" if info.get("is_im") else info.get("name", "")},
+            "message": msg.to_api(), "state": {"values": {}},
+            "response_url": f"{self.url}/actions/{secrets.token_hex(8)}",
+            "actions": [{"type": "feedback_buttons", "action_id": element.get("action_id", ""),
+                         "block_id": block.get("block_id", ""), "value": button["value"],
+                         "action_ts": action_ts or self.new_ts()}],
+        }
+
+    async def send_block_actions(self, payload: dict[str, Any], *, to: str = "one") -> str:
+        """An ``interactive`` envelope (accepts_response_payload true; Slack does not redeliver it on a
+        missing ack)."""
+        return await self.send_socket_event(payload, type="interactive", to=to, redeliver=False)
+
     async def disconnect(self, reason: str = "refresh_requested", *, connection: int | None = None,
                          close: bool = True, grace: float = 2.0) -> None:
         """Send Slack's ``{"type": "disconnect", "reason": ...}`` on one connection (default: the oldest
@@ -1399,8 +1480,12 @@ class FakeSlack:
             if block["type"] == "markdown" and len(str(block.get("text", ""))) > MAX_MARKDOWN_TEXT:
                 problems.append(f"[ERROR] must be less than {MAX_MARKDOWN_TEXT + 1} characters "
                                 f"[json-pointer:/blocks/{i}/text]")
+            if block["type"] == "context_actions":
+                problems += _context_actions_problems(block, f"/blocks/{i}")
         if problems:
             raise _ApiError("invalid_blocks", response_metadata={"messages": problems})
+        for block in blocks:  # Slack names a block that came without a block_id
+            block.setdefault("block_id", _new_id("", 5).lower())
         return blocks
 
     def _metadata(self, p: Mapping[str, Any]) -> dict[str, Any] | None:
