@@ -2,6 +2,15 @@
 agent used a drafted answer), the implicit signals the manager sees itself, and the optional comment a 👎
 asks for.
 
+Drafts (agent-assist): when an agent answers the customer after the bot drafted an answer, the newest draft of
+the conversation is judged once against what the agent sent (:func:`draft_outcome`): ``sent_as_is``,
+``edited`` (the agent's text kept in ``value``: the corrected answer the export uses) or ``discarded`` (the
+agent's text kept too; none when the conversation was closed without a reply). The agent's first reply after a
+draft decides it; a draft a newer draft replaced before any reply is not judged.
+
+Ratings of a whole conversation (a helpdesk's CSAT survey) go on every answer of the bot in it since the
+previous rating of that conversation (:meth:`FeedbackDesk.rate_conversation`).
+
 Every piece is stored with the answer (its conversation, persona and model, see
 :class:`~bot.store.base.AnswerMeta`) and counted in ``internvl_bot_feedback_total{kind,platform,persona}``.
 A platform's redelivered press carries the same event id: the store keeps it once and it is counted once.
@@ -14,6 +23,7 @@ the intake of every other message costs no database read.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from collections.abc import Callable
@@ -31,8 +41,28 @@ COMMENT_BUCKET = "feedback:comment:"
 COMMENT_CHARS = 2000
 
 
+#: An agent's reply at least this similar to the draft (difflib's ratio of the whitespace-normalised texts)
+#: is the draft sent as is (a trailing space, a fixed typo); at least :data:`EDITED_AT`, the draft edited;
+#: below, the agent wrote something else.
+SENT_AS_IS_AT = 0.98
+EDITED_AT = 0.3
+
+
 def _bucket(key: ConversationKey, user: str) -> str:
     return f"{COMMENT_BUCKET}{key}|{user}"
+
+
+def draft_outcome(draft: str, sent: str | None) -> FeedbackKind:
+    """What the agent did with ``draft``, judged from what they ``sent`` (None: nothing, the conversation
+    was closed): ``sent_as_is``, ``edited`` or ``discarded``, by :data:`SENT_AS_IS_AT` / :data:`EDITED_AT`."""
+    if not sent or not sent.strip():
+        return "discarded"
+    ratio = difflib.SequenceMatcher(None, " ".join(draft.split()), " ".join(sent.split()), autojunk=False).ratio()
+    return "sent_as_is" if ratio >= SENT_AS_IS_AT else "edited" if ratio >= EDITED_AT else "discarded"
+
+
+def _is_answer(m: StoredMessage) -> bool:
+    return m.role == "assistant" and m.kind == "chat" and m.reply_to is not None and m.state == "answered"
 
 
 class FeedbackDesk:
@@ -86,6 +116,36 @@ class FeedbackDesk:
             return None
         return await self.record(last, kind, user=msg.sender_id, event_id=f"{kind}:{msg.id}")
 
+    async def draft_used(self, key: ConversationKey, sent: str | None, *, user: str = "") -> int | None:
+        """An agent answered in ``key`` (``sent``), or closed it without answering (None): the newest draft
+        of the bot there is judged (see the module docstring), once — a later reply, a redelivery, finds it
+        judged. Its feedback id; None when there is no draft or it was judged before."""
+        drafts = [m for m in await self.store.transcript(key, limit=50) if _is_answer(m)]
+        if not drafts:
+            return None
+        draft = drafts[-1]
+        kind = draft_outcome(draft.text, sent)
+        return await self.record(draft, kind, user=user, event_id=f"draft:{draft.id}",
+                                 value=(sent or "").strip() if kind != "sent_as_is" else "")
+
+    async def rate_conversation(self, key: ConversationKey, kind: FeedbackKind, value: str, *, event_id: str,
+                                asked_at: float | None = None, user: str = "", comment: str = "") -> list[int]:
+        """A rating of the whole conversation (a CSAT survey, ``event_id`` the survey's, posted at
+        ``asked_at``): stored on every answer of the bot in ``key`` given before the survey was posted and
+        newer than the answers an earlier rating of ``kind`` went on. The ids of the feedback stored; none for
+        a redelivered rating (its answers carry it already; the survey's time keeps answers given since out)."""
+        earlier = [f.message_id for f in await self.store.feedback(kinds=[kind], platform=key.platform)
+                   if f.key == key]
+        newest_rated = max(earlier, default=0)
+        stored = []
+        for answer in await self.store.transcript(key):
+            if _is_answer(answer) and answer.id > newest_rated and (asked_at is None or answer.created_at <= asked_at):
+                fid = await self.record(answer, kind, user=user, event_id=f"{event_id}:{answer.id}", value=value,
+                                        comment=comment)
+                if fid is not None:
+                    stored.append(fid)
+        return stored
+
     async def ask_comment(self, key: ConversationKey, user: str, feedback_id: int) -> None:
         """Take ``user``'s next message in ``key`` as the comment of ``feedback_id`` (a 👎)."""
         now = self._clock()
@@ -115,4 +175,4 @@ class FeedbackDesk:
             await self.store.drop_stash(_bucket(key, user))
 
 
-__all__ = ["COMMENT_WINDOW", "FeedbackDesk"]
+__all__ = ["COMMENT_WINDOW", "EDITED_AT", "SENT_AS_IS_AT", "FeedbackDesk", "draft_outcome"]
