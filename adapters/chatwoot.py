@@ -19,6 +19,14 @@ agents; so does "Take over" in the operator inbox, and "Give back" (or the custo
 ``pending``. In agent-assist inboxes the bot answers agents instead: every draft is a private note, nothing is
 public, and the conversation's status does not matter.
 
+Feedback (issue 23): an agent's public reply in an agent-assist conversation judges the bot's newest draft
+there — ``sent_as_is``, ``edited`` or ``discarded`` (:func:`bot.conversation.feedback.draft_outcome`); resolving
+the conversation without a reply discards it. Where the inbox has CSAT on, the customer's rating (Chatwoot's
+``message_updated`` of the ``input_csat`` survey, ``submitted_values.csat_survey_response``) is stored as
+``csat`` (the rating 1-5 as the value, the customer's remark as the comment) on every answer of the bot in the
+conversation since its previous rating, once per survey (redeliveries and later edits of the rating add
+nothing). CSAT in agent-assist inboxes rates the agents' work, not the drafts: it is not recorded.
+
 Attachments are fetched from their ``data_url``, which redirects to storage (often another host): redirects are
 followed within Chatwoot's own host and ``attachment_hosts``, to public addresses only (unless
 ``allow_private_networks`` lists them), the bot's token is sent to Chatwoot's own host only, and the size is
@@ -28,8 +36,10 @@ checked from ``file_size`` before any download. The bot token cannot list messag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -333,6 +343,8 @@ class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
         event = str(data.get("event") or "")
         if event == "message_created":
             return await self._message(data)
+        if event == "message_updated" and data.get("content_type") == "input_csat":
+            return await self._csat(data)
         if event in ("conversation_status_changed", "conversation_opened", "conversation_resolved"):
             return await self._status(event, data)
         if event == "webwidget_triggered":
@@ -385,10 +397,17 @@ class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
         self._accounts[str(conv_id)] = str(account)
         if data.get("message_type") == "outgoing" and await self._posted_answer(data, self._key(account, conv_id)):
             return "noted: an answer posted"
-        if data.get("message_type") != "incoming" or data.get("private"):
-            return "ignored: not the customer's"  # agents' messages, private notes, our own replies
         inbox_id = str(inbox.get("id") or conversation.get("inbox_id") or "")
         assist = inbox_id in self.assist
+        sender = data.get("sender") if isinstance(data.get("sender"), dict) else {}
+        if assist and data.get("message_type") == "outgoing" and not data.get("private") \
+                and sender.get("type") == "user":
+            # an agent answered the customer: what became of the bot's draft
+            await self.manager.feedback.draft_used(self._key(account, conv_id), str(data.get("content") or ""),
+                                                   user=str(sender.get("id", "")))
+            return "noted: an agent's reply"
+        if data.get("message_type") != "incoming" or data.get("private"):
+            return "ignored: not the customer's"  # agents' messages, private notes, our own replies
         if not assist and conversation.get("status") != "pending":
             return "ignored: a person has it"
         key = self._key(account, conv_id)
@@ -396,7 +415,6 @@ class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
             conv = await self.manager.store.conversation(key)
             if conv.mode == "human":  # handed off by us and not yet given back: Chatwoot says pending again
                 await self.manager.set_mode(key, "bot", by="chatwoot")
-        sender = data.get("sender") if isinstance(data.get("sender"), dict) else {}
         attributes = conversation.get("additional_attributes") or {}
         locale = attributes.get("browser_language") if isinstance(attributes, dict) else None
         attachments = tuple(
@@ -443,11 +461,39 @@ class ChatwootAdapter(PlatformAdapter[ChatwootSettings]):
         if conv_id is None or account is None:
             return "ignored: which conversation?"
         key = self._key(account, conv_id)
+        if status == "resolved" and str(data.get("inbox_id") or "") in self.assist:
+            await self.manager.feedback.draft_used(key, None)  # closed without the draft (if not judged yet)
         if status == "pending":
             await self.manager.set_mode(key, "bot", by="chatwoot")
         elif status in ("open", "snoozed"):
             await self.manager.set_mode(key, "human", by="chatwoot")
         return f"mode for {status}"
+
+    async def _csat(self, data: dict[str, Any]) -> str:
+        """The customer answered the CSAT survey (see the module docstring)."""
+        attributes = data.get("content_attributes") if isinstance(data.get("content_attributes"), dict) else {}
+        submitted = attributes.get("submitted_values") if isinstance(attributes.get("submitted_values"), dict) else {}
+        response = submitted.get("csat_survey_response")
+        conversation = data.get("conversation") if isinstance(data.get("conversation"), dict) else {}
+        account = (data.get("account") or {}).get("id") if isinstance(data.get("account"), dict) else None
+        conv_id, survey = conversation.get("id"), data.get("id")
+        if not isinstance(response, dict) or account is None or conv_id is None or survey is None:
+            return "ignored: no rating"
+        rating = response.get("rating")
+        if not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 5:
+            return "ignored: no rating"
+        inbox = data.get("inbox") if isinstance(data.get("inbox"), dict) else {}
+        if str(inbox.get("id") or conversation.get("inbox_id") or "") in self.assist:
+            return "ignored: the agents' rating"
+        asked_at = None
+        with contextlib.suppress(TypeError, ValueError):
+            asked_at = datetime.fromisoformat(str(data.get("created_at"))).timestamp()
+        meta = conversation.get("meta") if isinstance(conversation.get("meta"), dict) else {}
+        contact = meta.get("sender") if isinstance(meta.get("sender"), dict) else {}
+        stored = await self.manager.feedback.rate_conversation(
+            self._key(account, conv_id), "csat", str(rating), event_id=f"csat:{survey}", asked_at=asked_at,
+            user=str(contact.get("id", "")), comment=str(response.get("feedback_message") or "").strip())
+        return f"csat on {len(stored)} answer(s)"
 
 
 build = ChatwootAdapter.build

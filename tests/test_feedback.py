@@ -23,6 +23,7 @@ from bot.training.privacy import redact, strip_metadata
 from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
 from tests.live_server import exchange, live_server, open_session
+from tests.test_chatwoot import chatwoot
 from tests.test_slack import CHANNEL, USER, mention, slack
 from tests.test_telegram import ANA, DM, message, telegram
 from tests.test_web import metric
@@ -188,6 +189,55 @@ async def test_slack_feedback_buttons_record_a_press_once_and_thank_the_presser(
         await h.slack.wait_for(lambda: len(h.slack.ephemerals) == 3)
         assert h.slack.ephemerals[2]["text"] == t("feedback_ask_comment", "en")
         assert [f.kind for f in await store.feedback()] == ["up", "down"]
+
+
+async def test_chatwoot_csat_rates_the_bots_answers_once_per_survey(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        h.cw.add_inbox(3, "Shop", csat_survey_enabled=True)
+        conv = h.cw.conversation(inbox_id=3)
+        for question in ("is the pump covered?", "and the hose?"):
+            await h.cw.customer_message(conv, question)
+            await h.replied(conv, f"echo: {question}")
+            await h.idle()
+        await h.cw.set_status(conv, "resolved")
+        assert h.cw.csat_survey(conv) is not None
+        payload = await h.cw.csat_response(conv, 4, "quick, but the hose answer was vague")
+        await h.cw.deliver("message_updated", payload)  # Chatwoot sends the same rating again
+        rows = await store.feedback()
+        answers = [m for m in await store.transcript(ConversationKey("chatwoot", "1", str(conv)))
+                   if m.role == "assistant"]
+        assert [(f.kind, f.message_id, f.value, f.comment) for f in rows] == [
+            ("csat", a.id, "4", "quick, but the hose answer was vague") for a in answers]
+        assert len(rows) == 2 and counted(h, "csat", "chatwoot") == 2
+
+
+async def test_chatwoot_agent_replies_judge_the_bots_drafts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with chatwoot(tmp_path, monkeypatch, agent_assist_inboxes=[2]) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        h.cw.add_inbox(2, "Email")
+        convs = [h.cw.conversation(status="open", inbox_id=2) for _ in range(4)]
+        for n, conv in enumerate(convs):
+            await h.cw.customer_message(conv, f"Where is my parcel number {n}?")
+            await h.cw.wait_for(lambda conv=conv, n=n: f"echo: Where is my parcel number {n}?"
+                                in h.cw.private_notes(conv))
+        await h.idle()
+        sent = await h.cw.agent_message(convs[0], "echo: Where is my parcel number 0? ")  # as is
+        await h.cw.deliver("message_created", sent)  # redelivered: judged once
+        await h.cw.agent_message(convs[1], "Your parcel number 1 left our warehouse today.")  # edited
+        await h.cw.agent_message(convs[2], "Hello! Could you send me your order id, please?")  # discarded
+        await h.cw.agent_message(convs[2], "echo: Where is my parcel number 2?")  # decided already
+        await h.cw.agent_message(convs[3], "a note for colleagues", private=True)  # not a reply
+        await h.cw.set_status(convs[3], "resolved")  # closed without using the draft
+        by_conv = {f.key.thread: (f.kind, f.value) for f in await store.feedback()}
+        assert by_conv == {
+            str(convs[0]): ("sent_as_is", ""),
+            str(convs[1]): ("edited", "Your parcel number 1 left our warehouse today."),
+            str(convs[2]): ("discarded", "Hello! Could you send me your order id, please?"),
+            str(convs[3]): ("discarded", ""),
+        }
+        assert len(await store.feedback()) == 4 and counted(h, "sent_as_is", "chatwoot") == 1
 
 
 # -- training data out -------------------------------------------------------------------------

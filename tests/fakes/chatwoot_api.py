@@ -49,6 +49,11 @@ index holds several versions and forks, the newest upstream-looking one was used
   ``GET /api/v1/profile``, which answers a user's token with the user's profile). A bot
   asking ``open`` on a *pending* conversation is a ``bot_handoff!`` (the answer's ``success`` is null then).
 * The status activity messages of ``app/models/concerns/activity_message_handler.rb`` with the en.yml texts.
+* CSAT (``csat_survey_enabled`` inboxes): resolving a conversation posts the survey, a ``template`` message of
+  content_type ``input_csat`` (``MessageTemplates::Template::CsatSurvey``, en.yml ``csat_input_message_body``),
+  which the bot receives as ``message_created``; the customer's answer (the widget's ``PATCH
+  /api/v1/widget/messages/:id`` with ``submitted_values.csat_survey_response`` {rating 1-5,
+  feedback_message}) updates that message, and the bot receives ``message_updated``.
 
 Simplified: one account, agent bot and agent; no Sidekiq queue (each event is delivered by its own task, so
 events of different messages may interleave); ActiveStorage analysis is not run (``width``/``height`` are
@@ -127,6 +132,8 @@ STATUS_ACTIVITY = {
 }
 BOT_ERROR_ACTIVITY = "Conversation was marked open by system due to an error with the agent bot."
 """en.yml ``conversations.activity.agent_bot.error_moved_to_open``."""
+CSAT_BODY = "Please rate the conversation"
+"""en.yml ``conversations.templates.csat_input_message_body``."""
 USER_AGENT = "rest-client/2.1.0 (linux x86_64) ruby/3.4.4p34"
 _SIGN_IN = {"errors": ["You need to sign in or sign up before continuing."]}
 _NOT_FOUND = {"error": "Resource could not be found"}
@@ -468,9 +475,12 @@ class FakeChatwoot:
 
     # ------------------------------------------------------------------------------------------ setup
 
-    def add_inbox(self, inbox_id: int, name: str = "Website", *, channel: str = "Channel::WebWidget") -> None:
-        """An inbox the bot is connected to (``channel``: ``Channel::WebWidget``, ``Channel::Api``...)."""
-        self._inboxes[inbox_id] = {"id": inbox_id, "name": name, "channel_type": channel}
+    def add_inbox(self, inbox_id: int, name: str = "Website", *, channel: str = "Channel::WebWidget",
+                  csat_survey_enabled: bool = False) -> None:
+        """An inbox the bot is connected to (``channel``: ``Channel::WebWidget``, ``Channel::Api``...);
+        ``csat_survey_enabled``: resolving a conversation asks the customer to rate it."""
+        self._inboxes[inbox_id] = {"id": inbox_id, "name": name, "channel_type": channel,
+                                   "csat_survey_enabled": csat_survey_enabled}
 
     def conversation(self, conversation_id: int | None = None, *, status: str = "pending",
                      inbox_id: int | None = None, contact: dict[str, Any] | None = None,
@@ -826,6 +836,29 @@ class FakeChatwoot:
         change = self._change_status(conv, status, by="agent", reason="set_status", actor=self.agent["name"])
         if notify:
             await self._status_events(conv, change, legacy=legacy)
+        if change is not None and status == "resolved" and self._inboxes[conv.inbox_id].get("csat_survey_enabled") \
+                and not any(m.content_type == "input_csat" for m in conv.messages):
+            # Conversations::TemplateMessageService / CsatSurveyService: one survey per conversation
+            survey = self._add_message(conv, "template", CSAT_BODY, content_type="input_csat",
+                                       content_attributes={"display_type": "emoji"})
+            await self._message_event(survey)
+
+    def csat_survey(self, conversation_id: int) -> int | None:
+        """The id of the conversation's CSAT survey message, if one was posted."""
+        return next((m.id for m in self._conv(conversation_id).messages if m.content_type == "input_csat"), None)
+
+    async def csat_response(self, conversation_id: int, rating: int, feedback_message: str = "") -> dict[str, Any]:
+        """The customer rates the conversation in the survey (the widget's PATCH of the survey message):
+        ``message_updated`` of the ``input_csat`` message with ``submitted_values.csat_survey_response``.
+        Returns the payload (deliver it again to model a redelivery)."""
+        if not 1 <= rating <= 5:
+            raise ValueError("a CSAT rating is 1 to 5")
+        survey = self.csat_survey(conversation_id)
+        if survey is None:
+            raise KeyError(f"conversation {conversation_id} has no CSAT survey (resolve it in a CSAT inbox)")
+        response = {"rating": rating, "feedback_message": feedback_message}
+        return await self.update_message(conversation_id, survey,
+                                         content_attributes={"submitted_values": {"csat_survey_response": response}})
 
     async def widget_opened(self, conversation_id: int, *, locale: str | None = None) -> dict[str, Any]:
         """The customer opens the web widget: ``webwidget_triggered`` (the contact inbox's webhook data with
