@@ -61,7 +61,9 @@ HEARTBEAT_SECONDS = 15.0
 #: Labels of the page; their texts are the ``op_<name>`` entries of the catalogs (bot/l10n/locales).
 UI_KEYS = ("title", "token", "name", "sign_in", "bad_token", "waiting", "active", "none_waiting", "pick", "reply",
            "send", "take", "give_back", "waited", "sign_out", "with_person", "with_bot", "not_delivered",
-           "in_progress", "visitor", "read_only", "shortcuts")
+           "in_progress", "visitor", "read_only", "shortcuts", "inbox", "quality", "q_persona", "q_platform",
+           "q_all", "q_since", "q_until", "q_apply", "q_none", "q_earlier", "q_comment", "q_sent_instead", "q_up",
+           "q_down", "q_corrected", "q_handoff", "q_edited", "q_discarded", "q_chart")
 #: Images shown inline in a transcript; anything else is offered as a download.
 INLINE_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 
