@@ -14,6 +14,8 @@ operator API under ``/api/operator/`` (``Authorization: Bearer <token>``):
 - ``POST /api/operator/conversations/{key}/reply`` ``{"text", "author"}``: delivered into the user's
   platform as the person's answer; ``…/take`` ``{"by"}``: take over from the assistant; ``…/return``
   ``{"by"}``: give back to the assistant (all three 409 for a platform this process does not serve);
+- ``GET /api/operator/quality/items`` and ``…/quality/daily``: the Quality tab's answers rated 👎 and corrected
+  drafts, and feedback per day (adapters/quality.py);
 - ``POST /api/operator/tickets``: a short-lived ticket for what a browser cannot send headers with — the
   live updates ``GET /api/operator/events?ticket=`` (server-sent events) and images
   ``GET /api/operator/files/{sha256}?ticket=``.
@@ -37,6 +39,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from adapters import quality
 from adapters.common.auth import BearerAuth
 from adapters.common.bus import Bus
 from adapters.common.http import BadRequest, event_stream, preferred_language, read_json_object, text_field
@@ -58,7 +61,9 @@ HEARTBEAT_SECONDS = 15.0
 #: Labels of the page; their texts are the ``op_<name>`` entries of the catalogs (bot/l10n/locales).
 UI_KEYS = ("title", "token", "name", "sign_in", "bad_token", "waiting", "active", "none_waiting", "pick", "reply",
            "send", "take", "give_back", "waited", "sign_out", "with_person", "with_bot", "not_delivered",
-           "in_progress", "visitor", "read_only", "shortcuts")
+           "in_progress", "visitor", "read_only", "shortcuts", "inbox", "quality", "q_persona", "q_platform",
+           "q_all", "q_since", "q_until", "q_apply", "q_none", "q_earlier", "q_comment", "q_sent_instead", "q_up",
+           "q_down", "q_corrected", "q_handoff", "q_edited", "q_discarded", "q_chart")
 #: Images shown inline in a transcript; anything else is offered as a download.
 INLINE_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 
@@ -139,6 +144,10 @@ class OperatorInbox:
                         summary="Take over a conversation the assistant is handling")
         r.add_api_route("/api/operator/conversations/{key}/return", self.give_back, methods=["POST"],
                         dependencies=bearer, summary="Give a conversation back to the assistant")
+        r.add_api_route("/api/operator/quality/items", self.quality_items, methods=["GET"], dependencies=bearer,
+                        summary="Answers rated down and corrected drafts, newest first, with their question")
+        r.add_api_route("/api/operator/quality/daily", self.quality_daily, methods=["GET"], dependencies=bearer,
+                        summary="Feedback per day: thumbs up, thumbs down, corrected, handoff after an answer")
         r.add_api_route("/api/operator/tickets", self.ticket, methods=["POST"], dependencies=bearer,
                         summary="A short-lived ticket for the event stream and images")
         r.add_api_route("/api/operator/events", self.events, methods=["GET"], summary="Live updates (SSE)")
@@ -248,6 +257,12 @@ class OperatorInbox:
         body = await read_json_object(request) if await request.body() else {}
         by = text_field(body, "by", required=False, max_chars=200) or "operator"
         return JSONResponse({"returned": await self.manager.hand_back(parsed, by=by)})
+
+    async def quality_items(self, request: Request) -> Response:
+        return await quality.items(self.manager.store, request)
+
+    async def quality_daily(self, request: Request) -> Response:
+        return await quality.daily(self.manager.store, request)
 
     async def ticket(self) -> Response:
         return JSONResponse({"ticket": self._tickets.dumps({"for": "inbox"}), "expires_in": TICKET_SECONDS})

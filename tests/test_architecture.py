@@ -37,7 +37,8 @@ TOP_LEVEL = {"__init__.py", "types.py", "seams.py", "errors.py", "config.py", "r
 CONCERNS = {"conversation", "scheduling", "handoff", "media", "l10n", "ops", "engines", "store", "knowledge",
             "training"}
 #: modules of adapters/ that are not platform adapters (the composition root, shared parts, the LangChain model)
-NOT_PLATFORMS = {"__init__.py", "registry.py", "server.py", "cli.py", "console.py", "langchain.py", "operator.py"}
+NOT_PLATFORMS = {"__init__.py", "registry.py", "server.py", "cli.py", "console.py", "langchain.py", "operator.py",
+                 "quality.py"}
 
 
 def _sources(*folders: str) -> list[Path]:

@@ -517,3 +517,87 @@ async def test_a_question_answered_again_by_another_replica_shows_one_answer(tmp
             await expect(page.locator(".msg.assistant.streaming")).to_have_count(0)
         finally:
             await browser.close()
+
+
+async def test_the_quality_tab_shows_a_rated_answer_filters_and_charts_feedback_per_day(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 👎 pressed in the web chat, with its comment, and a draft corrected yesterday: the operator's Quality tab
+    shows them with the question and its image, narrows them by date, and draws a bar for each day."""
+    from playwright.async_api import async_playwright, expect
+
+    monkeypatch.setenv("INTERNVL_BOT_OPERATOR_TOKEN", "op-token")
+    photo = tmp_path / "valve.png"
+    photo.write_bytes(image_bytes(64, 48, fmt="PNG"))
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, async_playwright() as pw:
+        manager = live.runtime.manager
+        assert manager is not None and CHROMIUM is not None
+        store = manager.store
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            user = await (await browser.new_context(locale="en-US")).new_page()
+            await user.goto(live.url + "/")
+            await user.fill("#text", "where is the reset button?")
+            await user.press("#text", "Enter")
+            await expect(user.locator(".msg.assistant .body").last).to_have_text("echo: where is the reset button?")
+            [web] = [s.conversation.key for s in await store.list_conversations(mode="bot")]
+            [first] = [m for m in await store.transcript(web) if m.role == "assistant"]
+            # yesterday, an agent corrected that answer: the store's clock set back a day, a real day boundary
+            now = time.time()
+            real_clock = store._clock  # type: ignore[attr-defined]
+            store._clock = lambda: now - 86400  # type: ignore[attr-defined]
+            try:
+                assert await manager.feedback.record(first, "edited", value="Hold it for 5 s.") is not None
+            finally:
+                store._clock = real_clock  # type: ignore[attr-defined]
+
+            # today: a photo and a question, its answer rated 👎 in the page, and the comment the 👎 asks for
+            await user.set_input_files("#files", str(photo))
+            await user.fill("#text", "is this valve broken?")
+            await user.click("#send")
+            await expect(user.locator(".msg.assistant .body").last).to_contain_text("echo: is this valve broken?")
+            await user.locator(".msg.assistant .rate-down").last.click()
+            await expect(user.locator(".rate-thanks")).to_have_count(1)
+            [down] = await store.feedback(kinds=["down"])
+            await manager.feedback.ask_comment(web, web.chat, down.id)  # the web chat does not ask itself yet
+            await user.fill("#text", "it named the wrong valve")
+            await user.press("#text", "Enter")
+            await expect(user.locator(".msg").last).to_contain_text(text("feedback_comment_thanks", "en"))
+
+            operator = await (await browser.new_context(locale="en-US")).new_page()
+            await operator.goto(live.url + "/operator")
+            await operator.fill("#token", "op-token")
+            await operator.fill("#name", "Marta")
+            await operator.click("#signin")
+            await expect(operator.locator("body")).to_have_attribute("data-ready", "1")
+            await operator.click("#tab-quality")
+            items = operator.locator("#qitems > li")
+            await expect(items).to_have_count(2)
+            rated = items.first
+            await expect(rated).to_have_attribute("data-kind", "down")
+            await expect(rated.locator(".qnote.comment")).to_contain_text("it named the wrong valve")
+            await expect(rated.locator(".msg.user").last).to_contain_text("is this valve broken?")
+            await expect(rated.locator(".thumbs img")).to_have_count(1)
+            await expect(rated.locator(".thumbs img")).to_have_js_property("naturalWidth", 64)
+            # the earlier turns are folded away
+            await expect(rated.locator("details.earlier")).not_to_have_attribute("open", "")
+            await expect(rated.locator("details.earlier summary")).to_have_text(
+                text("op_q_earlier", "en", number=2))
+            await expect(items.last.locator(".qnote.sent")).to_contain_text("Hold it for 5 s.")
+
+            # a bar for each day with feedback: yesterday's correction, today's 👎
+            today, yesterday = (time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (now, now - 86400))
+            await expect(operator.locator(f'#qchart rect.bar-down[data-day="{today}"]')).to_have_attribute(
+                "data-count", "1")
+            await expect(operator.locator(f'#qchart rect.bar-corrected[data-day="{yesterday}"]')).to_have_count(1)
+            await expect(operator.locator("#qchart rect")).to_have_count(2)
+
+            # from today on: the correction leaves the list
+            await operator.fill("#qsince", today)
+            await operator.click("#qapply")
+            await expect(operator.locator("body")).to_have_attribute("data-quality", f"since={today}")
+            await expect(items).to_have_count(1)
+            await expect(items.first).to_have_attribute("data-kind", "down")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await operator.screenshot(path=str(ARTIFACTS / "operator-quality-en.png"), full_page=True)
+        finally:
+            await browser.close()

@@ -228,6 +228,107 @@ async def test_every_response_says_nosniff(tmp_path: Path, operator_token: str) 
             assert response.headers.get("x-content-type-options") == "nosniff", path
 
 
+# -- the quality view ------------------------------------------------------------------------------------------
+
+WEB_HEADERS = {"X-InternVL-Bot": "1"}
+
+
+async def _rate(user: httpx.AsyncClient, question: int, rating: str) -> None:
+    """A thumb pressed on the web chat's answer to ``question`` (the page's own request)."""
+    pressed = await user.post("/api/feedback", json={"question": question, "rating": rating}, headers=WEB_HEADERS)
+    assert pressed.json() == {"recorded": True}
+
+
+async def test_the_quality_view_lists_rated_answers_with_their_question_and_counts_them_per_day(
+        tmp_path: Path, operator_token: str) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client() as user, \
+            live.client(headers=AUTH) as op:
+        manager = live.runtime.manager
+        assert manager is not None
+        store = manager.store
+        await open_session(user)
+        _, events = await exchange(live, user, "where is the reset button?")
+        key = (await store.message(events[-1]["reply_to"])).key
+        [first] = [m for m in await store.transcript(key) if m.role == "assistant"]
+        # yesterday, an agent corrected that answer (the store's clock set back a day: a real day boundary)
+        now = time.time()
+        yesterday = now - 86400
+        real_clock = store._clock  # type: ignore[attr-defined]
+        store._clock = lambda: yesterday  # type: ignore[attr-defined]
+        try:
+            assert await manager.feedback.record(first, "edited", value="Hold the button for 5 s.") is not None
+        finally:
+            store._clock = real_clock  # type: ignore[attr-defined]
+
+        photo = ("valve.png", image_bytes(64, 48, fmt="PNG"), "image/png")
+        _, events = await exchange(live, user, "is this valve broken?", files=[photo])
+        valve = events[-1]["reply_to"]
+        await _rate(user, valve, "down")
+        # the comment a 👎 asks for: the user's next message (the web chat does not ask itself yet)
+        [down] = await store.feedback(kinds=["down"])
+        await manager.feedback.ask_comment(key, key.chat, down.id)
+        await exchange(live, user, "it named the wrong valve", until="notice")
+        _, events = await exchange(live, user, "which fuse?")
+        await _rate(user, events[-1]["reply_to"], "down")
+        _, events = await exchange(live, user, "thanks, and the filter?")
+        await _rate(user, events[-1]["reply_to"], "up")
+        await exchange(live, user, "/human", until="notice")  # right after an answer: handoff_after_answer
+
+        assert (await user.get("/api/operator/quality/items")).status_code == 401
+        assert (await user.get("/api/operator/quality/daily")).status_code == 401
+        items = (await op.get("/api/operator/quality/items")).json()["items"]
+        assert [(i["kind"], i["question"]["text"]) for i in items] == [
+            ("down", "which fuse?"), ("down", "is this valve broken?"), ("edited", "where is the reset button?")]
+        rated = items[1]
+        assert rated["comment"] == "it named the wrong valve" and rated["platform"] == "web"
+        assert rated["answer"]["text"].endswith("echo: is this valve broken?")  # the echo engine lists the image
+        assert rated["persona"] == live.runtime.settings.conversation.default_persona
+        assert [(m["role"], m["text"]) for m in rated["earlier"]] == [
+            ("user", "where is the reset button?"), ("assistant", "echo: where is the reset button?")]
+        [image] = rated["question"]["files"]
+        ticket = (await op.post("/api/operator/tickets")).json()["ticket"]
+        thumb = await op.get(f"/api/operator/files/{image['sha256']}?ticket={ticket}")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        assert items[2]["value"] == "Hold the button for 5 s." and items[2]["earlier"] == []
+
+        # filters: dates (UTC days, both ends included), platform, persona, limit
+        today, before = (time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (now, yesterday))
+
+        async def kinds(query: str) -> list[str]:
+            response = await op.get("/api/operator/quality/items?" + query)
+            assert response.status_code == 200, response.text
+            return [i["kind"] for i in response.json()["items"]]
+
+        assert await kinds(f"since={today}") == ["down", "down"]
+        assert await kinds(f"since={before}&until={before}") == ["edited"]
+        assert await kinds("platform=web&limit=1") == ["down"]
+        assert await kinds("platform=telegram") == []
+        assert await kinds("persona=nobody") == []
+
+        daily = (await op.get("/api/operator/quality/daily?days=3")).json()
+        assert daily["series"] == ["up", "down", "corrected", "handoff_after_answer"]
+        assert [d["day"] for d in daily["days"]][1:] == [before, today]
+        assert daily["days"][1:] == [
+            {"day": before, "up": 0, "down": 0, "corrected": 1, "handoff_after_answer": 0},
+            {"day": today, "up": 1, "down": 2, "corrected": 0, "handoff_after_answer": 1}]
+        assert daily["days"][0]["up"] == daily["days"][0]["down"] == 0
+        only_web = (await op.get("/api/operator/quality/daily?days=1&platform=web")).json()["days"]
+        assert only_web == [daily["days"][-1]]
+        assert (await op.get("/api/operator/quality/daily?persona=nobody")).json()["days"][-1]["down"] == 0
+        assert len((await op.get("/api/operator/quality/daily")).json()["days"]) == 30
+
+
+@pytest.mark.parametrize("query", [
+    "items?since=2024-13-01", "items?since=yesterday", "items?until=2024-02-30", "items?since=20240101",
+    "items?since=2024-03-02&until=2024-03-01", "items?limit=0", "items?limit=201", "items?limit=ten",
+    "items?limit=%C2%B2", "items?persona=a%20b", "items?platform=" + "w" * 101, "daily?days=0", "daily?days=367",
+    "daily?days=-1", "daily?platform=%00"])
+async def test_the_quality_view_refuses_bad_queries(tmp_path: Path, operator_token: str, query: str) -> None:
+    async with live_server(make_settings(tmp_path), EchoEngine()) as live, live.client(headers=AUTH) as op:
+        response = await op.get("/api/operator/quality/" + query)
+        assert response.status_code == 400, (query, response.text)
+
+
 # -- fuzzing every route of the served schema ------------------------------------------------------------------
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),

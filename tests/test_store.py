@@ -260,6 +260,27 @@ class StoreContract:
         assert await store.feedback(platform="slack") == []
         assert [m.id for m in await store.messages_by_id([answer, q, 10**9])] == [q, answer]
 
+    async def test_feedback_is_counted_per_utc_day_and_kind(self, store: Store, clock: list[float]) -> None:
+        q = await store.add_message(KEY, NewMessage(role="user", text="why?"))
+        answer = await store.finish(q, "answered", reply="because")
+        q2 = await store.add_message(OTHER, NewMessage(role="user", text="and?"))
+        other = await store.finish(q2, "answered", reply="so")
+        assert answer is not None and other is not None
+        await store.record_answer(other, AnswerMeta("sales"))
+        day = 86400.0
+        # 2023-11-14 23:59:59 UTC, a second later the next day, then two days on
+        for at, kind, on, persona in ((1700006399.0, "down", answer, ""), (1700006399.5, "up", answer, ""),
+                                      (1700006400.0, "down", answer, ""), (1700006401.0, "down", other, "sales"),
+                                      (1700006400.0 + 2 * day, "edited", other, "sales")):
+            clock[0] = at
+            await store.add_feedback(NewFeedback(on, kind, persona=persona))  # type: ignore[arg-type]
+        assert await store.feedback_per_day() == [
+            ("2023-11-14", "down", 1), ("2023-11-14", "up", 1), ("2023-11-15", "down", 2), ("2023-11-17", "edited", 1)]
+        assert await store.feedback_per_day(since=1700006400.0, until=1700006400.0 + day, platform="slack") == [
+            ("2023-11-15", "down", 1)]
+        assert await store.feedback_per_day(kinds=["edited", "up"], persona="sales") == [("2023-11-17", "edited", 1)]
+        assert await store.feedback_per_day(since=1700006400.0 + 3 * day) == []
+
     async def test_forget_takes_the_feedback_and_remembers_the_user(self, store: Store) -> None:
         q = await store.add_message(KEY, NewMessage(role="user", text="hi", sender_id="u7"))
         answer = await store.finish(q, "answered", reply="hello")

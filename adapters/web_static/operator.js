@@ -2,7 +2,8 @@
 // The operator inbox: conversations waiting for a person, those a person has answered (one section per person)
 // and those the assistant handles, live (server-sent events); a transcript with images, kept scrolled to the
 // newest message; a reply box that delivers into the user's platform. Keyboard: ↑/↓ move between conversations,
-// Enter opens one, Ctrl+Enter (⌘+Enter) sends. The token stays in this tab (sessionStorage).
+// Enter opens one, Ctrl+Enter (⌘+Enter) sends. The token stays in this tab (sessionStorage). #quality: answers
+// rated 👎 and corrected drafts with what was asked, filters, and a chart of feedback per day.
 (() => {
   const ui = JSON.parse(document.body.dataset.ui || "{}");
   const lang = document.documentElement.lang || "en";
@@ -242,14 +243,159 @@
     };
   }
 
+  // -- the Quality tab: answers rated 👎 and corrected drafts, feedback per day -------------------------------
+  const SERIES = [["up", "q_up"], ["down", "q_down"], ["corrected", "q_corrected"],
+    ["handoff_after_answer", "q_handoff"]];
+  const KINDS = { down: "q_down", edited: "q_edited", discarded: "q_discarded" };
+  const SVG = "http://www.w3.org/2000/svg";
+  let qualityLoaded = false;
+
+  function svg(tag, attrs) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    return el;
+  }
+
+  function qualityQuery(dates) {
+    const q = new URLSearchParams();
+    const persona = $("qpersona").value.trim();
+    if (persona) q.set("persona", persona);
+    if ($("qplatform").value) q.set("platform", $("qplatform").value);
+    if (dates) {
+      if ($("qsince").value) q.set("since", $("qsince").value);
+      if ($("quntil").value) q.set("until", $("quntil").value);
+    }
+    return q.toString();
+  }
+
+  function chart(data) {
+    // a group of bars per day, one bar per series, scaled to the busiest day; no bar for a zero
+    const days = data.days;
+    const w = 24, gap = 4, h = 100, bar = (w - gap) / SERIES.length;
+    const top = Math.max(1, ...days.flatMap((d) => SERIES.map(([s]) => d[s])));
+    const box = svg("svg", { viewBox: `0 0 ${days.length * w} ${h}`, preserveAspectRatio: "none", role: "img",
+      "aria-label": t("q_chart") });
+    days.forEach((d, i) => {
+      SERIES.forEach(([series, label], j) => {
+        if (!d[series]) return;
+        const height = Math.max(2, (d[series] / top) * (h - 4));
+        const rect = svg("rect", { x: i * w + gap / 2 + j * bar, y: h - height, width: bar, height,
+          class: "bar bar-" + series, "data-day": d.day, "data-series": series, "data-count": d[series] });
+        const title = svg("title", {});
+        title.textContent = `${d.day} · ${t(label)}: ${d[series]}`;
+        rect.append(title);
+        box.append(rect);
+      });
+    });
+    $("qchart").replaceChildren(box);
+    $("qlegend").replaceChildren(...SERIES.map(([series, label]) => {
+      const li = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch bar-" + series;
+      const total = days.reduce((sum, d) => sum + d[series], 0);
+      li.append(swatch, document.createTextNode(`${t(label)} ${new Intl.NumberFormat(lang).format(total)}`));
+      return li;
+    }));
+  }
+
+  function note(label, text, cls) {
+    const p = document.createElement("p");
+    p.className = "qnote " + cls;
+    const strong = document.createElement("strong");
+    strong.textContent = t(label);
+    p.append(strong, document.createTextNode(text));
+    return p;
+  }
+
+  function qualityItem(it) {
+    const li = document.createElement("li");
+    li.className = "qitem kind-" + it.kind;
+    li.dataset.kind = it.kind;
+    li.dataset.id = String(it.id);
+    const head = document.createElement("div");
+    head.className = "qhead";
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = t(KINDS[it.kind] || it.kind);
+    const when = document.createElement("time");
+    when.dateTime = new Date(it.at * 1000).toISOString();
+    when.textContent = new Date(it.at * 1000).toLocaleString(lang);
+    const details = document.createElement("span");
+    details.className = "details";
+    details.textContent = [it.persona, it.model, it.conversation].filter(Boolean).join(" · ");
+    head.append(icon(it.platform), badge, when, details);
+    li.append(head);
+    if (it.earlier.length) {
+      // the turns before the question, folded: the question and the answer are what was rated
+      const earlier = document.createElement("details");
+      earlier.className = "earlier";
+      const summary = document.createElement("summary");
+      summary.textContent = t("q_earlier").replace("{number}", it.earlier.length);
+      earlier.append(summary, ...it.earlier.map(bubble));
+      li.append(earlier);
+    }
+    if (it.question) li.append(bubble(it.question));
+    li.append(bubble(it.answer));
+    if (it.comment) li.append(note("q_comment", it.comment, "comment"));
+    if (it.value && it.kind !== "down") li.append(note("q_sent_instead", it.value, "sent"));
+    return li;
+  }
+
+  async function loadQuality() {
+    const [items, daily] = await Promise.all([
+      api("/api/operator/quality/items?" + qualityQuery(true)),
+      api("/api/operator/quality/daily?" + qualityQuery(false)),
+    ]);
+    chart(daily);
+    $("qitems").replaceChildren(...items.items.map(qualityItem));
+    $("qnone").hidden = items.items.length > 0;
+    // the personas seen so far are offered in the persona filter
+    const known = new Set([...$("qpersonas").options].map((o) => o.value));
+    for (const it of items.items) {
+      if (it.persona && !known.has(it.persona)) {
+        known.add(it.persona);
+        const option = document.createElement("option");
+        option.value = it.persona;
+        $("qpersonas").append(option);
+      }
+    }
+    qualityLoaded = true;
+    document.body.dataset.quality = qualityQuery(true) || "all";
+  }
+
+  function route() {
+    // #quality shows the Quality tab; anything else the inbox
+    const quality = location.hash === "#quality";
+    $("inbox").hidden = quality;
+    $("qualityview").hidden = !quality;
+    $("tab-inbox").classList.toggle("current", !quality);
+    $("tab-quality").classList.toggle("current", quality);
+    // loaded once the ticket its images need is there (start routes again then)
+    if (quality && !qualityLoaded && ticket) loadQuality().catch(() => {});
+  }
+
+  for (const p of Object.keys(PLATFORMS)) {
+    const option = document.createElement("option");
+    option.value = p;
+    option.textContent = platformName(p);
+    $("qplatform").append(option);
+  }
+  $("qfilters").addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadQuality().catch(() => {});
+  });
+  window.addEventListener("hashchange", () => { if (token) route(); });
+
   async function start() {
     $("login").hidden = true;
-    $("inbox").hidden = false;
+    $("tabs").hidden = false;
+    route();
     $("me").hidden = false;
     $("me").textContent = name;
     $("signout").hidden = false;
     await loadList();
     await listen();
+    route();
     document.body.dataset.ready = "1";
     clearInterval(listTimer);
     listTimer = setInterval(() => { loadList().catch(() => {}); }, 10000);
@@ -263,6 +409,9 @@
     if (events) events.close();
     clearInterval(listTimer);
     $("inbox").hidden = true;
+    $("qualityview").hidden = true;
+    $("tabs").hidden = true;
+    qualityLoaded = false;
     $("me").hidden = true;
     $("signout").hidden = true;
     $("login").hidden = false;

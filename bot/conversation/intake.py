@@ -112,11 +112,14 @@ async def comment(m: ConversationManager, a: Arrival) -> bool:
     mid = a.stored.id
     await m.store.set_state(mid, "comment")
     m.untrack_arrival(mid)
-    m.settle(mid, "comment")
     lang = await m.language_for(a.stored)
 
     async def thank() -> None:
-        await m.deliver_notice(key, Notice(i18n.text("feedback_comment_thanks", lang)))
+        # settled once thanked, not here: ``submit`` still has to hand out the receipt of this message
+        try:
+            await m.deliver_notice(key, Notice(i18n.text("feedback_comment_thanks", lang)))
+        finally:
+            m.settle(mid, "comment")
 
     m.desk.spawn(thank())
     return False

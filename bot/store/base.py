@@ -328,6 +328,13 @@ class Store(Protocol):
         """Stored feedback created in [since, until), of ``kinds`` (none: all), oldest first unless
         ``newest_first``."""
         ...
+    async def feedback_per_day(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                               platform: str | None = None, persona: str | None = None,
+                               ) -> list[tuple[str, str, int]]:
+        """How much feedback of each kind was created in [since, until) on each UTC day, counted by the
+        database (a month of feedback is not read row by row): ``(YYYY-MM-DD, kind, count)`` by day, then
+        kind; days and kinds without feedback are absent. Filters as :meth:`feedback`."""
+        ...
     async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         """The stored messages of ``message_ids`` that exist, oldest first (read in batches)."""
         ...

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot.store.base import (
@@ -315,6 +317,14 @@ class MemoryStore:
                  and (not kinds or f.kind in kinds) and (platform is None or f.key.platform == platform)
                  and (persona is None or f.persona == persona)]
         return found[:limit] if limit else found
+
+    async def feedback_per_day(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                               platform: str | None = None, persona: str | None = None,
+                               ) -> list[tuple[str, str, int]]:
+        counts = Counter(
+            (datetime.fromtimestamp(f.created_at, UTC).date().isoformat(), f.kind)
+            for f in await self.feedback(since=since, until=until, kinds=kinds, platform=platform, persona=persona))
+        return [(day, kind, n) for (day, kind), n in sorted(counts.items())]
 
     async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         return [self.messages[mid] for mid in sorted(set(message_ids)) if mid in self.messages]

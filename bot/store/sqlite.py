@@ -809,24 +809,24 @@ class SQLiteStore:
     async def feedback(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
                        platform: str | None = None, persona: str | None = None, newest_first: bool = False,
                        limit: int | None = None) -> list[Feedback]:
-        where, params = ["created_at >= ?"], [since]
-        if until is not None:
-            where.append("created_at < ?")
-            params.append(until)
-        if kinds:
-            where.append(f"kind IN ({','.join('?' * len(kinds))})")
-            params.extend(kinds)
-        for column, value in (("platform", platform), ("persona", persona)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        where, params = _feedback_where(since, until, kinds, platform, persona)
         rows = self.db.conn.execute(
             "SELECT id, message_id, conversation_id, kind, signal, user, comment, value, persona, model, created_at"
-            f" FROM feedback WHERE {' AND '.join(where)} ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
+            f" FROM feedback WHERE {where} ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
             (*params, limit or -1)).fetchall()
         keys: dict[str, ConversationKey] = {}
         return [Feedback(r[0], r[1], keys.get(r[2]) or keys.setdefault(r[2], ConversationKey.parse(r[2])), *r[3:])
                 for r in rows]
+
+    async def feedback_per_day(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                               platform: str | None = None, persona: str | None = None,
+                               ) -> list[tuple[str, str, int]]:
+        where, params = _feedback_where(since, until, kinds, platform, persona)
+        # feedback_created narrows the rows to the range; the grouping is over those only
+        rows = self.db.conn.execute(
+            f"SELECT date(created_at, 'unixepoch') AS day, kind, COUNT(*) FROM feedback WHERE {where}"
+            " GROUP BY day, kind ORDER BY day, kind", params).fetchall()
+        return [(day, kind, int(n)) for day, kind, n in rows]
 
     async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         ids = sorted(set(message_ids))
@@ -840,6 +840,23 @@ class SQLiteStore:
 
     async def forgotten(self) -> set[tuple[str, str]]:
         return {(r[0], r[1]) for r in self.db.conn.execute("SELECT platform, user FROM forgotten")}
+
+
+def _feedback_where(since: float, until: float | None, kinds: Sequence[str], platform: str | None,
+                    persona: str | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its parameters) of the feedback filters :meth:`SQLiteStore.feedback` takes."""
+    where, params = ["created_at >= ?"], [since]
+    if until is not None:
+        where.append("created_at < ?")
+        params.append(until)
+    if kinds:
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        params.extend(kinds)
+    for column, value in (("platform", platform), ("persona", persona)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    return " AND ".join(where), params
 
 
 class _Tx:

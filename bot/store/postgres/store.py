@@ -724,24 +724,23 @@ class PostgresStore(ClaimQueries):
     async def feedback(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
                        platform: str | None = None, persona: str | None = None, newest_first: bool = False,
                        limit: int | None = None) -> list[Feedback]:
-        where, params = ["created_at >= %s"], [since]
-        if until is not None:
-            where.append("created_at < %s")
-            params.append(until)
-        if kinds:
-            where.append("kind = ANY(%s)")
-            params.append(list(kinds))
-        for column, value in (("platform", platform), ("persona", persona)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
+        where, params = _feedback_where(since, until, kinds, platform, persona)
         rows = await self._rows(
             'SELECT id, message_id, conversation_id, kind, signal, "user", comment, value, persona, model, created_at'
-            f" FROM feedback WHERE {' AND '.join(where)} ORDER BY id {'DESC' if newest_first else ''} LIMIT %s",
+            f" FROM feedback WHERE {where} ORDER BY id {'DESC' if newest_first else ''} LIMIT %s",
             (*params, limit))
         keys: dict[str, ConversationKey] = {}
         return [Feedback(int(r[0]), int(r[1]), keys.get(r[2]) or keys.setdefault(r[2], ConversationKey.parse(r[2])),
                          *r[3:]) for r in rows]
+
+    async def feedback_per_day(self, *, since: float = 0.0, until: float | None = None, kinds: Sequence[str] = (),
+                               platform: str | None = None, persona: str | None = None,
+                               ) -> list[tuple[str, str, int]]:
+        where, params = _feedback_where(since, until, kinds, platform, persona)
+        rows = await self._rows(
+            "SELECT to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, kind, count(*)"
+            f" FROM feedback WHERE {where} GROUP BY day, kind ORDER BY day, kind", tuple(params))
+        return [(day, kind, int(n)) for day, kind, n in rows]
 
     async def messages_by_id(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         ids = sorted(set(message_ids))
@@ -753,6 +752,23 @@ class PostgresStore(ClaimQueries):
 
     async def forgotten(self) -> set[tuple[str, str]]:
         return {(r[0], r[1]) for r in await self._rows('SELECT platform, "user" FROM forgotten')}
+
+
+def _feedback_where(since: float, until: float | None, kinds: Sequence[str], platform: str | None,
+                    persona: str | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its parameters) of the feedback filters :meth:`PostgresStore.feedback` takes."""
+    where, params = ["created_at >= %s"], [since]
+    if until is not None:
+        where.append("created_at < %s")
+        params.append(until)
+    if kinds:
+        where.append("kind = ANY(%s)")
+        params.append(list(kinds))
+    for column, value in (("platform", platform), ("persona", persona)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    return " AND ".join(where), params
 
 
 __all__ = ["MIGRATIONS", "PostgresStore", "migrate"]
