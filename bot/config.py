@@ -247,6 +247,22 @@ class KnowledgeBaseSettings(Section):
                           "english); empty = no stemming (the 'simple' configuration)")
 
 
+class EmbeddingsSettings(Section):
+    """Optional dense retrieval (bot/knowledge/dense.py): an OpenAI-compatible ``/v1/embeddings`` endpoint
+    (vLLM, TEI, LMDeploy). Without ``url`` the bases are searched lexically only, offline."""
+
+    url: str = Field("", description="base URL of the endpoint, e.g. http://gpu1:8000/v1; empty = lexical only")
+    model: str = Field("", description="the embedding model's name, sent with every request and kept with "
+                       "each vector (a new model re-embeds on `kb sync`)")
+    api_key_env: str = Field("", description="environment variable holding the endpoint's API key; empty = none")
+    dimensions: int | None = Field(None, ge=1, description="asked of the endpoint (models that can shorten "
+                                   "their vectors); unset = the model's own")
+    batch: int = Field(64, ge=1, le=2048, description="texts per request at ingest time")
+    min_similarity: float = Field(0.6, ge=-1.0, le=1.0,
+                                  description="cosine similarity at which a passage is relevant even when "
+                                  "its words are not (README, Knowledge bases); depends on the model")
+
+
 class KnowledgeSettings(Section):
     """Knowledge bases searched for each turn (bot/knowledge): the threshold and how documents are read."""
 
@@ -261,6 +277,7 @@ class KnowledgeSettings(Section):
     page_images: int = Field(2, ge=0, le=6, description="PDF pages of the best passages shown to the model as "
                                                          "images besides their text (0 = text only)")
     link_days: float = Field(30.0, gt=0, description="days a Sources link to a stored PDF keeps working")
+    embeddings: EmbeddingsSettings = EmbeddingsSettings()
 
 
 class HandoffSettings(Section):

@@ -431,7 +431,8 @@ class TestSQLiteStore(StoreContract):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [
             "m001_initial", "m002_handoff", "m003_platform_ids_routes_usage", "m004_stash",
-            "m005_waiting_conversations", "m006_conversation_names", "m007_knowledge", "m009_feedback"]
+            "m005_waiting_conversations", "m006_conversation_names", "m007_knowledge", "m009_feedback",
+            "m010_knowledge_vectors"]
 
     async def test_a_database_of_the_first_release_is_upgraded_in_place(self, tmp_path: Path) -> None:
         import sqlite_utils

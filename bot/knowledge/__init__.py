@@ -22,8 +22,17 @@ def open_index(settings: Settings, store: Store) -> KnowledgeStore:
     """The knowledge bases kept in ``store`` (opened), searching with ``settings.knowledge.min_score``.
 
     Cheap (no I/O): call it once the store is open, keep the result for the store's lifetime. For a
-    :class:`~bot.store.memory.MemoryStore` the same in-memory index is returned on every call.
+    :class:`~bot.store.memory.MemoryStore` the same in-memory index is kept on every call. With
+    ``knowledge.embeddings.url`` the index is wrapped in a :class:`~bot.knowledge.dense.DenseKnowledge`,
+    whose searches fuse lexical and dense results.
     """
+    from bot.knowledge.dense import dense
+
+    return dense(_lexical_index(settings, store), settings.knowledge.embeddings)
+
+
+def _lexical_index(settings: Settings, store: Store) -> KnowledgeStore:
+    """The store's own (lexical) implementation: see :func:`open_index`."""
     from bot.store.memory import MemoryStore
     from bot.store.sqlite import SQLiteStore
 

@@ -58,6 +58,7 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    embedded: int = 0
     pages: int = 0
     chunks: int = 0
     seconds: float = 0.0
@@ -65,8 +66,10 @@ class IngestReport:
 
     def line(self) -> str:
         """``3 added, 1 updated, 5 unchanged, 0 removed, 2 problems (120 pages, 840 chunks, 4.1 s)``."""
+        embedded = f", {self.embedded} embedded" if self.embedded else ""
         return (f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
-                f"{len(self.problems)} problem(s) ({self.pages} pages, {self.chunks} chunks, {self.seconds:.1f} s)")
+                f"{len(self.problems)} problem(s) ({self.pages} pages, {self.chunks} chunks{embedded}, "
+                f"{self.seconds:.1f} s)")
 
 
 def _is_caption(path: Path) -> bool:
@@ -203,8 +206,29 @@ class Ingester:
         if remove_missing:
             gone = [doc for doc in known if doc not in seen]
             report.removed = await self.index.remove_documents(base, gone) if gone else 0
+        await self._embed(base, report)
         report.seconds = time.perf_counter() - started
         return report
+
+    async def _embed(self, base: str, report: IngestReport) -> None:
+        """With an embeddings endpoint: vectors for every chunk of ``base`` still without one (this run's, and
+        those indexed before the endpoint was configured). A failure is one line; the lexical index is
+        already written and the next ``kb sync`` fills what is missing."""
+        from bot.knowledge.dense import DenseKnowledge, EmbeddingsError
+
+        if not isinstance(self.index, DenseKnowledge):
+            return
+
+        def counted(done: int) -> None:
+            report.embedded = done
+
+        try:
+            report.embedded = await self.index.fill(base, counted)
+        except EmbeddingsError as exc:
+            line = (f"embeddings: {exc}; {report.embedded} chunk(s) embedded, the lexical index is written — "
+                    f"`internvl-bot kb sync {base}` adds the missing embeddings once the endpoint answers")
+            report.problems.append(line)
+            self._say(line, None)
 
     def _bar(self, base: str, total: int):  # type: ignore[no-untyped-def]
         show = self.progress if self.progress is not None else self.out.isatty()

@@ -45,6 +45,7 @@ class MemoryKnowledge:
         self._chunks: dict[int, _Stored] = {}
         self._postings: dict[str, set[int]] = {}
         self._length = 0
+        self._vectors: dict[int, tuple[str, list[float]]] = {}  # chunk id -> (model, unit vector)
 
     def blobs(self) -> set[str]:
         """The stored originals the documents refer to (the store keeps them: see MemoryStore)."""
@@ -71,6 +72,7 @@ class MemoryKnowledge:
     def _drop(self, key: tuple[str, str]) -> None:
         for cid in self._doc_chunks.pop(key, ()):
             stored = self._chunks.pop(cid)
+            self._vectors.pop(cid, None)
             self._length -= stored.length
             for term in stored.terms:
                 posting = self._postings[term]
@@ -122,6 +124,10 @@ class MemoryKnowledge:
         return out
 
     async def search(self, bases: Sequence[str], query: str, k: int = 5) -> list[Passage]:
+        return await self.lexical(bases, query, k, self.min_score)
+
+    async def lexical(self, bases: Sequence[str], query: str, k: int, min_score: float) -> list[Passage]:
+        """The search with an explicit threshold (bot/knowledge/dense.py fuses it unfiltered)."""
         qterms = query_terms(query)
         if not qterms or k <= 0:
             return []
@@ -139,7 +145,35 @@ class MemoryKnowledge:
         for cid in best:
             d, c = self._chunks[cid].document, self._chunks[cid].chunk
             candidates.append(Candidate(d.base, d.doc, d.title, c.text, c.page, c.heading, d.url, d.blob, d.mime))
-        return rank(qterms, candidates, stats, k, self.min_score)
+        return rank(qterms, candidates, stats, k, min_score)
+
+    # -- dense retrieval (bot/knowledge/dense.py) -----------------------------------------
+
+    async def missing_vectors(self, base: str, model: str, limit: int) -> list[tuple[int, str]]:
+        out = []
+        for cid, stored in self._chunks.items():
+            if stored.document.base == base and self._vectors.get(cid, ("",))[0] != model:
+                out.append((cid, body(stored.document.title, stored.chunk.heading, stored.chunk.text)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def put_vectors(self, model: str, vectors: Sequence[tuple[int, Sequence[float]]]) -> None:
+        for cid, vector in vectors:
+            if cid in self._chunks:
+                self._vectors[cid] = (model, list(vector))
+
+    async def nearest(self, bases: Sequence[str], model: str, vector: Sequence[float], n: int) -> list[Passage]:
+        wanted = set(bases)
+        scored = sorted(((sum(a * b for a, b in zip(v, vector, strict=True)), cid) for cid, (m, v) in self._vectors.items()
+                         if m == model and len(v) == len(vector) and self._chunks[cid].document.base in wanted),
+                        key=lambda item: (-item[0], item[1]))
+        out = []
+        for sim, cid in scored[:n]:
+            d, c = self._chunks[cid].document, self._chunks[cid].chunk
+            out.append(Passage(base=d.base, doc=d.doc, title=d.title, text=c.text, page=c.page, heading=c.heading,
+                               score=round(sim, 4), url=d.url, blob=d.blob, mime=d.mime))
+        return out
 
 
 __all__ = ["MemoryKnowledge"]

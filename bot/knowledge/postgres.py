@@ -9,6 +9,10 @@ base's configuration (``knowledge.bases.<name>.language``: ``en`` -> ``english``
 language and ``simple`` keeps every word as written: other languages, names, codes, CJK. A query asks for
 any of its terms in both configurations. Candidates are ranked with ``ts_rank`` and then scored like
 every backend's (bot/knowledge/text.py), from ``kb_terms``/``kb_stats``.
+
+Dense retrieval (bot/knowledge/dense.py) keeps one unit vector per chunk in ``kb_vectors`` as ``real[]``
+(pgvector is not packaged for the PostgreSQL 15 of Debian bookworm), and :meth:`nearest` ranks the bases'
+vectors by their dot product with the question's in SQL: an exact scan, fine for tens of thousands of chunks.
 """
 
 from __future__ import annotations
@@ -180,6 +184,10 @@ class PostgresKnowledge:
     # -- search ---------------------------------------------------------------------------
 
     async def search(self, bases: Sequence[str], query: str, k: int = 5) -> list[Passage]:
+        return await self.lexical(bases, query, k, self.min_score)
+
+    async def lexical(self, bases: Sequence[str], query: str, k: int, min_score: float) -> list[Passage]:
+        """The full-text search with an explicit threshold (bot/knowledge/dense.py fuses it unfiltered)."""
         qterms = query_terms(query)
         if not qterms or not bases or k <= 0:
             return []
@@ -202,7 +210,36 @@ class PostgresKnowledge:
                 " d.blob, d.mime FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id, q"
                 f" WHERE c.tsv @@ q.q AND c.base = ANY(%s) {order} LIMIT %s",
                 (*params, list(bases), candidate_limit(k)))).fetchall()  # type: ignore[arg-type]
-        return rank(qterms, (Candidate(*row) for row in candidates), stats, k, self.min_score)
+        return rank(qterms, (Candidate(*row) for row in candidates), stats, k, min_score)
+
+    # -- dense retrieval (bot/knowledge/dense.py) -----------------------------------------
+
+    async def missing_vectors(self, base: str, model: str, limit: int) -> list[tuple[int, str]]:
+        rows = await self._rows(
+            "SELECT c.id, d.title, c.heading, c.text FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
+            " WHERE c.base = %s AND NOT EXISTS (SELECT 1 FROM kb_vectors v WHERE v.chunk_id = c.id AND v.model = %s)"
+            " ORDER BY c.id LIMIT %s", (base, model, limit))
+        return [(cid, body(title, heading, text)) for cid, title, heading, text in rows]
+
+    async def put_vectors(self, model: str, vectors: Sequence[tuple[int, Sequence[float]]]) -> None:
+        async with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO kb_vectors (chunk_id, model, vector) SELECT id, %s, %s::real[] FROM kb_chunks"
+                " WHERE id = %s ON CONFLICT (chunk_id) DO UPDATE SET model = excluded.model, vector = excluded.vector",
+                [(model, list(v), cid) for cid, v in vectors])
+
+    async def nearest(self, bases: Sequence[str], model: str, vector: Sequence[float], n: int) -> list[Passage]:
+        if not bases or n <= 0:
+            return []
+        rows = await self._rows(
+            "SELECT c.base, d.doc, d.title, c.text, c.page, c.heading, d.url, d.blob, d.mime, s.sim FROM kb_vectors v"
+            " JOIN kb_chunks c ON c.id = v.chunk_id JOIN kb_documents d ON d.id = c.document_id,"
+            " LATERAL (SELECT sum(a * b) AS sim FROM unnest(v.vector, %s::real[]) AS t (a, b)) s"
+            " WHERE v.model = %s AND c.base = ANY(%s) AND cardinality(v.vector) = %s"
+            " ORDER BY s.sim DESC, c.id LIMIT %s", (list(vector), model, list(bases), len(vector), n))
+        return [Passage(base=b, doc=doc, title=title, text=text, page=page, heading=heading, url=url, blob=blob,
+                        mime=mime, score=round(float(sim), 4))
+                for b, doc, title, text, page, heading, url, blob, mime, sim in rows]
 
 
 __all__ = ["CONFIGURATIONS", "PostgresKnowledge", "configuration"]

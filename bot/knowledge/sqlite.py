@@ -9,6 +9,11 @@ chunks. ``kb_fts`` indexes each chunk's words as bot/knowledge/text.py cuts them
 singular), so both sides agree on every word. Candidates are then scored by bot/knowledge/text.py from ``kb_terms``/``kb_stats``, which
 :meth:`put_document` keeps in the same transaction as the chunks.
 
+Dense retrieval (bot/knowledge/dense.py) keeps one unit vector per chunk in ``kb_vectors`` (float32 blobs);
+:meth:`nearest` ranks the bases' vectors of the model with numpy. sqlite-vec would rank them in SQL, but
+it is a loadable extension and this project's Python (pyenv's build) has no ``enable_load_extension``;
+the blobs are in its layout for the day it can.
+
 Like the store, it runs short synchronous statements on the event loop; a document's whole replacement
 (one PDF: up to a few thousand chunks) is one transaction.
 """
@@ -20,7 +25,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from bot.knowledge.base import BaseSummary, Chunk, Document, Passage, Source
+from bot.knowledge.dense import pack
 from bot.knowledge.text import (
     MIN_SCORE,
     Candidate,
@@ -126,6 +134,8 @@ class SQLiteKnowledge:
         self._conn.executemany("UPDATE kb_terms SET df = df - ? WHERE term = ?", [(n, t) for t, n in df.items()])
         self._conn.execute("DELETE FROM kb_terms WHERE df <= 0")
         self._add_stats(-len(rows), -length)
+        self._conn.execute("DELETE FROM kb_vectors WHERE chunk_id IN (SELECT id FROM kb_chunks WHERE document_id = ?)",
+                           (document_id,))
         self._conn.execute("DELETE FROM kb_chunks WHERE document_id = ?", (document_id,))
         self._conn.execute("DELETE FROM kb_documents WHERE id = ?", (document_id,))
 
@@ -215,6 +225,10 @@ class SQLiteKnowledge:
         return list(dict.fromkeys(ids))
 
     async def search(self, bases: Sequence[str], query: str, k: int = 5) -> list[Passage]:
+        return await self.lexical(bases, query, k, self.min_score)
+
+    async def lexical(self, bases: Sequence[str], query: str, k: int, min_score: float) -> list[Passage]:
+        """The full-text search with an explicit threshold (bot/knowledge/dense.py fuses it unfiltered)."""
         qterms = query_terms(query)
         if not qterms or not bases or k <= 0:
             return []
@@ -229,7 +243,45 @@ class SQLiteKnowledge:
         rows = {r[0]: r[1:] for r in self._conn.execute(
             "SELECT c.id, c.base, d.doc, d.title, c.text, c.page, c.heading, d.url, d.blob, d.mime FROM kb_chunks c"
             f" JOIN kb_documents d ON d.id = c.document_id WHERE c.id IN ({_marks(len(ids))})", ids)}
-        return rank(qterms, (Candidate(*rows[i]) for i in ids if i in rows), stats, k, self.min_score)
+        return rank(qterms, (Candidate(*rows[i]) for i in ids if i in rows), stats, k, min_score)
+
+    # -- dense retrieval (bot/knowledge/dense.py) -----------------------------------------
+
+    async def missing_vectors(self, base: str, model: str, limit: int) -> list[tuple[int, str]]:
+        rows = self._conn.execute(
+            "SELECT c.id, d.title, c.heading, c.text FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
+            " LEFT JOIN kb_vectors v ON v.chunk_id = c.id AND v.model = ? WHERE c.base = ? AND v.chunk_id IS NULL"
+            " ORDER BY c.id LIMIT ?", (model, base, limit)).fetchall()
+        return [(cid, body(title, heading, text)) for cid, title, heading, text in rows]
+
+    async def put_vectors(self, model: str, vectors: Sequence[tuple[int, Sequence[float]]]) -> None:
+        with self.store.transaction():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO kb_vectors (chunk_id, model, vector) SELECT ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM kb_chunks WHERE id = ?)",
+                [(cid, model, pack(v), cid) for cid, v in vectors])
+
+    async def nearest(self, bases: Sequence[str], model: str, vector: Sequence[float], n: int) -> list[Passage]:
+        if not bases or n <= 0:
+            return []
+        rows = self._conn.execute(
+            f"SELECT v.chunk_id, v.vector FROM kb_vectors v JOIN kb_chunks c ON c.id = v.chunk_id"
+            f" WHERE v.model = ? AND c.base IN ({_marks(len(bases))})", (model, *bases)).fetchall()
+        query = np.asarray(vector, dtype=np.float32)
+        rows = [r for r in rows if len(r[1]) == 4 * len(query)]  # vectors of another size: another model's
+        if not rows:
+            return []
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), len(query))
+        sims = matrix @ query
+        best = np.argsort(-sims, kind="stable")[:n]
+        ids = [rows[i][0] for i in best]
+        found = {r[0]: r[1:] for r in self._conn.execute(
+            "SELECT c.id, c.base, d.doc, d.title, c.text, c.page, c.heading, d.url, d.blob, d.mime FROM kb_chunks c"
+            f" JOIN kb_documents d ON d.id = c.document_id WHERE c.id IN ({_marks(len(ids))})", ids)}
+        return [Passage(base=b, doc=doc, title=title, text=text, page=page, heading=heading, url=url, blob=blob,
+                        mime=mime, score=round(float(sims[i]), 4))
+                for i, cid in zip(best, ids, strict=True) if cid in found
+                for b, doc, title, text, page, heading, url, blob, mime in [found[cid]]]
 
 
 __all__ = ["SQLiteKnowledge"]

@@ -214,6 +214,13 @@ def m009_feedback(db: sqlite_utils.Database) -> None:
         db.conn.execute(sql)
 
 
+@migration
+def m010_knowledge_vectors(db: sqlite_utils.Database) -> None:
+    """Dense retrieval (bot/knowledge/dense.py): one unit vector per chunk and embedding model, float32 blobs
+    (the layout sqlite-vec reads), dropped with their chunk by bot/knowledge/sqlite.py."""
+    db.conn.execute("CREATE TABLE kb_vectors (chunk_id INTEGER PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL)")
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, in order; return their names."""
     if "_migrations" not in db.table_names():

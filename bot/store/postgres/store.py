@@ -155,6 +155,13 @@ CREATE INDEX feedback_created ON feedback (created_at);
 CREATE TABLE forgotten (
     platform text NOT NULL, "user" text NOT NULL, at double precision NOT NULL, PRIMARY KEY (platform, "user"));
 """),
+    # dense retrieval (bot/knowledge/dense.py): one unit vector per chunk and embedding model, as real[] (the
+    # pgvector extension is not installable on this project's PostgreSQL 15 hosts: Debian bookworm lacks it)
+    ("p006_knowledge_vectors", """
+CREATE TABLE kb_vectors (
+    chunk_id bigint PRIMARY KEY REFERENCES kb_chunks (id) ON DELETE CASCADE, model text NOT NULL,
+    vector real[] NOT NULL);
+"""),
 ]
 
 _MSG_COLUMNS = (
