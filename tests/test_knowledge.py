@@ -4,7 +4,8 @@ through the real ``internvl-bot kb`` command, and the scoring that tells "nothin
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,15 @@ from fpdf import FPDF
 from PIL import Image
 
 from adapters.cli import main
+from bot.config import Settings
 from bot.knowledge import Chunk, Document, KnowledgeStore, MemoryKnowledge, Source, open_index
 from bot.knowledge.chunking import Chunker, read_html, read_markdown
+from bot.knowledge.dense import DenseKnowledge
 from bot.knowledge.ingest import Ingester
 from bot.knowledge.text import Stats, query_terms, score, terms
 from bot.store import MemoryStore, SQLiteStore, Store
 from tests.conftest import make_settings
+from tests.embeddings_peer import EmbeddingsPeer
 
 PUMP = Document("manuals", "/kb/pump-x200.pdf", "Pump X200 manual", "h1", "application/pdf", "a" * 64, 3)
 ROUTER = Document("manuals", "/kb/router.md", "Router R5 guide", "h2", "text/markdown")
@@ -137,20 +141,107 @@ class KnowledgeContract:
         assert await kb.sources("other") == []
 
 
-class TestMemoryKnowledge(KnowledgeContract):
+# -- dense retrieval ---------------------------------------------------------------------------------
+
+#: "How often should I clean the pump?" in Portuguese: not one word of it is in the English manuals.
+PT_QUESTION = "Com que frequência devo limpar a bomba?"
+
+Opener = Callable[..., KnowledgeStore]
+
+
+@pytest.fixture
+def peer() -> Iterator[EmbeddingsPeer]:
+    server = EmbeddingsPeer().start()
+    yield server
+    server.stop()
+
+
+def dense_settings(tmp_path: Path, url: str, **more: Any) -> Settings:
+    return make_settings(tmp_path, knowledge={"bases": {"manuals": {"language": "en"}},
+                                              "embeddings": {"url": url, "model": "lexicon-9", **more}})
+
+
+class DenseContract:
+    """Subclasses provide ``opener``: ``opener(settings)`` is ``open_index(settings, store)`` on one empty store,
+    the same on every call (so a lexical and a dense view of the same bases can be compared)."""
+
+    async def test_a_portuguese_question_finds_the_english_manual_only_with_dense_retrieval(
+            self, opener: Opener, peer: EmbeddingsPeer, tmp_path: Path) -> None:
+        lexical = opener(make_settings(tmp_path, knowledge={"bases": {"manuals": {"language": "en"}}}))
+        await _fill(lexical)
+        assert await lexical.search(["manuals"], PT_QUESTION) == []
+        kb = opener(dense_settings(tmp_path, peer.url, batch=2))
+        assert isinstance(kb, DenseKnowledge)
+        assert await kb.fill("manuals") == 5  # the chunks indexed before the endpoint was configured
+        assert await kb.fill("manuals") == 0
+        assert [len(r["input"]) for r in peer.requests] == [2, 2, 1]  # knowledge.embeddings.batch
+        found = await kb.search(["manuals"], PT_QUESTION)
+        assert found and (found[0].doc, found[0].page) == (PUMP.doc, 2)
+        assert 0.6 <= found[0].score <= 1
+        assert all(p.base == "manuals" for p in found)
+        # the lexical side still counts: an English question finds the same passage first
+        assert (await kb.search(["manuals"], "How often should the impeller be cleaned?"))[0].page == 2
+        # and "nothing relevant" stays: neither its words nor its meaning are in the base
+        assert await kb.search(["manuals"], "Qual é a capital da França?") == []
+
+    async def test_vectors_go_with_their_chunks(self, opener: Opener, peer: EmbeddingsPeer, tmp_path: Path) -> None:
+        kb = opener(dense_settings(tmp_path, peer.url))
+        assert isinstance(kb, DenseKnowledge)
+        await _fill(kb)
+        await kb.fill("manuals")
+        await kb.put_document(PUMP, [Chunk("Bomba: limpar o rotor a cada 500 horas.", page=1)])
+        assert [text for _, text in await kb.missing_vectors("manuals", "lexicon-9", 10)] == \
+            ["Pump X200 manual\nBomba: limpar o rotor a cada 500 horas."]
+        await kb.fill("manuals")
+        assert (await kb.search(["manuals"], PT_QUESTION))[0].text.startswith("Bomba")
+        await kb.remove_documents("manuals", [PUMP.doc])
+        assert all(p.doc != PUMP.doc for p in await kb.nearest(["manuals"], "lexicon-9", [1.0] + [0.0] * 8, 10))
+        # another model's vectors are not this one's: all of them are missing for it
+        assert len(await kb.missing_vectors("manuals", "another-model", 10)) == 2
+
+    async def test_an_endpoint_down_gives_lexical_results_and_one_warning(
+            self, opener: Opener, peer: EmbeddingsPeer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        kb = opener(dense_settings(tmp_path, peer.url))
+        await _fill(kb)
+        await kb.fill("manuals")
+        peer.failing = True
+        with caplog.at_level(logging.WARNING, logger="bot.knowledge.dense"):
+            for _ in range(3):
+                found = await kb.search(["manuals"], "How often should the impeller be cleaned?")
+                assert found and found[0].page == 2
+            assert await kb.search(["manuals"], PT_QUESTION) == []
+        warnings = [r for r in caplog.records if r.name == "bot.knowledge.dense"]
+        assert len(warnings) == 1 and "HTTP 503" in warnings[0].getMessage()
+        peer.stop()  # nothing listening at all: the same
+        assert (await kb.search(["manuals"], "factory reset of the router"))[0].heading == "Factory reset"
+
+
+class TestMemoryKnowledge(KnowledgeContract, DenseContract):
     @pytest.fixture
     async def kb(self, tmp_path: Path) -> KnowledgeStore:
         index = open_index(make_settings(tmp_path), MemoryStore())
         assert isinstance(index, MemoryKnowledge)
         return index
 
+    @pytest.fixture
+    def opener(self) -> Opener:
+        store = MemoryStore()
+        return lambda settings: open_index(settings, store)
 
-class TestSQLiteKnowledge(KnowledgeContract):
+
+class TestSQLiteKnowledge(KnowledgeContract, DenseContract):
     @pytest.fixture
     async def kb(self, tmp_path: Path) -> AsyncIterator[KnowledgeStore]:
         store = SQLiteStore(tmp_path / "bot.sqlite3")
         await store.open()
         yield open_index(make_settings(tmp_path), store)
+        await store.close()
+
+    @pytest.fixture
+    async def opener(self, tmp_path: Path) -> AsyncIterator[Opener]:
+        store = SQLiteStore(tmp_path / "bot.sqlite3")
+        await store.open()
+        yield lambda settings: open_index(settings, store)
         await store.close()
 
     async def test_the_index_lives_in_the_store_file_and_survives_reopening(self, tmp_path: Path) -> None:
@@ -169,7 +260,7 @@ class TestSQLiteKnowledge(KnowledgeContract):
             await store.close()
 
 
-class TestPostgresKnowledge(KnowledgeContract):
+class TestPostgresKnowledge(KnowledgeContract, DenseContract):
     """The same contract on a real PostgreSQL 15 (tests/postgres_cluster.py), a fresh database per test."""
 
     @pytest.fixture
@@ -180,6 +271,15 @@ class TestPostgresKnowledge(KnowledgeContract):
         await store.open()
         settings = make_settings(tmp_path, knowledge={"bases": {"manuals": {"language": "en"}}})
         yield open_index(settings, store)
+        await store.close()
+
+    @pytest.fixture
+    async def opener(self, postgres: Any) -> AsyncIterator[Opener]:
+        from bot.store.postgres.store import PostgresStore
+
+        store = PostgresStore(postgres.database(), min_size=1, max_size=2)
+        await store.open()
+        yield lambda settings: open_index(settings, store)
         await store.close()
 
     async def test_the_base_language_stems_its_words(self, kb: KnowledgeStore) -> None:
@@ -453,3 +553,32 @@ async def test_progress_shows_documents_pages_and_chunks(tmp_path: Path, docs: P
     shown = out.getvalue()
     assert "kb m" in shown and "7/7" in shown and "doc/s" in shown and "pages=3" in shown and "chunks=" in shown
 
+
+
+def test_kb_add_with_the_endpoint_down_writes_the_lexical_index_and_sync_fills_the_embeddings(
+        tmp_path: Path, peer: EmbeddingsPeer, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_EMBEDDINGS_KEY", "sk-embeddings-secret")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nlogging:\n  level: WARNING\nknowledge:\n  embeddings:\n"
+                      f"    url: {peer.url}\n    model: lexicon-9\n    api_key_env: TEST_EMBEDDINGS_KEY\n",
+                      encoding="utf-8")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pump.md").write_text("# Pump X200\n\nClean the impeller of the pump every 500 hours.\n", encoding="utf-8")
+    (docs / "router.md").write_text("# Router R5\n\nHold the reset button for ten seconds.\n", encoding="utf-8")
+    peer.failing = True
+    assert kb(config, "add", "manuals", str(docs)) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("embeddings:")]
+    assert len(lines) == 1 and "HTTP 503" in lines[0] and "kb sync manuals" in lines[0]
+    # the lexical index is written and searched; the Portuguese question needs the embeddings
+    assert search(config, capsys, "manuals", "how often to clean the impeller")[0]["doc"].endswith("pump.md")
+    assert search(config, capsys, "manuals", PT_QUESTION) == []
+    peer.failing = False
+    assert kb(config, "sync", "manuals") == 0
+    assert "2 unchanged, 0 removed, 0 problem(s) (0 pages, 0 chunks, 2 embedded" in capsys.readouterr().out
+    assert search(config, capsys, "manuals", PT_QUESTION)[0]["doc"].endswith("pump.md")
+    assert peer.requests[-1]["_auth"] == "Bearer sk-embeddings-secret"
+    assert peer.requests[-1]["model"] == "lexicon-9"
+    assert "sk-embeddings-secret" not in capsys.readouterr().err + err
