@@ -582,3 +582,30 @@ def test_kb_add_with_the_endpoint_down_writes_the_lexical_index_and_sync_fills_t
     assert peer.requests[-1]["_auth"] == "Bearer sk-embeddings-secret"
     assert peer.requests[-1]["model"] == "lexicon-9"
     assert "sk-embeddings-secret" not in capsys.readouterr().err + err
+
+
+async def test_a_failing_endpoint_warns_once_a_minute_and_at_once_after_it_answered_again(
+        peer: EmbeddingsPeer, caplog: pytest.LogCaptureFixture) -> None:
+    from bot.knowledge.dense import Embedder
+
+    now = [0.0]
+    kb = DenseKnowledge(MemoryKnowledge(), Embedder(peer.url, "lexicon-9"), min_similarity=0.6, clock=lambda: now[0])
+    await _fill(kb)  # type: ignore[arg-type]
+    peer.failing = True
+
+    async def warnings_after(seconds: float, searches: int) -> list[str]:
+        caplog.clear()
+        now[0] += seconds
+        with caplog.at_level(logging.WARNING, logger="bot.knowledge.dense"):
+            for _ in range(searches):
+                assert (await kb.search(["manuals"], "impeller cleaned"))[0].page == 2
+        return [r.getMessage() for r in caplog.records if r.name == "bot.knowledge.dense"]
+
+    assert len(await warnings_after(0, 3)) == 1
+    assert await warnings_after(30, 2) == []
+    [late] = await warnings_after(31, 1)
+    assert "4 more search(es)" in late  # held back since the first warning: 2 in its minute, 2 after
+    peer.failing = False
+    assert await warnings_after(1, 1) == []
+    peer.failing = True
+    assert len(await warnings_after(1, 1)) == 1  # a new outage is said at once

@@ -32,6 +32,7 @@ import httpx
 
 from bot.knowledge.base import KnowledgeStore, Passage
 from bot.knowledge.text import candidate_limit
+from bot.ops.logs import Throttle, redact, register_secret
 
 if TYPE_CHECKING:
     from bot.config import EmbeddingsSettings
@@ -48,7 +49,11 @@ INGEST_TIMEOUT = 120.0
 
 
 class EmbeddingsError(Exception):
-    """The endpoint could not be reached or gave no usable answer; the message names the URL, never the key."""
+    """The endpoint could not be reached or gave no usable answer; the message names the URL, never the key
+    (it is redacted even where an endpoint echoes it back)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 def unit(vector: Sequence[float]) -> list[float]:
@@ -90,6 +95,7 @@ class Embedder:
         if not conf.url:
             return None
         key = os.environ.get(conf.api_key_env, "") if conf.api_key_env else ""
+        register_secret(key)  # whatever the variable is called, its value never reaches a log line
         return cls(conf.url, conf.model, api_key=key, dimensions=conf.dimensions, batch=conf.batch)
 
     async def embed(self, texts: Sequence[str], *, seconds: float = INGEST_TIMEOUT) -> list[list[float]]:
@@ -189,8 +195,7 @@ class DenseKnowledge:
         self.inner: VectorBackend = inner
         self.embedder = embedder
         self.min_similarity = min_similarity
-        self._clock = clock
-        self._warned_at: float | None = None
+        self._warnings = Throttle(WARN_EVERY, clock=clock)
 
     def __getattr__(self, name: str) -> Any:
         # only reached for what this class does not define: the write side and the listings
@@ -225,12 +230,13 @@ class DenseKnowledge:
         lexical = await self.inner.lexical(bases, query, n, 0.0)
         try:
             [vector] = await self.embedder.embed([query], seconds=SEARCH_TIMEOUT)
+            self._warnings.reset("down")  # answering again: the next failure is said at once
         except EmbeddingsError as exc:
-            now = self._clock()
-            if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
-                self._warned_at = now
-                log.warning("knowledge: embeddings unavailable, searching lexically only: %s "
-                            "(knowledge.embeddings.url; this warning repeats at most once a minute)", exc)
+            held = self._warnings.allow("down")
+            if held is not None:
+                since = f"; {held} more search(es) since the last warning" if held else ""
+                log.warning("knowledge: embeddings unavailable, searching lexically only: %s (knowledge.embeddings.url;"
+                            " at most one warning a minute%s)", exc, since)
             return [p for p in lexical if p.score >= self.min_score][:k]
         dense = await self.inner.nearest(bases, self.embedder.model, vector, n)
         return fuse(lexical, dense, k, self.min_score, self.min_similarity)
