@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -22,8 +23,10 @@ from bot.training.export import ExportOptions, export_mpo, export_sft
 from bot.training.privacy import redact, strip_metadata
 from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
+from tests.helpdesk_peer import RESOLVED
 from tests.live_server import exchange, live_server, open_session
 from tests.test_chatwoot import chatwoot
+from tests.test_django_helpdesk import helpdesk_bot, helpdesk_peer
 from tests.test_slack import CHANNEL, USER, mention, slack
 from tests.test_telegram import ANA, DM, message, telegram
 from tests.test_web import metric
@@ -238,6 +241,67 @@ async def test_chatwoot_agent_replies_judge_the_bots_drafts(tmp_path: Path, monk
             str(convs[3]): ("discarded", ""),
         }
         assert len(await store.feedback()) == 4 and counted(h, "sent_as_is", "chatwoot") == 1
+
+
+@pytest.mark.slow
+async def test_django_helpdesk_staff_replies_judge_the_bots_private_drafts_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real django-helpdesk: in an agent-assist queue each staff reply (or closing without one) judges the
+    newest private draft before it, once, whether the webhook, a redelivery or the catch-up sweep brings it."""
+    async with helpdesk_peer(tmp_path, monkeypatch) as peer, \
+            helpdesk_bot(tmp_path, peer, agent_assist_queues=["billing"]) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+
+        async def swept() -> bool:
+            return h.adapter.sweeps >= 1
+
+        await h.until(swept)  # the first sweep sets the mark: a later sweep sees all that follows again
+        tickets = [await h.site.customer_ticket(f"Invoice {n}", f"Why was I charged {n} EUR?", queue="billing",
+                                                via="email") for n in range(4)]
+        drafts = [(await h.until(lambda ticket=ticket: h.bot_followups(ticket)))[0] for ticket in tickets]
+        assert [d["public"] for d in drafts] == [False] * 4
+        support = await h.site.customer_ticket("Kettle", "Does it descale itself?", via="email")
+        await h.until(lambda: h.bot_followups(support))
+        await h.idle()
+
+        as_is = await h.site.staff_followup(tickets[0], drafts[0]["comment"] + " ")  # copied, zero-width spaces too
+        redelivery = peer.front.body(lambda b: b.get("followup_id") == as_is["id"])
+        async with httpx.AsyncClient(timeout=20) as client:
+            assert (await client.post(h.hook, json=redelivery)).status_code == 200
+        app, peer.front.app = peer.front.app, None  # the bot is away: the edited reply's webhook is lost (503)
+        await h.site.staff_followup(tickets[1], "Invoice 1: you were charged 1 EUR for the yearly plan.")
+        peer.front.app = app
+        await h.site.staff_followup(tickets[2], "Hello! Could you send me your customer number, please?")
+        await h.site.staff_followup(tickets[2], drafts[2]["comment"])  # the first reply decided the draft
+        await h.site.customer_followup(tickets[2], "It is 4711.")  # a new draft, newer than both replies
+        await h.until(lambda: _drafted(h, tickets[2], "echo: It is 4711."))
+        await h.site.staff_followup(tickets[3], "a note for colleagues", public=False)  # not a reply
+        await h.site.staff_followup(tickets[3], "", public=False, new_status=RESOLVED)  # closed without one
+        await h.site.staff_followup(support, "Staff here: yes, every month.")  # a public answer is no draft
+        await h.idle()
+
+        def judged() -> dict[str, tuple[str, str]]:
+            return {f.key.chat: (f.kind, f.value) for f in rows}
+
+        rows = await store.feedback()
+        expected = {
+            str(tickets[0]): ("sent_as_is", ""),
+            str(tickets[2]): ("discarded", "Hello! Could you send me your customer number, please?"),
+            str(tickets[3]): ("discarded", ""),
+        }
+        assert judged() == expected and len(rows) == 3
+        # the sweep finds the lost reply, and hands on every other staff follow-up again: nothing twice, and the
+        # old replies of ticket 2 do not judge its newer draft
+        assert await h.adapter.catch_up() == 0  # the customers' follow-ups again too: the store drops them
+        await h.idle()
+        rows = await store.feedback()
+        expected[str(tickets[1])] = ("edited", "Invoice 1: you were charged 1 EUR for the yearly plan.")
+        assert judged() == expected and len(rows) == 4
+        assert counted(h, "discarded", "django_helpdesk") == 2 and counted(h, "sent_as_is", "django_helpdesk") == 1
+
+
+async def _drafted(h: Any, ticket: int, text: str) -> bool:
+    return any(f["comment"].strip() == text and not f["public"] for f in await h.bot_followups(ticket))
 
 
 # -- training data out -------------------------------------------------------------------------
