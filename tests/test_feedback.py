@@ -24,7 +24,7 @@ from bot.training.privacy import redact, strip_metadata
 from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
 from tests.helpdesk_peer import RESOLVED
-from tests.live_server import exchange, live_server, open_session
+from tests.live_server import exchange, live_server, open_session, sse_events, streams, subscribed
 from tests.test_chatwoot import chatwoot
 from tests.test_django_helpdesk import helpdesk_bot, helpdesk_peer
 from tests.test_slack import CHANNEL, USER, mention, slack
@@ -162,6 +162,37 @@ async def test_web_thumbs_are_recorded_once_per_answer_and_counted(tmp_path: Pat
                                      headers=headers)).status_code == 404
 
 
+
+
+async def test_web_thumbs_down_asks_once_and_keeps_the_next_message_as_its_comment(tmp_path: Path) -> None:
+    engine = EchoEngine(delay=0.01, record=True)
+    async with live_server(make_settings(tmp_path), engine) as live, live.client() as client:
+        store = live.runtime.manager.store  # type: ignore[union-attr]
+        await open_session(client)
+        _, events = await exchange(live, client, "is the filter washable?")
+        question = events[-1]["reply_to"]
+        before = streams(live)
+        reader = asyncio.create_task(sse_events(client, until="notice"))
+        await subscribed(live, before)
+        down = await client.post("/api/feedback", json={"question": question, "rating": "down"},
+                                 headers={"X-InternVL-Bot": "1"})
+        assert down.json() == {"recorded": True}
+        asked = (await asyncio.wait_for(reader, 10))[-1]
+        assert asked["text"] == t("feedback_ask_comment", "en")
+        calls = len(engine.calls)
+        _, events = await exchange(live, client, "it is not washable, only replaceable", until="notice")
+        assert events[-1]["text"] == t("feedback_comment_thanks", "en")
+        assert not [e for e in events if e["type"] == "done"] and len(engine.calls) == calls  # not a question
+        [row] = await store.feedback()
+        assert (row.kind, row.comment) == ("down", "it is not washable, only replaceable")
+        # asked once: the same press again is not a new 👎, and the next message is a question again
+        again = await client.post("/api/feedback", json={"question": question, "rating": "down"},
+                                  headers={"X-InternVL-Bot": "1"})
+        assert again.json() == {"recorded": False}
+        _, events = await exchange(live, client, "and the hose?")
+        assert events[-1]["type"] == "done" and "echo: and the hose?" in events[-1]["html"]
+        texts = [m.text for m in await store.transcript(row.key)]  # notices are stored with the conversation
+        assert texts.count(t("feedback_ask_comment", "en")) == 1
 
 
 async def test_slack_feedback_buttons_record_a_press_once_and_thank_the_presser(
