@@ -225,6 +225,27 @@ async def test_slack_feedback_buttons_record_a_press_once_and_thank_the_presser(
         assert [f.kind for f in await store.feedback()] == ["up", "down"]
 
 
+async def test_slack_answers_posted_without_streaming_carry_the_feedback_buttons_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, native_streaming=False) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        payload = mention(h, "how do I reset the **router**?")
+        await h.slack.send_socket_event(payload)
+        ts = payload["event"]["ts"]
+        answer = await h.answered(CHANNEL, ts, "echo: how do I reset the *router*?")  # the notification text
+        await h.idle()
+        assert h.slack.calls_to("chat.startStream") == []
+        markdown, actions = answer.blocks or []
+        assert (markdown["type"], markdown["text"]) == ("markdown", "echo: how do I reset the **router**?")
+        assert actions["type"] == "context_actions" and actions["elements"][0]["type"] == "feedback_buttons"
+        await h.slack.send_block_actions(h.slack.feedback_press(CHANNEL, answer.ts, USER, positive=False))
+        await h.slack.wait_for(lambda: len(h.slack.ephemerals) == 1)
+        assert h.slack.ephemerals[0]["text"] == t("feedback_ask_comment", "en")
+        stored = await store.find_by_platform_id("slack", CHANNEL, answer.ts)
+        assert stored is not None
+        assert [(f.kind, f.message_id, f.user) for f in await store.feedback()] == [("down", stored.id, USER)]
+
+
 async def test_chatwoot_csat_rates_the_bots_answers_once_per_survey(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     async with chatwoot(tmp_path, monkeypatch) as h:
