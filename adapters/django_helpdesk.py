@@ -13,7 +13,10 @@ user (a customer's e-mail). Never staff's follow-ups, never the bot's own. A han
 request, the persona's policy, the model saying it cannot help) answers the customer politely, re-opens the
 ticket (and assigns it when ``handoff_assignee`` is set) and adds an internal note saying why; while staff
 have it the bot stays silent, until a staff member writes ``/bot`` as a private follow-up (or the operator API
-gives it back). In agent-assist queues every draft is a private follow-up for staff, nothing public.
+gives it back). In agent-assist queues every draft is a private follow-up for staff, nothing public; when staff
+then write a public follow-up, the newest draft before it is judged against their text (sent as is, edited,
+discarded: :meth:`~bot.conversation.feedback.FeedbackDesk.draft_used`), and a ticket resolved or closed without
+a public reply discards it — once per draft, however often the webhook or the sweep delivers the follow-up.
 
 django-helpdesk posts each webhook once (``requests.post``, no retry, whatever the answer): a webhook the bot
 refused (restarting: 503; its database failing: 500) or never got would lose the customer's message. So a
@@ -52,7 +55,7 @@ from bot.ops.checks import CheckResult, platform_said, unreachable
 from bot.ops.checks import shown as shown_url
 from bot.ops.logs import conversation_var
 from bot.seams import Channel
-from bot.store import is_store_error
+from bot.store import StoredMessage, is_store_error
 from bot.types import (
     Attachment,
     ConversationKey,
@@ -72,6 +75,8 @@ T = TypeVar("T")
 PLATFORM = "django_helpdesk"
 WEBHOOK_PATH = "/django-helpdesk/webhook"
 REOPENED = 2
+#: django-helpdesk's statuses of a ticket that is done with (a follow-up's ``new_status`` when staff close it)
+RESOLVED, CLOSED = 3, 4
 # django-helpdesk 2.6's default HELPDESK_VALID_EXTENSIONS: a file with another extension makes the REST call fail
 # with a 500 after the follow-up itself was saved
 HELPDESK_DEFAULT_EXTENSIONS = (".txt", ".asc", ".pdf", ".doc", ".docx", ".odt", ".jpg", ".png", ".eml")
@@ -385,12 +390,16 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
             return "ignored: no follow-up", None
         key = ConversationKey(PLATFORM, str(ticket["id"]))
         queue = str(data.get("queue_slug") or "")
+        # a queue the sweep knows only by id (no webhook named its slug yet) counts as one: drafts stay private
+        assist = queue in self.assist or (not queue and bool(self.assist))
         if followup.get("user") is not None and not self._on_customers_behalf(ticket, followup, new):
             # staff or the bot itself; a staff's private "/bot" gives the ticket back to the assistant
             if not catch_up and followup.get("user") != self.bot_user and not followup.get("public") and \
                     str(followup.get("comment") or "").strip() == "/bot":
                 await self.manager.hand_back(key, by="staff")
                 return "given back", None
+            if assist and not new and followup.get("user") != self.bot_user:
+                return await self._judge_draft(key, ticket, followup), None
             return "ignored: staff", None
         if not followup.get("public", True):
             return "ignored: private", None
@@ -401,8 +410,7 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
                        a.get("size") if isinstance(a.get("size"), int) else None)
             for a in followup.get("followupattachment_set") or [] if isinstance(a, dict) and a.get("file"))
         route = {"queue": queue}
-        if queue in self.assist or (not queue and self.assist):
-            # a queue the sweep knows only by id (no webhook named its slug yet): drafts stay private
+        if assist:
             route["assist"] = "1"
         conversation_var.set(str(key))
         email = str(ticket.get("submitter_email") or "customer")
@@ -410,6 +418,30 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
             key=key, sender=Sender(email, email), text=text, attachments=attachments,
             event_id=f"followup:{followup.get('id')}", message_id=str(followup.get("id")), route=route, raw=data))
         return ("stored", submitted) if submitted is not None else ("not for the bot (a duplicate, or the policy)", None)
+
+    async def _judge_draft(self, key: ConversationKey, ticket: dict[str, Any], followup: dict[str, Any]) -> str:
+        """Staff's follow-up on an agent-assist ticket: a public one is their reply (the newest draft is judged
+        against it), a private one that resolves or closes the ticket ends it without one (the draft
+        discarded); other private notes say nothing about the draft."""
+        public = bool(followup.get("public"))
+        if not public and followup.get("new_status") not in (RESOLVED, CLOSED):
+            return "ignored: a staff note"
+        staff_id = followup.get("id")
+        if not isinstance(staff_id, int):
+            return "ignored: no follow-up id"
+        # the drafts staff could have seen: the bot's private follow-ups older than theirs (ids only grow). A
+        # sweep may hand on this follow-up after the bot drafted anew: the newer draft is not this reply's
+        drafts = {str(f.get("id")) for f in ticket.get("followup_set") or []
+                  if isinstance(f, dict) and not f.get("public") and isinstance(f.get("id"), int)
+                  and f["id"] < staff_id}
+
+        def seen(draft: StoredMessage) -> bool:
+            return any(p in drafts for p in draft.platform_ids)
+
+        # drafts are posted through safe_comment: a draft copied from the helpdesk keeps its zero-width spaces
+        sent = str(followup.get("comment") or "").replace("\u200b", "") if public else None
+        judged = await self.manager.feedback.draft_used(key, sent, user=str(followup.get("user") or ""), seen=seen)
+        return "noted: staff's reply" if judged is not None else "noted: no draft left to judge"
 
     # -- catch-up sweep -------------------------------------------------------------------
 
@@ -496,10 +528,14 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         return found
 
     def _maybe_customers(self, followup: dict[str, Any]) -> bool:
-        """Could :meth:`handle` answer this follow-up? (Saves reading the ticket of every staff note.)"""
+        """Could :meth:`handle` answer this follow-up, or judge a draft with it? (Saves reading the ticket of
+        every staff note.)"""
+        author = followup.get("user")
+        staff = author is not None and author != self.bot_user
+        if self.assist and staff and (followup.get("public") or followup.get("new_status") in (RESOLVED, CLOSED)):
+            return True  # staff's reply to, or closing of, what may be an agent-assist ticket
         if not followup.get("public", True):
             return False  # private: never the customer's (and a staff /bot is not replayed)
-        author = followup.get("user")
         if author is None:
             return True
         if author == self.bot_user:

@@ -632,7 +632,8 @@ class WebAdapter(PlatformAdapter[WebSettings]):
 
     async def feedback(self, request: Request) -> Response:
         """👍/👎 on an answer: ``{"question": <id of the question it answers>, "rating": "up" | "down"}``. One
-        rating per answer and session: a repeated press (a retry, a second tab) is not stored twice."""
+        rating per answer and session: a repeated press (a retry, a second tab) is not stored twice. A 👎 asks
+        "what was wrong?" (a notice on the event stream); the session's next plain message is its comment."""
         sid, error = self._session_or_error(request)
         if error is not None:
             return error
@@ -648,6 +649,14 @@ class WebAdapter(PlatformAdapter[WebSettings]):
         if answer is None:
             return JSONResponse({"error": "no such answer in this conversation"}, status_code=404)
         fid = await self.manager.feedback.record(answer, rating, user=sid, event_id=f"{sid}:{answer.id}")
+        if rating == "down" and fid is not None:
+            # asked once per 👎 (a repeated press is not stored again, so not asked again): the next message of
+            # this session is the comment, not a question (bot.conversation.feedback)
+            await self.manager.feedback.ask_comment(key, sid, fid)
+            conv = await self.manager.store.conversation(key)
+            lang = conv.language or conv.last_language or self._language(request)
+            lang = lang if lang in i18n.UI_LANGUAGES else self._language(request)
+            await self.manager.deliver_notice(key, Notice(i18n.text("feedback_ask_comment", lang)))
         return JSONResponse({"recorded": fid is not None})
 
     async def attachment(self, request: Request, sha256: str) -> Response:

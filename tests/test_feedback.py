@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -22,8 +23,10 @@ from bot.training.export import ExportOptions, export_mpo, export_sft
 from bot.training.privacy import redact, strip_metadata
 from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
-from tests.live_server import exchange, live_server, open_session
+from tests.helpdesk_peer import RESOLVED
+from tests.live_server import exchange, live_server, open_session, sse_events, streams, subscribed
 from tests.test_chatwoot import chatwoot
+from tests.test_django_helpdesk import helpdesk_bot, helpdesk_peer
 from tests.test_slack import CHANNEL, USER, mention, slack
 from tests.test_telegram import ANA, DM, message, telegram
 from tests.test_web import metric
@@ -161,6 +164,37 @@ async def test_web_thumbs_are_recorded_once_per_answer_and_counted(tmp_path: Pat
 
 
 
+async def test_web_thumbs_down_asks_once_and_keeps_the_next_message_as_its_comment(tmp_path: Path) -> None:
+    engine = EchoEngine(delay=0.01, record=True)
+    async with live_server(make_settings(tmp_path), engine) as live, live.client() as client:
+        store = live.runtime.manager.store  # type: ignore[union-attr]
+        await open_session(client)
+        _, events = await exchange(live, client, "is the filter washable?")
+        question = events[-1]["reply_to"]
+        before = streams(live)
+        reader = asyncio.create_task(sse_events(client, until="notice"))
+        await subscribed(live, before)
+        down = await client.post("/api/feedback", json={"question": question, "rating": "down"},
+                                 headers={"X-InternVL-Bot": "1"})
+        assert down.json() == {"recorded": True}
+        asked = (await asyncio.wait_for(reader, 10))[-1]
+        assert asked["text"] == t("feedback_ask_comment", "en")
+        calls = len(engine.calls)
+        _, events = await exchange(live, client, "it is not washable, only replaceable", until="notice")
+        assert events[-1]["text"] == t("feedback_comment_thanks", "en")
+        assert not [e for e in events if e["type"] == "done"] and len(engine.calls) == calls  # not a question
+        [row] = await store.feedback()
+        assert (row.kind, row.comment) == ("down", "it is not washable, only replaceable")
+        # asked once: the same press again is not a new 👎, and the next message is a question again
+        again = await client.post("/api/feedback", json={"question": question, "rating": "down"},
+                                  headers={"X-InternVL-Bot": "1"})
+        assert again.json() == {"recorded": False}
+        _, events = await exchange(live, client, "and the hose?")
+        assert events[-1]["type"] == "done" and "echo: and the hose?" in events[-1]["html"]
+        texts = [m.text for m in await store.transcript(row.key)]  # notices are stored with the conversation
+        assert texts.count(t("feedback_ask_comment", "en")) == 1
+
+
 async def test_slack_feedback_buttons_record_a_press_once_and_thank_the_presser(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with slack(tmp_path, monkeypatch) as h:
@@ -189,6 +223,27 @@ async def test_slack_feedback_buttons_record_a_press_once_and_thank_the_presser(
         await h.slack.wait_for(lambda: len(h.slack.ephemerals) == 3)
         assert h.slack.ephemerals[2]["text"] == t("feedback_ask_comment", "en")
         assert [f.kind for f in await store.feedback()] == ["up", "down"]
+
+
+async def test_slack_answers_posted_without_streaming_carry_the_feedback_buttons_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with slack(tmp_path, monkeypatch, native_streaming=False) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+        payload = mention(h, "how do I reset the **router**?")
+        await h.slack.send_socket_event(payload)
+        ts = payload["event"]["ts"]
+        answer = await h.answered(CHANNEL, ts, "echo: how do I reset the *router*?")  # the notification text
+        await h.idle()
+        assert h.slack.calls_to("chat.startStream") == []
+        markdown, actions = answer.blocks or []
+        assert (markdown["type"], markdown["text"]) == ("markdown", "echo: how do I reset the **router**?")
+        assert actions["type"] == "context_actions" and actions["elements"][0]["type"] == "feedback_buttons"
+        await h.slack.send_block_actions(h.slack.feedback_press(CHANNEL, answer.ts, USER, positive=False))
+        await h.slack.wait_for(lambda: len(h.slack.ephemerals) == 1)
+        assert h.slack.ephemerals[0]["text"] == t("feedback_ask_comment", "en")
+        stored = await store.find_by_platform_id("slack", CHANNEL, answer.ts)
+        assert stored is not None
+        assert [(f.kind, f.message_id, f.user) for f in await store.feedback()] == [("down", stored.id, USER)]
 
 
 async def test_chatwoot_csat_rates_the_bots_answers_once_per_survey(tmp_path: Path,
@@ -238,6 +293,67 @@ async def test_chatwoot_agent_replies_judge_the_bots_drafts(tmp_path: Path, monk
             str(convs[3]): ("discarded", ""),
         }
         assert len(await store.feedback()) == 4 and counted(h, "sent_as_is", "chatwoot") == 1
+
+
+@pytest.mark.slow
+async def test_django_helpdesk_staff_replies_judge_the_bots_private_drafts_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real django-helpdesk: in an agent-assist queue each staff reply (or closing without one) judges the
+    newest private draft before it, once, whether the webhook, a redelivery or the catch-up sweep brings it."""
+    async with helpdesk_peer(tmp_path, monkeypatch) as peer, \
+            helpdesk_bot(tmp_path, peer, agent_assist_queues=["billing"]) as h:
+        store = h.runtime.manager.store  # type: ignore[union-attr]
+
+        async def swept() -> bool:
+            return h.adapter.sweeps >= 1
+
+        await h.until(swept)  # the first sweep sets the mark: a later sweep sees all that follows again
+        tickets = [await h.site.customer_ticket(f"Invoice {n}", f"Why was I charged {n} EUR?", queue="billing",
+                                                via="email") for n in range(4)]
+        drafts = [(await h.until(lambda ticket=ticket: h.bot_followups(ticket)))[0] for ticket in tickets]
+        assert [d["public"] for d in drafts] == [False] * 4
+        support = await h.site.customer_ticket("Kettle", "Does it descale itself?", via="email")
+        await h.until(lambda: h.bot_followups(support))
+        await h.idle()
+
+        as_is = await h.site.staff_followup(tickets[0], drafts[0]["comment"] + " ")  # copied, zero-width spaces too
+        redelivery = peer.front.body(lambda b: b.get("followup_id") == as_is["id"])
+        async with httpx.AsyncClient(timeout=20) as client:
+            assert (await client.post(h.hook, json=redelivery)).status_code == 200
+        app, peer.front.app = peer.front.app, None  # the bot is away: the edited reply's webhook is lost (503)
+        await h.site.staff_followup(tickets[1], "Invoice 1: you were charged 1 EUR for the yearly plan.")
+        peer.front.app = app
+        await h.site.staff_followup(tickets[2], "Hello! Could you send me your customer number, please?")
+        await h.site.staff_followup(tickets[2], drafts[2]["comment"])  # the first reply decided the draft
+        await h.site.customer_followup(tickets[2], "It is 4711.")  # a new draft, newer than both replies
+        await h.until(lambda: _drafted(h, tickets[2], "echo: It is 4711."))
+        await h.site.staff_followup(tickets[3], "a note for colleagues", public=False)  # not a reply
+        await h.site.staff_followup(tickets[3], "", public=False, new_status=RESOLVED)  # closed without one
+        await h.site.staff_followup(support, "Staff here: yes, every month.")  # a public answer is no draft
+        await h.idle()
+
+        def judged() -> dict[str, tuple[str, str]]:
+            return {f.key.chat: (f.kind, f.value) for f in rows}
+
+        rows = await store.feedback()
+        expected = {
+            str(tickets[0]): ("sent_as_is", ""),
+            str(tickets[2]): ("discarded", "Hello! Could you send me your customer number, please?"),
+            str(tickets[3]): ("discarded", ""),
+        }
+        assert judged() == expected and len(rows) == 3
+        # the sweep finds the lost reply, and hands on every other staff follow-up again: nothing twice, and the
+        # old replies of ticket 2 do not judge its newer draft
+        assert await h.adapter.catch_up() == 0  # the customers' follow-ups again too: the store drops them
+        await h.idle()
+        rows = await store.feedback()
+        expected[str(tickets[1])] = ("edited", "Invoice 1: you were charged 1 EUR for the yearly plan.")
+        assert judged() == expected and len(rows) == 4
+        assert counted(h, "discarded", "django_helpdesk") == 2 and counted(h, "sent_as_is", "django_helpdesk") == 1
+
+
+async def _drafted(h: Any, ticket: int, text: str) -> bool:
+    return any(f["comment"].strip() == text and not f["public"] for f in await h.bot_followups(ticket))
 
 
 # -- training data out -------------------------------------------------------------------------

@@ -465,8 +465,10 @@ async def test_without_native_streaming_messages_are_posted_and_updated(tmp_path
     async with slack(tmp_path, monkeypatch, native_streaming=False) as h:
         payload = mention(h, "**bold** words")
         await h.slack.send_socket_event(payload)
-        answer = await h.answered(CHANNEL, payload["event"]["ts"], "echo: **bold** words")
-        assert answer.markdown_text == "echo: **bold** words"  # Markdown, rendered by Slack
+        answer = await h.answered(CHANNEL, payload["event"]["ts"], "echo: *bold* words")  # notifications' text
+        # Markdown, rendered by Slack, in a markdown block: the feedback buttons' block follows it
+        assert [(b["type"], b.get("text")) for b in answer.blocks or []] == [
+            ("markdown", "echo: **bold** words"), ("context_actions", None)]
         assert h.slack.calls_to("chat.startStream") == []
 
 

@@ -18,8 +18,9 @@ message are downloaded from ``url_private_download`` with the bot token, only fr
 API's host, after their size is checked from the event. A finished streamed answer ends with Slack's
 ``feedback_buttons`` (a ``context_actions`` block given to ``chat.stopStream``); a press is recorded through
 the core once (its ``action_ts`` and presser are the event id) and thanked ephemerally. Answers posted and
-updated instead (native streaming off or refused) carry no buttons: their text is ``markdown_text``, which
-Slack takes only without blocks. Every call goes through one rate limiter (per
+updated instead (native streaming off or refused, or a final text that differs from what streamed) carry the
+same buttons: their last message is a ``markdown`` block followed by the ``context_actions`` block (Slack takes
+``markdown_text`` only without blocks; the other messages of a long answer stay ``markdown_text``). Every call goes through one rate limiter (per
 channel for ``chat.postMessage``, per method tier for the others); a 429 is waited out as Slack asks.
 """
 
@@ -211,6 +212,8 @@ class SlackTransport:
         self.thread_ts = context.key.thread or None
         self._format = SlackFormat()
         self._looked = False
+        #: whether the answer now being finished may be rated (its outcome is "done"): :class:`SlackRenderer`
+        self.rated = True
 
     def measure(self, text: str) -> int:
         return len(escape_slack(text))  # what Slack counts: the text as sent
@@ -220,10 +223,19 @@ class SlackTransport:
         # left, so that a burst's finished texts (one update each) never wait behind other answers' previews
         return self.adapter.limiter.has_capacity("m:chat.update", PREVIEW_RESERVE)
 
-    def _body(self, text: str, final: bool) -> dict[str, Any]:
+    def _body(self, text: str, final: bool, closing: bool = False) -> dict[str, Any]:
         # Finished text as Markdown, which Slack renders itself; a streaming preview as mrkdwn text. Both
         # escaped: a "<!channel>" the user or the model wrote is shown, not sent as a mention.
-        return {"markdown_text": escape_slack(text)} if final else {"text": self._format.render(text).text}
+        if not final:
+            return {"text": self._format.render(text).text}
+        if closing and self.rated:
+            # the answer's last message gets the 👍/👎: Slack refuses markdown_text beside blocks, so the same
+            # Markdown goes in a markdown block (MESSAGE_LIMIT keeps it under the block's 12,000 characters);
+            # ``text`` is what notifications show. No block ids: Slack makes fresh ones for every version
+            return {"text": self._format.render(text).text,
+                    "blocks": [{"type": "markdown", "text": escape_slack(text)},
+                               *feedback_blocks(self.context.language, None)]}
+        return {"markdown_text": escape_slack(text)}
 
     async def send(self, text: str, *, final: bool, closing: bool = False) -> str:
         if self.context.resend and not self._looked:
@@ -234,7 +246,7 @@ class SlackTransport:
                 return earlier
         response = await self.adapter.call(self.adapter.client.chat_postMessage, party=self.party, key=f"chan:{self.channel}",
                                            channel=self.channel, thread_ts=self.thread_ts, unfurl_links=False,
-                                           metadata=self._mark(), **self._body(text, final))
+                                           metadata=self._mark(), **self._body(text, final, closing))
         return str(response["ts"])
 
     def _mark(self) -> dict[str, Any] | None:
@@ -263,7 +275,7 @@ class SlackTransport:
     async def edit(self, message_id: str, text: str, *, final: bool, closing: bool = False) -> None:
         try:
             await self.adapter.call(self.adapter.client.chat_update, party=self.party, channel=self.channel, ts=message_id,
-                                    **self._body(text, final))
+                                    **self._body(text, final, closing))
         except SlackApiError as exc:
             error = slack_error(exc)
             if error == "message_not_found":
@@ -274,7 +286,7 @@ class SlackTransport:
             with contextlib.suppress(SlackApiError):
                 await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=message_id)
             await self.adapter.call(self.adapter.client.chat_update, party=self.party, channel=self.channel, ts=message_id,
-                                    **self._body(text, final))
+                                    **self._body(text, final, closing))
 
     async def delete(self, message_id: str) -> None:
         with contextlib.suppress(SlackApiError):
@@ -394,18 +406,37 @@ class SlackStreamSink:
             self.renderer.answer = self.total
 
 
-def feedback_blocks(language: str, ts: str) -> list[dict[str, Any]]:
+def feedback_blocks(language: str, ts: str | None) -> list[dict[str, Any]]:
     """Slack's feedback buttons for AI answers: a ``context_actions`` block with one ``feedback_buttons``
     element (docs.slack.dev/reference/block-kit/block-elements/feedback-buttons-element). The block_id
-    names the message (Slack wants it unique per message)."""
+    names the message ``ts`` (Slack wants it unique per message); None: Slack names it (a message posted or
+    updated, whose ts is not known yet or which gets a new version)."""
     def button(rating: str, face: str) -> dict[str, Any]:
         label = i18n.text(f"ui_feedback_{rating}", language)
         return {"text": {"type": "plain_text", "text": face}, "accessibility_label": label[:75],
                 "value": FEEDBACK_VALUES[rating]}
 
-    return [{"type": "context_actions", "block_id": f"fb-{ts}", "elements": [
+    block: dict[str, Any] = {"type": "context_actions", "elements": [
         {"type": "feedback_buttons", "action_id": FEEDBACK_ACTION, "positive_button": button("up", "👍"),
-         "negative_button": button("down", "👎")}]}]
+         "negative_button": button("down", "👎")}]}
+    if ts is not None:
+        block["block_id"] = f"fb-{ts}"
+    return [block]
+
+
+class SlackRenderer(StreamingRenderer):
+    """The posted-and-updated answer: a :class:`StreamingRenderer` on :class:`SlackTransport` that tells the
+    transport whether the answer being finished is whole (outcome ``done``): only a whole one is rated, as
+    with native streaming (an interrupted or failed answer is nothing to rate)."""
+
+    def __init__(self, transport: SlackTransport, context: SinkContext, **options: Any) -> None:
+        super().__init__(transport, context, **options)
+        self.slack = transport
+
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
+        if isinstance(event, AnswerDone):
+            self.slack.rated = event.outcome == "done"
+        return await super().emit(event)
 
 
 class _SupportChannel:
@@ -536,8 +567,8 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
                                        party=party)
 
     def renderer(self, context: SinkContext) -> StreamingRenderer:
-        return StreamingRenderer(SlackTransport(self, context), context, min_interval=self.conf.update_interval,
-                                 typing_interval=10.0, progress_as_status=True)
+        return SlackRenderer(SlackTransport(self, context), context, min_interval=self.conf.update_interval,
+                             typing_interval=10.0, progress_as_status=True)
 
     def _sink_for(self, context: SinkContext) -> StreamingRenderer | SlackStreamSink:
         native = (self.conf.native_streaming and context.key.thread and context.route.get("team")

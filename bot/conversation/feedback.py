@@ -116,11 +116,16 @@ class FeedbackDesk:
             return None
         return await self.record(last, kind, user=msg.sender_id, event_id=f"{kind}:{msg.id}")
 
-    async def draft_used(self, key: ConversationKey, sent: str | None, *, user: str = "") -> int | None:
+    async def draft_used(self, key: ConversationKey, sent: str | None, *, user: str = "",
+                         seen: Callable[[StoredMessage], bool] | None = None) -> int | None:
         """An agent answered in ``key`` (``sent``), or closed it without answering (None): the newest draft
         of the bot there is judged (see the module docstring), once — a later reply, a redelivery, finds it
-        judged. Its feedback id; None when there is no draft or it was judged before."""
-        drafts = [m for m in await self.store.transcript(key, limit=50) if _is_answer(m)]
+        judged. ``seen``, when given, keeps only the drafts the agent could have seen when they replied (a
+        platform that may deliver an old reply again after the bot drafted anew: that reply must find its own
+        draft, judged already, not the newer one). Its feedback id; None when there is no draft or it was
+        judged before."""
+        drafts = [m for m in await self.store.transcript(key, limit=50)
+                  if _is_answer(m) and (seen is None or seen(m))]
         if not drafts:
             return None
         draft = drafts[-1]
