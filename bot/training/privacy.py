@@ -4,14 +4,21 @@ Text: e-mail addresses, phone numbers, card-like numbers (13-19 digits that pass
 the platform gave us for the people in the conversation are replaced by ``[email]``, ``[phone]``, ``[card]``
 and ``[name]``. Images: metadata is dropped — JPEG APP1 (EXIF, GPS, XMP) and APP13 (IPTC) segments and
 comments, PNG text/EXIF/time chunks, losslessly; any other format is re-encoded as PNG, which keeps pixels only.
+Videos: remuxed by ffmpeg without re-encoding, keeping only the first video stream that is not cover art and the
+audio; container, stream and chapter metadata (creation time, GPS location, device make and model) are dropped,
+and so are data streams (a phone's location or telemetry track), subtitles and attached pictures.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import shutil
 import struct
+import subprocess
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 from PIL import Image
 
@@ -111,4 +118,36 @@ def strip_metadata(data: bytes) -> tuple[bytes, str]:
     return buffer.getvalue(), "png"
 
 
-__all__ = ["redact", "strip_metadata"]
+#: The container a video is remuxed into, by the MIME type the bot stored it with: its own, so that ``-c copy``
+#: always fits; Matroska (which takes any codec) for the rest.
+_VIDEO_EXT = {"video/mp4": "mp4", "video/quicktime": "mov", "video/webm": "webm", "video/x-msvideo": "avi",
+              "video/x-matroska": "mkv"}
+#: A remux copies packets, so it is quick; this only bounds a stuck ffmpeg.
+REMUX_TIMEOUT = 120.0
+
+
+def strip_video_metadata(data: bytes, mime: str) -> tuple[bytes, str]:
+    """The video without its metadata, and its file extension; raises (``RuntimeError``, ``OSError``,
+    ``subprocess`` errors) when ffmpeg is missing or cannot read it."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError("ffmpeg is not installed")
+    ext = _VIDEO_EXT.get(mime, "mkv")
+    with tempfile.TemporaryDirectory(prefix="internvl-bot-export-") as tmp:
+        # files rather than pipes: an MP4 whose index sits at the end cannot be read from a pipe
+        src, dst = Path(tmp) / "in", Path(tmp) / f"out.{ext}"
+        src.write_bytes(data)
+        subprocess.run(
+            [ffmpeg, "-v", "error", "-nostdin", "-y", "-i", str(src),
+             # V (not v): video streams that are not cover art, whose JPEG would carry its own EXIF
+             "-map", "0:V:0", "-map", "0:a?", "-map_metadata", "-1", "-map_chapters", "-1", "-c", "copy",
+             # bitexact: no encoder tag, so the same video gives the same bytes in every export
+             "-fflags", "+bitexact", str(dst)],
+            check=True, capture_output=True, timeout=REMUX_TIMEOUT)
+        out = dst.read_bytes()
+    if not out:
+        raise RuntimeError("ffmpeg wrote an empty video")
+    return out, ext
+
+
+__all__ = ["redact", "strip_metadata", "strip_video_metadata"]
