@@ -205,7 +205,8 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
         report = await run(store, settings, personas, ExportOptions(args.out, args.since, args.persona, args.name))
     finally:
         await store.close()
-    print(f"exported {report.samples} {args.format} sample(s) and {report.images} image(s) to {args.out}")
+    print(f"exported {report.samples} {args.format} sample(s), {report.images} image(s) and {report.videos} video(s)"
+          f" to {args.out}")
     for why, count in sorted(report.skipped.items()):
         print(f"  left out {count}: {why}", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
 from tests.helpdesk_peer import RESOLVED
 from tests.live_server import exchange, live_server, open_session, sse_events, streams, subscribed
+from tests.media_corpus import ffmpeg, needs_ffmpeg
 from tests.test_chatwoot import chatwoot
 from tests.test_django_helpdesk import helpdesk_bot, helpdesk_peer
 from tests.test_slack import CHANNEL, USER, mention, slack
@@ -395,7 +397,12 @@ def internvl_loader(meta_path: Path) -> list[dict[str, Any]]:
     """What internvl_chat's build_datasets and LazySupervisedDataset do with a meta file and its JSONL
     (internvl_chat_finetune.py): each dataset's annotation read line by line, an image path joined to the
     root and opened, every ``<image>`` of the human turns replaced by one image's tokens in order with the
-    count asserted equal to the number of images, roles alternating human/gpt. Raises on any mismatch."""
+    count asserted equal to the number of images, roles alternating human/gpt. A ``video`` line (used only when
+    the line has no ``image``, as in LazySupervisedDataset.__getitem__) goes to video_get_item: the path joined
+    to the root and decoded (decord, as its tcs_loader), the one ``<video>\\n`` of the first human turn (or the
+    pair's question) replaced by a ``Frame-N: <image>`` line per sampled frame, whose count must then match the
+    frames. Raises on any mismatch."""
+    import decord
     items = []
     for name, ds in json.loads(meta_path.read_text()).items():
         assert set(ds) >= {"root", "annotation", "data_augment", "repeat_time", "length"}, name
@@ -408,15 +415,30 @@ def internvl_loader(meta_path: Path) -> list[dict[str, Any]]:
             for path in paths:
                 with Image.open(os.path.join(ds["root"], path)) as image:
                     image.convert("RGB")
+            video = item.get("video") if not paths else None
+            assert not (paths and item.get("video")), "internvl_chat would ignore the video beside images"
+            if video:  # video_get_item: 8 frames sampled over the decoded video
+                reader = decord.VideoReader(os.path.join(ds["root"], video), num_threads=1)
+                frames = reader.get_batch([round(i * (len(reader) - 1) / 7) for i in range(8)]).asnumpy()
+                paths = [f"{video}#{i}" for i in range(len(frames))]
             if "conversations" in item:
-                turns = item["conversations"]
+                turns = [dict(t) for t in item["conversations"]]  # replaced in a copy: items are returned as written
                 assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) % 2 == 0
+                if video:
+                    assert turns[0]["value"].count("<video>") == 1 and "<video>" not in str(turns[1:])
+                    turns[0]["value"] = turns[0]["value"].replace("<video>\n", "\n".join(
+                        f"Frame-{i + 1}: <image>" for i in range(len(paths))) + "\n")
                 placeholders = sum(t["value"].count("<image>") for t in turns if t["from"] == "human")
                 assert all("<image>" not in t["value"] for t in turns if t["from"] == "gpt")
             else:  # a preference pair
-                assert set(item) - {"image"} == {"question", "chosen", "rejected"}
-                placeholders = item["question"].count("<image>")
-            assert placeholders == len(paths), f"{placeholders} <image> for {len(paths)} image(s)"
+                assert set(item) - {"image", "video"} == {"question", "chosen", "rejected"}
+                question = item["question"]
+                if video:
+                    assert question.count("<video>") == 1 and "<video>" not in item["chosen"] + item["rejected"]
+                    question = question.replace("<video>\n", "\n".join(
+                        f"Frame{i + 1}: <image>" for i in range(len(paths))))
+                placeholders = question.count("<image>")
+            assert placeholders == len(paths), f"{placeholders} <image> for {len(paths)} image(s) or frame(s)"
             items.append(item)
     return items
 
@@ -531,5 +553,104 @@ def test_the_export_command_writes_the_dataset(tmp_path: Path, capsys: pytest.Ca
         encoding="utf-8")
     assert cli.main(["--config", str(tmp_path / "config.yaml"), "export", "sft", "--out", str(tmp_path / "x"),
                      "--persona", "support", "--since", "1970-01-02"]) == 0
-    assert "exported 4 sft sample(s) and 2 image(s)" in capsys.readouterr().out
+    assert "exported 4 sft sample(s), 2 image(s) and 0 video(s)" in capsys.readouterr().out
     assert len(internvl_loader(tmp_path / "x" / "internvl_bot.json")) == 4
+
+
+def located_clip(folder: Path) -> bytes:
+    """A 2 s phone-like MP4 whose container says where and when it was shot and on what."""
+    return ffmpeg(folder / "located.mp4", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", "2",
+                  "-c:v", "libx264", "-pix_fmt", "yuv420p", "-metadata", "location=+48.8584+002.2945/",
+                  "-metadata", "creation_time=2024-05-01T10:00:00Z", "-metadata", "make=PhoneMaker",
+                  "-metadata:s:v:0", "creation_time=2024-05-01T10:00:00Z").read_bytes()
+
+
+def probed_tags(path: Path) -> str:
+    """Every container and stream tag ffprobe finds in ``path``, one ``key=value`` a line."""
+    return subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format_tags:stream_tags", "-of",
+                           "default=noprint_wrappers=1", str(path)], check=True, capture_output=True,
+                          text=True).stdout
+
+
+async def video_turns(store: SQLiteStore, clip: bytes) -> dict[str, int]:
+    """Video questions beside rated_store's: one rated up, one asked again after a regeneration, one with a photo
+    too, one whose bytes are no video; the answers' ids."""
+    tg = ConversationKey("telegram", "1")
+    ids = {}
+
+    async def turn(name: str, text: str, answer: str, media: list[tuple[bytes, str]]) -> tuple[int, int]:
+        q = await store.add_message(tg, NewMessage(
+            role="user", text=text, sender_id="u1", sender_name="Ana Lima",
+            attachments=[Attachment(f"m{i}", f"m{i}", mime) for i, (_, mime) in enumerate(media)]))
+        for i, (data, mime) in enumerate(media):
+            await store.save_attachment(q, i, data, mime)
+        a = await store.finish(q, "answered", reply=answer)
+        assert a is not None
+        await store.record_answer(a, AnswerMeta("support", "internvl3-1b"))
+        ids[name] = a
+        return q, a
+
+    await turn("video", "Ana here: why does it blink?", "The test pattern scrolls.", [(clip, "video/mp4")])
+    await store.add_feedback(NewFeedback(ids["video"], "up", event_id="v1"))
+    await turn("mixed", "and this?", "both", [(clip, "video/mp4"), (photo_with_gps((0, 200, 0)), "image/jpeg")])
+    await store.add_feedback(NewFeedback(ids["mixed"], "up", event_id="v2"))
+    await turn("broken", "broken clip", "hmm", [(b"\x00\x00\x00\x18ftypmp42 not really a video", "video/mp4")])
+    await store.add_feedback(NewFeedback(ids["broken"], "up", event_id="v3"))
+    _, lost = await turn("lost", "what moves?", "nothing moves", [(clip, "video/mp4")])
+    q2, _ = await turn("kept", "what moves?", "The colour bars scroll left.", [(clip, "video/mp4")])
+    await store.add_feedback(NewFeedback(lost, "regenerated", value=str(q2)))
+    await store.add_feedback(NewFeedback(ids["kept"], "up", event_id="v4"))
+    return ids
+
+
+@needs_ffmpeg
+def test_a_video_question_is_exported_as_internvl_reads_videos_without_its_metadata(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip = located_clip(tmp_path)
+    assert "location=+48.8584+002.2945/" in probed_tags(tmp_path / "located.mp4")  # the tag is there to strip
+
+    async def prepare() -> dict[str, int]:
+        store, _, _ = await rated_store(tmp_path)
+        try:
+            return await video_turns(store, clip)
+        finally:
+            await store.close()
+
+    ids = asyncio.run(prepare())
+    (tmp_path / "config.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"conversation:\n  personas_dir: {tmp_path / 'personas'}\nadapters:\n  telegram:\n    training_export: allowed\n",
+        encoding="utf-8")
+    assert cli.main(["--config", str(tmp_path / "config.yaml"), "export", "sft", "--out", str(tmp_path / "x")]) == 0
+    printed = capsys.readouterr()
+    # the 4 earlier samples, the video rated up and the kept answer to the regenerated video question
+    assert "exported 6 sft sample(s), 2 image(s) and 1 video(s)" in printed.out
+    assert "left out 1: a video beside other images or videos" in printed.err
+    assert "left out 1: video not exported: not readable" in printed.err
+    by_id = {item["id"]: item for item in internvl_loader(tmp_path / "x" / "internvl_bot.json")}
+    video = by_id[f"telegram-{ids['video']}"]
+    assert video["video"] == f"{sha256_of(clip)[:2]}/{sha256_of(clip)}.mp4"  # one copy, named by content
+    assert by_id[f"telegram-{ids['kept']}"]["video"] == video["video"]
+    assert video["conversations"] == [{"from": "human", "value": "<video>\n[name] here: why does it blink?"},
+                                      {"from": "gpt", "value": "The test pattern scrolls."}]
+    copy = tmp_path / "x" / "images" / video["video"]
+    tags = probed_tags(copy)
+    assert "48.8584" not in tags and "2024-05-01" not in tags and "PhoneMaker" not in tags, tags
+    assert b"PhoneMaker" not in copy.read_bytes() and b"48.8584" not in copy.read_bytes()
+
+
+@needs_ffmpeg
+async def test_mpo_pairs_a_regenerated_answer_to_a_video_question(tmp_path: Path) -> None:
+    store, settings, _ = await rated_store(tmp_path)
+    try:
+        await video_turns(store, located_clip(tmp_path))
+        out = tmp_path / "mpo"
+        report = await export_mpo(store, settings, load_personas(settings.conversation.personas_dir),
+                                  ExportOptions(out))
+    finally:
+        await store.close()
+    items = internvl_loader(out / "internvl_bot.json")
+    assert report.samples == 4 and report.videos == 1
+    [pair] = [i for i in items if "video" in i]
+    assert pair == {"video": pair["video"], "question": "<video>\nwhat moves?",
+                    "chosen": "The colour bars scroll left.", "rejected": "nothing moves"}

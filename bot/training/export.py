@@ -3,21 +3,29 @@
 ``sft`` writes InternVL's supervised fine-tuning layout (``internvl_chat/shell/data``): a meta JSON naming the
 images root, the annotation JSONL and its length, and one JSONL line per exported answer —
 ``{"id", "image": "<path>" | [...], "conversations": [{"from": "human", "value": "<image>\\n…"}, {"from":
-"gpt", "value": "…"}]}``, one ``<image>`` per image, image paths relative to the root. The "gpt" turn is an
-answer rated up (and never rated down or regenerated), or the text an agent sent in place of a draft
-(``edited``); the Sources footer of a knowledge base answer is left out.
+"gpt", "value": "…"}]}``, one ``<image>`` per image, image paths relative to the root. A question with a video
+gives ``{"id", "video": "<path>", "conversations": [{"from": "human", "value": "<video>\\n…"}, …]}``:
+internvl_chat's video_get_item samples the frames itself and replaces the one ``<video>\\n`` with a
+``Frame-N: <image>`` line per frame. A sample holds images or one video, so a question with a video beside
+images or another video is left out (counted). The "gpt" turn is an answer rated up (and never rated down or
+regenerated), or the text an agent sent in place of a draft (``edited``); the Sources footer of a knowledge
+base answer is left out.
 
-``mpo`` writes InternVL's preference pairs ``{"image", "question", "chosen", "rejected"}`` from what the bot
-observed: an answer regenerated (rejected) against the one finally kept and rated up (chosen), following a
-chain of regenerations; a draft an agent edited or discarded (rejected) against what the agent sent (chosen).
+``mpo`` writes InternVL's preference pairs ``{"image", "question", "chosen", "rejected"}`` (``"video"`` and
+``<video>\\n`` for a video question) from what the bot observed: an answer regenerated (rejected) against the
+one finally kept and rated up (chosen), following a chain of regenerations; a draft an agent edited or
+discarded (rejected) against what the agent sent (chosen).
 
 Privacy: only conversations of adapters with ``training_export: allowed`` whose answer's persona says
 ``training_export: allowed``; never a user who had a conversation forgotten; text redacted and images stripped
-of metadata (:mod:`bot.training.privacy`). Images are copied once each, named by their SHA-256.
+of metadata, videos remuxed without it (:mod:`bot.training.privacy`; a video ffmpeg cannot remux, or any video
+when ffmpeg is missing, leaves its sample out, counted). Images and videos are copied once each, named by their
+SHA-256.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -28,7 +36,7 @@ from bot.config import Settings
 from bot.l10n import i18n
 from bot.l10n.personas import Persona
 from bot.store import AnswerMeta, Feedback, Store, StoredMessage
-from bot.training.privacy import redact, strip_metadata
+from bot.training.privacy import redact, strip_metadata, strip_video_metadata
 
 #: Answers read from the store at a time (memory stays flat whatever the database holds).
 BATCH = 2000
@@ -48,6 +56,7 @@ class ExportOptions:
 class ExportReport:
     samples: int = 0
     images: int = 0
+    videos: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, why: str) -> None:
@@ -101,13 +110,17 @@ class _Exporter:
     def clean(self, text: str, question: StoredMessage) -> str:
         return redact(self.footer.sub("", text), [question.sender_name])
 
-    async def images(self, question: StoredMessage) -> list[str] | None:
-        """The question's images copied under the root (stripped of metadata): their paths relative to the root;
-        None when one cannot be read (the sample is left out rather than exported without its picture)."""
+    async def media(self, question: StoredMessage) -> tuple[list[str], str | None] | None:
+        """The question's images and video copied under the root (stripped of metadata): their paths relative to
+        the root; None when one cannot be read or remuxed, or when the question holds a video beside other media,
+        which InternVL's samples cannot express (the sample is left out rather than exported without them)."""
+        images = [a for a in question.attachments if a.mime.startswith("image/") and a.sha256]
+        videos = [a for a in question.attachments if a.mime.startswith("video/") and a.sha256]
+        if videos and (images or len(videos) > 1):
+            self.report.skip("a video beside other images or videos")
+            return None
         paths = []
-        for att in question.attachments:
-            if not att.mime.startswith("image/") or not att.sha256:
-                continue
+        for att in images:
             path = self.copied.get(att.sha256)
             if path is None:
                 try:
@@ -116,17 +129,47 @@ class _Exporter:
                 except Exception:
                     self.report.skip("image not readable")
                     return None
-                path = f"{att.sha256[:2]}/{att.sha256}.{ext}"
-                (self.root / path).parent.mkdir(parents=True, exist_ok=True)
-                (self.root / path).write_bytes(clean)
-                self.copied[att.sha256] = path
+                path = self._write(att.sha256, ext, clean)
                 self.report.images += 1
             paths.append(path)
-        return paths
+        if not videos:
+            return paths, None
+        att = videos[0]
+        path = self.copied.get(att.sha256)
+        if path is None:
+            try:
+                data = await self.store.attachment_data(att.sha256)
+                # ffmpeg runs for a while on a long video; the event loop need not wait for it
+                clean, ext = await asyncio.to_thread(strip_video_metadata, data, att.mime)
+            except Exception as exc:
+                # the reason is the report's key: "ffmpeg is not installed" tells the operator what to do
+                why = str(exc) if isinstance(exc, RuntimeError) else "not readable"
+                self.report.skip(f"video not exported: {why}")
+                return None
+            path = self._write(att.sha256, ext, clean)
+            self.report.videos += 1
+        return paths, path
+
+    def _write(self, sha256: str, ext: str, data: bytes) -> str:
+        """Store ``data`` under the root by its SHA-256 (stable across exports) and remember it; its path."""
+        path = f"{sha256[:2]}/{sha256}.{ext}"
+        (self.root / path).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / path).write_bytes(data)
+        self.copied[sha256] = path
+        return path
 
     @staticmethod
-    def human(text: str, images: Sequence[str]) -> str:
-        return "<image>\n" * len(images) + text
+    def human(text: str, images: Sequence[str], video: str | None = None) -> str:
+        return ("<video>\n" if video else "<image>\n" * len(images)) + text
+
+    @staticmethod
+    def visual(images: Sequence[str], video: str | None) -> dict[str, object]:
+        """The sample's ``image`` or ``video`` key, as internvl_chat reads them."""
+        if video:
+            return {"video": video}
+        if images:
+            return {"image": images[0] if len(images) == 1 else list(images)}
+        return {}
 
     def write_meta(self, annotation: Path) -> None:
         meta = {self.opts.name: {"root": str(self.root.resolve()), "annotation": str(annotation.resolve()),
@@ -171,14 +214,13 @@ async def export_sft(store: Store, settings: Settings, personas: dict[str, Perso
                     continue
                 if not ex.admits(question, meta):
                     continue
-                images = await ex.images(question)
-                if images is None:
+                media = await ex.media(question)
+                if media is None:
                     continue
-                item: dict[str, object] = {"id": f"{question.key.platform}-{answer.id}"}
-                if images:
-                    item["image"] = images[0] if len(images) == 1 else images
+                images, video = media
+                item: dict[str, object] = {"id": f"{question.key.platform}-{answer.id}", **ex.visual(images, video)}
                 item["conversations"] = [
-                    {"from": "human", "value": ex.human(ex.clean(question.text, question), images)},
+                    {"from": "human", "value": ex.human(ex.clean(question.text, question), images, video)},
                     {"from": "gpt", "value": ex.clean(edited or answer.text, question)}]
                 lines.write(json.dumps(item, ensure_ascii=False) + "\n")
                 ex.report.samples += 1
@@ -223,13 +265,12 @@ async def export_mpo(store: Store, settings: Settings, personas: dict[str, Perso
                     chosen_text = kept.text
                 if not ex.admits(question, meta):
                     continue
-                images = await ex.images(question)
-                if images is None:
+                media = await ex.media(question)
+                if media is None:
                     continue
-                item: dict[str, object] = {}
-                if images:
-                    item["image"] = images[0] if len(images) == 1 else images
-                item.update(question=ex.human(ex.clean(question.text, question), images),
+                images, video = media
+                item: dict[str, object] = ex.visual(images, video)
+                item.update(question=ex.human(ex.clean(question.text, question), images, video),
                             chosen=ex.clean(chosen_text, question), rejected=ex.clean(rejected.text, question))
                 lines.write(json.dumps(item, ensure_ascii=False) + "\n")
                 ex.report.samples += 1
