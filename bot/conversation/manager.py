@@ -405,6 +405,9 @@ class ConversationManager:
         """``/reset`` or an operator's take-over cancelled this message; or the service is stopping."""
         if not self.scheduler.cancelling(msg.id):
             return "interrupted"  # shutdown: stays pending, answered after a restart
+        with contextlib.suppress(KeyError):
+            if (await self.store.message(msg.id)).state == "answered":
+                return "answered"  # its answer was stored before the cancel came: it stands
         conv = await self.store.conversation(msg.key)
         state = "held" if conv.mode == "human" else "cancelled"
         await self.store.finish(msg.id, state, error=None if state == "held" else "cancelled by /reset")

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # "work": messages are waiting; "cancel:<id>:<key>": stop the answer to <key> if its message is not newer
 CHANNEL = "internvl_bot_work"
 CANCEL = "cancel:"
+#: the states another replica gives a message it cancels (``/reset``, a take-over): seen on the message being
+#: answered here, its answer stops
+CANCELLED_ELSEWHERE = frozenset({"cancelled", "held"})
 HOLD_SECONDS = 5.0
 
 
@@ -250,7 +253,9 @@ class ClaimScheduler:
                 current = lane.current
                 if ok and current is not None:  # a cancel whose NOTIFY was missed: the message says so too
                     with contextlib.suppress(Exception):
-                        if (await self.store.message(current.id)).state not in ("received", "answering"):
+                        # (not "answered": the turn stored its answer and is finishing what follows it —
+                        # the answer's record, a picture of the boxes — and must not be stopped now)
+                        if (await self.store.message(current.id)).state in CANCELLED_ELSEWHERE:
                             self._stop_current(lane.key, current.id)
             if not ok:
                 lane.lost = True
