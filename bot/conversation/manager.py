@@ -22,26 +22,23 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-
-from cachetools import LRUCache
+from dataclasses import dataclass
 
 from bot.config import ConfigError, Settings
+from bot.conversation.answering import Answerer
 from bot.conversation.commands import COMMANDS, Commands, parse_command, with_prefix
 from bot.conversation.feedback import FeedbackDesk
-from bot.conversation.grounding import Grounder, grounding_images
+from bot.conversation.grounding import Grounder
 from bot.conversation.intake import STEPS, Arrival
 from bot.conversation.limits import UsageGuard
 from bot.conversation.outbox import NOT_DELIVERED, Outbox
-from bot.conversation.prompting import Prompt, PromptBuilder
-from bot.conversation.relay import MarkerFilter, MeteredSink, Relay
+from bot.conversation.prompting import PromptBuilder
+from bot.conversation.relay import MeteredSink, Relay
 from bot.conversation.turn import Turn
-from bot.engines.base import ChatMessage, Engine
+from bot.engines.base import Engine
 from bot.errors import (
     BotError,
-    EmptyMessage,
     InputError,
-    MessageTooLong,
     NoSuchChannel,
     NoSuchConversation,
     ShuttingDown,
@@ -51,19 +48,16 @@ from bot.handoff.desk import HandoffDesk, say
 from bot.handoff.notifiers import LogNotifier, Notifiers
 from bot.handoff.phrases import asks_for_human
 from bot.knowledge.base import KnowledgeIndex
-from bot.knowledge.citing import cited
 from bot.knowledge.reader import KnowledgeReader
 from bot.l10n import i18n
 from bot.l10n.language import LanguageDetector, choose_language
 from bot.l10n.personas import Persona, load_personas
-from bot.media.attachments import PIXEL_LEASE, AttachmentResolver
-from bot.media.grounding import TagFilter, parse_regions
+from bot.media.attachments import AttachmentResolver
 from bot.ops.logs import conversation_var
 from bot.ops.metrics import Metrics
 from bot.scheduling.scheduler import FairGate, LocalScheduler, Scheduler
 from bot.seams import Channel, Elector, Notifier, SharedScheduling
 from bot.store import (
-    AnswerMeta,
     Conversation,
     FeedbackKind,
     ForgetReport,
@@ -72,7 +66,6 @@ from bot.store import (
     StoredMessage,
 )
 from bot.types import (
-    AnswerDone,
     ConversationKey,
     HandoffUpdate,
     IncomingMessage,
@@ -80,17 +73,13 @@ from bot.types import (
     ReplyEvent,
     Sender,
     SinkContext,
-    Status,
     platform_ids,
-    strip_controls,
     was_cut,
 )
 
 log = logging.getLogger(__name__)
 
 
-#: Per-conversation memory kept in the process (what was already said about images left out of the context).
-_REMEMBERED_CONVERSATIONS = 4096
 LOCALE_WAIT = 1.0  # seconds a turn waits for the platform to say the sender's locale
 
 
@@ -165,10 +154,12 @@ class ConversationManager:
         self.outbox = Outbox(store, self.channel, self.metrics, deadline=self.conf.delivery_deadline_seconds,
                              undeliverable=self._undeliverable)
         self.grounder = Grounder(settings, store, engine, self.resolver, self.outbox, self._engine_gate)
+        self.answerer = Answerer(settings, store, engine, resolver=self.resolver, prompts=self.prompts,
+                                 usage=self.usage, reader=self.reader, outbox=self.outbox, grounder=self.grounder,
+                                 desk=self.desk, gate=self._engine_gate, persona_for=self.persona_for)
         self._channels: dict[str, Channel] = {}
         self._done: dict[int, asyncio.Future[str]] = {}
         self._arrived: dict[int, float] = {}
-        self._reported: LRUCache[ConversationKey, int] = LRUCache(maxsize=_REMEMBERED_CONVERSATIONS)
         self._accepting = True
         # replicas: a message taken in here may be answered elsewhere (checked once, here)
         self._shared = self.scheduler if isinstance(self.scheduler, SharedScheduling) else None
@@ -323,7 +314,7 @@ class ConversationManager:
             future.set_result(state)
 
     async def _on_reset(self, turn: Turn) -> None:
-        self._reported.pop(turn.msg.key, None)
+        self.answerer.forget(turn.msg.key)
         await self._signal(turn.msg, "reset_after_answer")
 
     async def _signal(self, msg: StoredMessage, kind: FeedbackKind) -> None:
@@ -370,7 +361,7 @@ class ConversationManager:
             elif command:
                 await self.commands.run(turn, *command)
             else:
-                await self._answer(turn)
+                await self.answerer.answer(turn)
             state = "answered"
         except asyncio.CancelledError:
             state = await self._cancelled(msg, turn)
@@ -470,129 +461,6 @@ class ConversationManager:
         name = conv.persona or channel.persona or self.conf.default_persona
         return self.personas.get(name) or self.personas[self.conf.default_persona]
 
-    async def _answer(self, turn: Turn) -> None:
-        """The turn's answer; what it decoded (images, its history's) is held out of the shared pixel budget
-        until it ends, then given back."""
-        lease = self.resolver.lease()
-        token = PIXEL_LEASE.set(lease)
-        try:
-            await self._answer_with(turn)
-        finally:
-            PIXEL_LEASE.reset(token)
-            await self.resolver.release(lease)
-
-    async def _prompt(self, turn: Turn) -> tuple[Prompt, Persona]:
-        """The turn's prompt: its files resolved (and counted against the user's limits), its persona's
-        system prompt, the history that fits; what was left out is said in notes."""
-        msg, lang, relay = turn.msg, turn.lang, turn.relay
-        text = msg.text.strip()
-        if not text and not msg.attachments:
-            raise EmptyMessage()
-        cut = was_cut(msg.text)
-        if cut or len(msg.text) > self.conf.max_message_chars:
-            raise MessageTooLong(chars=cut or len(msg.text), limit=self.conf.max_message_chars)
-        await relay.note(Status("typing"))
-        resolved = await self.resolver.resolve(msg, turn.channel, relay.post, lang)
-        await self.usage.admit_media(f"{msg.key.platform}:{msg.sender_id}", turn.channel.policy.limits,
-                                     images=resolved.image_count, video_seconds=resolved.video_seconds)
-        for note in resolved.notes:
-            await turn.note(note)
-        conv = await self.store.conversation(msg.key)
-        persona = self.persona_for(conv, turn.channel)
-        system = ChatMessage("system", persona.system_prompt(lang))
-        current = ChatMessage("user", "\n\n".join(p for p in (text, *resolved.texts) if p), tuple(resolved.images),
-                              tuple(resolved.videos))
-        budget = ((self.conf.history_token_budget or self.engine.info.context_length)
-                  - self.settings.engine.generation.max_new_tokens)
-        if persona.knowledge and self.reader is not None:
-            current = await self.reader.prompt_with(turn.msg, persona, current, budget)
-        prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
-        if prompt.reduced:
-            await turn.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
-        if prompt.reduced_pages:  # a document's pages are pages, not "images"
-            await turn.note(Notice(i18n.text("pages_reduced", lang, count=prompt.reduced_pages)))
-        if prompt.dropped:
-            await turn.note(Notice(i18n.text("history_images_dropped", lang, count=prompt.dropped)))
-        self._remember_reported(msg.key, prompt.reported)
-        return prompt, persona
-
-    async def _answer_with(self, turn: Turn) -> None:
-        msg, lang, relay = turn.msg, turn.lang, turn.relay
-        prompt, persona = await self._prompt(turn)
-        generation = self.settings.engine.generation
-
-        marker = MarkerFilter(persona.handoff_marker) if persona.handoff_marker else None
-        tags = TagFilter()  # InternVL's <ref>/<box>: the labels are read, the boxes drawn (on every platform)
-        try:
-            await self._engine_gate.acquire(f"{msg.key.platform}:{msg.sender_id}")
-            try:
-                async for raw in self.engine.stream(prompt.messages, generation):
-                    chunk = tags.feed(strip_controls(raw))
-                    await relay.push(marker.feed(chunk) if marker else chunk)
-                    if relay.error is not None and turn.channel.retry_after(relay.error) is None:
-                        raise relay.error  # the platform refused for good: stop generating for it
-                    # (a platform down for a while: the answer is finished and kept for the outbox)
-            finally:
-                self._engine_gate.release(f"{msg.key.platform}:{msg.sender_id}")
-            tail = tags.rest()
-            await relay.push(marker.feed(tail) + marker.rest() if marker else tail)
-        except asyncio.CancelledError:
-            # the turn ends on its sink even before any text: a silent end stops typing and placeholders
-            stopped = relay.streamed.strip() + " " + i18n.text("cancelled", lang) if relay.streamed.strip() else ""
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                async with asyncio.timeout(2):
-                    await relay.send(AnswerDone(stopped, outcome="interrupted"))
-            raise
-        except Exception:
-            if relay.streamed.strip() and relay.error is None:
-                with contextlib.suppress(Exception):
-                    await relay.send(AnswerDone(relay.streamed.strip(), outcome="failed"))
-            raise
-        answer = relay.streamed.strip()
-        if self.reader is not None:
-            answer = self.reader.with_sources(prompt.messages[-1], answer, lang)
-        answer = answer or i18n.text("empty_answer", lang)
-        delivered = await self._deliver_final(turn, AnswerDone(answer))
-        if turn.answer is not None:  # kept with the answer: its feedback and a training export say what made it
-            await self.store.record_answer(turn.answer, AnswerMeta(persona.name, self.engine.info.name,
-                                                                   self._cited(prompt, answer)))
-        self._log_answer(turn, prompt, answer, delivered)
-        if persona.grounding == "auto" and tags.grounded:
-            await self.grounder.draw(turn, parse_regions(tags.raw), grounding_images(prompt), delivered=delivered)
-        if not delivered:
-            return  # kept in the outbox (stored as answered): the lane is free, the outbox sends it
-        turn.finished = True
-        if marker and marker.found:
-            await self.desk.model_gave_up(turn)
-
-    @staticmethod
-    def _cited(prompt: Prompt, answer: str) -> tuple[str, ...]:
-        """The passages ``answer`` cites, as ``base/document#page`` labels."""
-        passages = prompt.messages[-1].knowledge if prompt.messages else ()
-        if not passages:
-            return ()
-        numbers = set(cited(answer, len(passages)))
-        return tuple(f"{p.base}/{p.doc}" + (f"#{p.page}" if p.page is not None else "")
-                     for k, p in enumerate(passages, start=1) if k in numbers)
-
-    def _log_answer(self, turn: Turn, prompt: Prompt, answer: str, delivered: bool) -> None:
-        """One line per answered message, like an access log: where, how long (to the first text and in
-        all, from its arrival), the tokens in and out and the images the model saw."""
-        if not log.isEnabledFor(logging.INFO):
-            return
-        sink = turn.relay.sink
-        now = time.monotonic()
-        arrived, first = (sink.arrived, sink.first_at) if isinstance(sink, MeteredSink) else (now, None)
-        images = sum(len(m.images) + sum(len(v.frames) for v in m.videos) for m in prompt.messages[-1:])
-        log.info("answered %s in %.2f s (first text %s): %d prompt + %d answer tokens, %d image(s)%s",
-                 turn.msg.key, now - arrived, f"{first - arrived:.2f} s" if first is not None else "-",
-                 prompt.tokens, self.engine.count_tokens(answer), images,
-                 "" if delivered else "; delivery pending (outbox)")
-
-    def _remember_reported(self, key: ConversationKey, reported: int) -> None:
-        if reported:
-            self._reported[key] = reported
-
     # -- operators ------------------------------------------------------------------------
 
     async def hand_back(self, key: ConversationKey, *, by: str = "operator") -> bool:
@@ -606,31 +474,6 @@ class ConversationManager:
     async def operator_reply(self, key: ConversationKey, text: str, *, author: str) -> int:
         """A person's answer in a handed-off conversation: stored and sent to the user as theirs."""
         return await self.desk.operator_reply(key, text, author=author)
-
-    async def _deliver_final(self, turn: Turn, event: AnswerDone) -> bool:
-        """The turn's final answer: sent now, or — the platform failing for a while, or earlier replies of the
-        conversation still waiting — stored as the answer and kept in the outbox. True when it was sent."""
-        msg = turn.msg
-        held_back = self.outbox.maybe_waiting(msg.key) and await self.outbox.waiting(msg.key)
-        error: BaseException | None = None
-        if not held_back:
-            try:
-                ids = platform_ids(await turn.relay.send(event))
-            except Exception as exc:
-                if turn.channel.retry_after(exc) is None:
-                    raise
-                error = exc
-            else:
-                turn.answer = await self.store.finish(msg.id, "answered", reply=event.text, reply_platform_ids=ids)
-                return True
-        drafts = (await self.store.message(msg.id)).drafts  # what the failed attempt left: completed, not doubled
-        row = turn.answer = await self.store.finish(msg.id, "answered", reply=event.text)
-        assert row is not None
-        context = replace(turn.context or SinkContext(msg.key), previous=drafts, record=None)
-        wait = (turn.channel.retry_after(error) or 0.0) if error is not None else 0.0
-        await self.outbox.keep(msg.key, event, row=row, context=context, error=error, wait=wait)
-        turn.finished = True
-        return False
 
     async def _deliver(self, key: ConversationKey, event: ReplyEvent) -> int:
         """Send an event to a conversation outside any turn and store it as a notice; its message id."""
@@ -707,7 +550,7 @@ class ConversationManager:
             self.settle(queued.id, "cancelled")
         report = await self.store.forget(key)
         self.prompts.forget(key)
-        self._reported.pop(key, None)
+        self.answerer.forget(key)
         return report
 
     async def _purge(self) -> None:
