@@ -30,6 +30,7 @@ from bot.conversation.commands import COMMANDS, Commands, parse_command, with_pr
 from bot.conversation.feedback import FeedbackDesk
 from bot.conversation.grounding import Grounder
 from bot.conversation.intake import STEPS, Arrival
+from bot.conversation.languages import LanguageChooser
 from bot.conversation.limits import UsageGuard
 from bot.conversation.outbox import NOT_DELIVERED, Outbox
 from bot.conversation.prompting import PromptBuilder
@@ -50,7 +51,7 @@ from bot.handoff.phrases import asks_for_human
 from bot.knowledge.base import KnowledgeIndex
 from bot.knowledge.reader import KnowledgeReader
 from bot.l10n import i18n
-from bot.l10n.language import LanguageDetector, choose_language
+from bot.l10n.language import LanguageDetector
 from bot.l10n.personas import Persona, load_personas
 from bot.media.attachments import AttachmentResolver
 from bot.ops.logs import conversation_var
@@ -74,13 +75,9 @@ from bot.types import (
     Sender,
     SinkContext,
     platform_ids,
-    was_cut,
 )
 
 log = logging.getLogger(__name__)
-
-
-LOCALE_WAIT = 1.0  # seconds a turn waits for the platform to say the sender's locale
 
 
 _frozen = False
@@ -135,7 +132,9 @@ class ConversationManager:
                 f"conversation.default_persona: no persona named {self.conf.default_persona!r} — "
                 f"choose one of {', '.join(sorted(self.personas))}"
             )
-        self.detector = detector or LanguageDetector(self.conf.languages)
+        self._channels: dict[str, Channel] = {}
+        self.languages = LanguageChooser(self.conf, store, detector or LanguageDetector(self.conf.languages),
+                                         self._channels)
         self.metrics = metrics or Metrics()
         self.notifiers = notifier if isinstance(notifier, Notifiers) else Notifiers([notifier or LogNotifier()])
         self.scheduler: Scheduler = scheduler or LocalScheduler(self.conf.max_parallel_conversations)
@@ -157,7 +156,6 @@ class ConversationManager:
         self.answerer = Answerer(settings, store, engine, resolver=self.resolver, prompts=self.prompts,
                                  usage=self.usage, reader=self.reader, outbox=self.outbox, grounder=self.grounder,
                                  desk=self.desk, gate=self._engine_gate, persona_for=self.persona_for)
-        self._channels: dict[str, Channel] = {}
         self._done: dict[int, asyncio.Future[str]] = {}
         self._arrived: dict[int, float] = {}
         self._accepting = True
@@ -167,6 +165,15 @@ class ConversationManager:
             self._shared.on_settled = self._settled_elsewhere
             self._shared.serves = lambda: set(self._channels)
         self._housekeeping: asyncio.Task[None] | None = None
+
+    @property
+    def detector(self) -> LanguageDetector:
+        """The language detector the answer language is chosen with (a test may put its own)."""
+        return self.languages.detector
+
+    @detector.setter
+    def detector(self, detector: LanguageDetector) -> None:
+        self.languages.detector = detector
 
     @property
     def notifier(self) -> Notifiers:
@@ -342,7 +349,7 @@ class ConversationManager:
         state = "failed"
         turn: Turn | None = None
         try:
-            lang, conv = await self._choose_language(msg)
+            lang, conv = await self.languages.choose(msg)
             # the turn's first write: answering, and the language if it changed, in one transaction
             await self.store.start_answering(msg.id, msg.key, **({"last_language": lang}
                                                                  if lang != conv.last_language else {}))
@@ -411,43 +418,8 @@ class ConversationManager:
                          error=f"{type(exc).__name__}: {exc}"[:500])
 
     async def language_for(self, msg: StoredMessage) -> str:
-        lang, conv = await self._choose_language(msg)
-        if lang != conv.last_language:
-            await self.store.update_conversation(msg.key, last_language=lang)
-        return lang
-
-    async def _choose_language(self, msg: StoredMessage) -> tuple[str, Conversation]:
-        """The answer language of ``msg`` and its conversation as read (nothing is stored)."""
-        conv = await self.store.conversation(msg.key)
-        text = "" if msg.kind == "command" else msg.text
-        if was_cut(text):  # the marker is English: the language is the user's text's
-            text = text.rsplit("\n[… cut:", 1)[0]
-        lang = choose_language(
-            self.detector, text, pinned=conv.language, locale_hint=await self._locale_of(msg),
-            previous=conv.last_language,
-            default=self.conf.default_language, short_text_chars=self.conf.short_text_chars,
-        )
-        return lang, conv
-
-    async def _locale_of(self, msg: StoredMessage) -> str | None:
-        """The locale the platform gave with the message, or the one its channel looks up now."""
-        if msg.locale or not msg.sender_id:
-            return msg.locale
-        lookup = self._channels[msg.key.platform].locale_of if msg.key.platform in self._channels else None
-        if lookup is None:
-            return None
-        task = asyncio.ensure_future(lookup(msg.sender_id))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an error after we stopped waiting
-        try:
-            # a hint only: a platform slow to say (rate-limited after an outage) does not hold the turn; the
-            # lookup goes on and its answer is there for the user's next message
-            return await asyncio.wait_for(asyncio.shield(task), LOCALE_WAIT)
-        except TimeoutError:
-            log.info("the locale of %s is not known yet: the text decides the language", msg.sender_id)
-            return None
-        except Exception as exc:  # the text and the conversation decide without it
-            log.info("looking up the locale of %s failed: %s", msg.sender_id, exc)
-            return None
+        """The answer language of ``msg`` (stored as the conversation's last language when it changed)."""
+        return await self.languages.language_for(msg)
 
     def wants_person(self, text: str, conv: Conversation, channel: Channel) -> str | None:
         """Why a message goes to a person: the user asked (``user``), or it names something the persona's
