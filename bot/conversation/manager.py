@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from bot.config import ConfigError, Settings
 from bot.conversation.answering import Answerer
 from bot.conversation.commands import COMMANDS, Commands, parse_command, with_prefix
+from bot.conversation.courier import Courier
 from bot.conversation.feedback import FeedbackDesk
 from bot.conversation.grounding import Grounder
 from bot.conversation.intake import STEPS, Arrival
 from bot.conversation.languages import LanguageChooser
 from bot.conversation.limits import UsageGuard
-from bot.conversation.outbox import NOT_DELIVERED, Outbox
+from bot.conversation.outbox import Outbox
 from bot.conversation.prompting import PromptBuilder
 from bot.conversation.relay import MeteredSink, Relay
 from bot.conversation.turn import Turn
@@ -62,7 +63,6 @@ from bot.store import (
     Conversation,
     FeedbackKind,
     ForgetReport,
-    NewMessage,
     Store,
     StoredMessage,
 )
@@ -71,10 +71,8 @@ from bot.types import (
     HandoffUpdate,
     IncomingMessage,
     Notice,
-    ReplyEvent,
     Sender,
     SinkContext,
-    platform_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -146,12 +144,13 @@ class ConversationManager:
         self.resolver = AttachmentResolver(settings, store, engine)
         self.prompts = PromptBuilder(store, engine, resolver=self.resolver)
         self.usage = UsageGuard(store)
-        self.desk = HandoffDesk(store, self.notifiers, self.metrics, self.resolver, self.scheduler, self._deliver,
-                                self.conf.default_language, settle=self.settle)
-        self.commands = Commands(settings, store, self.personas, self.persona_for, self._on_reset)
-        self.feedback = FeedbackDesk(store, self.metrics)
         self.outbox = Outbox(store, self.channel, self.metrics, deadline=self.conf.delivery_deadline_seconds,
                              undeliverable=self._undeliverable)
+        self.courier = Courier(store, self.outbox, self.metrics, self.channel, self.conf.default_language)
+        self.desk = HandoffDesk(store, self.notifiers, self.metrics, self.resolver, self.scheduler,
+                                self.courier.deliver, self.conf.default_language, settle=self.settle)
+        self.commands = Commands(settings, store, self.personas, self.persona_for, self._on_reset)
+        self.feedback = FeedbackDesk(store, self.metrics)
         self.grounder = Grounder(settings, store, engine, self.resolver, self.outbox, self._engine_gate)
         self.answerer = Answerer(settings, store, engine, resolver=self.resolver, prompts=self.prompts,
                                  usage=self.usage, reader=self.reader, outbox=self.outbox, grounder=self.grounder,
@@ -447,40 +446,9 @@ class ConversationManager:
         """A person's answer in a handed-off conversation: stored and sent to the user as theirs."""
         return await self.desk.operator_reply(key, text, author=author)
 
-    async def _deliver(self, key: ConversationKey, event: ReplyEvent) -> int:
-        """Send an event to a conversation outside any turn and store it as a notice; its message id."""
-        channel = self.channel(key.platform)
-        route: dict[str, str] = {}
-        for row in reversed(await self.store.transcript(key, limit=20)):
-            if row.role == "user":
-                route = dict(row.route)
-                break
-        conv = await self.store.conversation(key)
-        lang = conv.language or conv.last_language or self.conf.default_language
-        text = getattr(event, "text", "")
-        author = getattr(event, "author", "") or ""
-        row = await self.store.add_message(key, NewMessage(  # stored first: an operator's words are never lost
-            role="assistant", text=text, kind="notice", state="answered", sender_name=author))
-        context = SinkContext(key=key, route=route, language=lang, reply_row=row)
-        if self.outbox.maybe_waiting(key) and await self.outbox.waiting(key):
-            await self.outbox.keep(key, event, row=row, context=context)  # in order, behind earlier replies
-            return row
-        sink = MeteredSink(channel.sink_for(context), self.metrics, key.platform, time.monotonic())
-        try:
-            await self.store.set_platform_ids(row, platform_ids(await sink.emit(event)))
-        except Exception as exc:
-            wait = channel.retry_after(exc)
-            if wait is not None:
-                await self.outbox.keep(key, event, row=row, context=context, error=exc, wait=wait)
-            else:
-                log.error("delivering %s to %s failed for good: %s", type(event).__name__, key, exc)
-                await self.store.set_state(row, "failed", error=f"{NOT_DELIVERED}: {type(exc).__name__}: {exc}"[:500])
-                self.metrics.adapter(key.platform).delivery_failed.inc()
-        return row
-
     async def deliver_notice(self, key: ConversationKey, notice: Notice) -> int:
         """Send ``notice`` to a conversation outside any turn (stored as a notice); its message id."""
-        return await self._deliver(key, notice)
+        return await self.courier.deliver(key, notice)
 
     async def regenerate(self, key: ConversationKey, answer_platform_id: str, *, sender: Sender,
                          event_id: str | None = None, locale: str | None = None) -> Receipt | None:
