@@ -66,6 +66,7 @@ from bot.store import (
     Store,
     StoredMessage,
 )
+from bot.store.retention import Retention
 from bot.types import (
     ConversationKey,
     HandoffUpdate,
@@ -163,7 +164,7 @@ class ConversationManager:
         if self._shared is not None:
             self._shared.on_settled = self._settled_elsewhere
             self._shared.serves = lambda: set(self._channels)
-        self._housekeeping: asyncio.Task[None] | None = None
+        self.retention = Retention(store, settings.store, self.prompts.forget)
 
     @property
     def detector(self) -> LanguageDetector:
@@ -229,9 +230,7 @@ class ConversationManager:
                 resumed += 1
         if resumed:
             log.info("resuming %d message(s) left unanswered by the previous run", resumed)
-        if self.settings.store.retention_days and self._housekeeping is None:
-            await self._purge()
-            self._housekeeping = asyncio.create_task(self._purge_forever())
+        await self.retention.start()
         # with replicas (a store that elects): one replica delivers
         self.outbox.start(self.store.elect if isinstance(self.store, Elector) else None)
         return resumed
@@ -242,9 +241,7 @@ class ConversationManager:
         Messages not finished here stay ``received``/``answering`` in the store: the next start answers them.
         """
         self._accepting = False
-        if self._housekeeping:
-            self._housekeeping.cancel()
-            self._housekeeping = None
+        self.retention.stop()
         await self.scheduler.stop(grace)
         await self.outbox.stop()
         background = list(self.desk.background)
@@ -492,21 +489,6 @@ class ConversationManager:
         self.prompts.forget(key)
         self.answerer.forget(key)
         return report
-
-    async def _purge(self) -> None:
-        cutoff = time.time() - self.settings.store.retention_days * 86400
-        try:
-            report = await self.store.purge(cutoff)
-            self.prompts.forget()
-            if report.messages:
-                log.info("retention: deleted %d message(s), %d file(s)", report.messages, report.attachment_files)
-        except Exception:
-            log.exception("retention purge failed")
-
-    async def _purge_forever(self) -> None:
-        while True:
-            await asyncio.sleep(3600)
-            await self._purge()
 
 
 __all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Receipt"]
