@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 from bot.config import ConfigError, Settings
 from bot.conversation.answering import Answerer
-from bot.conversation.commands import COMMANDS, Commands, parse_command, with_prefix
+from bot.conversation.commands import COMMANDS, Commands, parse_command
 from bot.conversation.courier import Courier
+from bot.conversation.failures import tell_failure
 from bot.conversation.feedback import FeedbackDesk
 from bot.conversation.grounding import Grounder
 from bot.conversation.intake import STEPS, Arrival
@@ -51,7 +52,6 @@ from bot.handoff.notifiers import LogNotifier, Notifiers
 from bot.handoff.phrases import asks_for_human
 from bot.knowledge.base import KnowledgeIndex
 from bot.knowledge.reader import KnowledgeReader
-from bot.l10n import i18n
 from bot.l10n.language import LanguageDetector
 from bot.l10n.personas import Persona, load_personas
 from bot.media.attachments import AttachmentResolver
@@ -295,7 +295,7 @@ class ConversationManager:
             lang = await self.language_for(msg)
             turn = self._turn(msg, channel, lang)
             try:
-                await self._fail(turn, exc)
+                await tell_failure(turn, exc)
             finally:
                 await turn.relay.close()
                 self.settle(msg.id, "failed")
@@ -371,12 +371,12 @@ class ConversationManager:
             raise
         except InputError as exc:
             if turn is not None:
-                await self._fail(turn, exc)
+                await tell_failure(turn, exc)
         except Exception as exc:
             log.exception("message %d failed", msg.id)
             self.metrics.engine_errors.labels(self.engine.info.name).inc()
             if turn is not None:
-                await self._fail(turn, exc)
+                await tell_failure(turn, exc)
             else:
                 await self.store.finish(msg.id, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
         finally:
@@ -394,24 +394,6 @@ class ConversationManager:
         state = "held" if conv.mode == "human" else "cancelled"
         await self.store.finish(msg.id, state, error=None if state == "held" else "cancelled by /reset")
         return state
-
-    async def _fail(self, turn: Turn, exc: Exception) -> None:
-        """Tell the user what went wrong, on the turn's own sink, and store the message as failed."""
-        key = exc.user_key if isinstance(exc, BotError) else "engine_error"
-        params = dict(exc.params) if isinstance(exc, BotError) else {}
-        if "name" in params and not params["name"]:
-            params["name"] = "file"
-        if "wait" in params:
-            params["wait"] = i18n.wait_text(float(params["wait"]), turn.lang)
-        text = with_prefix(i18n.text(key, turn.lang, **params), turn.channel.command_prefixes[0])
-        if isinstance(exc, InputError):
-            log.info("message %d refused (%s): %s", turn.msg.id, type(exc).__name__, exc)
-        if turn.finished:
-            return
-        with contextlib.suppress(Exception):
-            await turn.relay.flush()
-        await turn.reply(Notice(text, kind="error"), kind="notice", state="failed",
-                         error=f"{type(exc).__name__}: {exc}"[:500])
 
     async def language_for(self, msg: StoredMessage) -> str:
         """The answer language of ``msg`` (stored as the conversation's last language when it changed)."""
