@@ -25,7 +25,7 @@ from bot.store import NewMessage
 from bot.types import ConversationKey
 from tests.conftest import image_bytes, make_settings
 from tests.contracts import Desk, NotifierContract
-from tests.live_server import exchange, live_server, open_session, post
+from tests.live_server import exchange, live_server, open_session, post, sse_events, streams, subscribed
 
 TOKEN = "op-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -263,13 +263,16 @@ async def test_the_quality_view_lists_rated_answers_with_their_question_and_coun
         photo = ("valve.png", image_bytes(64, 48, fmt="PNG"), "image/png")
         _, events = await exchange(live, user, "is this valve broken?", files=[photo])
         valve = events[-1]["reply_to"]
+        # the page, open, asks what was wrong: the user's next message is the comment
+        before = streams(live)
+        asked = asyncio.create_task(sse_events(user, until="notice"))
+        await subscribed(live, before)
         await _rate(user, valve, "down")
-        # the comment a 👎 asks for: the user's next message (the web chat does not ask itself yet)
-        [down] = await store.feedback(kinds=["down"])
-        await manager.feedback.ask_comment(key, key.chat, down.id)
+        await asyncio.wait_for(asked, 10)
         await exchange(live, user, "it named the wrong valve", until="notice")
         _, events = await exchange(live, user, "which fuse?")
         await _rate(user, events[-1]["reply_to"], "down")
+        await exchange(live, user, "not that fuse", until="notice")  # (this 👎 asked too)
         _, events = await exchange(live, user, "thanks, and the filter?")
         await _rate(user, events[-1]["reply_to"], "up")
         await exchange(live, user, "/human", until="notice")  # right after an answer: handoff_after_answer
