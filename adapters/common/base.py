@@ -20,7 +20,6 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-import aiohttp
 import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -165,7 +164,12 @@ class PlatformAdapter(Generic[Conf]):
         return cls(runtime.manager, runtime.settings, conf)
 
 
-_UNREACHABLE = (httpx.TransportError, aiohttp.ClientConnectionError, ConnectionError, socket.gaierror,
+try:  # Slack's SDK speaks aiohttp; it comes with the slack extra only
+    from aiohttp import ClientConnectionError as _AiohttpConnectionError
+except ImportError:
+    _AiohttpConnectionError = ConnectionError  # type: ignore[assignment,misc]
+
+_UNREACHABLE = (httpx.TransportError, _AiohttpConnectionError, ConnectionError, socket.gaierror,
                 TimeoutError, asyncio.TimeoutError)
 
 
