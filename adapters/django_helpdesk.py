@@ -50,7 +50,7 @@ from adapters.common.http import BadRequest, download, parse_json_object, read_b
 from adapters.common.sink import Message, PostingSink
 from adapters.common.urlguard import NetworkList, UrlGuard, require_https
 from bot.config import AdapterSection, IdList, Settings
-from bot.errors import FileTooLarge, ShuttingDown
+from bot.errors import FileTooLarge, ShuttingDown, describe
 from bot.ops.checks import CheckResult, platform_said, unreachable
 from bot.ops.checks import shown as shown_url
 from bot.ops.logs import conversation_var
@@ -643,10 +643,10 @@ def _followups(page: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    """:func:`bot.errors.describe`, with an HTTP error as its status only (its text repeats the URL)."""
     if isinstance(exc, httpx.HTTPStatusError):
-        text = f"HTTP {exc.response.status_code}"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return f"{type(exc).__name__}: HTTP {exc.response.status_code}"
+    return describe(exc)
 
 
 build = DjangoHelpdeskAdapter.build

@@ -60,7 +60,7 @@ from adapters.common.urlguard import (
     require_https,
 )
 from bot.config import AdapterSection, Settings
-from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError
+from bot.errors import AttachmentUnavailable, FileTooLarge, ShuttingDown, StartupError, describe
 from bot.handoff.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from bot.ops.checks import CheckResult, shown, unreachable
 from bot.ops.logs import conversation_var, register_secret
@@ -488,7 +488,7 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
                 raise
             # not confirmed: the helpdesk sends it again (the same message_id: answered once, whatever got stored)
             log.error("helpdesk API message %s of %s not stored (the store failed: %s): answered 503",
-                      message.message_id, message.conversation_id, _describe(exc))
+                      message.message_id, message.conversation_id, describe(exc))
             return JSONResponse({"error": "not stored: the bot's database failed; send it again"}, status_code=503,
                                 headers={"Retry-After": str(STORE_RETRY_AFTER)})
         return JSONResponse(Accepted(conversation_id=message.conversation_id, message_id=message.message_id,
@@ -602,11 +602,6 @@ class HelpdeskApiAdapter(PlatformAdapter[HelpdeskApiSettings]):
             return
         log.warning("helpdesk callback %s: HTTP %d (sent again later)", payload.id, response.status_code)
         response.raise_for_status()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def verify_callback(secret: str, headers: Mapping[str, str], body: bytes, *, max_age: float = 300) -> bool:

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bot.errors import describe
 from bot.l10n import i18n
 from bot.ops.logs import Throttle
 from bot.ops.metrics import Metrics
@@ -414,10 +415,7 @@ def _item(row: int, attempt: int) -> str:
 
 
 def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return ""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    return describe(exc)[:200] if exc is not None else ""
 
 
 def _queues(stashed: dict[str, list[tuple[str, str]]]) -> dict[str, list[Waiting]]:
