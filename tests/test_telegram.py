@@ -357,7 +357,7 @@ async def test_markdown_becomes_entities_and_plain_text_when_refused(tmp_path: P
         answer = await h.answered(111, "echo: Drain the E15 tank")
         assert {e["type"] for e in answer.entities} >= {"bold", "code"}
         # Telegram refusing the entities: the same words go out as plain text, for a new message and an edit
-        from adapters.telegram.adapter import TelegramTransport
+        from adapters.telegram.transport import TelegramTransport
         from bot.types import ConversationKey, SinkContext
 
         transport = TelegramTransport(h.adapter, SinkContext(ConversationKey("telegram", "111"),

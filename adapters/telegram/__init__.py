@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from adapters.telegram.adapter import TelegramAdapter
     from bot.runtime import Runtime
 
+PLATFORM = "telegram"
+WEBHOOK_PATH = "/telegram/webhook"
 #: What Telegram accepts as a webhook secret token.
 SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")
 
@@ -57,4 +59,4 @@ def build(runtime: Runtime, conf: TelegramSettings) -> TelegramAdapter:
     return TelegramAdapter.build(runtime, conf)
 
 
-__all__: list[Any] = ["SECRET_TOKEN", "TelegramSettings", "build"]
+__all__: list[Any] = ["PLATFORM", "SECRET_TOKEN", "WEBHOOK_PATH", "TelegramSettings", "build"]
