@@ -781,7 +781,7 @@ class TestSlackSupportChannel(NotifierContract):
     @pytest.fixture
     def desk(self, running: Harness) -> Desk:
         assert running.runtime.manager is not None
-        [notifier] = [n for n in running.runtime.manager.notifiers.notifiers if type(n).__name__ == "_SupportChannel"]
+        [notifier] = [n for n in running.runtime.manager.notifiers.notifiers if type(n).__name__ == "SupportChannel"]
 
         async def received() -> list[str]:
             posts = running.slack.messages("C0SUPPORT")
