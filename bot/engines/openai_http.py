@@ -344,35 +344,11 @@ class OpenAIHTTPEngine(LimitedEngine):
                 raise
 
     async def _stream_once(self, payload: bytes) -> AsyncIterator[str]:
-        assert self._client is not None
         s = self.settings
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **self._headers()}
-        self.requests += 1
-        request = self._client.build_request("POST", f"{self.base_url}/chat/completions", content=payload,
-                                             headers=headers)
         loop = asyncio.get_running_loop()
         first_deadline = loop.time() + s.first_token_timeout  # headers and first text, together
+        response = await self._open(payload, first_deadline)
         try:
-            async with asyncio.timeout_at(first_deadline):
-                response = await self._client.send(request, stream=True)
-        except TimeoutError:
-            raise EngineUnavailable(f"no answer within {s.first_token_timeout:.1f} s") from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-                httpx.WriteError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-        try:
-            if response.status_code == 429 or response.status_code >= 500:
-                await response.aread()
-                raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after")))
-            if response.status_code >= 400:
-                await response.aread()
-                try:
-                    message, _ = _error_text(response.json())
-                except ValueError:
-                    message = response.text[:300]
-                if response.status_code in (401, 403):
-                    raise EngineUnavailable(f"the server refused the API key: {message}")
-                raise EngineError(f"HTTP {response.status_code}: {message}")
             lines = response.aiter_lines()
             got_text = False
             while True:
@@ -390,32 +366,69 @@ class OpenAIHTTPEngine(LimitedEngine):
                     if got_text:
                         raise EngineError(f"the connection broke mid-answer: {type(exc).__name__}") from None
                     raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-                if not line.startswith("data:"):
-                    continue  # comments (": ping"), event names, blank separators
-                data = line[5:].strip()
-                if data == "[DONE]":
+                texts = _sse_texts(line, started=got_text)
+                if texts is None:
                     return
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    log.warning("engine sent a malformed SSE line, skipped: %r", data[:200])
-                    continue
-                if not isinstance(chunk, dict):
-                    log.warning("engine sent a non-object SSE payload, skipped: %r", data[:200])
-                    continue
-                if "error" in chunk or chunk.get("object") == "error":
-                    message, code = _error_text(chunk)
-                    if not got_text and code is not None and (code == 429 or code >= 500):
-                        raise _Retryable(f"error in stream ({code}): {message}")
-                    raise EngineError(f"the server reported an error: {message}")
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    text = delta.get("content")
-                    if text:
-                        got_text = True
-                        yield text
+                for text in texts:
+                    got_text = True
+                    yield text
         finally:
             await response.aclose()
+
+    async def _open(self, payload: bytes, deadline: float) -> httpx.Response:
+        """``POST /chat/completions``, streamed: the response once its status says the stream follows."""
+        assert self._client is not None
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **self._headers()}
+        self.requests += 1
+        request = self._client.build_request("POST", f"{self.base_url}/chat/completions", content=payload,
+                                             headers=headers)
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise EngineUnavailable(f"no answer within {self.settings.first_token_timeout:.1f} s") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
+                httpx.WriteError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code < 400:
+            return response
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after")))
+        try:
+            message, _ = _error_text(response.json())
+        except ValueError:
+            message = response.text[:300]
+        if response.status_code in (401, 403):
+            raise EngineUnavailable(f"the server refused the API key: {message}")
+        raise EngineError(f"HTTP {response.status_code}: {message}")
+
+
+def _sse_texts(line: str, *, started: bool) -> list[str] | None:
+    """The answer's text in one line of the event stream (often none: comments, event names, separators);
+    None at ``[DONE]``. An error the server reports in the stream raises (retryable before any text)."""
+    if not line.startswith("data:"):
+        return []  # comments (": ping"), event names, blank separators
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return None
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError:
+        log.warning("engine sent a malformed SSE line, skipped: %r", data[:200])
+        return []
+    if not isinstance(chunk, dict):
+        log.warning("engine sent a non-object SSE payload, skipped: %r", data[:200])
+        return []
+    if "error" in chunk or chunk.get("object") == "error":
+        message, code = _error_text(chunk)
+        if not started and code is not None and (code == 429 or code >= 500):
+            raise _Retryable(f"error in stream ({code}): {message}")
+        raise EngineError(f"the server reported an error: {message}")
+    return [text for choice in chunk.get("choices") or () if (text := (choice.get("delta") or {}).get("content"))]
 
 
 def _upright(source: bytes, width: int, height: int) -> bool:
