@@ -521,51 +521,48 @@ def _resize_exact_many(image: Image.Image | np.ndarray, sizes: Sequence[tuple[in
             results[i] = np.asarray(resize_exact(whole, size))
         else:
             two_pass[_horizontal_first(width, height, size)].append(i)
-    pool = _executor()
     for horizontal, members in two_pass.items():
-        if not members:
-            continue
-        # First pass, shared: bands of rows (horizontal first) or of columns (vertical first), each pasted
-        # into its place by the thread that made it (Pillow lets the GIL go while pasting) once its band of
-        # the source is freed (the peak stays where it was). The middle images are not cleared first: the
-        # bands cover them.
-        spans = _bands(height if horizontal else width, _workers())
-        middles = [Image.new("RGB", (sizes[i][0], height) if horizontal else (width, sizes[i][1]), None)
-                   for i in members]
-
-        def first(span: tuple[int, int], members: list[int] = members, horizontal: bool = horizontal,
-                  middles: list[Image.Image] = middles) -> None:
-            a, b = span
-            part = band_image(a, b, horizontal)
-            pieces = [part.resize((sizes[i][0], b - a) if horizontal else (b - a, sizes[i][1]),
-                                  Image.Resampling.BICUBIC) for i in members]
-            del part
-            for piece, middle in zip(pieces, middles, strict=True):
-                middle.paste(piece, (0, a) if horizontal else (a, 0))
-
-        list(pool.map(first, spans))
-        # Second pass, per size, in bands across the other axis, straight into numpy.
-        jobs = []
-        for k, i in enumerate(members):
-            target_w, target_h = sizes[i]
-            out = np.empty((target_h, target_w, 3), dtype=np.uint8)
-            results[i] = out
-            middle = middles[k]
-            for a, b in _bands(target_w if horizontal else target_h, _workers()):
-                jobs.append((middle, out, a, b))
-
-        def second(job: tuple, horizontal: bool = horizontal) -> None:
-            middle, out, a, b = job
-            mw, mh = middle.size
-            if horizontal:  # vertical pass on columns a..b
-                out[:, a:b] = np.asarray(middle.crop((a, 0, b, mh)).resize((b - a, out.shape[0]),
-                                                                             Image.Resampling.BICUBIC))
-            else:  # horizontal pass on rows a..b
-                out[a:b] = np.asarray(middle.crop((0, a, mw, b)).resize((out.shape[1], b - a),
-                                                                          Image.Resampling.BICUBIC))
-
-        list(pool.map(second, jobs))
+        if members:
+            outs = _two_passes(band_image, (width, height), [sizes[i] for i in members], horizontal)
+            for i, out in zip(members, outs, strict=True):
+                results[i] = out
     return [r for r in results if r is not None]
+
+
+def _two_passes(band_image: Callable[[int, int, bool], Image.Image], source: tuple[int, int],
+                sizes: Sequence[tuple[int, int]], horizontal: bool) -> list[np.ndarray]:
+    """The resizes of :func:`_resize_exact_many` that start with the same pass (``horizontal``: along rows)."""
+    width, height = source
+    pool = _executor()
+    # First pass, shared: bands of rows (horizontal first) or of columns (vertical first), each pasted into
+    # its place by the thread that made it (Pillow lets the GIL go while pasting) once its band of the source
+    # is freed (the peak stays where it was). The middle images are not cleared first: the bands cover them.
+    middles = [Image.new("RGB", (w, height) if horizontal else (width, h), None) for w, h in sizes]
+
+    def first(span: tuple[int, int]) -> None:
+        a, b = span
+        part = band_image(a, b, horizontal)
+        pieces = [part.resize((w, b - a) if horizontal else (b - a, h), Image.Resampling.BICUBIC) for w, h in sizes]
+        del part
+        for piece, middle in zip(pieces, middles, strict=True):
+            middle.paste(piece, (0, a) if horizontal else (a, 0))
+
+    list(pool.map(first, _bands(height if horizontal else width, _workers())))
+    # Second pass, per size, in bands across the other axis, straight into numpy.
+    outs = [np.empty((h, w, 3), dtype=np.uint8) for w, h in sizes]
+    jobs = [(middle, out, a, b) for middle, out, (w, h) in zip(middles, outs, sizes, strict=True)
+            for a, b in _bands(w if horizontal else h, _workers())]
+
+    def second(job: tuple[Image.Image, np.ndarray, int, int]) -> None:
+        middle, out, a, b = job
+        mw, mh = middle.size
+        if horizontal:  # vertical pass on columns a..b
+            out[:, a:b] = np.asarray(middle.crop((a, 0, b, mh)).resize((b - a, out.shape[0]), Image.Resampling.BICUBIC))
+        else:  # horizontal pass on rows a..b
+            out[a:b] = np.asarray(middle.crop((0, a, mw, b)).resize((out.shape[1], b - a), Image.Resampling.BICUBIC))
+
+    list(pool.map(second, jobs))
+    return outs
 
 
 def image_pixels(image: Image.Image | np.ndarray, *, max_num: int = 12, min_num: int = 1,
