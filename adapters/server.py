@@ -238,7 +238,6 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             settings = runtime.settings
             adapters = registry.served(runtime)
             service = Service(settings, runtime, adapters)
-            web = service.web
             app = build_app(service)
             server = _Server(uvicorn.Config(
                 app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
@@ -256,31 +255,11 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await _start_all(adapters, service, server, serving)
             bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
             service.ready = True
-            url = _public_url(settings, host, bound)
-            if runtime.engine.info.demo:
-                print(DEMO_BANNER, file=sys.stderr, flush=True)
-            what = "web chat" if web is not None else "server (web chat disabled)"
-            print(f"internvl-bot: {what} at {url} — engine {runtime.engine.info.name}; "
-                  f"{resumed} message(s) resumed; Ctrl+C stops", file=sys.stderr, flush=True)
-            base = url.rstrip("/")
-            width = max((len(what) for what, _ in service.announced), default=0)
-            for served, paths in service.announced:
-                if served == f"adapters.{WebAdapter.name}":
-                    continue  # the web chat is the line above
-                shown = " ".join(base + path for path in paths.split())
-                print(f"  {served:<{width}}  {shown}", file=sys.stderr, flush=True)
+            _announce(service, _public_url(settings, host, bound), resumed)
             log.info("serving on %s:%d", host, bound)
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            log.info("shutting down: finishing answers in progress (up to %.0f s)", conf.grace_seconds)
-            service.stopping = True
-            for adapter in adapters:
-                adapter.stop_intake()
-            await runtime.manager.stop(conf.grace_seconds)
-            for adapter in adapters:
-                await adapter.close()
-            if service.inbox is not None:
-                await service.inbox.close()  # ends the operators' event streams, so the server can stop
+            await _stop(service, conf.grace_seconds)
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await serving
@@ -290,6 +269,38 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
+
+
+def _announce(service: Service, url: str, resumed: int) -> None:
+    """The lines a person starting ``serve`` reads: where the web chat is, the engine, and each adapter's URLs."""
+    runtime = service.runtime
+    assert runtime.engine is not None
+    if runtime.engine.info.demo:
+        print(DEMO_BANNER, file=sys.stderr, flush=True)
+    what = "web chat" if service.web is not None else "server (web chat disabled)"
+    print(f"internvl-bot: {what} at {url} — engine {runtime.engine.info.name}; "
+          f"{resumed} message(s) resumed; Ctrl+C stops", file=sys.stderr, flush=True)
+    base = url.rstrip("/")
+    width = max((len(what) for what, _ in service.announced), default=0)
+    for served, paths in service.announced:
+        if served == f"adapters.{WebAdapter.name}":
+            continue  # the web chat is the line above
+        shown = " ".join(base + path for path in paths.split())
+        print(f"  {served:<{width}}  {shown}", file=sys.stderr, flush=True)
+
+
+async def _stop(service: Service, grace: float) -> None:
+    """Stop taking messages, finish the answers in progress (up to ``grace`` seconds), close the adapters."""
+    log.info("shutting down: finishing answers in progress (up to %.0f s)", grace)
+    service.stopping = True
+    for adapter in service.adapters:
+        adapter.stop_intake()
+    assert service.runtime.manager is not None
+    await service.runtime.manager.stop(grace)
+    for adapter in service.adapters:
+        await adapter.close()
+    if service.inbox is not None:
+        await service.inbox.close()  # ends the operators' event streams, so the server can stop
 
 
 def describe_store(settings: Settings) -> str:
