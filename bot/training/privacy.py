@@ -67,10 +67,11 @@ def redact(text: str, names: Iterable[str] = ()) -> str:
     return text
 
 
-#: A first line that only greets: "Hi Jane,", "Hello!", "Dear Mr Smith,", "Good morning Ana" (a short line).
+#: A first line that only greets: "Hi Jane,", "Hello!", "Dear Mr Smith,", "Good morning Ana" (three words at most
+#: after the greeting: "Hello world is the first program" is content).
 _GREETING = re.compile(
     r"^\s*(?:hi|hello|hey|hallo|dear|good (?:morning|afternoon|evening)|greetings|bonjour|hola|ol[aá]|oi)\b"
-    r"[^\n]{0,40}?[,!.:]?\s*$", re.IGNORECASE)
+    r"[,!]?(?:\s+[\w.'-]+){0,3}\s*[,!.:]?\s*$", re.IGNORECASE)
 #: A line that starts the sign-off: "Best regards,", "Kind regards", "Thanks,", "Cheers", "Sincerely", "-- ".
 _SIGN_OFF = re.compile(
     r"^\s*(?:(?:best|kind|warm|many)?\s*regards|best(?: wishes)?|thanks?(?: you)?(?: again)?|many thanks|cheers|"
