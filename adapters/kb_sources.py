@@ -204,8 +204,7 @@ class _Chatwoot:
                                     "bot's token may not read articles or conversations")
         require_https(self.base_url, "adapters.chatwoot.base_url", f"the access token in {self.env}")
         fetcher = Fetcher(self.http, part=self.part, headers={"api_access_token": token},
-                          fix=f"Chatwoot at {self.base_url} is failing or unreachable; the previous index keeps "
-                              "serving — run `internvl-bot kb sync BASE` once it answers")
+                          fix=f"Chatwoot at {self.base_url} is failing or unreachable: check it and the network")
         fetcher.fix_auth = (f"set {self.env} to the access token of a Chatwoot user of account {self.account} "
                             "(Profile settings → Access token)")
         return fetcher
@@ -405,8 +404,7 @@ class _Helpdesk:
         self.location = part
 
     def fix(self) -> str:
-        return (f"django-helpdesk at {self.base_url} is failing or unreachable; the previous index keeps serving — "
-                "run `internvl-bot kb sync BASE` once it answers")
+        return f"django-helpdesk at {self.base_url} is failing or unreachable: check it and the network"
 
 
 class HelpdeskKB(_Helpdesk):

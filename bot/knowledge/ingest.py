@@ -243,7 +243,8 @@ class Ingester:
         except SourceUnavailable as exc:
             report.sources_failed += 1
             kept = f"; the {len(known)} document(s) indexed from it before keep serving" if known else ""
-            line = f"{exc}{kept}"
+            again = "" if exc.missing else f"; `internvl-bot kb sync {base}` reads it again"
+            line = f"{exc}{kept}{again}"
             report.problems.append(line)
             self._say(line, None)
             if remember and not exc.missing:
