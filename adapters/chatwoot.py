@@ -105,6 +105,13 @@ class ChatwootSettings(AdapterSection):
     allow_private_networks: NetworkList = Field(
         default_factory=list, description="networks attachments may come from although not public (a Chatwoot "
                                           "on the company network: 10.0.0.0/8); empty = public addresses only")
+    account_id: int = Field(0, ge=0, description="the Chatwoot account (the number after /app/accounts/ in its "
+                                                 "URLs) whose help center and resolved conversations `kb` reads; "
+                                                 "0 = not set (knowledge-base sources only need it)")
+    api_token_env: str = Field(
+        "CHATWOOT_API_TOKEN", description="environment variable with a Chatwoot user's access token (Profile "
+                                          "settings → Access token; an agent who sees the inboxes) for `kb` "
+                                          "sources: the agent bot's token may read no articles or conversations")
 
 
 def _host(url: str) -> str:

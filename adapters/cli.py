@@ -70,9 +70,19 @@ def _parser() -> argparse.ArgumentParser:
 
     kb = sub.add_parser("kb", help="knowledge bases: index manuals and articles the bot answers from")
     kbsub = kb.add_subparsers(dest="kb_command", required=True)
-    kb_add = kbsub.add_parser("add", help="index files and folders into BASE (kept as its sources; rerun-safe)")
+    kb_add = kbsub.add_parser("add", help="index files and folders, or a platform's articles and solved tickets, "
+                                          "into BASE (kept as its sources; rerun-safe)")
     kb_add.add_argument("base")
-    kb_add.add_argument("paths", nargs="+", metavar="PATH", help="PDF, Markdown, HTML, text or image files, folders")
+    kb_add.add_argument("paths", nargs="*", metavar="PATH",
+                        help="PDF, Markdown, HTML, text or image files, folders; or a source such as chatwoot-portal:help")
+    kb_add.add_argument("--chatwoot-portal", action="append", default=[], metavar="SLUG",
+                        help="the published articles of this Chatwoot Help Center portal (adapters.chatwoot: "
+                             "base_url, account_id, api_token_env)")
+    kb_add.add_argument("--django-helpdesk-kb", action="store_true",
+                        help="the items of django-helpdesk's public knowledge base (adapters.django_helpdesk.base_url)")
+    kb_add.add_argument("--solved-tickets", action="append", default=[], choices=["chatwoot", "django-helpdesk"],
+                        help="resolved conversations / closed tickets: the question and the agent's answer, with "
+                             "e-mails, phone numbers and names removed")
     kb_sync = kbsub.add_parser("sync", help="re-read BASE's sources: changed and new files, drop vanished ones")
     kb_sync.add_argument("base")
     kbsub.add_parser("list", help="every base: documents, chunks, last sync, sources")
@@ -85,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="threshold for this search (default: knowledge.min_score); 0 shows every match")
     kb_remove = kbsub.add_parser("remove", help="forget a source of BASE and the documents under it")
     kb_remove.add_argument("base")
-    kb_remove.add_argument("path")
+    kb_remove.add_argument("path", help="a file or folder, or a source such as chatwoot-portal:help")
     return parser
 
 
@@ -93,24 +103,37 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
     """The ``kb`` commands, on the configured store (its database holds the knowledge bases)."""
     import json
 
+    import httpx
+
+    from adapters import kb_sources
     from bot.knowledge import open_index
     from bot.knowledge.ingest import Ingester
 
     store = open_store(settings)
     await store.open()
+    # the platforms' sources read through one client; no redirect is followed (a token stays on its host)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
     try:
         index = open_index(settings, store)
-        ingester = Ingester(index, store, settings.knowledge)
+        ingester = Ingester(index, store, settings.knowledge, remote=kb_sources.resolver(settings, http))
         command = args.kb_command
         if command in ("add", "sync"):
+            wanted = [*args.paths, *kb_sources.locations(
+                chatwoot_portals=args.chatwoot_portal, django_helpdesk_kb=args.django_helpdesk_kb,
+                solved_tickets=args.solved_tickets)] if command == "add" else []
+            if command == "add" and not wanted:
+                raise ValueError("kb add: name what to index: PATH..., --chatwoot-portal SLUG, --django-helpdesk-kb "
+                                 "or --solved-tickets chatwoot|django-helpdesk")
             try:
-                report = await (ingester.add(args.base, args.paths) if command == "add"
+                report = await (ingester.add(args.base, wanted) if command == "add"
                                 else ingester.sync(args.base))
             except (KeyboardInterrupt, asyncio.CancelledError):
                 print(f"interrupted: what was indexed is kept; `internvl-bot kb sync {args.base}` resumes",
                       file=sys.stderr, flush=True)
                 raise
             print(f"{args.base}: {report.line()}")
+            if report.sources_failed:
+                return 1
             return 0 if report.added + report.updated + report.unchanged or not report.problems else 1
         if command == "list":
             bases = {b.name: b for b in await index.bases()}
@@ -152,6 +175,7 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         raise ValueError(f"unknown kb command {command!r}")
     finally:
+        await http.aclose()
         await store.close()
 
 

@@ -242,7 +242,11 @@ class KnowledgeBaseSettings(Section):
     """One knowledge base: where its documents are (merged with what ``kb add`` stored) and its language."""
 
     sources: list[str] = Field(default_factory=list,
-                               description="files and folders indexed by `kb sync`, besides those `kb add` stored")
+                               description="what `kb sync` indexes besides what `kb add` stored: files and folders, "
+                                           "and the platforms' sources `chatwoot-portal:SLUG` (a Help Center "
+                                           "portal's published articles), `django-helpdesk-kb` (its knowledge base) "
+                                           "and `solved-tickets:chatwoot` / `solved-tickets:django-helpdesk` "
+                                           "(resolved conversations and tickets, people's details removed)")
     language: str = Field("", description="ISO 639-1 code of the documents (postgres stems its words: en -> "
                           "english); empty = no stemming (the 'simple' configuration)")
 

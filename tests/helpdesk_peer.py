@@ -120,6 +120,21 @@ class HelpdeskSite:
             body["attachment"] = _encoded(attachment)
         return int((await self.api("POST", "/test/customer-followup/", user=None, json=body))["followup_id"])
 
+    # -- the knowledge base (staff edit it in the admin: a test-only hook stands in) -----------------------------
+
+    async def kb_item(self, category: str, title: str = "", question: str = "", answer: str = "", *,
+                      item_id: int | None = None, category_title: str = "", public: bool = True,
+                      delete: bool = False) -> int:
+        """Create (or, with ``item_id``, edit; with ``delete``, remove) a knowledge-base item of ``category`` (a
+        slug; the category is created on first use). Returns the item's id; its page is
+        ``/kb/<category>/?kbitem=<id>``."""
+        body: dict[str, Any] = {"category": category, "category_title": category_title or category.title(),
+                                "public": public, "delete": delete}
+        if item_id is not None:
+            body["id"] = item_id
+        body.update({k: v for k, v in (("title", title), ("question", question), ("answer", answer)) if v})
+        return int((await self.api("POST", "/test/kb-item/", user=None, json=body))["id"])
+
     # -- staff, through the REST API ------------------------------------------------------------------------
 
     async def staff_followup(self, ticket_id: int, comment: str, public: bool = True, *, user: str = "agent",

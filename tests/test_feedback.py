@@ -21,7 +21,7 @@ from bot.l10n.i18n import text as t
 from bot.l10n.personas import load_personas
 from bot.store import AnswerMeta, NewFeedback, NewMessage, SQLiteStore, sha256_of
 from bot.training.export import ExportOptions, export_mpo, export_sft
-from bot.training.privacy import redact, strip_metadata
+from bot.training.privacy import redact, strip_metadata, strip_salutations
 from bot.types import Attachment, ConversationKey
 from tests.conftest import make_settings
 from tests.helpdesk_peer import RESOLVED
@@ -380,6 +380,17 @@ def test_redaction_replaces_addresses_numbers_and_the_platforms_names() -> None:
         "I'm [name], write to [email] or call [phone]; card [card]. Model X200 from 2019, order 12345.")
     assert redact("Lima called Ana; ANA agreed", ["Ana Lima"]) == "[name] called [name]; [name] agreed"
 
+
+
+def test_greetings_and_sign_offs_are_dropped_and_the_answer_kept() -> None:
+    answer = ("Hi Jane,\n\nHold the reset button for ten seconds.\nThen plug it in again.\n\nBest regards,\n"
+              "Ana Lima\nSupport team, Acme")
+    assert strip_salutations(answer) == "Hold the reset button for ten seconds.\nThen plug it in again."
+    assert strip_salutations("Dear Mr Smith!\nYour refund is on its way.\nCheers\nBob") == "Your refund is on its way."
+    # a line that only starts like a greeting or a sign-off is content
+    kept = "Hello world is the first program.\nThanks to the new firmware the pump restarts by itself after a cut."
+    assert strip_salutations(kept) == kept
+    assert strip_salutations("Thanks, that fixed it.") == "Thanks, that fixed it."
 
 def test_image_metadata_is_stripped_and_pixels_kept() -> None:
     data = photo_with_gps((10, 200, 30))

@@ -15,6 +15,9 @@
   was committed stays.
 * Progress: a tqdm bar on stderr (documents, their rate and ETA; pages and chunks so far), shown on a
   terminal only.
+* Platforms (bot/knowledge/remote.py): a location the ``remote`` resolver knows (``chatwoot-portal:help``) is
+  read through its :class:`~bot.knowledge.remote.RemoteSource` under the same rules, keyed by URL; a source
+  that fails part-way is one line, and nothing of it is removed on that run.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from bot.knowledge.chunking import (
     read,
     read_image,
 )
+from bot.knowledge.remote import RemoteSource, Resolver, SourceUnavailable, is_remote_doc, remote_chunks
 
 if TYPE_CHECKING:
     from bot.config import KnowledgeSettings
@@ -63,6 +67,8 @@ class IngestReport:
     chunks: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    #: remote sources that could not be read (whole): their previous documents keep serving
+    sources_failed: int = 0
 
     def line(self) -> str:
         """``3 added, 1 updated, 5 unchanged, 0 removed, 2 problems (120 pages, 840 chunks, 4.1 s)``."""
@@ -120,10 +126,11 @@ class Ingester:
     """Indexes files into ``index``, keeping originals in ``store`` (see the module docstring).
 
     ``out``: where problems and the progress bar go; ``progress``: show the bar (None: when ``out`` is a
-    terminal)."""
+    terminal); ``remote``: turns a platform's location into its source (None: every location is a path)."""
 
     def __init__(self, index: KnowledgeStore, store: Store, conf: KnowledgeSettings, *, out: TextIO | None = None,
-                 progress: bool | None = None, clock: Callable[[], float] = time.time) -> None:
+                 progress: bool | None = None, clock: Callable[[], float] = time.time,
+                 remote: Resolver | None = None) -> None:
         self.index = index
         self.store = store
         self.conf = conf
@@ -132,6 +139,18 @@ class Ingester:
         self.chunker = Chunker(conf.chunk_chars, conf.chunk_overlap)
         self._clock = clock
         self._stop = threading.Event()
+        self.remote = remote
+
+    def _split(self, locations: Sequence[str]) -> tuple[list[RemoteSource], list[str]]:
+        """The platforms' sources among ``locations``, and the paths."""
+        sources, paths = [], []
+        for location in locations:
+            source = self.remote(location) if self.remote is not None else None
+            if source is None:
+                paths.append(location)
+            else:
+                sources.append(source)
+        return sources, paths
 
     def _sources(self, base: str, stored: Sequence[Source]) -> list[str]:
         configured = self.conf.bases[base].sources if base in self.conf.bases else []
@@ -139,12 +158,18 @@ class Ingester:
 
     async def add(self, base: str, locations: Sequence[str]) -> IngestReport:
         """Remember ``locations`` as sources of ``base`` and index what they hold (nothing is removed)."""
-        resolved = [str(Path(p).expanduser().resolve()) for p in locations]
+        remote, paths = self._split(locations)
+        report = IngestReport()
+        for source in remote:
+            await self._remote(base, source, report, remove_missing=False, remember=True)
+        if remote and not paths:
+            return await self._index(base, [], [], remove_missing=False, report=report)
+        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
         files, problems = discover(resolved)
         usable = [loc for loc in resolved if not any(p.startswith(f"{loc}: ") for p in problems)]
         if usable:
             await self.index.add_sources(base, [Source(base, loc) for loc in usable])
-        return await self._index(base, files, problems, remove_missing=False)
+        return await self._index(base, files, problems, remove_missing=False, report=report)
 
     async def sync(self, base: str) -> IngestReport:
         """Index every source of ``base`` (stored by ``add``, and ``knowledge.bases.<base>.sources``): changed
@@ -153,14 +178,25 @@ class Ingester:
         if not locations:
             raise ValueError(f"knowledge base {base!r} has no sources: `kb add {base} PATH` or "
                              f"knowledge.bases.{base}.sources in the config")
+        remote, locations = self._split(locations)
+        report = IngestReport()
+        for source in remote:
+            await self._remote(base, source, report, remove_missing=True, remember=False)
+        if remote and not locations:
+            return await self._index(base, [], [], remove_missing=False, report=report)
         files, problems = discover(locations)
         # a source that vanished as a whole (an unmounted share) must not empty the base
         missing = [p for p in problems if p.endswith(": no such file or folder")]
-        return await self._index(base, files, problems, remove_missing=not missing)
+        return await self._index(base, files, problems, remove_missing=not missing, report=report)
 
     async def remove(self, base: str, location: str) -> tuple[bool, int]:
         """Forget the source ``location`` of ``base`` and drop the documents under it: whether it was a source,
         and how many documents were dropped."""
+        source = self.remote(location) if self.remote is not None else None
+        if source is not None:
+            was_source = await self.index.remove_source(base, source.location)
+            docs = [d.doc for d in await self.index.documents(base) if d.doc.startswith(source.prefix)]
+            return was_source, (await self.index.remove_documents(base, docs) if docs else 0)
         path = str(Path(location).expanduser().resolve())
         was_source = await self.index.remove_source(base, path)
         was_source = await self.index.remove_source(base, location) or was_source
@@ -175,8 +211,57 @@ class Ingester:
         else:
             print(line, file=self.out, flush=True)
 
-    async def _index(self, base: str, files: list[Path], problems: list[str], *, remove_missing: bool) -> IngestReport:
-        report = IngestReport(problems=list(problems))
+    async def _remote(self, base: str, source: RemoteSource, report: IngestReport, *, remove_missing: bool,
+                      remember: bool) -> None:
+        """Index what ``source`` yields into ``report``: unchanged documents skipped, changed ones replaced, and
+        (``remove_missing``) its documents no longer there dropped, once the whole source was read."""
+        started = time.perf_counter()
+        known = {d.doc: d for d in await self.index.documents(base) if d.doc.startswith(source.prefix)}
+        seen: set[str] = set()
+        try:
+            async for item in source.documents():
+                seen.add(item.doc)
+                digest = _digest(item.text.encode(), item.title, item.url, item.mime, item.heading)
+                old = known.get(item.doc)
+                if old is not None and old.content_hash == digest:
+                    report.unchanged += 1
+                    continue
+                try:
+                    chunks = remote_chunks(item, self.chunker)
+                except UnreadableDocument as exc:
+                    line = f"{item.doc}: {exc}" + (" (the previous version stays indexed)" if old else "")
+                    report.problems.append(line)
+                    self._say(f"skipped {line}", None)
+                    continue
+                await self.index.put_document(Document(base, item.doc, item.title, digest, item.mime, url=item.url,
+                                                       synced_at=self._clock()), chunks)
+                report.chunks += len(chunks)
+                if old is None:
+                    report.added += 1
+                else:
+                    report.updated += 1
+        except SourceUnavailable as exc:
+            report.sources_failed += 1
+            kept = f"; the {len(known)} document(s) indexed from it before keep serving" if known else ""
+            again = "" if exc.missing else f"; `internvl-bot kb sync {base}` reads it again"
+            line = f"{exc}{kept}{again}"
+            report.problems.append(line)
+            self._say(line, None)
+            if remember and not exc.missing:
+                await self.index.add_sources(base, [Source(base, source.location, source.kind)])
+            report.seconds += time.perf_counter() - started
+            return
+        if remember:
+            await self.index.add_sources(base, [Source(base, source.location, source.kind)])
+        if remove_missing:
+            gone = [doc for doc in known if doc not in seen]
+            report.removed += await self.index.remove_documents(base, gone) if gone else 0
+        report.seconds += time.perf_counter() - started
+
+    async def _index(self, base: str, files: list[Path], problems: list[str], *, remove_missing: bool,
+                     report: IngestReport | None = None) -> IngestReport:
+        report = report if report is not None else IngestReport()
+        report.problems.extend(problems)
         started = time.perf_counter()
         known = {d.doc: d for d in await self.index.documents(base)}
         by_hash = {d.content_hash: d.doc for d in known.values()}
@@ -204,10 +289,11 @@ class Ingester:
             if bar is not None:
                 bar.close()
         if remove_missing:
-            gone = [doc for doc in known if doc not in seen]
-            report.removed = await self.index.remove_documents(base, gone) if gone else 0
+            # a platform's documents (keyed by URL) are its source's to remove, not the folders'
+            gone = [doc for doc in known if doc not in seen and not is_remote_doc(doc)]
+            report.removed += await self.index.remove_documents(base, gone) if gone else 0
         await self._embed(base, report)
-        report.seconds = time.perf_counter() - started
+        report.seconds += time.perf_counter() - started
         return report
 
     async def _embed(self, base: str, report: IngestReport) -> None:

@@ -2,7 +2,8 @@
 
 Text: e-mail addresses, phone numbers, card-like numbers (13-19 digits that pass the Luhn check) and the names
 the platform gave us for the people in the conversation are replaced by ``[email]``, ``[phone]``, ``[card]``
-and ``[name]``. Images: metadata is dropped — JPEG APP1 (EXIF, GPS, XMP) and APP13 (IPTC) segments and
+and ``[name]``; :func:`strip_salutations` drops the greeting line that opens a message ("Hi Jane,") and the
+sign-off that closes it ("Best regards, Ana"), which name people the platform may not have told us about. Images: metadata is dropped — JPEG APP1 (EXIF, GPS, XMP) and APP13 (IPTC) segments and
 comments, PNG text/EXIF/time chunks, losslessly; any other format is re-encoded as PNG, which keeps pixels only.
 Videos: remuxed by ffmpeg without re-encoding, keeping only the first video stream that is not cover art and the
 audio; container, stream and chapter metadata (creation time, GPS location, device make and model) are dropped,
@@ -64,6 +65,35 @@ def redact(text: str, names: Iterable[str] = ()) -> str:
     for part in _name_parts(names):
         text = re.sub(rf"(?<!\w)@?{re.escape(part)}(?!\w)", "[name]", text, flags=re.IGNORECASE)
     return text
+
+
+#: A first line that only greets: "Hi Jane,", "Hello!", "Dear Mr Smith,", "Good morning Ana" (three words at most
+#: after the greeting: "Hello world is the first program" is content).
+_GREETING = re.compile(
+    r"^\s*(?:hi|hello|hey|hallo|dear|good (?:morning|afternoon|evening)|greetings|bonjour|hola|ol[aá]|oi)\b"
+    r"[,!]?(?:\s+[\w.'-]+){0,3}\s*[,!.:]?\s*$", re.IGNORECASE)
+#: A line that starts the sign-off: "Best regards,", "Kind regards", "Thanks,", "Cheers", "Sincerely", "-- ".
+_SIGN_OFF = re.compile(
+    r"^\s*(?:(?:best|kind|warm|many)?\s*regards|best(?: wishes)?|thanks?(?: you)?(?: again)?|many thanks|cheers|"
+    r"sincerely|yours(?: truly| sincerely)?|all the best|take care|have a (?:nice|great|good) (?:day|week|weekend)|"
+    r"atenciosamente|abra[cç]os|obrigad[oa]|saludos|mit freundlichen gr[üu](?:ß|ss)en|--)(?!\w)[^\n]{0,30}$",
+    re.IGNORECASE)
+#: How many lines a sign-off takes at most (the phrase, a name, a title, a company).
+_SIGN_OFF_LINES = 4
+
+
+def strip_salutations(text: str) -> str:
+    """``text`` without the greeting line that opens it and the sign-off block that closes it (the phrase and at
+    most a few short lines after it): the names people write there are not always names the platform knows."""
+    lines = text.strip().split("\n")
+    while lines and (not lines[0].strip() or _GREETING.match(lines[0])):
+        lines.pop(0)
+    for i in range(max(0, len(lines) - _SIGN_OFF_LINES - 1), len(lines)):
+        tail = lines[i + 1:]
+        if _SIGN_OFF.match(lines[i]) and all(len(line.strip()) <= 60 for line in tail) and i > 0:
+            lines = lines[:i]
+            break
+    return "\n".join(lines).strip()
 
 
 _JPEG_DROPPED = {0xE1, 0xED, 0xFE}  # APP1 (EXIF, GPS, XMP), APP13 (IPTC), COM
@@ -150,4 +180,4 @@ def strip_video_metadata(data: bytes, mime: str) -> tuple[bytes, str]:
     return out, ext
 
 
-__all__ = ["redact", "strip_metadata", "strip_video_metadata"]
+__all__ = ["redact", "strip_metadata", "strip_salutations", "strip_video_metadata"]

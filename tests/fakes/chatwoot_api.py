@@ -55,6 +55,18 @@ index holds several versions and forks, the newest upstream-looking one was used
   /api/v1/widget/messages/:id`` with ``submitted_values.csat_survey_response`` {rating 1-5,
   feedback_message}) updates that message, and the bot receives ``message_updated``.
 
+* Help Center and history, read with a user's (agent's) token as ``internvl-bot kb`` does
+  (``app/controllers/api/v1/accounts/portals_controller.rb``, ``articles_controller.rb``: ``find_by!(slug:)``, so
+  an unknown portal is a 404; ``index`` filtered by ``status`` and paged by Kaminari's 25; views
+  ``api/v1/accounts/articles/_article.json.jbuilder`` with ``status`` as the enum's name; the public URL
+  ``hc/{portal}/articles/{article slug}`` of ``config/routes.rb`` and the public ``json.link``;
+  ``ConversationFinder``: ``status`` (default ``open``, ``all``), 25 per page, newest activity first, the
+  answer under ``data.meta``/``data.payload``; ``MessageFinder``: the latest 20, ``before=`` 20 older,
+  ``after=`` up to 100 newer, oldest first). Article slugs are made as Chatwoot makes them
+  (``"#{Time.now.utc.to_i}-#{title.parameterize}"``).
+* A throttled request (``fail(..., status=429, retry_after=N)``) answers Rack::Attack's ``Retry later`` with
+  ``Retry-After`` (Chatwoot sets ``throttled_response_retry_after_header``).
+
 Simplified: one account, agent bot and agent; no Sidekiq queue (each event is delivered by its own task, so
 events of different messages may interleave); ActiveStorage analysis is not run (``width``/``height`` are
 null unless given, as they are when ``message_created`` fires before the blob is analysed); the presigned
@@ -197,6 +209,8 @@ class _Fault:
     spec: str
     status: int
     times: int
+    retry_after: float | None = None
+    after: int = 0
 
 
 @dataclass
@@ -382,6 +396,9 @@ class FakeChatwoot:
         self._blobs: dict[str, _Blob] = {}
         self._blobs_by_key: dict[str, _Blob] = {}
         self._faults: list[_Fault] = []
+        self._portals: dict[str, dict[str, Any]] = {}
+        self._articles: dict[int, dict[str, Any]] = {}
+        self._article_ids = itertools.count(71)
         self._delays: list[_Delay] = []
         self._message_ids = itertools.count(1001)
         self._attachment_ids = itertools.count(501)
@@ -429,6 +446,10 @@ class FakeChatwoot:
             Route(conv + "/toggle_typing_status", self._typing_endpoint, methods=["POST"]),
             Route(conv, self._show_endpoint, methods=["GET"]),
             Route("/api/v1/profile", self._profile_endpoint, methods=["GET"]),
+            Route("/api/v1/accounts/{account_id}/conversations", self._conversations_endpoint, methods=["GET"]),
+            Route("/api/v1/accounts/{account_id}/portals/{portal_id}", self._portal_endpoint, methods=["GET"]),
+            Route("/api/v1/accounts/{account_id}/portals/{portal_id}/articles", self._articles_endpoint,
+                  methods=["GET"]),
             Route("/rails/active_storage/blobs/redirect/{signed_id}/{filename:path}", self._redirect_endpoint,
                   methods=["GET", "HEAD"]),
             Route("/rails/active_storage/representations/redirect/{signed_id}/{variation}/{filename:path}",
@@ -1061,11 +1082,14 @@ class FakeChatwoot:
 
     # ------------------------------------------------------------------------------------------ faults
 
-    def fail(self, method_path_or_name: str, *, status: int = 500, times: int = 1) -> None:
+    def fail(self, method_path_or_name: str, *, status: int = 500, times: int = 1,
+             retry_after: float | None = None, after: int = 0) -> None:
         """The next ``times`` requests matching (a call name such as ``messages.create`` or
         ``toggle_status``, ``"POST /api/v1/..."``, a path, ``download`` for data_url redirects, ``storage``
-        for storage GETs, ``*`` for any) answer ``status`` with Chatwoot's error body, without effect."""
-        self._faults.append(_Fault(method_path_or_name, status, times))
+        for storage GETs, ``*`` for any) answer ``status`` with Chatwoot's error body, without effect;
+        ``retry_after``: the ``Retry-After`` header of a throttled (429) answer; ``after``: that many matching
+        requests are answered normally first (the platform fails part-way through a listing)."""
+        self._faults.append(_Fault(method_path_or_name, status, times, retry_after, after))
 
     def delay(self, method_path_or_name: str, seconds: float, *, times: int = 1) -> None:
         """The next ``times`` answers to matching requests come ``seconds`` late (the effect happens first)."""
@@ -1083,6 +1107,9 @@ class FakeChatwoot:
     def _take_fault(self, name: str, method: str, path: str) -> _Fault | None:
         for fault in self._faults:
             if self._matches(fault.spec, name, method, path):
+                if fault.after > 0:
+                    fault.after -= 1
+                    return None
                 fault.times -= 1
                 if fault.times <= 0:
                     self._faults.remove(fault)
@@ -1099,9 +1126,10 @@ class FakeChatwoot:
         return 0.0
 
     @staticmethod
-    def _fault_response(status: int) -> Response:
+    def _fault_response(status: int, retry_after: float | None = None) -> Response:
         if status == 429:  # Rack::Attack's throttled answer
-            return PlainTextResponse("Retry later\n", status_code=429)
+            headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+            return PlainTextResponse("Retry later\n", status_code=429, headers=headers)
         if status in (502, 503, 504):  # the proxy in front of Rails
             return HTMLResponse(f"<html><head><title>{status}</title></head><body><center><h1>{status}</h1>"
                                 "</center><hr><center>nginx</center></body></html>", status_code=status)
@@ -1156,14 +1184,16 @@ class FakeChatwoot:
             call.params, call.body_kind, call.files = params, kind, files
             fault = self._take_fault(name, method, path)
             if fault is not None:
-                response = self._fault_response(fault.status)
+                response = self._fault_response(fault.status, fault.retry_after)
             else:
                 role = self._authenticate(token, name)
                 if int(request.path_params["account_id"]) != self.account_id:
                     raise _HttpError(404, _NOT_FOUND)
-                conv = self._conversations.get(int(request.path_params["conversation_id"]))
-                if conv is None:
-                    raise _HttpError(404, _NOT_FOUND)
+                conv = None
+                if "conversation_id" in request.path_params:
+                    conv = self._conversations.get(int(request.path_params["conversation_id"]))
+                    if conv is None:
+                        raise _HttpError(404, _NOT_FOUND)
                 response = handler(role, conv, params, files)
         except _HttpError as exc:
             response = JSONResponse(exc.body, status_code=exc.status)
@@ -1199,11 +1229,19 @@ class FakeChatwoot:
 
     def _list_messages(self, role: str, conv: _Conversation | None, params: dict[str, Any],
                        files: list[dict[str, Any]]) -> Response:
+        """``MessageFinder``: ``after`` (up to 100 newer, oldest first), ``before`` (20 older), else the latest 20."""
         assert conv is not None
+        ordered = sorted(conv.messages, key=lambda m: (m.created_at, m.id))
+        if params.get("after") not in (None, ""):
+            chosen = [m for m in ordered if m.id > int(params["after"])][:100]
+        elif params.get("before") not in (None, ""):
+            chosen = [m for m in ordered if m.id < int(params["before"])][-20:]
+        else:
+            chosen = ordered[-20:]
         return JSONResponse({"meta": {"labels": list(conv.labels), "additional_attributes": conv.additional_attributes,
                                       "contact": self._contact_push(conv.contact), "assignee": conv.assignee,
                                       "agent_last_seen_at": iso(conv.agent_last_seen_at)},
-                             "payload": [self._message_push(m) for m in conv.messages]})
+                             "payload": [self._message_push(m) for m in chosen]})
 
     def _create_message(self, role: str, conv: _Conversation | None, params: dict[str, Any],
                         files: list[dict[str, Any]]) -> Response:
@@ -1304,6 +1342,126 @@ class FakeChatwoot:
               files: list[dict[str, Any]]) -> Response:
         assert conv is not None
         return JSONResponse(self.conversation_data(conv.id))
+
+    # ------------------------------------------------------------------------------------------ help center, history
+
+    def portal(self, slug: str, name: str = "Help", *, custom_domain: str | None = None,
+               locales: Iterable[str] = ("en",)) -> dict[str, Any]:
+        """A Help Center portal of the account (``Portal``: slug unique per installation)."""
+        locales = list(locales)
+        self._portals[slug] = {"id": len(self._portals) + 1, "slug": slug, "name": name, "archived": False,
+                               "color": "#1f93ff", "custom_domain": custom_domain, "header_text": name,
+                               "homepage_link": None, "page_title": name, "account_id": self.account_id,
+                               "config": {"allowed_locales": [{"code": c, "articles_count": 0, "categories_count": 0}
+                                                              for c in locales],
+                                          "default_locale": locales[0]}}
+        return self._portals[slug]
+
+    def article(self, portal: str, title: str, content: str, *, status: str = "published", category: str = "",
+                description: str = "") -> int:
+        """An article of ``portal`` (``status``: draft, published, archived); returns its id. Its slug is made
+        as Chatwoot's ``Article#ensure_slug`` makes it: ``<unix time>-<parameterized title>``."""
+        if status not in ("draft", "published", "archived"):
+            raise ValueError("status must be draft, published or archived")
+        now = time.time()
+        article_id = next(self._article_ids)
+        slug = f"{int(now)}-" + "-".join(w for w in "".join(c if c.isalnum() else " " for c in title.lower()).split())
+        self._articles[article_id] = {
+            "id": article_id, "portal": portal, "slug": slug, "title": title, "content": content,
+            "description": description, "status": status, "position": article_id, "locale": "en",
+            "meta": {}, "views": 0, "updated_at": now, "created_at": now, "author_id": self.agent["id"],
+            "category": ({"id": 1, "name": category, "slug": category.lower().replace(" ", "-"), "locale": "en"}
+                         if category else {"id": None, "name": None, "slug": None, "locale": None})}
+        self._notify()
+        return article_id
+
+    def update_article(self, article_id: int, **fields: Any) -> None:
+        """An agent edits an article (``title``, ``content``, ``status``...): ``updated_at`` moves."""
+        self._articles[article_id].update(fields)
+        self._articles[article_id]["updated_at"] = time.time()
+        self._notify()
+
+    def delete_article(self, article_id: int) -> None:
+        del self._articles[article_id]
+        self._notify()
+
+    def article_url(self, article_id: int) -> str:
+        """The article's public page: ``{custom domain or installation}/hc/{portal}/articles/{slug}``."""
+        article = self._articles[article_id]
+        domain = self._portals[article["portal"]].get("custom_domain")
+        root = (domain if "://" in domain else f"https://{domain}") if domain else self.url
+        return f"{root}/hc/{article['portal']}/articles/{article['slug']}"
+
+    def label(self, conversation_id: int, *labels: str, **custom_attributes: Any) -> None:
+        """Agents tag a conversation and fill its custom attributes."""
+        conv = self._conv(conversation_id)
+        conv.labels.extend(labels)
+        conv.custom_attributes.update(custom_attributes)
+        self._notify()
+
+    def _article_data(self, article: dict[str, Any]) -> dict[str, Any]:
+        """``api/v1/accounts/articles/_article.json.jbuilder``."""
+        author = {k: self.agent[k] for k in ("id", "name", "available_name", "avatar_url", "thumbnail")}
+        return {"id": article["id"], "slug": article["slug"], "title": article["title"],
+                "content": article["content"], "description": article["description"], "status": article["status"],
+                "position": article["position"], "account_id": self.account_id,
+                "updated_at": int(article["updated_at"]), "meta": article["meta"], "locale": article["locale"],
+                "associated_article_id": None, "category": dict(article["category"]), "views": article["views"],
+                "author": author, "associated_articles": []}
+
+    async def _account_rest(self, request: Request, name: str,
+                            handler: Callable[[str, dict[str, Any]], Response]) -> Response:
+        return await self._rest(request, name, lambda role, conv, params, files: handler(role, params))
+
+    async def _portal_endpoint(self, request: Request) -> Response:
+        slug = request.path_params["portal_id"]
+
+        def show(role: str, params: dict[str, Any]) -> Response:
+            portal = self._portals.get(slug)
+            if portal is None:  # Current.account.portals.find_by!(slug:) -> RecordNotFound
+                raise _HttpError(404, _NOT_FOUND)
+            return JSONResponse(copy.deepcopy(portal))
+
+        return await self._account_rest(request, "portals.show", show)
+
+    async def _articles_endpoint(self, request: Request) -> Response:
+        slug = request.path_params["portal_id"]
+
+        def index(role: str, params: dict[str, Any]) -> Response:
+            if slug not in self._portals:
+                raise _HttpError(404, _NOT_FOUND)
+            articles = [a for a in self._articles.values() if a["portal"] == slug]
+            counts = {s: sum(1 for a in articles if a["status"] == s) for s in ("draft", "published", "archived")}
+            chosen = [a for a in articles if not params.get("status") or a["status"] == params["status"]]
+            chosen.sort(key=lambda a: (-a["updated_at"], a["id"]))  # order_by_updated_at
+            page = max(1, int(params.get("page") or 1))
+            payload = [self._article_data(a) for a in chosen[(page - 1) * 25:page * 25]]
+            return JSONResponse({"payload": payload, "meta": {
+                "all_articles_count": len(articles), "archived_articles_count": counts["archived"],
+                "articles_count": len(articles), "current_page": str(params.get("page") or 1),
+                "draft_articles_count": counts["draft"], "mine_articles_count": len(articles),
+                "published_count": counts["published"]}})
+
+        return await self._account_rest(request, "articles.index", index)
+
+    async def _conversations_endpoint(self, request: Request) -> Response:
+        def index(role: str, params: dict[str, Any]) -> Response:
+            status = params.get("status") or "open"
+            chosen = [c for c in self._conversations.values() if status == "all" or c.status == status]
+            chosen.sort(key=lambda c: -c.last_activity_at)  # Conversation.latest
+            page = max(1, int(params.get("page") or 1))
+            payload = []
+            for conv in chosen[(page - 1) * 25:page * 25]:
+                data = self.conversation_data(conv.id)
+                data["account_id"] = self.account_id
+                payload.append(data)
+            assigned = sum(1 for c in chosen if c.assignee)
+            return JSONResponse({"data": {"meta": {"mine_count": assigned, "assigned_count": assigned,
+                                                   "unassigned_count": len(chosen) - assigned,
+                                                   "all_count": len(chosen)},
+                                          "payload": payload}})
+
+        return await self._account_rest(request, "conversations.index", index)
 
     async def _profile_endpoint(self, request: Request) -> Response:
         """``GET /api/v1/profile`` (``Api::V1::ProfilesController#show``, an ``Api::BaseController``): the token is

@@ -13,6 +13,9 @@ function, so everything after the mailbox fetch is django-helpdesk's production 
 "attachment"?: {"filename", "mime", "base64"}}`` → ``{"ticket_id", "followup_id", "message_id"}``.
 ``POST /test/customer-ticket/`` — JSON ``{"title", "description", "queue"?: slug (default "support"),
 "submitter_email"?, "attachment"?}`` → ``{"ticket_id", "followup_id", "message_id"}``.
+``POST /test/kb-item/`` — JSON ``{"category": slug, "category_title"?, "public"?, "id"?, "title"?, "question"?,
+"answer"?, "enabled"?, "delete"?}`` → ``{"id", "category"}``: what staff do in the admin (django-helpdesk has no
+API for its knowledge base): create or edit a category and an item (``id`` given: that item), or delete it.
 
 django-helpdesk names e-mailed attachments ``part-<n>_<filename>`` (``process_as_attachment``); the body is
 sent as quoted-printable UTF-8, as mail clients do for non-ASCII text. (A 7bit/8bit body is decoded by
@@ -121,3 +124,27 @@ def customer_ticket(request: HttpRequest) -> JsonResponse:
     message = _email(data.get("submitter_email", "customer@example.com"), queue.email_address, data["title"],
                      data["description"], data.get("attachment"))
     return _deliver(message, queue)
+
+
+@csrf_exempt
+@require_POST
+def kb_item(request: HttpRequest) -> JsonResponse:
+    """Staff write the knowledge base in the admin: a category (created on first use) and one of its items."""
+    from helpdesk.models import KBCategory, KBItem
+
+    data = json.loads(request.body)
+    if data.get("delete"):
+        KBItem.objects.filter(id=int(data["id"])).delete()
+        return JsonResponse({"id": int(data["id"]), "category": None})
+    slug = data["category"]
+    category, _ = KBCategory.objects.update_or_create(slug=slug, defaults={
+        "name": data.get("category_title", slug), "title": data.get("category_title", slug),
+        "description": data.get("category_description", ""), "public": data.get("public", True)})
+    item = KBItem.objects.get(id=int(data["id"])) if data.get("id") else KBItem(category=category)
+    for field in ("title", "question", "answer", "enabled"):
+        if field in data:
+            setattr(item, field, data[field])
+    item.category = category
+    item.last_updated = None  # KBItem.save() stamps it
+    item.save()
+    return JsonResponse({"id": item.id, "category": category.slug})

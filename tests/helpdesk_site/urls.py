@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("test/customer-followup/", testhooks.customer_followup),
     path("test/customer-ticket/", testhooks.customer_ticket),
+    path("test/kb-item/", testhooks.kb_item),
     path("", include("helpdesk.urls", namespace="helpdesk")),
     *static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT),
 ]
