@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 
 from adapters.server import Service, build_app
-from adapters.web import CSRF_HEADER, WebAdapter
+from adapters.web import CSRF_HEADER
+from adapters.web.adapter import WebAdapter
 from bot.config import Settings
 from bot.engines import Engine
 from bot.runtime import Runtime
@@ -84,7 +85,7 @@ async def sse_events(client: httpx.AsyncClient, until: str = "done", limit: int 
 
 
 def streams(live: Live) -> set[int]:
-    return {id(q) for s in live.web._sessions.values() for q in s.streams}
+    return {id(q) for s in live.web.sessions.live.values() for q in s.streams}
 
 
 async def subscribed(live: Live, before: set[int]) -> None:

@@ -506,13 +506,13 @@ async def test_a_question_answered_again_by_another_replica_shows_one_answer(tmp
             await expect(page.locator(".msg.assistant:not(.greeting) .body")).to_have_text(["echo: is the kettle broken?"])
             # each message carries its own request id: a proxy passing it on again gets it stored once
             assert len(posted) == 1 and re.fullmatch(r"[0-9a-f]{32}", posted[0].get("x-request-id", ""))
-            (sid,) = list(live.web._sessions)
+            (sid,) = list(live.web.sessions.live)
             (question,) = [m for m in await live.runtime.manager.store.transcript(ConversationKey("web", sid))
                            if m.role == "user"]
             # what the replica taking over sends, as the bus delivers it
             for event in ({"type": "partial", "text": "echo:"}, {"type": "chunk", "text": " again"},
                           {"type": "done", "text": "echo: again", "html": "<p>echo: again</p>"}):
-                live.web._apply({"sid": sid, "event": {**event, "reply_to": question.id}})
+                live.web.sessions.apply({"sid": sid, "event": {**event, "reply_to": question.id}})
             await expect(page.locator(".msg.assistant:not(.greeting) .body")).to_have_text(["echo: again"])
             await expect(page.locator(".msg.assistant.streaming")).to_have_count(0)
         finally:

@@ -319,35 +319,36 @@ async def test_a_failure_mid_answer_leaves_no_stale_partial(tmp_path: Path) -> N
 async def test_answers_that_never_finish_do_not_grow_memory(tmp_path: Path) -> None:
     """Partial answers whose replica died (no "done" ever comes) and no page watches are bounded; a session
     with an open page is never dropped, and a stopped turn leaves no partial behind."""
-    from adapters.web import MAX_IDLE_SESSIONS, WebAdapter
+    from adapters.web.adapter import WebAdapter
+    from adapters.web.sessions import MAX_IDLE_SESSIONS
     from bot.conversation.manager import ConversationManager
     from bot.store import MemoryStore
 
     settings = make_settings(tmp_path)
     web = WebAdapter(ConversationManager(settings, MemoryStore(), EchoEngine()), settings)
     watched: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-    web.session("open-page").streams.add(watched)
-    web._apply({"sid": "open-page", "event": {"type": "chunk", "text": "half"}})
+    web.sessions.get("open-page").streams.add(watched)
+    web.sessions.apply({"sid": "open-page", "event": {"type": "chunk", "text": "half"}})
     for i in range(MAX_IDLE_SESSIONS + 50):
-        web._apply({"sid": f"gone-{i}", "event": {"type": "chunk", "text": "an answer that never ends"}})
-    assert len(web._sessions) <= MAX_IDLE_SESSIONS + 1
-    assert "open-page" in web._sessions and f"gone-{MAX_IDLE_SESSIONS + 49}" in web._sessions
-    web._apply({"sid": "stopped", "event": {"type": "chunk", "text": "x"}})
-    web._apply({"sid": "stopped", "event": {"type": "stopped"}})
-    assert "stopped" not in web._sessions
+        web.sessions.apply({"sid": f"gone-{i}", "event": {"type": "chunk", "text": "an answer that never ends"}})
+    assert len(web.sessions.live) <= MAX_IDLE_SESSIONS + 1
+    assert "open-page" in web.sessions.live and f"gone-{MAX_IDLE_SESSIONS + 49}" in web.sessions.live
+    web.sessions.apply({"sid": "stopped", "event": {"type": "chunk", "text": "x"}})
+    web.sessions.apply({"sid": "stopped", "event": {"type": "stopped"}})
+    assert "stopped" not in web.sessions.live
 
 
 class TestWebSink(SinkContract):
     @pytest.fixture
     def screen(self, tmp_path: Path) -> Screen:
-        from adapters.web import WebAdapter
+        from adapters.web.adapter import WebAdapter
         from bot.conversation.manager import ConversationManager
         from bot.store import MemoryStore
 
         settings = make_settings(tmp_path)
         web = WebAdapter(ConversationManager(settings, MemoryStore(), EchoEngine()), settings)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        web.session("c1").streams.add(queue)
+        web.sessions.get("c1").streams.add(queue)
         seen: list[dict[str, Any]] = []
 
         def drain() -> None:
