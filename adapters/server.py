@@ -37,7 +37,8 @@ from adapters.common.http import install_error_handlers
 from adapters.operator import OperatorInbox
 from adapters.registry import ServedAdapter
 from adapters.sources import SourceFiles
-from adapters.web import WebAdapter, WebSettings, session_secret
+from adapters.web import WebSettings, session_secret
+from adapters.web.adapter import WebAdapter
 from bot.config import Settings
 from bot.engines import build_engine
 from bot.errors import StartupError
