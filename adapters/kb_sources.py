@@ -32,10 +32,8 @@ Redirects are not followed, so a token never leaves the configured host.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from html.parser import HTMLParser
 from typing import Any
@@ -45,6 +43,7 @@ import httpx
 
 from adapters.common.urlguard import require_https
 from bot.config import Settings
+from bot.errors import retry_after_seconds
 from bot.knowledge.chunking import MARKDOWN, TEXT, clean
 from bot.knowledge.remote import RemoteDocument, RemoteSource, SourceUnavailable
 from bot.ops.checks import shown
@@ -58,21 +57,6 @@ PLATFORMS = ("chatwoot", "django-helpdesk")
 MAX_PAGES = 1000  # a listing that keeps giving pages past this is not one we are reading right
 RESOLVED, CLOSED = 3, 4  # django-helpdesk's statuses of a solved ticket
 INCOMING, OUTGOING = 0, 1  # Chatwoot's message_type in REST answers
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class Fetcher:
@@ -121,7 +105,7 @@ class Fetcher:
                 return response
             if status == 429:
                 limited += 1
-                wait = _retry_after(response.headers.get("Retry-After"))
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
                 wait = self.backoff * 2 ** limited if wait is None else wait
                 if wait > self.max_wait or limited >= self.rate_attempts:
                     raise self.fail(url, f"rate limited (HTTP 429, Retry-After {wait:.0f} s, {limited} tries)",

@@ -7,6 +7,8 @@ the user's language, so errors never carry English prose into a Portuguese conve
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import time
 from typing import Any
 
 import httpx
@@ -209,3 +211,20 @@ def describe(exc: BaseException) -> str:
     if not text and isinstance(exc, TimeoutError | httpx.TimeoutException):
         text = "timed out"
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from an HTTP ``Retry-After`` header (delta-seconds or an HTTP date); None when absent or
+    unreadable (a date in the past is 0)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import io
 import json
 import logging
@@ -59,7 +58,7 @@ from bot.engines.base import (
     layout,
     neutralize,
 )
-from bot.errors import EngineError, EngineUnavailable, StartupError
+from bot.errors import EngineError, EngineUnavailable, StartupError, retry_after_seconds
 from bot.media.images import IMAGE_SIZE, grid_for, tile_count
 
 log = logging.getLogger(__name__)
@@ -114,21 +113,6 @@ class CircuitBreaker:
             if self.opened_at is None:
                 log.error("engine circuit opened after %d failed requests in a row", self.consecutive)
             self.opened_at = self.clock()
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _error_text(payload: Any) -> tuple[str, int | None]:
@@ -397,7 +381,7 @@ class OpenAIHTTPEngine(LimitedEngine):
         finally:
             await response.aclose()
         if response.status_code == 429 or response.status_code >= 500:
-            raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after")))
+            raise _Retryable(f"HTTP {response.status_code}", retry_after_seconds(response.headers.get("retry-after")))
         try:
             message, _ = _error_text(response.json())
         except ValueError:
