@@ -195,3 +195,32 @@ async def test_agent_assist_drafts_cite_the_same_way(tmp_path: Path, base: dict[
         note = next(n for n in h.cw.private_notes(conv) if "Sources" in n)
         assert "1. Pump X200 manual p.2" in note.split("Sources", 1)[1]
         assert h.cw.public_replies(conv) == []
+
+
+async def test_an_adapter_bound_to_a_base_searches_it_whatever_the_persona(tmp_path: Path,
+                                                                          base: dict[str, Any]) -> None:
+    """``adapters.web.knowledge: [support]``: the web chat's turns search the base although their persona
+    (diagnosis) names none; the console of the same process, not bound, does not search at all."""
+    import io
+
+    from adapters.console import ConsoleAdapter
+
+    engine = EchoEngine(record=True)
+    conversation = {**base["overrides"]["conversation"], "default_persona": "diagnosis"}
+    settings = make_settings(tmp_path, conversation=conversation, server={"public_url": PUBLIC},
+                             adapters={"web": {"enabled": True, "knowledge": ["support"]}})
+    async with live_server(settings, engine) as live, live.client() as client:
+        await open_session(client)
+        text = await ask(live, client, "What does error E21 on my pump mean?")
+        assert "[knowledge 1: Pump X200 manual p.2]" in text, text
+        [(label, url)] = [link for link in footer_links(text) if "Pump" in link[0]]
+        assert label == "Pump X200 manual p.2" and url.startswith(f"{PUBLIC}/kb/files/")
+        assert (await client.get(urlsplit(url).path)).content == base["pdf"].read_bytes()
+        out = io.StringIO()
+        console = ConsoleAdapter(live.runtime.manager, conversation="ops", stdin=io.StringIO("pump error E21?\n"),
+                                 stdout=out)
+        await console.run()
+        assert "echo: pump error E21?" in out.getvalue()
+        assert "[knowledge" not in out.getvalue() and "Sources" not in out.getvalue()
+        # not searched at all: no "nothing found" note either
+        assert "documentation" not in engine.calls[-1][-1].prompt_text

@@ -111,8 +111,10 @@ class Answerer:
                               tuple(resolved.videos))
         budget = ((self.settings.conversation.history_token_budget or self.engine.info.context_length)
                   - self.settings.engine.generation.max_new_tokens)
-        if persona.knowledge and self.reader is not None:
-            current = await self.reader.prompt_with(turn.msg, persona, current, budget)
+        # the persona's bases and those bound to the adapter (adapters.<name>.knowledge), each once
+        bases = tuple(dict.fromkeys((*persona.knowledge, *self.settings.adapter_knowledge(msg.key.platform))))
+        if bases and self.reader is not None:
+            current = await self.reader.prompt_with(turn.msg, persona, current, budget, bases=bases)
         prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
         if prompt.reduced:
             await turn.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))

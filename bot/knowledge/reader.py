@@ -1,4 +1,4 @@
-"""A turn's reading of its persona's knowledge bases: the passages (and pages) put before the question, and
+"""A turn's reading of its knowledge bases (its persona's and its adapter's): the passages (and pages) put before the question, and
 the Sources footer put after the answer. The conversation manager holds one (``manager.reader``)."""
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ class KnowledgeReader:
         self._pages: LRUCache[tuple[str, int], np.ndarray] = LRUCache(maxsize=SOURCE_PAGES_KEPT)
 
     async def prompt_with(self, msg: StoredMessage, persona: Persona, current: ChatMessage,
-                          budget: int) -> ChatMessage:
-        """``current`` with the passages of the persona's bases that match the question — and the user's
-        previous question, so "and the valve?" still finds the pump's manual — as many as fit a third of the
-        prompt's budget, best first, with the best pages as images; or, when nothing matches, the note to
-        say so."""
+                          budget: int, *, bases: Sequence[str]) -> ChatMessage:
+        """``current`` with the passages of ``bases`` (the persona's and the adapter's) that match the
+        question — and the user's previous question, so "and the valve?" still finds the pump's manual — as
+        many as fit a third of the prompt's budget, best first, with the best pages as images; or, when
+        nothing matches, the note to say so."""
         query = current.text
         if len(query.split()) < FOLLOW_UP_WORDS:
             earlier = [m for m in await self.store.transcript(msg.key, limit=6)
@@ -57,7 +57,7 @@ class KnowledgeReader:
             if earlier:
                 query = f"{earlier[-1].text} {query}"
         try:
-            found = await self.index.search(persona.knowledge, query, k=TOP_K)
+            found = await self.index.search(bases, query, k=TOP_K)
         except Exception as exc:  # the answer goes on without it; the operator reads why
             log.warning("knowledge search for %s failed (%s): answered without the knowledge bases", msg.key,
                         describe(exc))
