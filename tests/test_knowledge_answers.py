@@ -21,6 +21,7 @@ from bot.engines import EchoEngine
 from bot.engines.base import ChatMessage
 from bot.knowledge.base import Passage
 from bot.knowledge.citing import cited, sources_footer
+from bot.l10n import i18n
 from tests.conftest import ROOT, make_settings
 from tests.live_server import exchange, live_server, open_session
 from tests.test_knowledge import make_pdf
@@ -224,3 +225,51 @@ async def test_an_adapter_bound_to_a_base_searches_it_whatever_the_persona(tmp_p
         assert "[knowledge" not in out.getvalue() and "Sources" not in out.getvalue()
         # not searched at all: no "nothing found" note either
         assert "documentation" not in engine.calls[-1][-1].prompt_text
+
+
+def tight(tmp_path: Path, base: dict[str, Any], budget: int) -> Any:
+    """Settings whose prompts hold ``budget`` tokens, with a persona of one sentence bound to the base by the web
+    chat."""
+    personas = Path(base["overrides"]["conversation"]["personas_dir"])
+    (personas / "terse.yaml").write_text("name: terse\nsystem: Answer from the manual.\n", encoding="utf-8")
+    return make_settings(tmp_path, server={"public_url": PUBLIC},
+                         conversation={"personas_dir": str(personas), "default_persona": "terse",
+                                       "history_token_budget": 64 + budget},
+                         engine={"generation": {"max_new_tokens": 64}},
+                         adapters={"web": {"enabled": True, "knowledge": ["support"]}})
+
+
+async def test_passages_and_pages_left_out_by_the_budget_are_said(tmp_path: Path, base: dict[str, Any]) -> None:
+    """A tight prompt: a third of it holds the best passage of the manual but not the next two, and no room is
+    left for its page as an image; the user is told both, as for their own images, in their language."""
+    engine = EchoEngine(record=True)
+    settings = tight(tmp_path, base, 240)
+    async with live_server(settings, engine) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, "Pump X200 installation, error codes and warranty")
+        notes = [e["text"] for e in events if e["type"] == "notice"]
+        [done] = [e["text"] for e in events if e["type"] == "done"]
+        assert "[knowledge 1: Pump X200 manual p.2]" in done and "[knowledge 2:" not in done, done
+        assert i18n.text("knowledge_left_out", "en", count=2) in notes, notes
+        assert i18n.text("source_pages_left_out", "en", count=1) in notes, notes
+        prompt = engine.calls[-1][-1]
+        assert len(prompt.knowledge) == 1 and not prompt.images  # the page left out, its passage's text kept
+        assert "**Sources**" in done and "Pump X200 manual p.2" in done.split("**Sources**", 1)[1]
+        # a question whose one passage fits: only its page is said to be left out
+        _, events = await exchange(live, client, "How long does the warranty of the Pump X200 last?")
+        notes = [e["text"] for e in events if e["type"] == "notice"]
+        assert notes == [i18n.text("source_pages_left_out", "en", count=1)], notes
+
+
+async def test_when_no_passage_fits_the_model_is_not_told_the_documentation_has_nothing(
+        tmp_path: Path, base: dict[str, Any]) -> None:
+    engine = EchoEngine(record=True)
+    async with live_server(tight(tmp_path, base, 150), engine) as live, live.client() as client:
+        await open_session(client)
+        _, events = await exchange(live, client, "Pump X200 installation, error codes and warranty")
+        notes = [e["text"] for e in events if e["type"] == "notice"]
+        [done] = [e["text"] for e in events if e["type"] == "done"]
+        assert notes == [i18n.text("knowledge_left_out", "en", count=3)], notes
+        assert "[knowledge" not in done and "Sources" not in done
+        prompt = engine.calls[-1][-1].prompt_text
+        assert "do not fit in this conversation" in prompt and "nothing about this question" not in prompt
