@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     kb_add = kbsub.add_parser("add", help="index files and folders into BASE (kept as its sources; rerun-safe)")
     kb_add.add_argument("base")
     kb_add.add_argument("paths", nargs="+", metavar="PATH", help="PDF, Markdown, HTML, text or image files, folders")
+    kb_add.add_argument("--ocr", action="store_true",
+                        help="PDF pages without a text layer (scans) are read by the configured engine; "
+                             "kb sync remembers it for these sources")
     kb_sync = kbsub.add_parser("sync", help="re-read BASE's sources: changed and new files, drop vanished ones")
     kb_sync.add_argument("base")
     kbsub.add_parser("list", help="every base: documents, chunks, last sync, sources")
@@ -94,17 +97,23 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
     from bot.knowledge import open_index
-    from bot.knowledge.ingest import Ingester
+    from bot.knowledge.ingest import OCR, Ingester
+    from bot.knowledge.ocr import EngineReader, engine_reader
 
+    ocr: EngineReader | None = None
+    if getattr(args, "ocr", False):
+        ocr = engine_reader(settings)  # a demo model is refused before anything is read
     store = open_store(settings)
     await store.open()
     try:
         index = open_index(settings, store)
-        ingester = Ingester(index, store, settings.knowledge)
+        if ocr is None and args.kb_command == "sync" and any(s.kind == OCR for s in await index.sources(args.base)):
+            ocr = engine_reader(settings)  # sources added with --ocr are read with it again
+        ingester = Ingester(index, store, settings.knowledge, ocr=ocr)
         command = args.kb_command
         if command in ("add", "sync"):
             try:
-                report = await (ingester.add(args.base, args.paths) if command == "add"
+                report = await (ingester.add(args.base, args.paths, ocr=ocr is not None) if command == "add"
                                 else ingester.sync(args.base))
             except (KeyboardInterrupt, asyncio.CancelledError):
                 print(f"interrupted: what was indexed is kept; `internvl-bot kb sync {args.base}` resumes",
@@ -119,7 +128,8 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
                 print("no knowledge base yet: internvl-bot kb add BASE PATH...")
             for name in names:
                 summary = bases.get(name)
-                sources = list(dict.fromkeys([*(s.location for s in (summary.sources if summary else ())),
+                sources = list(dict.fromkeys([*(s.location + (" (ocr)" if s.kind == OCR else "")
+                                                for s in (summary.sources if summary else ())),
                                               *(settings.knowledge.bases[name].sources
                                                 if name in settings.knowledge.bases else [])]))
                 synced = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.synced_at)) \
@@ -152,6 +162,8 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         raise ValueError(f"unknown kb command {command!r}")
     finally:
+        if ocr is not None:
+            await ocr.close()
         await store.close()
 
 
