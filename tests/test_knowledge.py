@@ -717,3 +717,14 @@ async def test_ocr_with_the_tiny_transformers_internvl(demo_model: Path, tmp_pat
     index.min_score = 0.0
     [found] = await index.search(["manuals"], readings[0], k=1)
     assert found.page == 1 and found.text == Chunker().split(clean(readings[0]))[0]
+
+
+def test_ocr_with_an_engine_that_cannot_answer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nlogging:\n  level: WARNING\nengine:\n  kind: openai_http\n"
+                      "  openai_http:\n    base_url: http://127.0.0.1:9/v1\n    retries: 0\n", encoding="utf-8")
+    pdf = scanned_pdf(tmp_path / "scan.pdf", [None])
+    assert kb(config, "add", "manuals", str(pdf), "--ocr") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "kb --ocr: the engine (engine.kind: openai_http) cannot read pages: " in err
+    assert "add the files without --ocr" in err
