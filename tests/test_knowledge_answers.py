@@ -201,14 +201,14 @@ async def test_agent_assist_drafts_cite_the_same_way(tmp_path: Path, base: dict[
 async def test_an_adapter_bound_to_a_base_searches_it_whatever_the_persona(tmp_path: Path,
                                                                           base: dict[str, Any]) -> None:
     """``adapters.web.knowledge: [support]``: the web chat's turns search the base although their persona
-    (diagnosis) names none; the console of the same process, not bound, does not search at all."""
+    (diagnosis, built-in; no persona names a base) names none, and its links work; the console of the same
+    process, not bound, does not search at all."""
     import io
 
     from adapters.console import ConsoleAdapter
 
     engine = EchoEngine(record=True)
-    conversation = {**base["overrides"]["conversation"], "default_persona": "diagnosis"}
-    settings = make_settings(tmp_path, conversation=conversation, server={"public_url": PUBLIC},
+    settings = make_settings(tmp_path, server={"public_url": PUBLIC},
                              adapters={"web": {"enabled": True, "knowledge": ["support"]}})
     async with live_server(settings, engine) as live, live.client() as client:
         await open_session(client)
