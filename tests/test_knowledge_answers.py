@@ -1,6 +1,7 @@
 """Answers from a knowledge base, end to end: ``internvl-bot kb add`` indexes a PDF manual and a Markdown FAQ,
-a persona names the base, and a question on the web chat, Telegram and Chatwoot is answered with the
-passages the echo engine lists (``[knowledge k: title p.N]``) and a Sources footer whose links work."""
+a persona names the base, and a question on the web chat, Telegram, Chatwoot, Slack, django-helpdesk and the
+helpdesk API is answered with the passages the echo engine lists (``[knowledge k: title p.N]``) and a Sources
+footer whose links work."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 from PIL import Image
 
 from adapters.cli import main
+from adapters.django_helpdesk import WEBHOOK_PATH
 from bot.engines import EchoEngine
 from bot.engines.base import ChatMessage
 from bot.knowledge.base import Passage
@@ -273,3 +275,95 @@ async def test_when_no_passage_fits_the_model_is_not_told_the_documentation_has_
         assert "[knowledge" not in done and "Sources" not in done
         prompt = engine.calls[-1][-1].prompt_text
         assert "do not fit in this conversation" in prompt and "nothing about this question" not in prompt
+
+
+async def fetched(base_url: str, link: str) -> bytes:
+    """What a Sources link serves: its path on this server (the public host is the proxy's)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        response = await http.get(urlsplit(link).path)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/pdf", response.text
+    return response.content
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["streamed", "posted"])
+async def test_slack_shows_the_sources_as_slack_links(tmp_path: Path, base: dict[str, Any],
+                                                      monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """Streamed (chat.startStream), the answer is Slack Markdown (``markdown_text``): ``[title](url)``; posted, its
+    Markdown goes in a markdown block and what notifications show is mrkdwn, ``<url|title>``."""
+    from tests.test_slack import CHANNEL, mention, slack
+
+    shutil.copytree(tmp_path / "data", tmp_path / "sl" / "data")
+    async with slack(tmp_path / "sl", monkeypatch, mode="http", conversation=base["overrides"]["conversation"],
+                     server={"public_url": PUBLIC}, native_streaming=native) as h:
+        payload = mention(h, "what does error E21 on the pump mean?")
+        assert (await h.slack.post_event(h.url, payload)).status_code == 200
+        ts = payload["event"]["ts"]
+        await h.slack.wait_for(lambda: any("Sources" in m.text and not m.streaming for m in h.thread(CHANNEL, ts)),
+                               15)
+        [answer] = [m for m in h.thread(CHANNEL, ts) if "Sources" in m.text]
+        assert "[knowledge 1: Pump X200 manual p.2]" in answer.text
+        markdown = answer.text if native else next(b["text"] for b in answer.blocks or [] if b["type"] == "markdown")
+        [link] = re.findall(r"\[Pump X200 manual p\.2\]\((https?://[^)\s]+)\)", markdown)
+        assert link.startswith(f"{PUBLIC}/kb/files/") and link.endswith("#page=2")
+        if not native:
+            assert f"<{link}|Pump X200 manual p.2>" in answer.text
+        assert await fetched(h.url.rsplit("/slack/events", 1)[0], link) == base["pdf"].read_bytes()
+
+
+async def test_the_helpdesk_api_reply_carries_the_sources_by_callback_and_by_polling(
+        tmp_path: Path, base: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_helpdesk_api import helpdesk_api
+
+    shutil.copytree(tmp_path / "data", tmp_path / "api" / "data")
+    async with helpdesk_api(tmp_path / "api", monkeypatch, settings=base["overrides"]) as h:
+        assert (await h.message("T-7", "What does error E21 on my pump mean?")).status_code == 202
+        [called] = await h.receiver.wait_for(1)
+        await h.idle()
+        [polled] = (await h.poll("T-7"))["replies"]
+        assert polled["text"] == called["text"] and polled["type"] == "answer"
+        text = polled["text"]
+        assert "[knowledge 1: Pump X200 manual p.2]" in text and "**Sources**" in text
+        [(label, link)] = [pair for pair in footer_links(text) if "Pump" in pair[0]]
+        assert label == "Pump X200 manual p.2" and link.startswith(f"{PUBLIC}/kb/files/") and link.endswith("#page=2")
+        assert await fetched(h.url, link) == base["pdf"].read_bytes()
+
+
+@pytest.mark.slow
+async def test_django_helpdesk_follow_up_carries_the_sources_as_text_and_html(
+        tmp_path: Path, base: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The follow-up's comment is the Markdown footer: staff read it as Markdown, the customer's public ticket page
+    as text through Django's urlize; both link the manual at its page, and the link serves it."""
+    from tests.test_django_helpdesk import helpdesk_bot, helpdesk_peer
+
+    shutil.copytree(tmp_path / "data", tmp_path / "dh" / "data")
+    async with helpdesk_peer(tmp_path / "dh", monkeypatch) as peer, \
+            helpdesk_bot(tmp_path / "dh", peer, settings=base["overrides"]) as h:
+        ticket = await h.site.customer_ticket("Pump error E21", "What does error E21 on my pump mean?")
+        [followup] = await h.until(lambda: h.bot_followups(ticket))
+        comment = followup["comment"]
+        assert followup["public"] is True and "[knowledge 1: Pump X200 manual p.2]" in comment
+        [(label, link)] = re.findall(r"\[(Pump[^\]]+)\]\( (https?://\S+) \)", comment.split("**Sources**")[1])
+        assert label == "Pump X200 manual p.2" and link.startswith(f"{PUBLIC}/kb/files/") and link.endswith("#page=2")
+        # the ticket's secret key, from the e-mails django-helpdesk sent the customer
+        [key] = {k for mail in h.site.sent_mail() for k in re.findall(r"key=([0-9a-f-]{36})", mail)}
+        async with h.site.client(None) as customer:
+            page = await customer.get("/view/", params={"ticket": f"support-{ticket}",
+                                                        "email": "customer@example.com", "key": key})
+        assert page.status_code == 200, page.text[:300]
+        # the customer's page links the manual itself (it once linked "http://p.2](https://…")
+        hrefs = re.findall(r'<a href="([^"]+)"', page.text)
+        assert link.replace("&", "&amp;") in hrefs and not [u for u in hrefs if "](" in u], hrefs
+        # staff read it as Markdown (django-helpdesk's get_markdown: python-markdown): the same link
+        import markdown
+
+        assert f'<a href="{link}">Pump X200 manual p.2</a>' in markdown.markdown(comment)
+        assert await fetched(peer.hook.split(WEBHOOK_PATH)[0], link) == base["pdf"].read_bytes()
+
+
+def test_django_helpdesk_links_are_spaced_for_urlize_and_back_for_drafts() -> None:
+    from adapters.django_helpdesk import spaced_links, unspaced_links
+
+    text = "See [Manual p.2](https://bot.example.com/kb/files/t#page=2) and [x](mailto:a@b.c), [y] (z)."
+    assert spaced_links(text) == ("See [Manual p.2]( https://bot.example.com/kb/files/t#page=2 ) and "
+                                  "[x](mailto:a@b.c), [y] (z).")
+    assert unspaced_links(spaced_links(text)) == text
