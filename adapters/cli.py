@@ -232,7 +232,8 @@ async def _migrate(settings: Settings) -> int:
         raise StartupError(f"set the environment variable {settings.store.url_env} to the PostgreSQL database "
                            "to copy into (postgresql://user:password@host:5432/db)")
     print(f"copying {settings.store_path} into PostgreSQL…", file=sys.stderr, flush=True)
-    report = await copy_sqlite_to_postgres(settings.store_path, settings.data_path / "attachments", url)
+    report = await copy_sqlite_to_postgres(settings.store_path, settings.data_path / "attachments", url,
+                                           languages={n: b.language for n, b in settings.knowledge.bases.items()})
     print(f"copied: {report.line()}")
     if report.missing_files:
         print(f"warning: {len(report.missing_files)} attachment file(s) were missing from "

@@ -728,3 +728,81 @@ def test_ocr_with_an_engine_that_cannot_answer_is_one_line(tmp_path: Path, capsy
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "kb --ocr: the engine (engine.kind: openai_http) cannot read pages: " in err
     assert "add the files without --ocr" in err
+
+
+def test_migrate_copies_the_knowledge_bases_to_postgres(tmp_path: Path, docs: Path, echo_config: Path, postgres: Any,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite -> PostgreSQL: sources (an --ocr one stays one), documents, chunks and vectors; the bases answer the
+    same on PostgreSQL without `kb add` again, and a second copy doubles nothing."""
+    import asyncio
+
+    import numpy as np
+
+    from bot.knowledge.postgres import PostgresKnowledge
+    from bot.knowledge.sqlite import SQLiteKnowledge
+    from bot.store.postgres.store import PostgresStore
+
+    (tmp_path / "scans").mkdir()
+    scanned_pdf(tmp_path / "scans" / "scan.pdf", [None])
+    assert kb(echo_config, "add", "manuals", str(docs)) == 0
+    assert kb(echo_config, "add", "manuals", str(tmp_path / "scans"), "--ocr") == 0
+    questions = ["how often do I need to clean the impeller?", "router factory reset", "水泵保修期多长",
+                 "controller terminal wiring", "read all the text in this page"]
+    before = [search(echo_config, capsys, "manuals", q) for q in questions]
+    unit = np.zeros(8, dtype=np.float32)
+    unit[3] = 1.0
+
+    async def embed() -> int:  # vectors as `kb add` leaves them with an embeddings endpoint
+        lite = SQLiteStore(tmp_path / "data" / "internvl-bot.sqlite3", tmp_path / "data" / "attachments")
+        await lite.open()
+        try:
+            index = SQLiteKnowledge(lite)
+            missing = await index.missing_vectors("manuals", "bge-m3", 1000)
+            await index.put_vectors("bge-m3", [(cid, (unit if n == 0 else np.roll(unit, n)).tolist())
+                                               for n, (cid, _) in enumerate(missing)])
+            return len(missing)
+        finally:
+            await lite.close()
+
+    vectors = asyncio.run(embed())
+    url = postgres.database()
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", url)
+    capsys.readouterr()
+    assert main(["--config", str(echo_config), "migrate", "--to", "postgres"]) == 0
+    out = capsys.readouterr().out
+    assert "kb_sources 2 new, 0 already there; kb_documents 8 new, 0 already there" in out, out
+    assert f"kb_vectors {vectors} new, 0 already there" in out
+    assert main(["--config", str(echo_config), "migrate", "--to", "postgres"]) == 0  # again: nothing doubled
+    out = capsys.readouterr().out
+    assert f"kb_documents 0 new, 8 already there; kb_chunks 0 new, {vectors} already there; kb_vectors 0 new, " \
+           f"{vectors} already there" in out, out
+    # a document changed in SQLite since (kb sync there): copied again, replacing the first copy
+    (docs / "notes.txt").write_text("Service hotline\n\nCall the service hotline on weekdays from 9 to 17.\n",
+                                    encoding="utf-8")
+    assert kb(echo_config, "sync", "manuals") == 0
+    capsys.readouterr()
+    assert main(["--config", str(echo_config), "migrate", "--to", "postgres"]) == 0
+    assert "kb_documents 1 new, 7 already there" in capsys.readouterr().out
+
+    on_postgres = tmp_path / "postgres.yaml"
+    on_postgres.write_text(echo_config.read_text() + "store:\n  backend: postgres\n", encoding="utf-8")
+    after = [search(on_postgres, capsys, "manuals", q) for q in questions]
+    assert [[(f["doc"], f["page"]) for f in found][:1] for found in after] == \
+        [[(f["doc"], f["page"]) for f in found][:1] for found in before]
+    assert "from 9 to 17" in search(on_postgres, capsys, "manuals", "service hotline weekdays")[0]["text"]
+    assert after[-1] and "[page-1: " in after[-1][0]["text"]  # the page read by OCR, copied as read
+    assert kb(on_postgres, "list") == 0
+    listed = capsys.readouterr().out
+    assert f"manuals: 8 documents, {vectors} chunks" in listed and f"{tmp_path / 'scans'} (ocr)" in listed
+
+    async def nearest() -> list[Any]:
+        pg = PostgresStore(url)
+        await pg.open()
+        try:
+            return await PostgresKnowledge(pg).nearest(["manuals"], "bge-m3", unit.tolist(), 1)
+        finally:
+            await pg.close()
+
+    [closest] = asyncio.run(nearest())
+    assert closest.score > 0.99  # the vector of the first chunk, copied as it was
