@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     kb_add.add_argument("--solved-tickets", action="append", default=[], choices=["chatwoot", "django-helpdesk"],
                         help="resolved conversations / closed tickets: the question and the agent's answer, with "
                              "e-mails, phone numbers and names removed")
+    kb_add.add_argument("--ocr", action="store_true",
+                        help="PDF pages without a text layer (scans) are read by the configured engine; "
+                             "kb sync remembers it for these sources")
     kb_sync = kbsub.add_parser("sync", help="re-read BASE's sources: changed and new files, drop vanished ones")
     kb_sync.add_argument("base")
     kbsub.add_parser("list", help="every base: documents, chunks, last sync, sources")
@@ -107,15 +110,21 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
 
     from adapters import kb_sources
     from bot.knowledge import open_index
-    from bot.knowledge.ingest import Ingester
+    from bot.knowledge.ingest import OCR, Ingester
+    from bot.knowledge.ocr import EngineReader, engine_reader
 
+    ocr: EngineReader | None = None
+    if getattr(args, "ocr", False):
+        ocr = engine_reader(settings)  # a demo model is refused before anything is read
     store = open_store(settings)
     await store.open()
     # the platforms' sources read through one client; no redirect is followed (a token stays on its host)
     http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
     try:
         index = open_index(settings, store)
-        ingester = Ingester(index, store, settings.knowledge, remote=kb_sources.resolver(settings, http))
+        if ocr is None and args.kb_command == "sync" and any(s.kind == OCR for s in await index.sources(args.base)):
+            ocr = engine_reader(settings)  # sources added with --ocr are read with it again
+        ingester = Ingester(index, store, settings.knowledge, remote=kb_sources.resolver(settings, http), ocr=ocr)
         command = args.kb_command
         if command in ("add", "sync"):
             wanted = [*args.paths, *kb_sources.locations(
@@ -125,7 +134,7 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
                 raise ValueError("kb add: name what to index: PATH..., --chatwoot-portal SLUG, --django-helpdesk-kb "
                                  "or --solved-tickets chatwoot|django-helpdesk")
             try:
-                report = await (ingester.add(args.base, wanted) if command == "add"
+                report = await (ingester.add(args.base, wanted, ocr=ocr is not None) if command == "add"
                                 else ingester.sync(args.base))
             except (KeyboardInterrupt, asyncio.CancelledError):
                 print(f"interrupted: what was indexed is kept; `internvl-bot kb sync {args.base}` resumes",
@@ -142,7 +151,8 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
                 print("no knowledge base yet: internvl-bot kb add BASE PATH...")
             for name in names:
                 summary = bases.get(name)
-                sources = list(dict.fromkeys([*(s.location for s in (summary.sources if summary else ())),
+                sources = list(dict.fromkeys([*(s.location + (" (ocr)" if s.kind == OCR else "")
+                                                for s in (summary.sources if summary else ())),
                                               *(settings.knowledge.bases[name].sources
                                                 if name in settings.knowledge.bases else [])]))
                 synced = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.synced_at)) \
@@ -176,6 +186,8 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> int:
         raise ValueError(f"unknown kb command {command!r}")
     finally:
         await http.aclose()
+        if ocr is not None:
+            await ocr.close()
         await store.close()
 
 
@@ -244,7 +256,8 @@ async def _migrate(settings: Settings) -> int:
         raise StartupError(f"set the environment variable {settings.store.url_env} to the PostgreSQL database "
                            "to copy into (postgresql://user:password@host:5432/db)")
     print(f"copying {settings.store_path} into PostgreSQL…", file=sys.stderr, flush=True)
-    report = await copy_sqlite_to_postgres(settings.store_path, settings.data_path / "attachments", url)
+    report = await copy_sqlite_to_postgres(settings.store_path, settings.data_path / "attachments", url,
+                                           languages={n: b.language for n, b in settings.knowledge.bases.items()})
     print(f"copied: {report.line()}")
     if report.missing_files:
         print(f"warning: {len(report.missing_files)} attachment file(s) were missing from "

@@ -135,6 +135,22 @@ def safe_comment(text: str) -> str:
 
 _TEMPLATE_OPENERS = re.compile(r"\{(?=[{%#])")
 _TAG_CLOSERS = re.compile(r"%(?=\})")
+_MARKDOWN_LINK = re.compile(r"(\[[^\]\n]*\])\((https?://[^\s()]+)\)")
+_SPACED_LINK = re.compile(r"(\[[^\]\n]*\])\( (https?://[^\s()]+) \)")
+
+
+def spaced_links(text: str) -> str:
+    """Markdown links written ``[title]( https://… )``. django-helpdesk shows a follow-up to staff as Markdown,
+    but to the customer (the public ticket page) as plain text through Django's ``urlize``, which took
+    ``p.2](https://…`` of a Sources footer's ``[Manual p.2](https://…)`` for one address and linked
+    ``http://p.2](https://…``: with the spaces, Markdown still makes the link and ``urlize`` links the URL
+    alone."""
+    return _MARKDOWN_LINK.sub(r"\1( \2 )", text)
+
+
+def unspaced_links(text: str) -> str:
+    """What :func:`spaced_links` changed, undone (a draft as the bot wrote it, to compare with what staff sent)."""
+    return _SPACED_LINK.sub(r"\1(\2)", text)
 
 
 class HelpdeskFetcher:
@@ -276,7 +292,8 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
                        files: list[FileReply] | None = None) -> tuple[str, ...]:
         """A follow-up by the API user; returns its id. (django-helpdesk fires the follow-up webhook back at
         us during this request: the webhook answers without waiting on anything.)"""
-        data = {"ticket": ticket, "comment": safe_comment(comment), "public": "true" if public else "false"}
+        data = {"ticket": ticket, "comment": safe_comment(spaced_links(comment)),
+                "public": "true" if public else "false"}
         if files:
             response = await self.http.post(f"{self.base_url}/api/followups/", data=data, auth=self.auth,
                                             files=[("attachments", self.accepted(f)) for f in files])
@@ -438,8 +455,9 @@ class DjangoHelpdeskAdapter(PlatformAdapter[DjangoHelpdeskSettings]):
         def seen(draft: StoredMessage) -> bool:
             return any(p in drafts for p in draft.platform_ids)
 
-        # drafts are posted through safe_comment: a draft copied from the helpdesk keeps its zero-width spaces
-        sent = str(followup.get("comment") or "").replace("\u200b", "") if public else None
+        # drafts are posted through safe_comment and spaced_links: a draft copied from the helpdesk keeps the
+        # zero-width spaces and the spaced links
+        sent = unspaced_links(str(followup.get("comment") or "").replace("\u200b", "")) if public else None
         judged = await self.manager.feedback.draft_used(key, sent, user=str(followup.get("user") or ""), seen=seen)
         return "noted: staff's reply" if judged is not None else "noted: no draft left to judge"
 
@@ -652,4 +670,4 @@ def _describe(exc: BaseException) -> str:
 build = DjangoHelpdeskAdapter.build
 
 
-__all__ = ["DjangoHelpdeskAdapter", "DjangoHelpdeskSettings", "build", "safe_comment"]
+__all__ = ["DjangoHelpdeskAdapter", "DjangoHelpdeskSettings", "build", "safe_comment", "spaced_links"]

@@ -62,8 +62,10 @@ class Service:
         # signed links to the knowledge bases' stored PDFs, cited in Sources footers
         self.sources: SourceFiles | None = None
         manager = runtime.manager
-        if manager is not None and manager.knowledge is not None and runtime.store is not None and any(
-                persona.knowledge for persona in manager.personas.values()):
+        # (bases named by a persona, or bound to an adapter: adapters.<name>.knowledge)
+        if manager is not None and manager.knowledge is not None and runtime.store is not None and (
+                any(persona.knowledge for persona in manager.personas.values())
+                or any(section.knowledge for section in settings.enabled_adapters().values())):
             web_conf = getattr(settings.adapters, "web", None) or WebSettings()
             try:
                 key = session_secret(settings, web_conf)  # the same on every replica, or start-up says so

@@ -207,11 +207,23 @@ class AdapterSection(Section):
     limits: LimitsSettings | None = Field(None, description="this adapter's own per-user limits; empty = limits:")
     training_export: Literal["off", "allowed"] = Field(
         "off", description="allowed: its rated conversations may leave in internvl-bot export sft|mpo")
+    knowledge: list[str] = Field(
+        default_factory=list, description="knowledge bases this adapter's turns search besides their persona's "
+                                          "(`knowledge: [support]`; README, Knowledge bases)")
 
     @field_validator("training_export", mode="before")
     @classmethod
     def _yaml_off(cls, value: object) -> object:
         return "off" if value is False else value  # YAML reads a bare off as false
+
+    @field_validator("knowledge", mode="before")
+    @classmethod
+    def _base_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]  # `knowledge: support` means the one base
+        if isinstance(value, list) and not all(isinstance(b, str) and b.strip() for b in value):
+            raise ValueError("each entry must be a knowledge base name (as in `kb add BASE`)")
+        return list(dict.fromkeys(b.strip() for b in value)) if isinstance(value, list) else value
 
     def policy(self, defaults: LimitsSettings) -> AccessPolicy:
         """The access policy the core enforces for this adapter."""
@@ -350,6 +362,12 @@ class Settings(BaseSettings):
     def store_path(self) -> Path:
         return Path(self.store.path).expanduser() if self.store.path else self.data_path / "internvl-bot.sqlite3"
 
+    def adapter_knowledge(self, platform: str) -> tuple[str, ...]:
+        """The knowledge bases bound to the adapter whose conversations have this ``platform``
+        (``adapters.<name>.knowledge``); () for a platform without a section."""
+        section = getattr(self.adapters, platform, None)
+        return tuple(section.knowledge) if isinstance(section, AdapterSection) else ()
+
     def enabled_adapters(self) -> dict[str, AdapterSection]:
         return {
             name: section
@@ -407,16 +425,21 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, required: bool 
     try:
         return (model or Settings)()
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, file)) from None
+        raise ConfigError(_describe(exc, file, model or Settings)) from None
     finally:
         _yaml_data.reset(token)
 
 
-def _describe(exc: ValidationError, file: Path) -> str:
+def _describe(exc: ValidationError, file: Path, model: type[Settings] = Settings) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     env = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
     origin = f"{file} or ${env}"
+    if err["type"] == "extra_forbidden" and len(err["loc"]) == 2 and err["loc"][0] == "adapters":
+        # adapters.<name>: a misspelt adapter (its persona, knowledge, limits... would be silently unused)
+        known = ", ".join(sorted(model.model_fields["adapters"].annotation.model_fields))  # type: ignore[union-attr]
+        return (f"{origin}: {key}: no adapter named {err['loc'][1]!r} — use one of {known or '(none registered)'} "
+                "(README, Configuration)")
     if err["type"] == "extra_forbidden":
         fix = "remove it or check its spelling; every key is listed in README, section Configuration"
         return f"{origin}: {key}: unknown key — {fix}"

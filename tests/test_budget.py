@@ -71,3 +71,15 @@ def test_fixed_frames_are_not_reduced() -> None:
 def test_nothing_to_plan_fits_any_room_left() -> None:
     assert plan([], 1000) == plan([], 0) == Plan()
     assert not plan([], -1).fits  # no room at all: as with items
+
+
+def test_a_knowledge_page_is_left_out_last_first_rather_than_refusing_the_turn() -> None:
+    """Optional items of the current turn (a knowledge base's pages) lose detail with the rest of the turn, then
+    leave — the last first — before the user's own image would make the turn too long."""
+    page = (1240, 1754)
+    items = [*photos(1), Item("s1", *page, want=6, optional=True), Item("s2", *page, want=6, optional=True)]
+    room = item_tokens(items[0], 1) + item_tokens(items[1], 1)  # the photo and one page, a tile each
+    result = plan(items, room)
+    assert result.fits and result.dropped == ["s2"] and result.tokens <= room
+    assert plan(items, item_tokens(items[0], 1)).dropped == ["s1", "s2"]
+    assert not plan(items, item_tokens(items[0], 1) - 1).fits  # the user's own image is never left out

@@ -146,3 +146,18 @@ def test_adapter_sections_come_from_the_registry(tmp_path: Path, monkeypatch: py
 def test_every_adapter_section_has_the_common_keys() -> None:
     for name, field in AppSettings.model_fields["adapters"].annotation.model_fields.items():  # type: ignore[union-attr]
         assert issubclass(field.annotation, AdapterSection), name
+
+
+def test_an_adapter_is_bound_to_knowledge_bases_and_a_misspelt_adapter_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, "adapters:\n  webchat:\n    knowledge: [support]\n"))
+    message = str(err.value)
+    assert "\n" not in message and "adapters.webchat: no adapter named 'webchat'" in message
+    assert "use one of chatwoot, console, django_helpdesk, helpdesk_api, slack, telegram, web" in message
+    with pytest.raises(ConfigError, match=r"adapters\.web\.knowledge: .*knowledge base name"):
+        load(write(tmp_path, "adapters:\n  web:\n    knowledge: ['  ']\n"))
+    settings = load(write(tmp_path, "adapters:\n  web:\n    knowledge: [support, faq, support]\n"
+                                    "  slack:\n    knowledge: manuals\n"))
+    assert settings.adapter_knowledge("web") == ("support", "faq")
+    assert settings.adapter_knowledge("slack") == ("manuals",)
+    assert settings.adapter_knowledge("telegram") == () and settings.adapter_knowledge("nosuch") == ()

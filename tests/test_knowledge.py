@@ -3,6 +3,7 @@ through the real ``internvl-bot kb`` command, and the scoring that tells "nothin
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,7 +17,7 @@ from PIL import Image
 from adapters.cli import main
 from bot.config import Settings
 from bot.knowledge import Chunk, Document, KnowledgeStore, MemoryKnowledge, Source, open_index
-from bot.knowledge.chunking import Chunker, read_html, read_markdown
+from bot.knowledge.chunking import Chunker, clean, read_html, read_markdown
 from bot.knowledge.dense import DenseKnowledge
 from bot.knowledge.ingest import Ingester
 from bot.knowledge.text import Stats, query_terms, score, terms
@@ -609,3 +610,199 @@ async def test_a_failing_endpoint_warns_once_a_minute_and_at_once_after_it_answe
     assert await warnings_after(1, 1) == []
     peer.failing = True
     assert len(await warnings_after(1, 1)) == 1  # a new outage is said at once
+
+
+def scanned_pdf(path: Path, pages: list[str | None]) -> Path:
+    """A PDF whose ``None`` pages are scans: a picture of a page, no text layer; the others have text."""
+    picture = path.with_suffix(".scan.png")
+    Image.new("RGB", (620, 877), "white").save(picture)
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=11)
+    for text in pages:
+        pdf.add_page()
+        if text is None:
+            pdf.image(str(picture), x=0, y=0, w=210, h=297)
+        else:
+            pdf.multi_cell(0, 6, text)
+    pdf.output(str(path))
+    picture.unlink()
+    return path
+
+
+@pytest.fixture
+def echo_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nlogging:\n  level: WARNING\nengine:\n  kind: echo\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_a_scanned_pdf_names_ocr_and_a_demo_model_is_refused_for_it(config: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    pdf = scanned_pdf(tmp_path / "scan.pdf", [None, None])
+    assert kb(config, "add", "manuals", str(pdf)) == 1
+    err = capsys.readouterr().err
+    assert "no text found (a scanned PDF without a text layer?)" in err and "kb add --ocr" in err
+    # --ocr with the default engine, the random demo model: one line, and no model built for it
+    assert kb(config, "add", "manuals", str(pdf), "--ocr") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "kb add --ocr: engine.transformers.model is empty (the random demo model)" in err
+    assert not (tmp_path / "data" / "demo-model").exists()
+
+
+def test_kb_add_ocr_reads_scanned_pages_with_the_engine_and_sync_remembers(
+        echo_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    intro = "Pump X200 service manual. This manual covers installation and maintenance of the pump."
+    (tmp_path / "docs").mkdir()
+    pdf = scanned_pdf(tmp_path / "docs" / "scan.pdf", [intro, None])
+    # without --ocr: the text layer is indexed, the scanned page is named
+    assert kb(echo_config, "add", "manuals", str(tmp_path / "docs")) == 0
+    captured = capsys.readouterr()
+    assert "1 of 2 pages have no text layer (scanned?)" in captured.err and "kb add --ocr" in captured.err
+    assert "(2 pages, 1 chunks" in captured.out
+    # with it, on the same source: read again (not "unchanged"), the scanned page by the engine
+    assert kb(echo_config, "add", "manuals", str(tmp_path / "docs"), "--ocr") == 0
+    assert "0 added, 1 updated, 0 unchanged, 0 removed, 0 problem(s) (2 pages, 1 read by OCR, 2 chunks" in \
+        capsys.readouterr().out
+    found = search(echo_config, capsys, "manuals", "read all the text in this page", "--min-score", "0")
+    [scan] = [f for f in found if f["page"] == 2]
+    # what the engine returned for page 2 (the echo engine names the page image it was given)
+    assert "[page-2: " in scan["text"] and "echo: Read all the text in this page" in scan["text"]
+    [first] = search(echo_config, capsys, "manuals", "pump service manual installation maintenance")
+    assert first["page"] == 1 and first["text"] == intro
+    assert kb(echo_config, "list") == 0
+    assert f"sources: {tmp_path / 'docs'} (ocr)" in capsys.readouterr().out
+    # a third page, scanned: `kb sync` reads it the same way without being told
+    scanned_pdf(pdf, [intro, None, None])
+    assert kb(echo_config, "sync", "manuals") == 0
+    assert "0 added, 1 updated, 0 unchanged, 0 removed, 0 problem(s) (3 pages, 2 read by OCR" in \
+        capsys.readouterr().out
+    found = search(echo_config, capsys, "manuals", "read all the text in this page", "--min-score", "0", "-k", "10")
+    assert {f["page"] for f in found if "echo: Read all the text" in f["text"]} == {2, 3}
+    assert any("[page-3: " in f["text"] for f in found if f["page"] == 3)
+
+
+async def test_ocr_with_the_tiny_transformers_internvl(demo_model: Path, tmp_path: Path) -> None:
+    """The transformers engine reads the rendered page: the tiny random InternVL's reading is noise, but it is
+    what goes into the chunk, with the page number."""
+    from bot.config import GenerationSettings, TransformersSettings
+    from bot.engines.transformers import TransformersEngine
+    from bot.knowledge.ocr import EngineReader
+
+    settings = make_settings(tmp_path)
+    store = MemoryStore()
+    await store.open()
+    index = open_index(settings, store)
+    readings: list[str] = []
+
+    class Kept(EngineReader):
+        async def read_page(self, image: Any, *, page: int, name: str) -> str:
+            readings.append(await super().read_page(image, page=page, name=name))
+            return readings[-1]
+
+    reader = Kept(TransformersEngine(TransformersSettings(), model_path=str(demo_model)), GenerationSettings(),
+                  max_new_tokens=12)
+    bar = io.StringIO()
+    ingester = Ingester(index, store, settings.knowledge, ocr=reader, out=bar, progress=True)
+    (tmp_path / "docs").mkdir()
+    scanned_pdf(tmp_path / "docs" / "scan.pdf", [None])
+    try:
+        report = await ingester.add("manuals", [str(tmp_path / "docs")], ocr=True)
+    finally:
+        await reader.close()
+    assert report.ocr_pages == 1 and reader.pages == 1 and readings and readings[0]
+    assert "ocr=1" in bar.getvalue()  # the progress bar counts the pages read by OCR
+    [document] = await index.documents("manuals")
+    assert document.pages == 1 and (await index.sources("manuals"))[0].kind == "ocr"
+    index.min_score = 0.0
+    [found] = await index.search(["manuals"], readings[0], k=1)
+    assert found.page == 1 and found.text == Chunker().split(clean(readings[0]))[0]
+
+
+def test_ocr_with_an_engine_that_cannot_answer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nlogging:\n  level: WARNING\nengine:\n  kind: openai_http\n"
+                      "  openai_http:\n    base_url: http://127.0.0.1:9/v1\n    retries: 0\n", encoding="utf-8")
+    pdf = scanned_pdf(tmp_path / "scan.pdf", [None])
+    assert kb(config, "add", "manuals", str(pdf), "--ocr") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "kb --ocr: the engine (engine.kind: openai_http) cannot read pages: " in err
+    assert "add the files without --ocr" in err
+
+
+def test_migrate_copies_the_knowledge_bases_to_postgres(tmp_path: Path, docs: Path, echo_config: Path, postgres: Any,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite -> PostgreSQL: sources (an --ocr one stays one), documents, chunks and vectors; the bases answer the
+    same on PostgreSQL without `kb add` again, and a second copy doubles nothing."""
+    import asyncio
+
+    import numpy as np
+
+    from bot.knowledge.postgres import PostgresKnowledge
+    from bot.knowledge.sqlite import SQLiteKnowledge
+    from bot.store.postgres.store import PostgresStore
+
+    (tmp_path / "scans").mkdir()
+    scanned_pdf(tmp_path / "scans" / "scan.pdf", [None])
+    assert kb(echo_config, "add", "manuals", str(docs)) == 0
+    assert kb(echo_config, "add", "manuals", str(tmp_path / "scans"), "--ocr") == 0
+    questions = ["how often do I need to clean the impeller?", "router factory reset", "水泵保修期多长",
+                 "controller terminal wiring", "read all the text in this page"]
+    before = [search(echo_config, capsys, "manuals", q) for q in questions]
+    unit = np.zeros(8, dtype=np.float32)
+    unit[3] = 1.0
+
+    async def embed() -> int:  # vectors as `kb add` leaves them with an embeddings endpoint
+        lite = SQLiteStore(tmp_path / "data" / "internvl-bot.sqlite3", tmp_path / "data" / "attachments")
+        await lite.open()
+        try:
+            index = SQLiteKnowledge(lite)
+            missing = await index.missing_vectors("manuals", "bge-m3", 1000)
+            await index.put_vectors("bge-m3", [(cid, (unit if n == 0 else np.roll(unit, n)).tolist())
+                                               for n, (cid, _) in enumerate(missing)])
+            return len(missing)
+        finally:
+            await lite.close()
+
+    vectors = asyncio.run(embed())
+    url = postgres.database()
+    monkeypatch.setenv("INTERNVL_BOT_DATABASE_URL", url)
+    capsys.readouterr()
+    assert main(["--config", str(echo_config), "migrate", "--to", "postgres"]) == 0
+    out = capsys.readouterr().out
+    assert "kb_sources 2 new, 0 already there; kb_documents 8 new, 0 already there" in out, out
+    assert f"kb_vectors {vectors} new, 0 already there" in out
+    assert main(["--config", str(echo_config), "migrate", "--to", "postgres"]) == 0  # again: nothing doubled
+    out = capsys.readouterr().out
+    assert f"kb_documents 0 new, 8 already there; kb_chunks 0 new, {vectors} already there; kb_vectors 0 new, " \
+           f"{vectors} already there" in out, out
+    # a document changed in SQLite since (kb sync there): copied again, replacing the first copy
+    (docs / "notes.txt").write_text("Service hotline\n\nCall the service hotline on weekdays from 9 to 17.\n",
+                                    encoding="utf-8")
+    assert kb(echo_config, "sync", "manuals") == 0
+    capsys.readouterr()
+    assert main(["--config", str(echo_config), "migrate", "--to", "postgres"]) == 0
+    assert "kb_documents 1 new, 7 already there" in capsys.readouterr().out
+
+    on_postgres = tmp_path / "postgres.yaml"
+    on_postgres.write_text(echo_config.read_text() + "store:\n  backend: postgres\n", encoding="utf-8")
+    after = [search(on_postgres, capsys, "manuals", q) for q in questions]
+    assert [[(f["doc"], f["page"]) for f in found][:1] for found in after] == \
+        [[(f["doc"], f["page"]) for f in found][:1] for found in before]
+    assert "from 9 to 17" in search(on_postgres, capsys, "manuals", "service hotline weekdays")[0]["text"]
+    assert after[-1] and "[page-1: " in after[-1][0]["text"]  # the page read by OCR, copied as read
+    assert kb(on_postgres, "list") == 0
+    listed = capsys.readouterr().out
+    assert f"manuals: 8 documents, {vectors} chunks" in listed and f"{tmp_path / 'scans'} (ocr)" in listed
+
+    async def nearest() -> list[Any]:
+        pg = PostgresStore(url)
+        await pg.open()
+        try:
+            return await PostgresKnowledge(pg).nearest(["manuals"], "bge-m3", unit.tolist(), 1)
+        finally:
+            await pg.close()
+
+    [closest] = asyncio.run(nearest())
+    assert closest.score > 0.99  # the vector of the first chunk, copied as it was

@@ -77,7 +77,8 @@ class Harness:
 async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = "socket",
                 engine: EchoEngine | None = None, fake: dict[str, Any] | None = None,
                 shared: FakeSlack | None = None, store: dict[str, Any] | None = None,
-                conversation: dict[str, Any] | None = None, **conf: Any) -> AsyncIterator[Harness]:
+                conversation: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
+                **conf: Any) -> AsyncIterator[Harness]:
     async with contextlib.AsyncExitStack() as stack:
         fake_slack = shared or await stack.enter_async_context(FakeSlack(**(fake or {})))
         fake_slack.add_user(USER, name="ana", locale="en-US")
@@ -86,7 +87,7 @@ async def slack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str = 
         monkeypatch.setenv("SLACK_SIGNING_SECRET", fake_slack.signing_secret)
         section = {"enabled": True, "mode": mode, "api_url": fake_slack.api_url, "update_interval": 0.5, **conf}
         settings = make_settings(tmp_path, adapters={"slack": section}, conversation=conversation or {},
-                                 **({"store": store} if store else {}))
+                                 **({"store": store} if store else {}), **({"server": server} if server else {}))
         async with Runtime(settings, engine=engine or EchoEngine(delay=0.005)) as runtime:
             assert runtime.manager is not None
             adapter = SlackAdapter(runtime.manager, runtime.settings, settings.adapters.slack)  # type: ignore[attr-defined]

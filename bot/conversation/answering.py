@@ -111,9 +111,17 @@ class Answerer:
                               tuple(resolved.videos))
         budget = ((self.settings.conversation.history_token_budget or self.engine.info.context_length)
                   - self.settings.engine.generation.max_new_tokens)
-        if persona.knowledge and self.reader is not None:
-            current = await self.reader.prompt_with(turn.msg, persona, current, budget)
+        # the persona's bases and those bound to the adapter (adapters.<name>.knowledge), each once
+        bases = tuple(dict.fromkeys((*persona.knowledge, *self.settings.adapter_knowledge(msg.key.platform))))
+        passages_left_out = 0
+        if bases and self.reader is not None:
+            reading = await self.reader.prompt_with(turn.msg, persona, current, budget, bases=bases)
+            current, passages_left_out = reading.message, reading.left_out
         prompt = await self.prompts.fit(msg, conv, system, current, budget, reported=self._reported.get(msg.key, 0))
+        if passages_left_out:  # what the documentation had and the prompt could not hold is said too
+            await turn.note(Notice(i18n.text("knowledge_left_out", lang, count=passages_left_out)))
+        if prompt.sources_dropped:
+            await turn.note(Notice(i18n.text("source_pages_left_out", lang, count=prompt.sources_dropped)))
         if prompt.reduced:
             await turn.note(Notice(i18n.text("images_reduced", lang, count=prompt.reduced)))
         if prompt.reduced_pages:  # a document's pages are pages, not "images"

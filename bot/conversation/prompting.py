@@ -35,6 +35,7 @@ class Prompt:
     reported: int  # the newest turn whose leaving out is now accounted for (message id)
     reduced_pages: int = 0  # pages of the current turn's documents read in less detail
     tokens: int = 0  # the prompt's tokens as the budget planner counted them
+    sources_dropped: int = 0  # a knowledge base's pages left out (their passages' text stays)
 
 
 @dataclass(eq=False)
@@ -149,7 +150,8 @@ class PromptBuilder:
         text_only = message_cost(engine, replace(current, videos=()), images=False)
         frames = sum(len(v.frames) for v in current.videos)
         fixed = message_cost(engine, system) + text_only + frames * (engine.info.tokens_per_tile + 6)
-        floor = sum(engine.image_tokens(*p.size, 1) + 6 for p in current.images)
+        # a knowledge base's pages may be left out (bot/media/budget.py): only the user's own images must fit
+        floor = sum(engine.image_tokens(*p.size, 1) + 6 for p in current.images if not _is_source(p))
         if fixed + floor > budget:
             raise PromptTooLong(tokens=fixed + floor, limit=max(budget, 0))
         room = budget - fixed - floor
@@ -182,7 +184,8 @@ class PromptBuilder:
             kept.append((user.id, user_msg, reply))
         self._keep(window, fitted + 1)
         history_text = budget - fixed - floor - room
-        items = [Item(f"c{i}", *p.size, want=p.max_tiles, age=0) for i, p in enumerate(current.images)]
+        items = [Item(f"c{i}", *p.size, want=p.max_tiles, age=0, optional=_is_source(p))
+                 for i, p in enumerate(current.images)]
         for age, (_, user_msg, _) in enumerate(kept, start=1):
             items += [Item(f"h{age}.{i}", *p.size, want=p.max_tiles, age=age) for i, p in enumerate(user_msg.images)]
         chosen = plan(items, budget - fixed - history_text, tokens_per_tile=engine.info.tokens_per_tile)
@@ -204,6 +207,13 @@ class PromptBuilder:
         current_reduced = [int(key[1:]) for key in chosen.reduced if key.startswith("c")]
         pages = sum(1 for i in current_reduced if current.images[i].label.startswith("Page"))
         # a knowledge base's pages are the bot's own reading, not the user's images: no note about them
-        sources = sum(1 for i in current_reduced if current.images[i].label.startswith("Source"))
+        sources = sum(1 for i in current_reduced if _is_source(current.images[i]))
+        # ...but leaving one out is said, as for the user's images: the answer rests on its text alone
+        sources_dropped = sum(1 for key in chosen.dropped if key.startswith("c"))
         return Prompt(messages, len(current_reduced) - pages - sources, dropped, newest_out, pages,
-                      tokens=fixed + history_text + chosen.tokens)
+                      tokens=fixed + history_text + chosen.tokens, sources_dropped=sources_dropped)
+
+
+def _is_source(part: ImagePart) -> bool:
+    """A knowledge base's page or picture (bot/knowledge/reader.py labels them ``Source [k]…``)."""
+    return part.label.startswith("Source [")

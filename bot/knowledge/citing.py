@@ -26,6 +26,8 @@ INSTRUCTION = ("Passages from the company's documentation that may answer the qu
 NOTHING_FOUND = ("The company's documentation has nothing about this question: say so in one short sentence "
                  "before anything else, and do not present a guess as documented fact.")
 OFFER_PERSON = " Offer to pass the conversation to a person from the team."
+NOT_FITTED = ("The company's documentation has passages about this question, but they do not fit in this "
+              "conversation: do not present a guess as documented fact.")
 
 
 def knowledge_block(passages: Sequence[Passage]) -> str:

@@ -18,6 +18,9 @@
 * Platforms (bot/knowledge/remote.py): a location the ``remote`` resolver knows (``chatwoot-portal:help``) is
   read through its :class:`~bot.knowledge.remote.RemoteSource` under the same rules, keyed by URL; a source
   that fails part-way is one line, and nothing of it is removed on that run.
+* Scanned PDFs: a source added with ``--ocr`` (kept as a source of kind ``ocr``, so ``sync`` reads it the same
+  way) has each PDF page without a text layer rendered and read by the engine (bot/knowledge/ocr.py); its
+  chunks keep the page number. A PDF without any text, added without it, is one line naming ``--ocr``.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from bot.knowledge.base import Document, KnowledgeStore, Source
+from bot.errors import BotError
+from bot.knowledge.base import Chunk, Document, KnowledgeStore, Source
 from bot.knowledge.chunking import (
     IMAGE_TYPES,
     PDF,
@@ -43,15 +47,24 @@ from bot.knowledge.chunking import (
     Parsed,
     UnreadableDocument,
     caption_files,
+    clean,
     image_refs,
     read,
     read_image,
 )
+from bot.knowledge.ocr import OCR_TILES, OcrUnavailable
 from bot.knowledge.remote import RemoteSource, Resolver, SourceUnavailable, is_remote_doc, remote_chunks
+from bot.media.documents import render_page
 
 if TYPE_CHECKING:
     from bot.config import KnowledgeSettings
+    from bot.knowledge.ocr import PageReader
     from bot.store.base import Store
+
+#: Source kinds read from files and folders: as they are, or with scanned PDF pages read by the engine.
+PATH, OCR = "path", "ocr"
+#: A PDF page with less text than this in its text layer is a scanned page (a page number is not a text layer).
+OCR_MIN_CHARS = 20
 
 
 @dataclass(slots=True)
@@ -64,6 +77,7 @@ class IngestReport:
     removed: int = 0
     embedded: int = 0
     pages: int = 0
+    ocr_pages: int = 0
     chunks: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -73,8 +87,9 @@ class IngestReport:
     def line(self) -> str:
         """``3 added, 1 updated, 5 unchanged, 0 removed, 2 problems (120 pages, 840 chunks, 4.1 s)``."""
         embedded = f", {self.embedded} embedded" if self.embedded else ""
+        ocr = f", {self.ocr_pages} read by OCR" if self.ocr_pages else ""
         return (f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
-                f"{len(self.problems)} problem(s) ({self.pages} pages, {self.chunks} chunks{embedded}, "
+                f"{len(self.problems)} problem(s) ({self.pages} pages{ocr}, {self.chunks} chunks{embedded}, "
                 f"{self.seconds:.1f} s)")
 
 
@@ -126,11 +141,12 @@ class Ingester:
     """Indexes files into ``index``, keeping originals in ``store`` (see the module docstring).
 
     ``out``: where problems and the progress bar go; ``progress``: show the bar (None: when ``out`` is a
-    terminal); ``remote``: turns a platform's location into its source (None: every location is a path)."""
+    terminal); ``remote``: turns a platform's location into its source (None: every location is a path);
+    ``ocr``: what reads scanned pages of ``--ocr`` sources (None: they cannot be read)."""
 
     def __init__(self, index: KnowledgeStore, store: Store, conf: KnowledgeSettings, *, out: TextIO | None = None,
                  progress: bool | None = None, clock: Callable[[], float] = time.time,
-                 remote: Resolver | None = None) -> None:
+                 remote: Resolver | None = None, ocr: PageReader | None = None) -> None:
         self.index = index
         self.store = store
         self.conf = conf
@@ -140,6 +156,8 @@ class Ingester:
         self._clock = clock
         self._stop = threading.Event()
         self.remote = remote
+        self.ocr = ocr
+        self._ocr_roots: tuple[str, ...] = ()  # this run's --ocr sources: PDFs under them are read so
 
     def _split(self, locations: Sequence[str]) -> tuple[list[RemoteSource], list[str]]:
         """The platforms' sources among ``locations``, and the paths."""
@@ -156,8 +174,9 @@ class Ingester:
         configured = self.conf.bases[base].sources if base in self.conf.bases else []
         return list(dict.fromkeys([*(s.location for s in stored), *configured]))
 
-    async def add(self, base: str, locations: Sequence[str]) -> IngestReport:
-        """Remember ``locations`` as sources of ``base`` and index what they hold (nothing is removed)."""
+    async def add(self, base: str, locations: Sequence[str], *, ocr: bool = False) -> IngestReport:
+        """Remember ``locations`` as sources of ``base`` and index what they hold (nothing is removed).
+        ``ocr``: scanned PDF pages are read by the engine, now and by every ``sync``."""
         remote, paths = self._split(locations)
         report = IngestReport()
         for source in remote:
@@ -167,14 +186,23 @@ class Ingester:
         resolved = [str(Path(p).expanduser().resolve()) for p in paths]
         files, problems = discover(resolved)
         usable = [loc for loc in resolved if not any(p.startswith(f"{loc}: ") for p in problems)]
+        if usable and ocr:  # a source added before without --ocr is now read with it
+            stored = {s.location: s.kind for s in await self.index.sources(base)}
+            for loc in usable:
+                if stored.get(loc, OCR) != OCR:
+                    await self.index.remove_source(base, loc)
         if usable:
-            await self.index.add_sources(base, [Source(base, loc) for loc in usable])
+            await self.index.add_sources(base, [Source(base, loc, OCR if ocr else PATH) for loc in usable])
+        stored_ocr = [s.location for s in await self.index.sources(base) if s.kind == OCR]
+        self._ocr_roots = tuple(dict.fromkeys([*(usable if ocr else []), *stored_ocr]))
         return await self._index(base, files, problems, remove_missing=False, report=report)
 
     async def sync(self, base: str) -> IngestReport:
         """Index every source of ``base`` (stored by ``add``, and ``knowledge.bases.<base>.sources``): changed
         files again, new ones, and drop documents whose files are gone."""
-        locations = self._sources(base, await self.index.sources(base))
+        stored = await self.index.sources(base)
+        self._ocr_roots = tuple(s.location for s in stored if s.kind == OCR)
+        locations = self._sources(base, stored)
         if not locations:
             raise ValueError(f"knowledge base {base!r} has no sources: `kb add {base} PATH` or "
                              f"knowledge.bases.{base}.sources in the config")
@@ -360,6 +388,8 @@ class Ingester:
             # a changed caption or page text changes what the image is found by
             extra = [c.read_bytes() for c in caption_files(path) if c.is_file()][:1]
             extra += [ref.alt, ref.context] if ref else []
+        if path.suffix.lower() == ".pdf" and self._wants_ocr(path):
+            extra.append(OCR)  # read without --ocr before: read again, its scanned pages now count
         digest = _digest(data, *extra)
         old = known.get(doc)
         if old is not None and old.content_hash == digest:
@@ -392,8 +422,15 @@ class Ingester:
                     "(knowledge.max_pages)")
             report.problems.append(line)
             self._say(f"cut {line}", bar)
+        if parsed.mime == PDF and self._wants_ocr(path):
+            parsed = await self._read_scanned(path, data, parsed, report, bar)
+        elif parsed.mime == PDF and parsed.chunks and (scanned := _scanned_pages(parsed)):
+            self._say(f"{path}: {len(scanned)} of {parsed.pages} pages have no text layer (scanned?) and add no "
+                      "text — `internvl-bot kb add --ocr` reads them with the engine", bar)
         if not parsed.chunks:
-            raise UnreadableDocument("no text found (a scanned PDF without a text layer?)")
+            hint = (" — `internvl-bot kb add --ocr` reads its pages with the engine" if parsed.mime == PDF
+                    and not self._wants_ocr(path) else "")
+            raise UnreadableDocument(f"no text found (a scanned PDF without a text layer?){hint}")
         blob = await self.store.save_blob(data, parsed.mime) if parsed.mime == PDF or image else ""
         await self.index.put_document(
             Document(base, doc, parsed.title, digest, parsed.mime, blob, parsed.pages, synced_at=self._clock()),
@@ -406,4 +443,44 @@ class Ingester:
             report.updated += 1
 
 
-__all__ = ["IngestReport", "Ingester", "discover"]
+    def _wants_ocr(self, path: Path) -> bool:
+        """Is ``path`` under a source added with ``--ocr``?"""
+        doc = str(path)
+        return any(doc == root or doc.startswith(root.rstrip(os.sep) + os.sep) for root in self._ocr_roots)
+
+    async def _read_scanned(self, path: Path, data: bytes, parsed: Parsed, report: IngestReport,
+                            bar: object | None) -> Parsed:
+        """``parsed`` with each page whose text layer is (nearly) empty read by the engine instead, its page
+        number kept."""
+        scanned = _scanned_pages(parsed)
+        if not scanned:
+            return parsed
+        if self.ocr is None:
+            raise OcrUnavailable("kb --ocr: no engine to read scanned pages with (configure engine.*)")
+        chunks = [c for c in parsed.chunks if (c.page or 0) not in scanned]
+        for number in scanned:
+            if self._stop.is_set():
+                raise InterruptedError("stopped")
+            try:
+                image = await asyncio.to_thread(render_page, data, number, max_tiles=OCR_TILES, name=path.name)
+            except BotError as exc:  # the page does not render: the rest of the document is read
+                self._say(f"{path}: page {number} not read by OCR ({exc})", bar)
+                continue
+            reading = clean(await self.ocr.read_page(image, page=number, name=path.name))
+            chunks.extend(Chunk(piece, page=number) for piece in self.chunker.split(reading))
+            report.ocr_pages += 1
+            if bar is not None:
+                bar.set_postfix(pages=report.pages, ocr=report.ocr_pages, chunks=report.chunks)  # type: ignore[attr-defined]
+        chunks.sort(key=lambda c: c.page or 0)  # the document's order: a search ties break by position
+        return replace(parsed, chunks=chunks)
+
+
+def _scanned_pages(parsed: Parsed) -> list[int]:
+    """The pages read of a PDF whose text layer holds less than :data:`OCR_MIN_CHARS` characters."""
+    text: dict[int, int] = {}
+    for chunk in parsed.chunks:
+        text[chunk.page or 0] = text.get(chunk.page or 0, 0) + len(chunk.text)
+    return [n for n in range(1, (parsed.pages or 0) - parsed.pages_skipped + 1) if text.get(n, 0) < OCR_MIN_CHARS]
+
+
+__all__ = ["OCR", "PATH", "IngestReport", "Ingester", "discover"]

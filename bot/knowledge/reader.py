@@ -1,4 +1,4 @@
-"""A turn's reading of its persona's knowledge bases: the passages (and pages) put before the question, and
+"""A turn's reading of its knowledge bases (its persona's and its adapter's): the passages (and pages) put before the question, and
 the Sources footer put after the answer. The conversation manager holds one (``manager.reader``)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from cachetools import LRUCache
@@ -15,7 +15,7 @@ from bot.config import Settings
 from bot.engines.base import ChatMessage, Engine, ImagePart
 from bot.errors import BotError, describe
 from bot.knowledge.base import KnowledgeIndex, Passage
-from bot.knowledge.citing import cited, nothing_found, sources_footer
+from bot.knowledge.citing import NOT_FITTED, cited, nothing_found, sources_footer
 from bot.l10n.personas import Persona
 from bot.media.documents import render_page
 from bot.media.images import decode_image
@@ -32,6 +32,15 @@ SOURCE_PAGE_TILES = 6
 SOURCE_PAGES_KEPT = 8
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a turn's reading gave: its message with the passages, and how many relevant passages did not fit
+    (the user is told, as for images left out)."""
+
+    message: ChatMessage
+    left_out: int = 0
+
+
 class KnowledgeReader:
     """See the module docstring. ``links``: the signed link to a stored source (set by the server,
     adapters/sources.py); without one a PDF source is cited by title and page."""
@@ -45,11 +54,12 @@ class KnowledgeReader:
         self._pages: LRUCache[tuple[str, int], np.ndarray] = LRUCache(maxsize=SOURCE_PAGES_KEPT)
 
     async def prompt_with(self, msg: StoredMessage, persona: Persona, current: ChatMessage,
-                          budget: int) -> ChatMessage:
-        """``current`` with the passages of the persona's bases that match the question — and the user's
-        previous question, so "and the valve?" still finds the pump's manual — as many as fit a third of the
-        prompt's budget, best first, with the best pages as images; or, when nothing matches, the note to
-        say so."""
+                          budget: int, *, bases: Sequence[str]) -> Reading:
+        """``current`` with the passages of ``bases`` (the persona's and the adapter's) that match the
+        question — and the user's previous question, so "and the valve?" still finds the pump's manual — as
+        many as fit a third of the prompt's budget, best first, with the best pages as images; or, when
+        nothing matches, the note to say so. Passages that match but do not fit are counted in
+        ``left_out``."""
         query = current.text
         if len(query.split()) < FOLLOW_UP_WORDS:
             earlier = [m for m in await self.store.transcript(msg.key, limit=6)
@@ -57,11 +67,11 @@ class KnowledgeReader:
             if earlier:
                 query = f"{earlier[-1].text} {query}"
         try:
-            found = await self.index.search(persona.knowledge, query, k=TOP_K)
+            found = await self.index.search(bases, query, k=TOP_K)
         except Exception as exc:  # the answer goes on without it; the operator reads why
             log.warning("knowledge search for %s failed (%s): answered without the knowledge bases", msg.key,
                         describe(exc))
-            return current
+            return Reading(current)
         room = budget // 3
         kept: list[Passage] = []
         for passage in found:
@@ -70,10 +80,13 @@ class KnowledgeReader:
                 break
             room -= cost
             kept.append(passage)
-        if not kept:
-            return replace(current, knowledge_note=nothing_found(bool(persona.handoff_marker)))
+        left_out = len(found) - len(kept)
+        if not found:
+            return Reading(replace(current, knowledge_note=nothing_found(bool(persona.handoff_marker))))
+        if not kept:  # the documentation has it, but not within this prompt: not "nothing found"
+            return Reading(replace(current, knowledge_note=NOT_FITTED), left_out)
         pages = await self._source_pages(kept)
-        return replace(current, knowledge=tuple(kept), images=current.images + tuple(pages))
+        return Reading(replace(current, knowledge=tuple(kept), images=current.images + tuple(pages)), left_out)
 
     def with_sources(self, question: ChatMessage, answer: str, lang: str) -> str:
         """``answer`` with the Sources footer of the passages it cites (none cited: as it is)."""
@@ -129,4 +142,4 @@ def _source_picture(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
-__all__ = ["KnowledgeReader"]
+__all__ = ["KnowledgeReader", "Reading"]

@@ -4,9 +4,10 @@ Every visual item costs 256 tokens a tile (plus 2 for ``<img></img>``). Given th
 context, the planner starts from what each item would like (documents more than photos, images of
 older turns fewer) and, while the prompt does not fit, takes detail away from the oldest items
 first — halving their tile budget down to a single tile — and then leaves the oldest out
-altogether. The current turn is reduced last and never left out: if even one tile per item does
-not fit, the caller refuses the message. The plan says what was reduced or left out, so the user
-can be told plainly.
+altogether. The current turn is reduced last and never left out — except its ``optional`` items (a
+knowledge base's pages, the bot's own reading: their passages' text stays), left out last first when
+one tile per item does not fit; if even that does not fit, the caller refuses the message. The plan
+says what was reduced or left out, so the user can be told plainly.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Item:
     want: int  # max_num the item would like
     age: int = 0  # 0 = the current turn; larger = older
     fixed: bool = False  # video frames: one tile each, never reduced (the whole video goes or stays)
+    optional: bool = False  # of the current turn, yet may be left out (a knowledge base's page)
 
 
 @dataclass(slots=True)
@@ -103,10 +105,17 @@ def plan(items: Sequence[Item], budget: int, *, tokens_per_tile: int = 256) -> P
             result.tiles[items[victim].key] = 0
             cost = total()
             continue
-        # 3. Only then does the current turn lose detail; it is never left out.
-        if not reduce_group(0):
+        # 3. Only then does the current turn lose detail; it is never left out...
+        if reduce_group(0):
+            continue
+        # 4. ...but for its optional items, the last first.
+        optional = [k for k in range(len(items)) if items[k].age == 0 and items[k].optional
+                    and result.tiles[items[k].key] > 0]
+        if not optional:
             result.fits = False
             break
+        result.tiles[items[optional[-1]].key] = 0
+        cost = total()
     result.tokens = cost
     for item in items:
         chosen = result.tiles[item.key]

@@ -4,7 +4,13 @@ Everything is copied with its ids — conversations, messages (pending ones stay
 them), attachments (the files themselves go into the ``blobs`` table), processed platform events (a
 platform's redelivery after the move is still recognised), platform message ids, usage counters and
 stashed pieces. Rows already copied are left as they are, so a copy that stopped half-way is simply run
-again. A message id that PostgreSQL already holds for a different message means the database is in use
+again.
+
+The knowledge bases (``kb_*``) follow: each base's sources (with their kind: ``--ocr`` is remembered), and
+each document with its chunks written through PostgreSQL's own knowledge store (bot/knowledge/postgres.py), so
+its full-text index, term statistics and language configuration (``knowledge.bases.<name>.language``) are
+PostgreSQL's; then the chunks' embedding vectors. A document already there with the same content hash is
+left as it is (its missing vectors are still copied); the originals they show are among the ``blobs``. A message id that PostgreSQL already holds for a different message means the database is in use
 by another store: the copy stops with an error instead of mixing the two.
 
 The SQLite file is opened read-only; stop the service first (``serve`` with SQLite is one process).
@@ -15,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,7 @@ class CopyReport:
 
     def line(self) -> str:
         parts = [f"{table} {self.copied.get(table, 0)} new, {self.present.get(table, 0)} already there"
-                 for table in TABLES]
+                 for table in (*TABLES, *KNOWLEDGE_TABLES)]
         missing = f"; {len(self.missing_files)} attachment file(s) missing" if self.missing_files else ""
         return "; ".join(parts) + missing
 
@@ -54,6 +60,10 @@ TABLES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "usage": (("id", "user", "kind", "amount", "at"), "(id)", ()),
     "stash": (("bucket", "item", "payload", "at"), "(bucket, item)", ()),
 }
+
+
+#: What the knowledge copy counts in the report (bases come with their sources and documents).
+KNOWLEDGE_TABLES = ("kb_sources", "kb_documents", "kb_chunks", "kb_vectors")
 
 
 def _sqlite_rows(conn: sqlite3.Connection, table: str, columns: Sequence[str], files: Path,
@@ -91,8 +101,10 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
 
 
-async def copy_sqlite_to_postgres(sqlite_path: Path, files: Path, url: str) -> CopyReport:
-    """See the module docstring. ``files``: the SQLite store's attachments directory."""
+async def copy_sqlite_to_postgres(sqlite_path: Path, files: Path, url: str, *,
+                                  languages: Mapping[str, str] | None = None) -> CopyReport:
+    """See the module docstring. ``files``: the SQLite store's attachments directory; ``languages``: base ->
+    ISO code of its documents (``knowledge.bases.<name>.language``), for PostgreSQL's stemming."""
     from psycopg.types.json import Jsonb
 
     from bot.store.postgres.store import PostgresStore
@@ -131,6 +143,7 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, files: Path, url: str) -> C
             await conn.execute("INSERT INTO counters (name, value) SELECT 'conversations:' || platform, max(number)"
                                " FROM conversations WHERE number IS NOT NULL GROUP BY platform ON CONFLICT (name)"
                                " DO UPDATE SET value = GREATEST(counters.value, excluded.value)")
+        await _copy_knowledge(source, target, languages or {}, report)
     finally:
         source.close()
         await target.close()
@@ -167,3 +180,73 @@ async def _insert(target: Any, table: str, sql: str, rows: list[tuple[Any, ...]]
                 raise ConfigError(f"the PostgreSQL database already holds other {table} with the same ids: copy into "
                                   "a new, empty database (or the one an earlier copy of this store went to)")
         return new
+
+
+def _count(report: CopyReport, table: str, new: int, present: int) -> None:
+    report.copied[table] = report.copied.get(table, 0) + new
+    report.present[table] = report.present.get(table, 0) + present
+
+
+async def _copy_knowledge(source: sqlite3.Connection, target: Any, languages: Mapping[str, str],
+                          report: CopyReport) -> None:
+    """The knowledge bases of ``source`` into ``target`` (see the module docstring); nothing for a store from
+    before them."""
+    import numpy as np
+
+    from bot.knowledge.base import Chunk, Document, Source
+    from bot.knowledge.postgres import PostgresKnowledge
+
+    def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return source.execute(sql, params).fetchall()
+
+    tables = {r[0] for r in await asyncio.to_thread(rows, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "kb_documents" not in tables:
+        return
+    index = PostgresKnowledge(target, languages=languages)
+    bases = [r[0] for r in await asyncio.to_thread(
+        rows, "SELECT name FROM kb_bases UNION SELECT base FROM kb_sources UNION SELECT base FROM kb_documents")]
+    for base in sorted(bases):
+        stored = await asyncio.to_thread(rows, "SELECT location, kind FROM kb_sources WHERE base = ? ORDER BY rowid",
+                                         (base,))
+        there = {s.location for s in await index.sources(base)}
+        await index.add_sources(base, [Source(base, location, kind) for location, kind in stored])
+        _count(report, "kb_sources", sum(1 for loc, _ in stored if loc not in there),
+               sum(1 for loc, _ in stored if loc in there))
+        copied = {d.doc: d.content_hash for d in await index.documents(base)}
+        documents = await asyncio.to_thread(
+            rows, "SELECT id, doc, title, content_hash, mime, blob, pages, url, synced_at FROM kb_documents"
+                  " WHERE base = ? ORDER BY doc", (base,))
+        for doc_id, doc, title, digest, mime, blob, pages, url, synced in documents:
+            chunks = await asyncio.to_thread(
+                rows, "SELECT id, text, page, heading FROM kb_chunks WHERE document_id = ? ORDER BY position",
+                (doc_id,))
+            if copied.get(doc) == digest:
+                _count(report, "kb_documents", 0, 1)
+                _count(report, "kb_chunks", 0, len(chunks))
+            else:  # new, or changed since an earlier copy: replaced whole, as kb sync would
+                await index.put_document(Document(base, doc, title, digest, mime, blob, pages, url, synced),
+                                         [Chunk(text, page, heading) for _, text, page, heading in chunks])
+                _count(report, "kb_documents", 1, 0)
+                _count(report, "kb_chunks", len(chunks), 0)
+            vectors = await asyncio.to_thread(
+                rows, "SELECT c.position, v.model, v.vector FROM kb_vectors v JOIN kb_chunks c ON c.id = v.chunk_id"
+                      " WHERE c.document_id = ? ORDER BY c.position", (doc_id,))
+            if not vectors:
+                continue
+            async with target.pool.connection() as conn:
+                ids = dict(await (await conn.execute(
+                    "SELECT c.position, c.id FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
+                    " WHERE d.base = %s AND d.doc = %s", (base, doc))).fetchall())
+                have = {(r[0], r[1]) for r in await (await conn.execute(
+                    "SELECT v.chunk_id, v.model FROM kb_vectors v WHERE v.chunk_id = ANY(%s)",
+                    (list(ids.values()),))).fetchall()}
+            missing: dict[str, list[tuple[int, list[float]]]] = {}
+            for position, model, vector in vectors:
+                chunk_id = ids.get(position)
+                if chunk_id is not None and (chunk_id, model) not in have:
+                    missing.setdefault(model, []).append(
+                        (chunk_id, np.frombuffer(vector, dtype=np.float32).tolist()))
+            for model, batch in missing.items():
+                await index.put_vectors(model, batch)
+            new = sum(len(batch) for batch in missing.values())
+            _count(report, "kb_vectors", new, len(vectors) - new)
