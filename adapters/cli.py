@@ -13,10 +13,10 @@ import asyncio
 import datetime as dt
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from adapters import kb_command
 from bot import __version__
 from bot.config import Settings
 from bot.errors import StartupError, describe
@@ -68,127 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--to", required=True, choices=["postgres"],
                          help="postgres: the database in the environment variable named by store.url_env")
 
-    kb = sub.add_parser("kb", help="knowledge bases: index manuals and articles the bot answers from")
-    kbsub = kb.add_subparsers(dest="kb_command", required=True)
-    kb_add = kbsub.add_parser("add", help="index files and folders, or a platform's articles and solved tickets, "
-                                          "into BASE (kept as its sources; rerun-safe)")
-    kb_add.add_argument("base")
-    kb_add.add_argument("paths", nargs="*", metavar="PATH",
-                        help="PDF, Markdown, HTML, text or image files, folders; or a source such as chatwoot-portal:help")
-    kb_add.add_argument("--chatwoot-portal", action="append", default=[], metavar="SLUG",
-                        help="the published articles of this Chatwoot Help Center portal (adapters.chatwoot: "
-                             "base_url, account_id, api_token_env)")
-    kb_add.add_argument("--django-helpdesk-kb", action="store_true",
-                        help="the items of django-helpdesk's public knowledge base (adapters.django_helpdesk.base_url)")
-    kb_add.add_argument("--solved-tickets", action="append", default=[], choices=["chatwoot", "django-helpdesk"],
-                        help="resolved conversations / closed tickets: the question and the agent's answer, with "
-                             "e-mails, phone numbers and names removed")
-    kb_add.add_argument("--ocr", action="store_true",
-                        help="PDF pages without a text layer (scans) are read by the configured engine; "
-                             "kb sync remembers it for these sources")
-    kb_sync = kbsub.add_parser("sync", help="re-read BASE's sources: changed and new files, drop vanished ones")
-    kb_sync.add_argument("base")
-    kbsub.add_parser("list", help="every base: documents, chunks, last sync, sources")
-    kb_search = kbsub.add_parser("search", help="the passages a question finds in BASE, best first")
-    kb_search.add_argument("base")
-    kb_search.add_argument("query")
-    kb_search.add_argument("-k", type=int, default=5, help="passages at most (default 5)")
-    kb_search.add_argument("--json", action="store_true", help="print a JSON list")
-    kb_search.add_argument("--min-score", type=float, default=None,
-                           help="threshold for this search (default: knowledge.min_score); 0 shows every match")
-    kb_remove = kbsub.add_parser("remove", help="forget a source of BASE and the documents under it")
-    kb_remove.add_argument("base")
-    kb_remove.add_argument("path", help="a file or folder, or a source such as chatwoot-portal:help")
+    kb_command.add_parser(sub)
     return parser
-
-
-async def _kb(settings: Settings, args: argparse.Namespace) -> int:
-    """The ``kb`` commands, on the configured store (its database holds the knowledge bases)."""
-    import json
-
-    import httpx
-
-    from adapters import kb_sources
-    from bot.knowledge import open_index
-    from bot.knowledge.ingest import OCR, Ingester
-    from bot.knowledge.ocr import EngineReader, engine_reader
-
-    ocr: EngineReader | None = None
-    if getattr(args, "ocr", False):
-        ocr = engine_reader(settings)  # a demo model is refused before anything is read
-    store = open_store(settings)
-    await store.open()
-    # the platforms' sources read through one client; no redirect is followed (a token stays on its host)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
-    try:
-        index = open_index(settings, store)
-        if ocr is None and args.kb_command == "sync" and any(s.kind == OCR for s in await index.sources(args.base)):
-            ocr = engine_reader(settings)  # sources added with --ocr are read with it again
-        ingester = Ingester(index, store, settings.knowledge, remote=kb_sources.resolver(settings, http), ocr=ocr)
-        command = args.kb_command
-        if command in ("add", "sync"):
-            wanted = [*args.paths, *kb_sources.locations(
-                chatwoot_portals=args.chatwoot_portal, django_helpdesk_kb=args.django_helpdesk_kb,
-                solved_tickets=args.solved_tickets)] if command == "add" else []
-            if command == "add" and not wanted:
-                raise ValueError("kb add: name what to index: PATH..., --chatwoot-portal SLUG, --django-helpdesk-kb "
-                                 "or --solved-tickets chatwoot|django-helpdesk")
-            try:
-                report = await (ingester.add(args.base, wanted, ocr=ocr is not None) if command == "add"
-                                else ingester.sync(args.base))
-            except (KeyboardInterrupt, asyncio.CancelledError):
-                print(f"interrupted: what was indexed is kept; `internvl-bot kb sync {args.base}` resumes",
-                      file=sys.stderr, flush=True)
-                raise
-            print(f"{args.base}: {report.line()}")
-            if report.sources_failed:
-                return 1
-            return 0 if report.added + report.updated + report.unchanged or not report.problems else 1
-        if command == "list":
-            bases = {b.name: b for b in await index.bases()}
-            names = sorted(set(bases) | set(settings.knowledge.bases))
-            if not names:
-                print("no knowledge base yet: internvl-bot kb add BASE PATH...")
-            for name in names:
-                summary = bases.get(name)
-                sources = list(dict.fromkeys([*(s.location + (" (ocr)" if s.kind == OCR else "")
-                                                for s in (summary.sources if summary else ())),
-                                              *(settings.knowledge.bases[name].sources
-                                                if name in settings.knowledge.bases else [])]))
-                synced = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.synced_at)) \
-                    if summary and summary.synced_at else "never"
-                print(f"{name}: {summary.documents if summary else 0} documents, {summary.chunks if summary else 0} "
-                      f"chunks, last sync {synced}; sources: {', '.join(sources) or '(none)'}")
-            return 0
-        if command == "search":
-            if args.min_score is not None:
-                index.min_score = args.min_score
-            found = await index.search([args.base], args.query, k=args.k)
-            if args.json:
-                print(json.dumps([{"doc": p.doc, "title": p.title, "page": p.page, "score": p.score, "text": p.text}
-                                  for p in found], ensure_ascii=False, indent=2))
-                return 0
-            if not found:
-                print(f"nothing relevant in {args.base} (no passage scores {index.min_score} or more: "
-                      "knowledge.min_score)")
-            for rank, p in enumerate(found, 1):
-                where = f" > {p.heading}" if p.heading else ""
-                print(f"{rank}. [{p.score:.2f}] {p.label}{where} ({p.doc})")
-                print("   " + " ".join(p.text.split())[:300])
-            return 0
-        if command == "remove":
-            was_source, removed = await ingester.remove(args.base, args.path)
-            if not was_source and not removed:
-                print(f"{args.base}: {args.path} is neither a source nor an indexed document", file=sys.stderr)
-                return 1
-            print(f"{args.base}: {removed} document(s) removed; {args.path} is no longer a source")
-            return 0
-        raise ValueError(f"unknown kb command {command!r}")
-    finally:
-        await http.aclose()
-        if ocr is not None:
-            await ocr.close()
-        await store.close()
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
@@ -300,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return asyncio.run(_export(settings, args))
         if args.command == "kb":
-            return asyncio.run(_kb(settings, args))
+            return asyncio.run(kb_command.run(settings, args))
     except StartupError as exc:
         print(f"internvl-bot: error: {redact(str(exc))}", file=sys.stderr)
         return 2
