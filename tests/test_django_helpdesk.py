@@ -20,13 +20,8 @@ import pytest_asyncio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters.django_helpdesk import (
-    PLATFORM,
-    WEBHOOK_PATH,
-    DjangoHelpdeskAdapter,
-    HelpdeskFetcher,
-    HelpdeskSink,
-)
+from adapters.django_helpdesk import PLATFORM, WEBHOOK_PATH
+from adapters.django_helpdesk.adapter import DjangoHelpdeskAdapter, HelpdeskFetcher, HelpdeskSink
 from adapters.server import Service, build_app
 from bot.conversation.manager import ConversationManager
 from bot.conversation.outbox import BUCKET as OUTBOX
