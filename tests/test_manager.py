@@ -847,7 +847,7 @@ async def test_start_builds_the_language_detector_before_any_turn(tmp_path: Path
     settings = make_settings(tmp_path)
     h = Harness(settings, store, EchoEngine(record=True))
     detector = WatchedDetector(settings.conversation.languages)
-    h.manager.detector = detector
+    h.manager.languages.detector = detector
     assert not detector.ready
     assert await h.manager.start() == 1
     assert detector.ready

@@ -112,7 +112,7 @@ async def comment(m: ConversationManager, a: Arrival) -> bool:
     mid = a.stored.id
     await m.store.set_state(mid, "comment")
     m.untrack_arrival(mid)
-    lang = await m.language_for(a.stored)
+    lang = await m.languages.language_for(a.stored)
 
     async def thank() -> None:
         # settled once thanked, not here: ``submit`` still has to hand out the receipt of this message
@@ -131,7 +131,7 @@ async def held(m: ConversationManager, a: Arrival) -> bool:
         return True
     mid = a.stored.id
     m.untrack_arrival(mid)
-    m.desk.hold(a.stored, a.channel, await m.language_for(a.stored), lambda: m.settle(mid, "held"))
+    m.desk.hold(a.stored, a.channel, await m.languages.language_for(a.stored), lambda: m.settle(mid, "held"))
     return False
 
 

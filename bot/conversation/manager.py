@@ -107,12 +107,6 @@ class Receipt:
     done: asyncio.Future[str]
 
 
-# Issue 19 asks for classes under 350 lines. This one stays a little over (about 370), on purpose: the work is done
-# by the collaborators it holds (answerer, grounder, languages, courier, desk, commands, feedback, reader, outbox,
-# retention); what is left is their wiring, the public interface adapters call (kept here, mostly as
-# one-line delegations, so no adapter changes), and a message's life from intake to settling. The last shares
-# its state (the receipts' futures, arrival times, whether messages are taken) between submit, _process, refuse
-# and forget: split in two, each half would reach into the other's.
 class ConversationManager:
     """Routes messages from adapters to the engine and back. See the module docstring."""
 
@@ -177,19 +171,6 @@ class ConversationManager:
             self._shared.serves = lambda: set(self._channels)
         self.retention = Retention(store, settings.store, self.prompts.forget)
 
-    @property
-    def detector(self) -> LanguageDetector:
-        """The language detector the answer language is chosen with (a test may put its own)."""
-        return self.languages.detector
-
-    @detector.setter
-    def detector(self, detector: LanguageDetector) -> None:
-        self.languages.detector = detector
-
-    @property
-    def notifier(self) -> Notifiers:
-        return self.notifiers
-
     def add_notifier(self, notifier: Notifier) -> None:
         """Adapters add theirs at run time (a helpdesk opening the conversation to agents)."""
         self.notifiers.add(notifier)
@@ -224,11 +205,11 @@ class ConversationManager:
         ones; a message already queued or being processed is never queued twice.
         """
         self._accepting = True
-        if not self.detector.ready:
+        if not self.languages.detector.ready:
             # Built here, before the first message (a resumed one included), never inside a turn. In a thread,
             # though lingua holds the GIL while it builds: the loop still waits the second or two, before any
             # adapter takes messages.
-            await asyncio.to_thread(self.detector.warm)
+            await asyncio.to_thread(self.languages.detector.warm)
         _freeze_start_up()
         await self.feedback.start()
         resumed = 0
@@ -303,7 +284,7 @@ class ConversationManager:
 
         async def refuse() -> None:
             conversation_var.set(str(msg.key))
-            lang = await self.language_for(msg)
+            lang = await self.languages.language_for(msg)
             turn = self._turn(msg, channel, lang)
             try:
                 await tell_failure(turn, exc)
@@ -409,10 +390,6 @@ class ConversationManager:
         await self.store.finish(msg.id, state, error=None if state == "held" else "cancelled by /reset")
         return state
 
-    async def language_for(self, msg: StoredMessage) -> str:
-        """The answer language of ``msg`` (stored as the conversation's last language when it changed)."""
-        return await self.languages.language_for(msg)
-
     def wants_person(self, text: str, conv: Conversation, channel: Channel) -> str | None:
         """Why a message goes to a person: the user asked (``user``), or it names something the persona's
         policy sends to a person (``policy: <keyword>``); None when it is for the assistant."""
@@ -448,13 +425,7 @@ class ConversationManager:
         """Answer a question again (a "Regenerate" button under the answer the platform knows as
         ``answer_platform_id``): the old question and answer leave the context and the question is asked
         anew. Raises :class:`NoSuchConversation` when that answer is no longer in the context."""
-        answer = await self.store.find_by_platform_id(key.platform, key.chat, answer_platform_id)
-        conv = await self.store.conversation(key)
-        if answer is None or answer.role != "assistant" or answer.reply_to is None or answer.key != key:
-            raise NoSuchConversation(f"no answer {answer_platform_id} in {key}")
-        question = await self.store.message(answer.reply_to)
-        if question.id < conv.context_start or question.state != "answered" or question.kind != "chat":
-            raise NoSuchConversation(f"the question of {answer_platform_id} is no longer in the context of {key}")
+        answer, question = await _answered(self.store, key, answer_platform_id)
         receipt = await self.submit(IncomingMessage(
             key, sender, question.text, tuple(a.as_attachment() for a in question.attachments),
             locale=locale or question.locale, event_id=event_id, message_id=question.platform_message_id,
@@ -488,3 +459,17 @@ class ConversationManager:
 
 
 __all__: Sequence[str] = ["COMMANDS", "ConversationManager", "Receipt"]
+
+
+async def _answered(store: Store, key: ConversationKey, answer_platform_id: str) -> tuple[StoredMessage, StoredMessage]:
+    """The answer the platform knows as ``answer_platform_id`` and its question, while both are in the context of
+    ``key``; :class:`NoSuchConversation` otherwise."""
+    answer = await store.find_by_platform_id(key.platform, key.chat, answer_platform_id)
+    conv = await store.conversation(key)
+    if answer is None or answer.role != "assistant" or answer.reply_to is None or answer.key != key:
+        raise NoSuchConversation(f"no answer {answer_platform_id} in {key}")
+    question = await store.message(answer.reply_to)
+    if question.id < conv.context_start or question.state != "answered" or question.kind != "chat":
+        raise NoSuchConversation(f"the question of {answer_platform_id} is no longer in the context of {key}")
+    return answer, question
+
