@@ -375,13 +375,7 @@ class Ingester:
                             by_hash: dict[str, str], refs: dict[Path, ImageRef], report: IngestReport,
                             bar: object | None) -> None:
         doc = str(path)
-        size = path.stat().st_size
-        if size == 0:
-            raise UnreadableDocument("empty file")
-        if size > self.conf.max_file_bytes:
-            raise UnreadableDocument(f"{size / 1e6:.0f} MB, over knowledge.max_file_bytes "
-                                     f"({self.conf.max_file_bytes / 1e6:.0f} MB)")
-        data = await asyncio.to_thread(path.read_bytes)
+        data = await self._bytes(path)
         image = path.suffix.lower() in IMAGE_TYPES
         extra: list[str | bytes] = []
         if image:
@@ -401,14 +395,39 @@ class Ingester:
         # a file moved within the base is not a duplicate of its old path, which is gone
         if twin is not None and twin != doc and Path(twin).is_file():
             raise UnreadableDocument(f"duplicate of {twin} (same content), not indexed twice")
+        parsed = await self._parse(path, data, ref, refs, report, bar)
+        blob = await self.store.save_blob(data, parsed.mime) if parsed.mime == PDF or image else ""
+        await self.index.put_document(
+            Document(base, doc, parsed.title, digest, parsed.mime, blob, parsed.pages, synced_at=self._clock()),
+            parsed.chunks)
+        by_hash[digest] = doc
+        report.chunks += len(parsed.chunks)
+        if old is None:
+            report.added += 1
+        else:
+            report.updated += 1
 
+    async def _bytes(self, path: Path) -> bytes:
+        """The file's bytes; :class:`UnreadableDocument` when it is empty or over ``knowledge.max_file_bytes``."""
+        size = path.stat().st_size
+        if size == 0:
+            raise UnreadableDocument("empty file")
+        if size > self.conf.max_file_bytes:
+            raise UnreadableDocument(f"{size / 1e6:.0f} MB, over knowledge.max_file_bytes "
+                                     f"({self.conf.max_file_bytes / 1e6:.0f} MB)")
+        return await asyncio.to_thread(path.read_bytes)
+
+    async def _parse(self, path: Path, data: bytes, ref: ImageRef | None, refs: dict[Path, ImageRef],
+                     report: IngestReport, bar: object | None) -> Parsed:
+        """The file read into chunks (a scanned PDF's pages by the engine with ``--ocr``); the images its pages
+        show go into ``refs``; :class:`UnreadableDocument` when no text came out of it."""
         def counted(pages: int) -> None:
             report.pages += pages
             if bar is not None and report.pages % 50 == 0:
                 bar.set_postfix(pages=report.pages, chunks=report.chunks)  # type: ignore[attr-defined]
 
         parsed: Parsed
-        if image:
+        if path.suffix.lower() in IMAGE_TYPES:
             parsed = await asyncio.to_thread(read, path, data, self.chunker, max_pages=self.conf.max_pages)
             if ref is not None:
                 parsed = read_image(path, alt=ref.alt, context=ref.context)
@@ -431,17 +450,7 @@ class Ingester:
             hint = (" — `internvl-bot kb add --ocr` reads its pages with the engine" if parsed.mime == PDF
                     and not self._wants_ocr(path) else "")
             raise UnreadableDocument(f"no text found (a scanned PDF without a text layer?){hint}")
-        blob = await self.store.save_blob(data, parsed.mime) if parsed.mime == PDF or image else ""
-        await self.index.put_document(
-            Document(base, doc, parsed.title, digest, parsed.mime, blob, parsed.pages, synced_at=self._clock()),
-            parsed.chunks)
-        by_hash[digest] = doc
-        report.chunks += len(parsed.chunks)
-        if old is None:
-            report.added += 1
-        else:
-            report.updated += 1
-
+        return parsed
 
     def _wants_ocr(self, path: Path) -> bool:
         """Is ``path`` under a source added with ``--ocr``?"""

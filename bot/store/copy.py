@@ -191,8 +191,6 @@ async def _copy_knowledge(source: sqlite3.Connection, target: Any, languages: Ma
                           report: CopyReport) -> None:
     """The knowledge bases of ``source`` into ``target`` (see the module docstring); nothing for a store from
     before them."""
-    import numpy as np
-
     from bot.knowledge.base import Chunk, Document, Source
     from bot.knowledge.postgres import PostgresKnowledge
 
@@ -231,22 +229,29 @@ async def _copy_knowledge(source: sqlite3.Connection, target: Any, languages: Ma
             vectors = await asyncio.to_thread(
                 rows, "SELECT c.position, v.model, v.vector FROM kb_vectors v JOIN kb_chunks c ON c.id = v.chunk_id"
                       " WHERE c.document_id = ? ORDER BY c.position", (doc_id,))
-            if not vectors:
-                continue
-            async with target.pool.connection() as conn:
-                ids = dict(await (await conn.execute(
-                    "SELECT c.position, c.id FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
-                    " WHERE d.base = %s AND d.doc = %s", (base, doc))).fetchall())
-                have = {(r[0], r[1]) for r in await (await conn.execute(
-                    "SELECT v.chunk_id, v.model FROM kb_vectors v WHERE v.chunk_id = ANY(%s)",
-                    (list(ids.values()),))).fetchall()}
-            missing: dict[str, list[tuple[int, list[float]]]] = {}
-            for position, model, vector in vectors:
-                chunk_id = ids.get(position)
-                if chunk_id is not None and (chunk_id, model) not in have:
-                    missing.setdefault(model, []).append(
-                        (chunk_id, np.frombuffer(vector, dtype=np.float32).tolist()))
-            for model, batch in missing.items():
-                await index.put_vectors(model, batch)
-            new = sum(len(batch) for batch in missing.values())
-            _count(report, "kb_vectors", new, len(vectors) - new)
+            if vectors:
+                new = await _copy_vectors(index, target, base, doc, vectors)
+                _count(report, "kb_vectors", new, len(vectors) - new)
+
+
+async def _copy_vectors(index: Any, target: Any, base: str, doc: str,
+                        vectors: Sequence[tuple[int, str, bytes]]) -> int:
+    """One document's embeddings (chunk position, model, float32 bytes) onto its chunks in ``target``, those
+    not there yet; how many were copied."""
+    import numpy as np
+
+    async with target.pool.connection() as conn:
+        ids = dict(await (await conn.execute(
+            "SELECT c.position, c.id FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
+            " WHERE d.base = %s AND d.doc = %s", (base, doc))).fetchall())
+        have = {(r[0], r[1]) for r in await (await conn.execute(
+            "SELECT v.chunk_id, v.model FROM kb_vectors v WHERE v.chunk_id = ANY(%s)",
+            (list(ids.values()),))).fetchall()}
+    missing: dict[str, list[tuple[int, list[float]]]] = {}
+    for position, model, vector in vectors:
+        chunk_id = ids.get(position)
+        if chunk_id is not None and (chunk_id, model) not in have:
+            missing.setdefault(model, []).append((chunk_id, np.frombuffer(vector, dtype=np.float32).tolist()))
+    for model, batch in missing.items():
+        await index.put_vectors(model, batch)
+    return sum(len(batch) for batch in missing.values())
