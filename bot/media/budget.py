@@ -60,68 +60,77 @@ def plan(items: Sequence[Item], budget: int, *, tokens_per_tile: int = 256) -> P
     """Choose ``max_num`` per item so that the items' tokens fit ``budget``, newest content first."""
     if not items and budget >= 0:
         return Plan()  # a prompt without images (most of them): nothing to plan
-    result = Plan(tiles={item.key: item.want for item in items})
+    return _Planner(items, budget, tokens_per_tile).run()
 
-    def total() -> int:
-        return sum(item_tokens(i, result.tiles[i.key], tokens_per_tile) for i in items)
 
-    def step_down(item: Item) -> bool:
+class _Planner:
+    """One :func:`plan`: the tiles chosen so far (``result.tiles``) and what they cost (``cost``)."""
+
+    def __init__(self, items: Sequence[Item], budget: int, tokens_per_tile: int) -> None:
+        self.items, self.budget, self.per_tile = items, budget, tokens_per_tile
+        self.result = Plan(tiles={item.key: item.want for item in items})
+        self.cost = self.total()
+
+    def total(self) -> int:
+        return sum(item_tokens(i, self.result.tiles[i.key], self.per_tile) for i in self.items)
+
+    def run(self) -> Plan:
+        items, tiles = self.items, self.result.tiles
+        older = sorted({item.age for item in items if item.age > 0}, reverse=True)
+        while self.cost > self.budget:
+            # 1. Older turns lose detail, oldest first.
+            if any(self.reduce_group(age) for age in older):
+                continue
+            # 2. Then older items leave the prompt, oldest first.
+            candidates = [k for k in range(len(items)) if items[k].age > 0 and tiles[items[k].key] > 0]
+            if candidates:
+                self.leave_out(max(candidates, key=lambda k: (items[k].age, -k)))
+                continue
+            # 3. Only then does the current turn lose detail; it is never left out...
+            if self.reduce_group(0):
+                continue
+            # 4. ...but for its optional items, the last first.
+            optional = [k for k in range(len(items)) if items[k].age == 0 and items[k].optional and tiles[items[k].key] > 0]
+            if not optional:
+                self.result.fits = False
+                break
+            self.leave_out(optional[-1])
+        self.result.tokens = self.cost
+        for item in items:
+            chosen = tiles[item.key]
+            if chosen == 0:
+                self.result.dropped.append(item.key)
+            elif tile_count(item.width, item.height, max_num=chosen) < tile_count(item.width, item.height,
+                                                                                   max_num=item.want):
+                self.result.reduced.append(item.key)
+        return self.result
+
+    def leave_out(self, k: int) -> None:
+        self.result.tiles[self.items[k].key] = 0
+        self.cost = self.total()
+
+    def step_down(self, item: Item) -> bool:
         """Lower the item's max_num until it really costs fewer tokens; False if it cannot."""
-        current = result.tiles[item.key]
-        before = item_tokens(item, current, tokens_per_tile)
+        current = self.result.tiles[item.key]
+        before = item_tokens(item, current, self.per_tile)
         lower = _lower(current)
         while lower > 0:
-            if item_tokens(item, lower, tokens_per_tile) < before:
-                result.tiles[item.key] = lower
+            if item_tokens(item, lower, self.per_tile) < before:
+                self.result.tiles[item.key] = lower
                 return True
             lower = _lower(lower)
         return False
 
-    def reduce_group(age: int) -> bool:
+    def reduce_group(self, age: int) -> bool:
         """One round-robin pass over a turn's items, its last item first, so they lose detail evenly."""
-        nonlocal cost
         progressed = False
-        for k in reversed(range(len(items))):
-            item = items[k]
-            if item.age != age or item.fixed or result.tiles[item.key] <= 0:
+        for k in reversed(range(len(self.items))):
+            item = self.items[k]
+            if item.age != age or item.fixed or self.result.tiles[item.key] <= 0:
                 continue
-            if step_down(item):
+            if self.step_down(item):
                 progressed = True
-                cost = total()
-                if cost <= budget:
+                self.cost = self.total()
+                if self.cost <= self.budget:
                     break
         return progressed
-
-    older = sorted({item.age for item in items if item.age > 0}, reverse=True)
-    cost = total()
-    while cost > budget:
-        # 1. Older turns lose detail, oldest first.
-        if any(reduce_group(age) for age in older):
-            continue
-        # 2. Then older items leave the prompt, oldest first.
-        candidates = [k for k in range(len(items)) if items[k].age > 0 and result.tiles[items[k].key] > 0]
-        if candidates:
-            victim = max(candidates, key=lambda k: (items[k].age, -k))
-            result.tiles[items[victim].key] = 0
-            cost = total()
-            continue
-        # 3. Only then does the current turn lose detail; it is never left out...
-        if reduce_group(0):
-            continue
-        # 4. ...but for its optional items, the last first.
-        optional = [k for k in range(len(items)) if items[k].age == 0 and items[k].optional
-                    and result.tiles[items[k].key] > 0]
-        if not optional:
-            result.fits = False
-            break
-        result.tiles[items[optional[-1]].key] = 0
-        cost = total()
-    result.tokens = cost
-    for item in items:
-        chosen = result.tiles[item.key]
-        if chosen == 0:
-            result.dropped.append(item.key)
-        elif tile_count(item.width, item.height, max_num=chosen) < tile_count(item.width, item.height,
-                                                                               max_num=item.want):
-            result.reduced.append(item.key)
-    return result
