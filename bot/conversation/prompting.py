@@ -154,35 +154,7 @@ class PromptBuilder:
         floor = sum(engine.image_tokens(*p.size, 1) + 6 for p in current.images if not _is_source(p))
         if fixed + floor > budget:
             raise PromptTooLong(tokens=fixed + floor, limit=max(budget, 0))
-        room = budget - fixed - floor
-        kept: list[tuple[int, ChatMessage, ChatMessage]] = []
-        dropped = 0
-        newest_out = reported
-        window = self._window(msg, conv)
-        fitted = 0  # turns walked while there was room: what the next turn will want again
-        async for turn in self._turns(msg, conv, window, HISTORY_PAGE):
-            user, answer = turn.user, turn.answer
-            if room > 0:
-                fitted += 1
-            if room <= 0:
-                if user.id <= reported:
-                    break  # older turns were accounted for before: no need to read them
-                # Everything older stays out; what it showed is counted, without decoding it.
-                dropped += sum(1 for a in user.attachments if a.sha256 and a.mime.startswith("image/"))
-                newest_out = max(newest_out, user.id)
-                continue
-            user_msg = await self._question(turn)
-            reply = ChatMessage("assistant", answer.text)
-            cost = message_cost(engine, user_msg, images=False) + message_cost(engine, reply)
-            if cost > room:  # this turn's text does not fit: it and every older turn stay out
-                room = 0
-                if user.id > reported:
-                    dropped += len(user_msg.images)
-                    newest_out = max(newest_out, user.id)
-                continue
-            room -= cost
-            kept.append((user.id, user_msg, reply))
-        self._keep(window, fitted + 1)
+        kept, room, dropped, newest_out = await self._history(msg, conv, budget - fixed - floor, reported)
         history_text = budget - fixed - floor - room
         items = [Item(f"c{i}", *p.size, want=p.max_tiles, age=0, optional=_is_source(p))
                  for i, p in enumerate(current.images)]
@@ -212,6 +184,42 @@ class PromptBuilder:
         sources_dropped = sum(1 for key in chosen.dropped if key.startswith("c"))
         return Prompt(messages, len(current_reduced) - pages - sources, dropped, newest_out, pages,
                       tokens=fixed + history_text + chosen.tokens, sources_dropped=sources_dropped)
+
+    async def _history(self, msg: StoredMessage, conv: Conversation, room: int, reported: int) \
+            -> tuple[list[tuple[int, ChatMessage, ChatMessage]], int, int, int]:
+        """The turns before ``msg`` whose text fits ``room`` tokens, newest first (question id, question,
+        answer); the room left; and the images of the turns left out that were not ``reported`` before, with the
+        newest of their question ids."""
+        engine = self.engine
+        kept: list[tuple[int, ChatMessage, ChatMessage]] = []
+        dropped = 0
+        newest_out = reported
+        window = self._window(msg, conv)
+        fitted = 0  # turns walked while there was room: what the next turn will want again
+        async for turn in self._turns(msg, conv, window, HISTORY_PAGE):
+            user, answer = turn.user, turn.answer
+            if room > 0:
+                fitted += 1
+            if room <= 0:
+                if user.id <= reported:
+                    break  # older turns were accounted for before: no need to read them
+                # Everything older stays out; what it showed is counted, without decoding it.
+                dropped += sum(1 for a in user.attachments if a.sha256 and a.mime.startswith("image/"))
+                newest_out = max(newest_out, user.id)
+                continue
+            user_msg = await self._question(turn)
+            reply = ChatMessage("assistant", answer.text)
+            cost = message_cost(engine, user_msg, images=False) + message_cost(engine, reply)
+            if cost > room:  # this turn's text does not fit: it and every older turn stay out
+                room = 0
+                if user.id > reported:
+                    dropped += len(user_msg.images)
+                    newest_out = max(newest_out, user.id)
+                continue
+            room -= cost
+            kept.append((user.id, user_msg, reply))
+        self._keep(window, fitted + 1)
+        return kept, room, dropped, newest_out
 
 
 def _is_source(part: ImagePart) -> bool:
