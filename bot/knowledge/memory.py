@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from bot.knowledge.base import BaseSummary, Chunk, Document, Passage, Source
 from bot.knowledge.text import (
     MIN_SCORE,
-    Candidate,
+    LexicalSearch,
     Stats,
     body,
+    candidate,
     candidate_limit,
     candidate_terms,
-    query_terms,
     rank,
     settle,
     terms,
@@ -32,7 +32,7 @@ class _Stored:
     length: int
 
 
-class MemoryKnowledge:
+class MemoryKnowledge(LexicalSearch):
     """See the module docstring. ``min_score``: passages scoring less are not returned."""
 
     def __init__(self, min_score: float = MIN_SCORE, clock: Callable[[], float] = time.time) -> None:
@@ -123,14 +123,8 @@ class MemoryKnowledge:
                                    max((d.synced_at for d in docs), default=None)))
         return out
 
-    async def search(self, bases: Sequence[str], query: str, k: int = 5) -> list[Passage]:
-        return await self.lexical(bases, query, k, self.min_score)
-
-    async def lexical(self, bases: Sequence[str], query: str, k: int, min_score: float) -> list[Passage]:
-        """The search with an explicit threshold (bot/knowledge/dense.py fuses it unfiltered)."""
-        qterms = query_terms(query)
-        if not qterms or k <= 0:
-            return []
+    async def _lexical(self, bases: Sequence[str], query: str, qterms: list[str], k: int,
+                       min_score: float) -> list[Passage]:
         stats = Stats(len(self._chunks), self._length, {t: len(self._postings.get(t, ())) for t in qterms})
         qterms = settle(qterms, stats)
         wanted = set(bases)
@@ -144,7 +138,7 @@ class MemoryKnowledge:
         candidates = []
         for cid in best:
             d, c = self._chunks[cid].document, self._chunks[cid].chunk
-            candidates.append(Candidate(d.base, d.doc, d.title, c.text, c.page, c.heading, d.url, d.blob, d.mime))
+            candidates.append(candidate(d.base, d.doc, d.title, c.text, c.page, c.heading, d.url, d.blob, d.mime))
         return rank(qterms, candidates, stats, k, min_score)
 
     # -- dense retrieval (bot/knowledge/dense.py) -----------------------------------------

@@ -27,12 +27,12 @@ from psycopg import AsyncConnection
 from bot.knowledge.base import BaseSummary, Chunk, Document, Passage, Source
 from bot.knowledge.text import (
     MIN_SCORE,
-    Candidate,
+    LexicalSearch,
     Stats,
     body,
+    candidate,
     candidate_limit,
     candidate_terms,
-    query_terms,
     rank,
     ranked,
     settle,
@@ -65,7 +65,7 @@ def _tsquery(words: Sequence[str]) -> str:
     return " | ".join("'" + w.replace("'", "''").replace("\\", "\\\\") + "'" for w in words)
 
 
-class PostgresKnowledge:
+class PostgresKnowledge(LexicalSearch):
     """See the module docstring. ``store``: an opened :class:`PostgresStore`; ``languages``: base -> ISO code."""
 
     def __init__(self, store: PostgresStore, *, min_score: float = MIN_SCORE,
@@ -183,14 +183,8 @@ class PostgresKnowledge:
 
     # -- search ---------------------------------------------------------------------------
 
-    async def search(self, bases: Sequence[str], query: str, k: int = 5) -> list[Passage]:
-        return await self.lexical(bases, query, k, self.min_score)
-
-    async def lexical(self, bases: Sequence[str], query: str, k: int, min_score: float) -> list[Passage]:
-        """The full-text search with an explicit threshold (bot/knowledge/dense.py fuses it unfiltered)."""
-        qterms = query_terms(query)
-        if not qterms or not bases or k <= 0:
-            return []
+    async def _lexical(self, bases: Sequence[str], query: str, qterms: list[str], k: int,
+                       min_score: float) -> list[Passage]:
         async with self.store.pool.connection() as conn:
             rows = await (await conn.execute(
                 "SELECT term, df FROM kb_terms WHERE term = ANY(%s) UNION ALL SELECT '\x01' || name, value FROM kb_stats",
@@ -210,7 +204,7 @@ class PostgresKnowledge:
                 " d.blob, d.mime FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id, q"
                 f" WHERE c.tsv @@ q.q AND c.base = ANY(%s) {order} LIMIT %s",
                 (*params, list(bases), candidate_limit(k)))).fetchall()  # type: ignore[arg-type]
-        return rank(qterms, (Candidate(*row) for row in candidates), stats, k, min_score)
+        return rank(qterms, (candidate(*row) for row in candidates), stats, k, min_score)
 
     # -- dense retrieval (bot/knowledge/dense.py) -----------------------------------------
 

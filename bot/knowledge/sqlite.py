@@ -31,14 +31,14 @@ from bot.knowledge.base import BaseSummary, Chunk, Document, Passage, Source
 from bot.knowledge.dense import pack
 from bot.knowledge.text import (
     MIN_SCORE,
-    Candidate,
+    LexicalSearch,
     Stats,
     body,
+    candidate,
     candidate_limit,
     candidate_terms,
     cjk_runs,
     has_cjk,
-    query_terms,
     rank,
     ranked,
     settle,
@@ -64,7 +64,7 @@ def _words(text_body: str) -> str:
     return " ".join(t for t in terms(text_body) if not has_cjk(t))
 
 
-class SQLiteKnowledge:
+class SQLiteKnowledge(LexicalSearch):
     """See the module docstring. ``store``: an opened :class:`SQLiteStore` (its migrations made the tables)."""
 
     def __init__(self, store: SQLiteStore, *, min_score: float = MIN_SCORE,
@@ -224,14 +224,8 @@ class SQLiteKnowledge:
                 (*bases, f"%{pair}%", limit))]
         return list(dict.fromkeys(ids))
 
-    async def search(self, bases: Sequence[str], query: str, k: int = 5) -> list[Passage]:
-        return await self.lexical(bases, query, k, self.min_score)
-
-    async def lexical(self, bases: Sequence[str], query: str, k: int, min_score: float) -> list[Passage]:
-        """The full-text search with an explicit threshold (bot/knowledge/dense.py fuses it unfiltered)."""
-        qterms = query_terms(query)
-        if not qterms or not bases or k <= 0:
-            return []
+    async def _lexical(self, bases: Sequence[str], query: str, qterms: list[str], k: int,
+                       min_score: float) -> list[Passage]:
         stats = self._stats(qterms)
         qterms = settle(qterms, stats)
         words = candidate_terms(qterms, stats)
@@ -243,7 +237,7 @@ class SQLiteKnowledge:
         rows = {r[0]: r[1:] for r in self._conn.execute(
             "SELECT c.id, c.base, d.doc, d.title, c.text, c.page, c.heading, d.url, d.blob, d.mime FROM kb_chunks c"
             f" JOIN kb_documents d ON d.id = c.document_id WHERE c.id IN ({_marks(len(ids))})", ids)}
-        return rank(qterms, (Candidate(*rows[i]) for i in ids if i in rows), stats, k, min_score)
+        return rank(qterms, (candidate(*rows[i]) for i in ids if i in rows), stats, k, min_score)
 
     # -- dense retrieval (bot/knowledge/dense.py) -----------------------------------------
 

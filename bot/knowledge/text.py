@@ -27,7 +27,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from bot.knowledge.base import Passage
@@ -154,19 +154,10 @@ def body(title: str, heading: str, text: str) -> str:
     return "\n".join(part for part in (title, heading, text) if part)
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A chunk a backend's full-text index found for a query, with what a :class:`Passage` needs."""
-
-    base: str
-    doc: str
-    title: str
-    text: str
-    page: int | None = None
-    heading: str = ""
-    url: str = ""
-    blob: str = ""
-    mime: str = ""
+def candidate(base: str, doc: str, title: str, text: str, page: int | None = None, heading: str = "", url: str = "",
+              blob: str = "", mime: str = "") -> Passage:
+    """A chunk a backend's full-text index found for a query (in the order of its rows), not scored yet."""
+    return Passage(base, doc, title, text, page, heading, 0.0, url, blob, mime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +228,7 @@ def score(qterms: Sequence[str], chunk_terms: Iterable[str], stats: Stats) -> fl
     return min(1.0, raw / total)
 
 
-def rank(qterms: Sequence[str], candidates: Iterable[Candidate], stats: Stats, k: int,
+def rank(qterms: Sequence[str], candidates: Iterable[Passage], stats: Stats, k: int,
          min_score: float) -> list[Passage]:
     """The best ``k`` candidates scoring at least ``min_score``, as passages, best first (ties: in the order
     the backend found them)."""
@@ -247,8 +238,28 @@ def rank(qterms: Sequence[str], candidates: Iterable[Candidate], stats: Stats, k
         if s >= min_score and s > 0:
             scored.append((-s, order, c, s))
     scored.sort(key=lambda item: (item[0], item[1]))
-    return [Passage(base=c.base, doc=c.doc, title=c.title, text=c.text, page=c.page, heading=c.heading,
-                    score=round(s, 4), url=c.url, blob=c.blob, mime=c.mime) for _, _, c, s in scored[:k]]
+    return [replace(c, score=round(s, 4)) for _, _, c, s in scored[:k]]
+
+
+class LexicalSearch:
+    """What the backends share: :meth:`search` at their ``min_score``, :meth:`lexical` at any threshold (dense
+    retrieval fuses it unfiltered); each implements :meth:`_lexical` for a query that has terms."""
+
+    min_score: float
+
+    async def search(self, bases: Sequence[str], query: str, k: int = 5) -> list[Passage]:
+        return await self.lexical(bases, query, k, self.min_score)
+
+    async def lexical(self, bases: Sequence[str], query: str, k: int, min_score: float) -> list[Passage]:
+        """The full-text search with an explicit threshold (bot/knowledge/dense.py fuses it unfiltered)."""
+        qterms = query_terms(query)
+        if not qterms or not bases or k <= 0:
+            return []
+        return await self._lexical(bases, query, qterms, k, min_score)
+
+    async def _lexical(self, bases: Sequence[str], query: str, qterms: list[str], k: int,
+                       min_score: float) -> list[Passage]:
+        raise NotImplementedError
 
 
 def term_counts(title: str, chunks: Iterable[tuple[str, str]]) -> tuple[list[int], Counter[str]]:
@@ -264,6 +275,6 @@ def term_counts(title: str, chunks: Iterable[tuple[str, str]]) -> tuple[list[int
 
 
 __all__ = [
-    "MIN_SCORE", "QUERY_STOPWORDS", "Candidate", "Stats", "body", "candidate_limit", "candidate_terms", "cjk_runs",
+    "MIN_SCORE", "QUERY_STOPWORDS", "LexicalSearch", "Stats", "body", "candidate", "candidate_limit", "candidate_terms", "cjk_runs",
     "fold", "has_cjk", "query_terms", "rank", "ranked", "score", "settle", "stem", "term_counts", "terms",
 ]
