@@ -107,6 +107,11 @@ class _Exporter:
             return True
         return False
 
+    async def admitted_media(self, question: StoredMessage, meta: AnswerMeta | None) \
+            -> tuple[list[str], str | None] | None:
+        """:meth:`media` of a question whose answer may be exported (:meth:`admits`); None when not."""
+        return await self.media(question) if self.admits(question, meta) else None
+
     def clean(self, text: str, question: StoredMessage) -> str:
         return redact(self.footer.sub("", text), [question.sender_name])
 
@@ -212,9 +217,7 @@ async def export_sft(store: Store, settings: Settings, personas: dict[str, Perso
                 if kinds & {"down", "regenerated", "discarded"} and not edited:
                     ex.report.skip("rated down or replaced")
                     continue
-                if not ex.admits(question, meta):
-                    continue
-                media = await ex.media(question)
+                media = await ex.admitted_media(question, meta)
                 if media is None:
                     continue
                 images, video = media
@@ -263,9 +266,7 @@ async def export_mpo(store: Store, settings: Settings, personas: dict[str, Perso
                         ex.report.skip("no answer kept and rated up")
                         continue
                     chosen_text = kept.text
-                if not ex.admits(question, meta):
-                    continue
-                media = await ex.media(question)
+                media = await ex.admitted_media(question, meta)
                 if media is None:
                     continue
                 images, video = media
