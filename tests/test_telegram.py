@@ -166,6 +166,11 @@ async def test_groups_answer_mentions_replies_and_commands_only(tmp_path: Path,
         await h.idle()
         assert not any("nobody asked" in text for text in h.texts(GROUP.id))
         assert len(h.shown(GROUP.id)) == 3
+        # /start@bot came through PTB's CommandHandler (another bot's command matched none of its commands)
+        from telegram.ext import CommandHandler
+
+        handlers = [handler for group in h.adapter.app.handlers.values() for handler in group]
+        assert any(isinstance(x, CommandHandler) and {"start", "reset", "find"} <= x.commands for x in handlers)
 
 
 async def test_forum_topics_are_conversations_and_answers_stay_in_their_topic(

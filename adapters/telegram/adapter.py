@@ -37,6 +37,7 @@ from telegram.ext import (
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
+    CommandHandler,
     ContextTypes,
     MessageHandler,
     filters,
@@ -112,7 +113,11 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         # One group: the first handler that matches an update runs (buttons first, then everything else).
         self.buttons = Buttons(self)
         self.app.add_handler(CallbackQueryHandler(self.buttons.on_press))
-        # new messages only: edits, channel posts and other update kinds are not for the bot
+        # The framework's commands (/help, /reset, …; /help@thisbot in groups, not another bot's), as PTB
+        # recognises them; then every other new message (edits, channel posts and other update kinds are not for
+        # the bot). Both hand the update to one intake: the core runs a command the same way on every platform,
+        # and a command in a photo's caption (PTB reads commands in text only) is found there.
+        self.app.add_handler(CommandHandler(list(COMMANDS), self._on_message, filters=filters.UpdateType.MESSAGE))
         self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
         self.app.add_error_handler(self._on_error)
         # Not PTB's AIORateLimiter: it retries every call the same way after a RetryAfter, and cannot tell a
