@@ -36,6 +36,9 @@ class Platform:
 
     def __init__(self) -> None:
         self.down = False
+        self.hang = False  # requests get no answer (a platform that stopped answering)
+        self.probes: list[float] = []  # when each send made while it hangs went out (loop time)
+        self.probed = asyncio.Event()
         self.refuse = False
         self.shown: list[str] = []
         self.contexts: list[SinkContext] = []
@@ -56,6 +59,10 @@ class Sink(CollectingSink):
             self.platform.attempts += 1
             if self.platform.refuse:
                 raise ValueError("the platform refuses this message for good")
+            if self.platform.hang:
+                self.platform.probes.append(asyncio.get_running_loop().time())
+                self.platform.probed.set()
+                await asyncio.Event().wait()  # never answered: the outbox's probe time-out ends it
             if self.platform.down:
                 request = httpx.Request("POST", "http://127.0.0.1/api")
                 raise httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
@@ -213,5 +220,41 @@ async def test_a_retry_looks_for_an_earlier_copy_only_when_one_may_have_arrived(
         await m.outbox.deliver_due()
         assert platform.shown == ["echo: is it there?"]
         assert platform.contexts[-1].resend is looks_first
+    finally:
+        await m.stop(1)
+
+
+async def test_a_probe_that_hangs_does_not_put_off_the_next_one(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform that stops answering is probed every back-off period, even while earlier probes hang: one
+    giving up (its time-out) leaves the next probe where it was planned, counted from when it went, not
+    from its time-out (which made the period the time-out: a recovery seen seconds later)."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.5)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.5)
+    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.9)  # under two periods: a time-out comes before a probe
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    keys = [ConversationKey("flaky", f"c{i}") for i in range(4)]
+    try:
+        for i, key in enumerate(keys):
+            ticket = await m.submit(IncomingMessage(key, Sender(f"u{i}", "Ana"), f"question {i}", event_id=f"e{i}"))
+            assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        platform.down, platform.hang = False, True
+        async with asyncio.timeout(10):
+            while len(platform.probes) < 6:
+                platform.probed.clear()
+                await platform.probed.wait()
+        gaps = [later - earlier for earlier, later in zip(platform.probes, platform.probes[1:], strict=False)]
+        assert max(gaps) < 0.75, gaps  # every 0.5 s; 0.9 s + 0.5 s when a time-out moved the next probe
+        platform.hang = False
+        async with asyncio.timeout(10):
+            while len(platform.shown) < len(keys):
+                await asyncio.sleep(0.05)
+        assert sorted(platform.shown) == [f"echo: question {i}" for i in range(4)]
     finally:
         await m.stop(1)

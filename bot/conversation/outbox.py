@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import describe
+from bot.errors import describe, timed_out
 from bot.l10n import i18n
 from bot.ops.logs import Throttle
 from bot.ops.metrics import Metrics
@@ -373,7 +373,12 @@ class Outbox:
         if self._up_at.get(platform, 0.0) <= started:  # not a request that hung while the platform came back
             backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
             self._backoff[platform] = backoff
-            self._down[platform] = now + max(wait, backoff)
+            if timed_out(exc):
+                # no answer at all: the next probe stays where it was planned when this one went (counted
+                # from the time-out, the probe period would be the time-out, and a recovery seen that late)
+                self._down[platform] = max(self._down.get(platform, 0.0), started + backoff)
+            else:  # the platform answered (429, 5xx): its Retry-After, counted from now
+                self._down[platform] = now + max(wait, backoff)
         data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc),
                 "maybe_sent": bool(data.get("maybe_sent", True)) or channel.may_have_arrived(exc)}
         # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
