@@ -38,6 +38,7 @@ class Platform:
         self.down = False
         self.hang = False  # requests get no answer (a platform that stopped answering)
         self.probes: list[float] = []  # when each send made while it hangs went out (loop time)
+        self.hung: list[ConversationKey] = []  # whose sends they were
         self.probed = asyncio.Event()
         self.refuse = False
         self.shown: list[str] = []
@@ -46,13 +47,14 @@ class Platform:
 
     def sink_for(self, context: SinkContext) -> Sink:
         self.contexts.append(context)
-        return Sink(self)
+        return Sink(self, context.key)
 
 
 class Sink(CollectingSink):
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, key: ConversationKey = KEY) -> None:
         super().__init__()
         self.platform = platform
+        self.key = key
 
     async def emit(self, event: ReplyEvent) -> str | None:
         if isinstance(event, AnswerDone | Notice):
@@ -61,6 +63,7 @@ class Sink(CollectingSink):
                 raise ValueError("the platform refuses this message for good")
             if self.platform.hang:
                 self.platform.probes.append(asyncio.get_running_loop().time())
+                self.platform.hung.append(self.key)
                 self.platform.probed.set()
                 await asyncio.Event().wait()  # never answered: the outbox's probe time-out ends it
             if self.platform.down:
@@ -256,5 +259,46 @@ async def test_a_probe_that_hangs_does_not_put_off_the_next_one(tmp_path: Path,
             while len(platform.shown) < len(keys):
                 await asyncio.sleep(0.05)
         assert sorted(platform.shown) == [f"echo: question {i}" for i in range(4)]
+    finally:
+        await m.stop(1)
+
+
+async def test_an_answer_hanging_when_the_platform_answers_again_is_kept_and_sent_with_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer sent while the platform is in trouble whose request hangs (made into the outage, answered by
+    no one before its time-out): once the outbox sees the platform answer again, it is given up and kept,
+    and goes out at once, looking for an earlier copy first (the hung request may have arrived)."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.3)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.3)
+    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.5)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    first, second = ConversationKey("flaky", "c1"), ConversationKey("flaky", "c2")
+    try:
+        ticket = await m.submit(IncomingMessage(first, Sender("u1", "Ana"), "first", event_id="e1"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"  # kept: in trouble
+        async with asyncio.timeout(10):
+            while platform.attempts < 2:  # the outbox tried it too: the platform is being probed
+                await asyncio.sleep(0.02)
+        platform.down, platform.hang = False, True
+        hanging = await m.submit(IncomingMessage(second, Sender("u2", "Rui"), "second", event_id="e2"))
+        assert hanging is not None
+        async with asyncio.timeout(10):
+            while second not in platform.hung:
+                platform.probed.clear()
+                await platform.probed.wait()
+        platform.hang = False  # back: the next probe (the kept first answer) goes through
+        assert await asyncio.wait_for(hanging.done, 5) == "answered"  # not held until the request's time-out
+        async with asyncio.timeout(5):
+            while len(platform.shown) < 2:
+                await asyncio.sleep(0.05)
+        assert sorted(platform.shown) == ["echo: first", "echo: second"]
+        assert [c.resend for c in platform.contexts if c.key == second][-1] is True
+        assert "flaky" not in m.outbox.troubles()  # a request given up this way says nothing of the platform
     finally:
         await m.stop(1)

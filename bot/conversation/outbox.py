@@ -66,6 +66,12 @@ PARALLEL = 8  # conversations of one platform delivered side by side once it ans
 NOT_DELIVERED = "not delivered"
 
 
+class StillHanging(TimeoutError):
+    """A send made while its platform was in trouble, given up because it still had no answer when the
+    platform was seen answering again (:meth:`Outbox.answers_again`): a request made into the outage, which
+    nobody answers before its time-out. It may have arrived (a time-out): the retry looks first."""
+
+
 def encode(event: ReplyEvent) -> dict[str, Any]:
     if isinstance(event, AnswerDone):
         return {"type": "answer", "text": event.text, "outcome": event.outcome}
@@ -134,6 +140,7 @@ class Outbox:
         self._down: dict[str, float] = {}  # platform -> when to probe it again
         self._backoff: dict[str, float] = {}
         self._up_at: dict[str, float] = {}  # platform -> when a send last went through
+        self._back: dict[str, asyncio.Event] = {}  # platform in trouble -> set when it answers again
         self._keys: set[str] = set()  # conversations with replies kept here (by this process)
         self._flying: dict[str, asyncio.Task[None]] = {}  # conversation -> its delivery in progress
         self.delivered = 0
@@ -159,7 +166,7 @@ class Outbox:
         self._keys.add(str(key))
         log.debug("%s for %s not delivered (%s): kept", type(event).__name__, key,
                   data["error"] or "waiting behind earlier replies")
-        if error is not None:
+        if error is not None and not isinstance(error, StillHanging):  # (that one says nothing of the platform)
             self._trouble_with(key.platform, data["error"])
         self._wake.set()
 
@@ -187,7 +194,20 @@ class Outbox:
         log.warning("%s: cannot deliver replies to %s (%s)%s: %d conversation(s) waiting, sent when it answers — %s",
                     platform, where, error, f" for {lasting:.0f} s" if lasting >= 1 else "", waiting, check)
 
+    def in_trouble(self, platform: str) -> bool:
+        """Whether sends to ``platform`` fail now: one failed, and no kept reply has gone through since."""
+        return platform in self._trouble
+
+    async def answers_again(self, platform: str) -> None:
+        """Returns once ``platform``, in trouble now, is seen answering again: a kept reply went through (at
+        once when it is not in trouble)."""
+        if platform in self._trouble:
+            await self._back.setdefault(platform, asyncio.Event()).wait()
+
     def _answers_again(self, platform: str) -> None:
+        back = self._back.pop(platform, None)
+        if back is not None:
+            back.set()
         trouble = self._trouble.pop(platform, None)
         self._warn.reset(platform)
         if trouble is not None:
