@@ -302,3 +302,37 @@ async def test_an_answer_hanging_when_the_platform_answers_again_is_kept_and_sen
         assert "flaky" not in m.outbox.troubles()  # a request given up this way says nothing of the platform
     finally:
         await m.stop(1)
+
+
+async def test_an_answer_that_goes_through_brings_the_next_probe_forward(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform being probed after a long back-off: a turn's answer that goes through has the kept replies
+    probed now, not at the end of the back-off period (live traffic shows the recovery first)."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 60.0)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    kept, live = ConversationKey("flaky", "c1"), ConversationKey("flaky", "c2")
+    try:
+        ticket = await m.submit(IncomingMessage(kept, Sender("u1", "Ana"), "kept", event_id="e1"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        async with asyncio.timeout(10):
+            while platform.attempts < 4:  # probed, failing, the back-off doubling: 0.2, 0.4, 0.8 s...
+                await asyncio.sleep(0.02)
+        m.outbox._backoff["flaky"] = 60.0  # ... up to a period far longer than this test waits
+        m.outbox._down["flaky"] = m.outbox.clock() + 60.0
+        platform.down = False
+        ticket = await m.submit(IncomingMessage(live, Sender("u2", "Rui"), "live", event_id="e2"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        async with asyncio.timeout(5):
+            while "echo: kept" not in platform.shown:
+                await asyncio.sleep(0.05)
+        assert platform.shown == ["echo: live", "echo: kept"]
+        assert "flaky" not in m.outbox.troubles()
+    finally:
+        await m.stop(1)

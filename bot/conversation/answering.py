@@ -217,7 +217,9 @@ class Answerer:
         (:class:`StillHanging`) and kept, to go with them."""
         platform = turn.msg.key.platform
         if not self.outbox.in_trouble(platform):
-            return await turn.relay.send(event)
+            ids = await turn.relay.send(event)
+            self.outbox.went_through(platform)  # (the platform being probed: a probe now)
+            return ids
         sending = asyncio.ensure_future(turn.relay.send(event))
         back = asyncio.ensure_future(self.outbox.answers_again(platform))
         try:
@@ -227,7 +229,9 @@ class Answerer:
             if not sending.done():
                 sending.cancel()
         if sending.done() and not sending.cancelled():
-            return sending.result()  # (or its error)
+            ids = sending.result()  # (or its error)
+            self.outbox.went_through(platform)
+            return ids
         await turn.relay.close()  # the request it hangs on (this answer's, or a preview's ahead of it) ends
         await asyncio.gather(sending, return_exceptions=True)
         raise StillHanging(f"no answer from {platform} yet, while it answers again")

@@ -141,6 +141,7 @@ class Outbox:
         self._backoff: dict[str, float] = {}
         self._up_at: dict[str, float] = {}  # platform -> when a send last went through
         self._back: dict[str, asyncio.Event] = {}  # platform in trouble -> set when it answers again
+        self._probed: dict[str, float] = {}  # platform being probed -> when the last probe went
         self._keys: set[str] = set()  # conversations with replies kept here (by this process)
         self._flying: dict[str, asyncio.Task[None]] = {}  # conversation -> its delivery in progress
         self.delivered = 0
@@ -203,6 +204,19 @@ class Outbox:
         once when it is not in trouble)."""
         if platform in self._trouble:
             await self._back.setdefault(platform, asyncio.Event()).wait()
+
+    def went_through(self, platform: str) -> None:
+        """A send to ``platform`` outside the outbox (a turn's answer) went through. Being probed, the platform
+        gets its next probe now (at most one every FIRST_BACKOFF), not at the end of the back-off period: live
+        traffic shows a recovery sooner; only a probe that goes through declares it (one conversation's
+        answer going through says little of the others' when only part of the platform fails)."""
+        if platform not in self._backoff:
+            return
+        now = self.clock()
+        soonest = max(now, self._probed.get(platform, 0.0) + FIRST_BACKOFF)
+        if soonest < self._down.get(platform, now):
+            self._down[platform] = soonest
+            self._wake.set()
 
     def _answers_again(self, platform: str) -> None:
         back = self._back.pop(platform, None)
@@ -319,6 +333,7 @@ class Outbox:
                     continue
                 # one probe; the next one after the back-off even while this one hangs (it may never answer)
                 self._fly(due[0])
+                self._probed[platform] = now
                 self._down[platform] = now + self._backoff[platform]
                 next_due = min(next_due, self._backoff[platform])
             return max(0.05, next_due)
@@ -375,6 +390,7 @@ class Outbox:
         await self.store.drop_stash(entry.bucket, [entry.item])
         self._down.pop(key.platform, None)
         self._backoff.pop(key.platform, None)
+        self._probed.pop(key.platform, None)
         self._up_at[key.platform] = self.clock()
         self._answers_again(key.platform)
         self.delivered += 1
