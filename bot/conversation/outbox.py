@@ -12,7 +12,9 @@ stored as the message's answer, and the event is kept here (the store's stash, u
 - in order per conversation: a newer reply of a conversation with replies waiting goes behind them;
 - a platform that is down is probed by one send every back-off period (the oldest waiting; a new probe
   goes even while an earlier one hangs, so a recovery is seen within the period, not after a time-out),
-  not hammered by every conversation; when it answers, the rest follow at once, side by side;
+  not hammered by every conversation (a turn's answer that goes through brings the next probe forward);
+  when it answers, the rest follow at once, side by side, and a turn's answer still hanging on a request
+  made during the outage is given up and kept with them (:class:`StillHanging`);
 - each retry builds the sink with the platform messages the failed attempt left (``previous``), so a
   half-streamed message is completed, not left beside a second answer, and adapters whose platform lets
   them recognise an earlier send (Chatwoot's answer mark, the helpdesk API's delivery ids) do not double it;
