@@ -1,7 +1,7 @@
 """Platforms down in the middle of a burst: nothing lost, nothing doubled, back soon after they recover.
 
 Telegram (polling, python-telegram-bot), Slack (Socket Mode, slack-bolt) and Chatwoot (signed webhooks),
-each against its local fake (tests/fakes/), each with its own runtime and the echo engine, in one event
+each against its local fake (tests/fakes/; Slack's with its rate limits on: over them, a 429), each with its own runtime and the echo engine, in one event
 loop. Questions arrive over ``--seconds`` (200 in all by default, a third per platform, several chats /
 channels / conversations each). In the middle, every platform's API answers 503 for half of ``--outage``
 seconds, then stops answering (requests time out) for the other half, then recovers. What the platforms
@@ -64,6 +64,7 @@ class Platform:
     shown: Callable[[Asked], int]  # how many finished copies of its answer the chat shows
     down: Callable[[float], None]  # 503 everywhere; (then) time out, by the seconds given
     heal: Callable[[], None]
+    refused: Callable[[], int] = lambda: 0  # "too many requests" the platform answered (its rate limits)
     asked: list[Asked] = field(default_factory=list)
 
 
@@ -120,7 +121,7 @@ async def telegram(tmp: str, word_delay: float) -> AsyncIterator[Platform]:
 
 @contextlib.asynccontextmanager
 async def slack(tmp: str, word_delay: float) -> AsyncIterator[Platform]:
-    async with FakeSlack() as fake:
+    async with FakeSlack(rate_limits=True) as fake:  # Slack's limits enforced: over them, a 429
         os.environ["SLACK_BOT_TOKEN"], os.environ["SLACK_APP_TOKEN"] = fake.bot_token, fake.app_token
         conf = settings(tmp, {"slack": {"enabled": True, "api_url": fake.api_url}})
         async with Runtime(conf, engine=EchoEngine(max_concurrency=4, delay=word_delay)) as runtime:
@@ -148,7 +149,7 @@ async def slack(tmp: str, word_delay: float) -> AsyncIterator[Platform]:
             down = switch(methods, lambda m: fake.fail(m, status=503, times=FOREVER),
                           lambda m, s: fake.delay(m, s, times=FOREVER))
             try:
-                yield Platform("slack", ask, shown, down, fake.heal)
+                yield Platform("slack", ask, shown, down, fake.heal, lambda: fake.served_429)
             finally:
                 adapter.stop_intake()
                 await runtime.manager.stop(2)
@@ -244,7 +245,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             burst_over.set()
             await watcher
     for p in platforms:
-        print(f"  {p.name}: " + ", ".join(f"{k} {v:g}" for k, v in summary(p.asked, recovered).items()))
+        print(f"  {p.name}: " + ", ".join(f"{k} {v:g}" for k, v in summary(p.asked, recovered).items())
+              + (f", 429s served {p.refused()}" if p.name == "slack" else ""))
         if os.environ.get("OUTAGE_LOG"):
             for q in p.asked:
                 late = f"{q.answered_at - recovered:+.1f}" if q.answered_at is not None else "never"

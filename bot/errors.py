@@ -205,6 +205,11 @@ def default_may_have_arrived(exc: BaseException) -> bool:
     return not isinstance(exc, httpx.ConnectError | ConnectionRefusedError)
 
 
+def timed_out(exc: BaseException) -> bool:
+    """Whether a request got no answer at all before its time-out (ours or the HTTP client's)."""
+    return isinstance(exc, TimeoutError | httpx.TimeoutException)
+
+
 def describe(exc: BaseException) -> str:
     """``Type: first line of the message`` for a one-line report (a time-out without text says so)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

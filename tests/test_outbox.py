@@ -36,6 +36,10 @@ class Platform:
 
     def __init__(self) -> None:
         self.down = False
+        self.hang = False  # requests get no answer (a platform that stopped answering)
+        self.probes: list[float] = []  # when each send made while it hangs went out (loop time)
+        self.hung: list[ConversationKey] = []  # whose sends they were
+        self.probed = asyncio.Event()
         self.refuse = False
         self.shown: list[str] = []
         self.contexts: list[SinkContext] = []
@@ -43,19 +47,25 @@ class Platform:
 
     def sink_for(self, context: SinkContext) -> Sink:
         self.contexts.append(context)
-        return Sink(self)
+        return Sink(self, context.key)
 
 
 class Sink(CollectingSink):
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, key: ConversationKey = KEY) -> None:
         super().__init__()
         self.platform = platform
+        self.key = key
 
     async def emit(self, event: ReplyEvent) -> str | None:
         if isinstance(event, AnswerDone | Notice):
             self.platform.attempts += 1
             if self.platform.refuse:
                 raise ValueError("the platform refuses this message for good")
+            if self.platform.hang:
+                self.platform.probes.append(asyncio.get_running_loop().time())
+                self.platform.hung.append(self.key)
+                self.platform.probed.set()
+                await asyncio.Event().wait()  # never answered: the outbox's probe time-out ends it
             if self.platform.down:
                 request = httpx.Request("POST", "http://127.0.0.1/api")
                 raise httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
@@ -213,5 +223,116 @@ async def test_a_retry_looks_for_an_earlier_copy_only_when_one_may_have_arrived(
         await m.outbox.deliver_due()
         assert platform.shown == ["echo: is it there?"]
         assert platform.contexts[-1].resend is looks_first
+    finally:
+        await m.stop(1)
+
+
+async def test_a_probe_that_hangs_does_not_put_off_the_next_one(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform that stops answering is probed every back-off period, even while earlier probes hang: one
+    giving up (its time-out) leaves the next probe where it was planned, counted from when it went, not
+    from its time-out (which made the period the time-out: a recovery seen seconds later)."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.5)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.5)
+    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.9)  # under two periods: a time-out comes before a probe
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    keys = [ConversationKey("flaky", f"c{i}") for i in range(4)]
+    try:
+        for i, key in enumerate(keys):
+            ticket = await m.submit(IncomingMessage(key, Sender(f"u{i}", "Ana"), f"question {i}", event_id=f"e{i}"))
+            assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        platform.down, platform.hang = False, True
+        async with asyncio.timeout(10):
+            while len(platform.probes) < 6:
+                platform.probed.clear()
+                await platform.probed.wait()
+        gaps = [later - earlier for earlier, later in zip(platform.probes, platform.probes[1:], strict=False)]
+        assert max(gaps) < 0.75, gaps  # every 0.5 s; 0.9 s + 0.5 s when a time-out moved the next probe
+        platform.hang = False
+        async with asyncio.timeout(10):
+            while len(platform.shown) < len(keys):
+                await asyncio.sleep(0.05)
+        assert sorted(platform.shown) == [f"echo: question {i}" for i in range(4)]
+    finally:
+        await m.stop(1)
+
+
+async def test_an_answer_hanging_when_the_platform_answers_again_is_kept_and_sent_with_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer sent while the platform is in trouble whose request hangs (made into the outage, answered by
+    no one before its time-out): once the outbox sees the platform answer again, it is given up and kept,
+    and goes out at once, looking for an earlier copy first (the hung request may have arrived)."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.3)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.3)
+    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.5)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    first, second = ConversationKey("flaky", "c1"), ConversationKey("flaky", "c2")
+    try:
+        ticket = await m.submit(IncomingMessage(first, Sender("u1", "Ana"), "first", event_id="e1"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"  # kept: in trouble
+        async with asyncio.timeout(10):
+            while platform.attempts < 2:  # the outbox tried it too: the platform is being probed
+                await asyncio.sleep(0.02)
+        platform.down, platform.hang = False, True
+        hanging = await m.submit(IncomingMessage(second, Sender("u2", "Rui"), "second", event_id="e2"))
+        assert hanging is not None
+        async with asyncio.timeout(10):
+            while second not in platform.hung:
+                platform.probed.clear()
+                await platform.probed.wait()
+        platform.hang = False  # back: the next probe (the kept first answer) goes through
+        assert await asyncio.wait_for(hanging.done, 5) == "answered"  # not held until the request's time-out
+        async with asyncio.timeout(5):
+            while len(platform.shown) < 2:
+                await asyncio.sleep(0.05)
+        assert sorted(platform.shown) == ["echo: first", "echo: second"]
+        assert [c.resend for c in platform.contexts if c.key == second][-1] is True
+        assert "flaky" not in m.outbox.troubles()  # a request given up this way says nothing of the platform
+    finally:
+        await m.stop(1)
+
+
+async def test_an_answer_that_goes_through_brings_the_next_probe_forward(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform being probed after a long back-off: a turn's answer that goes through has the kept replies
+    probed now, not at the end of the back-off period (live traffic shows the recovery first)."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 60.0)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    kept, live = ConversationKey("flaky", "c1"), ConversationKey("flaky", "c2")
+    try:
+        ticket = await m.submit(IncomingMessage(kept, Sender("u1", "Ana"), "kept", event_id="e1"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        async with asyncio.timeout(10):
+            while platform.attempts < 4:  # probed, failing, the back-off doubling: 0.2, 0.4, 0.8 s...
+                await asyncio.sleep(0.02)
+        m.outbox._backoff["flaky"] = 60.0  # ... up to a period far longer than this test waits
+        m.outbox._down["flaky"] = m.outbox.clock() + 60.0
+        platform.down = False
+        ticket = await m.submit(IncomingMessage(live, Sender("u2", "Rui"), "live", event_id="e2"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        async with asyncio.timeout(5):
+            while "echo: kept" not in platform.shown:
+                await asyncio.sleep(0.05)
+        assert platform.shown == ["echo: live", "echo: kept"]
+        assert "flaky" not in m.outbox.troubles()
     finally:
         await m.stop(1)

@@ -18,7 +18,7 @@ from cachetools import LRUCache
 from bot.config import Settings
 from bot.conversation.grounding import Grounder, grounding_images
 from bot.conversation.limits import UsageGuard
-from bot.conversation.outbox import Outbox
+from bot.conversation.outbox import Outbox, StillHanging
 from bot.conversation.prompting import Prompt, PromptBuilder
 from bot.conversation.relay import MarkerFilter, MeteredSink
 from bot.conversation.turn import Turn
@@ -38,6 +38,7 @@ from bot.types import (
     AnswerDone,
     ConversationKey,
     Notice,
+    PlatformIds,
     SinkContext,
     Status,
     platform_ids,
@@ -208,6 +209,33 @@ class Answerer:
         if reported:
             self._reported[key] = reported
 
+    async def _send_final(self, turn: Turn, event: AnswerDone) -> PlatformIds:
+        """``event`` through the turn's relay. With the platform in trouble as it goes (sends failing, the
+        outbox probing it), a send that still has no answer when the outbox sees the platform answer again
+        was made into the outage (it, or the preview the relay is stuck on ahead of it) and would wait out
+        its time-out (10 s and more) while the other kept replies go: it is given up then
+        (:class:`StillHanging`) and kept, to go with them."""
+        platform = turn.msg.key.platform
+        if not self.outbox.in_trouble(platform):
+            ids = await turn.relay.send(event)
+            self.outbox.went_through(platform)  # (the platform being probed: a probe now)
+            return ids
+        sending = asyncio.ensure_future(turn.relay.send(event))
+        back = asyncio.ensure_future(self.outbox.answers_again(platform))
+        try:
+            await asyncio.wait((sending, back), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            back.cancel()
+            if not sending.done():
+                sending.cancel()
+        if sending.done() and not sending.cancelled():
+            ids = sending.result()  # (or its error)
+            self.outbox.went_through(platform)
+            return ids
+        await turn.relay.close()  # the request it hangs on (this answer's, or a preview's ahead of it) ends
+        await asyncio.gather(sending, return_exceptions=True)
+        raise StillHanging(f"no answer from {platform} yet, while it answers again")
+
     async def _deliver_final(self, turn: Turn, event: AnswerDone) -> bool:
         """The turn's final answer: sent now, or — the platform failing for a while, or earlier replies of the
         conversation still waiting — stored as the answer and kept in the outbox. True when it was sent."""
@@ -216,9 +244,9 @@ class Answerer:
         error: BaseException | None = None
         if not held_back:
             try:
-                ids = platform_ids(await turn.relay.send(event))
+                ids = platform_ids(await self._send_final(turn, event))
             except Exception as exc:
-                if turn.channel.retry_after(exc) is None:
+                if not isinstance(exc, StillHanging) and turn.channel.retry_after(exc) is None:
                     raise
                 error = exc
             else:
@@ -228,7 +256,9 @@ class Answerer:
         row = turn.answer = await self.store.finish(msg.id, "answered", reply=event.text)
         assert row is not None
         context = replace(turn.context or SinkContext(msg.key), previous=drafts, record=None)
-        wait = (turn.channel.retry_after(error) or 0.0) if error is not None else 0.0
+        # (a send given up as still hanging: the platform answers again, the outbox sends it now)
+        wait = (turn.channel.retry_after(error) or 0.0) if error is not None and \
+            not isinstance(error, StillHanging) else 0.0
         await self.outbox.keep(msg.key, event, row=row, context=context, error=error, wait=wait)
         turn.finished = True
         return False

@@ -12,7 +12,9 @@ stored as the message's answer, and the event is kept here (the store's stash, u
 - in order per conversation: a newer reply of a conversation with replies waiting goes behind them;
 - a platform that is down is probed by one send every back-off period (the oldest waiting; a new probe
   goes even while an earlier one hangs, so a recovery is seen within the period, not after a time-out),
-  not hammered by every conversation; when it answers, the rest follow at once, side by side;
+  not hammered by every conversation (a turn's answer that goes through brings the next probe forward);
+  when it answers, the rest follow at once, side by side, and a turn's answer still hanging on a request
+  made during the outage is given up and kept with them (:class:`StillHanging`);
 - each retry builds the sink with the platform messages the failed attempt left (``previous``), so a
   half-streamed message is completed, not left beside a second answer, and adapters whose platform lets
   them recognise an earlier send (Chatwoot's answer mark, the helpdesk API's delivery ids) do not double it;
@@ -35,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import describe
+from bot.errors import describe, timed_out
 from bot.l10n import i18n
 from bot.ops.logs import Throttle
 from bot.ops.metrics import Metrics
@@ -64,6 +66,12 @@ PROBE_TIMEOUT = 4.0
 FIRST_BACKOFF = 0.5
 PARALLEL = 8  # conversations of one platform delivered side by side once it answers
 NOT_DELIVERED = "not delivered"
+
+
+class StillHanging(TimeoutError):
+    """A send made while its platform was in trouble, given up because it still had no answer when the
+    platform was seen answering again (:meth:`Outbox.answers_again`): a request made into the outage, which
+    nobody answers before its time-out. It may have arrived (a time-out): the retry looks first."""
 
 
 def encode(event: ReplyEvent) -> dict[str, Any]:
@@ -134,6 +142,8 @@ class Outbox:
         self._down: dict[str, float] = {}  # platform -> when to probe it again
         self._backoff: dict[str, float] = {}
         self._up_at: dict[str, float] = {}  # platform -> when a send last went through
+        self._back: dict[str, asyncio.Event] = {}  # platform in trouble -> set when it answers again
+        self._probed: dict[str, float] = {}  # platform being probed -> when the last probe went
         self._keys: set[str] = set()  # conversations with replies kept here (by this process)
         self._flying: dict[str, asyncio.Task[None]] = {}  # conversation -> its delivery in progress
         self.delivered = 0
@@ -159,7 +169,7 @@ class Outbox:
         self._keys.add(str(key))
         log.debug("%s for %s not delivered (%s): kept", type(event).__name__, key,
                   data["error"] or "waiting behind earlier replies")
-        if error is not None:
+        if error is not None and not isinstance(error, StillHanging):  # (that one says nothing of the platform)
             self._trouble_with(key.platform, data["error"])
         self._wake.set()
 
@@ -187,7 +197,33 @@ class Outbox:
         log.warning("%s: cannot deliver replies to %s (%s)%s: %d conversation(s) waiting, sent when it answers — %s",
                     platform, where, error, f" for {lasting:.0f} s" if lasting >= 1 else "", waiting, check)
 
+    def in_trouble(self, platform: str) -> bool:
+        """Whether sends to ``platform`` fail now: one failed, and no kept reply has gone through since."""
+        return platform in self._trouble
+
+    async def answers_again(self, platform: str) -> None:
+        """Returns once ``platform``, in trouble now, is seen answering again: a kept reply went through (at
+        once when it is not in trouble)."""
+        if platform in self._trouble:
+            await self._back.setdefault(platform, asyncio.Event()).wait()
+
+    def went_through(self, platform: str) -> None:
+        """A send to ``platform`` outside the outbox (a turn's answer) went through. Being probed, the platform
+        gets its next probe now (at most one every FIRST_BACKOFF), not at the end of the back-off period: live
+        traffic shows a recovery sooner; only a probe that goes through declares it (one conversation's
+        answer going through says little of the others' when only part of the platform fails)."""
+        if platform not in self._backoff:
+            return
+        now = self.clock()
+        soonest = max(now, self._probed.get(platform, 0.0) + FIRST_BACKOFF)
+        if soonest < self._down.get(platform, now):
+            self._down[platform] = soonest
+            self._wake.set()
+
     def _answers_again(self, platform: str) -> None:
+        back = self._back.pop(platform, None)
+        if back is not None:
+            back.set()
         trouble = self._trouble.pop(platform, None)
         self._warn.reset(platform)
         if trouble is not None:
@@ -299,6 +335,7 @@ class Outbox:
                     continue
                 # one probe; the next one after the back-off even while this one hangs (it may never answer)
                 self._fly(due[0])
+                self._probed[platform] = now
                 self._down[platform] = now + self._backoff[platform]
                 next_due = min(next_due, self._backoff[platform])
             return max(0.05, next_due)
@@ -355,6 +392,7 @@ class Outbox:
         await self.store.drop_stash(entry.bucket, [entry.item])
         self._down.pop(key.platform, None)
         self._backoff.pop(key.platform, None)
+        self._probed.pop(key.platform, None)
         self._up_at[key.platform] = self.clock()
         self._answers_again(key.platform)
         self.delivered += 1
@@ -373,7 +411,12 @@ class Outbox:
         if self._up_at.get(platform, 0.0) <= started:  # not a request that hung while the platform came back
             backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
             self._backoff[platform] = backoff
-            self._down[platform] = now + max(wait, backoff)
+            if timed_out(exc):
+                # no answer at all: the next probe stays where it was planned when this one went (counted
+                # from the time-out, the probe period would be the time-out, and a recovery seen that late)
+                self._down[platform] = max(self._down.get(platform, 0.0), started + backoff)
+            else:  # the platform answered (429, 5xx): its Retry-After, counted from now
+                self._down[platform] = now + max(wait, backoff)
         data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc),
                 "maybe_sent": bool(data.get("maybe_sent", True)) or channel.may_have_arrived(exc)}
         # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
