@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from slack_bolt import BoltResponse
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_chat_stream import AsyncChatStream
 
 from adapters.common.http import download
 from adapters.common.markdown import SlackFormat, escape_slack
@@ -261,14 +262,14 @@ class SlackStreamSink:
         self.party = self.user or None
         self.renderer = adapter.renderer(context)
         self.native = True
-        self.ts: str | None = None
+        self.stream: AsyncChatStream | None = None  # slack-sdk's helper, for the message streaming now
         self.ids: list[str] = []
         self.sent = ""  # text appended to the current streamed message, as sent (escaped)
         self.total = ""  # all text streamed natively
 
     async def emit(self, event: ReplyEvent) -> PlatformIds:
         if isinstance(event, TextChunk):
-            if self.native and self.ts is None and not (self.adapter.limiter.has_capacity("m:chat.startStream", 2)
+            if self.native and self.stream is None and not (self.adapter.limiter.has_capacity("m:chat.startStream", 2)
                                                         and self.adapter.limiter.has_capacity("m:chat.stopStream", 2)):
                 # Starting and stopping a stream come from a small per-workspace budget: when it is spent,
                 # posting now shows the answer sooner than waiting for a stream.
@@ -281,7 +282,7 @@ class SlackStreamSink:
                     log.info("native streaming refused (%s): posting and updating instead", slack_error(exc) or exc)
                     await self._fall_back()
             return await self.renderer.emit(event)
-        if isinstance(event, AnswerDone) and self.native and self.ts is not None:
+        if isinstance(event, AnswerDone) and self.native and self.stream is not None:
             try:
                 return await self._finish(event)
             except SlackApiError as exc:
@@ -291,39 +292,37 @@ class SlackStreamSink:
 
     async def _append(self, raw: str) -> None:
         text = escape_slack(raw, line_start=not self.total or self.total.endswith("\n"))
-        if self.ts is not None and len(self.sent) + len(text) > MESSAGE_LIMIT:
-            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts)
-            self.ts, self.sent = None, ""
-        chunks = [{"type": "markdown_text", "text": text}]
-        if self.ts is None:
-            response = await self.adapter.call(
-                self.adapter.client.chat_startStream, party=self.party, channel=self.channel, thread_ts=self.thread_ts,
-                recipient_team_id=self.team, recipient_user_id=self.user, chunks=chunks)
-            self.ts = str(response["ts"])
-            self.ids.append(self.ts)
+        if self.stream is not None and len(self.sent) + len(text) > MESSAGE_LIMIT:
+            await self.stream.stop()
+            self.stream, self.sent = None, ""
+        if self.stream is None:
+            # buffer_size 1: every append goes at once (the core already paces the text it hands over)
+            self.stream = AsyncChatStream(_Limited(self.adapter, self.party), logger=log, channel=self.channel,
+                                          thread_ts=self.thread_ts, recipient_team_id=self.team,
+                                          recipient_user_id=self.user, buffer_size=1)
+            await self.stream.append(markdown_text=text)
+            assert self.stream.ts is not None
+            self.ids.append(self.stream.ts)
             await self.context.remember(self.ids)
         else:
-            await self.adapter.call(self.adapter.client.chat_appendStream, party=self.party, channel=self.channel, ts=self.ts,
-                                    chunks=chunks)
+            await self.stream.append(markdown_text=text)
         self.sent += text
         self.total += raw
 
     async def _finish(self, event: AnswerDone) -> PlatformIds:
-        assert self.ts is not None
+        assert self.stream is not None
         final = event.text
         streamed = self.total.strip()
         # a whole answer gets the 👍/👎 under it; an interrupted or failed one is nothing to rate
-        blocks = feedback_blocks(self.context.language, self.ts) if event.outcome == "done" else None
+        blocks = feedback_blocks(self.context.language, self.stream.ts) if event.outcome == "done" else None
         if final == streamed:
-            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts,
-                                    blocks=blocks)
+            await self.stream.stop(blocks=blocks)
         elif final.startswith(streamed) and \
                 len(self.sent) + len(rest := escape_slack(final[len(streamed):], line_start=not streamed)) \
                 <= MESSAGE_LIMIT:
-            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts,
-                                    chunks=[{"type": "markdown_text", "text": rest}], blocks=blocks)
+            await self.stream.stop(markdown_text=rest, blocks=blocks)
         else:  # the final text differs from what streamed (a failure notice, a cut): set it
-            await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, channel=self.channel, ts=self.ts)
+            await self.stream.stop()
             await self._fall_back()
             return await self.renderer.emit(event)
         return tuple(self.ids)
@@ -424,3 +423,22 @@ class SupportChannel:
 
     async def close(self) -> None:
         return None
+
+
+class _Limited:
+    """The client slack-sdk's :class:`AsyncChatStream` calls, through the adapter's rate limiter: the helper calls
+    the Web API itself, and ``chat.startStream`` / ``stopStream`` come from a small per-workspace budget (and a
+    user's calls take turns with other users' in a busy channel)."""
+
+    def __init__(self, adapter: SlackAdapter, party: str | None) -> None:
+        self.adapter = adapter
+        self.party = party
+
+    async def chat_startStream(self, **kwargs: Any) -> Any:  # the client's method names
+        return await self.adapter.call(self.adapter.client.chat_startStream, party=self.party, **kwargs)
+
+    async def chat_appendStream(self, **kwargs: Any) -> Any:
+        return await self.adapter.call(self.adapter.client.chat_appendStream, party=self.party, **kwargs)
+
+    async def chat_stopStream(self, **kwargs: Any) -> Any:
+        return await self.adapter.call(self.adapter.client.chat_stopStream, party=self.party, **kwargs)
