@@ -45,6 +45,7 @@ from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+from slack_bolt.middleware.assistant.async_assistant import AsyncAssistant
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -142,9 +143,16 @@ class SlackAdapter(PlatformAdapter[SlackSettings]):
         self.app = AsyncApp(client=self.client, signing_secret=signing, process_before_response=False,
                             request_verification_enabled=conf.mode == "http", logger=BOLT_LOG)
         self.app.middleware(self._store_first)
-        for event in ("message", "app_mention", "assistant_thread_context_changed", "file_shared", "reaction_added"):
+        # bolt's Assistant middleware routes the AI-assistant panel's events: a new thread is greeted; a user's
+        # message there was stored by _store_first, before it; a context change needs nothing here (bolt's default
+        # listener would keep it in message metadata, with calls outside this adapter's rate limiter)
+        assistant = AsyncAssistant(logger=BOLT_LOG)
+        assistant.thread_started(self._assistant_thread_started)
+        assistant.user_message(self._acknowledge)
+        assistant.thread_context_changed(self._acknowledge)
+        self.app.assistant(assistant)
+        for event in ("message", "app_mention", "file_shared", "reaction_added"):
             self.app.event(event)(self._acknowledge)
-        self.app.event("assistant_thread_started")(self._assistant_thread_started)
         self.app.action(FEEDBACK_ACTION)(self._feedback)
         if conf.slash_command:
             self.app.command(conf.slash_command)(self._slash_command)
