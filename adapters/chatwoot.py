@@ -61,6 +61,7 @@ from bot.ops.checks import CheckResult, platform_said, unreachable
 from bot.ops.logs import conversation_var
 from bot.seams import Channel
 from bot.types import (
+    AlreadySent,
     AnswerDone,
     Attachment,
     ConversationKey,
@@ -189,8 +190,8 @@ class ChatwootSink(PostingSink):
         # Chatwoot sent our answer back to the bot as it does every message, and a replica noted it
         posted = next((p[len(POSTED):] for p in self.context.previous if p.startswith(POSTED)), None)
         if posted:
-            log.info("the answer was posted before the replica stopped: not posted again")
-            return (posted,)
+            log.info("the answer was posted before (a replica stopped, or its request hung): not posted again")
+            return AlreadySent((posted,))
         await self.context.remember((POSTING,))
         return await self._post(text, attributes={ANSWER_MARK: self.context.message_id})
 

@@ -201,6 +201,14 @@ ReplyEvent = Status | TextChunk | AnswerDone | Notice | HandoffUpdate | FileRepl
 PlatformIds = str | Sequence[str] | None
 
 
+class AlreadySent(tuple[str, ...]):
+    """What a sink may return for a reply it found already on the platform (an earlier attempt arrived, as the
+    platform itself told the bot) without asking the platform anything: delivered, but no sign that the
+    platform answers again (the outbox goes on probing it)."""
+
+    __slots__ = ()
+
+
 def platform_ids(value: PlatformIds) -> tuple[str, ...]:
     """Normalise what a sink returned to a tuple of ids."""
     if value is None:

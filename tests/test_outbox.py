@@ -16,12 +16,14 @@ from bot.seams import Channel
 from bot.store import MemoryStore, SQLiteStore, Store
 from bot.testing import CollectingSink, MemoryFetcher
 from bot.types import (
+    AlreadySent,
     AnswerDone,
     ConversationKey,
     FileReply,
     HandoffUpdate,
     IncomingMessage,
     Notice,
+    PlatformIds,
     ReplyEvent,
     Sender,
     SinkContext,
@@ -44,6 +46,7 @@ class Platform:
         self.shown: list[str] = []
         self.contexts: list[SinkContext] = []
         self.attempts = 0
+        self.already: set[ConversationKey] = set()  # whose reply the bot knows arrived (the platform's echo)
 
     def sink_for(self, context: SinkContext) -> Sink:
         self.contexts.append(context)
@@ -56,7 +59,9 @@ class Sink(CollectingSink):
         self.platform = platform
         self.key = key
 
-    async def emit(self, event: ReplyEvent) -> str | None:
+    async def emit(self, event: ReplyEvent) -> PlatformIds:
+        if isinstance(event, AnswerDone) and self.key in self.platform.already:
+            return AlreadySent((f"echoed-{self.key.chat}",))  # found without asking the platform
         if isinstance(event, AnswerDone | Notice):
             self.platform.attempts += 1
             if self.platform.refuse:
@@ -333,6 +338,44 @@ async def test_an_answer_that_goes_through_brings_the_next_probe_forward(tmp_pat
             while "echo: kept" not in platform.shown:
                 await asyncio.sleep(0.05)
         assert platform.shown == ["echo: live", "echo: kept"]
+        assert "flaky" not in m.outbox.troubles()
+    finally:
+        await m.stop(1)
+
+
+async def test_a_reply_found_already_sent_does_not_count_as_the_platform_answering(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept reply whose earlier send hung but arrived (the platform echoed it: Chatwoot's webhook) is delivered
+    without a request: that says nothing of the platform, which still hangs. It stays in trouble and the next
+    kept reply probes it (with the probe's short time-out), instead of every kept reply going out at once
+    into the hang."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.4)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    echoed, waiting = ConversationKey("flaky", "c1"), ConversationKey("flaky", "c2")
+    try:
+        for n, key in enumerate((echoed, waiting)):
+            ticket = await m.submit(IncomingMessage(key, Sender(f"u{n}", "Ana"), f"q{n}", event_id=f"e{n}"))
+            assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        assert "flaky" in m.outbox.troubles()
+        platform.down, platform.hang = False, True
+        platform.already.add(echoed)
+        async with asyncio.timeout(10):  # the echoed reply is delivered (found), the other probes the hang
+            while len([k for k in platform.hung if k == waiting]) < 2:
+                platform.probed.clear()
+                await platform.probed.wait()
+        assert "flaky" in m.outbox.troubles()  # still hanging: not declared back by a reply found already there
+        platform.hang = False
+        async with asyncio.timeout(10):
+            while "echo: q1" not in platform.shown:
+                await asyncio.sleep(0.05)
         assert "flaky" not in m.outbox.troubles()
     finally:
         await m.stop(1)

@@ -44,6 +44,7 @@ from bot.ops.metrics import Metrics
 from bot.seams import Channel
 from bot.store import NewMessage, Store
 from bot.types import (
+    AlreadySent,
     AnswerDone,
     ConversationKey,
     FileReply,
@@ -383,18 +384,24 @@ class Outbox:
         try:
             # a platform that hangs: the next probe, not forever
             async with asyncio.timeout(PROBE_TIMEOUT if probe else ATTEMPT_TIMEOUT):
-                ids = platform_ids(await channel.sink_for(context).emit(event))
+                result = await channel.sink_for(context).emit(event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             return await self._failed(entry, channel, exc, started)
-        await self.store.set_platform_ids(entry.row, ids)
+        await self.store.set_platform_ids(entry.row, platform_ids(result))
         await self.store.drop_stash(entry.bucket, [entry.item])
-        self._down.pop(key.platform, None)
-        self._backoff.pop(key.platform, None)
-        self._probed.pop(key.platform, None)
-        self._up_at[key.platform] = self.clock()
-        self._answers_again(key.platform)
+        if probe and isinstance(result, AlreadySent):
+            # found there without a request (the platform's echo of a send that hung): nothing says it answers;
+            # the next waiting reply probes it now
+            self._probed.pop(key.platform, None)
+            self._down[key.platform] = self.clock()
+        else:
+            self._down.pop(key.platform, None)
+            self._backoff.pop(key.platform, None)
+            self._probed.pop(key.platform, None)
+            self._up_at[key.platform] = self.clock()
+            self._answers_again(key.platform)
         self.delivered += 1
         self.metrics.adapter(key.platform).redelivered.inc()
         log.info("%s for %s delivered after %.1f s", type(event).__name__, key, self.clock() - data["created"])
