@@ -379,3 +379,42 @@ async def test_a_reply_found_already_sent_does_not_count_as_the_platform_answeri
         assert "flaky" not in m.outbox.troubles()
     finally:
         await m.stop(1)
+
+
+async def test_a_send_the_outbox_gave_up_waiting_for_is_tried_again_whatever_the_sdk_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbox's own time-out of a hanging send (asyncio's TimeoutError) is not an error an SDK's retry rule
+    knows: Telegram's knows only its TimedOut and NetworkError, and called this one final, so a probe that
+    hung gave the reply up for good ("please ask again"). It is tried again."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.3)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = ConversationManager(make_settings(tmp_path), store, EchoEngine(delay=0.001))
+
+    def sdk_rule(exc: BaseException) -> float | None:  # like Telegram's: only the SDK's own errors
+        return 1.0 if isinstance(exc, httpx.HTTPStatusError) else None
+
+    m.register(Channel("flaky", MemoryFetcher(), platform.sink_for, retry_after=sdk_rule))
+    await m.start()
+    try:
+        assert await ask(m, "kept", 1) == "answered"
+        async with asyncio.timeout(10):
+            while platform.attempts < 2:  # the outbox tried it too: the platform is being probed
+                await asyncio.sleep(0.02)
+        platform.down, platform.hang = False, True
+        async with asyncio.timeout(10):
+            while len(platform.probes) < 2:  # a probe hung and was given up waiting for, and another went
+                platform.probed.clear()
+                await platform.probed.wait()
+        platform.hang = False
+        async with asyncio.timeout(10):
+            while "echo: kept" not in platform.shown:
+                await asyncio.sleep(0.05)
+        assert (await store.transcript(KEY, limit=10))[-1].state != "failed"
+    finally:
+        await m.stop(1)

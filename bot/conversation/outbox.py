@@ -410,6 +410,10 @@ class Outbox:
     async def _failed(self, entry: Waiting, channel: Channel, exc: BaseException, started: float) -> bool:
         data, platform = entry.data, entry.key.platform
         wait = channel.retry_after(exc)
+        if wait is None and isinstance(exc, TimeoutError):
+            # this outbox's own time-out of a send that hung (a platform not answering): an SDK's retry rule
+            # does not know it (Telegram's knows its TimedOut only), and it is never a refusal for good
+            wait = 0.0
         now = self.clock()
         if wait is None or now >= data["deadline"]:
             await self._give_up(entry, exc if wait is None else None)
