@@ -180,15 +180,15 @@ class _Chatwoot:
         """Checked only when reading (``kb remove`` needs neither the token nor the account)."""
         if not self.account:
             raise SourceUnavailable(f"{self.part}: set adapters.chatwoot.account_id to the account's number (the "
-                                    f"one after /app/accounts/ in Chatwoot's URLs at {self.base_url})")
+                                    f"one after /app/accounts/ in Chatwoot's URLs at {shown(self.base_url)})")
         token = _secret(self.env)
         if not token:
             raise SourceUnavailable(f"{self.part}: set the environment variable {self.env} to a Chatwoot user's "
-                                    f"access token (Profile settings → Access token at {self.base_url}); the agent "
+                                    f"access token (Profile settings → Access token at {shown(self.base_url)}); the agent "
                                     "bot's token may not read articles or conversations")
         require_https(self.base_url, "adapters.chatwoot.base_url", f"the access token in {self.env}")
         fetcher = Fetcher(self.http, part=self.part, headers={"api_access_token": token},
-                          fix=f"Chatwoot at {self.base_url} is failing or unreachable: check it and the network")
+                          fix=f"Chatwoot at {shown(self.base_url)} is failing or unreachable: check it and the network")
         fetcher.fix_auth = (f"set {self.env} to the access token of a Chatwoot user of account {self.account} "
                             "(Profile settings → Access token)")
         return fetcher
@@ -308,7 +308,8 @@ class ChatwootSolved(_Chatwoot):
         if topic:
             parts.append(f"Product/category: {scrub(topic)}")
         number = conversation.get("id")
-        title = f"Solved conversation #{number}" + (f" ({', '.join(labels)})" if labels else "")
+        shown_labels = scrub(", ".join(labels))  # the title is shown to other users in Sources footers
+        title = f"Solved conversation #{number}" + (f" ({shown_labels})" if labels else "")
         return RemoteDocument(f"{self.prefix}{number}", title, "\n\n".join(parts), TEXT)
 
 
@@ -388,7 +389,7 @@ class _Helpdesk:
         self.location = part
 
     def fix(self) -> str:
-        return f"django-helpdesk at {self.base_url} is failing or unreachable: check it and the network"
+        return f"django-helpdesk at {shown(self.base_url)} is failing or unreachable: check it and the network"
 
 
 class HelpdeskKB(_Helpdesk):
@@ -433,7 +434,7 @@ class HelpdeskSolved(_Helpdesk):
         user, password = _secret(self.conf.username_env), _secret(self.conf.password_env)
         if not user or not password:
             raise SourceUnavailable(f"{self.part}: set the environment variables {self.conf.username_env} and "
-                                    f"{self.conf.password_env} to a staff user of {self.base_url} (its REST API "
+                                    f"{self.conf.password_env} to a staff user of {shown(self.base_url)} (its REST API "
                                     "is staff-only)")
         require_https(self.base_url, "adapters.django_helpdesk.base_url", "the API user's password (HTTP Basic)")
         fetch = Fetcher(self.http, part=self.part, fix=self.fix(), auth=httpx.BasicAuth(user, password))

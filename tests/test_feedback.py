@@ -391,6 +391,14 @@ def test_greetings_and_sign_offs_are_dropped_and_the_answer_kept() -> None:
     kept = "Hello world is the first program.\nThanks to the new firmware the pump restarts by itself after a cut."
     assert strip_salutations(kept) == kept
     assert strip_salutations("Thanks, that fixed it.") == "Thanks, that fixed it."
+    # advice that begins with a sign-off's word is the answer, not its farewell (the steps after it stay)
+    steps = "E21 means a blocked impeller.\nBest to switch the pump off first.\nThen remove the debris."
+    assert strip_salutations(steps) == steps
+    care = "Open the front cover.\nTake care not to touch the impeller.\nRinse it under the tap."
+    assert strip_salutations(care) == care
+    assert strip_salutations("Replace the filter.\nReplace the seal.\nThanks, that fixed it.").endswith("fixed it.")
+    assert strip_salutations("Replace the filter.\nKind regards, Ana Lima") == "Replace the filter."
+    assert strip_salutations("Replace the filter.\nThanks!\n-- \nACME support") == "Replace the filter."
 
 def test_image_metadata_is_stripped_and_pixels_kept() -> None:
     data = photo_with_gps((10, 200, 30))

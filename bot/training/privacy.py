@@ -72,11 +72,14 @@ def redact(text: str, names: Iterable[str] = ()) -> str:
 _GREETING = re.compile(
     r"^\s*(?:hi|hello|hey|hallo|dear|good (?:morning|afternoon|evening)|greetings|bonjour|hola|ol[aá]|oi)\b"
     r"[,!]?(?:\s+[\w.'-]+){0,3}\s*[,!.:]?\s*$", re.IGNORECASE)
-#: A line that starts the sign-off: "Best regards,", "Kind regards", "Thanks,", "Cheers", "Sincerely", "-- ".
+#: A line that starts the sign-off: "Best regards,", "Kind regards, Ana", "Thanks!", "Cheers", "Sincerely", "-- ".
+#: The phrase is the whole line (a capitalised name or two may follow a comma): "Best to switch the pump off first." and
+#: "Take care not to touch the impeller." are answers, not farewells.
 _SIGN_OFF = re.compile(
-    r"^\s*(?:(?:best|kind|warm|many)?\s*regards|best(?: wishes)?|thanks?(?: you)?(?: again)?|many thanks|cheers|"
+    r"^\s*(?:(?:(?:best|kind|warm|many)?\s*regards|best(?: wishes)?|thanks?(?: you)?(?: again)?|many thanks|cheers|"
     r"sincerely|yours(?: truly| sincerely)?|all the best|take care|have a (?:nice|great|good) (?:day|week|weekend)|"
-    r"atenciosamente|abra[cç]os|obrigad[oa]|saludos|mit freundlichen gr[üu](?:ß|ss)en|--)(?!\w)[^\n]{0,30}$",
+    r"atenciosamente|abra[cç]os|obrigad[oa]|saludos|mit freundlichen gr[üu](?:ß|ss)en)"
+    r"\s*[,!.]?(?:(?<=,)\s*(?-i:[A-ZÀ-Þ][\w.'-]*)(?:\s+(?-i:[A-ZÀ-Þ][\w.'-]*)){0,2})?|--(?:\s+[^\n]{0,30})?)\s*$",
     re.IGNORECASE)
 #: How many lines a sign-off takes at most (the phrase, a name, a title, a company).
 _SIGN_OFF_LINES = 4
