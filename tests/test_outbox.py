@@ -47,6 +47,8 @@ class Platform:
         self.contexts: list[SinkContext] = []
         self.attempts = 0
         self.already: set[ConversationKey] = set()  # whose reply the bot knows arrived (the platform's echo)
+        self.retry_after = ""  # down with a 429 asking for this many seconds (else a 503)
+        self.shown_at: list[float] = []  # loop time of each message shown
 
     def sink_for(self, context: SinkContext) -> Sink:
         self.contexts.append(context)
@@ -73,8 +75,12 @@ class Sink(CollectingSink):
                 await asyncio.Event().wait()  # never answered: the outbox's probe time-out ends it
             if self.platform.down:
                 request = httpx.Request("POST", "http://127.0.0.1/api")
-                raise httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
+                status, headers = (429, {"Retry-After": self.platform.retry_after}) if self.platform.retry_after \
+                    else (503, {})
+                raise httpx.HTTPStatusError(str(status), request=request,
+                                            response=httpx.Response(status, request=request, headers=headers))
             self.platform.shown.append(event.text)
+            self.platform.shown_at.append(asyncio.get_running_loop().time())
         return await super().emit(event)
 
 
@@ -416,5 +422,65 @@ async def test_a_send_the_outbox_gave_up_waiting_for_is_tried_again_whatever_the
             while "echo: kept" not in platform.shown:
                 await asyncio.sleep(0.05)
         assert (await store.transcript(KEY, limit=10))[-1].state != "failed"
+    finally:
+        await m.stop(1)
+
+
+async def test_the_last_kept_reply_found_already_sent_ends_the_trouble(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply found already on the platform (no request made) that was the last one waiting leaves nothing to
+    probe: the platform is no longer reported in trouble (/readyz), rather than for good."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    try:
+        assert await ask(m, "kept", 1) == "answered"
+        assert "flaky" in m.outbox.troubles()
+        platform.already.add(KEY)  # the send that failed had arrived after all: the platform echoed it
+        async with asyncio.timeout(10):
+            while await store.stashed(outbox.BUCKET):
+                await asyncio.sleep(0.05)
+            while "flaky" in m.outbox.troubles():
+                await asyncio.sleep(0.05)
+        assert platform.shown == []  # found there, not sent again
+    finally:
+        await m.stop(1)
+
+
+async def test_a_live_answer_going_through_does_not_bring_a_probe_before_the_retry_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform that answered 429 with Retry-After is not probed before that time, even when a turn's answer
+    goes through meanwhile (which otherwise brings the next probe forward)."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down, platform.retry_after = True, "2"
+    m = manager(tmp_path, store, platform)
+    await m.start()
+    kept, live = ConversationKey("flaky", "c1"), ConversationKey("flaky", "c2")
+    try:
+        ticket = await m.submit(IncomingMessage(kept, Sender("u1", "Ana"), "kept", event_id="e1"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        async with asyncio.timeout(10):
+            while platform.attempts < 2:  # the outbox's own try: refused with Retry-After 2
+                await asyncio.sleep(0.01)
+        refused_at = asyncio.get_running_loop().time()
+        platform.down = False
+        ticket = await m.submit(IncomingMessage(live, Sender("u2", "Rui"), "live", event_id="e2"))
+        assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        async with asyncio.timeout(10):
+            while "echo: kept" not in platform.shown:
+                await asyncio.sleep(0.05)
+        assert platform.shown == ["echo: live", "echo: kept"]
+        assert platform.shown_at[1] - refused_at >= 1.9  # the Retry-After was honoured
     finally:
         await m.stop(1)

@@ -220,10 +220,19 @@ class Answerer:
             ids = await turn.relay.send(event)
             self.outbox.went_through(platform)  # (the platform being probed: a probe now)
             return ids
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         sending = asyncio.ensure_future(turn.relay.send(event))
         back = asyncio.ensure_future(self.outbox.answers_again(platform))
         try:
             await asyncio.wait((sending, back), return_when=asyncio.FIRST_COMPLETED)
+            if not sending.done():
+                # back: a request made moments ago (or waiting its turn in the rate limiter) may be about to go
+                # through, and given up it would be sent twice where the platform cannot tell; only one pending
+                # longer than a probe may take was made into the outage
+                grace = self.outbox.probe_timeout - (loop.time() - started)
+                if grace > 0:
+                    await asyncio.wait((sending,), timeout=grace)
         finally:
             back.cancel()
             if not sending.done():

@@ -145,6 +145,7 @@ class Outbox:
         self._up_at: dict[str, float] = {}  # platform -> when a send last went through
         self._back: dict[str, asyncio.Event] = {}  # platform in trouble -> set when it answers again
         self._probed: dict[str, float] = {}  # platform being probed -> when the last probe went
+        self._not_before: dict[str, float] = {}  # platform -> until when it asked not to be sent to (Retry-After)
         self._keys: set[str] = set()  # conversations with replies kept here (by this process)
         self._flying: dict[str, asyncio.Task[None]] = {}  # conversation -> its delivery in progress
         self.delivered = 0
@@ -198,6 +199,11 @@ class Outbox:
         log.warning("%s: cannot deliver replies to %s (%s)%s: %d conversation(s) waiting, sent when it answers — %s",
                     platform, where, error, f" for {lasting:.0f} s" if lasting >= 1 else "", waiting, check)
 
+    @property
+    def probe_timeout(self) -> float:
+        """How long a probe may hang before it is given up (PROBE_TIMEOUT)."""
+        return PROBE_TIMEOUT
+
     def in_trouble(self, platform: str) -> bool:
         """Whether sends to ``platform`` fail now: one failed, and no kept reply has gone through since."""
         return platform in self._trouble
@@ -216,7 +222,8 @@ class Outbox:
         if platform not in self._backoff:
             return
         now = self.clock()
-        soonest = max(now, self._probed.get(platform, 0.0) + FIRST_BACKOFF)
+        # never before a Retry-After the platform asked for
+        soonest = max(now, self._probed.get(platform, 0.0) + FIRST_BACKOFF, self._not_before.get(platform, 0.0))
         if soonest < self._down.get(platform, now):
             self._down[platform] = soonest
             self._wake.set()
@@ -391,15 +398,16 @@ class Outbox:
             return await self._failed(entry, channel, exc, started)
         await self.store.set_platform_ids(entry.row, platform_ids(result))
         await self.store.drop_stash(entry.bucket, [entry.item])
-        if probe and isinstance(result, AlreadySent):
+        if probe and isinstance(result, AlreadySent) and await self.store.stashed(f"{BUCKET}{key.platform}:"):
             # found there without a request (the platform's echo of a send that hung): nothing says it answers;
-            # the next waiting reply probes it now
+            # the next waiting reply probes it now (none left waiting: nothing to probe, nothing in trouble)
             self._probed.pop(key.platform, None)
             self._down[key.platform] = self.clock()
         else:
             self._down.pop(key.platform, None)
             self._backoff.pop(key.platform, None)
             self._probed.pop(key.platform, None)
+            self._not_before.pop(key.platform, None)
             self._up_at[key.platform] = self.clock()
             self._answers_again(key.platform)
         self.delivered += 1
@@ -428,6 +436,7 @@ class Outbox:
                 self._down[platform] = max(self._down.get(platform, 0.0), started + backoff)
             else:  # the platform answered (429, 5xx): its Retry-After, counted from now
                 self._down[platform] = now + max(wait, backoff)
+                self._not_before[platform] = now + wait
         data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc),
                 "maybe_sent": bool(data.get("maybe_sent", True)) or channel.may_have_arrived(exc)}
         # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
