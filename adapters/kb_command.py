@@ -71,8 +71,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
     try:
         index = open_index(settings, store)
-        if ocr is None and args.kb_command == "sync" and any(s.kind == OCR for s in await index.sources(args.base)):
-            ocr = engine_reader(settings)  # sources added with --ocr are read with it again
+        if ocr is None and args.kb_command in ("add", "sync") and \
+                any(s.kind == OCR for s in await index.sources(args.base)):
+            ocr = engine_reader(settings)  # sources added with --ocr are read with it again (a file added under one)
         ingester = Ingester(index, store, settings.knowledge, remote=kb_sources.resolver(settings, http), ocr=ocr)
         command = args.kb_command
         if command in ("add", "sync"):

@@ -20,8 +20,8 @@ Locations (stored as the base's sources, or listed in ``knowledge.bases.<name>.s
 
 Solved tickets are not public: they are cited by title only, and before indexing their text loses e-mail
 addresses, phone numbers, the names the platform gives for the customer and the agents, and greetings and
-sign-offs (bot/training/privacy.py, the same scrubbing as training exports). Only human agents' answers
-count: not the bot's own messages, not private notes.
+sign-offs (bot/training/privacy.py: the redaction training exports use, plus the greetings and sign-offs).
+Only human agents' answers count: not the bot's own messages, not private notes.
 
 Every request goes through :class:`Fetcher`: a 429 waits what ``Retry-After`` asks (bounded) and tries again,
 a 5xx or a network failure is tried a few times, and then the source fails as one line naming the part, the

@@ -680,6 +680,11 @@ def test_kb_add_ocr_reads_scanned_pages_with_the_engine_and_sync_remembers(
     found = search(echo_config, capsys, "manuals", "read all the text in this page", "--min-score", "0", "-k", "10")
     assert {f["page"] for f in found if "echo: Read all the text" in f["text"]} == {2, 3}
     assert any("[page-3: " in f["text"] for f in found if f["page"] == 3)
+    # a new scanned file under the source, added without the flag: read with the engine too (not an error)
+    scanned_pdf(tmp_path / "docs" / "more.pdf", [None])
+    assert kb(echo_config, "add", "manuals", str(tmp_path / "docs")) == 0
+    assert "1 added, 0 updated, 1 unchanged, 0 removed, 0 problem(s) (1 pages, 1 read by OCR" in \
+        capsys.readouterr().out
 
 
 async def test_ocr_with_the_tiny_transformers_internvl(demo_model: Path, tmp_path: Path) -> None:

@@ -193,6 +193,13 @@ async def test_portal_articles_are_indexed_updated_and_removed(tmp_path: Path, c
     assert await search(config, capsys, "support", "reset button router R5") == []
     assert await kb(config, "list") == 0
     assert "sources: chatwoot-portal:help" in capsys.readouterr().out
+    # a portal that suddenly reads as nothing at all does not empty the base: said, and kept
+    cw.delete_article(e21)
+    assert await kb(config, "sync", "support") == 1
+    captured = capsys.readouterr()
+    assert "0 removed" in captured.out and "chatwoot-portal:help: read no document where 1 were indexed" in \
+        captured.err
+    assert "gravel" in (await search(config, capsys, "support", "impeller jammed gravel"))[0]["text"]
     # remove forgets the source and its documents
     assert await kb(config, "remove", "support", "chatwoot-portal:help") == 0
     assert "1 document(s) removed" in capsys.readouterr().out

@@ -113,8 +113,6 @@ def session_secret(settings: Settings, conf: WebSettings) -> bytes:
     return key
 
 
-
-
 def build(runtime: Runtime, conf: WebSettings) -> WebAdapter:
     """``serve``'s constructor (see adapters/registry.py): the page says when the model is the demo one."""
     from adapters.web.adapter import WebAdapter
@@ -123,3 +121,13 @@ def build(runtime: Runtime, conf: WebSettings) -> WebAdapter:
     assert runtime.engine is not None
     web.demo = runtime.engine.info.demo
     return web
+
+
+def __getattr__(name: str) -> object:
+    """``from adapters.web import WebAdapter`` as before the web chat became a package (imported on first use:
+    the adapter module imports this one)."""
+    if name == "WebAdapter":
+        from adapters.web.adapter import WebAdapter
+
+        return WebAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -281,7 +281,14 @@ class Ingester:
             return
         if remember:
             await self.index.add_sources(base, [Source(base, source.location, source.kind)])
-        if remove_missing:
+        if remove_missing and known and not seen:
+            # a source that read as nothing at all (a page layout the reader no longer knows, an emptied portal
+            # by mistake) must not empty the base, as a folder that vanished does not: said, and kept
+            line = (f"{source.location}: read no document where {len(known)} were indexed — they keep serving; "
+                    f"`internvl-bot kb remove {base} {source.location}` drops them if the source is really empty")
+            report.problems.append(line)
+            self._say(line, None)
+        elif remove_missing:
             gone = [doc for doc in known if doc not in seen]
             report.removed += await self.index.remove_documents(base, gone) if gone else 0
         report.seconds += time.perf_counter() - started

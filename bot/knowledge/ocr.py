@@ -52,6 +52,7 @@ class EngineReader:
         self._engine: Engine | None = engine if isinstance(engine, Engine) else None
         self._build = None if isinstance(engine, Engine) else engine
         self._started = False
+        self._opened = False  # started (and so to be closed), whatever its check said
         self.generation = generation.model_copy(update={"temperature": 0.0, "max_new_tokens": max_new_tokens})
         self.what = what
         self.pages = 0
@@ -64,6 +65,7 @@ class EngineReader:
                 assert self._build is not None
                 self._engine = self._build()
             await self._engine.start()
+            self._opened = True
             await self._engine.check()
         except OcrUnavailable:
             raise
@@ -83,8 +85,8 @@ class EngineReader:
         return strip_controls("".join(pieces)).strip()
 
     async def close(self) -> None:
-        if self._engine is not None and self._started:
-            self._started = False
+        if self._engine is not None and self._opened:
+            self._started = self._opened = False
             await self._engine.close()
 
 

@@ -228,7 +228,8 @@ async def _copy_knowledge(source: sqlite3.Connection, target: Any, languages: Ma
                 _count(report, "kb_chunks", len(chunks), 0)
             vectors = await asyncio.to_thread(
                 rows, "SELECT c.position, v.model, v.vector FROM kb_vectors v JOIN kb_chunks c ON c.id = v.chunk_id"
-                      " WHERE c.document_id = ? ORDER BY c.position", (doc_id,))
+                      " WHERE c.document_id = ? ORDER BY c.position", (doc_id,)) \
+                if "kb_vectors" in tables else []  # a store from before dense retrieval
             if vectors:
                 new = await _copy_vectors(index, target, base, doc, vectors)
                 _count(report, "kb_vectors", new, len(vectors) - new)

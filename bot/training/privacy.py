@@ -1,9 +1,10 @@
-"""What a training export does to text and images before they leave the database.
+"""What leaves the database scrubbed: training exports' text and images, and solved tickets indexed as knowledge.
 
 Text: e-mail addresses, phone numbers, card-like numbers (13-19 digits that pass the Luhn check) and the names
 the platform gave us for the people in the conversation are replaced by ``[email]``, ``[phone]``, ``[card]``
-and ``[name]``; :func:`strip_salutations` drops the greeting line that opens a message ("Hi Jane,") and the
-sign-off that closes it ("Best regards, Ana"), which name people the platform may not have told us about. Images: metadata is dropped — JPEG APP1 (EXIF, GPS, XMP) and APP13 (IPTC) segments and
+and ``[name]`` (:func:`redact`, both); :func:`strip_salutations` (solved tickets) drops the greeting line that
+opens a message ("Hi Jane,") and the sign-off that closes it ("Best regards, Ana"), which name people the
+platform may not have told us about. Images: metadata is dropped — JPEG APP1 (EXIF, GPS, XMP) and APP13 (IPTC) segments and
 comments, PNG text/EXIF/time chunks, losslessly; any other format is re-encoded as PNG, which keeps pixels only.
 Videos: remuxed by ffmpeg without re-encoding, keeping only the first video stream that is not cover art and the
 audio; container, stream and chapter metadata (creation time, GPS location, device make and model) are dropped,
