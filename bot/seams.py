@@ -147,6 +147,10 @@ class Channel:
     #: the user can take a handed-off conversation back from people (``/bot``); not where the platform keeps
     #: the user's messages from the bot while a person has it (Chatwoot), so the texts do not offer it there
     user_returns: bool = True
+    #: a harmless call that shows whether the platform answers (Telegram: a "typing…" in the chat), for a
+    #: platform where a kept reply cannot be its own probe: one that hangs may have arrived, and the platform
+    #: cannot tell the next try (it would show twice). None: the outbox probes with the oldest kept reply.
+    probe: Callable[[ConversationKey], Awaitable[object]] | None = None
 
 
 # ---------------------------------------------------------------------------------------------

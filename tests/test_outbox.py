@@ -484,3 +484,54 @@ async def test_a_live_answer_going_through_does_not_bring_a_probe_before_the_ret
         assert platform.shown_at[1] - refused_at >= 1.9  # the Retry-After was honoured
     finally:
         await m.stop(1)
+
+
+async def test_a_channels_own_probe_keeps_replies_out_of_a_hang(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform where a send that hangs may have arrived and cannot be looked up (Telegram) gives the outbox
+    a harmless probe: while it hangs no kept reply is sent into the hang (each would show twice), and once it
+    answers the kept replies go, each once."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
+    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.3)
+    store = MemoryStore()
+    platform = Platform()
+    platform.down = True
+    probes: list[ConversationKey] = []
+    probed = asyncio.Event()
+
+    async def probe(key: ConversationKey) -> None:
+        probes.append(key)
+        probed.set()
+        if platform.hang:
+            await asyncio.Event().wait()
+        if platform.down:
+            request = httpx.Request("POST", "http://127.0.0.1/api")
+            raise httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
+
+    m = ConversationManager(make_settings(tmp_path), store, EchoEngine(delay=0.001))
+    m.register(Channel("flaky", MemoryFetcher(), platform.sink_for, probe=probe))
+    await m.start()
+    try:
+        for n in range(2):
+            ticket = await m.submit(IncomingMessage(ConversationKey("flaky", f"c{n}"), Sender(f"u{n}", "Ana"),
+                                                    f"q{n}", event_id=f"e{n}"))
+            assert ticket is not None and await asyncio.wait_for(ticket.done, 10) == "answered"
+        tried = platform.attempts  # the two live answers, refused
+        platform.down, platform.hang = False, True
+        async with asyncio.timeout(10):
+            while len(probes) < 4:  # probes hang and are given up, again and again
+                probed.clear()
+                await probed.wait()
+        assert platform.attempts == tried and platform.hung == []  # no kept reply went into the hang
+        platform.hang = False
+        async with asyncio.timeout(10):
+            while len(platform.shown) < 2:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert sorted(platform.shown) == ["echo: q0", "echo: q1"]  # each once
+        assert "flaky" not in m.outbox.troubles()
+    finally:
+        await m.stop(1)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from telegram import BotCommand, BotCommandScopeDefault, Message, Update
-from telegram.constants import ChatType, MessageEntityType
+from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import (
     Application,
@@ -58,6 +58,7 @@ from adapters.telegram.transport import (
     TelegramFetcher,
     TelegramTransport,
     display_name,
+    retry_after,
     retry_after_or_network,
     seconds,
 )
@@ -126,7 +127,8 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         self.limiter = RateLimiter(self._rates, overall=[(30, 1)])
         self.channel = Channel(PLATFORM, TelegramFetcher(self), self._sink_for, conf.persona or None,
                                retry_after=retry_after_or_network, policy=conf.policy(settings.limits),
-                               endpoint=self.conf.base_url, endpoint_setting="adapters.telegram.base_url")
+                               endpoint=self.conf.base_url, endpoint_setting="adapters.telegram.base_url",
+                               probe=self._probe)
         self.endpoint, self.endpoint_key = self.conf.base_url, "base_url"
         self.credential_fix = "copy the bot's token from @BotFather (/mybots → your bot → API Token)"
         manager.register(self.channel)
@@ -159,6 +161,14 @@ class TelegramAdapter(PlatformAdapter[TelegramSettings]):
         transport = TelegramTransport(self, context)
         interval = self.conf.edit_interval if transport.private else self.conf.group_edit_interval
         return StreamingRenderer(transport, context, min_interval=interval, keep_typing=300)
+
+    async def _probe(self, key: ConversationKey) -> None:
+        """The outbox's probe while Telegram is down: a "typing…" in the chat of a kept reply. A kept reply
+        cannot be the probe here: a sendMessage that hangs may have arrived, and Telegram has nothing to look
+        an earlier copy up with, so every hung probe would show twice."""
+        thread = int(key.thread) if key.thread else None
+        await self.limiter.call(f"act:{key.chat}", lambda: self.app.bot.send_chat_action(
+            int(key.chat), ChatAction.TYPING, message_thread_id=thread), retry_after=retry_after)
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -146,6 +146,7 @@ class Outbox:
         self._back: dict[str, asyncio.Event] = {}  # platform in trouble -> set when it answers again
         self._probed: dict[str, float] = {}  # platform being probed -> when the last probe went
         self._not_before: dict[str, float] = {}  # platform -> until when it asked not to be sent to (Retry-After)
+        self._probes: set[asyncio.Task[None]] = set()  # channels' own probes in flight
         self._keys: set[str] = set()  # conversations with replies kept here (by this process)
         self._flying: dict[str, asyncio.Task[None]] = {}  # conversation -> its delivery in progress
         self.delivered = 0
@@ -278,7 +279,7 @@ class Outbox:
                 self.run(), name="outbox")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._flying.values()) if t is not None]
+        tasks = [t for t in (self._task, *self._flying.values(), *self._probes) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -342,11 +343,51 @@ class Outbox:
                     next_due = min(next_due, probe_at - now)
                     continue
                 # one probe; the next one after the back-off even while this one hangs (it may never answer)
-                self._fly(due[0])
+                channel = self._channel(platform)
+                if channel is not None and channel.probe is not None:
+                    task = asyncio.create_task(self._probe(platform, channel, due[0][0].key), name=f"probe {platform}")
+                    self._probes.add(task)
+                    task.add_done_callback(self._probes.discard)
+                else:
+                    self._fly(due[0])
                 self._probed[platform] = now
                 self._down[platform] = now + self._backoff[platform]
                 next_due = min(next_due, self._backoff[platform])
             return max(0.05, next_due)
+
+    async def _probe(self, platform: str, channel: Channel, key: ConversationKey) -> None:
+        """The channel's own probe of a platform that is down: it answering lets every kept reply go."""
+        assert channel.probe is not None
+        started = self.clock()
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await channel.probe(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if platform not in self._backoff or self._up_at.get(platform, 0.0) > started:
+                return  # seen answering meanwhile (a turn's answer, an earlier probe)
+            backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
+            self._backoff[platform] = backoff
+            wait = channel.retry_after(exc) if not isinstance(exc, TimeoutError) else None
+            if wait is None:  # no answer, or one that says nothing of when: the probe schedule stands
+                self._down[platform] = max(self._down.get(platform, 0.0), started + backoff)
+            else:
+                self._down[platform] = self.clock() + max(wait, backoff)
+                self._not_before[platform] = self.clock() + wait
+            self._trouble_with(platform, _describe(exc))
+            return
+        self._back_up(platform)
+        self._wake.set()
+
+    def _back_up(self, platform: str) -> None:
+        """``platform`` answered: no more probing; its kept replies go out."""
+        self._down.pop(platform, None)
+        self._backoff.pop(platform, None)
+        self._probed.pop(platform, None)
+        self._not_before.pop(platform, None)
+        self._up_at[platform] = self.clock()
+        self._answers_again(platform)
 
     def _fly(self, entries: list[Waiting]) -> None:
         key = str(entries[0].key)
@@ -404,12 +445,7 @@ class Outbox:
             self._probed.pop(key.platform, None)
             self._down[key.platform] = self.clock()
         else:
-            self._down.pop(key.platform, None)
-            self._backoff.pop(key.platform, None)
-            self._probed.pop(key.platform, None)
-            self._not_before.pop(key.platform, None)
-            self._up_at[key.platform] = self.clock()
-            self._answers_again(key.platform)
+            self._back_up(key.platform)
         self.delivered += 1
         self.metrics.adapter(key.platform).redelivered.inc()
         log.info("%s for %s delivered after %.1f s", type(event).__name__, key, self.clock() - data["created"])
