@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bot.conversation.manager import ConversationManager
+from bot.conversation.outbox import BUCKET as OUTBOX_BUCKET
 from bot.conversation.outbox import NOT_DELIVERED, decode, encode
 from bot.engines import EchoEngine
 from bot.seams import Channel
@@ -88,6 +89,17 @@ def manager(tmp_path: Path, store: Store, platform: Platform, **conversation: ob
     m = ConversationManager(make_settings(tmp_path, conversation=conversation), store, EchoEngine(delay=0.001))
     m.register(Channel("flaky", MemoryFetcher(), platform.sink_for))
     return m
+
+
+def quick_outbox(monkeypatch: pytest.MonkeyPatch, *, backoff: float, most: float, probe: float | None = None) -> None:
+    """The outbox's probe schedule in tenths of seconds (its back-off from ``backoff`` up to ``most``, a probe
+    given up after ``probe``), so a test sees it work in its own time."""
+    from bot.conversation import outbox
+
+    monkeypatch.setattr(outbox, "FIRST_BACKOFF", backoff)
+    monkeypatch.setattr(outbox, "MAX_BACKOFF", most)
+    if probe is not None:
+        monkeypatch.setattr(outbox, "PROBE_TIMEOUT", probe)
 
 
 async def ask(m: ConversationManager, text: str, n: int) -> str:
@@ -243,11 +255,7 @@ async def test_a_probe_that_hangs_does_not_put_off_the_next_one(tmp_path: Path,
     """A platform that stops answering is probed every back-off period, even while earlier probes hang: one
     giving up (its time-out) leaves the next probe where it was planned, counted from when it went, not
     from its time-out (which made the period the time-out: a recovery seen seconds later)."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.5)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.5)
-    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.9)  # under two periods: a time-out comes before a probe
+    quick_outbox(monkeypatch, backoff=0.5, most=0.5, probe=0.9)  # under two periods: a time-out comes before a probe
     store = MemoryStore()
     platform = Platform()
     platform.down = True
@@ -279,11 +287,7 @@ async def test_an_answer_hanging_when_the_platform_answers_again_is_kept_and_sen
     """An answer sent while the platform is in trouble whose request hangs (made into the outage, answered by
     no one before its time-out): once the outbox sees the platform answer again, it is given up and kept,
     and goes out at once, looking for an earlier copy first (the hung request may have arrived)."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.3)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.3)
-    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.5)
+    quick_outbox(monkeypatch, backoff=0.3, most=0.3, probe=0.5)
     store = MemoryStore()
     platform = Platform()
     platform.down = True
@@ -319,10 +323,7 @@ async def test_an_answer_that_goes_through_brings_the_next_probe_forward(tmp_pat
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A platform being probed after a long back-off: a turn's answer that goes through has the kept replies
     probed now, not at the end of the back-off period (live traffic shows the recovery first)."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 60.0)
+    quick_outbox(monkeypatch, backoff=0.2, most=60.0)
     store = MemoryStore()
     platform = Platform()
     platform.down = True
@@ -355,11 +356,7 @@ async def test_a_reply_found_already_sent_does_not_count_as_the_platform_answeri
     without a request: that says nothing of the platform, which still hangs. It stays in trouble and the next
     kept reply probes it (with the probe's short time-out), instead of every kept reply going out at once
     into the hang."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.4)
+    quick_outbox(monkeypatch, backoff=0.2, most=0.2, probe=0.4)
     store = MemoryStore()
     platform = Platform()
     platform.down = True
@@ -392,11 +389,7 @@ async def test_a_send_the_outbox_gave_up_waiting_for_is_tried_again_whatever_the
     """The outbox's own time-out of a hanging send (asyncio's TimeoutError) is not an error an SDK's retry rule
     knows: Telegram's knows only its TimedOut and NetworkError, and called this one final, so a probe that
     hung gave the reply up for good ("please ask again"). It is tried again."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.3)
+    quick_outbox(monkeypatch, backoff=0.2, most=0.2, probe=0.3)
     store = MemoryStore()
     platform = Platform()
     platform.down = True
@@ -430,10 +423,7 @@ async def test_the_last_kept_reply_found_already_sent_ends_the_trouble(tmp_path:
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A reply found already on the platform (no request made) that was the last one waiting leaves nothing to
     probe: the platform is no longer reported in trouble (/readyz), rather than for good."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
+    quick_outbox(monkeypatch, backoff=0.2, most=0.2)
     store = MemoryStore()
     platform = Platform()
     platform.down = True
@@ -444,7 +434,7 @@ async def test_the_last_kept_reply_found_already_sent_ends_the_trouble(tmp_path:
         assert "flaky" in m.outbox.troubles()
         platform.already.add(KEY)  # the send that failed had arrived after all: the platform echoed it
         async with asyncio.timeout(10):
-            while await store.stashed(outbox.BUCKET):
+            while await store.stashed(OUTBOX_BUCKET):
                 await asyncio.sleep(0.05)
             while "flaky" in m.outbox.troubles():
                 await asyncio.sleep(0.05)
@@ -457,10 +447,7 @@ async def test_a_live_answer_going_through_does_not_bring_a_probe_before_the_ret
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A platform that answered 429 with Retry-After is not probed before that time, even when a turn's answer
     goes through meanwhile (which otherwise brings the next probe forward)."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
+    quick_outbox(monkeypatch, backoff=0.2, most=0.2)
     store = MemoryStore()
     platform = Platform()
     platform.down, platform.retry_after = True, "2"
@@ -491,11 +478,7 @@ async def test_a_channels_own_probe_keeps_replies_out_of_a_hang(tmp_path: Path,
     """A platform where a send that hangs may have arrived and cannot be looked up (Telegram) gives the outbox
     a harmless probe: while it hangs no kept reply is sent into the hang (each would show twice), and once it
     answers the kept replies go, each once."""
-    from bot.conversation import outbox
-
-    monkeypatch.setattr(outbox, "FIRST_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "MAX_BACKOFF", 0.2)
-    monkeypatch.setattr(outbox, "PROBE_TIMEOUT", 0.3)
+    quick_outbox(monkeypatch, backoff=0.2, most=0.2, probe=0.3)
     store = MemoryStore()
     platform = Platform()
     platform.down = True
