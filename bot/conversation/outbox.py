@@ -367,18 +367,27 @@ class Outbox:
         except Exception as exc:
             if platform not in self._backoff or self._up_at.get(platform, 0.0) > started:
                 return  # seen answering meanwhile (a turn's answer, an earlier probe)
-            backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
-            self._backoff[platform] = backoff
-            wait = channel.retry_after(exc) if not isinstance(exc, TimeoutError) else None
-            if wait is None:  # no answer, or one that says nothing of when: the probe schedule stands
-                self._down[platform] = max(self._down.get(platform, 0.0), started + backoff)
-            else:
-                self._down[platform] = self.clock() + max(wait, backoff)
-                self._not_before[platform] = self.clock() + wait
+            # no answer, or one that says nothing of when: the probe schedule stands
+            self._still_down(platform, started, None if timed_out(exc) else channel.retry_after(exc))
             self._trouble_with(platform, _describe(exc))
             return
         self._back_up(platform)
         self._wake.set()
+
+    def _still_down(self, platform: str, started: float, wait: float | None) -> float:
+        """A send or probe that went at ``started`` failed: the back-off doubles and the next probe is due then
+        — counted from when it went when the platform did not answer (``wait`` None: counted from the time-out,
+        the probe period would be the time-out, and a recovery seen that late), else from now and never before
+        the ``wait`` (its Retry-After) it asked for. Returns the back-off."""
+        backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
+        self._backoff[platform] = backoff
+        if wait is None:
+            self._down[platform] = max(self._down.get(platform, 0.0), started + backoff)
+        else:
+            now = self.clock()
+            self._down[platform] = now + max(wait, backoff)
+            self._not_before[platform] = now + wait
+        return backoff
 
     def _back_up(self, platform: str) -> None:
         """``platform`` answered: no more probing; its kept replies go out."""
@@ -464,15 +473,7 @@ class Outbox:
             return True
         backoff = 0.0
         if self._up_at.get(platform, 0.0) <= started:  # not a request that hung while the platform came back
-            backoff = min(MAX_BACKOFF, self._backoff.get(platform, FIRST_BACKOFF / 2) * 2)
-            self._backoff[platform] = backoff
-            if timed_out(exc):
-                # no answer at all: the next probe stays where it was planned when this one went (counted
-                # from the time-out, the probe period would be the time-out, and a recovery seen that late)
-                self._down[platform] = max(self._down.get(platform, 0.0), started + backoff)
-            else:  # the platform answered (429, 5xx): its Retry-After, counted from now
-                self._down[platform] = now + max(wait, backoff)
-                self._not_before[platform] = now + wait
+            backoff = self._still_down(platform, started, None if timed_out(exc) else wait)
         data = {**data, "attempts": int(data.get("attempts", 0)) + 1, "error": _describe(exc),
                 "maybe_sent": bool(data.get("maybe_sent", True)) or channel.may_have_arrived(exc)}
         # the new attempt's item first, then the old one goes: a crash between keeps both, read as one
